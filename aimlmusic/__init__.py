@@ -1,0 +1,84 @@
+"""aimlmusic: an asyncio client for the AI/ML API music endpoint (``minimax/music-1.5``).
+
+Submit songs, poll them with a policy that learns the service's timing, download the audio,
+and batch-generate whole catalogs within the account's limits. See the documentation for
+the guides; every public name is importable from this package.
+"""
+
+from ._clock import Clock, ScaledClock, SystemClock
+from ._config import Limits, RetryPolicy, Timeout
+from ._errors import (
+    AimlMusicError,
+    AmbiguousSubmissionError,
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    DownloadError,
+    GenerationFailedError,
+    GenerationTimeoutError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestValidationError,
+    ResponseValidationError,
+    ServerError,
+)
+from ._models import (
+    AudioFile,
+    AudioSetting,
+    Generation,
+    GenerationError,
+    GenerationStatus,
+    MusicInfo,
+    SongRequest,
+    SongResult,
+    SongTimings,
+    Usage,
+)
+from ._polling import FixedInterval, PollPolicy, PollState
+from ._version import __version__
+
+__all__ = [
+    "AimlMusicError",
+    "AmbiguousSubmissionError",
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AudioFile",
+    "AudioSetting",
+    "AuthenticationError",
+    "BadRequestError",
+    "Clock",
+    "ConfigurationError",
+    "DownloadError",
+    "FixedInterval",
+    "Generation",
+    "GenerationError",
+    "GenerationFailedError",
+    "GenerationStatus",
+    "GenerationTimeoutError",
+    "Limits",
+    "MusicInfo",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PollPolicy",
+    "PollState",
+    "RateLimitError",
+    "RequestValidationError",
+    "ResponseValidationError",
+    "RetryPolicy",
+    "ScaledClock",
+    "ServerError",
+    "SongRequest",
+    "SongResult",
+    "SongTimings",
+    "SystemClock",
+    "Timeout",
+    "Usage",
+    "__version__",
+]

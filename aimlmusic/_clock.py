@@ -1,0 +1,64 @@
+"""Clocks: where "now" and "sleep" come from, so time can be compressed in tests and demos.
+
+Everything that waits (polling, back-off, the request budget) asks a :class:`Clock`, never
+``anyio.sleep`` directly. :class:`ScaledClock` runs API time faster than real time; paired
+with an emulator using the same scale, a 55-second song takes 55 ms.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol, runtime_checkable
+
+import anyio
+
+__all__ = ["Clock", "ScaledClock", "SystemClock"]
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """A source of time in API seconds."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic clock (the origin is arbitrary)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` of API time."""
+        ...
+
+
+class SystemClock:
+    """Real time, from the running event loop."""
+
+    def now(self) -> float:
+        return anyio.current_time()
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(max(0.0, seconds))
+
+    def __repr__(self) -> str:
+        return "SystemClock()"
+
+
+class ScaledClock:
+    """API time running ``scale`` times faster than real time.
+
+    Uses :func:`time.monotonic` so that an emulator in another thread (a served socket) and the
+    client agree on "now" when given the same scale and origin.
+    """
+
+    def __init__(self, scale: float, origin: float | None = None) -> None:
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale!r}")
+        self.scale = float(scale)
+        self.origin = time.monotonic() if origin is None else origin
+
+    def now(self) -> float:
+        return (time.monotonic() - self.origin) * self.scale
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(max(0.0, seconds) / self.scale)
+
+    def __repr__(self) -> str:
+        return f"ScaledClock(scale={self.scale:g})"
