@@ -78,3 +78,8 @@ class FixedInterval:
     def observe_finished(self, submitted_at: float, started_at: float | None, after: float,
                          by: float) -> None:
         return None
+
+
+def default_policy() -> PollPolicy:
+    """The policy a client uses when none is given."""
+    return FixedInterval(interval=5.0, first=45.0)
