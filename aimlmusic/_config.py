@@ -60,7 +60,9 @@ class Limits:
     is 6 and 3.
     """
 
-    requests_per_minute: float = attrs.field(default=_limits.REQUESTS_PER_MINUTE,
-                                             validator=_positive)
-    max_in_flight: int = attrs.field(default=_limits.CONCURRENT_GENERATIONS,
-                                     validator=attrs.validators.ge(1))
+    requests_per_minute: float = attrs.field(
+        default=_limits.REQUESTS_PER_MINUTE, validator=_positive
+    )
+    max_in_flight: int = attrs.field(
+        default=_limits.CONCURRENT_GENERATIONS, validator=attrs.validators.ge(1)
+    )

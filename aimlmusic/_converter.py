@@ -153,8 +153,9 @@ def generation_from_json(text: str | bytes) -> Generation:
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise ResponseValidationError(f"body is not valid JSON ({exc})", body=_excerpt(text)
-                                      ) from exc
+        raise ResponseValidationError(
+            f"body is not valid JSON ({exc})", body=_excerpt(text)
+        ) from exc
     return structure_generation(data)
 
 
@@ -190,14 +191,20 @@ def request_to_wire(request: SongRequest) -> dict[str, Any]:
 
 def generation_to_wire(generation: Generation) -> dict[str, Any]:
     """The JSON a generation was built from (used by the emulator and journals)."""
-    body: dict[str, Any] = {**generation.extra, "id": generation.id,
-                            "status": generation.status.value}
+    body: dict[str, Any] = {
+        **generation.extra,
+        "id": generation.id,
+        "status": generation.status.value,
+    }
     meta = dict(generation.extra.get("meta") or {})
     if generation.audio_file is not None:
         body["audio_file"] = {**generation.audio_file.extra, "url": generation.audio_file.url}
     if generation.error is not None:
-        body["error"] = {**generation.error.extra, "name": generation.error.name,
-                         "message": generation.error.message}
+        body["error"] = {
+            **generation.error.extra,
+            "name": generation.error.name,
+            "message": generation.error.message,
+        }
     if generation.usage is not None:
         meta["usage"] = {**generation.usage.extra, "credits_used": generation.usage.credits_used}
     if meta:

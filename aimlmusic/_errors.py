@@ -184,8 +184,14 @@ class AmbiguousSubmissionError(APIError):
     the underlying failure; look for the song in your account before resubmitting it.
     """
 
-    def __init__(self, message: str, *, request: SongRequest, cause: BaseException | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: SongRequest,
+        cause: BaseException | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.request = request
         self.cause = cause
         super().__init__(message, **kwargs)
@@ -200,8 +206,9 @@ class GenerationFailedError(AimlMusicError):
         err = generation.error
         self.error_name = err.name if err is not None else None
         self.error_message = err.message if err is not None else None
-        detail = (f"{self.error_name}: {self.error_message}" if err is not None
-                  else "no detail given")
+        detail = (
+            f"{self.error_name}: {self.error_message}" if err is not None else "no detail given"
+        )
         super().__init__(f"generation {self.generation_id} failed ({detail})")
 
 
@@ -212,8 +219,9 @@ class GenerationTimeoutError(AimlMusicError, TimeoutError):
     ``last_seen`` is the last status the client saw, if any.
     """
 
-    def __init__(self, generation_id: str, timeout: float, last_seen: Generation | None = None
-                 ) -> None:
+    def __init__(
+        self, generation_id: str, timeout: float, last_seen: Generation | None = None
+    ) -> None:
         self.generation_id = generation_id
         self.timeout = timeout
         self.last_seen = last_seen

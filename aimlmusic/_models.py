@@ -44,12 +44,14 @@ def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
 
 def _check_text(field: str, value: object, low: int, high: int) -> None:
     if not isinstance(value, str):
-        raise RequestValidationError(field, f"must be a string of {low}-{high} characters",
-                                     type(value).__name__)
+        raise RequestValidationError(
+            field, f"must be a string of {low}-{high} characters", type(value).__name__
+        )
     n = len(value)
     if n < low or n > high:
-        raise RequestValidationError(field, f"must be {low}-{high} characters long",
-                                     f"{n} characters")
+        raise RequestValidationError(
+            field, f"must be {low}-{high} characters long", f"{n} characters"
+        )
 
 
 def _check_choice(field: str, value: object, choices: tuple[object, ...]) -> None:
@@ -94,8 +96,9 @@ class SongRequest:
         _check_text("prompt", self.prompt, _limits.PROMPT_MIN_CHARS, _limits.PROMPT_MAX_CHARS)
         _check_text("lyrics", self.lyrics, _limits.LYRICS_MIN_CHARS, _limits.LYRICS_MAX_CHARS)
         if self.audio_setting is not None and not isinstance(self.audio_setting, AudioSetting):
-            raise RequestValidationError("audio_setting", "must be an AudioSetting",
-                                         type(self.audio_setting).__name__)
+            raise RequestValidationError(
+                "audio_setting", "must be an AudioSetting", type(self.audio_setting).__name__
+            )
         if not isinstance(self.model, str) or not self.model:
             raise RequestValidationError("model", "must be a non-empty string", repr(self.model))
 
@@ -143,8 +146,10 @@ class GenerationStatus(str, enum.Enum):
     @property
     def is_documented(self) -> bool:
         """False for a status the API documentation does not list (such as ``waiting``)."""
-        return self.value in type(self)._value2member_map_ and \
-            type(self)._value2member_map_[self.value] is self
+        return (
+            self.value in type(self)._value2member_map_
+            and type(self)._value2member_map_[self.value] is self
+        )
 
 
 @attrs.frozen

@@ -47,8 +47,9 @@ class PollPolicy(Protocol):
         (the last poll that saw it queued and the first that saw it generating)."""
         ...
 
-    def observe_finished(self, submitted_at: float, started_at: float | None, after: float,
-                         by: float) -> None:
+    def observe_finished(
+        self, submitted_at: float, started_at: float | None, after: float, by: float
+    ) -> None:
         """A song finished between ``after`` (last poll that saw it unfinished) and ``by``."""
         ...
 
@@ -75,8 +76,9 @@ class FixedInterval:
     def observe_started(self, submitted_at: float, after: float, by: float) -> None:
         return None
 
-    def observe_finished(self, submitted_at: float, started_at: float | None, after: float,
-                         by: float) -> None:
+    def observe_finished(
+        self, submitted_at: float, started_at: float | None, after: float, by: float
+    ) -> None:
         return None
 
 

@@ -1,0 +1,195 @@
+"""The request budget: one client-wide allowance shared by submissions and polls.
+
+The account allows ``requests_per_minute`` requests. Servers count that in different ways
+(a sliding minute, a token bucket, ...) and the AI/ML API documents neither, so the budget
+keeps two sliding windows that are safe under both readings: never more than the limit in any
+60 s, and never more than a sixth of it in any 10 s (which still lets a batch submit its first
+20 songs at once under the default 120/min).
+
+On a 429 the whole client pauses: for the server's ``Retry-After`` when it sends one, else for
+its own growing back-off, and the effective rate is halved (multiplicative decrease). Every
+success gives back a twentieth of the configured rate (additive increase), so throughput
+returns soon after throttling stops. Waiting requests are served by priority: a submission
+before any poll, so polls never starve submissions; within a priority, first come first served.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections import deque
+from typing import Literal
+
+import anyio
+
+from ._clock import Clock
+
+__all__ = ["RequestBudget", "RequestKind"]
+
+RequestKind = Literal["submit", "poll"]
+
+_PRIORITY: dict[str, int] = {"submit": 0, "poll": 1}
+
+#: Seconds of the long and the short window, and the share of the limit the short one allows.
+_LONG_WINDOW = 60.0
+_SHORT_WINDOW = 10.0
+_SHORT_SHARE = _SHORT_WINDOW / _LONG_WINDOW
+
+#: Own back-off after a 429 without Retry-After: first pause, growth, ceiling (API seconds).
+_FIRST_PAUSE = 2.0
+_MAX_PAUSE = 60.0
+#: Lowest effective rate, as a share of the configured one.
+_MIN_RATE_SHARE = 1 / 16
+#: Share of the configured rate given back by each success.
+_RECOVERY_SHARE = 1 / 20
+
+
+class _Waiter:
+    __slots__ = ("event", "key")
+
+    def __init__(self, key: tuple[int, int]) -> None:
+        self.key = key
+        self.event: anyio.Event | None = None
+
+    def __lt__(self, other: _Waiter) -> bool:
+        return self.key < other.key
+
+
+class RequestBudget:
+    """Paces every request of one client to the account's request rate.
+
+    ``acquire(kind)`` waits until one more request may be sent and counts it as sent.
+    ``on_success()`` and ``on_throttled(retry_after)`` feed back what the server answered.
+    """
+
+    def __init__(
+        self, requests_per_minute: float, clock: Clock, *, seed: int | None = None
+    ) -> None:
+        if requests_per_minute <= 0:
+            raise ValueError(f"requests_per_minute must be positive, got {requests_per_minute!r}")
+        self.requests_per_minute = float(requests_per_minute)
+        self._clock = clock
+        self._rate = self.requests_per_minute
+        self._sent: deque[float] = deque()
+        self._paused_until = -math.inf
+        self._streak = 0
+        self._queue: list[_Waiter] = []
+        self._seq = itertools.count()
+        self._random = random.Random(seed)
+        #: Requests let through, and 429s reported, since the budget was made.
+        self.sent_total = 0
+        self.throttled_total = 0
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def effective_rate(self) -> float:
+        """The rate (requests/minute) currently allowed, after any slow-down."""
+        return self._rate
+
+    @property
+    def paused_until(self) -> float:
+        """Clock time until which no request is sent (``-inf`` when not paused)."""
+        return self._paused_until
+
+    @property
+    def waiting(self) -> int:
+        """How many requests are waiting for the budget now."""
+        return len(self._queue)
+
+    def utilisation(self) -> float:
+        """Share of the current long-window allowance already spent (0.0-1.0 and beyond)."""
+        now = self._clock.now()
+        self._forget_before(now - _LONG_WINDOW)
+        return (len(self._sent) + len(self._queue)) / max(1.0, math.floor(self._rate))
+
+    def delay(self) -> float:
+        """Seconds until one more request could be sent, ignoring anyone already waiting."""
+        return self._delay(self._clock.now())
+
+    # ------------------------------------------------------------------ feedback
+
+    def on_success(self) -> None:
+        """The server accepted a request: end any back-off streak and recover the rate."""
+        self._streak = 0
+        if self._rate < self.requests_per_minute:
+            self._rate = min(
+                self.requests_per_minute, self._rate + self.requests_per_minute * _RECOVERY_SHARE
+            )
+
+    def on_throttled(self, retry_after: float | None) -> None:
+        """The server answered 429: pause everyone, and slow down if it gave no hint."""
+        now = self._clock.now()
+        self.throttled_total += 1
+        if retry_after is not None:
+            self._paused_until = max(self._paused_until, now + max(0.0, retry_after))
+            return
+        # 429s to requests that were already on their way when we reacted belong to the same
+        # episode: only a 429 after the pause ended deepens the back-off.
+        if now < self._paused_until:
+            return
+        self._streak += 1
+        pause = min(_MAX_PAUSE, _FIRST_PAUSE * 2 ** (self._streak - 1))
+        pause *= self._random.uniform(0.5, 1.0)  # keeps several clients from retrying in step
+        self._paused_until = now + pause
+        self._rate = max(self.requests_per_minute * _MIN_RATE_SHARE, self._rate / 2)
+
+    # ------------------------------------------------------------------ waiting
+
+    async def acquire(self, kind: RequestKind = "poll") -> None:
+        """Wait until a request of ``kind`` may be sent, then count it as sent."""
+        waiter = _Waiter((_PRIORITY[kind], next(self._seq)))
+        heapq.heappush(self._queue, waiter)
+        try:
+            while True:
+                if self._queue[0] is waiter:
+                    now = self._clock.now()
+                    delay = self._delay(now)
+                    if delay <= 0:
+                        heapq.heappop(self._queue)
+                        self._sent.append(now)
+                        self.sent_total += 1
+                        self._wake_head()
+                        return
+                    # The head sleeps; it re-checks afterwards, as a pause or a new
+                    # higher-priority waiter may have changed things meanwhile.
+                    await self._clock.sleep(delay)
+                else:
+                    waiter.event = anyio.Event()
+                    await waiter.event.wait()
+        except BaseException:
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+                heapq.heapify(self._queue)
+                self._wake_head()
+            raise
+
+    def _wake_head(self) -> None:
+        if self._queue and self._queue[0].event is not None:
+            self._queue[0].event.set()
+
+    def _forget_before(self, cutoff: float) -> None:
+        sent = self._sent
+        while sent and sent[0] <= cutoff:
+            sent.popleft()
+
+    def _delay(self, now: float) -> float:
+        self._forget_before(now - _LONG_WINDOW)
+        delay = self._paused_until - now
+        long_limit = max(1, math.floor(self._rate))
+        short_limit = max(1, math.floor(self._rate * _SHORT_SHARE))
+        sent = self._sent
+        if len(sent) >= long_limit:
+            delay = max(delay, sent[len(sent) - long_limit] + _LONG_WINDOW - now)
+        if len(sent) >= short_limit:
+            oldest_in_short = sent[len(sent) - short_limit]
+            delay = max(delay, oldest_in_short + _SHORT_WINDOW - now)
+        return delay
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestBudget(requests_per_minute={self.requests_per_minute:g}, "
+            f"effective_rate={self._rate:g}, waiting={len(self._queue)})"
+        )

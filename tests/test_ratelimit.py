@@ -1,0 +1,110 @@
+"""The request budget: windows, priorities, throttling and recovery."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from aimlmusic._clock import ScaledClock
+from aimlmusic._ratelimit import RequestBudget
+
+pytestmark = pytest.mark.anyio
+
+# 1 real millisecond is one API second: a minute of budget passes in 60 ms.
+SCALE = 1000.0
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    """The most timestamps that fall in any half-open window of ``window`` seconds."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+async def test_never_more_than_the_limit_in_any_minute_or_ten_seconds() -> None:
+    """130 requests at 120/min never exceed 120 per 60 s nor 20 per 10 s."""
+    clock = ScaledClock(SCALE)
+    budget = RequestBudget(120, clock)
+    sent: list[float] = []
+
+    async def one(kind: str) -> None:
+        await budget.acquire("submit" if kind == "s" else "poll")
+        sent.append(clock.now())
+
+    async with anyio.create_task_group() as tg:
+        for i in range(130):
+            tg.start_soon(one, "s" if i % 3 == 0 else "p")
+    assert len(sent) == 130
+    assert max_in_window(sent, 60.0) <= 120
+    assert max_in_window(sent, 10.0) <= 20
+    # The first twenty go out at once: a batch can submit its first songs immediately.
+    assert sorted(sent)[19] - sorted(sent)[0] < 2.0
+
+
+async def test_submissions_are_served_before_waiting_polls() -> None:
+    """When both wait, a submission goes before polls that queued earlier."""
+    clock = ScaledClock(SCALE)
+    budget = RequestBudget(6, clock)  # one request per 10 s window
+    await budget.acquire("poll")
+    order: list[str] = []
+
+    async def one(name: str, kind: str) -> None:
+        await budget.acquire(kind)  # type: ignore[arg-type]
+        order.append(name)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(2):
+            tg.start_soon(one, f"poll{i}", "poll")
+        await anyio.sleep(0.001)
+        tg.start_soon(one, "submit", "submit")
+    assert order[0] == "submit"
+
+
+async def test_retry_after_pauses_every_request_until_it_passes() -> None:
+    """After a 429 with Retry-After 5 s no request is let through for 5 s."""
+    clock = ScaledClock(SCALE)
+    budget = RequestBudget(1200, clock)
+    await budget.acquire("poll")
+    throttled_at = clock.now()
+    budget.on_throttled(5.0)
+    await budget.acquire("submit")
+    assert clock.now() - throttled_at >= 5.0
+    assert budget.effective_rate == 1200  # a server hint is not a reason to slow down
+
+
+async def test_throttling_without_hint_halves_the_rate_once_per_episode() -> None:
+    """429s without Retry-After halve the rate once per episode and successes restore it."""
+    clock = ScaledClock(SCALE)
+    budget = RequestBudget(120, clock, seed=1)
+    budget.on_throttled(None)
+    budget.on_throttled(None)  # same episode: requests that were already in flight
+    assert budget.effective_rate == 60
+    assert budget.paused_until > clock.now()
+    for _ in range(20):
+        budget.on_success()
+    assert budget.effective_rate == 120
+
+
+async def test_a_cancelled_waiter_does_not_block_the_others() -> None:
+    """Cancelling the request at the head of the queue lets the next one through."""
+    clock = ScaledClock(SCALE)
+    budget = RequestBudget(6, clock)
+    await budget.acquire("poll")
+    got: list[str] = []
+    with anyio.move_on_after(0.001):
+        await budget.acquire("submit")
+        got.append("cancelled one")
+    await budget.acquire("poll")
+    got.append("next")
+    assert got == ["next"]
+    assert budget.waiting == 0
+
+
+async def test_rejects_a_non_positive_rate() -> None:
+    """A budget of zero requests per minute is refused with the value in the message."""
+    with pytest.raises(ValueError, match="requests_per_minute must be positive, got 0"):
+        RequestBudget(0, ScaledClock(SCALE))
