@@ -1,0 +1,484 @@
+"""``AsyncMusicClient``: the public façade over the transport, the poll policy and downloads."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections import OrderedDict
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import anyio
+
+from ._clock import Clock, SystemClock
+from ._config import Limits, RetryPolicy, Timeout
+from ._download import Downloader
+from ._errors import (
+    ConfigurationError,
+    GenerationFailedError,
+    GenerationTimeoutError,
+)
+from ._models import Generation, GenerationStatus, SongRequest, SongResult
+from ._polling import PollPolicy, PollState, default_policy
+from ._ratelimit import RequestBudget
+from ._transport import USER_AGENT, Transport
+
+if TYPE_CHECKING:
+    import httpx
+    from anyio.streams.memory import MemoryObjectReceiveStream
+
+__all__ = ["AsyncMusicClient"]
+
+#: Environment variables read for the API key, in order (the official SDK's names).
+API_KEY_VARIABLES = ("AIML_API_KEY", "AIMLAPI_API_KEY")
+BASE_URL_VARIABLE = "AIMLMUSIC_BASE_URL"
+DEFAULT_BASE_URL = "https://api.aimlapi.com"
+#: Submission times remembered so that ``wait`` after ``submit`` can teach the poll policy.
+_REMEMBERED_SUBMISSIONS = 1024
+
+
+class AsyncMusicClient:
+    """An async client for the AI/ML API music endpoint (``minimax/music-1.5``).
+
+    ``api_key`` defaults to the ``AIML_API_KEY`` environment variable, then
+    ``AIMLAPI_API_KEY``; ``base_url`` to ``AIMLMUSIC_BASE_URL``, then
+    ``https://api.aimlapi.com``. A plain ``http://`` base URL is refused unless its host is
+    loopback (an emulator on this machine) or ``allow_insecure_http=True``, because the key
+    would travel in clear text.
+
+    ``timeout`` is a number of seconds (read, write and pool; connect at most 10 s) or a
+    :class:`Timeout`. ``retry`` says how failed requests are retried, ``poll`` when
+    generations are polled (one instance per client, so a learning policy learns across
+    calls), ``limits`` the account's request rate and concurrency. ``transport`` (for
+    example ``httpx.MockTransport``) or ``http_client`` replace the network; a client passed
+    in is not closed by :meth:`aclose`. ``clock`` decides what a second is (see
+    :class:`ScaledClock`). Use it as an async context manager, or call :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float | Timeout | None = None,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        limits: Limits | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        clock: Clock | None = None,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        key = _resolve_api_key(api_key)
+        self._base_url = _resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
+        if transport is not None and http_client is not None:
+            raise ConfigurationError("give either transport= or http_client=, not both")
+        self._timeout = _resolve_timeout(timeout)
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._limits = limits if limits is not None else Limits()
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._poll: PollPolicy = poll if poll is not None else default_policy()
+        self._budget = RequestBudget(self._limits.requests_per_minute, self._clock)
+        self._transport = Transport(
+            api_key=key,
+            base_url=self._base_url,
+            timeout=self._timeout,
+            retry=self._retry,
+            clock=self._clock,
+            budget=self._budget,
+            transport=transport,
+            http_client=http_client,
+        )
+        self._downloader = Downloader(
+            self._transport.http_client,
+            retry=self._retry,
+            clock=self._clock,
+            timeout=self._timeout,
+            redactor=self._transport.redactor,
+            user_agent=USER_AGENT,
+        )
+        # id -> (submitted at, status at submission), for wait() after submit().
+        self._submissions: OrderedDict[str, tuple[float, GenerationStatus]] = OrderedDict()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL, without a trailing slash."""
+        return self._base_url
+
+    @property
+    def limits(self) -> Limits:
+        """The account limits this client paces itself to."""
+        return self._limits
+
+    @property
+    def clock(self) -> Clock:
+        """The clock every wait of this client uses."""
+        return self._clock
+
+    @property
+    def poll_policy(self) -> PollPolicy:
+        """The poll policy shared by ``wait``, ``generate`` and ``generate_many``."""
+        return self._poll
+
+    @property
+    def budget(self) -> RequestBudget:
+        """The request budget shared by every request of this client."""
+        return self._budget
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` was called."""
+        return self._transport.closed
+
+    # ------------------------------------------------------------------ single calls
+
+    async def submit(self, request: SongRequest) -> Generation:
+        """Submit one song (one ``POST``) and return the new generation, usually ``queued``.
+
+        Raises :class:`AmbiguousSubmissionError` rather than resending when the submission
+        may have reached the server.
+        """
+        self._check_open()
+        if not isinstance(request, SongRequest):
+            # A dict would fail deep in the converter; say what is expected instead.
+            raise TypeError(f"submit() takes a SongRequest, got {type(request).__name__}")
+        generation = await self._transport.submit(request)
+        self._remember_submission(generation)
+        return generation
+
+    async def get(self, generation_id: str) -> Generation:
+        """Fetch a generation's current state (one ``GET``, retried when it fails)."""
+        self._check_open()
+        return await self._transport.get(generation_id)
+
+    # The deadline runs on the client's clock (see _run_within), which fail_after cannot do.
+    async def wait(
+        self,
+        generation: str | Generation,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Generation:
+        """Poll until the generation is finished and return it (status ``completed``).
+
+        Given an id, it fetches the generation at once, then polls as the poll policy says;
+        given a :class:`Generation` it polls from there (a finished one returns or raises
+        without any request). ``timeout`` is in seconds of the client's clock; ``None``
+        waits for ever. Raises :class:`GenerationFailedError` on status ``error`` and
+        :class:`GenerationTimeoutError` (carrying the id and the last status seen) when the
+        deadline passes first. A status the API does not document counts as not finished.
+        """
+        self._check_open()
+        if isinstance(generation, Generation):
+            progress = self._progress_of(generation.id, generation)
+        else:
+            progress = self._progress_of(generation, None)
+        return await self._finish(progress, timeout, reported_timeout=timeout)
+
+    async def generate(
+        self,
+        request: SongRequest,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109  (on the client's clock, as in wait)
+    ) -> Generation:
+        """Submit ``request`` and wait for it: :meth:`submit` then :meth:`wait`.
+
+        ``timeout`` covers both; the submission itself is never cut short (an interrupted
+        POST could be paid for and lost), so the deadline is checked once it returns.
+        """
+        started = self._clock.now()
+        generation = await self.submit(request)
+        progress = self._progress_of(generation.id, generation)
+        remaining = None if timeout is None else timeout - (self._clock.now() - started)
+        return await self._finish(progress, remaining, reported_timeout=timeout)
+
+    async def download(self, generation: Generation | str, path: str | os.PathLike[str]) -> Path:
+        """Download a completed generation's audio to ``path`` and return it as a ``Path``.
+
+        Given an id, the generation is fetched first. The file is written atomically (the
+        target is the complete, length-checked file or untouched), parent directories are
+        created, and no ``Authorization`` header goes to the storage host. An expired URL is
+        refreshed once. Raises :class:`DownloadError` naming the generation on failure.
+        """
+        self._check_open()
+        if not isinstance(generation, Generation):
+            generation = await self.get(generation)
+        return await self._downloader.download(generation, Path(path), refresh=self.get)
+
+    def generate_many(
+        self,
+        requests: Iterable[SongRequest | tuple[str, SongRequest]]
+        | AsyncIterable[SongRequest | tuple[str, SongRequest]],
+        *,
+        max_in_flight: int | None = None,
+        deadline: float | None = 600.0,
+        poll: PollPolicy | None = None,
+        events: Any = None,
+    ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[SongResult]]:
+        """Generate many songs at once; an async context manager yielding a receive stream
+        of :class:`SongResult` in completion order.
+
+        ``requests`` is consumed lazily: ``SongRequest`` items or ``(key, SongRequest)``
+        pairs, from an iterable or an async iterable. At most ``max_in_flight`` generations
+        run at once (default: ``limits.max_in_flight``); ``deadline`` is each song's time
+        limit in seconds. Leaving the block early cancels everything cleanly.
+        """
+        self._check_open()
+        from . import _scheduler  # imported late: the scheduler is the heaviest layer
+
+        return _scheduler.generate_many(
+            self._transport,
+            requests,
+            clock=self._clock,
+            max_in_flight=max_in_flight or self._limits.max_in_flight,
+            deadline=deadline,
+            poll=poll or self._poll,
+            events=events,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def aclose(self) -> None:
+        """Release the connection pool (unless it was passed in). Safe to call twice."""
+        await self._transport.aclose()
+
+    async def __aenter__(self) -> AsyncMusicClient:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = ", closed" if self.closed else ""
+        return f"AsyncMusicClient(base_url={self._base_url!r}{state})"
+
+    # ------------------------------------------------------------------ waiting
+
+    def _check_open(self) -> None:
+        if self._transport.closed:
+            raise RuntimeError("this AsyncMusicClient is closed; create a new one")
+
+    def _remember_submission(self, generation: Generation) -> None:
+        self._submissions[generation.id] = (self._clock.now(), generation.status)
+        while len(self._submissions) > _REMEMBERED_SUBMISSIONS:
+            self._submissions.popitem(last=False)
+
+    def _progress_of(self, generation_id: str, last: Generation | None) -> _Progress:
+        # Only a submission this client saw may teach the policy: an unknown submission time
+        # would make a learning policy learn wrong durations.
+        submission = self._submissions.get(generation_id)
+        if submission is None:
+            return _Progress(generation_id, self._clock.now(), None, last)
+        submitted_at, status = submission
+        return _Progress(generation_id, submitted_at, status, last)
+
+    async def _finish(
+        self, progress: _Progress, seconds: float | None, *, reported_timeout: float | None
+    ) -> Generation:
+        """Poll ``progress`` to a terminal status within ``seconds``; return or raise."""
+        if not progress.finished:
+            if seconds is None:
+                await self._poll_until_finished(progress)
+            elif seconds > 0:
+                await self._run_within(seconds, self._poll_until_finished, progress)
+            if not progress.finished:
+                raise GenerationTimeoutError(
+                    progress.generation_id,
+                    reported_timeout if reported_timeout is not None else 0.0,
+                    progress.last,
+                )
+        generation = progress.last
+        assert generation is not None  # finished implies seen
+        if generation.status == GenerationStatus.ERROR:
+            raise GenerationFailedError(generation)
+        return generation
+
+    async def _poll_until_finished(self, progress: _Progress) -> None:
+        if progress.last is None:
+            # Waiting on a bare id: look first, it may have finished long ago.
+            progress.record(
+                await self._transport.get(progress.generation_id), self._clock.now(), self._poll
+            )
+        while not progress.finished:
+            await self._clock.sleep(self._poll.next_delay(progress.state(self._clock.now())))
+            generation = await self._transport.get(progress.generation_id)
+            progress.record(generation, self._clock.now(), self._poll)
+
+    async def _run_within(
+        self,
+        seconds: float,
+        body: Callable[[_Progress], Awaitable[None]],
+        progress: _Progress,
+    ) -> None:
+        """``await body(progress)``, cancelled after ``seconds`` of the client's clock.
+
+        A watchdog task sleeps on the client's clock (not the event loop's), so a
+        :class:`ScaledClock` compresses the deadline exactly as it compresses the polling.
+        An error of ``body`` is carried out of the task group by hand so that callers see the
+        exception itself, not an exception group.
+        """
+        failure: list[Exception] = []
+
+        async def run(scope: anyio.CancelScope) -> None:
+            try:
+                await body(progress)
+            except Exception as exc:
+                failure.append(exc)
+            scope.cancel()
+
+        async def watchdog(scope: anyio.CancelScope) -> None:
+            await self._clock.sleep(seconds)
+            scope.cancel()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(watchdog, group.cancel_scope)
+            await run(group.cancel_scope)
+        if failure:
+            raise failure[0]
+
+
+class _Progress:
+    """What one ``wait`` knows about its generation, and what it tells the poll policy.
+
+    ``seen`` is the last status observed at a known time (the submission's own status when
+    this client made it), which is what transitions are measured from.
+    """
+
+    __slots__ = (
+        "generation_id",
+        "last",
+        "last_poll_at",
+        "learn",
+        "polls",
+        "seen",
+        "started_at",
+        "submitted_at",
+    )
+
+    def __init__(
+        self,
+        generation_id: str,
+        submitted_at: float,
+        submitted_status: GenerationStatus | None,
+        last: Generation | None,
+    ) -> None:
+        self.generation_id = generation_id
+        self.submitted_at = submitted_at
+        self.learn = submitted_status is not None
+        self.seen = submitted_status
+        self.last = last
+        self.polls = 0
+        self.last_poll_at: float | None = None
+        self.started_at: float | None = (
+            submitted_at if submitted_status == GenerationStatus.GENERATING else None
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.last is not None and self.last.is_finished
+
+    def state(self, now: float) -> PollState:
+        return PollState(
+            submitted_at=self.submitted_at,
+            now=now,
+            polls=self.polls,
+            status=self.last.status if self.last is not None else None,
+            started_at=self.started_at,
+            last_poll_at=self.last_poll_at,
+        )
+
+    def record(self, generation: Generation, now: float, policy: PollPolicy) -> None:
+        status = generation.status
+        previous = self.seen
+        previous_at = self.last_poll_at if self.last_poll_at is not None else self.submitted_at
+        unfinished_before = previous is not None and not previous.is_terminal
+        if status == GenerationStatus.GENERATING and self.started_at is None:
+            if self.learn and unfinished_before:
+                policy.observe_started(self.submitted_at, previous_at, now)
+            self.started_at = now
+        if status.is_terminal and self.learn and unfinished_before:
+            policy.observe_finished(self.submitted_at, self.started_at, previous_at, now)
+        self.last = generation
+        self.seen = status
+        self.polls += 1
+        self.last_poll_at = now
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _resolve_api_key(api_key: str | None) -> str:
+    if api_key is None:
+        for name in API_KEY_VARIABLES:
+            value = os.environ.get(name, "").strip()
+            if value:
+                return value
+        raise ConfigurationError(
+            "no API key: pass api_key= or set the AIML_API_KEY (or AIMLAPI_API_KEY) "
+            "environment variable"
+        )
+    if not isinstance(api_key, str) or not api_key.strip():
+        raise ConfigurationError(
+            "the API key is empty: pass a key, or set AIML_API_KEY (or AIMLAPI_API_KEY)"
+        )
+    return api_key.strip()
+
+
+def _resolve_base_url(base_url: str | None, *, allow_insecure_http: bool) -> str:
+    url = (
+        base_url if base_url is not None else os.environ.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL
+    )
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:
+        raise ConfigurationError(f"base URL {url!r} is not a valid URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not host:
+        raise ConfigurationError(
+            f"base URL {url!r} must be an http(s) URL with a host, such as {DEFAULT_BASE_URL!r}"
+        )
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"base URL {url!r} must not contain credentials, a query or a fragment"
+        )
+    if scheme == "http" and not (allow_insecure_http or _is_loopback(host)):
+        raise ConfigurationError(
+            f"base URL {url!r} uses plain http to a host that is not this machine, which would "
+            "send the API key in clear text; use https, or pass allow_insecure_http=True"
+        )
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _resolve_timeout(timeout: float | Timeout | None) -> Timeout:
+    if timeout is None:
+        return Timeout()
+    if isinstance(timeout, Timeout):
+        return timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ConfigurationError(f"timeout must be seconds or a Timeout, got {timeout!r}")
+    if timeout <= 0:
+        raise ConfigurationError(f"timeout must be positive, got {timeout!r}")
+    seconds = float(timeout)
+    return Timeout(connect=min(10.0, seconds), read=seconds, write=seconds, pool=seconds)

@@ -1,0 +1,409 @@
+"""The HTTP layer: the only module (with ``_download``) that touches httpx.
+
+One :class:`Transport` per client sends the two API calls, ``POST`` (submit) and ``GET``
+(poll) on ``/v2/generate/audio``, with bearer auth, timeouts, the shared request budget,
+retries, and the mapping of every failure onto the exception tree of ``_errors``.
+
+What may be retried is decided by the method, because a submission costs credits:
+
+* a ``GET`` is safe to repeat: it is retried on connection errors, timeouts, 429 and 5xx;
+* a ``POST`` is retried only when it provably never reached the server (the connection was
+  never established) or was refused with 429. Any other failure after sending (a read
+  timeout, a dropped connection, a 5xx, a 2xx we cannot read) may have created a paid
+  generation, so it raises :class:`~aimlmusic.AmbiguousSubmissionError` and is never resent.
+
+A 429 is reported to the :class:`~aimlmusic._ratelimit.RequestBudget`, which pauses the
+whole client; the retry then simply waits in ``budget.acquire`` like every other request.
+Exceptions are raised outside httpx's ``except`` blocks so no httpx exception (whose request
+object holds the ``Authorization`` header) is chained to ours, and every piece of text that
+came from the server is passed through the redactor before it is used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Literal, Protocol
+
+import httpx
+
+from . import _limits
+from ._clock import Clock
+from ._config import RetryPolicy, Timeout
+from ._converter import generation_from_json, request_to_wire
+from ._errors import (
+    AimlMusicError,
+    AmbiguousSubmissionError,
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestValidationError,
+    ResponseValidationError,
+    ServerError,
+)
+from ._models import Generation, SongRequest
+from ._ratelimit import RequestBudget, RequestKind
+from ._redact import Redactor, Secret
+from ._retry import capped, parse_retry_after, retry_delay
+from ._version import __version__
+
+__all__ = ["USER_AGENT", "RequestObserver", "Transport"]
+
+logger = logging.getLogger("aimlmusic")
+
+USER_AGENT = f"aimlmusic/{__version__}"
+
+#: How much of an error body is kept in an exception (HTML error pages can be large).
+ERROR_BODY_EXCERPT_CHARS = 500
+#: How much of a non-JSON error body becomes the exception's one-line message.
+ERROR_MESSAGE_CHARS = 200
+
+# The connection was never established, so the request cannot have reached the server.
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    429: RateLimitError,
+}
+
+# What went wrong with one attempt, as far as retrying is concerned.
+FailureKind = Literal[
+    "never_sent",  # the connection was never established
+    "maybe_sent",  # a transport failure after the request may have been sent
+    "throttled",  # 429
+    "server_error",  # 5xx
+    "rejected",  # any other non-2xx: the server refused it, nothing was created
+    "bad_response",  # a 2xx whose body we could not understand
+    "unusable",  # retrying cannot help (an unsupported URL scheme...)
+]
+_GET_RETRIES: frozenset[FailureKind] = frozenset(
+    {"never_sent", "maybe_sent", "throttled", "server_error"}
+)
+_POST_RETRIES: frozenset[FailureKind] = frozenset({"never_sent", "throttled"})
+_POST_AMBIGUOUS: frozenset[FailureKind] = frozenset({"maybe_sent", "server_error", "bad_response"})
+
+
+class RequestObserver(Protocol):
+    """Optional per-call hooks, for callers that count what happened to a request."""
+
+    def on_retry(self, attempt: int, error: AimlMusicError, delay: float) -> None:
+        """Attempt number ``attempt`` (1-based) failed with ``error``; the next one follows
+        after ``delay`` API seconds."""
+        ...
+
+    def on_throttled(self, retry_after: float | None) -> None:
+        """The server answered 429; ``retry_after`` is its (capped) hint in seconds, if any."""
+        ...
+
+
+class _Failure:
+    """One failed attempt: the error to raise if it is the last, and how to treat it."""
+
+    __slots__ = ("error", "kind", "retry_after")
+
+    def __init__(
+        self, kind: FailureKind, error: APIError, retry_after: float | None = None
+    ) -> None:
+        self.kind = kind
+        self.error = error
+        self.retry_after = retry_after
+
+
+class Transport:
+    """Sends API requests for one client: auth, budget, retries, error mapping.
+
+    Give either ``transport`` (an httpx transport, for example ``httpx.MockTransport``) or a
+    ready ``http_client``; a client passed in is used as is and never closed here. The
+    timeouts of ``timeout`` apply to every request either way.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str,
+        timeout: Timeout,
+        retry: RetryPolicy,
+        clock: Clock,
+        budget: RequestBudget,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._key = Secret(api_key)
+        self.redactor = Redactor(self._key)
+        self.base_url = base_url.rstrip("/")
+        self._endpoint = self.base_url + _limits.GENERATE_PATH
+        self.timeout = timeout
+        self.retry = retry
+        self.clock = clock
+        self.budget = budget
+        self._httpx_timeout = httpx.Timeout(
+            connect=timeout.connect, read=timeout.read, write=timeout.write, pool=timeout.pool
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(
+            transport=transport, timeout=self._httpx_timeout, follow_redirects=False
+        )
+        self._closed = False
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def http_client(self) -> httpx.AsyncClient:
+        """The httpx client (shared with downloads, which send no credentials)."""
+        return self._http
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` was called."""
+        return self._closed
+
+    async def submit(
+        self, request: SongRequest, *, observer: RequestObserver | None = None
+    ) -> Generation:
+        """POST one song. Never resent once it may have reached the server."""
+        return await self._call(
+            "submit", "POST", body=request_to_wire(request), request=request, observer=observer
+        )
+
+    async def get(
+        self, generation_id: str, *, observer: RequestObserver | None = None
+    ) -> Generation:
+        """GET one generation by id (sent as an encoded query parameter)."""
+        if not isinstance(generation_id, str) or not generation_id:
+            raise RequestValidationError(
+                "generation_id", "must be a non-empty string", repr(generation_id)
+            )
+        return await self._call(
+            "poll", "GET", params={"generation_id": generation_id}, observer=observer
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this transport created it. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_http:
+            await self._http.aclose()
+
+    def __repr__(self) -> str:
+        return f"Transport(base_url={self.base_url!r})"
+
+    # ------------------------------------------------------------------ the retry loop
+
+    async def _call(
+        self,
+        kind: RequestKind,
+        method: Literal["GET", "POST"],
+        *,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+        request: SongRequest | None = None,
+        observer: RequestObserver | None = None,
+    ) -> Generation:
+        if self._closed:
+            raise RuntimeError("this aimlmusic client is closed; create a new one")
+        url = str(httpx.URL(self._endpoint, params=params))
+        retry_on = _POST_RETRIES if method == "POST" else _GET_RETRIES
+        attempts = self.retry.attempts
+        for attempt in range(1, attempts + 1):
+            await self.budget.acquire(kind)
+            outcome = await self._attempt(method, url, body, attempt)
+            if isinstance(outcome, Generation):
+                return outcome
+            failure = outcome
+            if failure.kind == "throttled":
+                self.budget.on_throttled(failure.retry_after)
+                if observer is not None:
+                    observer.on_throttled(failure.retry_after)
+            if method == "POST" and failure.kind in _POST_AMBIGUOUS:
+                assert request is not None
+                raise self._ambiguous(request, failure.error, method, url) from failure.error
+            if failure.kind not in retry_on or attempt == attempts:
+                raise failure.error
+            if failure.kind == "throttled":
+                # The budget now holds every request of this client until the pause ends;
+                # the next acquire() waits through it, so no sleep of our own here.
+                logger.debug(
+                    "retrying %s %s after the budget's pause (attempt %d of %d throttled)",
+                    method,
+                    url,
+                    attempt,
+                    attempts,
+                )
+                continue
+            delay = retry_delay(attempt - 1, self.retry, failure.retry_after)
+            logger.debug(
+                "retrying %s %s in %.3f s (attempt %d of %d failed: %s)",
+                method,
+                url,
+                delay,
+                attempt,
+                attempts,
+                failure.error,
+            )
+            if observer is not None:
+                observer.on_retry(attempt, failure.error, delay)
+            await self.clock.sleep(delay)
+        raise AssertionError("unreachable: the last attempt always returns or raises")
+
+    async def _attempt(
+        self, method: str, url: str, body: dict[str, Any] | None, attempt: int
+    ) -> Generation | _Failure:
+        logger.debug("%s %s (attempt %d of %d)", method, url, attempt, self.retry.attempts)
+        started = time.perf_counter()
+        try:
+            response = await self._http.request(
+                method,
+                url,
+                json=body,
+                headers=self._headers(),
+                timeout=self._httpx_timeout,
+                follow_redirects=False,
+            )
+        except httpx.HTTPError as exc:
+            failure = self._transport_failure(exc, method, url)
+            logger.debug("%s %s failed: %s", method, url, failure.error)
+            return failure
+        elapsed = time.perf_counter() - started
+        logger.debug("%s %s -> %d in %.3f s", method, url, response.status_code, elapsed)
+        text = self.redactor.text(response.text)
+        if response.is_success:
+            self.budget.on_success()
+            try:
+                return generation_from_json(text)
+            except ResponseValidationError as exc:
+                return _Failure(
+                    "bad_response",
+                    ResponseValidationError(exc.reason, body=exc.body, method=method, url=url),
+                )
+        return self._status_failure(response, text, method, url)
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self._key.reveal()}",
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+        }
+
+    # ------------------------------------------------------------------ failure mapping
+
+    def _transport_failure(self, exc: httpx.HTTPError, method: str, url: str) -> _Failure:
+        detail = self.redactor.text(
+            f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        )
+        if isinstance(exc, httpx.DecodingError):
+            # The server answered, but its body was not decodable.
+            return _Failure(
+                "bad_response",
+                ResponseValidationError(f"undecodable body ({detail})", method=method, url=url),
+            )
+        error: APIError
+        if isinstance(exc, httpx.TimeoutException):
+            error = APITimeoutError(f"request timed out ({detail})", method=method, url=url)
+        else:
+            error = APIConnectionError(f"connection failed ({detail})", method=method, url=url)
+        if isinstance(exc, _NEVER_SENT):
+            return _Failure("never_sent", error)
+        if isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.UnsupportedProtocol):
+            return _Failure("maybe_sent", error)
+        return _Failure("unusable", error)
+
+    def _status_failure(
+        self, response: httpx.Response, text: str, method: str, url: str
+    ) -> _Failure:
+        status = response.status_code
+        body, message, request_id = _read_error_body(text)
+        if message is None:
+            message = response.reason_phrase or "no error message"
+        request_id = request_id or response.headers.get("x-request-id")
+        common: dict[str, Any] = {
+            "status_code": status,
+            "request_id": request_id,
+            "body": body,
+            "method": method,
+            "url": url,
+        }
+        if status == 429:
+            hint = parse_retry_after(response.headers)
+            retry_after = None if hint is None else capped(hint, self.retry.max_retry_after)
+            return _Failure(
+                "throttled", RateLimitError(message, retry_after=retry_after, **common), retry_after
+            )
+        if status >= 500:
+            return _Failure(
+                "server_error", ServerError(message, **common), parse_retry_after(response.headers)
+            )
+        cls = _STATUS_ERRORS.get(status, APIStatusError)
+        return _Failure("rejected", cls(message, **common))
+
+    def _ambiguous(
+        self, request: SongRequest, cause: APIError, method: str, url: str
+    ) -> AmbiguousSubmissionError:
+        return AmbiguousSubmissionError(
+            f"the submission may have reached the server, so it was not resent ({cause}); "
+            "a generation may exist and cost credits: look for it before submitting again",
+            request=request,
+            cause=cause,
+            method=method,
+            url=url,
+        )
+
+
+def _read_error_body(
+    text: str,
+) -> tuple[dict[str, Any] | list[Any] | str | None, str | None, str | None]:
+    """(body, message, request id) from an error response, whatever its shape.
+
+    The AI/ML API sends ``{message, path, requestId, statusCode, timestamp}``; anything else
+    (other JSON, plain text, an HTML page, nothing) is kept as a bounded excerpt.
+    """
+    stripped = text.strip()
+    if not stripped:
+        return None, None, None
+    try:
+        data = json.loads(stripped)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        return (
+            data,
+            _message_of(data),
+            _str_or_none(data.get("requestId") or data.get("request_id")),
+        )
+    if isinstance(data, list):
+        return data, None, None
+    excerpt = _bounded(stripped, ERROR_BODY_EXCERPT_CHARS)
+    return excerpt, _bounded(" ".join(stripped.split()), ERROR_MESSAGE_CHARS), None
+
+
+def _message_of(data: dict[str, Any]) -> str | None:
+    message = data.get("message")
+    if isinstance(message, list) and message and all(isinstance(m, str) for m in message):
+        return "; ".join(message)  # validation frameworks send a list of problems
+    if isinstance(message, str) and message:
+        return message
+    error = data.get("error")  # other common shapes: {"error": "..."} / {"error": {"message"}}
+    if isinstance(error, str) and error:
+        return error
+    if isinstance(error, dict):
+        return _str_or_none(error.get("message"))
+    return None
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

@@ -1,0 +1,644 @@
+"""The transport: headers, query encoding, status mapping, retries, budget and 429 handling."""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import time
+
+import anyio
+import httpx
+import pytest
+from _http_fakes import (
+    API,
+    GEN_ID,
+    RecordingClock,
+    RecordingObserver,
+    ScriptedAPI,
+    error_body,
+    make_transport,
+    ok,
+    song,
+)
+from anyio.abc import SocketAttribute, SocketStream
+
+import aimlmusic
+from aimlmusic import (
+    AmbiguousSubmissionError,
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    GenerationStatus,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestValidationError,
+    ResponseValidationError,
+    RetryPolicy,
+    ServerError,
+    Timeout,
+)
+from aimlmusic._ratelimit import RequestBudget, RequestKind
+from aimlmusic._transport import Transport
+
+pytestmark = pytest.mark.anyio
+
+REQUEST = httpx.Request("GET", API)
+
+
+def assert_no_httpx_in_chain(exc: BaseException) -> None:
+    """Neither the exception nor anything chained to it is an httpx type."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        assert not type(seen).__module__.startswith(("httpx", "httpcore")), repr(seen)
+        seen = seen.__cause__ or seen.__context__
+
+
+# ------------------------------------------------------------------ requests as sent
+
+
+async def test_submit_posts_the_wire_body_with_auth_user_agent_and_accept() -> None:
+    """A submission is one POST of the request's JSON with bearer auth and our User-Agent."""
+    api = ScriptedAPI(ok())
+    transport = make_transport(api, api_key="sk-header-check")
+    generation = await transport.submit(song())
+    assert generation.id == GEN_ID
+    assert generation.status is GenerationStatus.QUEUED
+    (sent,) = api.requests
+    assert sent.method == "POST"
+    assert str(sent.url) == f"{API}/v2/generate/audio"
+    assert sent.headers["Authorization"] == "Bearer sk-header-check"
+    assert sent.headers["User-Agent"] == f"aimlmusic/{aimlmusic.__version__}"
+    assert sent.headers["Accept"] == "application/json"
+    assert api.bodies() == [
+        {"model": "minimax/music-1.5", "prompt": song().prompt, "lyrics": song().lyrics}
+    ]
+
+
+async def test_get_sends_the_id_as_an_encoded_query_parameter() -> None:
+    """The id's ':' and '/' are percent-encoded in the query, and the GET carries auth."""
+    api = ScriptedAPI(ok())
+    await make_transport(api).get(GEN_ID)
+    (sent,) = api.requests
+    assert sent.method == "GET"
+    assert sent.url.path == "/v2/generate/audio"
+    assert (
+        sent.url.query
+        == b"generation_id=d51032d5-e7b3-4e5b-a5c8-12e0c9474949%3Aminimax%2Fmusic-1.5"
+    )
+    assert sent.url.params["generation_id"] == GEN_ID
+    assert sent.headers["Authorization"] == "Bearer sk-test-key"
+
+
+async def test_a_base_url_with_a_path_prefix_is_kept() -> None:
+    """A base URL such as an emulator mounted under /api keeps its prefix."""
+    api = ScriptedAPI(ok())
+    clock = RecordingClock()
+    transport = Transport(
+        api_key="k",
+        base_url="https://proxy.test/api/",
+        timeout=Timeout(),
+        retry=RetryPolicy(),
+        clock=clock,
+        budget=RequestBudget(1e6, clock),
+        transport=api.transport,
+    )
+    await transport.get("x")
+    assert api.requests[0].url.path == "/api/v2/generate/audio"
+
+
+async def test_get_refuses_an_empty_id_before_sending() -> None:
+    """An empty id is a RequestValidationError and nothing is sent."""
+    api = ScriptedAPI(ok())
+    with pytest.raises(RequestValidationError, match="generation_id"):
+        await make_transport(api).get("")
+    assert api.requests == []
+
+
+# ------------------------------------------------------------------ status mapping
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        (400, BadRequestError),
+        (401, AuthenticationError),
+        (403, PermissionDeniedError),
+        (404, NotFoundError),
+        (409, APIStatusError),
+        (422, APIStatusError),
+    ],
+)
+async def test_client_errors_map_to_their_exception_without_retrying(
+    status: int, error_type: type[APIStatusError]
+) -> None:
+    """Each 4xx maps to its class with message, request id and body, after one request."""
+    api = ScriptedAPI(error_body(status, message="Body validation error!", request_id="rid-9"))
+    with pytest.raises(error_type) as caught:
+        await make_transport(api).get(GEN_ID)
+    error = caught.value
+    assert type(error) is error_type
+    assert error.status_code == status
+    assert error.message == "Body validation error!"
+    assert error.request_id == "rid-9"
+    assert isinstance(error.body, dict)
+    assert error.body["statusCode"] == status
+    assert error.method == "GET"
+    assert GEN_ID.split(":")[0] in (error.url or "")
+    assert f"HTTP {status}: Body validation error! [request id rid-9]" in str(error)
+    assert len(api.requests) == 1
+    assert_no_httpx_in_chain(error)
+
+
+@pytest.mark.parametrize(
+    ("response", "message", "body"),
+    [
+        (
+            httpx.Response(401, text="Unauthorized: bad key"),
+            "Unauthorized: bad key",
+            "Unauthorized: bad key",
+        ),
+        (httpx.Response(404, content=b""), "Not Found", None),
+        (httpx.Response(400, json=["a", "b"]), "Bad Request", ["a", "b"]),
+        (
+            httpx.Response(400, json={"message": ["prompt too short", "lyrics missing"]}),
+            "prompt too short; lyrics missing",
+            {"message": ["prompt too short", "lyrics missing"]},
+        ),
+        (
+            httpx.Response(403, json={"error": {"message": "no credits"}}),
+            "no credits",
+            {"error": {"message": "no credits"}},
+        ),
+        (httpx.Response(403, json={"error": "forbidden"}), "forbidden", {"error": "forbidden"}),
+    ],
+)
+async def test_any_error_body_shape_is_tolerated(
+    response: httpx.Response, message: str, body: object
+) -> None:
+    """Plain-text, empty and non-standard JSON error bodies still give a readable error."""
+    api = ScriptedAPI(response)
+    with pytest.raises(APIStatusError) as caught:
+        await make_transport(api).get(GEN_ID)
+    assert caught.value.message == message
+    assert caught.value.body == body
+    assert caught.value.request_id is None
+
+
+async def test_a_huge_html_error_page_is_kept_only_as_a_bounded_excerpt() -> None:
+    """An HTML page becomes a short one-line message and a bounded body excerpt."""
+    page = "<html><body>" + "<p>gateway   error</p>\n" * 2000 + "</body></html>"
+    api = ScriptedAPI(httpx.Response(400, text=page))
+    with pytest.raises(BadRequestError) as caught:
+        await make_transport(api).get(GEN_ID)
+    error = caught.value
+    assert isinstance(error.body, str)
+    assert len(error.body) < 600
+    assert f"({len(page)} characters)" in error.body
+    assert len(error.message) < 300
+    assert "\n" not in error.message
+
+
+async def test_request_id_falls_back_to_the_x_request_id_header() -> None:
+    """When the body has no requestId, the x-request-id header is used."""
+    api = ScriptedAPI(httpx.Response(404, text="gone", headers={"x-request-id": "hdr-7"}))
+    with pytest.raises(NotFoundError) as caught:
+        await make_transport(api).get(GEN_ID)
+    assert caught.value.request_id == "hdr-7"
+
+
+async def test_an_unreadable_2xx_on_get_is_a_response_validation_error_at_once() -> None:
+    """A 200 that is not a generation raises ResponseValidationError and is not retried."""
+    api = ScriptedAPI(httpx.Response(200, text="<html>maintenance</html>"))
+    with pytest.raises(ResponseValidationError) as caught:
+        await make_transport(api).get(GEN_ID)
+    assert "not valid JSON" in caught.value.reason
+    assert caught.value.body == "<html>maintenance</html>"
+    assert caught.value.method == "GET"
+    assert len(api.requests) == 1
+
+
+async def test_a_2xx_missing_required_fields_names_the_field() -> None:
+    """A JSON 200 without 'status' says which field is missing."""
+    api = ScriptedAPI(ok({"id": GEN_ID}))
+    with pytest.raises(ResponseValidationError, match="status"):
+        await make_transport(api).get(GEN_ID)
+
+
+# ------------------------------------------------------------------ GET retries
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_get_retries_5xx_then_succeeds(status: int) -> None:
+    """A GET answered by a 5xx is retried after a full-jitter back-off and then succeeds."""
+    api = ScriptedAPI(error_body(status), ok())
+    clock = RecordingClock()
+    observer = RecordingObserver()
+    generation = await make_transport(api, clock).get(GEN_ID, observer=observer)
+    assert generation.id == GEN_ID
+    assert api.methods() == ["GET", "GET"]
+    assert len(clock.sleeps) == 1
+    assert 0.0 <= clock.sleeps[0] <= 0.5  # base_delay of the first retry
+    ((attempt, error, delay),) = observer.retries
+    assert attempt == 1
+    assert isinstance(error, ServerError)
+    assert error.status_code == status
+    assert delay == clock.sleeps[0]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.ReadTimeout("read timed out", request=REQUEST),
+        httpx.ConnectError("refused", request=REQUEST),
+        httpx.RemoteProtocolError("server disconnected", request=REQUEST),
+        httpx.ReadError("connection reset", request=REQUEST),
+        httpx.PoolTimeout("pool", request=REQUEST),
+    ],
+)
+async def test_get_retries_connection_errors_and_timeouts_then_succeeds(
+    failure: Exception,
+) -> None:
+    """Transport failures on a GET are retried; the next success is returned."""
+    api = ScriptedAPI(failure, failure, ok())
+    clock = RecordingClock()
+    generation = await make_transport(api, clock).get(GEN_ID)
+    assert generation.id == GEN_ID
+    assert len(api.requests) == 3
+    assert len(clock.sleeps) == 2
+    assert 0.0 <= clock.sleeps[1] <= 1.0  # the window doubles
+
+
+@pytest.mark.parametrize(
+    ("failure", "error_type"),
+    [
+        (httpx.ReadTimeout("read timed out", request=REQUEST), APITimeoutError),
+        (httpx.ConnectTimeout("connect timed out", request=REQUEST), APITimeoutError),
+        (httpx.ConnectError("refused", request=REQUEST), APIConnectionError),
+        (error_body(503, message="overloaded"), ServerError),
+        (error_body(429, message="slow down"), RateLimitError),
+    ],
+)
+async def test_get_raises_the_mapped_error_when_retries_are_exhausted(
+    failure: Exception | httpx.Response, error_type: type[Exception]
+) -> None:
+    """After `attempts` tries the last failure surfaces as an aimlmusic exception."""
+    api = ScriptedAPI(failure)
+    with pytest.raises(error_type) as caught:
+        await make_transport(api, retry=RetryPolicy(attempts=3)).get(GEN_ID)
+    assert type(caught.value) is error_type
+    assert len(api.requests) == 3
+    assert_no_httpx_in_chain(caught.value)
+
+
+async def test_exhausted_timeout_names_the_request_and_the_cause() -> None:
+    """An APITimeoutError says what timed out and carries method and URL."""
+    api = ScriptedAPI(httpx.ReadTimeout("timed out", request=REQUEST))
+    with pytest.raises(APITimeoutError) as caught:
+        await make_transport(api, retry=RetryPolicy(attempts=1)).get(GEN_ID)
+    assert "ReadTimeout: timed out" in str(caught.value)
+    assert caught.value.method == "GET"
+    assert caught.value.url is not None
+
+
+def _in(seconds: float) -> str:
+    return email.utils.formatdate(time.time() + seconds, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "3"}, 3.0),
+        ({"retry-after-ms": "250"}, 0.25),
+        ({"Retry-After": "99999"}, 45.0),  # capped at max_retry_after
+    ],
+)
+async def test_get_honours_retry_after_on_5xx_capped(
+    headers: dict[str, str], expected: float
+) -> None:
+    """A 503's Retry-After / retry-after-ms replaces the back-off, up to the cap."""
+    api = ScriptedAPI(httpx.Response(503, headers=headers, text="busy"), ok())
+    clock = RecordingClock()
+    retry = RetryPolicy(attempts=3, max_retry_after=45.0)
+    await make_transport(api, clock, retry=retry).get(GEN_ID)
+    assert clock.sleeps == [expected]
+
+
+async def test_get_honours_a_retry_after_http_date() -> None:
+    """An HTTP-date Retry-After is turned into the seconds until that date."""
+    api = ScriptedAPI(httpx.Response(503, headers={"Retry-After": _in(30)}), ok())
+    clock = RecordingClock()
+    await make_transport(api, clock).get(GEN_ID)
+    assert len(clock.sleeps) == 1
+    assert 27.0 <= clock.sleeps[0] <= 30.0  # whole seconds, minus the test's own run time
+
+
+# ------------------------------------------------------------------ 429 and the budget
+
+
+class SpyBudget(RequestBudget):
+    """The real budget, recording every acquire and piece of feedback."""
+
+    def __init__(self, clock: RecordingClock) -> None:
+        super().__init__(1e6, clock, seed=1)
+        self.acquired: list[RequestKind] = []
+        self.successes = 0
+        self.throttles: list[float | None] = []
+
+    async def acquire(self, kind: RequestKind = "poll") -> None:
+        self.acquired.append(kind)
+        await super().acquire(kind)
+
+    def on_success(self) -> None:
+        self.successes += 1
+        super().on_success()
+
+    def on_throttled(self, retry_after: float | None) -> None:
+        self.throttles.append(retry_after)
+        super().on_throttled(retry_after)
+
+
+def spy_transport(api: ScriptedAPI, clock: RecordingClock, budget: SpyBudget) -> Transport:
+    return Transport(
+        api_key="k",
+        base_url=API,
+        timeout=Timeout(),
+        retry=RetryPolicy(attempts=4, max_retry_after=60.0),
+        clock=clock,
+        budget=budget,
+        transport=api.transport,
+    )
+
+
+async def test_every_attempt_acquires_the_budget_with_its_kind() -> None:
+    """Each try (first and retries) waits for the budget: 'poll' for GET, 'submit' for POST."""
+    clock = RecordingClock()
+    budget = SpyBudget(clock)
+    api = ScriptedAPI(error_body(502), error_body(502), ok(), ok())
+    transport = spy_transport(api, clock, budget)
+    await transport.get(GEN_ID)
+    await transport.submit(song())
+    assert budget.acquired == ["poll", "poll", "poll", "submit"]
+    assert budget.successes == 2
+
+
+async def test_a_429_pauses_the_budget_and_the_transport_adds_no_sleep_of_its_own() -> None:
+    """Retry-After on a 429 goes to the budget, whose pause is the only wait before the retry."""
+    clock = RecordingClock()
+    budget = SpyBudget(clock)
+    observer = RecordingObserver()
+    api = ScriptedAPI(httpx.Response(429, headers={"Retry-After": "7"}, text="slow"), ok())
+    await spy_transport(api, clock, budget).get(GEN_ID, observer=observer)
+    assert budget.throttles == [7.0]
+    assert observer.throttles == [7.0]
+    assert observer.retries == []
+    assert clock.sleeps == [7.0]  # waited once, inside budget.acquire
+    assert len(api.requests) == 2
+
+
+async def test_a_429_without_retry_after_lets_the_budget_back_off_on_its_own() -> None:
+    """With no hint the budget gets None and applies its own pause."""
+    clock = RecordingClock()
+    budget = SpyBudget(clock)
+    observer = RecordingObserver()
+    api = ScriptedAPI(error_body(429, message="Too many requests"), ok())
+    await spy_transport(api, clock, budget).get(GEN_ID, observer=observer)
+    assert budget.throttles == [None]
+    assert observer.throttles == [None]
+    assert len(clock.sleeps) == 1
+    assert 1.0 <= clock.sleeps[0] <= 2.0  # the budget's first pause, jittered
+    assert budget.effective_rate < 1e6  # and it slowed down
+
+
+async def test_a_429s_huge_retry_after_is_capped_before_it_reaches_the_budget() -> None:
+    """A server cannot park the client for longer than max_retry_after."""
+    clock = RecordingClock()
+    budget = SpyBudget(clock)
+    api = ScriptedAPI(httpx.Response(429, headers={"Retry-After": "86400"}), ok())
+    await spy_transport(api, clock, budget).get(GEN_ID)
+    assert budget.throttles == [60.0]
+    assert clock.sleeps == [60.0]
+
+
+async def test_exhausted_429s_raise_rate_limit_error_with_the_hint() -> None:
+    """When every try is throttled, RateLimitError carries the server's retry_after."""
+    api = ScriptedAPI(httpx.Response(429, headers={"Retry-After": "2"}, json={"message": "slow"}))
+    with pytest.raises(RateLimitError) as caught:
+        await make_transport(api, retry=RetryPolicy(attempts=2)).get(GEN_ID)
+    assert caught.value.retry_after == 2.0
+    assert caught.value.status_code == 429
+    assert len(api.requests) == 2
+
+
+# ------------------------------------------------------------------ POST: never pay twice
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+async def test_post_answered_by_5xx_is_ambiguous_and_sent_exactly_once(status: int) -> None:
+    """A 5xx to a submission may hide a created generation: raised, never resent."""
+    api = ScriptedAPI(error_body(status, message="internal"), ok())
+    request = song()
+    with pytest.raises(AmbiguousSubmissionError) as caught:
+        await make_transport(api).submit(request)
+    assert api.methods() == ["POST"]
+    error = caught.value
+    assert error.request is request
+    assert isinstance(error.cause, ServerError)
+    assert error.cause.status_code == status
+    assert error.__cause__ is error.cause
+    assert "not resent" in str(error)
+    assert_no_httpx_in_chain(error)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.ReadTimeout("read timed out", request=REQUEST),
+        httpx.WriteTimeout("write timed out", request=REQUEST),
+        httpx.RemoteProtocolError("server disconnected without a response", request=REQUEST),
+        httpx.ReadError("connection reset by peer", request=REQUEST),
+        httpx.WriteError("broken pipe", request=REQUEST),
+    ],
+)
+async def test_post_failing_after_sending_is_ambiguous_and_sent_exactly_once(
+    failure: Exception,
+) -> None:
+    """Read/write timeouts and dropped connections after sending are never resent."""
+    api = ScriptedAPI(failure, ok())
+    clock = RecordingClock()
+    with pytest.raises(AmbiguousSubmissionError) as caught:
+        await make_transport(api, clock).submit(song())
+    assert api.methods() == ["POST"]
+    assert clock.sleeps == []
+    assert isinstance(caught.value.cause, APIConnectionError)
+    assert type(failure).__name__ in str(caught.value)
+    assert_no_httpx_in_chain(caught.value)
+
+
+async def test_post_read_timeout_cause_is_an_api_timeout_error() -> None:
+    """The cause of an ambiguous timed-out submission says it timed out."""
+    api = ScriptedAPI(httpx.ReadTimeout("read timed out", request=REQUEST))
+    with pytest.raises(AmbiguousSubmissionError) as caught:
+        await make_transport(api).submit(song())
+    assert isinstance(caught.value.cause, APITimeoutError)
+
+
+async def test_post_with_an_unreadable_2xx_is_ambiguous() -> None:
+    """A 200 we cannot parse may be a created generation: ambiguous, not resent."""
+    api = ScriptedAPI(httpx.Response(200, text="{not json"), ok())
+    with pytest.raises(AmbiguousSubmissionError) as caught:
+        await make_transport(api).submit(song())
+    assert api.methods() == ["POST"]
+    assert isinstance(caught.value.cause, ResponseValidationError)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.ConnectError("connection refused", request=REQUEST),
+        httpx.ConnectTimeout("connect timed out", request=REQUEST),
+        httpx.PoolTimeout("no free connection", request=REQUEST),
+    ],
+)
+async def test_post_that_never_connected_is_retried(failure: Exception) -> None:
+    """A connection never established proves the POST never arrived: it is retried."""
+    api = ScriptedAPI(failure, failure, ok())
+    clock = RecordingClock()
+    observer = RecordingObserver()
+    generation = await make_transport(api, clock).submit(song(), observer=observer)
+    assert generation.id == GEN_ID
+    assert api.methods() == ["POST", "POST", "POST"]
+    assert [attempt for attempt, _, _ in observer.retries] == [1, 2]
+    assert len(clock.sleeps) == 2
+
+
+async def test_post_that_never_connects_ends_in_a_connection_error_not_an_ambiguous_one() -> None:
+    """Exhausted connect failures are APIConnectionError: nothing can have been created."""
+    api = ScriptedAPI(httpx.ConnectError("refused", request=REQUEST))
+    with pytest.raises(APIConnectionError) as caught:
+        await make_transport(api, retry=RetryPolicy(attempts=3)).submit(song())
+    assert not isinstance(caught.value, AmbiguousSubmissionError)
+    assert len(api.requests) == 3
+
+
+async def test_post_throttled_by_429_is_retried() -> None:
+    """A 429 means the submission was refused, so it is safely resent."""
+    api = ScriptedAPI(httpx.Response(429, headers={"Retry-After": "1"}), ok())
+    clock = RecordingClock()
+    generation = await make_transport(api, clock).submit(song())
+    assert generation.id == GEN_ID
+    assert api.methods() == ["POST", "POST"]
+    assert api.bodies()[0] == api.bodies()[1]
+    assert clock.sleeps == [1.0]
+
+
+async def test_post_rejected_with_400_is_a_bad_request_not_ambiguous() -> None:
+    """A 4xx proves nothing was created: it maps to its error and is not retried."""
+    api = ScriptedAPI(error_body(400, message="Body validation error!"))
+    with pytest.raises(BadRequestError):
+        await make_transport(api).submit(song())
+    assert len(api.requests) == 1
+
+
+# ------------------------------------------------------------------ lifecycle
+
+
+async def test_closed_transport_refuses_to_send() -> None:
+    """After aclose a request raises a clear error instead of reaching httpx."""
+    api = ScriptedAPI(ok())
+    transport = make_transport(api)
+    await transport.aclose()
+    await transport.aclose()  # twice is fine
+    with pytest.raises(RuntimeError, match="closed"):
+        await transport.get(GEN_ID)
+    assert api.requests == []
+
+
+async def test_a_caller_owned_http_client_is_not_closed() -> None:
+    """A client passed in stays open after the transport closes; its own is closed."""
+    api = ScriptedAPI(ok())
+    clock = RecordingClock()
+    async with httpx.AsyncClient(transport=api.transport) as http:
+        transport = Transport(
+            api_key="k",
+            base_url=API,
+            timeout=Timeout(),
+            retry=RetryPolicy(),
+            clock=clock,
+            budget=RequestBudget(1e6, clock),
+            http_client=http,
+        )
+        await transport.get(GEN_ID)
+        await transport.aclose()
+        assert not http.is_closed
+    own = make_transport(api)
+    await own.aclose()
+    assert own.http_client.is_closed
+
+
+# ------------------------------------------------------------------ real sockets
+
+
+class CountingServer:
+    """A TCP server on 127.0.0.1 that reads a request and hangs up without answering."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+
+    async def handle(self, stream: SocketStream) -> None:
+        self.connections += 1
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                await stream.receive(65536)
+
+
+def real_transport(port: int, clock: RecordingClock, attempts: int = 3) -> Transport:
+    return Transport(
+        api_key="k",
+        base_url=f"http://127.0.0.1:{port}",
+        timeout=Timeout(connect=2, read=2, write=2, pool=2),
+        retry=RetryPolicy(attempts=attempts),
+        clock=clock,
+        budget=RequestBudget(1e6, clock),
+    )
+
+
+async def test_real_socket_dropped_after_sending_post_is_ambiguous_and_get_is_retried() -> None:
+    """Over a real socket, a hang-up after the request: POST sent once, GET retried."""
+    server = CountingServer()
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(SocketAttribute.local_port)
+    clock = RecordingClock()
+    async with listener, anyio.create_task_group() as group:
+        group.start_soon(listener.serve, server.handle)
+        transport = real_transport(port, clock)
+        try:
+            with anyio.fail_after(10):
+                with pytest.raises(AmbiguousSubmissionError):
+                    await transport.submit(song())
+                assert server.connections == 1
+                with pytest.raises(APIConnectionError):
+                    await transport.get(GEN_ID)
+                assert server.connections == 1 + 3
+        finally:
+            await transport.aclose()
+            group.cancel_scope.cancel()
+
+
+async def test_real_refused_connection_post_is_retried_then_connection_error() -> None:
+    """A refused connection (nothing listening) is retried even for a POST."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(SocketAttribute.local_port)
+    await listener.aclose()  # nothing listens there now: connections are refused
+    clock = RecordingClock()
+    transport = real_transport(port, clock, attempts=3)
+    try:
+        with anyio.fail_after(10), pytest.raises(APIConnectionError) as caught:
+            await transport.submit(song())
+    finally:
+        await transport.aclose()
+    assert not isinstance(caught.value, AmbiguousSubmissionError)
+    assert len(clock.sleeps) == 2  # two back-offs between three attempts
+    assert_no_httpx_in_chain(caught.value)
