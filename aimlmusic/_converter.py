@@ -40,7 +40,8 @@ BODY_EXCERPT_CHARS = 500
 
 def _structure_status(value: Any, _: type) -> GenerationStatus:
     if not isinstance(value, str):
-        raise TypeError(f"status must be a string, got {type(value).__name__}")
+        # _field() prefixes the field name: "status: expected a string, got int".
+        raise TypeError(f"expected a string, got {type(value).__name__}")
     return GenerationStatus(value)
 
 
@@ -152,7 +153,7 @@ def generation_from_json(text: str | bytes) -> Generation:
     """Decode and structure a generation response body."""
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise ResponseValidationError(
             f"body is not valid JSON ({exc})", body=_excerpt(text)
         ) from exc

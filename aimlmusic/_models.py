@@ -52,11 +52,20 @@ def _check_text(field: str, value: object, low: int, high: int) -> None:
         raise RequestValidationError(
             field, f"must be {low}-{high} characters long", f"{n} characters"
         )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # A lone surrogate cannot be sent as UTF-8 JSON: refuse it before any credit is spent.
+        raise RequestValidationError(
+            field, "must be valid Unicode text", f"an unpaired surrogate at index {exc.start}"
+        ) from None
 
 
 def _check_choice(field: str, value: object, choices: tuple[object, ...]) -> None:
-    # bool is an int subclass: True must not pass for a sample rate.
-    if isinstance(value, bool) or value not in choices:
+    # bool is an int subclass: True must not pass for a sample rate. And 44100.0 == 44100, but
+    # it would be sent as a JSON float where the API's schema says integer.
+    kind = type(choices[0])
+    if isinstance(value, bool) or not isinstance(value, kind) or value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
         raise RequestValidationError(field, f"must be one of {allowed}", repr(value))
 
@@ -140,7 +149,7 @@ class GenerationStatus(str, enum.Enum):
 
     @property
     def is_terminal(self) -> bool:
-        """True for ``completed`` and ``error``: polling can stop."""
+        """True for ``completed`` and ``error``, after which polling stops."""
         return self in (GenerationStatus.COMPLETED, GenerationStatus.ERROR)
 
     @property
@@ -157,7 +166,10 @@ class AudioFile:
     """Where the finished song can be downloaded: a presigned ``url`` that expires."""
 
     url: str
-    extra: Mapping[str, Any] = attrs.field(default=_EMPTY, converter=_frozen_mapping, repr=False)
+    # hash=False: a mapping is unhashable, yet frozen models must hash (equality still counts it).
+    extra: Mapping[str, Any] = attrs.field(
+        default=_EMPTY, converter=_frozen_mapping, repr=False, hash=False
+    )
 
 
 @attrs.frozen
@@ -166,7 +178,10 @@ class GenerationError:
 
     name: str
     message: str
-    extra: Mapping[str, Any] = attrs.field(default=_EMPTY, converter=_frozen_mapping, repr=False)
+    # hash=False: a mapping is unhashable, yet frozen models must hash (equality still counts it).
+    extra: Mapping[str, Any] = attrs.field(
+        default=_EMPTY, converter=_frozen_mapping, repr=False, hash=False
+    )
 
 
 @attrs.frozen
@@ -174,7 +189,10 @@ class Usage:
     """What the generation cost."""
 
     credits_used: float
-    extra: Mapping[str, Any] = attrs.field(default=_EMPTY, converter=_frozen_mapping, repr=False)
+    # hash=False: a mapping is unhashable, yet frozen models must hash (equality still counts it).
+    extra: Mapping[str, Any] = attrs.field(
+        default=_EMPTY, converter=_frozen_mapping, repr=False, hash=False
+    )
 
 
 @attrs.frozen
@@ -219,7 +237,10 @@ class Generation:
     audio_file: AudioFile | None = None
     error: GenerationError | None = None
     usage: Usage | None = None
-    extra: Mapping[str, Any] = attrs.field(default=_EMPTY, converter=_frozen_mapping, repr=False)
+    # hash=False: a mapping is unhashable, yet frozen models must hash (equality still counts it).
+    extra: Mapping[str, Any] = attrs.field(
+        default=_EMPTY, converter=_frozen_mapping, repr=False, hash=False
+    )
 
     @property
     def is_finished(self) -> bool:
