@@ -1,0 +1,627 @@
+"""``run_catalog``: a catalog file in, audio files, a journal and a manifest out.
+
+The order of work, and why:
+
+1. Read and validate the whole catalog; any problem raises :class:`CatalogError` before the
+   output directory is touched, so an invalid catalog spends nothing.
+2. Open the journal (exclusive: one run per directory), record the catalog's songs, turn songs
+   a crash left ``submitting`` into ``ambiguous``.
+3. Songs with a generation id are never resubmitted: ``completed`` ones are downloaded,
+   ``submitted`` ones are waited for (``client.wait``) and then downloaded.
+4. Everything else that may be sent goes through ``client.generate_many``, fed by an async
+   generator that commits ``submitting`` to the journal right before handing each song over.
+   The scheduler takes a song only when it has a free slot and submits it at once, and a shared
+   semaphore keeps resumed and new songs together within ``max_in_flight``. The generation id
+   is committed from the scheduler's ``submitted`` event, as soon as the POST returns.
+5. Each finished song is downloaded into a hidden partial directory, tagged, hashed and renamed into
+   place; the journal and the manifest follow every step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import anyio.to_thread
+
+from .._errors import (
+    AimlMusicError,
+    AmbiguousSubmissionError,
+    APIConnectionError,
+    APIStatusError,
+    ConfigurationError,
+    GenerationFailedError,
+    NotFoundError,
+    ServerError,
+)
+from .._events import RequestRetried, RequestThrottled, SongSubmitted
+from .._limits import DEFAULT_SONG_DEADLINE
+from .._models import Generation, SongResult
+from ._journal import JOURNAL_NAME, Journal, JournalEntry, SongState
+from ._manifest import MANIFEST_NAME, ManifestWriter
+from ._names import is_inside
+from ._progress import CatalogEvent, EventKind, RunProgress, RunSummary
+from ._rows import CatalogError, CatalogProblem, CatalogRow, iter_catalog
+from ._store import clear_partial, finish_download, part_path, remove_partial
+from ._tags import mutagen_available
+
+if TYPE_CHECKING:
+    from .._client import AsyncMusicClient
+
+__all__ = ["EPHEMERAL_ENDPOINT", "read_summary", "run_catalog"]
+
+logger = logging.getLogger("aimlmusic.catalog")
+
+#: The endpoint recorded in a journal made against a server that forgets everything when the
+#: process ends (the in-process emulator).
+EPHEMERAL_ENDPOINT = "in-process emulator"
+
+#: Real seconds between ``tick`` events.
+TICK_SECONDS = 0.5
+
+#: Songs downloaded at once by default.
+DOWNLOAD_CONCURRENCY = 4
+
+_S = SongState
+
+
+async def run_catalog(
+    client: AsyncMusicClient,
+    catalog: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    max_in_flight: int | None = None,
+    deadline: float | None = DEFAULT_SONG_DEADLINE,
+    resubmit_ambiguous: bool = False,
+    retry_failed: bool = False,
+    adopt: Mapping[str, str] | None = None,
+    tag_mp3: bool = True,
+    download_concurrency: int = DOWNLOAD_CONCURRENCY,
+    server_is_ephemeral: bool = False,
+    on_event: Callable[[CatalogEvent], None] | None = None,
+) -> RunSummary:
+    """Generate every song of ``catalog`` into ``output_dir``; safe to interrupt and rerun.
+
+    ``max_in_flight`` caps generations running at once (default: the client's
+    ``limits.max_in_flight``); ``deadline`` is each song's time limit in API seconds (a song
+    that misses it stays ``submitted`` and is picked up again by the next run).
+    ``resubmit_ambiguous`` sends again songs whose earlier submission may or may not have been
+    accepted (this can pay twice); ``retry_failed`` sends again songs whose generation failed;
+    ``adopt`` maps keys of such songs to generation ids found elsewhere, so the run waits for
+    those instead. ``tag_mp3`` writes ID3 tags (needs mutagen, in the ``cli`` extra).
+    ``server_is_ephemeral`` says the server forgets generations between runs (the in-process
+    emulator): unfinished songs then start over. ``on_event`` receives progress.
+
+    Raises :class:`CatalogError` (listing every problem) when the catalog is invalid or
+    conflicts with the journal, and :class:`JournalError` when the directory belongs to another
+    run or server; nothing is sent in either case.
+    """
+    if download_concurrency < 1:
+        raise ValueError(f"download_concurrency must be at least 1, got {download_concurrency}")
+    if tag_mp3 and not mutagen_available():
+        raise ConfigurationError(
+            "tagging MP3s needs mutagen: pip install 'aimlmusic[cli]', or pass tag_mp3=False"
+        )
+    out = Path(output_dir)
+    journal = _prepare(
+        Path(catalog),
+        out,
+        endpoint=EPHEMERAL_ENDPOINT if server_is_ephemeral else _endpoint(client.base_url),
+        forget_generations=server_is_ephemeral,
+        adopt=adopt or {},
+    )
+    try:
+        run = _Run(
+            client,
+            journal,
+            out,
+            max_in_flight=max_in_flight or client.limits.max_in_flight,
+            deadline=deadline,
+            resubmit_ambiguous=resubmit_ambiguous,
+            retry_failed=retry_failed,
+            tag=tag_mp3,
+            download_concurrency=download_concurrency,
+            on_event=on_event,
+        )
+        return await run.execute()
+    finally:
+        journal.close()
+
+
+def _endpoint(base_url: str) -> str:
+    """The base URL as recorded in the journal: without any user:password part, host in
+    lower case, no trailing slash (so equivalent spellings match)."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port is not None else "")
+    path = parts.path.rstrip("/")
+    return urlunsplit((parts.scheme.lower(), netloc, path, parts.query, parts.fragment))
+
+
+def _prepare(
+    catalog_path: Path,
+    out: Path,
+    *,
+    endpoint: str,
+    forget_generations: bool,
+    adopt: Mapping[str, str],
+) -> Journal:
+    """Validate the catalog, then open the journal and bring it up to date (blocking I/O, all
+    of it quick). Nothing touches the output directory unless the catalog is valid."""
+    problems = [p for p in iter_catalog(catalog_path) if isinstance(p, CatalogProblem)]
+    if problems:
+        raise CatalogError(catalog_path, problems)
+    out.mkdir(parents=True, exist_ok=True)
+    journal = Journal.in_directory(out, endpoint=endpoint)
+    try:
+        _load(journal, catalog_path)
+        if forget_generations:
+            journal.forget_generations()
+        for key in journal.recover_interrupted():
+            logger.warning("song %r was interrupted while submitting: now ambiguous", key)
+        for key, generation_id in adopt.items():
+            journal.adopt(key, generation_id)
+    except BaseException:
+        journal.close()
+        raise
+    return journal
+
+
+def read_summary(output_dir: str | os.PathLike[str]) -> RunSummary:
+    """How the output directory of a catalog run stands, read from its journal.
+
+    Opens the journal briefly (so not while a run is using the directory).
+    """
+    out = Path(output_dir)
+    path = out / JOURNAL_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"no journal in {out}")
+    with Journal(path, endpoint=None) as journal:
+        return _summary(journal, out, interrupted=False)
+
+
+def _load(journal: Journal, catalog_path: Path) -> None:
+    """Record the (already validated) catalog; a problem now means the file changed meanwhile."""
+    late: list[CatalogProblem] = []
+
+    def rows() -> Iterator[CatalogRow]:
+        for item in iter_catalog(catalog_path):
+            if isinstance(item, CatalogRow):
+                yield item
+            else:
+                late.append(item)
+
+    conflicts = journal.sync_catalog(rows())
+    if late or conflicts:
+        raise CatalogError(catalog_path, sorted([*late, *conflicts], key=lambda p: p.line))
+
+
+def _summary(journal: Journal, out: Path, *, interrupted: bool) -> RunSummary:
+    failed: list[str] = []
+    ambiguous: list[str] = []
+    unfinished: list[str] = []
+    wanted = (_S.FAILED, _S.AMBIGUOUS, _S.SUBMITTING, _S.SUBMITTED, _S.COMPLETED)
+    for entry in journal.entries(wanted):
+        if entry.state is _S.FAILED:
+            failed.append(entry.key)
+        elif entry.state in (_S.AMBIGUOUS, _S.SUBMITTING):
+            ambiguous.append(entry.key)
+        else:
+            unfinished.append(entry.key)
+    counts = journal.counts()
+    return RunSummary(
+        output_dir=out,
+        journal_path=journal.path,
+        manifest_path=out / MANIFEST_NAME,
+        total=sum(counts.values()),
+        counts=counts,
+        credits_used=journal.credits_used(),
+        failed=tuple(failed),
+        ambiguous=tuple(ambiguous),
+        unfinished=tuple(unfinished),
+        interrupted=interrupted,
+    )
+
+
+def _never_accepted(error: BaseException) -> bool:
+    """True when a submission error proves no generation was created (so nothing was paid).
+
+    The transport raises :class:`AmbiguousSubmissionError` whenever a POST may have landed;
+    an error status other than 5xx is the server refusing, and a connection error means the
+    request never got through. Anything else is treated as ambiguous.
+    """
+    if isinstance(error, AmbiguousSubmissionError | ServerError):
+        return False
+    return isinstance(error, APIStatusError | APIConnectionError)
+
+
+class _SchedulerEvents:
+    """The hooks given to ``generate_many``: commit each generation id as soon as its POST
+    returns, and report throttling and retries."""
+
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+
+    def on_submitted(self, event: SongSubmitted) -> None:
+        self._run.record_submitted(event.key, event.generation_id)
+
+    def on_throttled(self, event: RequestThrottled) -> None:
+        self._run.note_throttled()
+
+    def on_retried(self, event: RequestRetried) -> None:
+        entry = self._run.journal.entry(event.key)
+        self._run.emit(
+            "retry",
+            entry=entry,
+            state=entry.state if entry is not None else None,
+            message=f"{event.kind} attempt {event.attempt} failed ({event.error}); "
+            f"retrying in {event.delay:.1f} s",
+        )
+
+
+class _Run:
+    """The state of one run: journal, counters, and the tasks that move songs along."""
+
+    def __init__(
+        self,
+        client: AsyncMusicClient,
+        journal: Journal,
+        out: Path,
+        *,
+        max_in_flight: int,
+        deadline: float | None,
+        resubmit_ambiguous: bool,
+        retry_failed: bool,
+        tag: bool,
+        download_concurrency: int,
+        on_event: Callable[[CatalogEvent], None] | None,
+    ) -> None:
+        self.client = client
+        self.journal = journal
+        self.out = out
+        self.deadline = deadline
+        self.resubmit_ambiguous = resubmit_ambiguous
+        self.retry_failed = retry_failed
+        self.tag = tag
+        self.max_in_flight = max_in_flight
+        self.on_event = on_event
+        self.manifest = ManifestWriter(out / MANIFEST_NAME, journal)
+        # Resumed waits and new submissions share the account's concurrent generations.
+        self.slots = anyio.Semaphore(max_in_flight)
+        self.download_limiter = anyio.CapacityLimiter(download_concurrency)
+        self.counts = journal.counts()
+        self.total = sum(self.counts.values())
+        self.credits = journal.credits_used()
+        self.todo = 0
+        self.done = 0
+        self.started = time.monotonic()
+        self.was_throttled = False
+        self.throttled_responses = 0
+        #: Keys sent (or sent again, or resumed) in this run: never sent by it again.
+        self.attempted: set[str] = set()
+        #: Set once the songs to resume are listed: submissions wait for it.
+        self.resume_listed = anyio.Event()
+        self._hook_failed = False
+
+    # ------------------------------------------------------------------ reporting
+
+    def progress(self) -> RunProgress:
+        return RunProgress(
+            total=self.total,
+            counts=self.counts,
+            todo=self.todo,
+            done=self.done,
+            credits_used=self.credits,
+            throttled=self.was_throttled or self._throttled_now(),
+            throttled_responses=self.throttled_responses,
+            elapsed=time.monotonic() - self.started,
+        )
+
+    def _throttled_now(self) -> bool:
+        budget = getattr(self.client, "budget", None)
+        paused_until = getattr(budget, "paused_until", None)
+        if not isinstance(paused_until, float | int):
+            return False
+        return bool(paused_until > self.client.clock.now())
+
+    def note_throttled(self) -> None:
+        """The API answered 429: show it until the budget's pause is over."""
+        self.throttled_responses += 1
+        if not self.was_throttled:
+            self.was_throttled = True
+            self.emit("throttled", message="the API asked us to slow down")
+
+    def emit(
+        self,
+        kind: EventKind,
+        *,
+        entry: JournalEntry | None = None,
+        state: SongState | None = None,
+        message: str | None = None,
+    ) -> None:
+        if self.on_event is None:
+            return
+        event = CatalogEvent(
+            kind=kind,
+            progress=self.progress(),
+            key=entry.key if entry is not None else None,
+            title=entry.title if entry is not None else None,
+            state=state,
+            message=message,
+        )
+        try:
+            self.on_event(event)
+        except Exception:
+            # A broken display must not break the run (nor lose the journal's consistency).
+            if not self._hook_failed:
+                logger.exception("the on_event callback raised; further errors are not logged")
+                self._hook_failed = True
+
+    def _moved(
+        self, entry: JournalEntry, old: SongState, new: SongState, message: str | None = None
+    ) -> None:
+        self.counts[old] -= 1
+        self.counts[new] += 1
+        if new in (_S.DOWNLOADED, _S.FAILED, _S.AMBIGUOUS):
+            self.done += 1
+            self.manifest.changed()
+        self.emit("state", entry=entry, state=new, message=message)
+
+    def _stuck(self, entry: JournalEntry, state: SongState, error: BaseException) -> None:
+        """The song cannot go further in this run but keeps its state (a deadline, an
+        outage, a failed download): the next run picks it up where it is."""
+        self.journal.note_error(entry.key, error)
+        self.done += 1
+        self.manifest.changed()
+        self.emit("state", entry=entry, state=state, message=str(error))
+
+    # ------------------------------------------------------------------ the run
+
+    async def execute(self) -> RunSummary:
+        clear_partial(self.out)
+        to_submit = self._submittable_count()
+        to_resume = self.counts[_S.SUBMITTED] + self.counts[_S.COMPLETED]
+        self.todo = to_submit + to_resume
+        self.journal.start_run()
+        self.manifest.flush()
+        self.emit("started")
+        outcome = "stopped"
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._ticker)
+                async with anyio.create_task_group() as work:
+                    work.start_soon(self._resume_all, work)
+                    work.start_soon(self._submit_all, work)
+                tg.cancel_scope.cancel()  # stops the ticker
+            outcome = "finished"
+        finally:
+            # Synchronous and quick: runs even while the run is being cancelled.
+            self.journal.finish_run(outcome)
+            self.manifest.flush(force=True)
+            remove_partial(self.out)
+        summary = _summary(self.journal, self.out, interrupted=False)
+        self.emit("finished")
+        return summary
+
+    def _submittable_count(self) -> int:
+        count = self.counts[_S.PENDING]
+        if self.resubmit_ambiguous:
+            count += self.counts[_S.AMBIGUOUS]
+        count += sum(1 for _ in self._retryable_failures())
+        return count
+
+    def _retryable_failures(self) -> Iterator[JournalEntry]:
+        for entry in self.journal.entries([_S.FAILED]):
+            # Rejected outright (no id): nothing was paid, sending again is safe. A failed
+            # generation is sent again only when asked.
+            if entry.generation_id is None or self.retry_failed:
+                yield entry
+
+    async def _ticker(self) -> None:
+        while True:
+            await anyio.sleep(TICK_SECONDS)  # a display heartbeat: real time on purpose
+            paused = self._throttled_now()
+            if self.was_throttled and not paused:
+                self.was_throttled = False
+                self.emit("unthrottled")
+            elif paused and not self.was_throttled:  # a pause seen by a poll outside a batch
+                self.was_throttled = True
+                self.emit("throttled", message="the API asked us to slow down")
+            self.emit("tick")
+
+    # ------------------------------------------------------------------ resumed songs
+
+    async def _resume_all(self, work: anyio.abc.TaskGroup) -> None:
+        # The keys are taken before anything is submitted: songs this run submits pass
+        # through the same states, and must not be resumed a second time.
+        to_download = [e.key for e in self.journal.entries([_S.COMPLETED])]
+        to_wait = [e.key for e in self.journal.entries([_S.SUBMITTED])]
+        self.attempted.update(to_download, to_wait)
+        self.resume_listed.set()
+        for key in to_download:
+            entry = self.journal.entry(key)
+            if entry is not None:
+                work.start_soon(self._download, entry)
+        for key in to_wait:
+            await self.slots.acquire()
+            entry = self.journal.entry(key)
+            if entry is None or entry.state is not _S.SUBMITTED:  # pragma: no cover
+                self.slots.release()
+                continue
+            work.start_soon(self._resume_wait, entry, work)
+
+    async def _resume_wait(self, entry: JournalEntry, work: anyio.abc.TaskGroup) -> None:
+        assert entry.generation_id is not None
+        try:
+            # Given an id, wait() looks at once: a song resumed after a crash has often
+            # finished long ago.
+            generation = await self.client.wait(entry.generation_id, timeout=self.deadline)
+        except GenerationFailedError as exc:
+            self.journal.mark_failed(entry.key, exc)
+            self._moved(entry, _S.SUBMITTED, _S.FAILED, str(exc))
+            return
+        except NotFoundError as exc:
+            # The API no longer knows this id: it cannot be downloaded, and sending it again
+            # would be a new, paid generation, so only retry_failed does that.
+            self.journal.mark_failed(entry.key, exc)
+            self._moved(entry, _S.SUBMITTED, _S.FAILED, str(exc))
+            return
+        except AimlMusicError as exc:
+            # A timeout or an outage: the generation may still finish; the next run resumes.
+            self._stuck(entry, _S.SUBMITTED, exc)
+            return
+        finally:
+            self.slots.release()
+        self._completed(entry, generation, polls=0, generation_seconds=None)
+        work.start_soon(self._download, self.journal.entry(entry.key) or entry)
+
+    # ------------------------------------------------------------------ new songs
+
+    async def _requests(self) -> AsyncIterator[tuple[str, Any]]:
+        """Songs to submit, each committed as ``submitting`` just before it is handed over."""
+        await self.resume_listed.wait()
+        for entry in self._to_submit():
+            if entry.key in self.attempted:
+                continue
+            await self.slots.acquire()
+            old = self.journal.entry(entry.key)
+            if old is None or old.state not in (_S.PENDING, _S.FAILED, _S.AMBIGUOUS):
+                self.slots.release()
+                continue
+            self.attempted.add(entry.key)
+            self.journal.mark_submitting(entry.key)
+            self._moved(entry, old.state, _S.SUBMITTING)
+            yield entry.key, entry.request
+
+    def _to_submit(self) -> Iterable[JournalEntry]:
+        yield from self.journal.entries([_S.PENDING])
+        if self.resubmit_ambiguous:
+            yield from self.journal.entries([_S.AMBIGUOUS])
+        yield from self._retryable_failures()
+
+    async def _submit_all(self, work: anyio.abc.TaskGroup) -> None:
+        events = _SchedulerEvents(self)
+        async with self.client.generate_many(
+            self._requests(),
+            max_in_flight=self.max_in_flight,
+            deadline=self.deadline,
+            events=events,
+        ) as results:
+            async for result in results:
+                self.slots.release()
+                self._result(result, work)
+
+    def record_submitted(self, key: str, generation_id: str) -> None:
+        """Commit a generation id the moment its POST returns."""
+        entry = self.journal.entry(key)
+        if entry is None or entry.state is not _S.SUBMITTING:
+            return
+        self.journal.mark_submitted(key, generation_id)
+        self._moved(entry, _S.SUBMITTING, _S.SUBMITTED, generation_id)
+
+    def _result(self, result: SongResult, work: anyio.abc.TaskGroup) -> None:
+        entry = self.journal.entry(result.key)
+        if entry is None:  # pragma: no cover - the scheduler only returns keys we gave it
+            logger.error("result for an unknown key %r", result.key)
+            return
+        generation = result.generation
+        if generation is not None and entry.state is _S.SUBMITTING:
+            # The submitted event did not reach us (or came with the result): record the id
+            # before anything else.
+            self.record_submitted(result.key, generation.id)
+            entry = self.journal.entry(result.key) or entry
+        error = result.error
+        if error is None and generation is not None:
+            self._completed(entry, generation, result.polls, result.timings.total)
+            work.start_soon(self._download, self.journal.entry(result.key) or entry)
+            return
+        assert error is not None
+        if generation is None:
+            if entry.state is not _S.SUBMITTING:  # pragma: no cover - defensive
+                return
+            if _never_accepted(error):
+                self.journal.mark_failed(result.key, error)
+                self._moved(entry, _S.SUBMITTING, _S.FAILED, str(error))
+            else:
+                self.journal.mark_ambiguous(result.key, error)
+                self._moved(entry, _S.SUBMITTING, _S.AMBIGUOUS, str(error))
+            return
+        if isinstance(error, GenerationFailedError | NotFoundError):
+            self.journal.mark_failed(result.key, error, generation_id=generation.id)
+            self._moved(entry, entry.state, _S.FAILED, str(error))
+            return
+        # A deadline or an outage while polling: the generation may still finish and is
+        # resumed by id on the next run.
+        self._stuck(entry, entry.state, error)
+
+    def _completed(
+        self,
+        entry: JournalEntry,
+        generation: Generation,
+        polls: int,
+        generation_seconds: float | None,
+    ) -> None:
+        current = self.journal.entry(entry.key) or entry
+        self.journal.mark_completed(
+            entry.key, generation, polls=polls, generation_seconds=generation_seconds
+        )
+        if generation.credits_used is not None:
+            self.credits += generation.credits_used
+        self._moved(entry, current.state, _S.COMPLETED)
+
+    # ------------------------------------------------------------------ downloads
+
+    async def _download(self, entry: JournalEntry) -> None:
+        async with self.download_limiter:
+            await self._download_now(entry)
+
+    async def _download_now(self, entry: JournalEntry) -> None:
+        if not is_inside(self.out, entry.file_name):  # pragma: no cover - names are made safe
+            raise AssertionError(f"unsafe file name {entry.file_name!r}")
+        part = part_path(self.out, entry.file_name)
+        final = self.out / entry.file_name
+        self.journal.note_download_attempt(entry.key)
+        try:
+            try:
+                generation = entry.generation or await self.client.get(entry.generation_id or "")
+                await self.client.download(generation, part)
+            except AimlMusicError as exc:
+                self._stuck(entry, _S.COMPLETED, exc)
+                return
+            # Once the bytes are here, finishing them and recording it must not be torn
+            # apart by a cancellation: the journal would disagree with the directory.
+            with anyio.CancelScope(shield=True):
+                try:
+                    stored = await anyio.to_thread.run_sync(
+                        lambda: finish_download(
+                            part,
+                            final,
+                            title=entry.title,
+                            request=entry.request,
+                            generation=generation,
+                            tag=self.tag,
+                        )
+                    )
+                except OSError as exc:
+                    self._stuck(entry, _S.COMPLETED, exc)
+                    return
+                self.journal.mark_downloaded(
+                    entry.key,
+                    sha256=stored.sha256,
+                    size=stored.size,
+                    tagged=stored.tagged,
+                    duration=stored.duration,
+                    sample_rate=stored.sample_rate,
+                )
+                self._moved(entry, _S.COMPLETED, _S.DOWNLOADED, entry.file_name)
+        finally:
+            if part.exists():
+                part.unlink()

@@ -1,0 +1,163 @@
+"""Turning a downloaded file into a finished song in the output directory.
+
+The client downloads into :data:`PARTIAL_DIR`, a hidden directory inside the output
+directory; this module tags the file (MP3 only), measures and hashes the *final* bytes, makes
+it durable and renames it into place in one step. Whatever a crash leaves in the partial
+directory is thrown away by the next run (:func:`clear_partial`), so no half-written file
+ever sits among the songs. Blocking work: the runner calls these in a worker thread or at
+start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import logging
+import os
+import shutil
+import wave
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .._models import Generation, SongRequest
+from ._tags import tag_mp3
+
+__all__ = [
+    "PARTIAL_DIR",
+    "StoredFile",
+    "clear_partial",
+    "finish_download",
+    "fsync_directory",
+    "part_path",
+    "remove_partial",
+]
+
+logger = logging.getLogger("aimlmusic.catalog")
+
+_HASH_CHUNK = 1024 * 1024
+
+
+@attrs.frozen
+class StoredFile:
+    """What was stored: size in bytes, SHA-256 of the final file, whether it was tagged, and
+    the duration (seconds) and sample rate when known."""
+
+    size: int
+    sha256: str
+    tagged: bool
+    duration: float | None
+    sample_rate: int | None
+
+
+#: Where songs are downloaded before they are finished and moved into place.
+PARTIAL_DIR = ".aimlmusic-partial"
+
+
+def part_path(directory: Path, file_name: str) -> Path:
+    """Where a song is downloaded to before it is finished (same file system as its final
+    place, so the last step is an atomic rename)."""
+    return directory / PARTIAL_DIR / file_name
+
+
+def clear_partial(directory: Path) -> None:
+    """Throw away downloads a crash interrupted (also the client's own temporary files) and
+    make the partial directory ready. Only the run holding the journal's lock calls this."""
+    partial = directory / PARTIAL_DIR
+    if partial.is_symlink():  # never follow a planted link out of the output directory
+        partial.unlink()
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True, exist_ok=True)
+
+
+def remove_partial(directory: Path) -> None:
+    """Remove the partial directory at the end of a run, if nothing is left in it."""
+    with contextlib.suppress(OSError):
+        (directory / PARTIAL_DIR).rmdir()
+
+
+def finish_download(
+    part: Path,
+    final: Path,
+    *,
+    title: str,
+    request: SongRequest,
+    generation: Generation,
+    tag: bool,
+) -> StoredFile:
+    """Tag ``part`` (when an MP3 and ``tag``), hash it, fsync it and rename it to ``final``."""
+    tagged = False
+    if tag and request.format == "mp3":
+        try:
+            tag_mp3(
+                part,
+                title=title,
+                lyrics=request.lyrics,
+                prompt=request.prompt,
+                generation_id=generation.id,
+            )
+            tagged = True
+        except ValueError as exc:
+            # Not an MP3 after all: keep the bytes as delivered rather than alter them.
+            logger.warning("not tagging %s: %s", final.name, exc)
+    duration, sample_rate = _audio_facts(part, request, generation)
+    digest = hashlib.sha256()
+    size = 0
+    with part.open("rb+") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        os.fsync(handle.fileno())
+    os.replace(part, final)
+    fsync_directory(final.parent)
+    return StoredFile(
+        size=size,
+        sha256=digest.hexdigest(),
+        tagged=tagged,
+        duration=duration,
+        sample_rate=sample_rate,
+    )
+
+
+def _audio_facts(
+    path: Path, request: SongRequest, generation: Generation
+) -> tuple[float | None, int | None]:
+    """Duration and sample rate: the API's ``extra_info`` when given, else read from the file."""
+    info = generation.music_info
+    duration = info.duration if info is not None else None
+    sample_rate = info.sample_rate if info is not None else None
+    if duration is not None and sample_rate is not None:
+        return duration, sample_rate
+    probed_duration, probed_rate = _probe(path, request.format)
+    return (
+        duration if duration is not None else probed_duration,
+        sample_rate if sample_rate is not None else probed_rate,
+    )
+
+
+def _probe(path: Path, format: str) -> tuple[float | None, int | None]:
+    try:
+        if format == "wav":
+            with wave.open(str(path), "rb") as audio:
+                rate = audio.getframerate()
+                return audio.getnframes() / rate, rate
+        if format == "mp3":
+            mp3: Any = importlib.import_module("mutagen.mp3")
+            info = mp3.MP3(path).info
+            return float(info.length), int(info.sample_rate)
+    except Exception:  # a file we cannot read is still delivered; the facts stay unknown
+        logger.debug("could not read the audio facts of %s", path.name, exc_info=True)
+    return None, None
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where impossible)."""
+    # Makes the rename durable on POSIX; not possible (nor needed) on Windows.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,599 @@
+"""The commands of ``aimlmusic`` (click), and how their outcomes become exit statuses.
+
+Exit statuses: 0 everything done, 1 some songs (or the one song) failed, 2 bad usage, an
+invalid catalog or a configuration problem (nothing was sent), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+
+from .. import (
+    AimlMusicError,
+    AudioSetting,
+    ConfigurationError,
+    Generation,
+    GenerationTimeoutError,
+    RequestValidationError,
+    SongRequest,
+    __version__,
+)
+from .._converter import generation_to_wire
+from .._limits import AUDIO_FORMATS, BITRATES, DEFAULT_SONG_DEADLINE, SAMPLE_RATES
+from ..catalog import CatalogError, JournalError, RunSummary, read_summary, run_catalog
+from ..catalog._tags import mutagen_available, tag_mp3
+from ._backend import DEFAULT_EMULATOR_TIME_SCALE, Connection, Interrupted, open_client, run_async
+from ._display import LiveDisplay, PlainDisplay, print_summary
+
+__all__ = ["cli", "run"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: Where ``aimlmusic demo`` writes by default.
+DEMO_OUTPUT = "demo-output"
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+class CommandFailed(Exception):
+    """A command's work did not succeed: print ``message`` and exit with ``status``."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        self.message = message
+        self.status = status
+        super().__init__(message)
+
+
+def _stdout() -> Console:
+    # Resolved at call time: click's test runner swaps sys.stdout per invocation.
+    return Console(highlight=False)
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def _setup_logging(verbose: int) -> None:
+    logger = logging.getLogger("aimlmusic")
+    if not any(getattr(h, "_aimlmusic_cli", False) for h in logger.handlers):
+        handler = RichHandler(console=Console(stderr=True), show_path=False)
+        handler._aimlmusic_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def _connection_options(func: F) -> F:
+    """--api-key, --base-url and --time-scale."""
+    func = click.option(
+        "--time-scale",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="API seconds per real second. With --emulator, how fast the embedded emulator "
+        f"runs (default {DEFAULT_EMULATOR_TIME_SCALE:g}); with --base-url, the --time-scale "
+        "of the emulator served there. Never use it against the real API.",
+    )(func)
+    func = click.option(
+        "--base-url",
+        metavar="URL",
+        default=None,
+        help="The API's base URL (default: $AIMLMUSIC_BASE_URL, else https://api.aimlapi.com).",
+    )(func)
+    return click.option(
+        "--api-key",
+        metavar="KEY",
+        default=None,
+        help="The API key (default: $AIML_API_KEY, else $AIMLAPI_API_KEY). Prefer the "
+        "environment: a key on the command line is visible to other users of the machine.",
+    )(func)
+
+
+def _emulator_option(func: F) -> F:
+    return click.option(
+        "--emulator",
+        is_flag=True,
+        help="Use an emulator inside this process with compressed time instead of the "
+        "network: no key, no charge, synthesized tunes.",
+    )(func)
+
+
+def _connection(
+    api_key: str | None,
+    base_url: str | None,
+    time_scale: float | None,
+    emulator: bool = False,
+    **limits: Any,
+) -> Connection:
+    if emulator and (api_key or base_url):
+        raise click.UsageError("--emulator cannot be combined with --api-key or --base-url")
+    return Connection(
+        api_key=api_key,
+        base_url=base_url,
+        emulator=emulator,
+        time_scale=time_scale,
+        **limits,
+    )
+
+
+# --------------------------------------------------------------------------- the group
+
+
+class _Group(click.Group):
+    """Turns the commands' failures into messages and exit statuses, however it is invoked
+    (console script, ``python -m``, click's test runner)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CommandFailed as exc:
+            _stderr().print(f"error: {exc.message}", markup=False, soft_wrap=True)
+            ctx.exit(exc.status)
+        except Interrupted:
+            _stderr().print(
+                "interrupted: stopped cleanly; run the same command again to resume",
+                markup=False,
+            )
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, prog_name="aimlmusic")
+@click.option("-v", "--verbose", count=True, help="Log more (-v requests, -vv everything).")
+def cli(verbose: int) -> None:
+    """Generate songs with the AI/ML API music model (minimax/music-1.5).
+
+    Try it without a key: `aimlmusic demo`.
+    """
+    _setup_logging(verbose)
+
+
+# --------------------------------------------------------------------------- generate
+
+
+@cli.command()
+@click.option("-p", "--prompt", required=True, help="Style, mood and scenario (10-300 chars).")
+@click.option("-l", "--lyrics", default=None, help="The lyrics (10-3000 chars); \\n for lines.")
+@click.option(
+    "--lyrics-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Read the lyrics from this UTF-8 file instead.",
+)
+@click.option("-t", "--title", default="", help="A title for the MP3 tag.")
+@click.option("-f", "--format", "fmt", type=click.Choice(AUDIO_FORMATS), default="mp3")
+@click.option("--sample-rate", type=click.Choice([str(r) for r in SAMPLE_RATES]), default=None)
+@click.option("--bitrate", type=click.Choice([str(b) for b in BITRATES]), default=None)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to save the song (default: song.<format>).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_SONG_DEADLINE,
+    show_default=True,
+    help="Seconds to wait for the song.",
+)
+@_emulator_option
+@_connection_options
+def generate(
+    prompt: str,
+    lyrics: str | None,
+    lyrics_file: Path | None,
+    title: str,
+    fmt: str,
+    sample_rate: str | None,
+    bitrate: str | None,
+    output: Path | None,
+    overwrite: bool,
+    timeout: float,
+    emulator: bool,
+    api_key: str | None,
+    base_url: str | None,
+    time_scale: float | None,
+) -> None:
+    """Generate one song and save it to a file."""
+    if (lyrics is None) == (lyrics_file is None):
+        raise click.UsageError("give exactly one of --lyrics and --lyrics-file")
+    if lyrics_file is not None:
+        lyrics = lyrics_file.read_text(encoding="utf-8-sig").replace("\r\n", "\n").strip()
+    assert lyrics is not None
+    target = output or Path(f"song.{fmt}")
+    if target.exists() and not overwrite:
+        raise click.UsageError(f"{target} exists; pass --overwrite to replace it")
+    try:
+        request = SongRequest(
+            prompt=prompt,
+            lyrics=lyrics,
+            audio_setting=AudioSetting(
+                format=fmt,  # type: ignore[arg-type]
+                sample_rate=int(sample_rate) if sample_rate else None,
+                bitrate=int(bitrate) if bitrate else None,
+            ),
+        )
+    except RequestValidationError as exc:
+        raise click.UsageError(str(exc)) from exc
+    connection = _connection(api_key, base_url, time_scale, emulator)
+
+    async def work() -> tuple[Generation, Path]:
+        async with open_client(connection) as client:
+            try:
+                generation = await client.generate(request, timeout=timeout)
+            except GenerationTimeoutError as exc:
+                raise CommandFailed(
+                    f"{exc}\nFetch it later with: aimlmusic download {exc.generation_id} {target}"
+                ) from exc
+            path = await client.download(generation, target)
+            return generation, path
+
+    generation, path = _run(work)
+    tagged = ""
+    if fmt == "mp3" and mutagen_available():
+        tag_mp3(path, title=title, lyrics=lyrics, prompt=prompt, generation_id=generation.id)
+        tagged = ", tagged"
+    info = generation.music_info
+    facts = []
+    if info is not None and info.duration is not None:
+        facts.append(f"{info.duration:g} s")
+    if info is not None and info.sample_rate is not None:
+        facts.append(f"{info.sample_rate} Hz")
+    if generation.credits_used is not None:
+        facts.append(f"{generation.credits_used:g} credits")
+    out = _stdout()
+    out.print(
+        f"Saved {path} ({', '.join([*facts, f'size {path.stat().st_size} bytes'])}{tagged})",
+        markup=False,
+    )
+    out.print(f"Generation id: {generation.id}", markup=False)
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def _adopt_pairs(values: Sequence[str]) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for value in values:
+        key, sep, generation_id = value.partition("=")
+        if not sep or not key or not generation_id:
+            raise click.BadParameter(
+                f"expected KEY=GENERATION_ID, got {value!r}", param_hint="--adopt"
+            )
+        pairs[key] = generation_id
+    return pairs
+
+
+@cli.command()
+@click.argument("catalog", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The output directory: audio files, manifest.jsonl and the journal.",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Songs generating at once (default 20; free tier: 3).",
+)
+@click.option(
+    "--requests-per-minute",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="The account's request budget (default 120; free tier: 6).",
+)
+@click.option(
+    "--deadline",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_SONG_DEADLINE,
+    show_default=True,
+    help="Seconds each song may take; later ones stay pending until the next run.",
+)
+@click.option("--retry-failed", is_flag=True, help="Send again songs whose generation failed.")
+@click.option(
+    "--resubmit-ambiguous",
+    is_flag=True,
+    help="Send again songs whose earlier submission may or may not have been accepted. "
+    "This can pay twice.",
+)
+@click.option(
+    "--adopt",
+    "adopt",
+    multiple=True,
+    metavar="KEY=GENERATION_ID",
+    help="Attach a generation found in your account to an ambiguous or failed song, so it "
+    "is downloaded instead of paid for again. Repeatable.",
+)
+@click.option("--no-tag", is_flag=True, help="Do not write ID3 tags into MP3s.")
+@click.option("--plain", is_flag=True, help="Print one line per event even on a terminal.")
+@_emulator_option
+@_connection_options
+def batch(
+    catalog: Path,
+    output: Path,
+    max_in_flight: int | None,
+    requests_per_minute: float | None,
+    deadline: float,
+    retry_failed: bool,
+    resubmit_ambiguous: bool,
+    adopt: tuple[str, ...],
+    no_tag: bool,
+    plain: bool,
+    emulator: bool,
+    api_key: str | None,
+    base_url: str | None,
+    time_scale: float | None,
+) -> None:
+    """Generate every song of CATALOG (JSONL or CSV) into a directory; rerun to resume.
+
+    The journal in the output directory records every step, so an interrupted run (Ctrl-C,
+    a crash, a reboot) resumes where it stopped and never pays twice for a song.
+    """
+    connection = _connection(
+        api_key,
+        base_url,
+        time_scale,
+        emulator,
+        requests_per_minute=requests_per_minute,
+        max_in_flight=max_in_flight,
+    )
+    summary = _run_batch(
+        catalog,
+        output,
+        connection,
+        plain=plain,
+        command_hint=f"aimlmusic batch {catalog} -o {output}",
+        deadline=deadline,
+        retry_failed=retry_failed,
+        resubmit_ambiguous=resubmit_ambiguous,
+        adopt=_adopt_pairs(adopt),
+        tag_mp3=not no_tag,
+    )
+    if not summary.all_done:
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _run_batch(
+    catalog: Path,
+    output: Path,
+    connection: Connection,
+    *,
+    plain: bool,
+    command_hint: str,
+    **options: Any,
+) -> RunSummary:
+    out = _stdout()
+    live = not plain and out.is_terminal
+
+    async def work() -> RunSummary:
+        async with open_client(connection) as client:
+            if live:
+                with LiveDisplay(out) as display:
+                    return await run_catalog(
+                        client,
+                        catalog,
+                        output,
+                        server_is_ephemeral=connection.emulator,
+                        on_event=display,
+                        **options,
+                    )
+            return await run_catalog(
+                client,
+                catalog,
+                output,
+                server_is_ephemeral=connection.emulator,
+                on_event=PlainDisplay(),
+                **options,
+            )
+
+    try:
+        summary = _run(work)
+    except Interrupted:
+        with contextlib.suppress(OSError, AimlMusicError):
+            print_summary(out, read_summary(output), command_hint=command_hint)
+        raise
+    except CatalogError as exc:
+        err = _stderr()
+        err.print(
+            f"error: {len(exc.problems)} problem(s) in {exc.path}; nothing was sent:",
+            markup=False,
+            soft_wrap=True,
+        )
+        for problem in exc.problems:
+            err.print(f"  {exc.path}:{problem}", markup=False, soft_wrap=True)
+        raise click.exceptions.Exit(EXIT_USAGE) from exc
+    except JournalError as exc:
+        raise CommandFailed(str(exc), EXIT_USAGE) from exc
+    print_summary(out, summary, command_hint=command_hint)
+    return summary
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@cli.command()
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(DEMO_OUTPUT),
+    show_default=True,
+    help="Where to write the demo's songs, manifest and journal.",
+)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_EMULATOR_TIME_SCALE,
+    show_default=True,
+    help="How much faster than real time the embedded emulator runs.",
+)
+@click.option("--plain", is_flag=True, help="Print one line per event even on a terminal.")
+def demo(output: Path, time_scale: float, plain: bool) -> None:
+    """Generate the bundled example catalog with the embedded emulator: no key, no network.
+
+    The songs are short synthesized tunes in real MP3 and WAV files, with a manifest and a
+    journal, exactly as a real run writes them.
+    """
+    resource = importlib.resources.files("aimlmusic.catalog").joinpath("demo_catalog.jsonl")
+    with importlib.resources.as_file(resource) as catalog:
+        summary = _run_batch(
+            catalog,
+            output,
+            Connection(emulator=True, time_scale=time_scale),
+            plain=plain,
+            command_hint=f"aimlmusic demo -o {output}",
+        )
+    out = _stdout()
+    out.print(
+        f"Listen to the files in {output}{os.sep} (emulated tunes; a real run with "
+        "your AIML_API_KEY: aimlmusic batch CATALOG -o DIR).",
+        markup=False,
+        soft_wrap=True,
+    )
+    if not summary.all_done:
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+# --------------------------------------------------------------------------- status, download
+
+
+@cli.command()
+@click.argument("generation_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's response as JSON.")
+@_connection_options
+def status(
+    generation_id: str,
+    as_json: bool,
+    api_key: str | None,
+    base_url: str | None,
+    time_scale: float | None,
+) -> None:
+    """Show the status of a generation by its id."""
+    connection = _connection(api_key, base_url, time_scale)
+
+    async def work() -> Generation:
+        async with open_client(connection) as client:
+            return await client.get(generation_id)
+
+    generation = _run(work)
+    out = _stdout()
+    if as_json:
+        out.print_json(json.dumps(generation_to_wire(generation)))
+        return
+    out.print(f"id:      {generation.id}", markup=False)
+    out.print(f"status:  {generation.status.value}", markup=False)
+    if generation.credits_used is not None:
+        out.print(f"credits: {generation.credits_used:g}", markup=False)
+    info = generation.music_info
+    if info is not None and info.duration is not None:
+        out.print(f"audio:   {info.duration:g} s, {info.sample_rate} Hz", markup=False)
+    if generation.audio_file is not None:
+        out.print(f"url:     {generation.audio_file.url}", markup=False, soft_wrap=True)
+    if generation.error is not None:
+        out.print(f"error:   {generation.error.name}: {generation.error.message}", markup=False)
+
+
+@cli.command()
+@click.argument("generation_id")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@_connection_options
+def download(
+    generation_id: str,
+    path: Path,
+    api_key: str | None,
+    base_url: str | None,
+    time_scale: float | None,
+) -> None:
+    """Download a completed generation's audio to PATH."""
+    connection = _connection(api_key, base_url, time_scale)
+
+    async def work() -> Path:
+        async with open_client(connection) as client:
+            return await client.download(generation_id, path)
+
+    saved = _run(work)
+    _stdout().print(f"Saved {saved} ({saved.stat().st_size} bytes)", markup=False)
+
+
+# --------------------------------------------------------------------------- emulator
+
+
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def emulator(args: tuple[str, ...]) -> None:
+    """Serve the emulator on a local port (aimlmusic emulator --help for its options)."""
+    from ..emulator import main as emulator_main
+
+    status_code = emulator_main(list(args), prog="aimlmusic emulator")
+    raise click.exceptions.Exit(status_code)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _run(work: Callable[[], Awaitable[T]]) -> T:
+    """Run a command's coroutine, turning library errors into messages and statuses."""
+    try:
+        return run_async(work)
+    except ConfigurationError as exc:
+        raise CommandFailed(str(exc), EXIT_USAGE) from exc
+    except (CatalogError, JournalError, CommandFailed, Interrupted):
+        raise
+    except AimlMusicError as exc:
+        raise CommandFailed(str(exc)) from exc
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run ``cli`` on ``argv`` and return the exit status (never exits the process)."""
+    try:
+        # Without standalone mode click returns the status of an explicit exit (--help,
+        # --version, Exit(n)) and re-raises everything else for us to report.
+        status = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="aimlmusic",
+            standalone_mode=False,
+        )
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE
+    except click.exceptions.Abort:
+        _stderr().print("interrupted", markup=False)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # stdout was closed early (`| head`): nothing more can be said. Point it at devnull
+        # so the interpreter's final flush does not complain a second time.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    return status if isinstance(status, int) else EXIT_OK

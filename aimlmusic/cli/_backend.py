@@ -1,0 +1,133 @@
+"""Making the client a command talks to: the real API, a served emulator, or one in process.
+
+Also the one place that runs a command's coroutine, so Ctrl-C (and SIGTERM) stop every
+command the same way: the work is cancelled, its cleanup runs (the catalog journal is always
+consistent), and :class:`Interrupted` is raised.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import anyio
+import attrs
+
+from .. import AsyncMusicClient, Limits, ScaledClock
+from .._clock import Clock
+
+__all__ = ["DEFAULT_EMULATOR_TIME_SCALE", "Connection", "Interrupted", "open_client", "run_async"]
+
+T = TypeVar("T")
+
+#: API seconds per real second for ``--emulator`` and ``demo``: a 55 s song takes about half
+#: a second, and the account's request rate stays realistic relative to it.
+DEFAULT_EMULATOR_TIME_SCALE = 100.0
+
+
+class Interrupted(Exception):
+    """The user pressed Ctrl-C (or the process got SIGTERM); the work was stopped cleanly."""
+
+
+@attrs.frozen
+class Connection:
+    """Where a command sends its requests.
+
+    ``emulator`` runs an emulator inside this process (no key, no network); otherwise the
+    client reads ``api_key``/``base_url`` or the environment. ``time_scale`` compresses time:
+    for the in-process emulator it is the emulator's own scale; with ``base_url`` it must
+    match the served emulator's ``--time-scale`` (it is meaningless against the real API).
+    """
+
+    api_key: str | None = attrs.field(default=None, repr=False)
+    base_url: str | None = None
+    emulator: bool = False
+    time_scale: float | None = None
+    requests_per_minute: float | None = None
+    max_in_flight: int | None = None
+
+    def limits(self) -> Limits:
+        """The client's account limits: the defaults, with what the options override."""
+        default = Limits()
+        return Limits(
+            requests_per_minute=self.requests_per_minute or default.requests_per_minute,
+            max_in_flight=self.max_in_flight or default.max_in_flight,
+        )
+
+
+@asynccontextmanager
+async def open_client(connection: Connection) -> AsyncIterator[AsyncMusicClient]:
+    """An open client for ``connection`` (closed on exit)."""
+    if connection.emulator:
+        import httpx
+
+        from ..emulator import TEST_API_KEY, Emulator, EmulatorConfig
+
+        scale = connection.time_scale or DEFAULT_EMULATOR_TIME_SCALE
+        emulator = Emulator(EmulatorConfig(time_scale=scale))
+        client = AsyncMusicClient(
+            TEST_API_KEY,
+            base_url="http://127.0.0.1",
+            transport=httpx.ASGITransport(app=emulator.app),
+            clock=emulator.clock,
+            limits=connection.limits(),
+        )
+    else:
+        clock: Clock | None = (
+            ScaledClock(connection.time_scale) if connection.time_scale is not None else None
+        )
+        client = AsyncMusicClient(
+            connection.api_key,
+            base_url=connection.base_url,
+            clock=clock,
+            limits=connection.limits(),
+        )
+    async with client:
+        yield client
+
+
+def run_async(work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work()`` to completion; raise :class:`Interrupted` on Ctrl-C or SIGTERM.
+
+    The first signal cancels the work, which then cleans up; a second Ctrl-C during the
+    cleanup falls back to Python's default (an immediate ``KeyboardInterrupt``).
+    """
+
+    async def supervised() -> tuple[bool, T | None, Exception | None]:
+        interrupted = False
+        result: T | None = None
+        error: Exception | None = None
+        async with anyio.create_task_group() as task_group:
+
+            async def watch_signals() -> None:
+                nonlocal interrupted
+                try:
+                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        async for _ in signals:
+                            interrupted = True
+                            task_group.cancel_scope.cancel()
+                            return
+                except NotImplementedError:  # no signal handlers here (Windows): rely on
+                    await anyio.sleep_forever()  # KeyboardInterrupt instead
+
+            task_group.start_soon(watch_signals)
+            try:
+                result = await work()
+            except Exception as exc:
+                # Raised after the task group, unwrapped: a task group would wrap it in an
+                # exception group, and the commands catch specific errors.
+                error = exc
+            task_group.cancel_scope.cancel()
+        return interrupted, result, error
+
+    try:
+        interrupted, result, error = anyio.run(supervised)
+    except KeyboardInterrupt as exc:
+        raise Interrupted() from exc
+    if interrupted:
+        raise Interrupted()
+    if error is not None:
+        raise error
+    return result  # type: ignore[return-value]

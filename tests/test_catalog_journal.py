@@ -1,0 +1,249 @@
+"""The SQLite journal: durable settings, state transitions, recovery and catalog conflicts."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from aimlmusic import AudioSetting, Generation, GenerationStatus, SongRequest
+from aimlmusic._converter import structure_generation
+from aimlmusic._errors import BadRequestError
+from aimlmusic.catalog import CatalogRow, Journal, JournalError, SongState
+
+PROMPT = "Warm lo-fi ballad with soft piano"
+LYRICS = "[Verse]\nStreetlights flicker\n[Chorus]\nHome again"
+ENDPOINT = "https://api.example"
+
+
+def row(key: str, title: str = "", *, line: int = 1, **setting: object) -> CatalogRow:
+    audio = AudioSetting(**setting) if setting else None  # type: ignore[arg-type]
+    return CatalogRow(
+        key=key,
+        title=title,
+        request=SongRequest(prompt=PROMPT, lyrics=LYRICS, audio_setting=audio),
+        line=line,
+    )
+
+
+def completed(generation_id: str = "gen-1") -> Generation:
+    return structure_generation(
+        {
+            "id": generation_id,
+            "status": "completed",
+            "audio_file": {"url": "http://127.0.0.1/a.mp3?Signature=x"},
+            "meta": {"usage": {"credits_used": 120.5}},
+            "extra_info": {"music_duration": 3000, "music_sample_rate": 44100},
+        }
+    )
+
+
+def open_journal(tmp_path: Path) -> Journal:
+    j = Journal.in_directory(tmp_path, endpoint=ENDPOINT)
+    assert j.sync_catalog([row("a", "Song A"), row("b", "Song B", format="wav")]) == []
+    return j
+
+
+def test_durability_settings_and_schema_version(tmp_path: Path) -> None:
+    """The journal uses WAL, synchronous=FULL, and records its schema version and endpoint."""
+    with open_journal(tmp_path) as j:
+        assert j.pragma("journal_mode") == "wal"
+        assert j.pragma("synchronous") == 2  # FULL
+        assert j.endpoint == ENDPOINT
+    db = sqlite3.connect(tmp_path / "aimlmusic-journal.sqlite")
+    meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+    db.close()
+    assert meta["schema_version"] == "1"
+
+
+def test_full_life_cycle(tmp_path: Path) -> None:
+    """A song goes pending → submitting → submitted → completed → downloaded, keeping facts."""
+    with open_journal(tmp_path) as j:
+        assert j.entry("a").state is SongState.PENDING  # type: ignore[union-attr]
+        j.mark_submitting("a")
+        j.mark_submitted("a", "gen-1")
+        j.mark_completed("a", completed(), polls=2, generation_seconds=55.0)
+        j.mark_downloaded("a", sha256="f" * 64, size=1234, tagged=True)
+        entry = j.entry("a")
+    assert entry is not None
+    assert entry.state is SongState.DOWNLOADED
+    assert entry.generation_id == "gen-1"
+    assert entry.generation == completed()
+    assert (entry.submit_attempts, entry.polls, entry.size, entry.tagged) == (1, 2, 1234, True)
+    assert (entry.credits_used, entry.duration, entry.sample_rate) == (120.5, 3.0, 44100)
+    assert entry.submitted_at
+    assert entry.completed_at
+    assert entry.downloaded_at
+    assert entry.file_name == "Song A.mp3"
+
+
+def test_invalid_transitions_are_refused(tmp_path: Path) -> None:
+    """Skipping states, or resubmitting a song with an id, raises JournalError."""
+    with open_journal(tmp_path) as j:
+        with pytest.raises(JournalError, match="cannot go from pending to submitted"):
+            j.mark_submitted("a", "x")
+        with pytest.raises(JournalError):
+            j.mark_downloaded("a", sha256="", size=0, tagged=False)
+        j.mark_submitting("a")
+        j.mark_submitted("a", "gen-1")
+        with pytest.raises(JournalError, match="cannot go from submitted to submitting"):
+            j.mark_submitting("a")
+        with pytest.raises(JournalError, match="no song"):
+            j.mark_submitting("zzz")
+
+
+def test_failures_and_ambiguity_are_recorded(tmp_path: Path) -> None:
+    """Rejections, ambiguous POSTs and failed generations keep their reason and type."""
+    with open_journal(tmp_path) as j:
+        j.mark_submitting("a")
+        j.mark_failed("a", BadRequestError("Body validation error!", status_code=400))
+        j.mark_submitting("b")
+        j.mark_ambiguous("b", "read timeout")
+        a, b = j.entry("a"), j.entry("b")
+        assert a is not None
+        assert b is not None
+        assert (a.state, a.error_type, a.generation_id) == (
+            SongState.FAILED,
+            "BadRequestError",
+            None,
+        )
+        assert "Body validation error" in (a.error or "")
+        assert (b.state, b.error) == (SongState.AMBIGUOUS, "read timeout")
+        # Both may be sent again (the runner decides when); attempts are counted.
+        j.mark_submitting("a")
+        assert j.entry("a").submit_attempts == 2  # type: ignore[union-attr]
+
+
+def test_crash_while_submitting_becomes_ambiguous(tmp_path: Path) -> None:
+    """A song left submitting by a dead process is ambiguous after reopening."""
+    j = open_journal(tmp_path)
+    j.mark_submitting("a")
+    j.mark_submitting("b")
+    j.mark_submitted("b", "gen-b")
+    j.close()  # the process "dies" here
+    with Journal.in_directory(tmp_path, endpoint=ENDPOINT) as again:
+        assert again.recover_interrupted() == ["a"]
+        entry = again.entry("a")
+        assert entry is not None
+        assert entry.state is SongState.AMBIGUOUS
+        assert entry.error_type == "Interrupted"
+        assert again.entry("b").state is SongState.SUBMITTED  # type: ignore[union-attr]
+        again.adopt("a", "gen-found")
+        assert again.entry("a").generation_id == "gen-found"  # type: ignore[union-attr]
+
+
+def test_a_second_run_cannot_open_the_same_journal(tmp_path: Path) -> None:
+    """The exclusive lock keeps two runs out of one output directory."""
+    with open_journal(tmp_path), pytest.raises(JournalError, match="in use by another run"):
+        Journal.in_directory(tmp_path, endpoint=ENDPOINT)
+
+
+def test_endpoint_mismatch_is_refused(tmp_path: Path) -> None:
+    """Ids made on one server are not resumed against another."""
+    open_journal(tmp_path).close()
+    with pytest.raises(JournalError, match="belongs to runs against"):
+        Journal.in_directory(tmp_path, endpoint="https://other.example")
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A journal written by a newer version is not touched."""
+    open_journal(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "aimlmusic-journal.sqlite")
+    db.execute("UPDATE meta SET value = '99' WHERE name = 'schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(JournalError, match="newer aimlmusic"):
+        Journal.in_directory(tmp_path, endpoint=ENDPOINT)
+
+
+def test_catalog_changes(tmp_path: Path) -> None:
+    """Unsent songs take new content; sent ones report a conflict and nothing changes."""
+    with open_journal(tmp_path) as j:
+        j.mark_submitting("a")
+        j.mark_submitted("a", "gen-a")
+        changed = CatalogRow(
+            key="a",
+            title="Song A",
+            request=SongRequest(prompt=PROMPT + " and strings", lyrics=LYRICS),
+            line=7,
+        )
+        new_b = row("b", "Song B", format="pcm")
+        problems = j.sync_catalog([changed, new_b])
+        assert [(p.line, p.key) for p in problems] == [(7, "a")]
+        assert "gen-a" in problems[0].message
+        b = j.entry("b")
+        assert b is not None
+        assert b.request.format == "wav"
+        assert j.sync_catalog([row("a", "Song A"), new_b, row("c")]) == []
+        b = j.entry("b")
+        assert b is not None
+        assert b.request.format == "pcm"
+        assert b.file_name == "Song B.pcm"
+        assert [e.key for e in j.entries()] == ["a", "b", "c"]
+        # A song dropped from the catalog leaves the run but stays in the journal.
+        assert j.sync_catalog([row("c")]) == []
+        assert [e.key for e in j.entries()] == ["c"]
+        assert [e.key for e in j.entries(in_catalog=False)] == ["a", "b", "c"]
+        assert j.counts()[SongState.PENDING] == 1
+
+
+def test_file_names_are_unique_and_stable(tmp_path: Path) -> None:
+    """Equal titles get distinct names, which survive reopening."""
+    with Journal.in_directory(tmp_path, endpoint=ENDPOINT) as j:
+        assert j.sync_catalog([row("x", "Same"), row("y", "same"), row("z", "../Same")]) == []
+        names = [e.file_name for e in j.entries()]
+    assert names[0] == "Same.mp3"
+    assert len({n.lower() for n in names}) == 3
+    with Journal.in_directory(tmp_path, endpoint=ENDPOINT) as j:
+        assert j.sync_catalog([row("z", "../Same"), row("y", "same"), row("x", "Same")]) == []
+        assert {e.key: e.file_name for e in j.entries()} == dict(zip("xyz", names, strict=True))
+
+
+def test_forget_generations_for_an_ephemeral_server(tmp_path: Path) -> None:
+    """Unfinished songs start over when the server forgot them; downloaded ones stay."""
+    with open_journal(tmp_path) as j:
+        j.mark_submitting("a")
+        j.mark_submitted("a", "gen-a")
+        j.mark_submitting("b")
+        j.mark_submitted("b", "gen-b")
+        j.mark_completed("b", completed("gen-b"))
+        j.mark_downloaded("b", sha256="0" * 64, size=1, tagged=False)
+        assert j.forget_generations() == 1
+        a = j.entry("a")
+        assert a is not None
+        assert a.state is SongState.PENDING
+        assert a.generation_id is None
+        assert j.entry("b").state is SongState.DOWNLOADED  # type: ignore[union-attr]
+
+
+def test_entries_survive_updates_while_iterating(tmp_path: Path) -> None:
+    """Iterating pending songs while moving them on visits each exactly once."""
+    with Journal.in_directory(tmp_path, endpoint=ENDPOINT) as j:
+        assert j.sync_catalog([row(f"k{i:04d}") for i in range(520)]) == []
+        seen = []
+        for entry in j.entries([SongState.PENDING]):
+            j.mark_submitting(entry.key)
+            seen.append(entry.key)
+        assert len(seen) == len(set(seen)) == 520
+        assert j.counts()[SongState.SUBMITTING] == 520
+
+
+def test_generation_status_round_trip(tmp_path: Path) -> None:
+    """A stored completed generation is read back equal, with its status enum."""
+    with open_journal(tmp_path) as j:
+        j.mark_submitting("a")
+        j.mark_completed("a", completed("gen-z"))
+        gen = j.entry("a").generation  # type: ignore[union-attr]
+        assert gen is not None
+        assert gen.status is GenerationStatus.COMPLETED
+        assert gen.audio_file is not None
+        assert gen.credits_used == 120.5
+
+
+def test_the_recorded_server_has_no_credentials() -> None:
+    """A user:password in the base URL never reaches the journal; spellings are normalised."""
+    from aimlmusic.catalog._runner import _endpoint
+
+    assert _endpoint("HTTP://user:secret@LocalHost:8000/api/") == "http://localhost:8000/api"
+    assert _endpoint("https://api.aimlapi.com/") == _endpoint("https://api.aimlapi.com")

@@ -1,0 +1,386 @@
+"""run_catalog end to end against the in-process emulator: never pay twice, always resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+import aimlmusic
+from aimlmusic.catalog import (
+    CatalogError,
+    CatalogEvent,
+    JournalError,
+    SongState,
+    _runner,
+    read_summary,
+    run_catalog,
+)
+from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Faults
+
+pytestmark = pytest.mark.anyio
+
+LYRICS = "[Verse]\nNeon rain on empty streets\n[Chorus]\nWe keep on walking home"
+FORMATS = ("mp3", "wav", "pcm")
+NO_CREDIT_KEY = "broke-key"
+
+
+def make_emulator(**config: object) -> Emulator:
+    config.setdefault("time_scale", 2000.0)
+    config.setdefault("audio_seconds", 0.3)
+    config.setdefault("no_credit_keys", {NO_CREDIT_KEY})
+    config.setdefault("api_keys", {TEST_API_KEY, NO_CREDIT_KEY})
+    return Emulator(EmulatorConfig(**config))  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def client_for(
+    emulator: Emulator, api_key: str = TEST_API_KEY
+) -> AsyncIterator[aimlmusic.AsyncMusicClient]:
+    async with aimlmusic.AsyncMusicClient(
+        api_key,
+        base_url="http://127.0.0.1",
+        transport=httpx.ASGITransport(app=emulator.app),
+        clock=emulator.clock,
+    ) as client:
+        yield client
+
+
+def write_catalog(path: Path, count: int) -> Path:
+    rows = [
+        {
+            "key": f"song-{i:02d}",
+            "title": f"Track {i:02d}",
+            "prompt": f"Synthwave night drive number {i}, warm pads",
+            "lyrics": LYRICS,
+            "format": FORMATS[i % 3],
+        }
+        for i in range(count)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def manifest(out: Path) -> list[dict[str, object]]:
+    text = (out / "manifest.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def assert_all_downloaded_once(out: Path, count: int, emulator: Emulator) -> None:
+    """Every song is one file whose bytes match the manifest, and nothing was paid twice."""
+    records = manifest(out)
+    assert len(records) == count
+    assert all(r["status"] == "downloaded" for r in records)
+    files = sorted(
+        p.name for p in out.iterdir() if not p.name.startswith(("aimlmusic-", "manifest"))
+    )
+    assert files == sorted(str(r["file"]) for r in records)
+    for record in records:
+        data = (out / str(record["file"])).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == record["sha256"]
+        assert len(data) == record["bytes"]
+    stats = emulator.stats()
+    assert stats.duplicate_submissions == 0
+    assert stats.jobs_submitted == count
+
+
+async def test_a_catalog_is_generated_tagged_and_described(tmp_path: Path) -> None:
+    """All songs end up downloaded, MP3s tagged, the manifest matches the files, no duplicates."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 9)
+    out = tmp_path / "out"
+    events: list[CatalogEvent] = []
+    async with client_for(emulator) as client:
+        summary = await run_catalog(client, catalog, out, on_event=events.append)
+    assert summary.all_done
+    assert summary.downloaded == 9
+    assert summary.credits_used == 900.0
+    assert_all_downloaded_once(out, 9, emulator)
+    records = manifest(out)
+    assert [r["key"] for r in records] == [f"song-{i:02d}" for i in range(9)]
+    assert [r["tagged"] for r in records] == [True, False, False] * 3
+    first = records[0]
+    assert first["file"] == "Track 00.mp3"
+    assert first["generation_id"]
+    assert first["duration"] == pytest.approx(0.3, abs=0.05)
+    assert first["sample_rate"] == 44100
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "started"
+    assert kinds[-1] == "finished"
+    states = [e.state for e in events if e.kind == "state" and e.key == "song-00"]
+    assert states == [
+        SongState.SUBMITTING,
+        SongState.SUBMITTED,
+        SongState.COMPLETED,
+        SongState.DOWNLOADED,
+    ]
+    final = events[-1].progress
+    assert final.counts[SongState.DOWNLOADED] == 9
+    assert final.done == final.todo == 9
+
+    # Running again does nothing: no request reaches the API.
+    before = emulator.stats().requests
+    async with client_for(emulator) as client:
+        again = await run_catalog(client, catalog, out)
+    assert again.all_done
+    assert emulator.stats().requests == before
+
+
+async def test_an_invalid_catalog_spends_nothing(tmp_path: Path) -> None:
+    """Any bad row stops the run before a request is sent or the output directory is made."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
+    with catalog.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"key": "bad", "prompt": "short", "lyrics": LYRICS}) + "\n")
+        handle.write(json.dumps({"key": "song-00", "prompt": "x" * 20, "lyrics": LYRICS}) + "\n")
+    out = tmp_path / "out"
+    async with client_for(emulator) as client:
+        with pytest.raises(CatalogError) as info:
+            await run_catalog(client, catalog, out)
+    assert [p.line for p in info.value.problems] == [4, 5]
+    assert sum(emulator.stats().requests.values()) == 0
+    assert not out.exists()
+
+
+async def test_songs_rejected_by_the_api_are_retried_by_the_next_run(tmp_path: Path) -> None:
+    """A 403 (no credits) fails songs without an id; a rerun with credits sends them safely."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
+    out = tmp_path / "out"
+    async with client_for(emulator, NO_CREDIT_KEY) as client:
+        summary = await run_catalog(client, catalog, out)
+    assert summary.failed == ("song-00", "song-01", "song-02")
+    assert summary.downloaded == 0
+    assert manifest(out)[0]["error"]["type"] == "PermissionDeniedError"  # type: ignore[index]
+    async with client_for(emulator) as client:
+        summary = await run_catalog(client, catalog, out)
+    assert summary.all_done
+    assert_all_downloaded_once(out, 3, emulator)
+
+
+async def test_failed_generations_are_resubmitted_only_when_asked(tmp_path: Path) -> None:
+    """A generation that ends in error keeps its id; only retry_failed sends it again."""
+    emulator = make_emulator(faults=Faults(generation_failure=1.0))
+    catalog = write_catalog(tmp_path / "songs.jsonl", 2)
+    out = tmp_path / "out"
+    async with client_for(emulator) as client:
+        summary = await run_catalog(client, catalog, out)
+        assert summary.failed == ("song-00", "song-01")
+        assert all(r["generation_id"] for r in manifest(out))
+        summary = await run_catalog(client, catalog, out)
+        assert summary.failed == ("song-00", "song-01")
+        assert emulator.stats().jobs_submitted == 2
+        summary = await run_catalog(client, catalog, out, retry_failed=True)
+    assert emulator.stats().jobs_submitted == 4
+    assert summary.failed == ("song-00", "song-01")  # the emulator fails every generation
+
+
+async def test_an_ambiguous_submission_is_never_resent_silently(tmp_path: Path) -> None:
+    """A 5xx after the job was created makes the song ambiguous; adopting its id finishes it
+    without a second submission."""
+    emulator = make_emulator()
+    emulator.inject("error_after", route="submit", count=1)
+    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
+    out = tmp_path / "out"
+    async with client_for(emulator) as client:
+        summary = await run_catalog(client, catalog, out, max_in_flight=1)
+        assert summary.ambiguous == ("song-00",)
+        assert summary.downloaded == 2
+        # A plain rerun leaves it alone.
+        summary = await run_catalog(client, catalog, out)
+        assert summary.ambiguous == ("song-00",)
+        assert emulator.stats().jobs_submitted == 3
+        # The user finds the generation (here: in the emulator's records) and adopts it.
+        (orphan,) = [
+            job.id for job in emulator.jobs.values() if job.prompt.endswith("number 0, warm pads")
+        ]
+        summary = await run_catalog(client, catalog, out, adopt={"song-00": orphan})
+    assert summary.all_done
+    assert_all_downloaded_once(out, 3, emulator)
+
+
+async def test_resubmit_ambiguous_sends_again(tmp_path: Path) -> None:
+    """With resubmit_ambiguous the song is sent again, and the emulator sees the duplicate."""
+    emulator = make_emulator()
+    emulator.inject("error_after", route="submit", count=1)
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    out = tmp_path / "out"
+    async with client_for(emulator) as client:
+        assert (await run_catalog(client, catalog, out)).ambiguous == ("song-00",)
+        summary = await run_catalog(client, catalog, out, resubmit_ambiguous=True)
+    assert summary.all_done
+    assert emulator.stats().duplicate_submissions == 1
+    assert manifest(out)[0]["submit_attempts"] == 2
+
+
+async def test_timed_out_songs_are_resumed_by_id(tmp_path: Path) -> None:
+    """A song past its deadline stays submitted; the next run waits for it, never resubmits."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
+    out = tmp_path / "out"
+    async with client_for(emulator) as client:
+        summary = await run_catalog(client, catalog, out, deadline=5.0)
+        # Songs take 50-60 s: all time out, unless a loaded machine delays a poll past the
+        # song's end (the poll then finds it completed, which is fine too).
+        assert summary.unfinished
+        assert summary.counts[SongState.SUBMITTED] == len(summary.unfinished)
+        assert summary.failed == summary.ambiguous == ()
+        for record in manifest(out):
+            if record["status"] == "submitted":
+                assert record["error"]["type"] == "GenerationTimeoutError"  # type: ignore[index]
+        summary = await run_catalog(client, catalog, out)
+    assert summary.all_done
+    assert_all_downloaded_once(out, 3, emulator)
+
+
+async def test_a_cancelled_run_resumes_without_paying_twice(tmp_path: Path) -> None:
+    """Cancelling mid-run leaves a consistent journal; the rerun finishes every song, and
+    songs caught mid-POST are ambiguous until adopted."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 12)
+    out = tmp_path / "out"
+    async with client_for(emulator) as client:
+        with anyio.CancelScope() as scope:
+
+            def stop_after_four(event: CatalogEvent) -> None:
+                if event.progress.counts[SongState.SUBMITTED] >= 4:
+                    scope.cancel()
+
+            await run_catalog(client, catalog, out, max_in_flight=6, on_event=stop_after_four)
+        assert scope.cancel_called
+        assert not list(out.glob(".*.part"))
+        middle = read_summary(out)
+        assert middle.downloaded < 12
+        summary = await run_catalog(client, catalog, out)
+        for key in summary.ambiguous:
+            number = int(key.split("-")[1])
+            found = [
+                job.id
+                for job in emulator.jobs.values()
+                if job.prompt == f"Synthwave night drive number {number}, warm pads"
+            ]
+            if found:
+                summary = await run_catalog(client, catalog, out, adopt={key: found[0]})
+            else:
+                summary = await run_catalog(client, catalog, out, resubmit_ambiguous=True)
+    assert summary.all_done
+    assert_all_downloaded_once(out, 12, emulator)
+
+
+async def download_attempts_per_call(directory: Path) -> int:
+    """How many times one ``client.download`` call tries a download that always breaks."""
+    probe = make_emulator()
+    probe.inject("truncate_download", route="download", count=1000)
+    catalog_request = aimlmusic.SongRequest(prompt="Probe tune for downloads", lyrics=LYRICS)
+    async with client_for(probe) as client:
+        generation = await client.generate(catalog_request)
+        with pytest.raises(aimlmusic.DownloadError):
+            await client.download(generation, directory / "unused.mp3")
+    return probe.stats().faults["truncate_download"]
+
+
+async def test_failed_downloads_are_retried_by_the_next_run(tmp_path: Path) -> None:
+    """A download that keeps failing leaves the song completed; the rerun downloads it."""
+    attempts = await download_attempts_per_call(tmp_path)
+    emulator = make_emulator()
+    emulator.inject("truncate_download", route="download", count=attempts)
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    out = tmp_path / "out"
+    async with client_for(emulator) as client:
+        summary = await run_catalog(client, catalog, out)
+        assert summary.unfinished == ("song-00",)
+        assert summary.counts[SongState.COMPLETED] == 1
+        assert not list(out.glob("*.mp3"))
+        assert not list(out.glob(".*"))
+        assert manifest(out)[0]["error"]["type"] == "DownloadError"  # type: ignore[index]
+        summary = await run_catalog(client, catalog, out)
+    assert summary.all_done
+    assert_all_downloaded_once(out, 1, emulator)
+    assert manifest(out)[0]["download_attempts"] == 2
+
+
+def events_of(events: list[CatalogEvent], kind: str) -> list[CatalogEvent]:
+    return [e for e in events if e.kind == kind]
+
+
+async def test_throttling_is_reported(tmp_path: Path) -> None:
+    """A 429 storm shows up as throttled events, and the run still finishes."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 2)
+    events: list[CatalogEvent] = []
+
+    def record(event: CatalogEvent) -> None:
+        if event.state is SongState.SUBMITTING and not events_of(events, "state"):
+            # The storm starts right before the first POST, whatever start-up took.
+            emulator.throttle(emulator.now(), emulator.now() + 100.0)
+        events.append(event)
+
+    async with client_for(emulator) as client:
+        summary = await run_catalog(client, catalog, tmp_path / "out", on_event=record)
+    assert summary.all_done
+    throttled = [e for e in events if e.kind == "throttled"]
+    assert throttled
+    assert throttled[0].progress.throttled
+    assert events[-1].progress.throttled_responses >= 1
+
+
+async def test_the_journal_refuses_a_different_server(tmp_path: Path) -> None:
+    """An output directory made against one server is not resumed against another."""
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    out = tmp_path / "out"
+    async with client_for(make_emulator()) as client:
+        await run_catalog(client, catalog, out, server_is_ephemeral=True)
+        with pytest.raises(JournalError, match="belongs to runs against"):
+            await run_catalog(client, catalog, out)
+
+
+async def test_ephemeral_server_restarts_unfinished_songs(tmp_path: Path) -> None:
+    """With a fresh in-process emulator each run, unfinished songs start over."""
+    catalog = write_catalog(tmp_path / "songs.jsonl", 2)
+    out = tmp_path / "out"
+    async with client_for(make_emulator()) as client:
+        with anyio.CancelScope() as scope:
+
+            def stop_at_first_id(event: CatalogEvent) -> None:
+                if event.state is SongState.SUBMITTED:
+                    scope.cancel()
+
+            await run_catalog(
+                client, catalog, out, server_is_ephemeral=True, on_event=stop_at_first_id
+            )
+    assert read_summary(out).counts[SongState.SUBMITTED] >= 1
+    fresh = make_emulator()
+    async with client_for(fresh) as client:
+        summary = await run_catalog(client, catalog, out, server_is_ephemeral=True)
+    assert summary.all_done
+    assert_all_downloaded_once(out, 2, fresh)
+
+
+async def test_tagging_needs_mutagen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without mutagen, tagging is refused up front; tag_mp3=False runs untagged."""
+    monkeypatch.setattr(_runner, "mutagen_available", lambda: False)
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    async with client_for(make_emulator()) as client:
+        with pytest.raises(aimlmusic.ConfigurationError, match="mutagen"):
+            await run_catalog(client, catalog, tmp_path / "out")
+        summary = await run_catalog(client, catalog, tmp_path / "out", tag_mp3=False)
+    assert summary.all_done
+    assert manifest(tmp_path / "out")[0]["tagged"] is False
+
+
+async def test_a_broken_event_callback_does_not_break_the_run(tmp_path: Path) -> None:
+    """An on_event callback that raises is logged once; the run completes."""
+    catalog = write_catalog(tmp_path / "songs.jsonl", 2)
+
+    def broken(event: CatalogEvent) -> None:
+        raise RuntimeError("display crashed")
+
+    async with client_for(make_emulator()) as client:
+        summary = await run_catalog(client, catalog, tmp_path / "out", on_event=broken)
+    assert summary.all_done
