@@ -5,6 +5,7 @@ and batch-generate whole catalogs within the account's limits. See the documenta
 the guides; every public name is importable from this package.
 """
 
+from ._client import AsyncMusicClient
 from ._clock import Clock, ScaledClock, SystemClock
 from ._config import Limits, RetryPolicy, Timeout
 from ._errors import (
@@ -27,6 +28,15 @@ from ._errors import (
     ResponseValidationError,
     ServerError,
 )
+from ._events import (
+    BatchEvents,
+    RequestRetried,
+    RequestThrottled,
+    SongCompleted,
+    SongFailed,
+    SongStatusChanged,
+    SongSubmitted,
+)
 from ._models import (
     AudioFile,
     AudioSetting,
@@ -39,7 +49,7 @@ from ._models import (
     SongTimings,
     Usage,
 )
-from ._polling import FixedInterval, PollPolicy, PollState
+from ._polling import ExponentialBackoff, FixedInterval, LearnedPolling, PollPolicy, PollState
 from ._version import __version__
 
 __all__ = [
@@ -49,19 +59,23 @@ __all__ = [
     "APIError",
     "APIStatusError",
     "APITimeoutError",
+    "AsyncMusicClient",
     "AudioFile",
     "AudioSetting",
     "AuthenticationError",
     "BadRequestError",
+    "BatchEvents",
     "Clock",
     "ConfigurationError",
     "DownloadError",
+    "ExponentialBackoff",
     "FixedInterval",
     "Generation",
     "GenerationError",
     "GenerationFailedError",
     "GenerationStatus",
     "GenerationTimeoutError",
+    "LearnedPolling",
     "Limits",
     "MusicInfo",
     "NotFoundError",
@@ -69,13 +83,19 @@ __all__ = [
     "PollPolicy",
     "PollState",
     "RateLimitError",
+    "RequestRetried",
+    "RequestThrottled",
     "RequestValidationError",
     "ResponseValidationError",
     "RetryPolicy",
     "ScaledClock",
     "ServerError",
+    "SongCompleted",
+    "SongFailed",
     "SongRequest",
     "SongResult",
+    "SongStatusChanged",
+    "SongSubmitted",
     "SongTimings",
     "SystemClock",
     "Timeout",

@@ -3,27 +3,64 @@
 A :class:`PollPolicy` turns what is known about one song (:class:`PollState`) into the delay
 before its next poll, and may learn from songs that started or finished (``observe_*``).
 The scheduler and ``AsyncMusicClient.wait`` both ask the same policy.
+
+Three policies ship:
+
+- :class:`LearnedPolling` (the default) learns how long the service takes and polls each song
+  first at the early edge of that distribution, then at a spacing that keeps the detection lag
+  a small share of the song's duration;
+- :class:`FixedInterval` is the documented example's loop (``FixedInterval(10, first=0)``), the
+  baseline for every comparison;
+- :class:`ExponentialBackoff` is the classic growing-interval poller.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
+import random
+from collections import deque
 from typing import Protocol, runtime_checkable
 
 import attrs
 
+from . import _limits
 from ._models import GenerationStatus
 
-__all__ = ["FixedInterval", "PollPolicy", "PollState"]
+__all__ = [
+    "ExponentialBackoff",
+    "FixedInterval",
+    "LearnedPolling",
+    "PollPolicy",
+    "PollState",
+    "default_policy",
+    "is_waiting",
+]
+
+#: Statuses meaning "not started yet": the documented one, and the one the documented
+#: example's loop also expects.
+_WAITING_STATUSES = frozenset({"queued", "waiting"})
+
+
+def is_waiting(status: GenerationStatus | None) -> bool:
+    """True for a status that means the song has not started generating yet."""
+    return status is not None and status.value in _WAITING_STATUSES
 
 
 @attrs.frozen
 class PollState:
     """What a policy knows about one song, in API seconds on the client's clock.
 
-    ``polls`` is how many polls were already made; ``status`` is the last status seen
-    (``None`` before the first poll, or the submission's own status); ``started_at`` is when
-    the song was first seen ``generating`` (``None`` if not yet); ``last_poll_at`` is when the
-    last poll returned.
+    ``now`` is the moment the decision is taken from: when the submission returned, or when
+    the last poll was sent (the scheduler spaces polls by when the server saw them, whatever
+    their round trips took). ``polls`` is how many polls were already made; ``status`` is the
+    last status seen (``None`` before the first poll, or the submission's own status);
+    ``started_at`` is when the song was first seen ``generating`` (``None`` if not yet);
+    ``last_poll_at`` is when the last poll that saw the song unfinished was sent;
+    ``queued_at`` is when the last poll that saw the song ``queued`` was sent (``None`` if no
+    poll did). ``budget_load`` is how much of the client's request budget
+    is in use: requests sent in the last minute plus those waiting, over the allowance (0.0
+    when unknown; above 1.0 means requests are queueing).
     """
 
     submitted_at: float
@@ -32,11 +69,19 @@ class PollState:
     status: GenerationStatus | None = None
     started_at: float | None = None
     last_poll_at: float | None = None
+    queued_at: float | None = None
+    budget_load: float = 0.0
 
 
 @runtime_checkable
 class PollPolicy(Protocol):
-    """Decides when to poll; may learn from what it observes."""
+    """Decides when to poll; may learn from what it observes.
+
+    Times are API seconds on the client's clock. Callers report only what they saw:
+    ``observe_started`` once per song, on the first poll that saw it ``generating``, and
+    ``observe_finished`` once per song that *completed* (a failed generation says nothing
+    about how long a good one takes).
+    """
 
     def next_delay(self, state: PollState) -> float:
         """Seconds from ``state.now`` until the next poll of this song."""
@@ -44,13 +89,15 @@ class PollPolicy(Protocol):
 
     def observe_started(self, submitted_at: float, after: float, by: float) -> None:
         """A song submitted at ``submitted_at`` started generating between ``after`` and ``by``
-        (the last poll that saw it queued and the first that saw it generating)."""
+        (the last poll that saw it queued, or its submission, and the first that saw it
+        generating)."""
         ...
 
     def observe_finished(
         self, submitted_at: float, started_at: float | None, after: float, by: float
     ) -> None:
-        """A song finished between ``after`` (last poll that saw it unfinished) and ``by``."""
+        """A song finished between ``after`` (last poll that saw it unfinished, or its
+        submission) and ``by`` (the poll that saw it finished)."""
         ...
 
 
@@ -71,17 +118,469 @@ class FixedInterval:
             raise ValueError(f"first must not be negative, got {self.first!r}")
 
     def next_delay(self, state: PollState) -> float:
+        """``first`` before the first poll, ``interval`` after every other."""
         return self.first if state.polls == 0 else self.interval
 
     def observe_started(self, submitted_at: float, after: float, by: float) -> None:
-        return None
+        """Ignored: a fixed interval learns nothing."""
 
     def observe_finished(
         self, submitted_at: float, started_at: float | None, after: float, by: float
     ) -> None:
-        return None
+        """Ignored: a fixed interval learns nothing."""
+
+
+@attrs.frozen
+class ExponentialBackoff:
+    """Wait ``initial`` seconds, then ``factor`` times longer before each further poll, never
+    more than ``maximum``; learns nothing. The defaults (1 s, x1.5, 20 s) are those of
+    google-api-core's long-running-operation poller."""
+
+    initial: float = 1.0
+    factor: float = 1.5
+    maximum: float = 20.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.initial <= 0:
+            raise ValueError(f"initial must be positive, got {self.initial!r}")
+        if self.factor < 1:
+            raise ValueError(f"factor must be at least 1, got {self.factor!r}")
+        if self.maximum < self.initial:
+            raise ValueError(f"maximum must be at least initial, got {self.maximum!r}")
+
+    def next_delay(self, state: PollState) -> float:
+        """``min(maximum, initial * factor ** polls)``."""
+        if self.factor == 1:
+            return self.initial
+        # Past this many polls the delay is capped anyway; avoids float overflow.
+        cap = math.log(self.maximum / self.initial) / math.log(self.factor) + 1
+        exponent = min(float(state.polls), cap)
+        return float(min(self.maximum, self.initial * self.factor**exponent))
+
+    def observe_started(self, submitted_at: float, after: float, by: float) -> None:
+        """Ignored: back-off learns nothing."""
+
+    def observe_finished(
+        self, submitted_at: float, started_at: float | None, after: float, by: float
+    ) -> None:
+        """Ignored: back-off learns nothing."""
+
+
+# --------------------------------------------------------------------------- learning
+
+
+class _Window:
+    """The most recent ``size`` values, with order statistics on demand (bounded memory)."""
+
+    __slots__ = ("_sorted", "_values")
+
+    def __init__(self, size: int) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+        self._sorted: list[float] | None = None
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def add(self, value: float) -> None:
+        self._values.append(value)
+        self._sorted = None
+
+    def sorted(self) -> list[float]:
+        if self._sorted is None:
+            self._sorted = sorted(self._values)
+        return self._sorted
+
+
+#: Step of the first-poll tracker, in log seconds: small, so it holds still on a steady
+#: service (its noise is about +-1 % of the first-poll time).
+_FIRST_STEP = 0.006
+#: When, over at least _EVIDENCE_MIN recent first polls, the songs found already done
+#: exceed the target by _EVIDENCE_Z standard deviations, the first poll steps down at once
+#: (by _MIN_STEP_DOWN to _MAX_STEP_DOWN of itself) instead of creeping.
+_EVIDENCE_MIN = 8
+_EVIDENCE_Z = 3.5
+_MAX_STEP_DOWN = 0.7
+_MIN_STEP_DOWN = 0.95
+#: How many spacings the data must lie above the first poll to raise it at once.
+_SLOWER_GAP = 4
+#: Spacings over which the density of completions after the first poll is measured.
+_DENSITY_BAND = 3
+#: Recent songs whose first polls decide whether the first-poll time jumps up or down.
+_RECENT_FIRST_POLLS = 40
+
+#: Completion times needed before gaps in them may stretch the spacing.
+_MASS_DATA = 20
+
+#: From this many values on, a quantile ignores the single most extreme one.
+_ROBUST_FROM = 5
+
+
+def _low_quantile(values: list[float], p: float) -> float:
+    """The ``p`` quantile of sorted ``values`` from below, never the single smallest value
+    once there are several (one outlier must not drag every later song's first poll)."""
+    n = len(values)
+    index = math.floor(p * n)
+    if n >= _ROBUST_FROM:
+        index = max(1, index)
+    return values[min(index, n - 1)]
+
+
+def _high_quantile(values: list[float], p: float) -> float:
+    """The ``p`` quantile of sorted ``values`` from above, ignoring the single largest."""
+    n = len(values)
+    from_top = math.floor((1 - p) * n)
+    if n >= _ROBUST_FROM:
+        from_top = max(1, from_top)
+    return values[max(0, n - 1 - from_top)]
+
+
+class LearnedPolling:
+    """Polls each song near the moment it is predicted to finish, learning the timing online.
+
+    How it decides, for a song submitted ``t`` seconds ago:
+
+    * **First poll** at a learned time ``F`` after submission (spread by ``jitter`` of one
+      spacing so songs submitted together do not poll together). ``F`` is tracked online so
+      that about ``start_quantile`` of songs plus those finishing within the following
+      spacing are already done when it comes: early enough that the first songs to finish are
+      noticed within about ``lag_ratio`` of their duration, late enough not to waste polls.
+      It starts from the documented 50-60 s (``prior``), jumps up at once when songs take
+      clearly longer than that, and comes down quickly (faster with every song in a row
+      found already done) when the service is faster.
+    * **Later polls** every ``lag_ratio * t`` seconds (less up to ``jitter`` of that, at
+      random): a song that finishes between two polls is noticed at most ``lag_ratio`` of its
+      duration late.
+    * **Stragglers**: past the ``tail_quantile`` of completion times the spacing grows by
+      ``tail_growth`` for each multiple of that quantile, up to ``max_interval``.
+    * **Queued songs** cannot finish before they start: a song seen ``queued`` is next polled
+      after the learned remaining queue wait plus the shortest learned generation time.
+    * **Budget**: when ``budget_load`` exceeds ``budget_target`` the spacing widens in
+      proportion (and first polls move later), so polls do not pile up behind the request
+      budget, where they would be late anyway and delay submissions.
+
+    What it learns, each in a sliding window of the last ``window`` songs (fixed memory; the
+    policy follows a service whose speed drifts): completion times since submission, from
+    songs that finished between two close polls (intervals wider than ``narrow`` of the time
+    are too vague to be points); which songs were already done at their first poll; and the
+    generation time and queue wait of songs seen ``queued`` shortly before ``generating``.
+    Until ``prior_weight`` songs have finished, the ``prior`` stands in for the data.
+
+    One instance is meant to be shared by every song of a client (that is how it learns); it
+    is not thread-safe, which is fine within one event loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        lag_ratio: float = 0.028,
+        start_quantile: float = 0.01,
+        jitter: float = 0.05,
+        tail_quantile: float = 0.98,
+        tail_growth: float = 0.25,
+        min_interval: float = 0.5,
+        max_interval: float = 30.0,
+        max_polls: float = 12.0,
+        min_share: float = 0.05,
+        budget_target: float = 1.0,
+        prior: tuple[float, float] = _limits.DOCUMENTED_DURATION_RANGE,
+        prior_weight: int = 3,
+        window: int = 256,
+        narrow: float = 0.2,
+        seed: int | None = None,
+    ) -> None:
+        _check_share("lag_ratio", lag_ratio, upper=1.0)
+        _check_share("start_quantile", start_quantile, upper=0.5)
+        _check_share("jitter", jitter, upper=1.0, allow_zero=True)
+        _check_share("tail_quantile", tail_quantile, upper=1.0)
+        _check_share("narrow", narrow, upper=1.0)
+        if tail_growth < 0:
+            raise ValueError(f"tail_growth must not be negative, got {tail_growth!r}")
+        if not 0 < min_interval <= max_interval:
+            raise ValueError(
+                f"need 0 < min_interval <= max_interval, got {min_interval!r} and {max_interval!r}"
+            )
+        if max_polls <= 1:
+            raise ValueError(f"max_polls must be more than 1, got {max_polls!r}")
+        _check_share("min_share", min_share, upper=1.0, allow_zero=True)
+        if budget_target <= 0:
+            raise ValueError(f"budget_target must be positive, got {budget_target!r}")
+        low, high = prior
+        if not 0 < low <= high:
+            raise ValueError(f"prior must be (low, high) with 0 < low <= high, got {prior!r}")
+        if prior_weight < 0 or window < 1:
+            raise ValueError("prior_weight must be >= 0 and window >= 1")
+        self.lag_ratio = lag_ratio
+        self.start_quantile = start_quantile
+        self.jitter = jitter
+        self.tail_quantile = tail_quantile
+        self.tail_growth = tail_growth
+        self.min_interval = min_interval
+        self.max_interval = max_interval
+        self.max_polls = max_polls
+        self.min_share = min_share
+        self.budget_target = budget_target
+        self.prior = (float(low), float(high))
+        self.prior_weight = prior_weight
+        self.window = window
+        self.narrow = narrow
+        self._random = random.Random(seed)
+        self._total = _Window(window)  # submission -> completion, close observations only
+        self._done_first: deque[bool] = deque(maxlen=window)  # already done at first poll?
+        self._generation = _Window(window)  # start -> completion
+        self._queue_wait = _Window(window)  # submission -> start
+        # Starts seen closely (a queued poll right before a generating one), by submission
+        # time, until the song finishes; bounded like the windows.
+        self._starts: dict[float, float] = {}
+        # The first-poll tracker, in log seconds since submission, and whether the last few
+        # songs were already done at their first poll.
+        self._first_log = math.log(low * (1 + lag_ratio))
+        self._recent_done_first: deque[bool] = deque(maxlen=_RECENT_FIRST_POLLS)
+        self._model: tuple[float, float, float] | None = None
+
+    # ------------------------------------------------------------------ learning
+
+    def observe_started(self, submitted_at: float, after: float, by: float) -> None:
+        """Learn a queue wait when the start is known closely enough."""
+        low, high = after - submitted_at, by - submitted_at
+        if high > 0 and high - low <= self.narrow * high:
+            self._queue_wait.add(max(0.0, (low + high) / 2))
+            if len(self._starts) >= self.window:
+                del self._starts[next(iter(self._starts))]  # forget the oldest
+            self._starts[submitted_at] = (after + by) / 2
+
+    def observe_finished(
+        self, submitted_at: float, started_at: float | None, after: float, by: float
+    ) -> None:
+        """Learn a completion time (and a generation time when the start was seen closely)."""
+        started = self._starts.pop(submitted_at, None)
+        low, high = after - submitted_at, by - submitted_at
+        if high <= 0:
+            return
+        done_first = after <= submitted_at
+        if done_first:
+            self._note_first_poll(high, done=True)
+        self._done_first.append(done_first)
+        if high - low <= self.narrow * high:
+            self._total.add((low + high) / 2)
+            if started is not None:
+                self._generation.add(max(0.0, (after + by) / 2 - started))
+        self._model = None
+
+    def _note_first_poll(self, at: float, *, done: bool) -> None:
+        """Move the first-poll time by what a first poll made ``at`` seconds after its
+        submission found: a Robbins-Monro step towards the target share of songs already
+        done, or a jump when recent first polls show it far off."""
+        first = math.exp(self._first_log)
+        band = 1 + 2 * self.lag_ratio
+        if not first / band <= at <= first * band:
+            return  # a first poll planned for another first-poll time (or late on purpose)
+        target = self._done_first_target(first)
+        self._first_log += _FIRST_STEP * (target - done)
+        recent = self._recent_done_first
+        recent.append(done)
+        count, found = len(recent), sum(recent)
+        if count >= _EVIDENCE_MIN:
+            spread = math.sqrt(count * target * (1 - target))
+            if found - count * target > _EVIDENCE_Z * spread:
+                # Clearly more songs are done at their first poll than it aims for (the
+                # service is faster, or spread wider, than the tracker thinks): step at once
+                # to where the density just after the first poll puts the target share.
+                self._first_log += math.log(self._step_down(first, found / count - target))
+                recent.clear()
+        self._model = None
+
+    def _step_down(self, first: float, excess: float) -> float:
+        """Factor that moves the first poll earlier by ``excess`` of all songs, by the
+        density of completions just after it (at most by _MAX_STEP_DOWN)."""
+        band = first * _DENSITY_BAND * self.lag_ratio
+        values = self._total.sorted()
+        count = bisect.bisect_right(values, first + band) - bisect.bisect_right(values, first)
+        density = count / max(1, len(self._done_first)) / band  # share of songs per second
+        if density <= 0:
+            return _MAX_STEP_DOWN
+        return min(_MIN_STEP_DOWN, max(_MAX_STEP_DOWN, 1.0 - excess / density / first))
+
+    def _done_first_target(self, first: float) -> float:
+        """Share of songs the first poll should find done: ``start_quantile`` plus the share
+        that finish within the spacing after it (finding fewer would waste that poll)."""
+        finished = len(self._done_first)
+        if finished < self.prior_weight:
+            low, high = self.prior
+            band_end = first * (1 + self.lag_ratio)
+            within = (min(band_end, high) - max(first, low)) / max(high - low, 1e-9)
+        else:
+            # The density just after the first poll, over a few spacings to steady it.
+            band_end = first * (1 + _DENSITY_BAND * self.lag_ratio)
+            values = self._total.sorted()
+            count = bisect.bisect_right(values, band_end) - bisect.bisect_right(values, first)
+            within = count / finished / _DENSITY_BAND
+        return min(0.5, self.start_quantile + max(0.0, within))
+
+    # ------------------------------------------------------------------ the model
+
+    def _samples(self, window: _Window) -> list[float]:
+        """Window values, padded with the prior while there are fewer than ``prior_weight``."""
+        values = window.sorted()
+        missing = self.prior_weight - len(values)
+        if missing <= 0:
+            return values
+        low, high = self.prior
+        if missing == 1:
+            pseudo = [(low + high) / 2]
+        else:
+            pseudo = [low + (high - low) * i / (missing - 1) for i in range(missing)]
+        return sorted([*values, *pseudo])
+
+    def _first_poll_time(self) -> float:
+        """The tracker's first-poll time, raised at once to what the data clearly show."""
+        recent = self._recent_done_first
+        values = self._total.sorted()
+        finished = self._done_first
+        if len(recent) >= max(1, self.prior_weight) and values:
+            done_share = sum(recent) / len(recent)
+            # The data are a clean sample only if (nearly) no song was already done at its
+            # first poll; otherwise they lack their low end, and the tracker must decide.
+            clean = sum(finished) <= self.start_quantile * len(finished)
+            if clean and done_share < self.start_quantile:
+                # Hardly any song is done at its first poll: the data above it are nearly
+                # complete, and their low quantile is a safe first poll.
+                level = (self.start_quantile - done_share) / (1 - done_share)
+                # From few songs, only the earliest seen is a safe guess of the early edge.
+                low = values[0] if len(values) < _MASS_DATA else _low_quantile(values, level)
+                floor = low * (1 + self.lag_ratio)
+                # Songs not yet done at the first poll always finish a little after it, so
+                # only a clear gap means the service got slower.
+                if floor > math.exp(self._first_log) * (1 + _SLOWER_GAP * self.lag_ratio):
+                    self._first_log = math.log(floor)
+        return math.exp(self._first_log)
+
+    def _current_model(self) -> tuple[float, float, float]:
+        """(first-poll time, tail of completion, shortest generation), in seconds."""
+        if self._model is None:
+            first = self._first_poll_time()
+            tail = max(first, _high_quantile(self._samples(self._total), self.tail_quantile))
+            generation = _low_quantile(self._samples(self._generation), self.start_quantile)
+            self._model = (first, tail, min(generation, first))
+        return self._model
+
+    # ------------------------------------------------------------------ deciding
+
+    def next_delay(self, state: PollState) -> float:
+        """Seconds until the next poll of the song described by ``state``."""
+        elapsed = max(0.0, state.now - state.submitted_at)
+        if state.polls == 1 and not is_waiting(state.status):
+            self._note_first_poll(elapsed, done=False)  # the first poll found it running
+        first, tail, generation = self._current_model()
+        pressure = max(0.0, state.budget_load / self.budget_target - 1.0)
+        ratio = max(self.lag_ratio, self._width_ratio(first, tail)) * (1.0 + 4.0 * pressure)
+
+        earliest = first
+        if state.polls > 0 and is_waiting(state.status):
+            # It cannot finish before it starts and then generates for a while.
+            queued_at = state.queued_at if state.queued_at is not None else state.now
+            queued_for = queued_at - state.submitted_at
+            start = self._queue_wait_after(queued_for)
+            earliest = max(earliest, (start + generation) * (1 + self.lag_ratio))
+        if pressure > 0:
+            # A busy budget makes every poll dear: aim the first one further into the bulk.
+            earliest += min(1.0, pressure) * (tail - first) / 2
+
+        if elapsed > tail:
+            ratio += self.tail_growth * (elapsed - tail) / tail
+        spacing = elapsed * ratio * (1.0 - self.jitter * self._random.random())
+        spacing = max(spacing, self._until_enough_mass(elapsed))
+        if elapsed < earliest:
+            # Nothing to see before then: wait for it, however long that is (after a first
+            # poll, only if that is longer than the usual spacing).
+            spread = self.jitter * self.lag_ratio * (2 * self._random.random() - 1)
+            until_earliest = earliest * (1 + spread) - elapsed
+            if state.polls == 0 or until_earliest > spacing:
+                return max(self.min_interval, until_earliest)
+        return min(self.max_interval, max(self.min_interval, spacing))
+
+    def _width_ratio(self, first: float, tail: float) -> float:
+        """The spacing (as a share of the time) that covers first poll to tail in
+        ``max_polls`` polls: a wide distribution gets a coarser lag bound, not endless polls."""
+        return float((tail / first) ** (1.0 / (self.max_polls - 1.0)) - 1.0)
+
+    def _until_enough_mass(self, elapsed: float) -> float:
+        """Seconds until at least ``min_share`` of the songs still running at ``elapsed``
+        have finished, by the data: polling sooner would mostly find nothing (in a gap
+        between two modes, say, or a sparse tail)."""
+        values = self._total.sorted()
+        if len(values) < _MASS_DATA:
+            return 0.0
+        above = bisect.bisect_right(values, elapsed)
+        remaining = len(values) - above
+        if remaining == 0:
+            return 0.0  # past everything seen: the straggler rule decides
+        needed = max(1, math.ceil(self.min_share * remaining))
+        return values[above + needed - 1] - elapsed
+
+    def chance_done(self, state: PollState) -> float:
+        """The chance that a poll now finds the song finished, given that the last poll did
+        not (the scheduler polls the likeliest songs first when the budget is short)."""
+        if is_waiting(state.status):
+            return 0.0
+        elapsed = state.now - state.submitted_at
+        last = 0.0
+        if state.polls and state.last_poll_at is not None:
+            last = state.last_poll_at - state.submitted_at
+        done_before = self._cdf(last)
+        if done_before >= 1.0:
+            return 1.0
+        return max(0.0, (self._cdf(elapsed) - done_before) / (1.0 - done_before))
+
+    def _cdf(self, elapsed: float) -> float:
+        """Share of songs finished ``elapsed`` seconds after submission, by the model: those
+        done at their first poll spread just before it, the rest as the data show."""
+        first = self._current_model()[0]
+        finished = len(self._done_first)
+        done_first = sum(self._done_first) / finished if finished else 0.0
+        if elapsed < first:
+            spread = first * _DENSITY_BAND * self.lag_ratio
+            return done_first * max(0.0, 1.0 - (first - elapsed) / spread)
+        values = self._samples(self._total)
+        later = bisect.bisect_right(values, elapsed) / len(values)
+        return done_first + (1.0 - done_first) * later
+
+    def _queue_wait_after(self, waited: float) -> float:
+        """Early edge of the queue wait of a song still queued after ``waited`` seconds."""
+        values = self._queue_wait.sorted()
+        longer = values[bisect.bisect_right(values, waited) :]
+        if not longer:
+            return waited
+        return max(waited, _low_quantile(longer, self.start_quantile))
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def observations(self) -> int:
+        """How many finished songs the model currently holds."""
+        return len(self._done_first)
+
+    def predicted_times(self) -> tuple[float, float]:
+        """The first-poll time and the tail of completion times (seconds since submission)
+        that the next decisions will use."""
+        first, tail, _ = self._current_model()
+        return first, tail
+
+    def __repr__(self) -> str:
+        first, tail = self.predicted_times()
+        return (
+            f"LearnedPolling(lag_ratio={self.lag_ratio:g}, observations={self.observations}, "
+            f"first_poll={first:.1f}s, tail={tail:.1f}s)"
+        )
+
+
+def _check_share(name: str, value: float, *, upper: float, allow_zero: bool = False) -> None:
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not (low_ok and value <= upper):
+        raise ValueError(
+            f"{name} must be in {'[' if allow_zero else '('}0, {upper:g}], got {value!r}"
+        )
 
 
 def default_policy() -> PollPolicy:
-    """The policy a client uses when none is given."""
-    return FixedInterval(interval=5.0, first=45.0)
+    """The policy a client uses when none is given: a fresh :class:`LearnedPolling`."""
+    return LearnedPolling()

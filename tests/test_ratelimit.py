@@ -26,9 +26,9 @@ def max_in_window(times: list[float], window: float) -> int:
 
 
 async def test_never_more_than_the_limit_in_any_minute_or_ten_seconds() -> None:
-    """130 requests at 120/min never exceed 120 per 60 s nor 20 per 10 s."""
+    """130 requests at 120/min with burst_share=1/6 never exceed 120 per 60 s nor 20 per 10 s."""
     clock = ScaledClock(SCALE)
-    budget = RequestBudget(120, clock)
+    budget = RequestBudget(120, clock, burst_share=1 / 6)
     sent: list[float] = []
 
     async def one(kind: str) -> None:
@@ -45,10 +45,22 @@ async def test_never_more_than_the_limit_in_any_minute_or_ten_seconds() -> None:
     assert sorted(sent)[19] - sorted(sent)[0] < 2.0
 
 
+async def test_bursts_are_allowed_within_the_minute_by_default() -> None:
+    """By default 120/min lets 120 requests out at once, then holds the 121st a minute."""
+    clock = ScaledClock(SCALE)
+    budget = RequestBudget(120, clock)
+    started = clock.now()
+    for _ in range(120):
+        await budget.acquire("poll")
+    assert clock.now() - started < 5.0
+    await budget.acquire("poll")
+    assert clock.now() - started >= 60.0
+
+
 async def test_submissions_are_served_before_waiting_polls() -> None:
     """When both wait, a submission goes before polls that queued earlier."""
     clock = ScaledClock(SCALE)
-    budget = RequestBudget(6, clock)  # one request per 10 s window
+    budget = RequestBudget(6, clock, burst_share=1 / 6)  # one request per 10 s window
     await budget.acquire("poll")
     order: list[str] = []
 
@@ -92,7 +104,7 @@ async def test_throttling_without_hint_halves_the_rate_once_per_episode() -> Non
 async def test_a_cancelled_waiter_does_not_block_the_others() -> None:
     """Cancelling the request at the head of the queue lets the next one through."""
     clock = ScaledClock(SCALE)
-    budget = RequestBudget(6, clock)
+    budget = RequestBudget(6, clock, burst_share=1 / 6)
     await budget.acquire("poll")
     got: list[str] = []
     with anyio.move_on_after(0.001):

@@ -1,0 +1,747 @@
+"""The batch scheduler behind ``AsyncMusicClient.generate_many``.
+
+One batch is a handful of tasks in one task group, whatever the number of songs:
+
+- the **feeder** takes a free slot (at most ``max_in_flight`` songs submitted and not yet
+  delivered), only then pulls the next request from the source (so a million-row catalog is
+  read as it goes), and starts a short-lived task that submits it;
+- the **dispatcher** owns one timer heap of ``(next_poll_at, song)``; it sleeps until the
+  earliest entry is due (woken early when an earlier one is pushed) and hands due songs to
+- a small pool of **poll workers**, which call ``transport.get`` and ask the poll policy when
+  to look again (back into the heap) or finish the song;
+- the **deliverer** passes finished songs' results, in the order they finished, into the
+  stream the caller reads, and frees their slots once the caller has room for them.
+
+The transport paces every request through the client's request budget; the scheduler only
+decides *when* a song is polled. A song's failure becomes its result and never touches the
+others; a poll that fails for a transient reason (connection, 5xx, 429 after the transport's
+own retries) is retried later, until the song's deadline.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeAlias
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._clock import Clock
+from ._errors import (
+    AimlMusicError,
+    APIConnectionError,
+    APIStatusError,
+    GenerationFailedError,
+    GenerationTimeoutError,
+    NotFoundError,
+    RateLimitError,
+    RequestValidationError,
+    ResponseValidationError,
+    ServerError,
+)
+from ._events import (
+    BatchEvents,
+    RequestKind,
+    RequestRetried,
+    RequestThrottled,
+    SongCompleted,
+    SongFailed,
+    SongStatusChanged,
+    SongSubmitted,
+    emit,
+)
+from ._models import Generation, GenerationStatus, SongRequest, SongResult, SongTimings
+from ._polling import PollPolicy, PollState, is_waiting
+
+__all__ = ["SongSource", "generate_many"]
+
+logger = logging.getLogger("aimlmusic")
+
+SongItem: TypeAlias = SongRequest | tuple[str, SongRequest]
+#: What ``generate_many`` accepts: requests alone (keyed by position) or ``(key, request)``.
+SongSource: TypeAlias = Iterable[SongItem] | AsyncIterable[SongItem]
+
+#: Poll workers per batch: polls run concurrently up to this many (the request budget, not
+#: this, is what normally limits them).
+MAX_POLL_WORKERS = 32
+#: Results buffered for a slow reader before finished songs wait (holding their slots).
+MAX_RESULT_BUFFER = 32
+#: Back-off after a failed poll or a submission that surely did not arrive: 1, 2, 4... s.
+RETRY_BASE_DELAY = 1.0
+RETRY_MAX_DELAY = 30.0
+#: Consecutive 404s / unreadable responses after which a song is given up. A job can take
+#: a moment to become visible after it is created, and a body can be garbled once.
+MAX_CONSECUTIVE_SUSPECT_POLLS = 3
+#: When the budget is busy, due polls wait here and the likeliest to find its song done goes
+#: first; this many of the longest-waiting are compared each time (bounded work).
+URGENCY_CANDIDATES = 64
+#: How soon to look again when submissions are queued at the budget (API seconds).
+GATE_RECHECK = 0.05
+#: Real seconds a source's ``aclose()`` may take when the batch ends.
+SOURCE_CLOSE_TIMEOUT = 1.0
+
+
+class SchedulerTransport(Protocol):
+    """What the scheduler needs from the transport (``aimlmusic._transport.Transport``)."""
+
+    async def submit(self, request: SongRequest, *, observer: Any = None) -> Generation:
+        """POST one song (never resent when it may have arrived)."""
+        ...
+
+    async def get(self, generation_id: str, *, observer: Any = None) -> Generation:
+        """GET one generation (retried on transient failures)."""
+        ...
+
+
+class BudgetGauge(Protocol):
+    """What the scheduler reads of :class:`~aimlmusic._ratelimit.RequestBudget`."""
+
+    @property
+    def effective_rate(self) -> float:
+        """Requests per minute allowed now."""
+        ...
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for the budget now."""
+        ...
+
+    def utilisation(self) -> float:
+        """Share of the request allowance in use (sent in the last minute plus waiting)."""
+        ...
+
+    def delay(self) -> float:
+        """Seconds until one more request could be sent."""
+        ...
+
+
+class _Song:
+    """Everything the scheduler keeps about one song in flight (fixed size, no history)."""
+
+    __slots__ = (
+        "deadline_at",
+        "generation",
+        "key",
+        "owns_key",
+        "polls",
+        "queued_at",
+        "request",
+        "retries",
+        "started_at",
+        "submitted_at",
+        "suspect_polls",
+        "transient_failures",
+        "unfinished_from",
+        "unfinished_to",
+    )
+
+    def __init__(self, key: str, request: SongRequest) -> None:
+        self.key = key
+        self.request = request
+        self.owns_key = False
+        self.generation: Generation | None = None
+        self.submitted_at: float | None = None
+        self.deadline_at = math.inf
+        self.started_at: float | None = None
+        self.queued_at: float | None = None
+        # Sending and arrival time of the last poll that saw the song unfinished.
+        self.unfinished_from: float | None = None
+        self.unfinished_to: float | None = None
+        self.polls = 0
+        self.retries = 0
+        self.transient_failures = 0
+        self.suspect_polls = 0
+
+    @property
+    def generation_id(self) -> str:
+        assert self.generation is not None
+        return self.generation.id
+
+
+class _Observer:
+    """Per-request observer handed to the transport: counts retries, reports events."""
+
+    __slots__ = ("batch", "kind", "song")
+
+    def __init__(self, batch: _Batch, song: _Song, kind: RequestKind) -> None:
+        self.batch = batch
+        self.song = song
+        self.kind = kind
+
+    def on_retry(self, attempt: int, error: AimlMusicError, delay: float) -> None:
+        self.song.retries += 1
+        self.batch.emit_retried(self.song, self.kind, attempt, error, delay)
+
+    def on_throttled(self, retry_after: float | None) -> None:
+        self.song.retries += 1
+        at = self.batch.clock.now()
+        emit(
+            self.batch.events,
+            "on_throttled",
+            RequestThrottled(self.song.key, self.kind, retry_after, at),
+        )
+
+
+def _retry_delay(failures: int) -> float:
+    return min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2.0 ** min(failures - 1, 16))
+
+
+def _is_transient(error: AimlMusicError) -> bool:
+    """A poll failure worth retrying until the deadline (the service may come back)."""
+    if isinstance(error, RateLimitError | ServerError | APIConnectionError):
+        return True
+    return isinstance(error, APIStatusError) and error.status_code in (408, 409, 425)
+
+
+class _Batch:
+    """The state and tasks of one ``generate_many`` call."""
+
+    def __init__(
+        self,
+        transport: SchedulerTransport,
+        requests: SongSource,
+        *,
+        clock: Clock,
+        max_in_flight: int,
+        deadline: float | None,
+        poll: PollPolicy,
+        events: BatchEvents | None,
+        budget: BudgetGauge | None,
+    ) -> None:
+        self.transport = transport
+        self.requests = requests
+        self.clock = clock
+        self.max_in_flight = max_in_flight
+        self.deadline = deadline
+        self.poll = poll
+        self.events = events
+        self.budget = budget
+        self.source_error: Exception | None = None
+        self._slots = anyio.Semaphore(max_in_flight)
+        self._heap: list[tuple[float, int, _Song]] = []
+        # Songs due for a poll while the budget is busy, oldest first.
+        self._due: deque[_Song] = deque()
+        # Polls handed to a worker that has not yet asked the budget.
+        self._launching = 0
+        self._next_submit_at = -math.inf
+        self._sequence = itertools.count()
+        self._nap_scope: anyio.CancelScope | None = None
+        self._nap_until = math.inf
+        self._ready: deque[tuple[_Song, SongResult]] = deque()
+        self._ready_event = anyio.Event()
+        self._keys_in_flight: set[str] = set()
+        self._active = 0
+        self._source_done = False
+        self._finished = anyio.Event()
+        self._task_group: TaskGroup | None = None
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, results: MemoryObjectSendStream[SongResult]) -> None:
+        """Run the batch until every song is delivered (or the batch is cancelled)."""
+        due_send, due_receive = anyio.create_memory_object_stream[_Song](0)
+        workers = min(self.max_in_flight, MAX_POLL_WORKERS)
+        with results, due_send, due_receive:
+            async with anyio.create_task_group() as task_group:
+                self._task_group = task_group
+                task_group.start_soon(self._feed)
+                task_group.start_soon(self._dispatch, due_send)
+                for _ in range(workers):
+                    task_group.start_soon(self._poll_worker, due_receive)
+                task_group.start_soon(self._deliver, results)
+                await self._finished.wait()
+                task_group.cancel_scope.cancel()
+
+    def _spawn(self, song: _Song) -> None:
+        assert self._task_group is not None
+        self._task_group.start_soon(self._submit, song)
+
+    def _stop(self) -> None:
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+
+    # ------------------------------------------------------------------ feeding
+
+    async def _feed(self) -> None:
+        source = self.requests
+        iterator: Iterator[SongItem] | AsyncIterator[SongItem] = (
+            aiter(source) if isinstance(source, AsyncIterable) else iter(source)
+        )
+        try:
+            for index in itertools.count():
+                await self._slots.acquire()
+                try:
+                    item = await _next_item(iterator)
+                    if item is _END:
+                        self._slots.release()
+                        return
+                    key, request = _unpack(item, index)
+                except Exception as exc:
+                    # A source that raises, or an item that is not a song: stop taking new
+                    # songs, let those in flight finish, raise it when the block exits.
+                    self._slots.release()
+                    self.source_error = exc
+                    return
+                await self._pace()
+                self._start(key, request)
+        finally:
+            self._source_done = True
+            self._maybe_finished()
+            await _close_source(iterator)
+
+    async def _pace(self) -> None:
+        """Submit no faster than the budget's sustained rate.
+
+        Songs submitted in one burst finish, and are polled, in one burst a minute later,
+        and again the minute after: spreading the first ``max_in_flight`` submissions over a
+        few seconds keeps their polls from crowding the budget for the rest of the batch.
+        Later submissions follow completions and are spread out already.
+        """
+        if self.budget is None:
+            return
+        now = self.clock.now()
+        if self._next_submit_at > now:
+            await self.clock.sleep(self._next_submit_at - now)
+            now = self.clock.now()
+        self._next_submit_at = now + 60.0 / max(1.0, self.budget.effective_rate)
+
+    def _start(self, key: str, request: SongRequest) -> None:
+        song = _Song(key, request)
+        self._active += 1
+        if key in self._keys_in_flight:
+            error = RequestValidationError(
+                "key", "must be unique among the songs of a batch", f"{key!r} again"
+            )
+            self._finish(song, error=error)
+            return
+        song.owns_key = True
+        self._keys_in_flight.add(key)
+        self._spawn(song)
+
+    # ------------------------------------------------------------------ submitting
+
+    async def _submit(self, song: _Song) -> None:
+        observer = _Observer(self, song, "submit")
+        give_up_at = math.inf if self.deadline is None else self.clock.now() + self.deadline
+        failures = 0
+        while True:
+            try:
+                generation = await self.transport.submit(song.request, observer=observer)
+                break
+            except (RateLimitError, APIConnectionError) as exc:
+                # The transport resends a POST only when it surely did not arrive, and
+                # raises these only then: resending later cannot pay twice.
+                failures += 1
+                delay = _retry_delay(failures)
+                if self.clock.now() + delay > give_up_at:
+                    self._finish(song, error=exc)
+                    return
+                song.retries += 1
+                self.emit_retried(song, "submit", failures, exc, delay)
+                await self.clock.sleep(delay)
+            except AimlMusicError as exc:
+                self._finish(song, error=exc)
+                return
+        now = self.clock.now()
+        song.generation = generation
+        song.submitted_at = now
+        if self.deadline is not None:
+            song.deadline_at = now + self.deadline
+        emit(self.events, "on_submitted", SongSubmitted(song.key, song.request, generation, now))
+        if generation.is_finished:
+            self._conclude(song, generation, now, now)
+        else:
+            self._schedule(song, now + self._next_delay(song, now))
+
+    # ------------------------------------------------------------------ the timer heap
+
+    def _schedule(self, song: _Song, due: float) -> None:
+        due = min(due, song.deadline_at)
+        heapq.heappush(self._heap, (due, next(self._sequence), song))
+        if due < self._nap_until and self._nap_scope is not None:
+            self._nap_scope.cancel()  # the dispatcher sleeps past this one: wake it
+
+    async def _dispatch(self, workers: MemoryObjectSendStream[_Song]) -> None:
+        heap, due = self._heap, self._due
+        while True:
+            now = self.clock.now()
+            while heap and heap[0][0] <= now:
+                due.append(heapq.heappop(heap)[2])
+            if due:
+                wait = self._budget_wait()
+                if wait > 0:
+                    await self._nap(now + wait)
+                    continue
+                self._launching += 1
+                await workers.send(self._most_urgent(now))  # waits for a free worker
+            elif heap:
+                await self._nap(heap[0][0])
+            else:
+                await self._nap(math.inf)
+
+    def _budget_wait(self) -> float:
+        """How long due polls should stay here rather than queue inside the budget.
+
+        A poll queued inside the budget waits its turn in arrival order; held here, the
+        likeliest to find its song finished goes first when the budget has room, and
+        submissions (which the budget serves first anyway) never queue behind polls.
+        """
+        budget = self.budget
+        if budget is None:
+            return 0.0
+        if self._launching:
+            return GATE_RECHECK / 10  # let the worker just started reach the budget
+        wait = budget.delay()
+        if budget.waiting:
+            wait = max(wait, GATE_RECHECK)
+        return wait
+
+    def _most_urgent(self, now: float) -> _Song:
+        """Take the due song whose poll is likeliest to find it finished (oldest on ties)."""
+        due = self._due
+        chance_done = getattr(self.poll, "chance_done", None)
+        if len(due) == 1 or chance_done is None:
+            return due.popleft()
+        best, best_chance = 0, -1.0
+        for index in range(min(len(due), URGENCY_CANDIDATES)):
+            chance = chance_done(self._poll_state(due[index], now))
+            if chance > best_chance:
+                best, best_chance = index, chance
+        song = due[best]
+        del due[best]
+        return song
+
+    async def _nap(self, until: float) -> None:
+        with anyio.CancelScope() as scope:
+            self._nap_scope, self._nap_until = scope, until
+            if until == math.inf:
+                await anyio.sleep_forever()
+            else:
+                await self.clock.sleep(until - self.clock.now())
+        self._nap_scope, self._nap_until = None, math.inf
+
+    # ------------------------------------------------------------------ polling
+
+    async def _poll_worker(self, due: MemoryObjectReceiveStream[_Song]) -> None:
+        async for song in due:
+            # Runs on to the budget's acquire() before its first real wait.
+            self._launching -= 1
+            await self._poll(song)
+
+    async def _poll(self, song: _Song) -> None:
+        sent = self.clock.now()
+        song.polls += 1
+        try:
+            generation = await self.transport.get(
+                song.generation_id, observer=_Observer(self, song, "poll")
+            )
+        except AimlMusicError as exc:
+            self._poll_failed(song, exc)
+            return
+        now = self.clock.now()
+        song.transient_failures = song.suspect_polls = 0
+        self._record(song, generation, sent, now)
+        if generation.is_finished:
+            self._conclude(song, generation, sent, now)
+        elif now >= song.deadline_at:
+            self._time_out(song)
+        else:
+            # Spaced from when this poll went out, not from when its answer came back: the
+            # server saw the two polls that far apart, whatever the round trip took.
+            self._schedule(song, sent + self._next_delay(song, sent))
+
+    def _poll_failed(self, song: _Song, error: AimlMusicError) -> None:
+        now = self.clock.now()
+        suspect = isinstance(error, NotFoundError | ResponseValidationError)
+        if suspect:
+            song.suspect_polls += 1
+        if not (_is_transient(error) or suspect) or (
+            song.suspect_polls >= MAX_CONSECUTIVE_SUSPECT_POLLS
+        ):
+            self._finish(song, error=error)
+            return
+        if now >= song.deadline_at:
+            self._time_out(song)
+            return
+        song.transient_failures += 1
+        delay = max(_retry_delay(song.transient_failures), self._next_delay(song, now))
+        logger.debug("poll of %s failed (%s); again in %.1f s", song.key, error, delay)
+        song.retries += 1
+        self.emit_retried(song, "poll", song.transient_failures, error, delay)
+        self._schedule(song, now + delay)
+
+    def _record(self, song: _Song, generation: Generation, sent: float, now: float) -> None:
+        """Take in what a poll saw: status changes, start, what the policy learns."""
+        assert song.submitted_at is not None
+        previous = song.generation.status if song.generation is not None else None
+        status = generation.status
+        if status != previous:
+            emit(
+                self.events,
+                "on_status_changed",
+                SongStatusChanged(song.key, generation.id, previous, status, now),
+            )
+        if is_waiting(status):
+            song.queued_at = sent
+        elif status == GenerationStatus.GENERATING and song.started_at is None:
+            song.started_at = now
+            start_after = song.queued_at if song.queued_at is not None else song.submitted_at
+            self.poll.observe_started(song.submitted_at, start_after, now)
+        if status == GenerationStatus.COMPLETED:
+            finish_after = song.unfinished_from
+            self.poll.observe_finished(
+                song.submitted_at,
+                song.started_at,
+                finish_after if finish_after is not None else song.submitted_at,
+                now,
+            )
+        if not status.is_terminal:
+            song.unfinished_from, song.unfinished_to = sent, now
+        song.generation = generation
+
+    def _poll_state(self, song: _Song, now: float) -> PollState:
+        assert song.submitted_at is not None
+        return PollState(
+            submitted_at=song.submitted_at,
+            now=now,
+            polls=song.polls,
+            status=song.generation.status if song.generation is not None else None,
+            started_at=song.started_at,
+            last_poll_at=song.unfinished_from if song.polls else None,
+            queued_at=song.queued_at,
+            budget_load=self._budget_load(),
+        )
+
+    def _budget_load(self) -> float:
+        """The budget's utilisation, counting the polls held back here as waiting too."""
+        budget = self.budget
+        if budget is None:
+            return 0.0
+        held = len(self._due) / max(1.0, math.floor(budget.effective_rate))
+        return budget.utilisation() + held
+
+    def _next_delay(self, song: _Song, now: float) -> float:
+        delay = self.poll.next_delay(self._poll_state(song, now))
+        if not delay >= 0:  # also catches NaN from a user policy
+            raise ValueError(f"{type(self.poll).__name__}.next_delay returned {delay!r}")
+        return delay
+
+    # ------------------------------------------------------------------ finishing
+
+    def _conclude(self, song: _Song, generation: Generation, sent: float, now: float) -> None:
+        """A poll (or the submission) saw the song finished."""
+        song.generation = generation
+        if generation.status == GenerationStatus.COMPLETED:
+            self._finish(song, noticed_at=now, sent=sent)
+        else:
+            self._finish(song, error=GenerationFailedError(generation), noticed_at=now, sent=sent)
+
+    def _time_out(self, song: _Song) -> None:
+        assert self.deadline is not None
+        assert song.generation is not None
+        error = GenerationTimeoutError(song.generation_id, self.deadline, song.generation)
+        self._finish(song, error=error)
+
+    def _finish(
+        self,
+        song: _Song,
+        *,
+        error: AimlMusicError | None = None,
+        noticed_at: float | None = None,
+        sent: float | None = None,
+    ) -> None:
+        completed_at = None
+        if noticed_at is not None and sent is not None:
+            # Midway between the last poll that saw it unfinished and the one that saw it
+            # finished (each taken at the middle of its round trip).
+            if song.unfinished_from is not None and song.unfinished_to is not None:
+                before = (song.unfinished_from + song.unfinished_to) / 2
+            else:
+                before = song.submitted_at if song.submitted_at is not None else sent
+            completed_at = (before + (sent + noticed_at) / 2) / 2
+        result = SongResult(
+            key=song.key,
+            request=song.request,
+            generation=song.generation,
+            error=error,
+            timings=SongTimings(
+                submitted_at=song.submitted_at,
+                started_at=song.started_at,
+                completed_at=completed_at,
+                noticed_at=noticed_at,
+            ),
+            polls=song.polls,
+            retries=song.retries,
+        )
+        at = self.clock.now()
+        if error is None:
+            emit(self.events, "on_completed", SongCompleted(song.key, result, at))
+        else:
+            logger.debug("song %s failed: %s", song.key, error)
+            emit(self.events, "on_failed", SongFailed(song.key, result, at))
+        self._ready.append((song, result))
+        self._ready_event.set()
+
+    async def _deliver(self, results: MemoryObjectSendStream[SongResult]) -> None:
+        while True:
+            while not self._ready:
+                self._ready_event = anyio.Event()
+                await self._ready_event.wait()
+            song, result = self._ready.popleft()
+            try:
+                await results.send(result)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._stop()  # nobody reads any more: stop submitting and polling
+                return
+            if song.owns_key:
+                self._keys_in_flight.discard(song.key)
+            self._active -= 1
+            self._slots.release()
+            self._maybe_finished()
+
+    def _maybe_finished(self) -> None:
+        if self._source_done and self._active == 0:
+            self._finished.set()
+
+    def emit_retried(
+        self, song: _Song, kind: RequestKind, attempt: int, error: AimlMusicError, delay: float
+    ) -> None:
+        """Report a retry of one of ``song``'s requests to the event hook."""
+        event = RequestRetried(song.key, kind, attempt, error, delay, self.clock.now())
+        emit(self.events, "on_retried", event)
+
+
+def _is_gauge(budget: object) -> bool:
+    return all(
+        hasattr(budget, name) for name in ("effective_rate", "waiting", "utilisation", "delay")
+    )
+
+
+# --------------------------------------------------------------------------- the source
+
+
+class _EndOfSource:
+    pass
+
+
+_END = _EndOfSource()
+
+
+async def _next_item(iterator: Iterator[SongItem] | AsyncIterator[SongItem]) -> object:
+    if isinstance(iterator, AsyncIterator):
+        try:
+            return await anext(iterator)
+        except StopAsyncIteration:
+            return _END
+    return next(iterator, _END)
+
+
+def _unpack(item: object, index: int) -> tuple[str, SongRequest]:
+    """``(key, request)`` for one source item; a bare request is keyed by its position."""
+    if isinstance(item, SongRequest):
+        return str(index), item
+    if isinstance(item, tuple) and len(item) == 2:
+        key, request = item
+        if isinstance(key, int) and not isinstance(key, bool):
+            key = str(key)
+        if isinstance(key, str) and isinstance(request, SongRequest):
+            return key, request
+    raise TypeError(
+        "generate_many() takes SongRequest items or (key, SongRequest) pairs with a str key; "
+        f"item {index} is {type(item).__name__}"
+    )
+
+
+async def _close_source(iterator: Iterator[SongItem] | AsyncIterator[SongItem]) -> None:
+    """Close a generator source we stopped reading, so its ``finally`` blocks run now."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        with anyio.move_on_after(SOURCE_CLOSE_TIMEOUT, shield=True):
+            await aclose()
+        return
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+@asynccontextmanager
+async def generate_many(
+    transport: SchedulerTransport,
+    requests: SongSource,
+    *,
+    clock: Clock,
+    max_in_flight: int,
+    deadline: float | None,
+    poll: PollPolicy,
+    events: BatchEvents | None,
+    budget: BudgetGauge | None = None,
+) -> AsyncIterator[MemoryObjectReceiveStream[SongResult]]:
+    """Submit and poll many songs; yield a stream of their results in completion order.
+
+    ``requests`` is an iterable or async iterable of :class:`SongRequest` (keyed by their
+    0-based position in the source, as a string: ``"0"``, ``"1"``...) or ``(key, request)``
+    pairs (``key`` a ``str``; an ``int`` is turned into one). It is read lazily: the next item
+    is taken only when one of the ``max_in_flight`` slots is free. A song whose key equals
+    that of a song still in flight is not submitted; its result carries a
+    :class:`RequestValidationError`. A slot is freed when the song's result has been taken
+    by the stream (which buffers a few), so a slow reader slows submissions, not polls.
+
+    ``deadline`` is each song's limit in API seconds from its submission (``None``: none);
+    past it the song's result carries :class:`GenerationTimeoutError` with its id.
+    ``budget`` lets the poll policy see how busy the request budget is (by default the
+    transport's ``budget`` attribute, when it has one).
+
+    Leaving the ``async with`` block, or cancelling the scope around it, cancels every
+    submission and poll. If the source raises (or yields something that is not a song), no
+    new song is started, those in flight finish and are delivered, and the error is raised
+    when the block exits.
+    """
+    if isinstance(requests, SongRequest | str | bytes):
+        raise TypeError("generate_many() takes an iterable of songs, not a single one")
+    if not isinstance(requests, Iterable | AsyncIterable):
+        raise TypeError(f"generate_many() takes an iterable, got {type(requests).__name__}")
+    if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
+    if deadline is not None and not deadline > 0:
+        raise ValueError(f"deadline must be positive or None, got {deadline!r}")
+    if budget is None:
+        budget = getattr(transport, "budget", None)
+    batch = _Batch(
+        transport,
+        requests,
+        clock=clock,
+        max_in_flight=max_in_flight,
+        deadline=deadline,
+        poll=poll,
+        events=events,
+        budget=budget if _is_gauge(budget) else None,
+    )
+    send, receive = anyio.create_memory_object_stream[SongResult](
+        min(max_in_flight, MAX_RESULT_BUFFER)
+    )
+    body_error: Exception | None = None
+    with receive, send:  # closed here too in case the batch task never got to run
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(batch.run, send)
+            try:
+                yield receive
+            except Exception as exc:
+                # Raised in the caller's block: re-raised below, as itself rather than
+                # wrapped in the task group's ExceptionGroup.
+                body_error = exc
+            finally:
+                task_group.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error
+    if batch.source_error is not None:
+        raise batch.source_error

@@ -1,0 +1,236 @@
+"""Poll policies: the baselines, and how LearnedPolling places and spaces polls and learns.
+
+These are plain synchronous tests: a policy is pure bookkeeping. ``drive`` plays one song at
+a time against a policy exactly as the scheduler does (decide from the submission, poll,
+decide from the moment the poll was sent...), so the learning can be checked on known
+completion times without any clock.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+
+from aimlmusic import (
+    ExponentialBackoff,
+    FixedInterval,
+    GenerationStatus,
+    LearnedPolling,
+    PollPolicy,
+    PollState,
+)
+from aimlmusic._polling import default_policy, is_waiting
+
+GENERATING = GenerationStatus.GENERATING
+QUEUED = GenerationStatus.QUEUED
+
+
+def drive(policy: LearnedPolling, duration: float, *, start: float = 0.0) -> tuple[int, float]:
+    """Play one song finishing ``duration`` s after submission; return (polls, lag)."""
+    submitted = start
+    state = PollState(submitted_at=submitted, now=submitted)
+    polls, last_unfinished = 0, None
+    while True:
+        at = state.now + policy.next_delay(state)
+        polls += 1
+        if at - submitted >= duration:
+            after = last_unfinished if last_unfinished is not None else submitted
+            policy.observe_finished(submitted, None, after, at)
+            return polls, at - submitted - duration
+        last_unfinished = at
+        state = PollState(
+            submitted_at=submitted, now=at, polls=polls, status=GENERATING, last_poll_at=at
+        )
+
+
+def first_poll(policy: PollPolicy) -> float:
+    """Seconds from submission to a fresh song's first poll."""
+    return policy.next_delay(PollState(submitted_at=0.0, now=0.0))
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def test_fixed_interval_is_the_documented_loop() -> None:
+    """FixedInterval(10, first=0) polls at once, then every 10 s."""
+    policy = FixedInterval(10.0, first=0.0)
+    assert first_poll(policy) == 0.0
+    assert policy.next_delay(PollState(0.0, now=40.0, polls=4)) == 10.0
+
+
+def test_exponential_backoff_grows_and_caps_without_overflow() -> None:
+    """ExponentialBackoff gives 1, 1.5, 2.25... s, capped at 20 s even after 10,000 polls."""
+    policy = ExponentialBackoff()
+    delays = [policy.next_delay(PollState(0.0, now=0.0, polls=n)) for n in range(12)]
+    assert delays[:3] == [1.0, 1.5, 2.25]
+    assert max(delays) == 20.0
+    assert policy.next_delay(PollState(0.0, now=0.0, polls=10_000)) == 20.0
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (lambda: FixedInterval(0.0), "interval must be positive"),
+        (lambda: FixedInterval(1.0, first=-1.0), "first must not be negative"),
+        (lambda: ExponentialBackoff(initial=0.0), "initial must be positive"),
+        (lambda: ExponentialBackoff(factor=0.5), "factor must be at least 1"),
+        (lambda: LearnedPolling(lag_ratio=0.0), "lag_ratio must be in"),
+        (lambda: LearnedPolling(max_polls=1.0), "max_polls must be more than 1"),
+        (lambda: LearnedPolling(prior=(60.0, 50.0)), "prior must be"),
+        (lambda: LearnedPolling(min_interval=5.0, max_interval=1.0), "min_interval"),
+    ],
+)
+def test_bad_parameters_are_refused_with_their_value(factory: object, message: str) -> None:
+    """Each policy refuses nonsense parameters, naming the parameter."""
+    with pytest.raises(ValueError, match=message):
+        factory()  # type: ignore[operator]
+
+
+def test_every_policy_satisfies_the_protocol_and_the_default_learns() -> None:
+    """The three policies are PollPolicy instances; default_policy() is a LearnedPolling."""
+    for policy in (FixedInterval(), ExponentialBackoff(), LearnedPolling()):
+        assert isinstance(policy, PollPolicy)
+    assert isinstance(default_policy(), LearnedPolling)
+    assert default_policy() is not default_policy()  # each client learns on its own
+
+
+def test_waiting_statuses_are_the_queued_ones() -> None:
+    """queued and the undocumented waiting mean 'not started'; other statuses do not."""
+    assert is_waiting(QUEUED)
+    assert is_waiting(GenerationStatus("waiting"))
+    assert not is_waiting(GENERATING)
+    assert not is_waiting(GenerationStatus("processing"))
+    assert not is_waiting(None)
+
+
+# --------------------------------------------------------------------------- learned polling
+
+
+def test_cold_start_polls_first_just_after_the_documented_50_seconds() -> None:
+    """Before any song finished, the first poll comes at about 50 s x (1 + lag_ratio)."""
+    policy = LearnedPolling(seed=1)
+    delays = [first_poll(policy) for _ in range(50)]
+    assert all(50.0 < d < 52.0 for d in delays)
+    assert len(set(delays)) > 1  # jittered, so songs submitted together do not poll together
+
+
+def test_later_polls_keep_the_lag_under_lag_ratio_of_the_time() -> None:
+    """After the first poll, each spacing is at most lag_ratio of the time since submission."""
+    policy = LearnedPolling(lag_ratio=0.03, jitter=0.1, seed=2)
+    for elapsed in (52.0, 55.0, 58.0):
+        state = PollState(0.0, now=elapsed, polls=2, status=GENERATING, last_poll_at=elapsed)
+        delay = policy.next_delay(state)
+        assert 0.9 * 0.03 * elapsed <= delay <= 0.03 * elapsed
+
+
+def test_on_the_documented_workload_it_polls_about_four_times_within_the_lag_bound() -> None:
+    """Songs of 50-60 s: after a warm-up, < 4.6 polls per song and lag <= 3.1 % of each."""
+    rng = random.Random(3)
+    policy = LearnedPolling(seed=3)
+    for _ in range(60):
+        drive(policy, rng.uniform(50, 60))
+    results = [(drive(policy, d), d) for d in (rng.uniform(50, 60) for _ in range(300))]
+    polls = statistics.fmean(p for (p, _), _ in results)
+    shares = sorted(lag / d for (_, lag), d in results)
+    assert polls < 4.6, polls
+    assert shares[int(0.95 * len(shares))] <= 0.031, shares[-10:]
+
+
+def test_it_learns_a_much_faster_service() -> None:
+    """Songs of 20-30 s (the prior says 50-60): within 60 songs the first poll is < 26 s."""
+    rng = random.Random(4)
+    policy = LearnedPolling(seed=4)
+    for _ in range(60):
+        drive(policy, rng.uniform(20, 30))
+    assert first_poll(policy) < 26.0
+    lags = [drive(policy, d)[1] / d for d in (rng.uniform(20, 30) for _ in range(100))]
+    assert statistics.median(lags) < 0.03
+
+
+def test_it_learns_a_much_slower_service_at_once() -> None:
+    """Songs of 90-100 s: after a handful, the first poll waits until about 90 s."""
+    rng = random.Random(5)
+    policy = LearnedPolling(seed=5)
+    durations = [rng.uniform(90, 100) for _ in range(5)]
+    for duration in durations:
+        drive(policy, duration)
+    assert 85.0 < first_poll(policy) <= min(durations) * 1.03 + 0.5
+    polls = [drive(policy, d)[0] for d in (rng.uniform(90, 100) for _ in range(50))]
+    assert statistics.fmean(polls) < 6.0
+
+
+def test_a_gap_between_two_modes_is_not_polled_through() -> None:
+    """With songs of ~55 s or ~110 s, a song still running at 61 s is not polled at 62 s."""
+    rng = random.Random(6)
+    policy = LearnedPolling(seed=6)
+    for _ in range(200):
+        drive(policy, rng.uniform(53, 57) if rng.random() < 0.5 else rng.uniform(105, 115))
+    state = PollState(0.0, now=61.0, polls=5, status=GENERATING, last_poll_at=61.0)
+    assert policy.next_delay(state) >= 25.0
+
+
+def test_a_queued_song_is_not_polled_before_it_could_have_generated() -> None:
+    """A song seen queued at 60 s is next polled after about the shortest generation time."""
+    policy = LearnedPolling(seed=7)
+    state = PollState(0.0, now=60.0, polls=1, status=QUEUED, queued_at=60.0, last_poll_at=60.0)
+    assert policy.next_delay(state) >= 45.0
+
+
+def test_a_busy_budget_widens_the_spacing() -> None:
+    """With the budget over its allowance, polls are spaced wider than when it is idle."""
+    idle, busy = LearnedPolling(jitter=0.0), LearnedPolling(jitter=0.0)
+    common = {"submitted_at": 0.0, "now": 55.0, "polls": 3, "status": GENERATING}
+    assert busy.next_delay(PollState(**common, budget_load=1.5)) > 1.5 * idle.next_delay(
+        PollState(**common, budget_load=0.2)
+    )
+
+
+def test_stragglers_are_polled_less_and_less_often_up_to_max_interval() -> None:
+    """Far past every completion seen, the spacing grows but never beyond max_interval."""
+    rng = random.Random(8)
+    policy = LearnedPolling(seed=8, max_interval=20.0)
+    for _ in range(50):
+        drive(policy, rng.uniform(50, 60))
+    spacing = [
+        policy.next_delay(PollState(0.0, now=t, polls=9, status=GENERATING, last_poll_at=t))
+        for t in (65.0, 120.0, 600.0)
+    ]
+    assert spacing[0] < spacing[1] <= spacing[2] == 20.0
+
+
+def test_chance_done_grows_with_time_and_is_zero_while_queued() -> None:
+    """The chance that a poll finds the song done rises with time; a queued song has none."""
+    rng = random.Random(9)
+    policy = LearnedPolling(seed=9)
+    for _ in range(100):
+        drive(policy, rng.uniform(50, 60))
+    chances = [
+        policy.chance_done(PollState(0.0, now=t, polls=1, status=GENERATING, last_poll_at=51.0))
+        for t in (52.0, 55.0, 59.0, 61.0)
+    ]
+    assert chances == sorted(chances)
+    assert chances[0] < 0.3 < chances[-1]
+    queued = PollState(0.0, now=58.0, polls=1, status=QUEUED, queued_at=51.0)
+    assert policy.chance_done(queued) == 0.0
+
+
+def test_what_it_learns_stays_bounded() -> None:
+    """After 5,000 songs (and 5,000 starts) the policy keeps at most ``window`` of each."""
+    rng = random.Random(10)
+    policy = LearnedPolling(window=64, seed=10)
+    for n in range(5_000):
+        policy.observe_started(float(n), float(n) + 5.0, float(n) + 6.0)
+        drive(policy, rng.uniform(50, 60), start=float(n))
+    assert policy.observations == 64
+    assert len(policy._total) <= 64
+    assert len(policy._starts) <= 64
+
+
+def test_repr_shows_what_it_believes() -> None:
+    """The repr names the lag ratio, the observations and the first-poll time."""
+    text = repr(LearnedPolling())
+    assert "lag_ratio=0.028" in text
+    assert "observations=0" in text
+    assert "first_poll=51.4s" in text

@@ -1,0 +1,706 @@
+"""The batch scheduler (generate_many): order, isolation, cancellation, laziness, keys,
+deadlines, events, the request budget, 429s, and scale.
+
+Most tests drive ``_scheduler.generate_many`` against ``FakeAPI``, a small in-memory service
+whose songs behave as their prompts say (``song("a", 30, "fail")``: 30 API seconds, then
+status ``error``); time is compressed 1000x, so a 30 s song takes 30 ms. The last section runs
+``AsyncMusicClient.generate_many`` end to end against the bundled emulator.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from aimlmusic import (
+    AmbiguousSubmissionError,
+    AsyncMusicClient,
+    BadRequestError,
+    BatchEvents,
+    FixedInterval,
+    Generation,
+    GenerationError,
+    GenerationFailedError,
+    GenerationStatus,
+    GenerationTimeoutError,
+    LearnedPolling,
+    Limits,
+    NotFoundError,
+    PollPolicy,
+    RequestRetried,
+    RequestThrottled,
+    RequestValidationError,
+    ResponseValidationError,
+    ServerError,
+    SongCompleted,
+    SongFailed,
+    SongRequest,
+    SongResult,
+    SongStatusChanged,
+    SongSubmitted,
+    _scheduler,
+)
+from aimlmusic._clock import ScaledClock
+from aimlmusic._ratelimit import RequestBudget
+from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Uniform
+
+pytestmark = pytest.mark.anyio
+
+SCALE = 1000.0  # API seconds per real second
+QUICK = FixedInterval(interval=1.0, first=1.0)
+
+
+def song(name: str, seconds: float = 10.0, *flags: str) -> SongRequest:
+    """A request FakeAPI plays as: generate for ``seconds``, behave as ``flags`` say."""
+    return SongRequest(prompt=f"song {name} d={seconds} {' '.join(flags)}", lyrics="la la la la")
+
+
+class FakeAPI:
+    """An in-memory stand-in for the transport: submit and get, on a compressed clock.
+
+    Flags in a song's prompt: ``fail`` (ends in status error), ``reject`` (400 on submit),
+    ``ambiguous`` (the POST may have been accepted), ``flaky`` (the first two polls fail with
+    a 502), ``garbled`` (every poll answer is unreadable), ``gone`` (every poll is a 404),
+    ``throttled`` (the submission meets one 429 first), ``queued`` (waits 20 s in the queue).
+    """
+
+    def __init__(self, clock: ScaledClock, budget: RequestBudget | None = None) -> None:
+        self.clock = clock
+        self.budget = budget
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.log: list[tuple[float, str, str]] = []  # (time, "submit"/"poll", prompt)
+        self.calls_in_flight = 0
+        self.poll_failures: dict[str, int] = {}
+        self.hold = False  # while True, every song stays generating
+
+    def release(self) -> None:
+        """End the hold: every song held is finished now."""
+        self.hold = False
+        now = self.clock.now()
+        for job in self.jobs.values():
+            job["end"] = min(job["end"], now)
+
+    async def _enter(self, kind: str, prompt: str) -> None:
+        if self.budget is not None:
+            await self.budget.acquire("submit" if kind == "submit" else "poll")
+        self.log.append((self.clock.now(), kind, prompt))
+        await anyio.sleep(0.0002)  # a round trip of 0.2 API s
+
+    async def submit(self, request: SongRequest, *, observer: Any = None) -> Generation:
+        self.calls_in_flight += 1
+        try:
+            flags = request.prompt.split()
+            if "throttled" in flags and observer is not None:
+                observer.on_throttled(None)
+            await self._enter("submit", request.prompt)
+            if "reject" in flags:
+                raise BadRequestError("Body validation error!", status_code=400)
+            if "ambiguous" in flags:
+                raise AmbiguousSubmissionError("read timeout after sending", request=request)
+            seconds = float(next(f for f in flags if f.startswith("d="))[2:])
+            job_id = f"{len(self.jobs):05d}:minimax/music-1.5"
+            wait = 20.0 if "queued" in flags else 0.0
+            now = self.clock.now()
+            self.jobs[job_id] = {
+                "prompt": request.prompt,
+                "start": now + wait,
+                "end": now + wait + seconds,
+                "flags": flags,
+                "polls": 0,
+            }
+            return Generation(id=job_id, status=GenerationStatus.QUEUED)
+        finally:
+            self.calls_in_flight -= 1
+
+    async def get(self, generation_id: str, *, observer: Any = None) -> Generation:
+        self.calls_in_flight += 1
+        try:
+            job = self.jobs[generation_id]
+            await self._enter("poll", job["prompt"])
+            job["polls"] += 1
+            flags = job["flags"]
+            if "gone" in flags:
+                raise NotFoundError("no such generation", status_code=404)
+            if "garbled" in flags:
+                raise ResponseValidationError("body is not valid JSON", body="{")
+            if "flaky" in flags and self.poll_failures.get(generation_id, 0) < 2:
+                self.poll_failures[generation_id] = self.poll_failures.get(generation_id, 0) + 1
+                if observer is not None:
+                    observer.on_retry(1, ServerError("bad gateway", status_code=502), 0.1)
+                raise ServerError("bad gateway", status_code=502)
+            now = self.clock.now()
+            if self.hold:
+                return Generation(id=generation_id, status=GenerationStatus.GENERATING)
+            if now < job["start"]:
+                return Generation(id=generation_id, status=GenerationStatus.QUEUED)
+            if now < job["end"]:
+                return Generation(id=generation_id, status=GenerationStatus.GENERATING)
+            if "fail" in flags:
+                error = GenerationError(name="GenerationError", message="the model gave up")
+                return Generation(id=generation_id, status=GenerationStatus.ERROR, error=error)
+            return Generation(id=generation_id, status=GenerationStatus.COMPLETED)
+        finally:
+            self.calls_in_flight -= 1
+
+    def submissions(self, name: str) -> int:
+        return sum(1 for _, kind, p in self.log if kind == "submit" and f"song {name} " in p)
+
+
+@pytest.fixture
+def clock() -> ScaledClock:
+    return ScaledClock(SCALE)
+
+
+@pytest.fixture
+def api(clock: ScaledClock) -> FakeAPI:
+    return FakeAPI(clock)
+
+
+def batch(
+    api: FakeAPI,
+    requests: Any,
+    *,
+    max_in_flight: int = 20,
+    deadline: float | None = 600.0,
+    poll: PollPolicy = QUICK,
+    events: Any = None,
+) -> Any:
+    return _scheduler.generate_many(
+        api,
+        requests,
+        clock=api.clock,
+        max_in_flight=max_in_flight,
+        deadline=deadline,
+        poll=poll,
+        events=events,
+    )
+
+
+async def collect(api: FakeAPI, requests: Any, **kwargs: Any) -> list[SongResult]:
+    async with batch(api, requests, **kwargs) as results:
+        return [result async for result in results]
+
+
+# --------------------------------------------------------------------------- basics
+
+
+async def test_results_arrive_in_completion_order_not_input_order(api: FakeAPI) -> None:
+    """Songs of 30, 10 and 20 s come back as the 10 s, then the 20 s, then the 30 s one."""
+    results = await collect(api, [("a", song("a", 30)), ("b", song("b", 10)), ("c", song("c", 20))])
+    assert [r.key for r in results] == ["b", "c", "a"]
+    assert all(r.ok and r.generation is not None for r in results)
+    assert all(r.generation.status == GenerationStatus.COMPLETED for r in results)  # type: ignore[union-attr]
+
+
+async def test_a_result_carries_its_timings_and_poll_count(api: FakeAPI) -> None:
+    """submitted <= completed estimate <= noticed, about 20 s apart, and polls counted."""
+    (result,) = await collect(api, [("x", song("x", 20))])
+    t = result.timings
+    assert t.submitted_at is not None
+    assert t.completed_at is not None
+    assert t.noticed_at is not None
+    assert t.started_at is not None
+    assert t.submitted_at <= t.started_at <= t.completed_at <= t.noticed_at
+    # 1 real ms is 1 API s here: a busy machine blurs the estimate by a few seconds.
+    assert 15.0 <= t.completed_at - t.submitted_at <= 30.0
+    assert result.polls == api.jobs[result.generation_id]["polls"] >= 2  # type: ignore[index]
+
+
+async def test_one_songs_failure_never_touches_the_others(api: FakeAPI) -> None:
+    """Failed generation, rejected and ambiguous submissions, unreadable and vanished songs
+    each end as their own error result; the good songs complete."""
+    songs = [
+        ("ok1", song("ok1", 5)),
+        ("failed", song("failed", 5, "fail")),
+        ("rejected", song("rejected", 5, "reject")),
+        ("ambiguous", song("ambiguous", 5, "ambiguous")),
+        ("garbled", song("garbled", 5, "garbled")),
+        ("gone", song("gone", 5, "gone")),
+        ("ok2", song("ok2", 8)),
+    ]
+    results = {r.key: r for r in await collect(api, songs)}
+    assert results["ok1"].ok
+    assert results["ok2"].ok
+    assert isinstance(results["failed"].error, GenerationFailedError)
+    assert results["failed"].error.generation_id == results["failed"].generation_id
+    assert isinstance(results["rejected"].error, BadRequestError)
+    assert isinstance(results["ambiguous"].error, AmbiguousSubmissionError)
+    assert api.submissions("ambiguous") == 1  # never resent: it may have been paid for
+    assert isinstance(results["garbled"].error, ResponseValidationError)
+    assert isinstance(results["gone"].error, NotFoundError)
+    assert results["gone"].polls == 3  # a few tries: a new job may take a moment to appear
+
+
+async def test_a_transient_poll_failure_is_retried_not_fatal(api: FakeAPI) -> None:
+    """Two 502s on polls are ridden out: the song completes, with its retries counted."""
+    (result,) = await collect(api, [("f", song("f", 3, "flaky"))])
+    assert result.ok
+    assert result.retries >= 2
+
+
+async def test_a_deadline_ends_the_song_with_its_id_and_last_status(api: FakeAPI) -> None:
+    """A song that would take 1000 s, with a 30 s deadline: GenerationTimeoutError at ~30 s."""
+    results = await collect(api, [("slow", song("slow", 1000)), ("ok", song("ok", 5))], deadline=30)
+    by_key = {r.key: r for r in results}
+    error = by_key["slow"].error
+    assert isinstance(error, GenerationTimeoutError)
+    assert error.generation_id == by_key["slow"].generation_id
+    assert error.last_seen is not None
+    assert error.last_seen.status == GenerationStatus.GENERATING
+    assert by_key["ok"].ok
+    assert [r.key for r in results] == ["ok", "slow"]
+
+
+async def test_a_queued_song_is_followed_until_it_finishes(api: FakeAPI) -> None:
+    """A 5 s song that waits 20 s in the queue is followed to the end without polling the
+    queue wait away: polls jump ahead by a generation time while it is queued."""
+    seen: list[tuple[Any, Any]] = []
+
+    class Statuses(BatchEvents):
+        def on_status_changed(self, event: SongStatusChanged) -> None:
+            seen.append((event.previous, event.status))
+
+    (result,) = await collect(
+        api,
+        [("q", song("q", 5, "queued"))],
+        poll=LearnedPolling(prior=(2.0, 4.0)),
+        events=Statuses(),
+    )
+    assert result.ok
+    assert seen[0][0] == GenerationStatus.QUEUED
+    assert seen[-1][1] == GenerationStatus.COMPLETED
+    assert result.polls <= 10  # 1 s polls through 25 s would be 25
+
+
+# --------------------------------------------------------------------------- keys and sources
+
+
+async def test_bare_requests_are_keyed_by_position_and_pairs_keep_their_key(api: FakeAPI) -> None:
+    """Requests alone get "0", "1"...; (key, request) pairs keep theirs; int keys become str."""
+    items: list[Any] = [song("a", 3), ("mine", song("b", 3)), song("c", 3), (7, song("d", 3))]
+    keys = {r.key for r in await collect(api, items)}
+    assert keys == {"0", "mine", "2", "7"}
+
+
+async def test_a_key_already_in_flight_is_an_error_result_not_a_submission(api: FakeAPI) -> None:
+    """A second song with a key still in flight is not submitted; its result says why."""
+    results = await collect(api, [("k", song("first", 10)), ("k", song("second", 3))])
+    errors = [r for r in results if r.error is not None]
+    assert len(errors) == 1
+    assert isinstance(errors[0].error, RequestValidationError)
+    assert errors[0].error.field == "key"
+    assert api.submissions("second") == 0
+    assert api.submissions("first") == 1
+
+
+async def test_the_source_is_read_only_as_slots_free_up(api: FakeAPI) -> None:
+    """With 2 slots, only 2 requests are taken until songs finish; after that, one per
+    result handed on (to the reader or its 2-result buffer). The source is closed when the
+    block is left early."""
+    pulled: list[int] = []
+    closed: list[bool] = []
+
+    def source() -> Iterator[tuple[str, SongRequest]]:
+        try:
+            for n in range(1_000_000):
+                pulled.append(n)
+                yield str(n), song(str(n), 10)
+        finally:
+            closed.append(True)
+
+    async with batch(api, source(), max_in_flight=2) as results:
+        await anyio.sleep(0.005)  # 5 API s: both songs submitted, none finished
+        assert len(pulled) == 2
+        first = await results.receive()
+        assert len(pulled) <= 2 + 2 + 1  # in flight, buffered, received
+    assert first.ok
+    assert closed == [True]
+
+
+async def test_an_async_source_is_read_lazily_and_closed(api: FakeAPI) -> None:
+    """An async generator source is pulled one song per free slot and closed at the end:
+    never more than the 3 in flight, the 3 buffered and the 4 read."""
+    pulled: list[int] = []
+    closed: list[bool] = []
+
+    async def source() -> AsyncIterator[SongRequest]:
+        try:
+            for n in range(100):
+                pulled.append(n)
+                yield song(str(n), 5)
+        finally:
+            closed.append(True)
+
+    async with batch(api, source(), max_in_flight=3) as results:
+        got = [await results.receive() for _ in range(4)]
+    assert all(r.ok for r in got)
+    assert len(pulled) <= 3 + 3 + 4
+    assert closed == [True]
+
+
+async def test_a_slow_reader_holds_back_submissions_not_memory(api: FakeAPI) -> None:
+    """Nobody reads: at most max_in_flight songs run and a few results wait; no more are
+    taken from the source until the reader catches up."""
+    pulled: list[int] = []
+
+    def source() -> Iterator[SongRequest]:
+        for n in range(50):
+            pulled.append(n)
+            yield song(str(n), 2)
+
+    async with batch(api, source(), max_in_flight=2) as results:
+        await anyio.sleep(0.08)  # 80 API s: forty 2 s songs could have run
+        assert len(pulled) <= 2 + 2  # two buffered results and two songs holding slots
+        keys = [r.key async for r in results]
+    assert len(keys) == 50
+
+
+async def test_a_source_that_raises_stops_new_songs_and_raises_at_the_end(api: FakeAPI) -> None:
+    """The songs already in flight are delivered, then the source's error is raised."""
+
+    def source() -> Iterator[SongRequest]:
+        yield song("a", 3)
+        yield song("b", 3)
+        raise OSError("catalog file vanished")
+
+    got: list[str] = []
+
+    async def read_all() -> None:
+        async with batch(api, source()) as results:
+            got.extend([result.key async for result in results])
+
+    with pytest.raises(OSError, match="catalog file vanished"):
+        await read_all()
+    assert sorted(got) == ["0", "1"]
+
+
+async def test_an_item_that_is_not_a_song_is_a_type_error(api: FakeAPI) -> None:
+    """A dict in the source raises TypeError naming its position, after the songs before it."""
+    got: list[str] = []
+
+    async def read_all() -> None:
+        async with batch(api, [song("a", 3), {"prompt": "x"}]) as results:
+            got.extend([r.key async for r in results])
+
+    with pytest.raises(TypeError, match="item 1 is dict"):
+        await read_all()
+    assert got == ["0"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"requests": [], "max_in_flight": 0}, ValueError),
+        ({"requests": [], "deadline": 0.0}, ValueError),
+        ({"requests": song("one")}, TypeError),
+        ({"requests": 42}, TypeError),
+    ],
+)
+async def test_bad_arguments_are_refused_before_anything_runs(
+    api: FakeAPI, kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    """max_in_flight < 1, a non-positive deadline, a lone request or a non-iterable raise."""
+    kwargs = dict(kwargs)  # the same dict serves both backends
+    requests = kwargs.pop("requests")
+    with pytest.raises(error):
+        async with batch(api, requests, **kwargs):
+            pass
+    assert api.log == []
+
+
+# --------------------------------------------------------------------------- leaving early
+
+
+def running_tasks() -> int:
+    return len(anyio.get_running_tasks())
+
+
+async def test_leaving_the_block_early_stops_everything_within_a_second(api: FakeAPI) -> None:
+    """Breaking out after the first result returns at once; no call or task is left."""
+    tasks_before = running_tasks()
+    async with batch(api, [song(str(n), 5 + n) for n in range(40)], max_in_flight=20) as results:
+        async for _ in results:
+            break
+        left_at = time.perf_counter()
+    assert time.perf_counter() - left_at < 1.0
+    assert api.calls_in_flight == 0
+    logged = len(api.log)
+    await anyio.sleep(0.05)
+    assert len(api.log) == logged  # nothing is polled or submitted any more
+    assert running_tasks() == tasks_before
+
+
+async def test_cancelling_the_surrounding_scope_stops_everything(api: FakeAPI) -> None:
+    """A cancelled outer scope unwinds the batch at once, leaving no call or task behind."""
+    tasks_before = running_tasks()
+    started = time.perf_counter()
+    with anyio.move_on_after(0.02) as scope:
+        async with batch(api, [song(str(n), 500) for n in range(30)]) as results:
+            async for _ in results:
+                pass
+    assert scope.cancelled_caught
+    assert time.perf_counter() - started < 1.0
+    assert api.calls_in_flight == 0
+    assert running_tasks() == tasks_before
+
+
+async def test_an_error_in_the_block_comes_out_as_itself(api: FakeAPI) -> None:
+    """A ValueError raised while reading results is raised as is, not in an ExceptionGroup."""
+
+    async def fail_while_reading() -> None:
+        async with batch(api, [song("a", 3)]) as results:
+            async for _ in results:
+                raise ValueError("my mistake")
+
+    with pytest.raises(ValueError, match="my mistake") as caught:
+        await fail_while_reading()
+    assert type(caught.value) is ValueError
+
+
+async def test_closing_the_stream_inside_the_block_stops_the_batch(api: FakeAPI) -> None:
+    """A reader that closes its stream ends the batch: nothing more is sent."""
+    async with batch(api, [song(str(n), 3 + n) for n in range(10)], max_in_flight=2) as results:
+        await results.receive()
+        await results.aclose()
+        await anyio.sleep(0.02)
+        logged = len(api.log)
+        await anyio.sleep(0.02)
+        assert len(api.log) == logged
+
+
+# --------------------------------------------------------------------------- events
+
+
+class Recorder(BatchEvents):
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def on_submitted(self, event: SongSubmitted) -> None:
+        self.events.append(event)
+
+    def on_status_changed(self, event: SongStatusChanged) -> None:
+        self.events.append(event)
+
+    def on_completed(self, event: SongCompleted) -> None:
+        self.events.append(event)
+
+    def on_failed(self, event: SongFailed) -> None:
+        self.events.append(event)
+
+    def on_retried(self, event: RequestRetried) -> None:
+        self.events.append(event)
+
+    def on_throttled(self, event: RequestThrottled) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+async def test_every_event_reaches_the_hook(api: FakeAPI) -> None:
+    """submitted (with the id), status changes, completed, failed, retried and throttled."""
+    hook = Recorder()
+    songs = [
+        ("good", song("good", 3, "throttled")),
+        ("bad", song("bad", 3, "fail")),
+        ("flaky", song("flaky", 3, "flaky")),
+    ]
+    results = {r.key: r for r in await collect(api, songs, events=hook)}
+    submitted = {e.key: e.generation_id for e in hook.of(SongSubmitted)}
+    assert submitted == {k: r.generation_id for k, r in results.items()}
+    assert [e.key for e in hook.of(SongCompleted)].count("good") == 1
+    assert [e.error for e in hook.of(SongFailed)] == [results["bad"].error]
+    assert {e.key for e in hook.of(RequestRetried)} == {"flaky"}
+    assert all(e.kind == "poll" for e in hook.of(RequestRetried))
+    assert [(e.key, e.kind) for e in hook.of(RequestThrottled)] == [("good", "submit")]
+    changes = [(e.previous, e.status) for e in hook.of(SongStatusChanged) if e.key == "good"]
+    assert changes[-1][1] == GenerationStatus.COMPLETED
+
+
+async def test_a_hook_that_raises_is_logged_and_ignored(
+    api: FakeAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Exceptions from hooks (and async hooks, which cannot run) never break the batch."""
+
+    class Broken:
+        def on_completed(self, event: SongCompleted) -> None:
+            raise RuntimeError("progress bar crashed")
+
+        async def on_submitted(self, event: SongSubmitted) -> None:  # wrong: must be sync
+            raise AssertionError("never runs")
+
+    with caplog.at_level(logging.ERROR, logger="aimlmusic"):
+        results = await collect(api, [song("a", 3), song("b", 3)], events=Broken())
+    assert all(r.ok for r in results)
+    assert "progress bar crashed" in caplog.text
+    assert "coroutine function" in caplog.text
+
+
+# --------------------------------------------------------------------------- budget and scale
+
+
+async def test_polls_wait_for_the_budget_and_never_exceed_it(clock: ScaledClock) -> None:
+    """With 30 requests/minute, 20 songs go through and no 60 s holds more than 30 requests."""
+    api = FakeAPI(clock, RequestBudget(30, clock))
+    results = await collect(
+        api,
+        [song(str(n), 20) for n in range(20)],
+        max_in_flight=10,
+        poll=LearnedPolling(prior=(18.0, 22.0)),
+    )
+    assert all(r.ok for r in results)
+    times = sorted(t for t, _, _ in api.log)
+    assert max_in_window(times, 60.0) <= 30
+    assert all(r.polls <= 5 for r in results)
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    best, low = 0, 0
+    for high, t in enumerate(times):
+        while times[low] <= t - window:
+            low += 1
+        best = max(best, high - low + 1)
+    return best
+
+
+async def test_ten_thousand_songs_in_flight_at_once(clock: ScaledClock, anyio_backend: str) -> None:
+    """10,000 songs are in flight together on one timer heap and a few tasks; memory per
+    song in flight is measured on asyncio (printed, not asserted tightly; tracemalloc would
+    make the trio run several times slower)."""
+    api = FakeAPI(clock)
+    api.hold = True
+    count = 10_000
+    requests = [song(str(n), 60.0) for n in range(count)]
+    tasks_before = running_tasks()
+    measure = anyio_backend == "asyncio"
+    gc.collect()
+    if measure:
+        tracemalloc.start()
+    try:
+        async with batch(
+            api,
+            requests,
+            max_in_flight=count,
+            deadline=None,
+            poll=FixedInterval(interval=100.0, first=300.0),
+        ) as results:
+            while len(api.jobs) < count:  # noqa: ASYNC110 (watching another object fill up)
+                await anyio.sleep(0.01)
+            in_flight_memory, _ = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            tasks_in_flight = running_tasks() - tasks_before
+            api.release()
+            done = 0
+            async for result in results:
+                assert result.ok
+                done += 1
+    finally:
+        tracemalloc.stop()
+    assert done == count
+    assert tasks_in_flight < 100  # a heap and a few workers, not a task per song
+    if measure:
+        per_song = in_flight_memory / count
+        print(
+            f"\n10,000 songs in flight: {in_flight_memory / 1e6:.1f} MB traced, "
+            f"{per_song:.0f} bytes per song (the fake API's records included)"
+        )
+        assert per_song < 20_000
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def emulated(config: EmulatorConfig, **client: Any) -> tuple[Emulator, AsyncMusicClient]:
+    emulator = Emulator(config)
+    return emulator, AsyncMusicClient(
+        TEST_API_KEY,
+        base_url="http://127.0.0.1",
+        transport=httpx.ASGITransport(app=emulator.app),
+        clock=emulator.clock,
+        **client,
+    )
+
+
+def e2e_songs(count: int) -> list[tuple[str, SongRequest]]:
+    return [
+        (f"s{n:03d}", SongRequest(prompt=f"Emulated song {n}: warm piano", lyrics="la " * 5))
+        for n in range(count)
+    ]
+
+
+async def test_end_to_end_the_budget_holds_and_every_song_lands_once() -> None:
+    """40 songs through the emulator at 30 requests/minute: all complete, no duplicate
+    submission, and the emulator's request log never has more than 30 in a minute."""
+    emulator, client = emulated(
+        EmulatorConfig(time_scale=200, seed=1, requests_per_minute=30, durations=Uniform(20, 30)),
+        limits=Limits(requests_per_minute=30, max_in_flight=10),
+        poll=LearnedPolling(prior=(20.0, 30.0), seed=1),
+    )
+    async with client, client.generate_many(e2e_songs(40)) as results:
+        got = [r async for r in results]
+    assert len(got) == 40
+    assert all(r.ok for r in got)
+    stats = emulator.stats()
+    assert stats.jobs_submitted == 40
+    assert stats.duplicate_submissions == 0
+    admitted = sorted(
+        e.time for e in emulator.request_log if e.kind in ("submit", "poll") and e.status != 429
+    )
+    assert max_in_window(admitted, 60.0) <= 30
+    # The client keeps a quarter second clear of the server's minute; compressed 200x that
+    # is 1.25 real ms, which a loaded machine can blur into an odd 429.
+    assert stats.rate_limited <= 0.03 * len(admitted)
+
+
+@pytest.mark.parametrize("retry_after", [None, 3.0])
+async def test_end_to_end_a_429_storm_slows_everyone_and_is_ridden_out(
+    retry_after: float | None,
+) -> None:
+    """A 20 s storm of 429s (with or without Retry-After) throttles the batch; every song
+    still completes exactly once, and the hook hears about the throttling."""
+    emulator, client = emulated(
+        EmulatorConfig(time_scale=500, seed=2, requests_per_minute=None, durations=Uniform(20, 30)),
+        poll=LearnedPolling(prior=(20.0, 30.0), seed=2),
+    )
+    emulator.throttle(21.0, 41.0, retry_after=retry_after)
+    hook = Recorder()
+    async with client, client.generate_many(e2e_songs(30), events=hook) as results:
+        got = [r async for r in results]
+    assert len(got) == 30
+    assert all(r.ok for r in got)
+    stats = emulator.stats()
+    assert stats.rate_limited > 0
+    assert stats.duplicate_submissions == 0
+    assert hook.of(RequestThrottled)
+    assert client.budget.effective_rate == client.limits.requests_per_minute  # recovered
+
+
+async def test_end_to_end_results_match_what_the_emulator_did() -> None:
+    """Each result's id, poll count and completion order agree with the emulator's records,
+    and a failed generation is a failed result."""
+    emulator, client = emulated(
+        EmulatorConfig(time_scale=500, seed=3, requests_per_minute=None, durations=Uniform(20, 30)),
+        poll=LearnedPolling(prior=(20.0, 30.0), seed=3),
+    )
+    emulator.inject("generation_failure", route="submit", count=1)
+    async with client, client.generate_many(e2e_songs(10)) as results:
+        got = [r async for r in results]
+    jobs = emulator.jobs
+    failed = [r for r in got if not r.ok]
+    assert len(failed) == 1
+    assert isinstance(failed[0].error, GenerationFailedError)
+    for result in got:
+        job = jobs[result.generation_id]  # type: ignore[index]
+        assert result.polls == job.polls
+    seen = [jobs[r.generation_id].first_seen_terminal_at for r in got]  # type: ignore[index]
+    assert seen == sorted(seen)  # delivered in the order they were noticed
+    assert not math.isnan(sum(s for s in seen if s is not None))
