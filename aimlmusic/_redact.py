@@ -43,15 +43,17 @@ class Redactor:
     __slots__ = ("_secrets",)
 
     def __init__(self, *secrets: Secret) -> None:
+        # Kept wrapped, so expanding the redactor (a debugger, an error tracker) shows no key.
         # Longest first, so a secret that contains another is replaced whole.
-        values = {s.reveal() for s in secrets if s.reveal()}
-        self._secrets = tuple(sorted(values, key=len, reverse=True))
+        kept = [s for s in secrets if s.reveal()]
+        self._secrets = tuple(sorted(kept, key=lambda s: len(s.reveal()), reverse=True))
 
     def text(self, value: str) -> str:
         """``value`` with every secret replaced by ``<redacted>``."""
         for secret in self._secrets:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
+            raw = secret.reveal()
+            if raw in value:
+                value = value.replace(raw, REDACTED)
         return value
 
     def __repr__(self) -> str:

@@ -281,12 +281,25 @@ class Transport:
         if response.is_success:
             self.budget.on_success()
             try:
-                return generation_from_json(text)
+                generation = generation_from_json(text)
             except ResponseValidationError as exc:
                 return _Failure(
                     "bad_response",
                     ResponseValidationError(exc.reason, body=exc.body, method=method, url=url),
                 )
+            if not generation.id:
+                # The schema allows "", but such a generation can never be polled; after a
+                # POST a job may still exist, so it is reported (ambiguously), not resent.
+                return _Failure(
+                    "bad_response",
+                    ResponseValidationError(
+                        "the generation id is empty",
+                        body=_bounded(text, 500),
+                        method=method,
+                        url=url,
+                    ),
+                )
+            return generation
         return self._status_failure(response, text, method, url)
 
     def _headers(self) -> dict[str, str]:
@@ -325,11 +338,12 @@ class Transport:
         status = response.status_code
         body, message, request_id = _read_error_body(text)
         if message is None:
-            message = response.reason_phrase or "no error message"
-        request_id = request_id or response.headers.get("x-request-id")
+            message = self.redactor.text(response.reason_phrase or "no error message")
+        message = _bounded(message, ERROR_BODY_EXCERPT_CHARS)  # a JSON message can be huge too
+        request_id = request_id or self.redactor.text(response.headers.get("x-request-id", ""))
         common: dict[str, Any] = {
             "status_code": status,
-            "request_id": request_id,
+            "request_id": request_id or None,
             "body": body,
             "method": method,
             "url": url,
@@ -373,7 +387,7 @@ def _read_error_body(
         return None, None, None
     try:
         data = json.loads(stripped)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         data = None
     if isinstance(data, dict):
         return (

@@ -494,6 +494,16 @@ async def test_post_with_an_unreadable_2xx_is_ambiguous() -> None:
     assert isinstance(caught.value.cause, ResponseValidationError)
 
 
+async def test_post_answered_with_an_empty_id_is_ambiguous() -> None:
+    """A 200 whose id is "" cannot be polled but may be a paid job: ambiguous, not resent."""
+    api = ScriptedAPI(ok({"id": "", "status": "queued"}), ok())
+    with pytest.raises(AmbiguousSubmissionError) as caught:
+        await make_transport(api).submit(song())
+    assert api.methods() == ["POST"]
+    assert isinstance(caught.value.cause, ResponseValidationError)
+    assert "id is empty" in caught.value.cause.reason
+
+
 @pytest.mark.parametrize(
     "failure",
     [

@@ -470,6 +470,10 @@ def _read_lyrics_file(row: _RowChecker, name: str, base_dir: Path) -> str | None
         row.add("lyrics_file", f"must stay inside the catalog's directory; got {name!r}")
         return None
     try:
+        # A FIFO or device would block open() or read() forever: only regular files qualify.
+        if target.exists() and not target.is_file():
+            row.add("lyrics_file", f"must be a regular file; got {name!r}")
+            return None
         with target.open("rb") as handle:
             data = handle.read(MAX_LYRICS_FILE_BYTES + 1)
     except FileNotFoundError:
