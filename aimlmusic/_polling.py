@@ -201,6 +201,11 @@ _EVIDENCE_MIN = 8
 _EVIDENCE_Z = 3.5
 _MAX_STEP_DOWN = 0.7
 _MIN_STEP_DOWN = 0.95
+_SCARCE_STEP_DOWN = 0.85
+#: After _DONE_RUN first polls in a row that found the song done, made no later than
+#: _RELEVANT spacings after the first-poll time, it steps down at once.
+_DONE_RUN = 10
+_RELEVANT = 4
 #: How many spacings the data must lie above the first poll to raise it at once.
 _SLOWER_GAP = 4
 #: Spacings over which the density of completions after the first poll is measured.
@@ -213,6 +218,13 @@ _MASS_DATA = 20
 
 #: From this many values on, a quantile ignores the single most extreme one.
 _ROBUST_FROM = 5
+
+
+def _remember(memory: dict[float, float], key: float, value: float, size: int) -> None:
+    """Store ``value`` under ``key``, forgetting the oldest entry beyond ``size``."""
+    if len(memory) >= size:
+        del memory[next(iter(memory))]
+    memory[key] = value
 
 
 def _low_quantile(values: list[float], p: float) -> float:
@@ -255,8 +267,8 @@ class LearnedPolling:
     * **Queued songs** cannot finish before they start: a song seen ``queued`` is next polled
       after the learned remaining queue wait plus the shortest learned generation time.
     * **Budget**: when ``budget_load`` exceeds ``budget_target`` the spacing widens in
-      proportion (and first polls move later), so polls do not pile up behind the request
-      budget, where they would be late anyway and delay submissions.
+      proportion, so polls do not pile up behind the request budget, where they would be
+      late anyway.
 
     What it learns, each in a sliding window of the last ``window`` songs (fixed memory; the
     policy follows a service whose speed drifts): completion times since submission, from
@@ -328,9 +340,16 @@ class LearnedPolling:
         self._done_first: deque[bool] = deque(maxlen=window)  # already done at first poll?
         self._generation = _Window(window)  # start -> completion
         self._queue_wait = _Window(window)  # submission -> start
-        # Starts seen closely (a queued poll right before a generating one), by submission
-        # time, until the song finishes; bounded like the windows.
+        # Starts seen closely (a queued poll right before a generating one), and when each
+        # song's first poll found it running, by submission time, until the song finishes;
+        # bounded like the windows.
         self._starts: dict[float, float] = {}
+        self._first_polls: dict[float, float] = {}
+        self._done_run = 0  # first polls in a row (on time or not) that found the song done
+        # For songs whose first poll found them running: when each finished (the middle of
+        # its last interval), with the time of that first poll. All the songs first polled
+        # at or before some time, done or not, are a sample with nothing cut off above it.
+        self._after_first: deque[tuple[float, float]] = deque(maxlen=window)
         # The first-poll tracker, in log seconds since submission, and whether the last few
         # songs were already done at their first poll.
         self._first_log = math.log(low * (1 + lag_ratio))
@@ -344,15 +363,14 @@ class LearnedPolling:
         low, high = after - submitted_at, by - submitted_at
         if high > 0 and high - low <= self.narrow * high:
             self._queue_wait.add(max(0.0, (low + high) / 2))
-            if len(self._starts) >= self.window:
-                del self._starts[next(iter(self._starts))]  # forget the oldest
-            self._starts[submitted_at] = (after + by) / 2
+            _remember(self._starts, submitted_at, (after + by) / 2, self.window)
 
     def observe_finished(
         self, submitted_at: float, started_at: float | None, after: float, by: float
     ) -> None:
         """Learn a completion time (and a generation time when the start was seen closely)."""
         started = self._starts.pop(submitted_at, None)
+        first_poll = self._first_polls.pop(submitted_at, None)
         low, high = after - submitted_at, by - submitted_at
         if high <= 0:
             return
@@ -360,6 +378,8 @@ class LearnedPolling:
         if done_first:
             self._note_first_poll(high, done=True)
         self._done_first.append(done_first)
+        if first_poll is not None:
+            self._after_first.append(((low + high) / 2, first_poll))
         if high - low <= self.narrow * high:
             self._total.add((low + high) / 2)
             if started is not None:
@@ -371,9 +391,21 @@ class LearnedPolling:
         submission found: a Robbins-Monro step towards the target share of songs already
         done, or a jump when recent first polls show it far off."""
         first = math.exp(self._first_log)
-        band = 1 + 2 * self.lag_ratio
-        if not first / band <= at <= first * band:
-            return  # a first poll planned for another first-poll time (or late on purpose)
+        self._done_run = self._done_run + 1 if done else 0
+        if self._done_run >= _DONE_RUN and at <= first * (1 + _RELEVANT * self.lag_ratio):
+            # Song after song already done at its first poll: far too late. Come down
+            # without waiting for first polls planned at the new time.
+            self._first_log += math.log(_SCARCE_STEP_DOWN)
+            self._done_run = 0
+            self._recent_done_first.clear()
+            self._model = None
+            return
+        # Only first polls made about now say something about this first-poll time: one
+        # planned for another (the tracker moved since), or one held back by a busy budget
+        # that found the song done (it would more often), does not.
+        late = (1 + self.lag_ratio / 2) if done else (1 + 2 * self.lag_ratio)
+        if not first / (1 + 2 * self.lag_ratio) <= at <= first * late:
+            return
         target = self._done_first_target(first)
         self._first_log += _FIRST_STEP * (target - done)
         recent = self._recent_done_first
@@ -396,6 +428,8 @@ class LearnedPolling:
         values = self._total.sorted()
         count = bisect.bisect_right(values, first + band) - bisect.bisect_right(values, first)
         density = count / max(1, len(self._done_first)) / band  # share of songs per second
+        if len(values) < _MASS_DATA:
+            return _SCARCE_STEP_DOWN  # too little data to say how far: a fixed step
         if density <= 0:
             return _MAX_STEP_DOWN
         return min(_MIN_STEP_DOWN, max(_MAX_STEP_DOWN, 1.0 - excess / density / first))
@@ -404,7 +438,7 @@ class LearnedPolling:
         """Share of songs the first poll should find done: ``start_quantile`` plus the share
         that finish within the spacing after it (finding fewer would waste that poll)."""
         finished = len(self._done_first)
-        if finished < self.prior_weight:
+        if len(self._total) < _MASS_DATA:
             low, high = self.prior
             band_end = first * (1 + self.lag_ratio)
             within = (min(band_end, high) - max(first, low)) / max(high - low, 1e-9)
@@ -434,24 +468,28 @@ class LearnedPolling:
     def _first_poll_time(self) -> float:
         """The tracker's first-poll time, raised at once to what the data clearly show."""
         recent = self._recent_done_first
-        values = self._total.sorted()
-        finished = self._done_first
-        if len(recent) >= max(1, self.prior_weight) and values:
-            done_share = sum(recent) / len(recent)
-            # The data are a clean sample only if (nearly) no song was already done at its
-            # first poll; otherwise they lack their low end, and the tracker must decide.
-            clean = sum(finished) <= self.start_quantile * len(finished)
-            if clean and done_share < self.start_quantile:
-                # Hardly any song is done at its first poll: the data above it are nearly
-                # complete, and their low quantile is a safe first poll.
-                level = (self.start_quantile - done_share) / (1 - done_share)
-                # From few songs, only the earliest seen is a safe guess of the early edge.
-                low = values[0] if len(values) < _MASS_DATA else _low_quantile(values, level)
-                floor = low * (1 + self.lag_ratio)
-                # Songs not yet done at the first poll always finish a little after it, so
-                # only a clear gap means the service got slower.
-                if floor > math.exp(self._first_log) * (1 + _SLOWER_GAP * self.lag_ratio):
-                    self._first_log = math.log(floor)
+        first = math.exp(self._first_log)
+        if len(recent) < _EVIDENCE_MIN:
+            return first
+        done_share = sum(recent) / len(recent)
+        if done_share >= self.start_quantile:
+            return first
+        # Hardly any song is done at its first poll. Songs first polled no later than now
+        # are a fair sample of what happens after it (those finished before would show up
+        # as done); their low quantile is a safe first poll if it is clearly later.
+        band = first * (1 + 2 * self.lag_ratio)
+        values = sorted(point for point, polled in self._after_first if polled <= band)
+        if not values:
+            return first
+        level = (self.start_quantile - done_share) / (1 - done_share)
+        # From few songs, only the earliest seen is a safe guess of the early edge.
+        low = values[0] if len(values) < _MASS_DATA else _low_quantile(values, level)
+        floor = low * (1 + self.lag_ratio)
+        # Songs not yet done at the first poll always finish a little after it, so only a
+        # clear gap means the service is slower than the tracker thinks.
+        if floor > first * (1 + _SLOWER_GAP * self.lag_ratio):
+            self._first_log = math.log(floor)
+            recent.clear()
         return math.exp(self._first_log)
 
     def _current_model(self) -> tuple[float, float, float]:
@@ -469,7 +507,9 @@ class LearnedPolling:
         """Seconds until the next poll of the song described by ``state``."""
         elapsed = max(0.0, state.now - state.submitted_at)
         if state.polls == 1 and not is_waiting(state.status):
-            self._note_first_poll(elapsed, done=False)  # the first poll found it running
+            # The first poll found it running.
+            _remember(self._first_polls, state.submitted_at, elapsed, self.window)
+            self._note_first_poll(elapsed, done=False)
         first, tail, generation = self._current_model()
         pressure = max(0.0, state.budget_load / self.budget_target - 1.0)
         ratio = max(self.lag_ratio, self._width_ratio(first, tail)) * (1.0 + 4.0 * pressure)
@@ -481,9 +521,6 @@ class LearnedPolling:
             queued_for = queued_at - state.submitted_at
             start = self._queue_wait_after(queued_for)
             earliest = max(earliest, (start + generation) * (1 + self.lag_ratio))
-        if pressure > 0:
-            # A busy budget makes every poll dear: aim the first one further into the bulk.
-            earliest += min(1.0, pressure) * (tail - first) / 2
 
         if elapsed > tail:
             ratio += self.tail_growth * (elapsed - tail) / tail

@@ -12,10 +12,18 @@ One batch is a handful of tasks in one task group, whatever the number of songs:
 - the **deliverer** passes finished songs' results, in the order they finished, into the
   stream the caller reads, and frees their slots once the caller has room for them.
 
-The transport paces every request through the client's request budget; the scheduler only
-decides *when* a song is polled. A song's failure becomes its result and never touches the
-others; a poll that fails for a transient reason (connection, 5xx, 429 after the transport's
-own retries) is retried later, until the song's deadline.
+The transport paces every request through the client's request budget; the scheduler
+decides *when* a song is polled, and how polls meet the budget:
+
+- due polls wait in the scheduler, not in the budget's queue, while the budget is busy (or a
+  submission waits for it); when it has room, the due song likeliest to be finished goes
+  first (``policy.chance_done(state)`` when the policy has it, else the longest waiting);
+- submissions go out no faster than the budget's sustained rate, so a batch's first songs do
+  not all finish, and get polled, in one burst every minute.
+
+A song's failure becomes its result and never touches the others; a poll that fails for a
+transient reason (connection, 5xx, 429 after the transport's own retries) is retried later,
+until the song's deadline; a 404 or an unreadable answer is given three tries.
 """
 
 from __future__ import annotations
