@@ -407,7 +407,8 @@ class _Progress:
             if self.learn and unfinished_before:
                 policy.observe_started(self.submitted_at, previous_at, now)
             self.started_at = now
-        if status.is_terminal and self.learn and unfinished_before:
+        # Only completions teach the policy how long songs take: a failure can come at any time.
+        if status == GenerationStatus.COMPLETED and self.learn and unfinished_before:
             policy.observe_finished(self.submitted_at, self.started_at, previous_at, now)
         self.last = generation
         self.seen = status

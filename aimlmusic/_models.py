@@ -278,8 +278,9 @@ class Generation:
 
 @attrs.frozen
 class SongTimings:
-    """When things happened to one song, in seconds of the event loop's clock
-    (``anyio.current_time()``), or ``None`` when it did not happen or was not seen.
+    """When things happened to one song, in seconds of the client's clock (``Clock.now()``:
+    the event loop's clock by default, API time under a :class:`ScaledClock`), or ``None``
+    when it did not happen or was not seen.
 
     ``started_at`` is the first poll that saw ``generating``; ``completed_at`` is the
     scheduler's best estimate of when the song finished (between the last unfinished poll and

@@ -399,6 +399,21 @@ async def test_submit_then_wait_also_teaches_the_policy() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_failed_generation_does_not_teach_the_policy() -> None:
+    """A song that ends in error says nothing about how long songs take: nothing is learned."""
+    api = ScriptedAPI(
+        ok(generation_json("queued")),
+        ok(generation_json("error", error={"name": "E", "message": "boom"})),
+    )
+    policy = RecordingPolicy()
+    async with client_on(api, poll=policy) as client:
+        generation = await client.submit(song())
+        with pytest.raises(GenerationFailedError):
+            await client.wait(generation)
+    assert policy.finished == []
+
+
+@pytest.mark.anyio
 async def test_wait_on_a_foreign_id_does_not_teach_the_policy() -> None:
     """Without a known submission time nothing is learned (it would learn wrong durations)."""
     api = ScriptedAPI(
