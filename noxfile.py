@@ -1,6 +1,7 @@
-"""Development sessions: ``nox`` runs tests on every supported Python found, lint, typecheck, docs.
+"""Development sessions: ``nox`` runs tests on every supported Python found, lint, typecheck,
+docs and ``contract`` (the emulator against the OpenAPI spec, with schemathesis).
 
-Extra sessions, run by name: ``contract`` (the emulator against the OpenAPI spec), ``bench``
+Extra sessions, run by name: ``bench``
 (benchmarks, quick mode) and ``reliability`` (the fault-injection soaks at full size,
 ``AIMLMUSIC_SOAK=full``).
 
@@ -29,7 +30,7 @@ nox.options.default_venv_backend = "uv|virtualenv"
 # Interpreters are found below, never downloaded (the machines reach PyPI only).
 nox.options.download_python = "never"
 nox.options.error_on_external_run = True
-nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.sessions = ["tests", "lint", "typecheck", "docs", "contract"]
 
 ROOT = Path(__file__).resolve().parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
