@@ -121,6 +121,11 @@ class BudgetGauge(Protocol):
         """Requests waiting for the budget now."""
         ...
 
+    @property
+    def paused_until(self) -> float:
+        """Clock time until which a 429 paused every request (``-inf`` when not paused)."""
+        ...
+
     def utilisation(self) -> float:
         """Share of the request allowance in use (sent in the last minute plus waiting)."""
         ...
@@ -285,6 +290,9 @@ class _Batch:
         try:
             for index in itertools.count():
                 await self._slots.acquire()
+                # Pace before taking the song: a source that journals "about to submit" as it
+                # hands a song over (the catalog runner does) then does so as late as possible.
+                await self._pace()
                 try:
                     item = await _next_item(iterator)
                     if item is _END:
@@ -297,7 +305,6 @@ class _Batch:
                     self._slots.release()
                     self.source_error = exc
                     return
-                await self._pace()
                 self._start(key, request)
         finally:
             self._source_done = True
@@ -317,6 +324,10 @@ class _Batch:
         now = self.clock.now()
         if self._next_submit_at > now:
             await self.clock.sleep(self._next_submit_at - now)
+            now = self.clock.now()
+        # While the client is paused by a 429, no song is taken from the source at all.
+        while self.budget.paused_until > now:
+            await self.clock.sleep(self.budget.paused_until - now)
             now = self.clock.now()
         self._next_submit_at = now + 60.0 / max(1.0, self.budget.effective_rate)
 

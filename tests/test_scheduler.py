@@ -563,6 +563,27 @@ async def test_polls_wait_for_the_budget_and_never_exceed_it(clock: ScaledClock)
     assert all(r.polls <= 5 for r in results)
 
 
+async def test_no_song_is_taken_from_the_source_while_a_429_pauses_the_client(
+    clock: ScaledClock,
+) -> None:
+    """During a Retry-After pause the source is not read, so nothing is journaled as sent."""
+    budget = RequestBudget(120, clock)
+    api = FakeAPI(clock, budget)
+    budget.on_throttled(30.0)
+    paused_at = clock.now()
+    taken: list[float] = []
+
+    async def source() -> Any:
+        for n in range(3):
+            taken.append(clock.now())
+            yield song(str(n), 5)
+
+    results = await collect(api, source())
+    assert all(r.ok for r in results)
+    assert len(taken) == 3
+    assert min(taken) >= paused_at + 30.0
+
+
 def max_in_window(times: list[float], window: float) -> int:
     best, low = 0, 0
     for high, t in enumerate(times):
