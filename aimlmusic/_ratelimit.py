@@ -11,10 +11,11 @@ a song's duration). For a server known to count with a small bucket, ``burst_sha
 that cap: never more than this share of the limit in any 10 s. Otherwise 429s tell.
 
 On a 429 the whole client pauses: for the server's ``Retry-After`` when it sends one, else for
-its own growing back-off, and the effective rate is halved (multiplicative decrease). Every
-success gives back a twentieth of the configured rate (additive increase), so throughput
-returns soon after throttling stops. Waiting requests are served by priority: a submission
-before any poll, so polls never starve submissions; within a priority, first come first served.
+its own growing back-off, and the effective rate is halved once per episode (multiplicative
+decrease). Every success gives back a twentieth of the configured rate (additive increase),
+so throughput returns soon after throttling stops. Waiting requests are served by priority:
+a submission before any poll, so polls never starve submissions; within a priority, first
+come first served.
 """
 
 from __future__ import annotations
@@ -135,6 +136,11 @@ class RequestBudget:
         now = self._clock.now()
         self.throttled_total += 1
         if retry_after is not None:
+            # Slow down too (once per episode): otherwise every request that queued during
+            # the pause goes out the moment it ends, and a server still throttling answers
+            # the whole burst with 429 again.
+            if now >= self._paused_until:
+                self._rate = max(self.requests_per_minute * _MIN_RATE_SHARE, self._rate / 2)
             self._paused_until = max(self._paused_until, now + max(0.0, retry_after))
             return
         # 429s to requests that were already on their way when we reacted belong to the same

@@ -85,7 +85,10 @@ async def test_retry_after_pauses_every_request_until_it_passes() -> None:
     budget.on_throttled(5.0)
     await budget.acquire("submit")
     assert clock.now() - throttled_at >= 5.0
-    assert budget.effective_rate == 1200  # a server hint is not a reason to slow down
+    assert budget.effective_rate == 600  # halved, so the queue does not burst out at once
+    for _ in range(20):
+        budget.on_success()
+    assert budget.effective_rate == 1200
 
 
 async def test_throttling_without_hint_halves_the_rate_once_per_episode() -> None:
