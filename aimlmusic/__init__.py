@@ -102,3 +102,15 @@ __all__ = [
     "Usage",
     "__version__",
 ]
+
+
+def _present_as_public() -> None:
+    # Tracebacks, reprs and the docs then say ``aimlmusic.SongRequest``, the name users
+    # import, not the private module it lives in (pickling still finds it by that name).
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type) and obj.__module__.startswith("aimlmusic._"):
+            obj.__module__ = __name__
+
+
+_present_as_public()

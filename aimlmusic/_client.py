@@ -9,7 +9,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import anyio
@@ -19,9 +19,11 @@ from ._config import Limits, RetryPolicy, Timeout
 from ._download import Downloader
 from ._errors import (
     ConfigurationError,
+    DownloadError,
     GenerationFailedError,
     GenerationTimeoutError,
 )
+from ._events import BatchEvents
 from ._models import Generation, GenerationStatus, SongRequest, SongResult
 from ._polling import PollPolicy, PollState, default_policy
 from ._ratelimit import RequestBudget
@@ -197,15 +199,30 @@ class AsyncMusicClient:
         remaining = None if timeout is None else timeout - (self._clock.now() - started)
         return await self._finish(progress, remaining, reported_timeout=timeout)
 
-    async def download(self, generation: Generation | str, path: str | os.PathLike[str]) -> Path:
+    async def download(
+        self,
+        generation: Generation | SongResult | str | None,
+        path: str | os.PathLike[str],
+    ) -> Path:
         """Download a completed generation's audio to ``path`` and return it as a ``Path``.
 
-        Given an id, the generation is fetched first. The file is written atomically (the
-        target is the complete, length-checked file or untouched), parent directories are
-        created, and no ``Authorization`` header goes to the storage host. An expired URL is
-        refreshed once. Raises :class:`DownloadError` naming the generation on failure.
+        ``generation`` is a :class:`Generation`, a :class:`SongResult` (or its
+        ``generation``, typed optional, so a checked ``result.generation`` can be passed as
+        it is), or an id, which is fetched first. The file is written atomically (the target
+        is the complete, length-checked file or untouched), parent directories are created,
+        and no ``Authorization`` header goes to the storage host. An expired URL is refreshed
+        once. Raises :class:`DownloadError` naming the generation on failure.
         """
         self._check_open()
+        if isinstance(generation, SongResult):
+            if generation.generation is None:
+                raise DownloadError(
+                    f"song {generation.key!r} has no generation to download: "
+                    f"{generation.error or 'it was never submitted'}"
+                )
+            generation = generation.generation
+        if generation is None:
+            raise DownloadError("nothing to download: the generation is None")
         if not isinstance(generation, Generation):
             generation = await self.get(generation)
         return await self._downloader.download(generation, Path(path), refresh=self.get)
@@ -218,15 +235,18 @@ class AsyncMusicClient:
         max_in_flight: int | None = None,
         deadline: float | None = 600.0,
         poll: PollPolicy | None = None,
-        events: Any = None,
+        events: BatchEvents | None = None,
     ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[SongResult]]:
         """Generate many songs at once; an async context manager yielding a receive stream
         of :class:`SongResult` in completion order.
 
         ``requests`` is consumed lazily: ``SongRequest`` items or ``(key, SongRequest)``
         pairs, from an iterable or an async iterable. At most ``max_in_flight`` generations
-        run at once (default: ``limits.max_in_flight``); ``deadline`` is each song's time
-        limit in seconds. Leaving the block early cancels everything cleanly.
+        run at once (default: ``limits.max_in_flight``; the limit is per batch);
+        ``deadline`` is each song's time limit in API seconds from its submission (``None``:
+        none). ``poll`` replaces the client's poll policy for this batch; ``events``
+        receives progress events (see :class:`BatchEvents`). Leaving the block early cancels
+        everything cleanly.
         """
         self._check_open()
         from . import _scheduler  # imported late: the scheduler is the heaviest layer
@@ -235,9 +255,9 @@ class AsyncMusicClient:
             self._transport,
             requests,
             clock=self._clock,
-            max_in_flight=max_in_flight or self._limits.max_in_flight,
+            max_in_flight=self._limits.max_in_flight if max_in_flight is None else max_in_flight,
             deadline=deadline,
-            poll=poll or self._poll,
+            poll=self._poll if poll is None else poll,
             events=events,
         )
 

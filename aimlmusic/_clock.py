@@ -32,9 +32,11 @@ class SystemClock:
     """Real time, from the running event loop."""
 
     def now(self) -> float:
+        """The event loop's clock (``anyio.current_time()``)."""
         return anyio.current_time()
 
     async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` of real time (negative counts as zero)."""
         await anyio.sleep(max(0.0, seconds))
 
     def __repr__(self) -> str:
@@ -55,9 +57,11 @@ class ScaledClock:
         self.origin = time.monotonic() if origin is None else origin
 
     def now(self) -> float:
+        """API seconds since ``origin`` (real seconds times ``scale``)."""
         return (time.monotonic() - self.origin) * self.scale
 
     async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` of API time, that is ``seconds / scale`` of real time."""
         await anyio.sleep(max(0.0, seconds) / self.scale)
 
     def __repr__(self) -> str:

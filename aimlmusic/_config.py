@@ -7,18 +7,24 @@ from typing import Any
 import attrs
 
 from . import _limits
+from ._errors import ConfigurationError
 
 __all__ = ["Limits", "RetryPolicy", "Timeout"]
 
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+        raise ConfigurationError(f"{attribute.name} must be positive, got {value!r}")
 
 
 def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value < 0:
-        raise ValueError(f"{attribute.name} must not be negative, got {value!r}")
+        raise ConfigurationError(f"{attribute.name} must not be negative, got {value!r}")
+
+
+def _at_least_one(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{attribute.name} must be a whole number >= 1, got {value!r}")
 
 
 @attrs.frozen
@@ -44,7 +50,7 @@ class RetryPolicy:
     server, or on 429.
     """
 
-    attempts: int = attrs.field(default=6, validator=attrs.validators.ge(1))
+    attempts: int = attrs.field(default=6, validator=_at_least_one)
     base_delay: float = attrs.field(default=0.5, validator=_positive)
     max_delay: float = attrs.field(default=30.0, validator=_positive)
     max_retry_after: float = attrs.field(default=120.0, validator=_non_negative)
@@ -64,5 +70,5 @@ class Limits:
         default=_limits.REQUESTS_PER_MINUTE, validator=_positive
     )
     max_in_flight: int = attrs.field(
-        default=_limits.CONCURRENT_GENERATIONS, validator=attrs.validators.ge(1)
+        default=_limits.CONCURRENT_GENERATIONS, validator=_at_least_one
     )

@@ -88,13 +88,25 @@ class Downloader:
         """
         gid = generation.id
         url = audio_url(generation)
-        await anyio.to_thread.run_sync(
-            functools.partial(target.parent.mkdir, parents=True, exist_ok=True)
-        )
+        if await anyio.to_thread.run_sync(target.is_dir):
+            raise DownloadError(
+                f"cannot save the audio of generation {gid} to {str(target)!r}: it is a "
+                "directory; give a file name",
+                generation_id=gid,
+            )
         try:
+            await anyio.to_thread.run_sync(
+                functools.partial(target.parent.mkdir, parents=True, exist_ok=True)
+            )
             await self._fetch(url, target, gid)
         except _ExpiredURL as expired:
             first_status = expired.status
+        except OSError as exc:  # disk full, permission denied...: the library's error, named
+            raise DownloadError(
+                f"cannot save the audio of generation {gid} to {str(target)!r}: "
+                f"{exc.strerror or exc}",
+                generation_id=gid,
+            ) from exc
         else:
             return target
         logger.debug(

@@ -4,7 +4,8 @@ Every exception raised by the public API derives from :class:`AimlMusicError`; n
 exception escapes::
 
     AimlMusicError
-    ├── ConfigurationError            bad client set-up: no API key, insecure base URL
+    ├── ConfigurationError            bad set-up: no API key, insecure base URL, bad settings
+    │                                 (also a ValueError)
     ├── RequestValidationError        a request broke a documented limit (also a ValueError)
     ├── APIError                      anything that happened talking to the API
     │   ├── APIStatusError            the API answered with an HTTP error status
@@ -58,8 +59,23 @@ __all__ = [
 class AimlMusicError(Exception):
     """Base class of every exception raised by aimlmusic."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The subclasses take keyword-only arguments, which pickle's default (calling the
+        # class with ``args``) cannot supply: rebuild from the attributes instead, so errors
+        # survive process pools, task queues and ``copy``.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
-class ConfigurationError(AimlMusicError):
+
+def _rebuild(
+    cls: type[AimlMusicError], args: tuple[Any, ...], state: dict[str, Any]
+) -> AimlMusicError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+class ConfigurationError(AimlMusicError, ValueError):
     """The client was set up in a way that cannot work (no API key, insecure base URL...)."""
 
 
@@ -67,7 +83,7 @@ class RequestValidationError(AimlMusicError, ValueError):
     """A request broke a documented limit; raised on construction, before anything is sent.
 
     ``field`` is the dotted field name (``"prompt"``, ``"audio_setting.bitrate"``), ``limit``
-    describes what is allowed and ``value`` what was given (for long text: its length).
+    describes what is allowed and ``got`` what was given (for long text: its length).
     """
 
     def __init__(self, field: str, limit: str, got: str) -> None:

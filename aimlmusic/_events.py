@@ -120,26 +120,34 @@ class RequestThrottled:
 class BatchEvents(Protocol):
     """Receives what happens in :meth:`~aimlmusic.AsyncMusicClient.generate_many`.
 
-    Subclass it and override what you need; the default methods do nothing.
+    Subclass it and override what you need; the default methods do nothing (they return
+    ``None`` explicitly, so a subclass need not implement all of them). Any object with some of
+    these methods works too: missing ones are skipped.
     """
 
     def on_submitted(self, event: SongSubmitted) -> None:
         """A submission was accepted (record ``event.generation_id`` durably here)."""
+        return None
 
     def on_status_changed(self, event: SongStatusChanged) -> None:
         """A poll saw a new status (``queued`` -> ``generating``...)."""
+        return None
 
     def on_completed(self, event: SongCompleted) -> None:
         """A song completed; its result is about to be delivered."""
+        return None
 
     def on_failed(self, event: SongFailed) -> None:
         """A song ended in error; its result is about to be delivered."""
+        return None
 
     def on_retried(self, event: RequestRetried) -> None:
         """A request failed and will be retried."""
+        return None
 
     def on_throttled(self, event: RequestThrottled) -> None:
         """The API throttled a request (429)."""
+        return None
 
 
 def emit(hook: object | None, method: str, event: object) -> None:

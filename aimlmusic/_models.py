@@ -7,8 +7,7 @@ bad song raises before any credit is spent; responses are built leniently by the
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from types import MappingProxyType
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -32,11 +31,37 @@ __all__ = [
 
 AudioFormat = Literal["mp3", "wav", "pcm"]
 
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+class _ReadOnlyMapping(Mapping[str, Any]):
+    """A read-only copy of a mapping that, unlike ``MappingProxyType``, pickles and copies
+    (results travel through process pools and task queues)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        self._data = dict(data or {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+    def __reduce__(self) -> tuple[type[_ReadOnlyMapping], tuple[dict[str, Any]]]:
+        return (type(self), (self._data,))
+
+
+_EMPTY: Mapping[str, Any] = _ReadOnlyMapping()
 
 
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(value)) if value else _EMPTY
+    return _ReadOnlyMapping(value) if value else _EMPTY
 
 
 # --------------------------------------------------------------------------- requests
@@ -50,7 +75,7 @@ def _check_text(field: str, value: object, low: int, high: int) -> None:
     n = len(value)
     if n < low or n > high:
         raise RequestValidationError(
-            field, f"must be {low}-{high} characters long", f"{n} characters"
+            field, f"must be {low}-{high} characters long", f"{n} character{'s' if n != 1 else ''}"
         )
     try:
         value.encode("utf-8")

@@ -493,3 +493,14 @@ async def test_retry_policy_is_passed_to_the_transport() -> None:
         with pytest.raises(Exception, match="HTTP 503"):
             await client.get(GEN_ID)
     assert len(api.requests) == 2
+
+
+@pytest.mark.anyio
+async def test_generate_many_refuses_zero_in_flight_instead_of_using_the_default() -> None:
+    """max_in_flight=0 is a mistake to report, not a request for the default."""
+    api = ScriptedAPI(ok())
+    async with client_on(api) as client:
+        with pytest.raises(ValueError, match="max_in_flight must be a positive int, got 0"):
+            async with client.generate_many([], max_in_flight=0):
+                pass
+    assert api.requests == []

@@ -232,15 +232,16 @@ def a_song() -> aimlmusic.SongRequest:
 
 
 def check_readme_quickstart(block: Block, docs: DocsRun) -> None:
-    """One song with ``generate``, then the same song through ``generate_many``."""
+    """One song with ``generate``, then three other songs through ``generate_many``."""
     docs.run_program(block)
     assert docs.anyio_runs == 1
     assert_mp3(docs.tmp_path / "ballad.mp3")
-    assert_mp3(docs.tmp_path / "out" / "ballad.mp3")
+    for n in range(3):
+        assert_mp3(docs.tmp_path / "out" / f"night-{n}.mp3")
     assert docs.output() == ""  # it prints only failed songs
     stats = docs.emulator.stats()
-    assert stats.requests["submit"] == 2
-    assert stats.requests["download"] == 2
+    assert stats.requests["submit"] == 4
+    assert stats.requests["download"] == 4
     docs.assert_clients_closed()
 
 
@@ -330,7 +331,9 @@ def check_quickstart_settings(block: Block, docs: DocsRun) -> None:
     # The free tier's 6 requests/minute held while the fixed 10 s loop polled the song.
     log = [entry for entry in docs.emulator.request_log if entry.kind in ("submit", "poll")]
     assert len(log) > 6
-    assert all(sum(1 for other in log if 0 <= entry.time - other.time < 60) <= 6 for entry in log)
+    # 58 s, not 60: at 2000x one real millisecond of latency is two API seconds, so the
+    # server's arrival times may sit up to that much closer together than the client sent them.
+    assert all(sum(1 for other in log if 0 <= entry.time - other.time < 58) <= 6 for entry in log)
     assert docs.emulator.stats().rate_limited == 0
 
 

@@ -18,6 +18,8 @@ from aimlmusic import (
     Generation,
     GenerationStatus,
     RetryPolicy,
+    SongRequest,
+    SongResult,
 )
 from aimlmusic._converter import structure_generation
 
@@ -318,3 +320,45 @@ async def test_a_content_encoded_body_is_checked_on_the_wire_and_saved_decoded(
     async with make_client(hosts) as client:
         await client.download(completed(), tmp_path / "a.mp3")
     assert (tmp_path / "a.mp3").read_bytes() == AUDIO
+
+
+# ------------------------------------------------------------------ what may be downloaded
+
+
+async def test_a_directory_as_target_is_refused_before_anything_is_fetched(tmp_path: Path) -> None:
+    """download(gen, "out/") names the problem and fetches nothing, instead of an OSError."""
+    hosts = Hosts()
+    hosts.store = [audio()]
+    async with make_client(hosts) as client:
+        with pytest.raises(DownloadError, match="it is a directory") as caught:
+            await client.download(completed(), tmp_path)
+    assert caught.value.generation_id == GEN_ID
+    assert hosts.storage_requests() == []
+
+
+async def test_an_unwritable_target_is_a_download_error(tmp_path: Path) -> None:
+    """A parent that is a file (so nothing can be created) raises DownloadError, not OSError."""
+    hosts = Hosts()
+    hosts.store = [audio()]
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a directory")
+    async with make_client(hosts) as client:
+        with pytest.raises(DownloadError, match="cannot save") as caught:
+            await client.download(completed(), blocker / "song.mp3")
+    assert caught.value.generation_id == GEN_ID
+
+
+async def test_a_song_result_can_be_downloaded_directly(tmp_path: Path) -> None:
+    """download(result) takes the result's generation; a failed result says why it can't."""
+    hosts = Hosts()
+    hosts.store = [audio()]
+    request = SongRequest(prompt="a prompt long enough", lyrics="some lyrics here")
+    done = SongResult(key="k1", request=request, generation=completed())
+    failed = SongResult(key="k2", request=request, error=DownloadError("boom"))
+    async with make_client(hosts) as client:
+        assert (await client.download(done, tmp_path / "a.mp3")).read_bytes() == AUDIO
+        with pytest.raises(DownloadError, match="'k2' has no generation"):
+            await client.download(failed, tmp_path / "b.mp3")
+        with pytest.raises(DownloadError, match="nothing to download"):
+            await client.download(None, tmp_path / "c.mp3")
+    assert not (tmp_path / "b.mp3").exists()

@@ -40,7 +40,7 @@ from .._errors import (
     NotFoundError,
     ServerError,
 )
-from .._events import RequestRetried, RequestThrottled, SongSubmitted
+from .._events import BatchEvents, RequestRetried, RequestThrottled, SongSubmitted
 from .._limits import DEFAULT_SONG_DEADLINE
 from .._models import Generation, SongResult
 from ._journal import JOURNAL_NAME, Journal, JournalEntry, SongState
@@ -243,7 +243,7 @@ def _never_accepted(error: BaseException) -> bool:
     return isinstance(error, APIStatusError | APIConnectionError)
 
 
-class _SchedulerEvents:
+class _SchedulerEvents(BatchEvents):
     """The hooks given to ``generate_many``: commit each generation id as soon as its POST
     returns, and report throttling and retries."""
 
