@@ -234,3 +234,9 @@ def test_repr_shows_what_it_believes() -> None:
     assert "lag_ratio=0.028" in text
     assert "observations=0" in text
     assert "first_poll=51.4s" in text
+
+
+def test_a_zero_prior_weight_is_refused_rather_than_crashing_later() -> None:
+    """prior_weight=0 would leave nothing to predict the first songs from: refused up front."""
+    with pytest.raises(ValueError, match="prior_weight and window must be >= 1, got 0"):
+        LearnedPolling(prior_weight=0)
