@@ -1,0 +1,302 @@
+"""Turning benchmark figures into markdown tables, target verdicts and the polling plot.
+
+Every figure that issue 6 holds to a target is printed next to it as ``✓ (≤ limit)`` or
+``✗ (≤ limit)``; nothing here asserts. :func:`verdicts` lists each checked target with its
+outcome so the page and the console can say plainly which were missed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+from _stats import Target
+from strategies import BASELINE, LEARNED, STRATEGIES
+from workloads import WORKLOADS
+
+__all__ = [
+    "Verdict",
+    "overhead_table",
+    "plot_polling",
+    "polling_table",
+    "scale_table",
+    "verdicts",
+]
+
+#: Issue 6's targets that do not depend on another row.
+LAG_P95_DOCUMENTED = Target(3.0, "≤ 3 %")
+LAG_P95_OTHER = Target(5.0, "≤ 5 %")
+MAKESPAN = Target(1.05, "≤ 1.05 × optimum")
+THROTTLED = Target(1.0, "≤ 1 % of requests")
+CPU_RATIO = Target(1.3, "≤ 1.3 × bare httpx")
+RSS_PER_SONG = Target(10.0, "≤ 10 KB")
+LOOP_LAG_P99 = Target(50.0, "≤ 50 ms")
+
+
+@attrs.frozen
+class Verdict:
+    """One checked target: what, the figure, the target and whether it was met."""
+
+    what: str
+    figure: str
+    target: str
+    met: bool
+    #: Which figure (``lag_p95_pct``, ``cpu_ratio``...) and the row it comes from.
+    metric: str = ""
+    row: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _rows_by(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["workload"], r["strategy"]): r for r in rows}
+
+
+def _loop_polls(rows: Sequence[dict[str, Any]], workload: str) -> float | None:
+    baseline = _rows_by(rows).get((workload, BASELINE))
+    return None if baseline is None else float(baseline["polls_per_song"])
+
+
+def _polls_target(rows: Sequence[dict[str, Any]], workload: str) -> Target | None:
+    """The polls/song target of the learned policy on ``workload``, from the documented
+    loop's figure in the same run."""
+    baseline = _rows_by(rows).get((workload, BASELINE))
+    if baseline is None:
+        return None
+    loop = baseline["polls_per_song"]
+    if workload == "uniform":
+        return Target(0.7 * loop, f"≤ 0.7 × loop = {0.7 * loop:.2f}")
+    return Target(loop, f"< loop = {loop:.2f}", strict=True)
+
+
+def _polling_targets(
+    rows: Sequence[dict[str, Any]], row: dict[str, Any]
+) -> dict[str, Target | None]:
+    if row["strategy"] != LEARNED:
+        return {}
+    documented = row["workload"] == "uniform"
+    return {
+        "polls_per_song": _polls_target(rows, row["workload"]),
+        "lag_p95_pct": LAG_P95_DOCUMENTED if documented else LAG_P95_OTHER,
+        "makespan_ratio": MAKESPAN if documented else None,
+        "throttled_pct": THROTTLED if documented else None,
+    }
+
+
+#: How the verdict list names each polling figure, the unit printed after it and its decimals.
+_POLLING_LABELS = {
+    "polls_per_song": ("polls/song", "", 2),
+    "lag_p95_pct": ("lag p95 as % of duration", " %", 1),
+    "makespan_ratio": ("makespan / optimum", "", 3),
+    "throttled_pct": ("429s as % of requests", " %", 2),
+}
+
+
+def _cell(value: float, target: Target | None, digits: int = 2, unit: str = "") -> str:
+    text = _num(value, digits) + unit
+    return f"{text} {target.mark(value, digits)}" if target is not None else text
+
+
+def _makespan_detail(row: dict[str, Any]) -> str:
+    if row.get("runs", 1) > 1:
+        return (
+            f"(mean of {row['runs']} runs, {_num(row['makespan_ratio_min'], 3)}–"
+            f"{_num(row['makespan_ratio_max'], 3)})"
+        )
+    return f"({_num(row['makespan_s'], 0)} s / {_num(row['optimum_s'], 0)} s)"
+
+
+def polling_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The polling-efficiency table, one line per workload and strategy."""
+    lines = [
+        "| workload | strategy | polls/song | lag p50 | lag p95 | lag p95 (% of duration) "
+        "| makespan / optimum | 429s / requests | requests/min | done at 1st poll | songs ok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        targets = _polling_targets(rows, row)
+        lines.append(
+            f"| {row['workload']} | {row['strategy']} "
+            f"| {_cell(row['polls_per_song'], targets.get('polls_per_song'))} "
+            f"| {_num(row['lag_p50_s'])} s ({_num(row['lag_p50_pct'], 1)} %) "
+            f"| {_num(row['lag_p95_s'])} s "
+            f"| {_cell(row['lag_p95_pct'], targets.get('lag_p95_pct'), 1, ' %')} "
+            f"| {_cell(row['makespan_ratio'], targets.get('makespan_ratio'), 3)} "
+            f"{_makespan_detail(row)} "
+            f"| {_cell(row['throttled_pct'], targets.get('throttled_pct'), 2, ' %')} "
+            f"({row['throttled']} / {row['requests']}) "
+            f"| {_num(row.get('requests_per_min'), 0)} "
+            f"| {_num(row.get('done_at_first_poll_pct'), 0)} % "
+            f"| {row['ok']} / {row['songs']} |"
+        )
+    return "\n".join(lines)
+
+
+def overhead_table(figures: dict[str, Any]) -> str:
+    """The client-overhead table: CPU per request (or per song) and request rates."""
+    lines = [
+        "| work | bare httpx CPU | aimlmusic CPU | ratio (IQR of blocks) | bare httpx req/s "
+        "| aimlmusic req/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in figures["rows"]:
+        per = row["unit"]
+        lines.append(
+            f"| {row['name']} | {_num(row['bare_cpu_us'], 0)} µs/{per} "
+            f"| {_num(row['ours_cpu_us'], 0)} µs/{per} "
+            f"| {_cell(row['cpu_ratio'], CPU_RATIO)} "
+            f"({_num(row['ratio_q1'])}–{_num(row['ratio_q3'])}) "
+            f"| {_num(row['bare_rps'], 0)} | {_num(row['ours_rps'], 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def scale_table(figures: dict[str, Any]) -> str:
+    """The scale table: memory per in-flight song and event-loop lag."""
+    return "\n".join(
+        [
+            "| songs | peak in flight | RSS growth / song | request text / song "
+            "| beyond the text / song | loop lag p50 | loop lag p99 | loop lag max "
+            "| polls/song | requests/s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            f"| {figures['songs']:,} | {figures['peak_in_flight']:,} "
+            f"| {_num(figures['growth_per_song_kb'])} KB "
+            f"| {_num(figures['request_text_kb'])} KB "
+            f"| {_cell(figures['beyond_text_per_song_kb'], RSS_PER_SONG, 2, ' KB')} "
+            f"| {_num(figures['loop_lag_p50_ms'], 1)} ms "
+            f"| {_cell(figures['loop_lag_p99_ms'], LOOP_LAG_P99, 1, ' ms')} "
+            f"| {_num(figures['loop_lag_max_ms'], 1)} ms "
+            f"| {_num(figures['polls_per_song'])} | {_num(figures['requests_per_s'], 0)} |",
+        ]
+    )
+
+
+def verdicts(results: dict[str, Any]) -> list[Verdict]:
+    """Every target issue 6 sets, with the figure this run measured for it."""
+    found: list[Verdict] = []
+    rows = results.get("polling") or []
+    for row in rows:
+        for key, target in _polling_targets(rows, row).items():
+            if target is None:
+                continue
+            label, unit, digits = _POLLING_LABELS[key]
+            found.append(
+                Verdict(
+                    f"learned polling, {row['workload']}: {label}",
+                    _num(row[key], digits) + unit,
+                    target.label,
+                    target.met(row[key], digits),
+                    key,
+                    {**row, "loop_polls_per_song": _loop_polls(rows, row["workload"])},
+                )
+            )
+    overhead = results.get("overhead")
+    if overhead:
+        for row in overhead["rows"]:
+            found.append(
+                Verdict(
+                    f"CPU, {row['name']}",
+                    f"{_num(row['cpu_ratio'])} ×",
+                    CPU_RATIO.label,
+                    CPU_RATIO.met(row["cpu_ratio"], 2),
+                    "cpu_ratio",
+                    row,
+                )
+            )
+    scale = results.get("scale")
+    if scale:
+        found.append(
+            Verdict(
+                f"RSS per in-flight song beyond its text ({scale['songs']:,} in flight)",
+                f"{_num(scale['beyond_text_per_song_kb'])} KB",
+                RSS_PER_SONG.label,
+                RSS_PER_SONG.met(scale["beyond_text_per_song_kb"], 2),
+                "beyond_text_per_song_kb",
+                scale,
+            )
+        )
+        found.append(
+            Verdict(
+                f"event-loop lag p99 ({scale['songs']:,} in flight)",
+                f"{_num(scale['loop_lag_p99_ms'], 1)} ms",
+                LOOP_LAG_P99.label,
+                LOOP_LAG_P99.met(scale["loop_lag_p99_ms"], 1),
+                "loop_lag_p99_ms",
+                scale,
+            )
+        )
+    return found
+
+
+def plot_polling(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Polls/song against lag p95, one marker per strategy and workload, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a build machine
+    import matplotlib.pyplot as plt
+
+    markers = dict(zip(WORKLOADS, ("o", "s", "^"), strict=False))
+    colours = dict(
+        zip(STRATEGIES, ("tab:green", "tab:blue", "tab:red", "tab:orange"), strict=False)
+    )
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+
+    fig, ax = plt.subplots(figsize=(9.5, 5.5), dpi=120)
+    for row in rows:
+        ax.scatter(
+            row["polls_per_song"],
+            max(row["lag_p95_s"], 0.01),  # a log axis cannot show zero
+            marker=markers.get(row["workload"], "x"),
+            color=colours.get(row["strategy"], "black"),
+            s=70,
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=3,
+        )
+    ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
+    ax.text(
+        1.05,
+        0.98,
+        "1 poll/song:\nthe physical limit",
+        transform=ax.get_xaxis_transform(),
+        va="top",
+        fontsize=8,
+        color="grey",
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plain)
+    ax.set_xlim(left=0.8)
+    ax.set_xlabel("polls per song (requests spent waiting), log scale")
+    ax.set_ylabel("lag p95 in seconds (completed → noticed), log scale")
+    ax.set_title("Polling cost against lag, end to end (120 requests/min, 20 at once)")
+    ax.grid(True, which="both", alpha=0.3)
+    strategy_handles = [
+        Line2D([], [], color=c, marker="o", linestyle="", label=name) for name, c in colours.items()
+    ]
+    workload_handles = [
+        Line2D([], [], color="grey", marker=m, linestyle="", label=name)
+        for name, m in markers.items()
+    ]
+    first = ax.legend(
+        handles=strategy_handles, title="strategy", loc="upper left", bbox_to_anchor=(1.02, 1)
+    )
+    ax.add_artist(first)
+    second = ax.legend(
+        handles=workload_handles, title="workload", loc="lower left", bbox_to_anchor=(1.02, 0)
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight", bbox_extra_artists=[first, second])
+    plt.close(fig)

@@ -1,0 +1,230 @@
+"""Polling efficiency, end to end: ``generate_many`` against the in-process emulator.
+
+For each workload and strategy, one run submits the same number of songs through
+``AsyncMusicClient.generate_many`` (20 in flight, 120 requests/minute, the account's published
+limits) to an emulator that enforces the same limits, with API time compressed
+``time_scale`` times. The emulator's own records give the figures, so the client cannot flatter
+itself: polls per song (GETs received), lag (the API time a poll first saw the song finished,
+minus the time it finished), makespan (first submission to last song noticed) against the
+list-scheduling optimum of the very same durations, and 429s among all requests.
+
+Run alone: ``python benchmarks/bench_polling.py --songs 200 --time-scale 150``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from typing import Any
+
+import anyio
+import attrs
+import httpx
+from _emulation import JobFacts, make_emulator, read_jobs, request_counts
+from _songs import API_KEY, song_requests
+from _stats import list_schedule_makespan, percentile
+from strategies import STRATEGIES, Strategy
+from workloads import WORKLOADS, Workload
+
+import aimlmusic
+
+__all__ = ["RunFigures", "combine", "run_matrix", "run_one"]
+
+#: The published paid-tier account limits (DESIGN §2).
+REQUESTS_PER_MINUTE = 120
+SLOTS = 20
+
+
+@attrs.frozen
+class RunFigures:
+    """What one run measured, kept per song where percentiles need it."""
+
+    songs: int
+    ok: int
+    polls: int
+    client_polls: int
+    requests: int
+    throttled: int
+    lags: list[float]
+    lag_shares: list[float]
+    makespan: float
+    optimum: float
+    wall: float
+    #: Songs already finished when first polled (their lag is set by the first poll's timing).
+    done_at_first_poll: int
+
+
+def _from_jobs(jobs: list[JobFacts]) -> tuple[list[float], list[float], float, float]:
+    """Lags and lags as % of duration (in submission order), makespan and its optimum,
+    from the server's records."""
+    noticed = [j for j in jobs if j.completed_at is not None and j.seen_terminal_at is not None]
+    lags = [j.seen_terminal_at - j.completed_at for j in noticed]  # type: ignore[operator]
+    shares = [100.0 * lag / j.duration for lag, j in zip(lags, noticed, strict=True) if j.duration]
+    by_submission = sorted(jobs, key=lambda j: j.submitted_at)
+    durations = [j.duration for j in by_submission if j.duration is not None]
+    first_submit = by_submission[0].submitted_at if by_submission else 0.0
+    last_noticed = max((j.seen_terminal_at or first_submit for j in noticed), default=first_submit)
+    return lags, shares, last_noticed - first_submit, list_schedule_makespan(durations, SLOTS)
+
+
+def combine(runs: list[RunFigures]) -> dict[str, Any]:
+    """One table row from repeated runs: totals over all runs, percentiles over all songs,
+    the mean makespan ratio (and its range)."""
+    songs = sum(r.songs for r in runs)
+    requests = sum(r.requests for r in runs)
+    throttled = sum(r.throttled for r in runs)
+    lags = [lag for r in runs for lag in r.lags]
+    shares = [share for r in runs for share in r.lag_shares]
+    # After the first wave the policy has seen songs finish: its steady state.
+    warm_lags = [lag for r in runs for lag in r.lags[SLOTS:]]
+    warm_shares = [share for r in runs for share in r.lag_shares[SLOTS:]]
+    ratios = [r.makespan / r.optimum for r in runs if r.optimum]
+    return {
+        "runs": len(runs),
+        "songs": songs,
+        "ok": sum(r.ok for r in runs),
+        "polls_per_song": sum(r.polls for r in runs) / songs,
+        "client_polls_per_song": sum(r.client_polls for r in runs) / songs,
+        "lag_p50_s": percentile(lags, 50),
+        "lag_p95_s": percentile(lags, 95),
+        "lag_p50_pct": percentile(shares, 50),
+        "lag_p95_pct": percentile(shares, 95),
+        "lag_mean_s": statistics.fmean(lags) if lags else math.nan,
+        "warm_lag_p95_s": percentile(warm_lags, 95),
+        "warm_lag_p95_pct": percentile(warm_shares, 95),
+        "makespan_s": statistics.fmean(r.makespan for r in runs),
+        "optimum_s": statistics.fmean(r.optimum for r in runs),
+        "makespan_ratio": statistics.fmean(ratios) if ratios else math.nan,
+        "makespan_ratio_min": min(ratios, default=math.nan),
+        "makespan_ratio_max": max(ratios, default=math.nan),
+        "requests": requests,
+        "requests_per_min": 60.0 * requests / sum(r.makespan for r in runs),
+        "done_at_first_poll_pct": 100.0 * sum(r.done_at_first_poll for r in runs) / songs,
+        "throttled": throttled,
+        "throttled_pct": 100.0 * throttled / requests if requests else 0.0,
+        "wall_s": sum(r.wall for r in runs),
+    }
+
+
+async def run_one(
+    workload: Workload, strategy: Strategy, *, songs: int, time_scale: float, seed: int
+) -> RunFigures:
+    """Generate ``songs`` songs with one strategy on one workload; return what it measured."""
+    emulator = make_emulator(
+        workload,
+        time_scale=time_scale,
+        seed=seed,
+        requests_per_minute=REQUESTS_PER_MINUTE,
+        max_generating=SLOTS,
+    )
+    limits = aimlmusic.Limits(requests_per_minute=REQUESTS_PER_MINUTE, max_in_flight=SLOTS)
+    ok = client_polls = 0
+    wall_start = time.perf_counter()
+    async with aimlmusic.AsyncMusicClient(
+        api_key=API_KEY,
+        base_url="http://127.0.0.1",
+        transport=httpx.ASGITransport(app=emulator.app),
+        clock=emulator.clock,
+        limits=limits,
+        poll=strategy.build(),
+    ) as client:
+        batch = client.generate_many(song_requests(songs), max_in_flight=SLOTS, deadline=None)
+        async with batch as results:
+            async for result in results:
+                ok += result.ok
+                client_polls += result.polls
+    wall = time.perf_counter() - wall_start
+    jobs = read_jobs(emulator)
+    lags, shares, makespan, optimum = _from_jobs(jobs)
+    counts = request_counts(emulator)
+    return RunFigures(
+        songs=songs,
+        ok=ok,
+        polls=counts.polls,
+        client_polls=client_polls,
+        requests=counts.requests,
+        throttled=counts.throttled,
+        lags=lags,
+        lag_shares=shares,
+        makespan=makespan,
+        optimum=optimum,
+        wall=wall,
+        done_at_first_poll=sum(1 for j in jobs if j.polls == 1 and j.seen_terminal_at is not None),
+    )
+
+
+async def run_matrix(
+    workloads: list[str],
+    strategies: list[str],
+    *,
+    songs: int,
+    time_scale: float,
+    seed: int,
+    repeats: int,
+) -> list[dict[str, Any]]:
+    """Every strategy on every workload, ``repeats`` times with different seeds, one run
+    after the other (never concurrently: runs sharing the CPU would disturb each other's
+    compressed time). Within a repeat every strategy gets the same seed, hence the same
+    durations in the same order."""
+    rows = []
+    for w_index, workload_name in enumerate(workloads):
+        for strategy_name in strategies:
+            runs = [
+                await run_one(
+                    WORKLOADS[workload_name],
+                    STRATEGIES[strategy_name],
+                    songs=songs,
+                    time_scale=time_scale,
+                    seed=seed + 100 * w_index + repeat,
+                )
+                for repeat in range(repeats)
+            ]
+            row = combine(runs)
+            row.update(workload=workload_name, strategy=strategy_name, time_scale=time_scale)
+            print(
+                f"  polling {workload_name:<10} {strategy_name:<16} "
+                f"polls/song {row['polls_per_song']:6.2f}  lag p95 {row['lag_p95_s']:6.2f} s "
+                f"({row['lag_p95_pct']:5.1f} %)  makespan x{row['makespan_ratio']:.3f}  "
+                f"({row['wall_s']:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: run the matrix and write its rows as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--songs", type=int, default=200)
+    parser.add_argument("--time-scale", type=float, default=150.0)
+    parser.add_argument("--seed", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=1, help="runs (seeds) per cell")
+    parser.add_argument("--workload", action="append", choices=list(WORKLOADS))
+    parser.add_argument("--strategy", action="append", choices=list(STRATEGIES))
+    parser.add_argument("--json", help="write the rows to this file instead of stdout")
+    args = parser.parse_args(argv)
+    rows = anyio.run(
+        lambda: run_matrix(
+            args.workload or list(WORKLOADS),
+            args.strategy or list(STRATEGIES),
+            songs=args.songs,
+            time_scale=args.time_scale,
+            seed=args.seed,
+            repeats=args.repeats,
+        )
+    )
+    text = json.dumps(rows, indent=1)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
