@@ -19,6 +19,7 @@ _SLOTS = 20
 
 
 def _lag(row: dict[str, Any]) -> str:
+    bound = _feasibility(row)
     warm = row["warm_lag_p95_pct"]
     cold_start = (
         "so the cold start accounts for part of the miss"
@@ -48,7 +49,32 @@ def _lag(row: dict[str, Any]) -> str:
             else "."
         )
     )
-    return " ".join(notes)
+    return " ".join([*bound, *notes])
+
+
+def _feasibility(row: dict[str, Any]) -> list[str]:
+    """Whether any policy could meet the lag target within the polls allowed."""
+    target = 3 if row["workload"] == "uniform" else 5
+    fewest = row.get(f"fewest_polls_lag{target}")
+    ceiling = row.get("budget_polls_ceiling")
+    loop = row.get("loop_polls_per_song")
+    if fewest is None or ceiling is None or loop is None:
+        return []
+    # The polls target: at most 0.7 x the loop's on the documented workload, fewer elsewhere.
+    allowed = min(ceiling, 0.7 * loop if row["workload"] == "uniform" else loop)
+    if fewest <= allowed:
+        return [
+            f"The target is reachable: a policy that knew the durations' law would need "
+            f"{fewest:.1f} polls/song for it, within the {allowed:.1f} allowed."
+        ]
+    return [
+        f"No policy can meet this target together with the polls target: even one that knew "
+        f"the durations' law exactly would need {fewest:.1f} polls/song to keep lag p95 within "
+        f"{target} % of duration on this workload, while the polls target allows fewer than "
+        f"the documented loop's {loop:.1f} and the request budget at most {ceiling:.1f} per "
+        "song with the slots kept full. The learned policy stays within the polls target and "
+        "the budget, so it misses the lag target."
+    ]
 
 
 def _makespan(row: dict[str, Any]) -> str:

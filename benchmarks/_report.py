@@ -93,7 +93,7 @@ def _polling_targets(
 #: How the verdict list names each polling figure, the unit printed after it and its decimals.
 _POLLING_LABELS = {
     "polls_per_song": ("polls/song", "", 2),
-    "lag_p95_pct": ("lag p95 as % of duration", " %", 1),
+    "lag_p95_pct": ("lag p95 as % of duration", " %", 2),
     "makespan_ratio": ("makespan / optimum", "", 3),
     "throttled_pct": ("429s as % of requests", " %", 2),
 }
@@ -101,7 +101,8 @@ _POLLING_LABELS = {
 
 def _cell(value: float, target: Target | None, digits: int = 2, unit: str = "") -> str:
     text = _num(value, digits) + unit
-    return f"{text} {target.mark(value, digits)}" if target is not None else text
+    # Judged on the exact value, never on the rounded one printed.
+    return f"{text} {target.mark(value)}" if target is not None else text
 
 
 def _makespan_detail(row: dict[str, Any]) -> str:
@@ -127,7 +128,7 @@ def polling_table(rows: Sequence[dict[str, Any]]) -> str:
             f"| {_cell(row['polls_per_song'], targets.get('polls_per_song'))} "
             f"| {_num(row['lag_p50_s'])} s ({_num(row['lag_p50_pct'], 1)} %) "
             f"| {_num(row['lag_p95_s'])} s "
-            f"| {_cell(row['lag_p95_pct'], targets.get('lag_p95_pct'), 1, ' %')} "
+            f"| {_cell(row['lag_p95_pct'], targets.get('lag_p95_pct'), 2, ' %')} "
             f"| {_cell(row['makespan_ratio'], targets.get('makespan_ratio'), 3)} "
             f"{_makespan_detail(row)} "
             f"| {_cell(row['throttled_pct'], targets.get('throttled_pct'), 2, ' %')} "
@@ -151,7 +152,7 @@ def overhead_table(figures: dict[str, Any]) -> str:
         lines.append(
             f"| {row['name']} | {_num(row['bare_cpu_us'], 0)} µs/{per} "
             f"| {_num(row['ours_cpu_us'], 0)} µs/{per} "
-            f"| {_cell(row['cpu_ratio'], CPU_RATIO)} "
+            f"| {_cell(row['cpu_ratio'], CPU_RATIO, 3)} "
             f"({_num(row['ratio_q1'])}–{_num(row['ratio_q3'])}) "
             f"| {_num(row['bare_rps'], 0)} | {_num(row['ours_rps'], 0)} |"
         )
@@ -192,7 +193,7 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
                     f"learned polling, {row['workload']}: {label}",
                     _num(row[key], digits) + unit,
                     target.label,
-                    target.met(row[key], digits),
+                    target.met(row[key]),
                     key,
                     {**row, "loop_polls_per_song": _loop_polls(rows, row["workload"])},
                 )
@@ -203,9 +204,9 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
             found.append(
                 Verdict(
                     f"CPU, {row['name']}",
-                    f"{_num(row['cpu_ratio'])} ×",
+                    f"{_num(row['cpu_ratio'], 3)} ×",
                     CPU_RATIO.label,
-                    CPU_RATIO.met(row["cpu_ratio"], 2),
+                    CPU_RATIO.met(row["cpu_ratio"]),
                     "cpu_ratio",
                     row,
                 )
@@ -217,7 +218,7 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
                 f"RSS per in-flight song beyond its text ({scale['songs']:,} in flight)",
                 f"{_num(scale['beyond_text_per_song_kb'])} KB",
                 RSS_PER_SONG.label,
-                RSS_PER_SONG.met(scale["beyond_text_per_song_kb"], 2),
+                RSS_PER_SONG.met(scale["beyond_text_per_song_kb"]),
                 "beyond_text_per_song_kb",
                 scale,
             )
@@ -227,7 +228,7 @@ def verdicts(results: dict[str, Any]) -> list[Verdict]:
                 f"event-loop lag p99 ({scale['songs']:,} in flight)",
                 f"{_num(scale['loop_lag_p99_ms'], 1)} ms",
                 LOOP_LAG_P99.label,
-                LOOP_LAG_P99.met(scale["loop_lag_p99_ms"], 1),
+                LOOP_LAG_P99.met(scale["loop_lag_p99_ms"]),
                 "loop_lag_p99_ms",
                 scale,
             )

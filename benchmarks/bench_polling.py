@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import attrs
 import httpx
+from _bounds import fewest_polls
 from _emulation import JobFacts, make_emulator, read_jobs, request_counts
 from _songs import API_KEY, song_requests
 from _stats import list_schedule_makespan, percentile
@@ -157,6 +158,20 @@ async def run_one(
     )
 
 
+def what_limits_allow(workload: Workload) -> dict[str, float]:
+    """What the workload and the account allow any policy, learning or not: the fewest polls
+    per song that keep lag p95 within 3 % and 5 % of duration for a policy that knows the
+    durations' law (``_bounds``), and the most polls per song the request budget leaves
+    once the 20 slots are kept full (submissions take one request per song)."""
+    mean_duration = statistics.fmean(workload.durations(100_000, seed=2))
+    songs_per_minute = SLOTS * 60.0 / mean_duration
+    return {
+        "fewest_polls_lag3": fewest_polls(workload, share=0.03),
+        "fewest_polls_lag5": fewest_polls(workload, share=0.05),
+        "budget_polls_ceiling": (REQUESTS_PER_MINUTE - songs_per_minute) / songs_per_minute,
+    }
+
+
 async def run_matrix(
     workloads: list[str],
     strategies: list[str],
@@ -171,6 +186,7 @@ async def run_matrix(
     compressed time). Within a repeat every strategy gets the same seed, hence the same
     durations in the same order."""
     rows = []
+    limits = {name: what_limits_allow(WORKLOADS[name]) for name in workloads}
     for w_index, workload_name in enumerate(workloads):
         for strategy_name in strategies:
             runs = [
@@ -185,6 +201,7 @@ async def run_matrix(
             ]
             row = combine(runs)
             row.update(workload=workload_name, strategy=strategy_name, time_scale=time_scale)
+            row.update(limits[workload_name])
             print(
                 f"  polling {workload_name:<10} {strategy_name:<16} "
                 f"polls/song {row['polls_per_song']:6.2f}  lag p95 {row['lag_p95_s']:6.2f} s "
