@@ -199,19 +199,38 @@ _FIRST_STEP = 0.003
 #: (by _MIN_STEP_DOWN to _MAX_STEP_DOWN of itself) instead of creeping.
 _EVIDENCE_MIN = 8
 _EVIDENCE_Z = 3.5
+#: How far from the first-poll time (in spacings) a first poll still counts as evidence.
+_EVIDENCE_BAND = 4
 _MAX_STEP_DOWN = 0.7
 _MIN_STEP_DOWN = 0.95
 _SCARCE_STEP_DOWN = 0.85
 #: After _DONE_RUN first polls in a row that found the song done, made no later than
-#: _RELEVANT spacings after the first-poll time, it steps down at once.
+#: _RELEVANT spacings after the first-poll time, it steps down at once (later ones were held
+#: back by the budget or brought forward after a step down: they find songs done anyway).
 _DONE_RUN = 10
-_RELEVANT = 4
-#: How many spacings the data must lie above the first poll to raise it at once.
-_SLOWER_GAP = 4
+_RELEVANT = 1
+#: How many spacings the data must lie above the first poll to raise it at once (only
+#: ever considered when hardly any first poll finds its song done).
+_SLOWER_GAP = 1
 #: Spacings over which the density of completions after the first poll is measured.
 _DENSITY_BAND = 3
 #: Recent songs whose first polls decide whether the first-poll time jumps up or down.
 _RECENT_FIRST_POLLS = 40
+
+#: Until the first song finishes, up to this many songs at a time are *scouts*: polled from
+#: _SCOUT_START of the prior's low end every _SCOUT_RATIO of their time, so that a service
+#: faster than the prior shows before the first poll of everyone else is due.
+_SCOUTS = 2
+_SCOUT_START = 0.8
+_SCOUT_RATIO = 0.05
+
+#: Before the first song finishes: when the prior gave the songs seen still running, taken
+#: together, less than exp(-_REFUTED) of a chance to all be running, the prior is refuted
+#: (the service is slower) and songs are polled every _SEARCH_RATIO of their time until
+#: _EVIDENCE_MIN songs have finished: the prior's dense spacing would spend the minute's
+#: budget on songs far from done, and then leave none for when they do finish.
+_REFUTED = 4.0
+_SEARCH_RATIO = 0.1
 
 #: Completion times needed before gaps in them may stretch the spacing.
 _MASS_DATA = 20
@@ -258,7 +277,15 @@ class LearnedPolling:
       noticed within about ``lag_ratio`` of their duration, late enough not to waste polls.
       It starts from the documented 50-60 s (``prior``), jumps up at once when songs take
       clearly longer than that, and comes down quickly (faster with every song in a row
-      found already done) when the service is faster.
+      found already done) when the service is faster. Each first poll is weighed by when it
+      was actually made, so polls held back by a busy budget do not drag it down.
+    * **Cold start**: until a song finishes, two *scouts* are polled from 0.8 of the
+      prior's low end, every 5 % of their time: a scout seen done before ``F`` brings ``F``
+      down to just after it at once, and the scheduler brings forward the first polls it
+      had already planned (``replan_epoch``). When the songs seen still running make the
+      prior implausible (the service is slower), songs are polled every 10 % of their time
+      until a few have finished, instead of spending the minute's budget on songs far
+      from done.
     * **Later polls** every ``lag_ratio * t`` seconds (less up to ``jitter`` of that, at
       random): a song that finishes between two polls is noticed at most ``lag_ratio`` of its
       duration late.
@@ -368,6 +395,14 @@ class LearnedPolling:
         # (when, already done?) for the last few first polls made near the first-poll time.
         self._recent_first: deque[tuple[float, bool]] = deque(maxlen=_RECENT_FIRST_POLLS)
         self._model: tuple[float, float, float] | None = None
+        #: Changes whenever the first-poll time jumps earlier: the scheduler then brings
+        #: forward the first polls it planned with the old time.
+        self.replan_epoch = 0
+        self._scouts: set[float] = set()  # submission times of the scouts in flight
+        # Until the first song finishes: per song seen running, -log of the prior's chance
+        # that it would still be running then.
+        self._survival: dict[float, float] = {}
+        self._prior_refuted = False
 
     # ------------------------------------------------------------------ learning
 
@@ -387,6 +422,9 @@ class LearnedPolling:
         low, high = after - submitted_at, by - submitted_at
         if high <= 0:
             return
+        if submitted_at in self._scouts:
+            self._scouts.discard(submitted_at)
+            self._scout_finished(high)
         done_first = after <= submitted_at
         if done_first:
             self._note_first_poll(high, done=True)
@@ -409,6 +447,7 @@ class LearnedPolling:
             # Song after song already done at its first poll: far too late. Come down
             # without waiting for first polls planned at the new time.
             self._first_log += math.log(_SCARCE_STEP_DOWN)
+            self.replan_epoch += 1
             self._done_run = 0
             self._recent_first.clear()
             self._model = None
@@ -416,12 +455,17 @@ class LearnedPolling:
         # Only first polls made about now say something about this first-poll time: one
         # planned for another (the tracker moved since), or one held back by a busy budget
         # that found the song done (it would more often), does not.
-        late = (1 + self.lag_ratio / 2) if done else (1 + 2 * self.lag_ratio)
-        if not first / (1 + 2 * self.lag_ratio) <= at <= first * late:
-            return
         density = self._density_after(first)
         target = self._done_first_target(first, density)
-        self._first_log += _FIRST_STEP * (target - done)
+        late = (1 + self.lag_ratio / 2) if done else (1 + 2 * self.lag_ratio)
+        if first / (1 + 2 * self.lag_ratio) <= at <= first * late:
+            self._first_log += _FIRST_STEP * (target - done)
+        # The evidence test below weighs each poll by when it was made, so it can take in
+        # polls made further from the tracker's time (but not far: it extrapolates linearly).
+        band = 1 + _EVIDENCE_BAND * self.lag_ratio
+        if not first / band <= at <= first * band:
+            self._model = None
+            return
         recent = self._recent_first
         recent.append((at, done))
         if len(recent) >= _EVIDENCE_MIN:
@@ -439,6 +483,7 @@ class LearnedPolling:
                 # service is faster, or spread wider, than the tracker thinks): step at once
                 # to where the density just after the first poll puts the target share.
                 self._first_log += math.log(self._step_down(first, excess / len(recent)))
+                self.replan_epoch += 1
                 recent.clear()
         self._model = None
 
@@ -457,9 +502,9 @@ class LearnedPolling:
         until enough songs have finished, then from the data, over a few spacings to steady
         it."""
         if len(self._total) < _MASS_DATA:
+            # The prior's density, wherever the first poll is now: a service that turned
+            # out faster or slower than the prior is assumed about as spread.
             low, high = self.prior
-            if not low <= first < high:
-                return 0.0
             return 1.0 / max(high - low, 1e-9)
         band = first * _DENSITY_BAND * self.lag_ratio
         values = self._total.sorted()
@@ -509,8 +554,8 @@ class LearnedPolling:
         # From few songs, only the earliest seen is a safe guess of the early edge.
         low = values[0] if len(values) < _MASS_DATA else _low_quantile(values, level)
         floor = low * (1 + self.lag_ratio)
-        # Songs not yet done at the first poll always finish a little after it, so only a
-        # clear gap means the service is slower than the tracker thinks.
+        # Songs not yet done at the first poll finish a little after it, so a gap of one
+        # spacing is what says the service is slower than the tracker thinks.
         if floor > first * (1 + _SLOWER_GAP * self.lag_ratio):
             self._first_log = math.log(floor)
             recent.clear()
@@ -535,8 +580,13 @@ class LearnedPolling:
             _remember(self._first_polls, state.submitted_at, elapsed, self.window)
             self._note_first_poll(elapsed, done=False)
         first, tail, generation = self._current_model()
+        scouting = self._scouting(state, elapsed, first)
+        if scouting is not None:
+            return scouting
         pressure = max(0.0, state.budget_load / self.budget_target - 1.0)
         ratio = max(self.lag_ratio, self._width_ratio(first, tail)) * (1.0 + 4.0 * pressure)
+        if state.polls > 0 and not is_waiting(state.status) and self._searching(state, elapsed):
+            ratio = max(ratio, _SEARCH_RATIO)
 
         earliest = first
         if state.polls > 0 and is_waiting(state.status):
@@ -558,6 +608,52 @@ class LearnedPolling:
             if state.polls == 0 or until_earliest > spacing:
                 return max(self.min_interval, until_earliest)
         return min(self.max_interval, max(self.min_interval, spacing))
+
+    def _searching(self, state: PollState, elapsed: float) -> bool:
+        """True while the prior is refuted and too few songs have finished to replace it."""
+        if self._prior_refuted:
+            return len(self._total) < _EVIDENCE_MIN
+        if self._done_first:
+            return False
+        return self._refutes_prior(state.submitted_at, elapsed)
+
+    def _refutes_prior(self, submitted_at: float, elapsed: float) -> bool:
+        """Count a song seen running ``elapsed`` s after submission, before any song has
+        finished; True once the songs seen running make the prior implausible."""
+        if not self._prior_refuted:
+            low, high = self.prior
+            done = min(0.999, max(0.0, (elapsed - low) / max(high - low, 1e-9)))
+            _remember(self._survival, submitted_at, -math.log1p(-done), self.window)
+            self._prior_refuted = sum(self._survival.values()) > _REFUTED
+        return self._prior_refuted
+
+    def _scouting(self, state: PollState, elapsed: float, first: float) -> float | None:
+        """The delay for a scout (or a song that becomes one), else ``None``."""
+        key = state.submitted_at
+        if state.polls == 0:
+            cold = not self._done_first and len(self._scouts) < _SCOUTS
+            if not cold or is_waiting(state.status):
+                return None
+            self._scouts.add(key)
+            return max(self.min_interval, self.prior[0] * _SCOUT_START - elapsed)
+        if key not in self._scouts:
+            return None
+        if elapsed >= first or is_waiting(state.status):
+            self._scouts.discard(key)  # an ordinary song from now on
+            return None
+        step = max(self.min_interval, elapsed * _SCOUT_RATIO)
+        return min(step, max(self.min_interval, first - elapsed))
+
+    def _scout_finished(self, by: float) -> None:
+        """A scout was seen finished ``by`` seconds after its submission: if that is before
+        the first-poll time, songs finish sooner than believed; poll them all that early."""
+        first = math.exp(self._first_log)
+        sooner = by * (1 + self.lag_ratio)
+        if sooner < first:
+            self._first_log = math.log(sooner)
+            self._recent_first.clear()
+            self.replan_epoch += 1
+            self._model = None
 
     def _width_ratio(self, first: float, tail: float) -> float:
         """The spacing (as a share of the time) that covers first poll to tail in

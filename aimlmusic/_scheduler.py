@@ -19,7 +19,9 @@ decides *when* a song is polled, and how polls meet the budget:
   submission waits for it); when it has room, the due song likeliest to be finished goes
   first (``policy.chance_done(state)`` when the policy has it, else the longest waiting);
 - submissions go out no faster than the budget's sustained rate, so a batch's first songs do
-  not all finish, and get polled, in one burst every minute.
+  not all finish, and get polled, in one burst every minute;
+- first polls already planned are brought forward when the policy learns that songs finish
+  sooner than it thought (a policy with a ``replan_epoch`` attribute changes it then).
 
 A song's failure becomes its result and never touches the others; a poll that fails for a
 transient reason (connection, 5xx, 429 after the transport's own retries) is retried later,
@@ -150,6 +152,7 @@ class _Song:
         "started_at",
         "submitted_at",
         "suspect_polls",
+        "timer",
         "transient_failures",
         "unfinished_from",
         "unfinished_to",
@@ -171,6 +174,8 @@ class _Song:
         self.retries = 0
         self.transient_failures = 0
         self.suspect_polls = 0
+        # Sequence number of this song's live entry in the timer heap (others are stale).
+        self.timer = -1
 
     @property
     def generation_id(self) -> str:
@@ -254,6 +259,10 @@ class _Batch:
         self._source_done = False
         self._finished = anyio.Event()
         self._task_group: TaskGroup | None = None
+        # Songs whose first poll is still ahead, with when it is due: moved earlier when
+        # the policy learns that songs finish sooner than it thought.
+        self._unpolled: dict[_Song, float] = {}
+        self._replan_epoch = getattr(poll, "replan_epoch", None)
 
     # ------------------------------------------------------------------ running
 
@@ -377,22 +386,45 @@ class _Batch:
         if generation.is_finished:
             self._conclude(song, generation, now, now)
         else:
-            self._schedule(song, now + self._next_delay(song, now))
+            due = self._schedule(song, now + self._next_delay(song, now))
+            self._unpolled[song] = due
 
     # ------------------------------------------------------------------ the timer heap
 
-    def _schedule(self, song: _Song, due: float) -> None:
+    def _schedule(self, song: _Song, due: float) -> float:
         due = min(due, song.deadline_at)
-        heapq.heappush(self._heap, (due, next(self._sequence), song))
+        song.timer = next(self._sequence)
+        heapq.heappush(self._heap, (due, song.timer, song))
         if due < self._nap_until and self._nap_scope is not None:
             self._nap_scope.cancel()  # the dispatcher sleeps past this one: wake it
+        return due
+
+    def _replan_first_polls(self, now: float) -> None:
+        """Bring first polls forward when the policy has learned that songs finish sooner.
+
+        A policy with a ``replan_epoch`` attribute changes it when its first-poll time
+        moves clearly earlier; songs submitted before then would otherwise wait for the
+        first poll planned with the old belief, songs already finished among them.
+        """
+        epoch = getattr(self.poll, "replan_epoch", None)
+        if epoch == self._replan_epoch:
+            return
+        self._replan_epoch = epoch
+        for song, due in list(self._unpolled.items()):
+            if due <= now:
+                continue  # due already, waiting for the budget
+            sooner = now + self._next_delay(song, now)
+            if sooner < due:
+                self._unpolled[song] = self._schedule(song, sooner)
 
     async def _dispatch(self, workers: MemoryObjectSendStream[_Song]) -> None:
         heap, due = self._heap, self._due
         while True:
             now = self.clock.now()
             while heap and heap[0][0] <= now:
-                due.append(heapq.heappop(heap)[2])
+                _, timer, song = heapq.heappop(heap)
+                if timer == song.timer:  # else rescheduled since: a stale entry
+                    due.append(song)
             if due:
                 wait = self._budget_wait()
                 if wait > 0:
@@ -456,6 +488,7 @@ class _Batch:
 
     async def _poll(self, song: _Song) -> None:
         sent = self.clock.now()
+        self._unpolled.pop(song, None)
         song.polls += 1
         try:
             generation = await self.transport.get(
@@ -467,6 +500,7 @@ class _Batch:
         now = self.clock.now()
         song.transient_failures = song.suspect_polls = 0
         self._record(song, generation, sent, now)
+        self._replan_first_polls(now)
         if generation.is_finished:
             self._conclude(song, generation, sent, now)
         elif now >= song.deadline_at:
@@ -576,6 +610,7 @@ class _Batch:
         noticed_at: float | None = None,
         sent: float | None = None,
     ) -> None:
+        self._unpolled.pop(song, None)
         completed_at = None
         if noticed_at is not None and sent is not None:
             # Midway between the last poll that saw it unfinished and the one that saw it

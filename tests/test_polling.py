@@ -109,11 +109,36 @@ def test_waiting_statuses_are_the_queued_ones() -> None:
 
 
 def test_cold_start_polls_first_just_after_the_documented_50_seconds() -> None:
-    """Before any song finished, the first poll comes at about 50 s x (1 + lag_ratio)."""
+    """Before any song finished, all but two scouts are first polled at ~50 s x (1 + ratio)."""
     policy = LearnedPolling(seed=1)
-    delays = [first_poll(policy) for _ in range(50)]
-    assert all(50.0 < d < 52.0 for d in delays)
-    assert len(set(delays)) > 1  # jittered, so songs submitted together do not poll together
+    delays = [policy.next_delay(PollState(submitted_at=t, now=t)) for t in range(50)]
+    scouts, others = delays[:2], delays[2:]
+    assert all(d == pytest.approx(40.0) for d in scouts)  # 0.8 x the prior's 50 s
+    assert all(50.0 < d < 52.0 for d in others)
+    assert len(set(others)) > 1  # jittered, so songs submitted together do not poll together
+
+
+def test_a_scout_that_finishes_early_brings_everyone_s_first_poll_forward() -> None:
+    """A scout seen done at 42 s (the prior says 50-60 s) moves the first poll to ~43 s."""
+    policy = LearnedPolling(seed=2)
+    scout = policy.next_delay(PollState(submitted_at=0.0, now=0.0))
+    epoch = policy.replan_epoch
+    policy.next_delay(PollState(submitted_at=0.0, now=scout, polls=1, status=GENERATING))
+    policy.observe_finished(0.0, None, scout, 42.0)
+    assert policy.replan_epoch != epoch  # the scheduler re-plans first polls already set
+    later = policy.next_delay(PollState(submitted_at=100.0, now=100.0))
+    assert 42.0 < later < 44.0
+
+
+def test_songs_outliving_the_prior_are_polled_sparsely_until_some_finish() -> None:
+    """No song done by 55 s of a 50-60 s prior: polls go every ~10 % of the time, not 3 %."""
+    policy = LearnedPolling(seed=3, jitter=0.0)
+    spacings = []
+    for t in range(20):
+        state = PollState(submitted_at=float(t), now=t + 55.0, polls=2, status=GENERATING)
+        spacings.append(policy.next_delay(state))
+    assert spacings[0] == pytest.approx(55.0 * 0.03)  # one song running proves nothing
+    assert spacings[-1] == pytest.approx(55.0 * 0.1)
 
 
 def test_later_polls_keep_the_lag_under_lag_ratio_of_the_time() -> None:

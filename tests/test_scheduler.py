@@ -506,6 +506,48 @@ class Recorder(BatchEvents):
         return [e for e in self.events if isinstance(e, kind)]
 
 
+class _LearnsSoonerAfterTheFirstSong:
+    """First polls planned at 200 s (the first song's at 2 s); once a song finishes, at 10 s,
+    and, if ``announce``, it says so through ``replan_epoch``."""
+
+    def __init__(self, *, announce: bool) -> None:
+        self.first = 200.0
+        self.announce = announce
+        self.replan_epoch = 0
+        self.planned = 0
+
+    def next_delay(self, state: Any) -> float:
+        if state.polls:
+            return 1.0
+        self.planned += 1
+        first = 2.0 if self.planned == 1 else self.first  # the first song is polled early
+        return max(0.0, first - (state.now - state.submitted_at))
+
+    def observe_started(self, submitted_at: float, after: float, by: float) -> None:
+        pass
+
+    def observe_finished(self, *args: Any) -> None:
+        self.first = 10.0
+        if self.announce:
+            self.replan_epoch += 1
+
+
+@pytest.mark.parametrize("announce", [True, False])
+async def test_first_polls_already_planned_move_forward_when_the_policy_says_so(
+    api: FakeAPI, announce: bool
+) -> None:
+    """A policy that learns songs are quick and bumps replan_epoch gets earlier first polls."""
+    policy = _LearnsSoonerAfterTheFirstSong(announce=announce)
+    results = await collect(api, [(k, song(k, 5)) for k in "abcd"], poll=policy, deadline=None)
+    waited = sorted(r.timings.noticed_at - r.timings.submitted_at for r in results)  # type: ignore[operator]
+    # The song planned first (whichever was submitted first) is polled early and finishes.
+    others = waited[1:]
+    if announce:
+        assert max(others) < 60.0  # re-planned to 10 s after submission (a busy machine blurs)
+    else:
+        assert min(others) >= 200.0  # the first polls stay where they were planned
+
+
 async def test_every_event_reaches_the_hook(api: FakeAPI) -> None:
     """submitted (with the id), status changes, completed, failed, retried and throttled."""
     hook = Recorder()
