@@ -31,6 +31,7 @@ from typing import Any
 
 import anyio
 import httpx
+from _json_out import emit_json
 from _serving import served_emulator
 from _songs import API_KEY, song_requests
 from _stats import percentile
@@ -314,12 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     figures = anyio.run(
         lambda: measure(requests=args.requests, song_rounds=args.song_rounds, songs=args.songs)
     )
-    text = json.dumps(figures, indent=1)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            out.write(text)
-    else:
-        print(text)
+    emit_json(figures, args.json)
 
 
 if __name__ == "__main__":

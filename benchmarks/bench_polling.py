@@ -14,7 +14,6 @@ Run alone: ``python benchmarks/bench_polling.py --songs 200 --time-scale 150``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -26,6 +25,7 @@ import attrs
 import httpx
 from _bounds import fewest_polls
 from _emulation import JobFacts, make_emulator, read_jobs, request_counts
+from _json_out import emit_json
 from _songs import API_KEY, song_requests
 from _stats import list_schedule_makespan, percentile
 from strategies import STRATEGIES, Strategy
@@ -235,12 +235,7 @@ def main(argv: list[str] | None = None) -> None:
             repeats=args.repeats,
         )
     )
-    text = json.dumps(rows, indent=1)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            out.write(text)
-    else:
-        print(text)
+    emit_json(rows, args.json)
 
 
 if __name__ == "__main__":

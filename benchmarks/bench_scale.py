@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
 from typing import Any
 
 import anyio
 from _fake_api import StatelessFakeAPI
+from _json_out import emit_json
 from _machine import peak_rss_bytes, rss_bytes
 from _probes import LoopLagProbe, RssSampler
 from _songs import API_KEY, request_text_bytes, song_requests
@@ -135,12 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="write the figures to this file instead of stdout")
     args = parser.parse_args(argv)
     figures = anyio.run(lambda: measure(args.songs, time_scale=args.time_scale, seed=args.seed))
-    text = json.dumps(figures, indent=1)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            out.write(text)
-    else:
-        print(text)
+    emit_json(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ._config import FAULT_KINDS, TEST_API_KEY, EmulatorConfig, Faults
+from ._config import DRAWN_FAULT_KINDS, TEST_API_KEY, EmulatorConfig, Faults
 from ._durations import Uniform
 
 __all__ = ["build_parser", "config_from_args", "main"]
-
-_PROBABILISTIC = tuple(kind for kind in FAULT_KINDS if kind != "truncate_download")
 
 
 def _limit(text: str) -> int | None:
@@ -25,9 +23,9 @@ def _limit(text: str) -> int | None:
 
 def _fault(text: str) -> tuple[str, float]:
     name, separator, probability = text.partition("=")
-    if not separator or name not in _PROBABILISTIC:
+    if not separator or name not in DRAWN_FAULT_KINDS:
         raise argparse.ArgumentTypeError(
-            f"expected NAME=PROBABILITY with NAME one of {', '.join(_PROBABILISTIC)}"
+            f"expected NAME=PROBABILITY with NAME one of {', '.join(DRAWN_FAULT_KINDS)}"
         )
     return name, float(probability)
 
@@ -92,7 +90,7 @@ def build_parser(prog: str = "python -m aimlmusic.emulator") -> argparse.Argumen
         type=_fault,
         default=[],
         metavar="NAME=P",
-        help=f"fault probability, repeatable; NAME in: {', '.join(_PROBABILISTIC)}",
+        help=f"fault probability, repeatable; NAME in: {', '.join(DRAWN_FAULT_KINDS)}",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request")
     return parser

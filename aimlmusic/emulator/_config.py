@@ -37,6 +37,9 @@ FaultKind = Literal[
 DOCUMENTED_DURATIONS = Uniform(*_limits.DOCUMENTED_DURATION_RANGE)
 
 FAULT_KINDS: tuple[str, ...] = FaultKind.__args__  # type: ignore[attr-defined]
+#: The faults :class:`Faults` gives a probability, in the fixed order in which they are
+#: drawn (which keeps a seed's random stream stable); a truncated download is only injected.
+DRAWN_FAULT_KINDS: tuple[str, ...] = tuple(k for k in FAULT_KINDS if k != "truncate_download")
 
 
 def _probability(_: object, attribute: attrs.Attribute[float], value: float) -> None:

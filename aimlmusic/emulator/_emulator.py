@@ -268,6 +268,17 @@ class Emulator:
             return self._error(401, "Invalid API key", request, now)
         return key
 
+    def _admit(self, request: HttpRequest, now: float) -> tuple[str, Account] | Reply:
+        """The caller's key and account, brought up to ``now``; or the 401 or 429 to
+        answer (an API request is authenticated, then counted against its account)."""
+        key = self._authenticate(request, now)
+        if isinstance(key, Reply):
+            return key
+        account = self._account(key)
+        account.advance(now)
+        throttled = self._throttled(account, request, now)
+        return (key, account) if throttled is None else throttled
+
     def _account(self, key: str) -> Account:
         owner = _fingerprint(key)
         account = self._accounts.get(owner)
@@ -343,14 +354,10 @@ class Emulator:
     # ------------------------------------------------------------------------ submit
 
     def _submit(self, request: HttpRequest, now: float) -> _Outcome:
-        key = self._authenticate(request, now)
-        if isinstance(key, Reply):
-            return _Outcome(key)
-        account = self._account(key)
-        account.advance(now)
-        throttled = self._throttled(account, request, now)
-        if throttled is not None:
-            return _Outcome(throttled)
+        admitted = self._admit(request, now)
+        if isinstance(admitted, Reply):
+            return _Outcome(admitted)
+        key, account = admitted
         body, problems = validate_submission(request.headers.get("content-type"), request.body)
         if problems:
             return _Outcome(
@@ -413,14 +420,10 @@ class Emulator:
     # ------------------------------------------------------------------------ poll
 
     def _poll(self, request: HttpRequest, now: float) -> _Outcome:
-        key = self._authenticate(request, now)
-        if isinstance(key, Reply):
-            return _Outcome(key)
-        account = self._account(key)
-        account.advance(now)
-        throttled = self._throttled(account, request, now)
-        if throttled is not None:
-            return _Outcome(throttled)
+        admitted = self._admit(request, now)
+        if isinstance(admitted, Reply):
+            return _Outcome(admitted)
+        key, _ = admitted
         generation_id = request.query_value("generation_id")
         if generation_id is None:
             problems = [{"field": "generation_id", "message": "generation_id is required"}]

@@ -7,7 +7,7 @@ from typing import Literal
 
 import attrs
 
-from ._config import FAULT_KINDS, Faults, ThrottleStorm
+from ._config import DRAWN_FAULT_KINDS, FAULT_KINDS, Faults, ThrottleStorm
 
 __all__ = ["FaultPlanner", "Route"]
 
@@ -20,18 +20,6 @@ APPLICABLE: dict[str, frozenset[str]] = {
     "poll": frozenset(FAULT_KINDS) - {"truncate_download", "generation_failure", "waiting_status"},
     "download": frozenset({"error_before", "drop_before", "delay", "truncate_download"}),
 }
-
-#: Faults drawn by probability, in the fixed order that keeps the random stream stable.
-_DRAWN = (
-    "error_before",
-    "error_after",
-    "drop_before",
-    "drop_after",
-    "delay",
-    "malformed_json",
-    "generation_failure",
-    "waiting_status",
-)
 
 
 @attrs.define
@@ -78,7 +66,7 @@ class FaultPlanner:
         if kind != "download":
             # Every draw consumes the same random numbers whatever the probabilities, so
             # turning one fault on does not reshuffle the others.
-            for name in _DRAWN:
+            for name in DRAWN_FAULT_KINDS:
                 if self._rng.random() < getattr(self.faults, name) and name in applicable:
                     chosen.add(name)
         if self._injections:
