@@ -21,7 +21,11 @@ decides *when* a song is polled, and how polls meet the budget:
 - submissions go out no faster than the budget's sustained rate, so a batch's first songs do
   not all finish, and get polled, in one burst every minute;
 - first polls already planned are brought forward when the policy learns that songs finish
-  sooner than it thought (a policy with a ``replan_epoch`` attribute changes it then).
+  sooner than it thought (a policy with a ``replan_epoch`` attribute changes it then);
+- every poll is planned early by the median of how late recent polls went out after they
+  were due (a busy event loop, a busy budget), so that the server sees the policy's spacing
+  rather than the policy's plus that lateness; with time compressed, a millisecond of
+  real delay is a noticeable share of a song's duration.
 
 A song's failure becomes its result and never touches the others; a poll that fails for a
 transient reason (connection, 5xx, 429 after the transport's own retries) is retried later,
@@ -34,6 +38,7 @@ import heapq
 import itertools
 import logging
 import math
+import statistics
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
@@ -92,6 +97,9 @@ MAX_CONSECUTIVE_SUSPECT_POLLS = 3
 #: When the budget is busy, due polls wait here and the likeliest to find its song done goes
 #: first; this many of the longest-waiting are compared each time (bounded work).
 URGENCY_CANDIDATES = 64
+#: Recent polls whose lateness (sent after due) is kept, and how often its median is taken.
+LATENESS_SAMPLES = 64
+LATENESS_REFRESH = 8
 #: How soon to look again when submissions are queued at the budget (API seconds).
 GATE_RECHECK = 0.05
 #: Real seconds a source's ``aclose()`` may take when the batch ends.
@@ -142,6 +150,7 @@ class _Song:
 
     __slots__ = (
         "deadline_at",
+        "due_at",
         "generation",
         "key",
         "owns_key",
@@ -165,6 +174,7 @@ class _Song:
         self.generation: Generation | None = None
         self.submitted_at: float | None = None
         self.deadline_at = math.inf
+        self.due_at = math.inf  # when its next poll is planned
         self.started_at: float | None = None
         self.queued_at: float | None = None
         # Sending and arrival time of the last poll that saw the song unfinished.
@@ -263,6 +273,11 @@ class _Batch:
         # the policy learns that songs finish sooner than it thought.
         self._unpolled: dict[_Song, float] = {}
         self._replan_epoch = getattr(poll, "replan_epoch", None)
+        # How late polls went out after they were due (event loop, workers, budget): the
+        # median of recent ones is taken off every planned delay, so that the spacing the
+        # server sees is the policy's, not the policy's plus this.
+        self._lateness: deque[float] = deque(maxlen=LATENESS_SAMPLES)
+        self._typical_lateness = 0.0
 
     # ------------------------------------------------------------------ running
 
@@ -386,13 +401,26 @@ class _Batch:
         if generation.is_finished:
             self._conclude(song, generation, now, now)
         else:
-            due = self._schedule(song, now + self._next_delay(song, now))
+            due = self._schedule(song, self._plan(now, self._next_delay(song, now)))
             self._unpolled[song] = due
 
     # ------------------------------------------------------------------ the timer heap
 
+    def _plan(self, start: float, delay: float) -> float:
+        """When to poll, ``delay`` after ``start``, early by the typical lateness (never by
+        more than half the delay)."""
+        return start + delay - min(self._typical_lateness, delay / 2)
+
+    def _note_lateness(self, song: _Song, sent: float) -> None:
+        if song.due_at == math.inf:
+            return
+        self._lateness.append(max(0.0, sent - song.due_at))
+        if len(self._lateness) % LATENESS_REFRESH == 0:
+            self._typical_lateness = statistics.median(self._lateness)
+
     def _schedule(self, song: _Song, due: float) -> float:
         due = min(due, song.deadline_at)
+        song.due_at = due
         song.timer = next(self._sequence)
         heapq.heappush(self._heap, (due, song.timer, song))
         if due < self._nap_until and self._nap_scope is not None:
@@ -413,7 +441,7 @@ class _Batch:
         for song, due in list(self._unpolled.items()):
             if due <= now:
                 continue  # due already, waiting for the budget
-            sooner = now + self._next_delay(song, now)
+            sooner = self._plan(now, self._next_delay(song, now))
             if sooner < due:
                 self._unpolled[song] = self._schedule(song, sooner)
 
@@ -488,6 +516,7 @@ class _Batch:
 
     async def _poll(self, song: _Song) -> None:
         sent = self.clock.now()
+        self._note_lateness(song, sent)
         self._unpolled.pop(song, None)
         song.polls += 1
         try:
@@ -508,7 +537,7 @@ class _Batch:
         else:
             # Spaced from when this poll went out, not from when its answer came back: the
             # server saw the two polls that far apart, whatever the round trip took.
-            self._schedule(song, sent + self._next_delay(song, sent))
+            self._schedule(song, self._plan(sent, self._next_delay(song, sent)))
 
     def _poll_failed(self, song: _Song, error: AimlMusicError) -> None:
         now = self.clock.now()

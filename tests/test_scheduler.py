@@ -10,8 +10,10 @@ status ``error``); time is compressed 1000x, so a 30 s song takes 30 ms. The las
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import math
+import statistics
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
@@ -546,6 +548,29 @@ async def test_first_polls_already_planned_move_forward_when_the_policy_says_so(
         assert max(others) < 60.0  # re-planned to 10 s after submission (a busy machine blurs)
     else:
         assert min(others) >= 200.0  # the first polls stay where they were planned
+
+
+class _OversleepingClock(ScaledClock):
+    """A clock on a busy machine: every sleep ends ``late`` API seconds after it should."""
+
+    def __init__(self, scale: float, late: float) -> None:
+        super().__init__(scale)
+        self.late = late
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds + self.late)
+
+
+async def test_polls_keep_the_policy_s_spacing_when_every_wake_up_is_late() -> None:
+    """Waking 1 s late each time, polls planned 10 s apart still go out ~10 s apart, not 11."""
+    clock = _OversleepingClock(100.0, late=1.0)
+    api = FakeAPI(clock)
+    await collect(api, [("x", song("x", 130))], poll=FixedInterval(10.0, first=10.0))
+    polls = [at for at, kind, _ in api.log if kind == "poll"]
+    gaps = [b - a for a, b in itertools.pairwise(polls)]
+    # The first gaps teach the scheduler how late it runs; the later ones show it planned so.
+    assert len(gaps) >= 10
+    assert statistics.fmean(gaps[-6:]) == pytest.approx(10.0, abs=0.4)
 
 
 async def test_every_event_reaches_the_hook(api: FakeAPI) -> None:
