@@ -631,8 +631,8 @@ class LearnedPolling:
         """The delay for a scout (or a song that becomes one), else ``None``."""
         key = state.submitted_at
         if state.polls == 0:
-            cold = not self._done_first and len(self._scouts) < _SCOUTS
-            if not cold or is_waiting(state.status):
+            # Not judged by status: the service answers every submission "queued".
+            if self._done_first or len(self._scouts) >= _SCOUTS:
                 return None
             self._scouts.add(key)
             return max(self.min_interval, self.prior[0] * _SCOUT_START - elapsed)

@@ -111,7 +111,8 @@ def test_waiting_statuses_are_the_queued_ones() -> None:
 def test_cold_start_polls_first_just_after_the_documented_50_seconds() -> None:
     """Before any song finished, all but two scouts are first polled at ~50 s x (1 + ratio)."""
     policy = LearnedPolling(seed=1)
-    delays = [policy.next_delay(PollState(submitted_at=t, now=t)) for t in range(50)]
+    # The service answers every submission "queued": that must not stop the scouts.
+    delays = [policy.next_delay(PollState(submitted_at=t, now=t, status=QUEUED)) for t in range(50)]
     scouts, others = delays[:2], delays[2:]
     assert all(d == pytest.approx(40.0) for d in scouts)  # 0.8 x the prior's 50 s
     assert all(50.0 < d < 52.0 for d in others)
@@ -121,7 +122,7 @@ def test_cold_start_polls_first_just_after_the_documented_50_seconds() -> None:
 def test_a_scout_that_finishes_early_brings_everyone_s_first_poll_forward() -> None:
     """A scout seen done at 42 s (the prior says 50-60 s) moves the first poll to ~43 s."""
     policy = LearnedPolling(seed=2)
-    scout = policy.next_delay(PollState(submitted_at=0.0, now=0.0))
+    scout = policy.next_delay(PollState(submitted_at=0.0, now=0.0, status=QUEUED))
     epoch = policy.replan_epoch
     policy.next_delay(PollState(submitted_at=0.0, now=scout, polls=1, status=GENERATING))
     policy.observe_finished(0.0, None, scout, 42.0)
