@@ -158,7 +158,8 @@ class SimServer:
             self._start(job_id, now)
         else:
             self._waiting.append(job_id)
-        return self._view(job_id, now)
+        # Like the API, which answers every submission "queued", even with a slot free.
+        return Generation(id=job_id, status=GenerationStatus.QUEUED)
 
     def get(self, job_id: str, now: float) -> Generation:
         self._advance(now)
