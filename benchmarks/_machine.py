@@ -72,27 +72,26 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
-def _git_commit() -> str:
+def _git(*args: str) -> str:
+    """The output of ``git -C <repo> ARGS``, stripped ("" when git fails or is missing)."""
     try:
         out = subprocess.run(
-            ["git", "-C", str(_REPO), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(_REPO), *args],
             capture_output=True,
             text=True,
             timeout=10,
             check=False,
         )
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = out.stdout.strip()
+        return ""
+    return out.stdout.strip()
+
+
+def _git_commit() -> str:
+    commit = _git("rev-parse", "--short", "HEAD")
     if not commit:
         return "unknown"
-    dirty = subprocess.run(
-        ["git", "-C", str(_REPO), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    ).stdout.strip()
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
     return commit + ("+local changes" if dirty else "")
 
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
 
 import anyio
 import httpx
-from simulate_polling import Figures, list_schedule, print_table
+from simulate_polling import Figures, list_schedule, peak_in_window, print_table, quantile
 
 from aimlmusic import AsyncMusicClient, FixedInterval, LearnedPolling, PollPolicy, SongRequest
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Uniform
@@ -44,20 +43,6 @@ def songs(count: int) -> Iterator[tuple[str, SongRequest]]:
                 lyrics=f"[Verse]\nStreetlights flicker on avenue {index}\n[Chorus]\nSing it slow",
             ),
         )
-
-
-def _quantile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(p * len(ordered)) - 1))]
-
-
-def _peak(times: list[float], window: float = 60.0) -> int:
-    peak, low = 0, 0
-    for high, t in enumerate(times):
-        while times[low] <= t - window:
-            low += 1
-        peak = max(peak, high - low + 1)
-    return peak
 
 
 async def run(
@@ -95,15 +80,15 @@ async def run(
         name=name,
         songs=len(jobs),
         polls_per_song=statistics.fmean(j.polls for j in jobs),
-        lag_p50=_quantile(lags, 0.5),
-        lag_p95=_quantile(lags, 0.95),
-        lag_share_p50=_quantile(shares, 0.5),
-        lag_share_p95=_quantile(shares, 0.95),
+        lag_p50=quantile(lags, 0.5),
+        lag_p95=quantile(lags, 0.95),
+        lag_share_p50=quantile(shares, 0.5),
+        lag_share_p95=quantile(shares, 0.95),
         makespan=end - start,
         optimum=list_schedule([j.duration for j in jobs], client.limits.max_in_flight),
         requests=len(log),
         throttled=sum(1 for entry in log if entry.status == 429),
-        peak_per_minute=_peak(sorted(e.time for e in log if e.status != 429)),
+        peak_per_minute=peak_in_window(sorted(e.time for e in log if e.status != 429)),
         failed=failed,
         cpu_seconds=time.process_time() - cpu,
     )

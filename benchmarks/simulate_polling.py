@@ -272,7 +272,8 @@ class Figures:
         return self.makespan / self.optimum
 
 
-def _quantile(values: list[float], p: float) -> float:
+def quantile(values: list[float], p: float) -> float:
+    """The ``p`` quantile of ``values`` (the smallest value with at least ``p`` at or below)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(p * len(ordered)) - 1))]
 
@@ -288,7 +289,8 @@ def list_schedule(durations: list[float], slots: int) -> float:
     return end
 
 
-def _peak(times: list[float], window: float = 60.0) -> int:
+def peak_in_window(times: list[float], window: float = 60.0) -> int:
+    """The most of the sorted ``times`` that fall in any ``window`` seconds."""
     peak, low = 0, 0
     for high, t in enumerate(times):
         while times[low] <= t - window:
@@ -333,15 +335,15 @@ async def _run(workload: Workload, policy: PollPolicy, name: str) -> Figures:
         name=name,
         songs=len(server.order),
         polls_per_song=statistics.fmean(job.polls for job in server.order),
-        lag_p50=_quantile(lags, 0.5),
-        lag_p95=_quantile(lags, 0.95),
-        lag_share_p50=_quantile(shares, 0.5),
-        lag_share_p95=_quantile(shares, 0.95),
+        lag_p50=quantile(lags, 0.5),
+        lag_p95=quantile(lags, 0.95),
+        lag_share_p50=quantile(shares, 0.5),
+        lag_share_p95=quantile(shares, 0.95),
         makespan=last - start,
         optimum=list_schedule(durations, min(workload.slots, workload.in_flight)),
         requests=server.requests,
         throttled=server.throttled,
-        peak_per_minute=_peak(server.request_times),
+        peak_per_minute=peak_in_window(server.request_times),
         failed=failed,
         cpu_seconds=time.process_time() - cpu,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from _timing import max_in_window
 
 from aimlmusic._clock import ScaledClock
 from aimlmusic._ratelimit import RequestBudget
@@ -12,17 +13,6 @@ pytestmark = pytest.mark.anyio
 
 # 1 real millisecond is one API second: a minute of budget passes in 60 ms.
 SCALE = 1000.0
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    """The most timestamps that fall in any half-open window of ``window`` seconds."""
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while times[start] <= t - window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 async def test_never_more_than_the_limit_in_any_minute_or_ten_seconds() -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from _timing import max_in_window
 
 from aimlmusic import (
     AmbiguousSubmissionError,
@@ -649,15 +650,6 @@ async def test_no_song_is_taken_from_the_source_while_a_429_pauses_the_client(
     assert all(r.ok for r in results)
     assert len(taken) == 3
     assert min(taken) >= paused_at + 30.0
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    best, low = 0, 0
-    for high, t in enumerate(times):
-        while times[low] <= t - window:
-            low += 1
-        best = max(best, high - low + 1)
-    return best
 
 
 async def test_ten_thousand_songs_in_flight_at_once(clock: ScaledClock, anyio_backend: str) -> None:

@@ -9,12 +9,16 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+import httpx
+
+from aimlmusic import AsyncMusicClient, RetryPolicy
+from aimlmusic.emulator import Emulator
 
 #: An API key nobody would type by accident: if it shows up anywhere, it leaked.
 CANARY_KEY = "sk-canary-Q7wX2pLm9RtV4nZc8KdJ3hYf6BsGa1Ue"
@@ -88,6 +92,30 @@ class InstantClock:
     async def sleep(self, seconds: float) -> None:
         self.time += max(0.0, seconds)
         await anyio.lowlevel.checkpoint()
+
+
+def mock_client(
+    handler: Callable[[httpx.Request], httpx.Response], *, base_url: str, attempts: int
+) -> AsyncMusicClient:
+    """A client with the canary key whose requests ``handler`` answers, ``attempts`` tries
+    per request, on virtual time."""
+    return AsyncMusicClient(
+        CANARY_KEY,
+        base_url=base_url,
+        transport=httpx.MockTransport(handler),
+        retry=RetryPolicy(attempts=attempts),
+        clock=InstantClock(),
+    )
+
+
+def emulated_client(emulator: Emulator) -> AsyncMusicClient:
+    """A client with the canary key talking to ``emulator`` in process, on its clock."""
+    return AsyncMusicClient(
+        CANARY_KEY,
+        base_url="http://127.0.0.1",
+        transport=httpx.ASGITransport(app=emulator.app),
+        clock=emulator.clock,
+    )
 
 
 class RandomThrottle:

@@ -26,7 +26,7 @@ from aimlmusic.catalog import CatalogError, load_catalog, run_catalog
 from aimlmusic.catalog._names import MAX_NAME_BYTES, NameAllocator, is_inside
 from aimlmusic.emulator import Emulator, EmulatorConfig
 
-from ._support import CANARY_KEY, InstantClock, files_under, leaked_in
+from ._support import CANARY_KEY, InstantClock, emulated_client, files_under, leaked_in
 
 API = "https://api.boundary.test"
 GEN_ID = "d51032d5-e7b3-4e5b-a5c8-12e0c9474949:minimax/music-1.5"
@@ -330,12 +330,7 @@ async def test_hostile_catalog_titles_and_keys_stay_in_the_output_directory(
     before = set(root.rglob("*"))
 
     emulator = Emulator(EmulatorConfig(time_scale=2000.0, audio_seconds=0.2, accept_any_key=True))
-    async with AsyncMusicClient(
-        CANARY_KEY,
-        base_url="http://127.0.0.1",
-        transport=httpx.ASGITransport(app=emulator.app),
-        clock=emulator.clock,
-    ) as client:
+    async with emulated_client(emulator) as client:
         with anyio.fail_after(60):
             summary = await run_catalog(client, catalog, out, server_is_ephemeral=True)
     assert summary.downloaded == len(accepted)
@@ -385,12 +380,7 @@ async def test_a_hostile_catalog_spends_nothing_and_reads_nothing_outside(tmp_pa
     catalog.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     emulator = Emulator(EmulatorConfig(time_scale=2000.0, accept_any_key=True))
     out = tmp_path / "out"
-    async with AsyncMusicClient(
-        CANARY_KEY,
-        base_url="http://127.0.0.1",
-        transport=httpx.ASGITransport(app=emulator.app),
-        clock=emulator.clock,
-    ) as client:
+    async with emulated_client(emulator) as client:
         with anyio.fail_after(30), pytest.raises(CatalogError) as info:
             await run_catalog(client, catalog, out)
     flagged = {problem.line for problem in info.value.problems}

@@ -19,13 +19,12 @@ import aimlmusic
 from aimlmusic import (
     AimlMusicError,
     AsyncMusicClient,
-    RetryPolicy,
     SongRequest,
 )
 from aimlmusic.catalog import run_catalog
 from aimlmusic.emulator import Emulator, EmulatorConfig, Faults, serving
 
-from ._support import CANARY_KEY, InstantClock, files_under, leaked_in
+from ._support import CANARY_KEY, files_under, leaked_in, mock_client
 
 pytestmark = pytest.mark.anyio
 
@@ -140,13 +139,7 @@ SCENARIOS: dict[str, tuple[Handler, str]] = {
 
 
 def _client(handler: Handler) -> AsyncMusicClient:
-    return AsyncMusicClient(
-        CANARY_KEY,
-        base_url=API,
-        transport=httpx.MockTransport(handler),
-        retry=RetryPolicy(attempts=2),
-        clock=InstantClock(),
-    )
+    return mock_client(handler, base_url=API, attempts=2)
 
 
 async def _call(client: AsyncMusicClient, what: str, tmp_path: Path) -> object:

@@ -23,14 +23,13 @@ from aimlmusic import (
     Generation,
     Limits,
     ResponseValidationError,
-    RetryPolicy,
     ScaledClock,
     SongRequest,
     SongResult,
 )
 from aimlmusic._converter import generation_from_json
 
-from ._support import CANARY_KEY, InstantClock
+from ._support import CANARY_KEY, mock_client
 
 API = "https://api.hostile.test"
 GEN_ID = "d51032d5-e7b3-4e5b-a5c8-12e0c9474949:minimax/music-1.5"
@@ -102,13 +101,7 @@ def _bounded(exc: BaseException) -> None:
 
 
 def _client(handler: Callable[[httpx.Request], httpx.Response]) -> AsyncMusicClient:
-    return AsyncMusicClient(
-        CANARY_KEY,
-        base_url=API,
-        transport=httpx.MockTransport(handler),
-        retry=RetryPolicy(attempts=3),
-        clock=InstantClock(),
-    )
+    return mock_client(handler, base_url=API, attempts=3)
 
 
 # --------------------------------------------------------------------------- the parser
