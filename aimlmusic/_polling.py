@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
+import statistics
 from collections import deque
 from typing import Protocol, runtime_checkable
 
@@ -60,7 +61,10 @@ class PollState:
     ``queued_at`` is when the last poll that saw the song ``queued`` was sent (``None`` if no
     poll did). ``budget_load`` is how much of the client's request budget
     is in use: requests sent in the last minute plus those waiting, over the allowance (0.0
-    when unknown; above 1.0 means requests are queueing).
+    when unknown; above 1.0 means requests are queueing). ``budget_rate`` is the requests per
+    minute the budget allows now and ``in_flight`` how many songs of the batch are submitted
+    and unfinished (both 0 when unknown): together with how long songs take, they say how
+    many polls per song the budget can sustain.
     """
 
     submitted_at: float
@@ -71,6 +75,8 @@ class PollState:
     last_poll_at: float | None = None
     queued_at: float | None = None
     budget_load: float = 0.0
+    budget_rate: float = 0.0
+    in_flight: int = 0
 
 
 @runtime_checkable
@@ -239,6 +245,13 @@ _MASS_DATA = 20
 _ROBUST_FROM = 5
 
 
+#: Share of the request budget that songs' submissions and polls may take in the long run
+#: before every song's spacing widens (the rest absorbs bursts and retries).
+_SUSTAINED_SHARE = 0.9
+#: The widest spacing the budget alone imposes, as a share of the time.
+_WIDEST_SUSTAINED = 0.5
+
+
 def _remember(memory: dict[float, float], key: float, value: float, size: int) -> None:
     """Store ``value`` under ``key``, forgetting the oldest entry beyond ``size``."""
     if len(memory) >= size:
@@ -296,9 +309,12 @@ class LearnedPolling:
       ``tail_growth`` for each multiple of that quantile, up to ``max_interval``.
     * **Queued songs** cannot finish before they start: a song seen ``queued`` is next polled
       after the learned remaining queue wait plus the shortest learned generation time.
-    * **Budget**: when ``budget_load`` exceeds ``budget_target`` the spacing widens in
-      proportion, so polls do not pile up behind the request budget, where they would be
-      late anyway.
+    * **Budget**: when the songs in flight would need more polls than the request budget
+      sustains (``budget_rate`` and ``in_flight``, with the learned timing: a service
+      faster than the budget, say), every song's spacing widens evenly to what it does, a
+      coarser lag for all rather than bursts that fill the minute and stall every poll.
+      And when ``budget_load`` exceeds ``budget_target`` the spacing widens in proportion,
+      so polls do not pile up behind the request budget, where they would be late anyway.
 
     What it learns, each in a sliding window of the last ``window`` songs (fixed memory; the
     policy follows a service whose speed drifts): completion times since submission, from
@@ -395,6 +411,7 @@ class LearnedPolling:
         # (when, already done?) for the last few first polls made near the first-poll time.
         self._recent_first: deque[tuple[float, bool]] = deque(maxlen=_RECENT_FIRST_POLLS)
         self._model: tuple[float, float, float] | None = None
+        self._costs: tuple[float, float, float] | None = None
         #: Changes whenever the first-poll time jumps earlier: the scheduler then brings
         #: forward the first polls it planned with the old time.
         self.replan_epoch = 0
@@ -564,6 +581,7 @@ class LearnedPolling:
     def _current_model(self) -> tuple[float, float, float]:
         """(first-poll time, tail of completion, shortest generation), in seconds."""
         if self._model is None:
+            self._costs = None
             first = self._first_poll_time()
             tail = max(first, _high_quantile(self._samples(self._total), self.tail_quantile))
             generation = _low_quantile(self._samples(self._generation), self.start_quantile)
@@ -584,7 +602,8 @@ class LearnedPolling:
         if scouting is not None:
             return scouting
         pressure = max(0.0, state.budget_load / self.budget_target - 1.0)
-        ratio = max(self.lag_ratio, self._width_ratio(first, tail)) * (1.0 + 4.0 * pressure)
+        ratio = max(self.lag_ratio, self._width_ratio(first, tail), self._sustainable_ratio(state))
+        ratio *= 1.0 + 4.0 * pressure
         if state.polls > 0 and not is_waiting(state.status) and self._searching(state, elapsed):
             ratio = max(ratio, _SEARCH_RATIO)
 
@@ -654,6 +673,44 @@ class LearnedPolling:
             self._recent_first.clear()
             self.replan_epoch += 1
             self._model = None
+
+    def _sustainable_ratio(self, state: PollState) -> float:
+        """The narrowest spacing (as a share of the time) whose polls the budget sustains.
+
+        Songs go through at ``in_flight`` over their mean time (Little's law), each costing
+        a submission and its polls; a song first polled at ``F`` and then every ``r`` of
+        its time costs about ``1 + P(d > F) / 2 + E[ln+(d / F)] / ln(1 + r)`` polls. When
+        the budget cannot carry that at ``lag_ratio``, every song's spacing widens evenly:
+        a service faster than the budget then costs a coarser lag for all songs, instead of
+        bursts that fill the minute and stall every poll until it rolls over.
+        """
+        if state.budget_rate <= 0 or state.in_flight <= 0:
+            return 0.0
+        mean_time, running_share, log_excess = self._cost_model()
+        songs_per_second = state.in_flight / mean_time
+        allowed = _SUSTAINED_SHARE * state.budget_rate / 60.0 / songs_per_second - 1.0
+        spare = allowed - 1.0 - running_share / 2
+        if log_excess <= 0:
+            return 0.0
+        if spare <= log_excess / math.log(1.0 + _WIDEST_SUSTAINED):
+            return _WIDEST_SUSTAINED
+        return math.expm1(log_excess / spare)
+
+    def _cost_model(self) -> tuple[float, float, float]:
+        """(mean completion time, share of songs running at their first poll, mean of
+        ln+(completion / first poll)), from the model."""
+        first = self._current_model()[0]  # refreshes the costs when the model changed
+        if self._costs is None:
+            values = self._samples(self._total)
+            finished = len(self._done_first)
+            done_first = sum(self._done_first) / finished if finished else 0.0
+            # The close observations are all songs running at their first poll: weigh
+            # them by that share (songs done at it cost no more polls).
+            log_excess = sum(math.log(v / first) for v in values if v > first) / len(values)
+            running = (1.0 - done_first) * sum(v > first for v in values) / len(values)
+            mean_time = done_first * first + (1.0 - done_first) * statistics.fmean(values)
+            self._costs = (mean_time, running, (1.0 - done_first) * log_excess)
+        return self._costs
 
     def _width_ratio(self, first: float, tail: float) -> float:
         """The spacing (as a share of the time) that covers first poll to tail in

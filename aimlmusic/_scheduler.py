@@ -266,6 +266,7 @@ class _Batch:
         self._ready_event = anyio.Event()
         self._keys_in_flight: set[str] = set()
         self._active = 0
+        self._generating = 0  # songs submitted and not yet seen finished
         self._source_done = False
         self._finished = anyio.Event()
         self._task_group: TaskGroup | None = None
@@ -395,6 +396,7 @@ class _Batch:
         now = self.clock.now()
         song.generation = generation
         song.submitted_at = now
+        self._generating += 1
         if self.deadline is not None:
             song.deadline_at = now + self.deadline
         emit(self.events, "on_submitted", SongSubmitted(song.key, song.request, generation, now))
@@ -599,6 +601,8 @@ class _Batch:
             last_poll_at=song.unfinished_from if song.polls else None,
             queued_at=song.queued_at,
             budget_load=self._budget_load(),
+            budget_rate=self.budget.effective_rate if self.budget is not None else 0.0,
+            in_flight=self._generating,
         )
 
     def _budget_load(self) -> float:
@@ -640,6 +644,8 @@ class _Batch:
         sent: float | None = None,
     ) -> None:
         self._unpolled.pop(song, None)
+        if song.submitted_at is not None:
+            self._generating -= 1
         completed_at = None
         if noticed_at is not None and sent is not None:
             # Midway between the last poll that saw it unfinished and the one that saw it

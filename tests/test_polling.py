@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from typing import Any
 
 import pytest
 
@@ -27,10 +28,13 @@ GENERATING = GenerationStatus.GENERATING
 QUEUED = GenerationStatus.QUEUED
 
 
-def drive(policy: LearnedPolling, duration: float, *, start: float = 0.0) -> tuple[int, float]:
-    """Play one song finishing ``duration`` s after submission; return (polls, lag)."""
+def drive(
+    policy: LearnedPolling, duration: float, *, start: float = 0.0, **context: Any
+) -> tuple[int, float]:
+    """Play one song finishing ``duration`` s after submission; return (polls, lag).
+    ``context`` is what the scheduler would add to every decision (budget_rate, ...)."""
     submitted = start
-    state = PollState(submitted_at=submitted, now=submitted)
+    state = PollState(submitted_at=submitted, now=submitted, **context)
     polls, last_unfinished = 0, None
     while True:
         at = state.now + policy.next_delay(state)
@@ -41,7 +45,12 @@ def drive(policy: LearnedPolling, duration: float, *, start: float = 0.0) -> tup
             return polls, at - submitted - duration
         last_unfinished = at
         state = PollState(
-            submitted_at=submitted, now=at, polls=polls, status=GENERATING, last_poll_at=at
+            submitted_at=submitted,
+            now=at,
+            polls=polls,
+            status=GENERATING,
+            last_poll_at=at,
+            **context,
         )
 
 
@@ -223,6 +232,36 @@ def test_a_busy_budget_widens_the_spacing() -> None:
     assert busy.next_delay(PollState(**common, budget_load=1.5)) > 1.5 * idle.next_delay(
         PollState(**common, budget_load=0.2)
     )
+
+
+def test_songs_cost_no_more_polls_than_the_budget_sustains() -> None:
+    """20 songs of 50-60 s in flight on 75 requests/min: ~2.1 polls each (0.9 of it), not ~3.7."""
+    rng = random.Random(11)
+    tight = {"budget_rate": 75.0, "in_flight": 20}
+    for context in ({}, tight):
+        policy = LearnedPolling(seed=11)
+        for _ in range(60):
+            drive(policy, rng.uniform(50, 60), **context)
+        polls = [drive(policy, rng.uniform(50, 60), **context)[0] for _ in range(300)]
+        # 20 songs per ~55 s is ~21.8 songs/min; 0.9 * 75 / 21.8 = 3.1 requests per song,
+        # one of them the submission: 2.1 polls.
+        if context:
+            assert statistics.fmean(polls) <= 2.2, statistics.fmean(polls)
+        else:
+            assert statistics.fmean(polls) >= 3.3, statistics.fmean(polls)
+
+
+def test_a_budget_with_room_or_unknown_leaves_the_spacing_at_lag_ratio() -> None:
+    """With the budget unknown, or ample for the songs in flight, spacing stays lag_ratio."""
+    rng = random.Random(12)
+    policy = LearnedPolling(jitter=0.0, seed=12)
+    for _ in range(60):
+        drive(policy, rng.uniform(50, 60))
+    common = {"submitted_at": 0.0, "now": 55.0, "polls": 3, "status": GENERATING}
+    for context in ({}, {"budget_rate": 120.0, "in_flight": 20}, {"budget_rate": 120.0}):
+        assert policy.next_delay(PollState(**common, **context)) == pytest.approx(0.03 * 55.0)
+    crowded = PollState(**common, budget_rate=120.0, in_flight=60)
+    assert policy.next_delay(crowded) > 3 * 0.03 * 55.0
 
 
 def test_stragglers_are_polled_less_and_less_often_up_to_max_interval() -> None:

@@ -39,6 +39,7 @@ from aimlmusic import (
     Limits,
     NotFoundError,
     PollPolicy,
+    PollState,
     RequestRetried,
     RequestThrottled,
     RequestValidationError,
@@ -629,6 +630,37 @@ async def test_polls_wait_for_the_budget_and_never_exceed_it(clock: ScaledClock)
     times = sorted(t for t, _, _ in api.log)
     assert max_in_window(times, 60.0) <= 30
     assert all(r.polls <= 5 for r in results)
+
+
+class _RecordsContext:
+    """Polls every second, noting what each decision was told about the batch."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, float]] = []
+
+    def next_delay(self, state: PollState) -> float:
+        self.seen.append((state.in_flight, state.budget_rate))
+        return 1.0
+
+    def observe_started(self, submitted_at: float, after: float, by: float) -> None:
+        pass
+
+    def observe_finished(self, *args: Any) -> None:
+        pass
+
+
+async def test_the_policy_is_told_the_budget_rate_and_the_songs_in_flight(
+    clock: ScaledClock,
+) -> None:
+    """With 90 requests/min and 3 slots for 6 songs, decisions see rate 90 and 1-3 in flight."""
+    api = FakeAPI(clock, RequestBudget(90, clock))
+    policy = _RecordsContext()
+    results = await collect(api, [song(str(n), 5) for n in range(6)], max_in_flight=3, poll=policy)
+    assert all(r.ok for r in results)
+    in_flight = {n for n, _ in policy.seen}
+    assert {rate for _, rate in policy.seen} == {90.0}
+    assert max(in_flight) == 3
+    assert min(in_flight) >= 1
 
 
 async def test_no_song_is_taken_from_the_source_while_a_429_pauses_the_client(
