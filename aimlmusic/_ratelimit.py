@@ -13,7 +13,16 @@ that cap: never more than this share of the limit in any 10 s. Otherwise 429s te
 On a 429 the whole client pauses: for the server's ``Retry-After`` when it sends one, else for
 its own growing back-off, and the effective rate is halved once per episode (multiplicative
 decrease). Every success gives back a twentieth of the configured rate (additive increase),
-so throughput returns soon after throttling stops. Waiting requests are served by priority:
+so throughput returns soon after throttling stops. The rate is paced by a token bucket, not
+by shrinking the minute's window: a window shrunk below what it already holds would stall
+every request for up to a minute.
+
+A 429 also says how large a burst the server takes: a server that counts with a token bucket
+refuses a burst that the minute allows. The bucket's size then comes down to half the
+largest excess over the rate among the requests sent just before the 429 (an upper bound on
+the server's burst, as the 429 came within it), and grows back by one request a minute
+without a 429. Against a sliding-window server that the budget mirrors, no 429 comes and
+bursts stay a whole minute's worth. Waiting requests are served by priority:
 a submission before any poll, so polls never starve submissions; within a priority, first
 come first served.
 """
@@ -48,6 +57,12 @@ _MAX_PAUSE = 60.0
 _MIN_RATE_SHARE = 1 / 16
 #: Share of the configured rate given back by each success.
 _RECOVERY_SHARE = 1 / 20
+#: A 429 that came after fewer requests than this above the rate says nothing about bursts
+#: (a storm, or a rate lower than configured, which the rate's halving answers).
+_BURST_EVIDENCE = 4.0
+#: How fast a burst allowance cut by a 429 grows back (requests per second without a 429):
+#: one a minute, so that a server's bucket is probed again rarely.
+_BURST_REGROWTH = 1 / 60
 
 
 class _Waiter:
@@ -84,6 +99,11 @@ class RequestBudget:
         self.burst_share = burst_share
         self._clock = clock
         self._rate = self.requests_per_minute
+        # The token bucket that paces requests: at most ``_burst`` at once, refilled at the
+        # effective rate. A whole minute's worth until a 429 says the server takes less.
+        self._burst = self.requests_per_minute
+        self._tokens = self._burst
+        self._tokens_at: float | None = None  # set at first use: a client is made outside a loop
         self._sent: deque[float] = deque()
         self._paused_until = -math.inf
         self._streak = 0
@@ -100,6 +120,11 @@ class RequestBudget:
     def effective_rate(self) -> float:
         """The rate (requests/minute) currently allowed, after any slow-down."""
         return self._rate
+
+    @property
+    def burst(self) -> float:
+        """The most requests sent at once: the configured rate, unless 429s showed less."""
+        return self._burst
 
     @property
     def paused_until(self) -> float:
@@ -132,26 +157,40 @@ class RequestBudget:
             )
 
     def on_throttled(self, retry_after: float | None) -> None:
-        """The server answered 429: pause everyone, and slow down if it gave no hint."""
+        """The server answered 429: pause everyone, slow down, and take smaller bursts."""
         now = self._clock.now()
         self.throttled_total += 1
-        if retry_after is not None:
-            # Slow down too (once per episode): otherwise every request that queued during
-            # the pause goes out the moment it ends, and a server still throttling answers
-            # the whole burst with 429 again.
-            if now >= self._paused_until:
-                self._rate = max(self.requests_per_minute * _MIN_RATE_SHARE, self._rate / 2)
-            self._paused_until = max(self._paused_until, now + max(0.0, retry_after))
-            return
-        # 429s to requests that were already on their way when we reacted belong to the same
-        # episode: only a 429 after the pause ended deepens the back-off.
         if now < self._paused_until:
+            # 429s to requests that were already on their way when we reacted belong to the
+            # same episode: only a 429 after the pause ended deepens the back-off.
+            if retry_after is not None:
+                self._paused_until = max(self._paused_until, now + max(0.0, retry_after))
+            return
+        self._learn_burst(now)
+        # Slow down (once per episode) even when told how long to wait: otherwise every
+        # request that queued during the pause goes out the moment it ends, and a server
+        # still throttling answers the whole burst with 429 again.
+        self._rate = max(self.requests_per_minute * _MIN_RATE_SHARE, self._rate / 2)
+        if retry_after is not None:
+            self._paused_until = now + max(0.0, retry_after)
             return
         self._streak += 1
         pause = min(_MAX_PAUSE, _FIRST_PAUSE * 2 ** (self._streak - 1))
         pause *= self._random.uniform(0.5, 1.0)  # keeps several clients from retrying in step
         self._paused_until = now + pause
-        self._rate = max(self.requests_per_minute * _MIN_RATE_SHARE, self._rate / 2)
+
+    def _learn_burst(self, now: float) -> None:
+        """Bring the burst allowance down to half the largest excess over the rate among
+        the requests sent before this 429 (when there was a burst at all), and empty the
+        bucket (the server's is empty)."""
+        self._forget_before(now - _LONG_WINDOW)
+        per_second = self._rate / 60.0
+        excess = 0.0
+        for count, sent_at in enumerate(reversed(self._sent), start=1):
+            excess = max(excess, count - per_second * (now - sent_at))
+        if excess >= _BURST_EVIDENCE:
+            self._burst = max(1.0, min(self._burst, excess / 2))
+        self._tokens, self._tokens_at = 0.0, now
 
     # ------------------------------------------------------------------ waiting
 
@@ -167,6 +206,7 @@ class RequestBudget:
                     if delay <= 0:
                         heapq.heappop(self._queue)
                         self._sent.append(now)
+                        self._tokens = max(0.0, self._tokens - 1.0)
                         self.sent_total += 1
                         self._wake_head()
                         return
@@ -192,15 +232,26 @@ class RequestBudget:
         while sent and sent[0] <= cutoff:
             sent.popleft()
 
+    def _refill(self, now: float) -> None:
+        elapsed = 0.0 if self._tokens_at is None else max(0.0, now - self._tokens_at)
+        self._tokens_at = now
+        self._burst = min(self.requests_per_minute, self._burst + elapsed * _BURST_REGROWTH)
+        self._tokens = min(self._burst, self._tokens + elapsed * self._rate / 60.0)
+
     def _delay(self, now: float) -> float:
         self._forget_before(now - _LONG_WINDOW)
+        self._refill(now)
         delay = self._paused_until - now
-        long_limit = max(1, math.floor(self._rate))
+        # Within a rounding error of a whole token is a token: waiting for the last 1e-15
+        # would be a sleep too short for the clock to move.
+        if self._tokens < 1.0 - 1e-9:
+            delay = max(delay, (1.0 - self._tokens) * 60.0 / self._rate)
+        long_limit = max(1, math.floor(self.requests_per_minute))
         sent = self._sent
         if len(sent) >= long_limit:
             delay = max(delay, sent[len(sent) - long_limit] + _LONG_WINDOW - now)
         if self.burst_share is not None:
-            short_limit = max(1, math.floor(self._rate * self.burst_share))
+            short_limit = max(1, math.floor(self.requests_per_minute * self.burst_share))
             if len(sent) >= short_limit:
                 oldest_in_short = sent[len(sent) - short_limit]
                 delay = max(delay, oldest_in_short + _SHORT_WINDOW - now)

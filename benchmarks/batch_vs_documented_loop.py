@@ -6,10 +6,13 @@ account's published limits on both sides (20 generating at once, 120 requests/mi
 same seeded durations (default: uniform 50-60 s). The emulator's own records give the
 figures, so the client cannot flatter itself. Time is compressed ``--time-scale`` times, so a
 ten-minute batch takes a few seconds; ``--virtual`` instead runs on trio's virtual clock
-(exact and repeatable: no real latency at all)::
+(exact and repeatable: no real latency at all). ``--burst N`` makes the emulator count
+requests with a token bucket of N (a server that takes smaller bursts than the minute
+allows, which the client learns from its 429s)::
 
     python benchmarks/batch_vs_documented_loop.py
     python benchmarks/batch_vs_documented_loop.py --songs 400 --time-scale 100
+    python benchmarks/batch_vs_documented_loop.py --burst 10
 """
 
 from __future__ import annotations
@@ -46,12 +49,22 @@ def songs(count: int) -> Iterator[tuple[str, SongRequest]]:
 
 
 async def run(
-    name: str, policy: PollPolicy, *, count: int, scale: float, seed: int, virtual: bool
+    name: str,
+    policy: PollPolicy,
+    *,
+    count: int,
+    scale: float,
+    seed: int,
+    virtual: bool,
+    burst: int | None = None,
 ) -> Figures:
     """One batch of ``count`` songs with ``policy``; figures from the emulator's records."""
     # On the virtual clock, API seconds are the clock's own seconds.
     config = EmulatorConfig(
-        time_scale=1.0 if virtual else scale, seed=seed, durations=Uniform(50.0, 60.0)
+        time_scale=1.0 if virtual else scale,
+        seed=seed,
+        durations=Uniform(50.0, 60.0),
+        burst=burst,
     )
     emulator = Emulator(config, clock=anyio.current_time) if virtual else Emulator(config)
     client = AsyncMusicClient(
@@ -100,10 +113,12 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=150.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--virtual", action="store_true", help="trio's virtual clock")
+    parser.add_argument("--burst", type=int, default=None, help="server's token bucket size")
     args = parser.parse_args()
+    counted = "a sliding minute" if args.burst is None else f"a bucket of {args.burst}"
     print(
         f"{args.songs} songs, durations uniform 50-60 s, 20 generating at once, "
-        f"120 requests/minute, "
+        f"120 requests/minute ({counted}), "
         + ("virtual time" if args.virtual else f"time compressed {args.time_scale:g}x")
         + "\n"
     )
@@ -117,6 +132,7 @@ def main() -> None:
             scale=args.time_scale,
             seed=args.seed,
             virtual=args.virtual,
+            burst=args.burst,
         )
         started = time.perf_counter()
         if args.virtual:

@@ -314,6 +314,19 @@ async def test_requests_beyond_the_per_minute_budget_get_429_without_retry_after
     assert [entry.status for entry in emulator.request_log] == [200, 200, 200, 429, 429, 200]
 
 
+async def test_a_token_bucket_refuses_a_burst_the_minute_would_allow(clock: ManualClock) -> None:
+    """With burst=2 at 60/min, a third request at once is a 429; one second later it passes."""
+    emulator = make_emulator(clock, requests_per_minute=60, burst=2)
+    async with client_for(emulator) as client:
+        generation_id = (await submit(client)).json()["id"]
+        await poll(client, generation_id)
+        assert_error_shape(await poll(client, generation_id), 429)
+        clock.now = 1.0  # one token back
+        assert (await poll(client, generation_id)).status_code == 200
+        assert (await poll(client, generation_id)).status_code == 429
+    assert emulator.stats().rate_limited == 2
+
+
 @pytest.mark.parametrize(("setting", "expected"), [("auto", "59"), (7.2, "8")])
 async def test_retry_after_can_be_sent(clock: ManualClock, setting: object, expected: str) -> None:
     """With ``retry_after`` set, a 429 carries Retry-After (whole seconds, rounded up; "auto"

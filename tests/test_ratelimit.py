@@ -94,6 +94,63 @@ async def test_throttling_without_hint_halves_the_rate_once_per_episode() -> Non
     assert budget.effective_rate == 120
 
 
+async def test_a_429_after_a_burst_halves_the_bursts_and_paces_the_rest() -> None:
+    """30 requests at once then a 429: bursts drop to ~15, and later requests are paced."""
+    clock = ScaledClock(SCALE)
+    budget = RequestBudget(120, clock, seed=2)
+    for _ in range(30):
+        await budget.acquire("poll")
+    throttled_at = clock.now()
+    budget.on_throttled(None)
+    assert 14.0 <= budget.burst <= 15.0
+    paused_until = budget.paused_until
+    sent: list[float] = []
+    for _ in range(10):
+        await budget.acquire("poll")
+        sent.append(clock.now())
+    # The bucket was emptied by the 429 and refills at the halved rate (60/min): ten
+    # requests need ten seconds' worth of tokens, however long the pause was.
+    assert sent[0] >= paused_until
+    assert sent[-1] - throttled_at >= 9.0
+
+
+async def test_a_halved_rate_does_not_stall_a_full_minute() -> None:
+    """100 requests, then a 429: the next request waits seconds, not until the minute rolls."""
+    clock = ScaledClock(SCALE)
+    budget = RequestBudget(120, clock, seed=3)
+    for _ in range(100):
+        await budget.acquire("poll")
+    throttled_at = clock.now()
+    budget.on_throttled(None)
+    await budget.acquire("poll")
+    assert clock.now() - throttled_at < 10.0
+
+
+async def test_the_burst_allowance_grows_back_slowly_without_429s() -> None:
+    """A burst cut to 3 by a 429 is back to about 5 two minutes later."""
+    clock = ScaledClock(SCALE)
+    budget = RequestBudget(120, clock, seed=4)
+    for _ in range(6):
+        await budget.acquire("poll")
+    budget.on_throttled(None)
+    assert budget.burst == pytest.approx(3.0, abs=0.1)
+    await anyio.sleep(120.0 / SCALE)
+    budget.delay()  # any look at the budget brings it up to date
+    assert 4.9 <= budget.burst <= 5.5
+
+
+async def test_a_429_without_a_burst_before_it_leaves_the_burst_alone() -> None:
+    """A 429 after requests sent one at a time (a storm, say) halves the rate, not bursts."""
+    clock = ScaledClock(SCALE)
+    budget = RequestBudget(120, clock, seed=5)
+    for _ in range(3):
+        await budget.acquire("poll")
+        await anyio.sleep(5.0 / SCALE)
+    budget.on_throttled(None)
+    assert budget.burst == 120
+    assert budget.effective_rate == 60
+
+
 async def test_a_cancelled_waiter_does_not_block_the_others() -> None:
     """Cancelling the request at the head of the queue lets the next one through."""
     clock = ScaledClock(SCALE)

@@ -773,6 +773,31 @@ async def test_end_to_end_the_budget_holds_and_every_song_lands_once() -> None:
     assert stats.rate_limited <= 0.03 * len(admitted)
 
 
+async def test_end_to_end_a_server_taking_only_small_bursts_is_learned() -> None:
+    """A server counting with a 5-request token bucket: after a 429 or two the client sends
+    smaller bursts; every song lands once, 429s stay under 2 % and the batch is not stalled."""
+    emulator, client = emulated(
+        EmulatorConfig(
+            time_scale=200, seed=3, requests_per_minute=60, burst=5, durations=Uniform(20, 30)
+        ),
+        limits=Limits(requests_per_minute=60, max_in_flight=10),
+        poll=LearnedPolling(prior=(20.0, 30.0), seed=3),
+    )
+    started = emulator.clock.now()
+    async with client, client.generate_many(e2e_songs(40)) as results:
+        got = [r async for r in results]
+    elapsed = emulator.clock.now() - started
+    assert len(got) == 40
+    assert all(r.ok for r in got)
+    stats = emulator.stats()
+    assert stats.duplicate_submissions == 0
+    requests = stats.requests["submit"] + stats.requests["poll"]
+    assert stats.rate_limited <= 0.02 * requests, (stats.rate_limited, requests)
+    assert client.budget.burst < 5
+    # 40 songs and ~3 polls each at 60 requests/minute take about 160 s when paced evenly.
+    assert elapsed < 260.0, elapsed
+
+
 @pytest.mark.parametrize("retry_after", [None, 3.0])
 async def test_end_to_end_a_429_storm_slows_everyone_and_is_ridden_out(
     retry_after: float | None,

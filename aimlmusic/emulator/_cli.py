@@ -62,6 +62,12 @@ def build_parser(prog: str = "python -m aimlmusic.emulator") -> argparse.Argumen
         "--rpm", type=_limit, default=120, help="requests per minute per key; 0 disables"
     )
     parser.add_argument(
+        "--burst",
+        type=_limit,
+        default=0,
+        help="count requests with a token bucket of this many (0: a sliding 60-s window)",
+    )
+    parser.add_argument(
         "--max-concurrent", type=_limit, default=20, help="songs generating at once; 0: no limit"
     )
     parser.add_argument(
@@ -104,6 +110,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         seed=args.seed,
         durations=Uniform(low, high),
         requests_per_minute=args.rpm,
+        burst=args.burst or None,
         retry_after=args.retry_after,
         max_concurrent=args.max_concurrent,
         api_keys=frozenset(args.api_keys or [TEST_API_KEY]),

@@ -149,7 +149,9 @@ class EmulatorConfig:
     song may start (default none); ``seed`` makes every draw reproducible.
 
     Account (each API key is its own account): ``requests_per_minute`` over a sliding 60 s
-    window of ``POST`` and ``GET /v2/generate/audio`` (``None`` disables it); 429s carry no
+    window of ``POST`` and ``GET /v2/generate/audio`` (``None`` disables it), or, with
+    ``burst``, a token bucket refilled at that rate and holding ``burst`` requests (a
+    gateway that tolerates smaller bursts than a whole minute's worth); 429s carry no
     ``Retry-After`` unless ``retry_after`` is seconds or ``"auto"`` (the time until the window
     admits a request); ``max_concurrent`` songs generate at once, the rest stay ``queued`` and
     start first-in first-out.
@@ -170,6 +172,7 @@ class EmulatorConfig:
     requests_per_minute: int | None = attrs.field(
         default=_limits.REQUESTS_PER_MINUTE, validator=_positive
     )
+    burst: int | None = attrs.field(default=None, validator=_positive)
     retry_after: float | Literal["auto"] | None = attrs.field(default=None, validator=_retry_after)
     max_concurrent: int | None = attrs.field(
         default=_limits.CONCURRENT_GENERATIONS, validator=_positive

@@ -285,7 +285,7 @@ class Emulator:
         if account is None:
             config = self.config
             account = self._accounts[owner] = Account(
-                config.requests_per_minute, config.max_concurrent
+                config.requests_per_minute, config.max_concurrent, config.burst
             )
         return account
 

@@ -18,7 +18,7 @@ from typing import Literal
 import attrs
 
 from ._audio import AudioSpec
-from ._ratelimit import SlidingWindow
+from ._ratelimit import SlidingWindow, TokenBucket
 
 __all__ = ["Account", "Job", "JobStatus"]
 
@@ -71,8 +71,17 @@ class Account:
     """What belongs to one API key: its request window, its generation slots and its jobs'
     timeline. ``counts`` tracks how many jobs are in each status without scanning."""
 
-    def __init__(self, requests_per_minute: int | None, max_concurrent: int | None) -> None:
-        self.window = SlidingWindow(requests_per_minute) if requests_per_minute else None
+    def __init__(
+        self,
+        requests_per_minute: int | None,
+        max_concurrent: int | None,
+        burst: int | None = None,
+    ) -> None:
+        self.window: SlidingWindow | TokenBucket | None = None
+        if requests_per_minute and burst:
+            self.window = TokenBucket(requests_per_minute, burst)
+        elif requests_per_minute:
+            self.window = SlidingWindow(requests_per_minute)
         self.max_concurrent = max_concurrent
         self.generating = 0
         self.counts: dict[str, int] = {"queued": 0, "generating": 0, "completed": 0, "error": 0}
