@@ -39,13 +39,15 @@ def make_emulator(
     requests_per_minute: int,
     max_generating: int,
 ) -> Emulator:
-    """An emulator enforcing the account limits, drawing generating times from ``workload``."""
+    """An emulator enforcing the account limits (with the workload's token bucket, if it has
+    one), drawing generating times from ``workload``."""
     return Emulator(
         EmulatorConfig(
             time_scale=time_scale,
             seed=seed,
             durations=workload,
             requests_per_minute=requests_per_minute,
+            burst=workload.burst,
             max_concurrent=max_generating,
         )
     )

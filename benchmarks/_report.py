@@ -82,6 +82,14 @@ def _polling_targets(
     if row["strategy"] != LEARNED:
         return {}
     documented = row["workload"] == "uniform"
+    if WORKLOADS[row["workload"]].burst is not None:
+        # Not one of issue 6's workloads, which set no lag or makespan target for it: the
+        # budget's own job (429s within 1 %) and fewer polls than the loop are checked, the
+        # rest is reported as measured.
+        return {
+            "polls_per_song": _polls_target(rows, row["workload"]),
+            "throttled_pct": THROTTLED,
+        }
     return {
         "polls_per_song": _polls_target(rows, row["workload"]),
         "lag_p95_pct": LAG_P95_DOCUMENTED if documented else LAG_P95_OTHER,

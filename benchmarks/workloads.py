@@ -1,4 +1,5 @@
-"""The three generation-time workloads the polling benchmark runs (issue 6).
+"""The workloads the polling benchmark runs: issue 6's three generation-time distributions,
+and the documented one against a server that counts requests with a small token bucket.
 
 Each workload draws one song's generating time, in API seconds, from a seeded
 :class:`random.Random`, so two strategies in the same run see the same durations.
@@ -12,7 +13,7 @@ from collections.abc import Callable
 
 import attrs
 
-__all__ = ["HEAVY_TAIL", "LOGNORMAL", "UNIFORM", "WORKLOADS", "Workload"]
+__all__ = ["HEAVY_TAIL", "LOGNORMAL", "SMALL_BURSTS", "UNIFORM", "WORKLOADS", "Workload"]
 
 
 @attrs.frozen
@@ -22,6 +23,8 @@ class Workload:
     name: str
     description: str
     draw: Callable[[random.Random], float] = attrs.field(repr=False)
+    #: The server's token bucket, in requests (``None``: a sliding minute).
+    burst: int | None = None
 
     def __call__(self, rng: random.Random) -> float:
         return self.draw(rng)
@@ -55,5 +58,12 @@ UNIFORM = Workload("uniform", "documented: uniform 50-60 s", _uniform_50_60)
 LOGNORMAL = Workload("lognormal", "lognormal, median 55 s, sigma 0.35", _lognormal_55)
 HEAVY_TAIL = Workload("heavy-tail", "95 % uniform 50-60 s, 5 % uniform 2-4 min", _heavy_tail)
 
+SMALL_BURSTS = Workload(
+    "bucket-10",
+    "uniform 50-60 s, the server counting 120/min with a token bucket of 10",
+    _uniform_50_60,
+    burst=10,
+)
+
 #: In the order the report lists them.
-WORKLOADS: dict[str, Workload] = {w.name: w for w in (UNIFORM, LOGNORMAL, HEAVY_TAIL)}
+WORKLOADS: dict[str, Workload] = {w.name: w for w in (UNIFORM, LOGNORMAL, HEAVY_TAIL, SMALL_BURSTS)}
