@@ -57,6 +57,8 @@ _MAX_PAUSE = 60.0
 _MIN_RATE_SHARE = 1 / 16
 #: Share of the configured rate given back by each success.
 _RECOVERY_SHARE = 1 / 20
+#: Below this share of the configured rate, each success also gives back a token.
+_SLOW_START_BELOW = 1 / 2
 #: A 429 that came after fewer requests than this above the rate says nothing about bursts
 #: (a storm, or a rate lower than configured, which the rate's halving answers).
 _BURST_EVIDENCE = 4.0
@@ -152,9 +154,18 @@ class RequestBudget:
         """The server accepted a request: end any back-off streak and recover the rate."""
         self._streak = 0
         if self._rate < self.requests_per_minute:
+            deep = self._rate < self.requests_per_minute * _SLOW_START_BELOW
             self._rate = min(
                 self.requests_per_minute, self._rate + self.requests_per_minute * _RECOVERY_SHARE
             )
+            if deep:
+                # Far below the configured rate (after a storm halved it again and again),
+                # each success also hands back its token, within the burst allowance: the
+                # requests in flight double every round trip, as in TCP's slow start, instead
+                # of creeping up at the rate the storm left. Not nearer the configured rate,
+                # where a server that counts with a small bucket would answer it with 429s.
+                self._refill(self._clock.now())
+                self._tokens = min(self._burst, self._tokens + 1.0)
 
     def on_throttled(self, retry_after: float | None) -> None:
         """The server answered 429: pause everyone, slow down, and take smaller bursts."""

@@ -151,6 +151,24 @@ async def test_a_429_without_a_burst_before_it_leaves_the_burst_alone() -> None:
     assert budget.effective_rate == 60
 
 
+async def test_after_a_long_storm_successes_bring_the_rate_back_within_seconds() -> None:
+    """Rate at its floor after five episodes: the next 20 requests, all accepted, take < 12 s."""
+    clock = ScaledClock(SCALE)
+    budget = RequestBudget(120, clock, seed=6)
+    for _ in range(5):
+        await anyio.sleep(max(0.0, budget.paused_until - clock.now()) / SCALE)
+        budget.on_throttled(None)
+    assert budget.effective_rate == 120 / 16
+    await anyio.sleep(max(0.0, budget.paused_until - clock.now()) / SCALE)
+    resumed = clock.now()
+    for _ in range(20):
+        await budget.acquire("poll")
+        budget.on_success()
+    # Without the slow start, tokens come at the rate the storm left (one per 8 s at first,
+    # then a little faster with each success): about 35 s for these 20.
+    assert clock.now() - resumed < 12.0
+
+
 async def test_a_cancelled_waiter_does_not_block_the_others() -> None:
     """Cancelling the request at the head of the queue lets the next one through."""
     clock = ScaledClock(SCALE)
