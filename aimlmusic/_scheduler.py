@@ -20,7 +20,7 @@ decides *when* a song is polled, and how polls meet the budget:
   first (``policy.chance_done(state)`` when the policy has it, else the longest waiting);
 - submissions go out no faster than the budget's sustained rate, so a batch's first songs do
   not all finish, and get polled, in one burst every minute;
-- first polls already planned are brought forward when the policy learns that songs finish
+- polls already planned are brought forward when the policy learns that songs finish
   sooner than it thought (a policy with a ``replan_epoch`` attribute changes it then);
 - every poll is planned early by the median of how late recent polls went out after they
   were due (a busy event loop, a busy budget), so that the server sees the policy's spacing
@@ -270,9 +270,9 @@ class _Batch:
         self._source_done = False
         self._finished = anyio.Event()
         self._task_group: TaskGroup | None = None
-        # Songs whose first poll is still ahead, with when it is due: moved earlier when
-        # the policy learns that songs finish sooner than it thought.
-        self._unpolled: dict[_Song, float] = {}
+        # Songs with a poll planned, and when it is due: moved earlier when the policy
+        # learns that songs finish sooner than it thought.
+        self._planned: dict[_Song, float] = {}
         self._replan_epoch = getattr(poll, "replan_epoch", None)
         # How late polls went out after they were due (event loop, workers, budget): the
         # median of recent ones is taken off every planned delay, so that the spacing the
@@ -403,8 +403,7 @@ class _Batch:
         if generation.is_finished:
             self._conclude(song, generation, now, now)
         else:
-            due = self._schedule(song, self._plan(now, self._next_delay(song, now)))
-            self._unpolled[song] = due
+            self._schedule(song, self._plan(now, self._next_delay(song, now)))
 
     # ------------------------------------------------------------------ the timer heap
 
@@ -423,29 +422,32 @@ class _Batch:
     def _schedule(self, song: _Song, due: float) -> float:
         due = min(due, song.deadline_at)
         song.due_at = due
+        self._planned[song] = due
         song.timer = next(self._sequence)
         heapq.heappush(self._heap, (due, song.timer, song))
         if due < self._nap_until and self._nap_scope is not None:
             self._nap_scope.cancel()  # the dispatcher sleeps past this one: wake it
         return due
 
-    def _replan_first_polls(self, now: float) -> None:
-        """Bring first polls forward when the policy has learned that songs finish sooner.
+    def _replan(self, now: float) -> None:
+        """Bring planned polls forward when the policy has learned that songs finish sooner.
 
         A policy with a ``replan_epoch`` attribute changes it when its first-poll time
-        moves clearly earlier; songs submitted before then would otherwise wait for the
-        first poll planned with the old belief, songs already finished among them.
+        moves clearly earlier, or when it finds where songs finish after believing them
+        far from done; polls planned with the old belief would otherwise wait, songs
+        already finished among them. The policy is asked again with ``replanning`` set,
+        so it does not take the question for a new observation.
         """
         epoch = getattr(self.poll, "replan_epoch", None)
         if epoch == self._replan_epoch:
             return
         self._replan_epoch = epoch
-        for song, due in list(self._unpolled.items()):
-            if due <= now:
-                continue  # due already, waiting for the budget
-            sooner = self._plan(now, self._next_delay(song, now))
+        for song, due in list(self._planned.items()):
+            if due <= now or song.transient_failures:
+                continue  # due already (waiting for the budget), or backing off after errors
+            sooner = self._plan(now, self._next_delay(song, now, replanning=True))
             if sooner < due:
-                self._unpolled[song] = self._schedule(song, sooner)
+                self._schedule(song, sooner)
 
     async def _dispatch(self, workers: MemoryObjectSendStream[_Song]) -> None:
         heap, due = self._heap, self._due
@@ -519,7 +521,7 @@ class _Batch:
     async def _poll(self, song: _Song) -> None:
         sent = self.clock.now()
         self._note_lateness(song, sent)
-        self._unpolled.pop(song, None)
+        self._planned.pop(song, None)
         song.polls += 1
         try:
             generation = await self.transport.get(
@@ -531,7 +533,7 @@ class _Batch:
         now = self.clock.now()
         song.transient_failures = song.suspect_polls = 0
         self._record(song, generation, sent, now)
-        self._replan_first_polls(now)
+        self._replan(now)
         if generation.is_finished:
             self._conclude(song, generation, sent, now)
         elif now >= song.deadline_at:
@@ -590,7 +592,7 @@ class _Batch:
             song.unfinished_from, song.unfinished_to = sent, now
         song.generation = generation
 
-    def _poll_state(self, song: _Song, now: float) -> PollState:
+    def _poll_state(self, song: _Song, now: float, *, replanning: bool = False) -> PollState:
         assert song.submitted_at is not None
         return PollState(
             submitted_at=song.submitted_at,
@@ -603,6 +605,7 @@ class _Batch:
             budget_load=self._budget_load(),
             budget_rate=self.budget.effective_rate if self.budget is not None else 0.0,
             in_flight=self._generating,
+            replanning=replanning,
         )
 
     def _budget_load(self) -> float:
@@ -613,8 +616,8 @@ class _Batch:
         held = len(self._due) / max(1.0, math.floor(budget.effective_rate))
         return budget.utilisation() + held
 
-    def _next_delay(self, song: _Song, now: float) -> float:
-        delay = self.poll.next_delay(self._poll_state(song, now))
+    def _next_delay(self, song: _Song, now: float, *, replanning: bool = False) -> float:
+        delay = self.poll.next_delay(self._poll_state(song, now, replanning=replanning))
         if not delay >= 0:  # also catches NaN from a user policy
             raise ValueError(f"{type(self.poll).__name__}.next_delay returned {delay!r}")
         return delay
@@ -643,7 +646,7 @@ class _Batch:
         noticed_at: float | None = None,
         sent: float | None = None,
     ) -> None:
-        self._unpolled.pop(song, None)
+        self._planned.pop(song, None)
         if song.submitted_at is not None:
             self._generating -= 1
         completed_at = None

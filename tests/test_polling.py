@@ -151,6 +151,44 @@ def test_songs_outliving_the_prior_are_polled_sparsely_until_some_finish() -> No
     assert spacings[-1] == pytest.approx(55.0 * 0.1)
 
 
+def test_songs_outliving_the_prior_are_searched_no_faster_than_the_budget_rate() -> None:
+    """20 songs running at 65 s on 60/min: each is polled every ~20 s (the budget's rate
+    between them), not every 6.5 s (10 %), which would spend the minute before any ends."""
+    policy = LearnedPolling(seed=4, jitter=0.0)
+    spacings = []
+    for t in range(20):
+        state = PollState(
+            submitted_at=float(t), now=t + 65.0, polls=2, status=GENERATING, budget_rate=60.0
+        )
+        spacings.append(policy.next_delay(state))
+    # One request a second shared by 20 songs: one poll per song every 20 s.
+    assert spacings[-1] == pytest.approx(20.0, rel=0.1)  # and a little straggler growth
+
+
+def test_the_first_song_to_finish_after_the_prior_failed_sets_the_first_poll() -> None:
+    """Songs still running at 65 s, one seen done between 71 and 72 s: the first poll moves
+    to about 71 s and the policy asks the scheduler to re-plan (replan_epoch)."""
+    policy = LearnedPolling(seed=5, jitter=0.0)
+    for t in range(20):
+        policy.next_delay(PollState(float(t), now=t + 65.0, polls=2, status=GENERATING))
+    epoch = policy.replan_epoch
+    policy.observe_finished(0.0, None, 71.0, 72.0)
+    assert policy.replan_epoch == epoch + 1
+    assert 70.0 <= first_poll(policy) <= 73.0
+
+
+def test_re_planning_teaches_the_policy_nothing() -> None:
+    """Asking again about planned polls (replanning=True) moves neither the first-poll time
+    nor the scouts: only real polls are observations."""
+    policy = LearnedPolling(seed=6)
+    before = (first_poll(policy), policy.replan_epoch, set(policy._scouts))
+    for t in range(1, 30):
+        asked = PollState(float(t), now=t + 52.0, polls=1, status=GENERATING, replanning=True)
+        policy.next_delay(asked)
+        policy.next_delay(PollState(float(t), now=t + 1.0, replanning=True))
+    assert (first_poll(policy), policy.replan_epoch, set(policy._scouts)) == before
+
+
 def test_later_polls_keep_the_lag_under_lag_ratio_of_the_time() -> None:
     """After the first poll, each spacing is at most lag_ratio of the time since submission."""
     policy = LearnedPolling(lag_ratio=0.03, jitter=0.1, seed=2)

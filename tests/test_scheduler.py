@@ -552,6 +552,44 @@ async def test_first_polls_already_planned_move_forward_when_the_policy_says_so(
         assert min(others) >= 200.0  # the first polls stay where they were planned
 
 
+class _SparseUntilTheFirstSongEnds:
+    """Every song polled at 1 s; then every 200 s (the first song every 1 s) until a song
+    finishes, every 1 s after. It announces what it learned through ``replan_epoch``, and
+    counts the questions asked with ``replanning`` set."""
+
+    def __init__(self) -> None:
+        self.spacing = 200.0
+        self.replan_epoch = 0
+        self.replanned = 0
+        self.first_song: float | None = None
+
+    def next_delay(self, state: PollState) -> float:
+        self.replanned += state.replanning
+        if self.first_song is None:
+            self.first_song = state.submitted_at
+        if state.polls == 0:
+            return 1.0
+        return 1.0 if state.submitted_at == self.first_song else self.spacing
+
+    def observe_started(self, submitted_at: float, after: float, by: float) -> None:
+        pass
+
+    def observe_finished(self, *args: Any) -> None:
+        if self.spacing > 1.0:
+            self.spacing = 1.0
+            self.replan_epoch += 1
+
+
+async def test_polls_planned_far_ahead_move_forward_when_the_policy_learns(api: FakeAPI) -> None:
+    """Songs already polled and planned 200 s ahead are polled again within seconds once the
+    policy learns (from the first song to finish) that they are close to done."""
+    policy = _SparseUntilTheFirstSongEnds()
+    results = await collect(api, [(k, song(k, 6)) for k in "abcd"], poll=policy, deadline=None)
+    waited = sorted(r.timings.noticed_at - r.timings.submitted_at for r in results)  # type: ignore[operator]
+    assert policy.replanned >= 3
+    assert max(waited) < 30.0  # not 200 s: re-planned to 1 s (a busy machine blurs)
+
+
 class _OversleepingClock(ScaledClock):
     """A clock on a busy machine: every sleep ends ``late`` API seconds after it should."""
 
