@@ -94,14 +94,21 @@ async def test_throttling_without_hint_halves_the_rate_once_per_episode() -> Non
     assert budget.effective_rate == 120
 
 
-async def test_a_429_after_a_burst_halves_the_bursts_and_paces_the_rest() -> None:
-    """30 requests at once then a 429: bursts drop to ~15, and later requests are paced."""
+async def burst_then_429(count: int, seed: int) -> tuple[ScaledClock, RequestBudget, float]:
+    """A 120/min budget that sent ``count`` polls at once, then heard a 429 without a hint;
+    with the moment of the 429."""
     clock = ScaledClock(SCALE)
-    budget = RequestBudget(120, clock, seed=2)
-    for _ in range(30):
+    budget = RequestBudget(120, clock, seed=seed)
+    for _ in range(count):
         await budget.acquire("poll")
     throttled_at = clock.now()
     budget.on_throttled(None)
+    return clock, budget, throttled_at
+
+
+async def test_a_429_after_a_burst_halves_the_bursts_and_paces_the_rest() -> None:
+    """30 requests at once then a 429: bursts drop to ~15, and later requests are paced."""
+    clock, budget, throttled_at = await burst_then_429(30, seed=2)
     assert 14.0 <= budget.burst <= 15.0
     paused_until = budget.paused_until
     sent: list[float] = []
@@ -116,23 +123,14 @@ async def test_a_429_after_a_burst_halves_the_bursts_and_paces_the_rest() -> Non
 
 async def test_a_halved_rate_does_not_stall_a_full_minute() -> None:
     """100 requests, then a 429: the next request waits seconds, not until the minute rolls."""
-    clock = ScaledClock(SCALE)
-    budget = RequestBudget(120, clock, seed=3)
-    for _ in range(100):
-        await budget.acquire("poll")
-    throttled_at = clock.now()
-    budget.on_throttled(None)
+    clock, budget, throttled_at = await burst_then_429(100, seed=3)
     await budget.acquire("poll")
     assert clock.now() - throttled_at < 10.0
 
 
 async def test_the_burst_allowance_grows_back_slowly_without_429s() -> None:
     """A burst cut to 3 by a 429 is back to about 5 two minutes later."""
-    clock = ScaledClock(SCALE)
-    budget = RequestBudget(120, clock, seed=4)
-    for _ in range(6):
-        await budget.acquire("poll")
-    budget.on_throttled(None)
+    _, budget, _ = await burst_then_429(6, seed=4)
     assert budget.burst == pytest.approx(3.0, abs=0.1)
     await anyio.sleep(120.0 / SCALE)
     budget.delay()  # any look at the budget brings it up to date
