@@ -846,7 +846,10 @@ async def test_end_to_end_a_429_storm_slows_everyone_and_is_ridden_out(
         EmulatorConfig(time_scale=500, seed=2, requests_per_minute=None, durations=Uniform(20, 30)),
         poll=LearnedPolling(prior=(20.0, 30.0), seed=2),
     )
-    emulator.throttle(21.0, 41.0, retry_after=retry_after)
+    # From now, not from the emulator's start: on a loaded machine setting up can take
+    # longer than 21 API seconds (42 real ms) and the storm would have passed unseen.
+    start = emulator.now()
+    emulator.throttle(start + 21.0, start + 41.0, retry_after=retry_after)
     hook = Recorder()
     async with client, client.generate_many(e2e_songs(30), events=hook) as results:
         got = [r async for r in results]
