@@ -843,7 +843,7 @@ async def test_end_to_end_a_429_storm_slows_everyone_and_is_ridden_out(
     """A 20 s storm of 429s (with or without Retry-After) throttles the batch; every song
     still completes exactly once, and the hook hears about the throttling."""
     emulator, client = emulated(
-        EmulatorConfig(time_scale=500, seed=2, requests_per_minute=None, durations=Uniform(20, 30)),
+        EmulatorConfig(time_scale=200, seed=2, requests_per_minute=None, durations=Uniform(20, 30)),
         poll=LearnedPolling(prior=(20.0, 30.0), seed=2),
     )
     # From now, not from the emulator's start: on a loaded machine setting up can take
