@@ -82,7 +82,7 @@ def _polling_targets(
     if row["strategy"] != LEARNED:
         return {}
     documented = row["workload"] == "uniform"
-    if WORKLOADS[row["workload"]].burst is not None:
+    if not WORKLOADS[row["workload"]].judged:
         # Not one of issue 6's workloads, which set no lag or makespan target for it: the
         # budget's own job (429s within 1 %) and fewer polls than the loop are checked, the
         # rest is reported as measured.
@@ -251,7 +251,7 @@ def plot_polling(rows: Sequence[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")  # no display on a build machine
     import matplotlib.pyplot as plt
 
-    markers = dict(zip(WORKLOADS, ("o", "s", "^"), strict=False))
+    markers = dict(zip(WORKLOADS, ("o", "s", "^", "D", "v"), strict=False))
     colours = dict(
         zip(STRATEGIES, ("tab:green", "tab:blue", "tab:red", "tab:orange"), strict=False)
     )

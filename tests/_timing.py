@@ -1,8 +1,10 @@
-"""Helpers for tests that check request timing against a budget."""
+"""Helpers for tests that check request timing against a budget, and makespans."""
 
 from __future__ import annotations
 
-__all__ = ["max_in_window"]
+import heapq
+
+__all__ = ["list_schedule", "max_in_window"]
 
 
 def max_in_window(times: list[float], window: float) -> int:
@@ -14,3 +16,12 @@ def max_in_window(times: list[float], window: float) -> int:
             start += 1
         best = max(best, end - start + 1)
     return best
+
+
+def list_schedule(durations: list[float], slots: int) -> float:
+    """The makespan of songs taken in order by the first free of ``slots``, each seen
+    finished the moment it is: the optimum the account's slots allow, with no lag."""
+    free = [0.0] * slots
+    for duration in durations:
+        heapq.heappush(free, heapq.heappop(free) + duration)
+    return max(free)

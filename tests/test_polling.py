@@ -118,26 +118,83 @@ def test_waiting_statuses_are_the_queued_ones() -> None:
 
 
 def test_cold_start_polls_first_just_after_the_documented_50_seconds() -> None:
-    """Before any song finished, all but two scouts are first polled at ~50 s x (1 + ratio)."""
+    """Before any song finished, all but two scouts are first polled at ~50 s x (1 + ratio);
+    the first scout at 5 s (the ladder), the second at 40 s."""
     policy = LearnedPolling(seed=1)
     # The service answers every submission "queued": that must not stop the scouts.
     delays = [policy.next_delay(PollState(submitted_at=t, now=t, status=QUEUED)) for t in range(50)]
     scouts, others = delays[:2], delays[2:]
-    assert all(d == pytest.approx(40.0) for d in scouts)  # 0.8 x the prior's 50 s
+    assert scouts == [pytest.approx(5.0), pytest.approx(40.0)]  # 0.1 and 0.8 x the prior's 50 s
     assert all(50.0 < d < 52.0 for d in others)
     assert len(set(others)) > 1  # jittered, so songs submitted together do not poll together
 
 
+def test_the_first_scout_climbs_a_ladder_doubling_up_to_the_other_scouts() -> None:
+    """The ladder scout is polled at 5, 10, 20 and 40 s, then every 5 % like any scout."""
+    policy = LearnedPolling(seed=1)
+    at = policy.next_delay(PollState(submitted_at=0.0, now=0.0, status=QUEUED))
+    times = [at]
+    for polls in range(1, 6):
+        at += policy.next_delay(PollState(0.0, now=at, polls=polls, status=GENERATING))
+        times.append(at)
+    assert times[:4] == [pytest.approx(t) for t in (5.0, 10.0, 20.0, 40.0)]
+    assert times[4] == pytest.approx(42.0)  # 5 % of 40 s
+    assert times[5] == pytest.approx(44.1)
+
+
 def test_a_scout_that_finishes_early_brings_everyone_s_first_poll_forward() -> None:
-    """A scout seen done at 42 s (the prior says 50-60 s) moves the first poll to ~43 s."""
+    """A scout seen running at 40 s and done at 42 s (the prior says 50-60 s) moves the first
+    poll to ~43 s."""
     policy = LearnedPolling(seed=2)
+    policy.next_delay(PollState(submitted_at=-1.0, now=-1.0, status=QUEUED))  # the ladder
     scout = policy.next_delay(PollState(submitted_at=0.0, now=0.0, status=QUEUED))
+    assert scout == pytest.approx(40.0)
     epoch = policy.replan_epoch
     policy.next_delay(PollState(submitted_at=0.0, now=scout, polls=1, status=GENERATING))
     policy.observe_finished(0.0, None, scout, 42.0)
     assert policy.replan_epoch != epoch  # the scheduler re-plans first polls already set
     later = policy.next_delay(PollState(submitted_at=100.0, now=100.0))
     assert 42.0 < later < 44.0
+
+
+def test_a_service_far_faster_than_the_prior_shows_on_the_ladder() -> None:
+    """The ladder scout, running at 5 and 10 s, is seen done at 20 s: the first poll moves
+    to ~20.6 s at once (not the prior's 51.5 s, nor after the other scouts' 40 s)."""
+    policy = LearnedPolling(seed=3)
+    at = policy.next_delay(PollState(submitted_at=0.0, now=0.0, status=QUEUED))
+    before, polls = 0.0, 1
+    while at < 20.0 - 1e-9:
+        before = at
+        at += policy.next_delay(PollState(0.0, now=at, polls=polls, status=GENERATING))
+        polls += 1
+    assert (before, at) == (pytest.approx(10.0), pytest.approx(20.0))
+    epoch = policy.replan_epoch
+    policy.observe_finished(0.0, None, before, at)
+    assert policy.replan_epoch == epoch + 1
+    assert first_poll(policy) == pytest.approx(20.6, abs=0.1)
+
+
+def test_no_song_is_polled_sooner_than_the_budget_can_turn_its_slot_over() -> None:
+    """20 songs in flight on 120 requests/min, each a submission and a poll: a service of
+    ~10 s is first polled at 20 s (sooner would queue polls behind the budget), and the
+    documented 50-60 s is left alone (its first poll is later than that anyway)."""
+    fast = LearnedPolling(seed=4, jitter=0.0)
+    fast.next_delay(PollState(submitted_at=0.0, now=0.0, status=QUEUED))
+    fast.next_delay(PollState(0.0, now=5.0, polls=1, status=GENERATING))
+    fast.observe_finished(0.0, None, 5.0, 10.0)
+    assert first_poll(fast) < 11.0
+    state = PollState(submitted_at=100.0, now=100.0, budget_rate=120.0, in_flight=20)
+    assert fast.next_delay(state) == pytest.approx(20.0)
+    # More songs in flight: a longer cycle; twice the rate: 10 s, and the first poll decides.
+    state = PollState(submitted_at=100.0, now=100.0, budget_rate=120.0, in_flight=30)
+    assert fast.next_delay(state) == pytest.approx(30.0)
+    state = PollState(submitted_at=100.0, now=100.0, budget_rate=240.0, in_flight=20)
+    assert fast.next_delay(state) == pytest.approx(10.3)
+    documented = LearnedPolling(seed=4, jitter=0.0)
+    for t in (0.0, 1.0):  # the two scouts
+        documented.next_delay(PollState(submitted_at=t, now=t, status=QUEUED))
+    state = PollState(submitted_at=100.0, now=100.0, budget_rate=120.0, in_flight=20)
+    assert documented.next_delay(state) == pytest.approx(50.0 * 1.03)
 
 
 def test_songs_outliving_the_prior_are_polled_sparsely_until_some_finish() -> None:
@@ -181,12 +238,12 @@ def test_re_planning_teaches_the_policy_nothing() -> None:
     """Asking again about planned polls (replanning=True) moves neither the first-poll time
     nor the scouts: only real polls are observations."""
     policy = LearnedPolling(seed=6)
-    before = (first_poll(policy), policy.replan_epoch, set(policy._scouts))
+    before = (policy.predicted_times(), policy.replan_epoch, set(policy._scouts))
     for t in range(1, 30):
         asked = PollState(float(t), now=t + 52.0, polls=1, status=GENERATING, replanning=True)
         policy.next_delay(asked)
         policy.next_delay(PollState(float(t), now=t + 1.0, replanning=True))
-    assert (first_poll(policy), policy.replan_epoch, set(policy._scouts)) == before
+    assert (policy.predicted_times(), policy.replan_epoch, set(policy._scouts)) == before
 
 
 def test_later_polls_keep_the_lag_under_lag_ratio_of_the_time() -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from _timing import max_in_window
+from _timing import list_schedule, max_in_window
 
 from aimlmusic import (
     AmbiguousSubmissionError,
@@ -656,7 +656,8 @@ async def test_a_hook_that_raises_is_logged_and_ignored(
 
 
 async def test_polls_wait_for_the_budget_and_never_exceed_it(clock: ScaledClock) -> None:
-    """With 30 requests/minute, 20 songs go through and no 60 s holds more than 30 requests."""
+    """With 30 requests/minute, 20 songs go through and no 60 s holds more than 30 requests;
+    no song but the two scouts is polled more than 5 times."""
     api = FakeAPI(clock, RequestBudget(30, clock))
     results = await collect(
         api,
@@ -667,7 +668,8 @@ async def test_polls_wait_for_the_budget_and_never_exceed_it(clock: ScaledClock)
     assert all(r.ok for r in results)
     times = sorted(t for t, _, _ in api.log)
     assert max_in_window(times, 60.0) <= 30
-    assert all(r.polls <= 5 for r in results)
+    polls = sorted(r.polls for r in results)
+    assert polls[-3] <= 5, polls
 
 
 class _RecordsContext:
@@ -834,6 +836,27 @@ async def test_end_to_end_a_server_taking_only_small_bursts_is_learned() -> None
     assert client.budget.burst < 5
     # 40 songs and ~3 polls each at 60 requests/minute take about 160 s when paced evenly.
     assert elapsed < 260.0, elapsed
+
+
+async def test_end_to_end_a_service_faster_than_the_budget_is_polled_at_its_pace() -> None:
+    """Songs of 10-20 s where the documented prior says 50-60 s, at the default 120
+    requests/minute and 20 in flight: the ladder finds the real timing within the first
+    wave, and songs are polled about once, when the budget can turn their slot over;
+    the batch ends within 1.75 x the optimum (measured 1.4-1.6, with 1.03-1.1 polls/song;
+    polling from the prior's edge, before the ladder and the budget's cycle: 1.9-2.05)."""
+    emulator, client = emulated(
+        EmulatorConfig(time_scale=100, seed=4, durations=Uniform(10, 20)),
+        poll=LearnedPolling(seed=4),
+    )
+    async with client, client.generate_many(e2e_songs(100)) as results:
+        got = [r async for r in results]
+    assert len(got) == 100
+    assert all(r.ok for r in got)
+    jobs = list(emulator.jobs.values())
+    started = min(job.submitted_at for job in jobs)
+    ended = max(job.first_seen_terminal_at or job.submitted_at for job in jobs)
+    assert ended - started <= 1.75 * list_schedule([job.duration for job in jobs], 20)
+    assert emulator.stats().rate_limited == 0
 
 
 @pytest.mark.parametrize("retry_after", [None, 3.0])
