@@ -22,9 +22,12 @@ refuses a burst that the minute allows. The bucket's size then comes down to hal
 largest excess over the rate among the requests sent just before the 429 (an upper bound on
 the server's burst, as the 429 came within it), and grows back by one request a minute
 without a 429. Against a sliding-window server that the budget mirrors, no 429 comes and
-bursts stay a whole minute's worth. Waiting requests are served by priority:
-a submission before any poll, so polls never starve submissions; within a priority, first
-come first served.
+bursts stay a whole minute's worth. A server that counts fewer requests a minute than
+configured refuses near the same count each time, and lets the first request after the
+pause through: the minute's limit then comes down below that count (``minute_limit``).
+
+Waiting requests are served by priority: a submission before any poll, so polls never
+starve submissions; within a priority, first come first served.
 """
 
 from __future__ import annotations
@@ -65,6 +68,21 @@ _BURST_EVIDENCE = 4.0
 #: How fast a burst allowance cut by a 429 grows back (requests per second without a 429):
 #: one a minute, so that a server's bucket is probed again rarely.
 _BURST_REGROWTH = 1 / 60
+#: A 429 to paced requests (no burst before it, no Retry-After) that the first request
+#: after the pause gets past says the server allows fewer requests a minute than
+#: configured: about as many as were sent in the minute before it, if that was at least
+#: _LIMIT_FROM of the configured rate (fewer say nothing). The minute's limit then comes
+#: down to _LIMIT_SHARE of that count, and grows back by one request every _PROBE_FIRST
+#: seconds; each time the server refuses again near the same count (within _SAME_LIMIT),
+#: it grows back half as fast: a limit that holds is probed ever more rarely, one that was
+#: passing is soon left behind. A storm (the first request after the pause refused too)
+#: teaches nothing.
+_LIMIT_FROM = 1 / 4
+_LIMIT_SHARE = 0.9
+_PROBE_FIRST = 10.0
+_SAME_LIMIT = 0.1
+#: The longest a 429 may hold requests back for the server's minute to make room.
+_HOLD_AT_MOST = 30.0
 
 
 class _Waiter:
@@ -106,6 +124,13 @@ class RequestBudget:
         self._burst = self.requests_per_minute
         self._tokens = self._burst
         self._tokens_at: float | None = None  # set at first use: a client is made outside a loop
+        # The most requests sent in any minute: the configured rate, unless 429s to paced
+        # requests showed that the server counts fewer (see _LIMIT_SHARE).
+        self._minute_limit = self.requests_per_minute
+        self._probe_every = _PROBE_FIRST  # seconds per request of regrowth of that limit
+        self._limit_seen: float | None = None  # the count at the last limit the server showed
+        self._limit_candidate: float | None = None  # a 429's count, until the pause tells
+        self._limit_held = self._minute_limit  # the limit before that 429
         self._sent: deque[float] = deque()
         self._paused_until = -math.inf
         self._streak = 0
@@ -127,6 +152,12 @@ class RequestBudget:
     def burst(self) -> float:
         """The most requests sent at once: the configured rate, unless 429s showed less."""
         return self._burst
+
+    @property
+    def minute_limit(self) -> float:
+        """The most requests sent in any minute: the configured rate, unless 429s to paced
+        requests showed that the server allows fewer."""
+        return self._minute_limit
 
     @property
     def paused_until(self) -> float:
@@ -152,6 +183,8 @@ class RequestBudget:
 
     def on_success(self) -> None:
         """The server accepted a request: end any back-off streak and recover the rate."""
+        if self._limit_candidate is not None and self._clock.now() >= self._paused_until:
+            self._learn_limit(self._limit_candidate)
         self._streak = 0
         if self._rate < self.requests_per_minute:
             deep = self._rate < self.requests_per_minute * _SLOW_START_BELOW
@@ -178,6 +211,26 @@ class RequestBudget:
                 self._paused_until = max(self._paused_until, now + max(0.0, retry_after))
             return
         self._learn_burst(now)
+        # Only the first episode since a success may show a limit: a second one means the
+        # first request after the pause was refused too, as in a storm.
+        count = len(self._sent)
+        if self._limit_candidate is not None:
+            # Refused again right after the pause: a storm, not a limit.
+            self._minute_limit = max(self._minute_limit, self._limit_held)
+            self._limit_candidate = None
+        limited = retry_after is None and self._streak == 0
+        if limited and count >= self.requests_per_minute * _LIMIT_FROM:
+            self._limit_candidate = float(count)
+            self._limit_held = self._minute_limit
+            hold = max(1.0, _LIMIT_SHARE * count)
+            leaving = count - math.floor(hold)  # requests that must leave the minute first
+            if leaving < 1 or self._sent[leaving - 1] + _LONG_WINDOW - now <= _HOLD_AT_MOST:
+                # Held at the limit this would teach until the pause says whether it is
+                # one, so that the first request after it waits for the server's minute
+                # to make room. Not when that takes long (after a burst sent at once, the
+                # minute would hold it all until the burst leaves, up to a minute; a bucket
+                # would have taken it much sooner).
+                self._minute_limit = min(self._minute_limit, hold)
         # Slow down (once per episode) even when told how long to wait: otherwise every
         # request that queued during the pause goes out the moment it ends, and a server
         # still throttling answers the whole burst with 429 again.
@@ -190,18 +243,37 @@ class RequestBudget:
         pause *= self._random.uniform(0.5, 1.0)  # keeps several clients from retrying in step
         self._paused_until = now + pause
 
-    def _learn_burst(self, now: float) -> None:
+    def _learn_limit(self, count: float) -> None:
+        """The first request after a pause got past a server that had refused the
+        ``count``-th request of a minute. Refused twice near the same count, it counts
+        about that many a minute (a server counting with a token bucket refuses bursts at
+        whatever count the minute holds)."""
+        self._limit_candidate = None
+        seen, self._limit_seen = self._limit_seen, count
+        if seen is None or abs(count - seen) > _SAME_LIMIT * seen:
+            self._minute_limit = max(self._minute_limit, self._limit_held)
+            return
+        if self._limit_held < self.requests_per_minute:
+            self._probe_every *= 2.0  # refused again at the limit it had learned
+        else:
+            self._probe_every = _PROBE_FIRST
+        self._minute_limit = min(self._minute_limit, max(1.0, _LIMIT_SHARE * count))
+
+    def _learn_burst(self, now: float) -> bool:
         """Bring the burst allowance down to half the largest excess over the rate among
         the requests sent before this 429 (when there was a burst at all), and empty the
-        bucket (the server's is empty)."""
+        bucket (the server's is empty). True when there was a burst."""
         self._forget_before(now - _LONG_WINDOW)
         per_second = self._rate / 60.0
         excess = 0.0
         for count, sent_at in enumerate(reversed(self._sent), start=1):
             excess = max(excess, count - per_second * (now - sent_at))
-        if excess >= _BURST_EVIDENCE:
+        burst = excess >= _BURST_EVIDENCE
+        if burst:
             self._burst = max(1.0, min(self._burst, excess / 2))
+        self._refill(now)  # the minute's limit grows back up to now first
         self._tokens, self._tokens_at = 0.0, now
+        return burst
 
     # ------------------------------------------------------------------ waiting
 
@@ -247,6 +319,9 @@ class RequestBudget:
         elapsed = 0.0 if self._tokens_at is None else max(0.0, now - self._tokens_at)
         self._tokens_at = now
         self._burst = min(self.requests_per_minute, self._burst + elapsed * _BURST_REGROWTH)
+        self._minute_limit = min(
+            self.requests_per_minute, self._minute_limit + elapsed / self._probe_every
+        )
         self._tokens = min(self._burst, self._tokens + elapsed * self._rate / 60.0)
 
     def _delay(self, now: float) -> float:
@@ -257,7 +332,7 @@ class RequestBudget:
         # would be a sleep too short for the clock to move.
         if self._tokens < 1.0 - 1e-9:
             delay = max(delay, (1.0 - self._tokens) * 60.0 / self._rate)
-        long_limit = max(1, math.floor(self.requests_per_minute))
+        long_limit = max(1, math.floor(self._minute_limit))
         sent = self._sent
         if len(sent) >= long_limit:
             delay = max(delay, sent[len(sent) - long_limit] + _LONG_WINDOW - now)

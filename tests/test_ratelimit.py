@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from _http_fakes import RecordingClock
 from _timing import max_in_window
 
 from aimlmusic._clock import ScaledClock
@@ -165,6 +166,96 @@ async def test_after_a_long_storm_successes_bring_the_rate_back_within_seconds()
     # Without the slow start, tokens come at the rate the storm left (one per 8 s at first,
     # then a little faster with each success): about 35 s for these 20.
     assert clock.now() - resumed < 12.0
+
+
+async def paced_then_429(
+    budget: RequestBudget, clock: RecordingClock, count: int, *, retry_after: float | None = None
+) -> None:
+    """Send ``count`` requests a second apart, then hear a 429."""
+    for _ in range(count):
+        await budget.acquire("poll")
+        budget.on_success()
+        await clock.sleep(1.0)
+    budget.on_throttled(retry_after)
+
+
+async def after_the_pause(budget: RequestBudget, clock: RecordingClock) -> None:
+    """Wait out the pause, then send one request that the server accepts."""
+    await clock.sleep(max(0.0, budget.paused_until - clock.now()))
+    await budget.acquire("poll")
+    budget.on_success()
+
+
+async def test_a_server_counting_fewer_a_minute_than_configured_is_learned() -> None:
+    """Refused twice at the 60th request of a paced minute, each time passed right after
+    the pause: the minute's limit comes down to 54 (and the budget's window with it)."""
+    clock = RecordingClock()
+    budget = RequestBudget(120, clock, seed=7)
+    await paced_then_429(budget, clock, 60)
+    assert budget.minute_limit == pytest.approx(54.0)  # held there until the pause tells
+    await after_the_pause(budget, clock)
+    assert budget.minute_limit == 120  # once could be a bucket refusing a burst
+    await paced_then_429(budget, clock, 60)
+    await after_the_pause(budget, clock)
+    assert budget.minute_limit == pytest.approx(54.0, abs=2.0)  # and what it grew back
+    # Sent as fast as the budget allows, the next minute holds the limit and what it grew
+    # back meanwhile (a request every 10 s), not the ~100 the recovering rate would send.
+    start = clock.now()
+    sent = []
+    while clock.now() < start + 60.0:
+        await budget.acquire("poll")
+        budget.on_success()
+        sent.append(clock.now())
+    assert len([t for t in sent if t < start + 60.0]) <= 55 + 6 + 1
+
+
+async def test_the_minute_limit_is_probed_ever_more_rarely_while_it_holds() -> None:
+    """Learned, it grows back a request every 10 s; refused again near it, every 20 s."""
+    clock = RecordingClock()
+    budget = RequestBudget(120, clock, seed=8)
+    for _ in range(2):
+        await paced_then_429(budget, clock, 60)
+        await after_the_pause(budget, clock)
+    first = budget.minute_limit
+    await clock.sleep(50.0)
+    budget.delay()  # any look at the budget brings it up to date
+    assert budget.minute_limit == pytest.approx(first + 5.0, abs=0.5)
+    await paced_then_429(budget, clock, 58)
+    await after_the_pause(budget, clock)
+    second = budget.minute_limit
+    assert second < first + 5.0
+    await clock.sleep(50.0)
+    budget.delay()
+    assert budget.minute_limit == pytest.approx(second + 2.5, abs=0.5)
+
+
+async def test_a_storm_a_burst_or_a_retry_after_leave_the_minute_limit_alone() -> None:
+    """Refused again right after each pause (a storm), refused at different counts (a
+    bucket refusing bursts), or told when to come back (Retry-After), twice: none of these
+    says how many a minute the server counts."""
+    clock = RecordingClock()
+    storm = RequestBudget(120, clock, seed=9)
+    for _ in range(2):
+        await paced_then_429(storm, clock, 60)
+        await clock.sleep(storm.paused_until - clock.now())
+        await storm.acquire("poll")
+        storm.on_throttled(None)  # the first request after the pause: refused too
+        await after_the_pause(storm, clock)
+    assert storm.minute_limit == 120
+    hinted = RequestBudget(120, clock, seed=10)
+    for _ in range(2):
+        await paced_then_429(hinted, clock, 60, retry_after=5.0)
+        await after_the_pause(hinted, clock)
+    assert hinted.minute_limit == 120
+    bursty = RequestBudget(120, clock, seed=11)
+    for count in (40, 70):  # a bucket refuses at whatever count the minute holds
+        for _ in range(count):
+            await bursty.acquire("poll")
+        bursty.on_throttled(None)
+        await after_the_pause(bursty, clock)
+        await clock.sleep(60.0)
+    assert bursty.minute_limit == 120
+    assert bursty.burst < 120
 
 
 async def test_a_cancelled_waiter_does_not_block_the_others() -> None:
