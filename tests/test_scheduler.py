@@ -789,6 +789,14 @@ def e2e_songs(count: int) -> list[tuple[str, SongRequest]]:
     ]
 
 
+async def land_all(client: AsyncMusicClient, count: int) -> None:
+    """Run ``count`` songs through ``client``: every one comes back, completed."""
+    async with client, client.generate_many(e2e_songs(count)) as results:
+        got = [r async for r in results]
+    assert len(got) == count
+    assert all(r.ok for r in got), [r.error for r in got if not r.ok][:3]
+
+
 async def test_end_to_end_the_budget_holds_and_every_song_lands_once() -> None:
     """40 songs through the emulator at 30 requests/minute: all complete, no duplicate
     submission, and the emulator's request log never has more than 30 in a minute."""
@@ -846,10 +854,7 @@ async def test_end_to_end_a_server_counting_fewer_a_minute_than_configured_is_le
         EmulatorConfig(time_scale=200, seed=5, requests_per_minute=60),
         poll=LearnedPolling(seed=5),
     )
-    async with client, client.generate_many(e2e_songs(100)) as results:
-        got = [r async for r in results]
-    assert len(got) == 100
-    assert all(r.ok for r in got)
+    await land_all(client, 100)
     stats = emulator.stats()
     assert stats.duplicate_submissions == 0
     requests = stats.requests["submit"] + stats.requests["poll"]
@@ -867,10 +872,7 @@ async def test_end_to_end_a_service_faster_than_the_budget_is_polled_at_its_pace
         EmulatorConfig(time_scale=100, seed=4, durations=Uniform(10, 20)),
         poll=LearnedPolling(seed=4),
     )
-    async with client, client.generate_many(e2e_songs(100)) as results:
-        got = [r async for r in results]
-    assert len(got) == 100
-    assert all(r.ok for r in got)
+    await land_all(client, 100)
     jobs = list(emulator.jobs.values())
     started = min(job.submitted_at for job in jobs)
     ended = max(job.first_seen_terminal_at or job.submitted_at for job in jobs)
