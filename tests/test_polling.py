@@ -234,6 +234,45 @@ def test_the_first_song_to_finish_after_the_prior_failed_sets_the_first_poll() -
     assert 70.0 <= first_poll(policy) <= 73.0
 
 
+def long_wave(policy: LearnedPolling, start: float, count: int) -> None:
+    """``count`` songs submitted a second apart, all running at their first poll (at the
+    first-poll time), then seen done between 53 and 60 s."""
+    first = policy.predicted_times()[0]
+    for n in range(count):
+        t = start + n
+        policy.next_delay(PollState(t, now=t + first, polls=1, status=GENERATING))
+    for n in range(count):
+        t = start + n
+        done = 53.0 + 7.0 * n / count
+        policy.observe_finished(t, None, t + done - 1.0, t + done)
+
+
+def test_one_wave_of_long_songs_does_not_raise_the_first_poll() -> None:
+    """Eight songs all still running at their first poll, done at 53-60 s: the first poll
+    stays (a fifth of first waves look like that by chance); twenty such songs raise it."""
+    policy = LearnedPolling(seed=7, jitter=0.0)
+    first = policy.predicted_times()[0]
+    long_wave(policy, 0.0, 8)
+    assert policy.predicted_times()[0] == pytest.approx(first, rel=0.01)
+    long_wave(policy, 100.0, 12)
+    assert policy.predicted_times()[0] > first * 1.02
+
+
+def test_a_step_down_after_a_raise_goes_no_lower_than_before_it() -> None:
+    """Raised by twenty long songs, then ten songs in a row done at their first poll: the
+    first poll comes back down to where it was before the raise, not 15 % below it."""
+    policy = LearnedPolling(seed=8, jitter=0.0)
+    long_wave(policy, 0.0, 8)
+    before = policy.predicted_times()[0]
+    long_wave(policy, 100.0, 12)
+    raised = policy.predicted_times()[0]
+    assert raised > before * 1.02
+    for n in range(10):
+        t = 200.0 + n
+        policy.observe_finished(t, None, t, t + raised)  # done at its first poll
+    assert before * 0.99 <= policy.predicted_times()[0] < raised
+
+
 def test_re_planning_teaches_the_policy_nothing() -> None:
     """Asking again about planned polls (replanning=True) moves neither the first-poll time
     nor the scouts: only real polls are observations."""
