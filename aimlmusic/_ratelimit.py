@@ -68,15 +68,15 @@ _BURST_EVIDENCE = 4.0
 #: How fast a burst allowance cut by a 429 grows back (requests per second without a 429):
 #: one a minute, so that a server's bucket is probed again rarely.
 _BURST_REGROWTH = 1 / 60
-#: A 429 to paced requests (no burst before it, no Retry-After) that the first request
-#: after the pause gets past says the server allows fewer requests a minute than
-#: configured: about as many as were sent in the minute before it, if that was at least
-#: _LIMIT_FROM of the configured rate (fewer say nothing). The minute's limit then comes
-#: down to _LIMIT_SHARE of that count, and grows back by one request every _PROBE_FIRST
-#: seconds; each time the server refuses again near the same count (within _SAME_LIMIT),
-#: it grows back half as fast: a limit that holds is probed ever more rarely, one that was
-#: passing is soon left behind. A storm (the first request after the pause refused too)
-#: teaches nothing.
+#: Two 429s without Retry-After, each after about the same count of requests in the minute
+#: before it (within _SAME_LIMIT) and each followed by the first request after the pause
+#: getting through, say the server allows fewer requests a minute than configured: about
+#: that many, if it was at least _LIMIT_FROM of the configured rate (fewer say nothing).
+#: The minute's limit then comes down to _LIMIT_SHARE of that count, and grows back by one
+#: request every _PROBE_FIRST seconds; each time the server refuses again near the limit
+#: learned, it grows back half as fast: a limit that holds is probed ever more rarely, one
+#: that was passing is soon left behind. A storm (the first request after the pause refused
+#: too) teaches nothing, nor does a token bucket (it refuses bursts at any count).
 _LIMIT_FROM = 1 / 4
 _LIMIT_SHARE = 0.9
 _PROBE_FIRST = 10.0
@@ -259,21 +259,19 @@ class RequestBudget:
             self._probe_every = _PROBE_FIRST
         self._minute_limit = min(self._minute_limit, max(1.0, _LIMIT_SHARE * count))
 
-    def _learn_burst(self, now: float) -> bool:
+    def _learn_burst(self, now: float) -> None:
         """Bring the burst allowance down to half the largest excess over the rate among
         the requests sent before this 429 (when there was a burst at all), and empty the
-        bucket (the server's is empty). True when there was a burst."""
+        bucket (the server's is empty)."""
         self._forget_before(now - _LONG_WINDOW)
         per_second = self._rate / 60.0
         excess = 0.0
         for count, sent_at in enumerate(reversed(self._sent), start=1):
             excess = max(excess, count - per_second * (now - sent_at))
-        burst = excess >= _BURST_EVIDENCE
-        if burst:
+        if excess >= _BURST_EVIDENCE:
             self._burst = max(1.0, min(self._burst, excess / 2))
-        self._refill(now)  # the minute's limit grows back up to now first
+        self._refill(now)  # what grew back until now (the minute's limit) is not lost
         self._tokens, self._tokens_at = 0.0, now
-        return burst
 
     # ------------------------------------------------------------------ waiting
 
