@@ -17,11 +17,11 @@ decides *when* a song is polled, and how polls meet the budget:
 
 - due polls wait in the scheduler, not in the budget's queue, while the budget is busy (or a
   submission waits for it); when it has room, the due song likeliest to be finished goes
-  first (``policy.chance_done(state)`` when the policy has it, else the longest waiting);
+  first (``policy.chance_done(state)``; the longest waiting on ties);
 - submissions go out no faster than the budget's sustained rate, so a batch's first songs do
   not all finish, and get polled, in one burst every minute;
-- polls already planned are brought forward when the policy learns that songs finish
-  sooner than it thought (a policy with a ``replan_epoch`` attribute changes it then);
+- polls already planned are planned again when the policy's ``version`` changes (it learned
+  something that may move them);
 - every poll is planned early by the median of how late recent polls went out after they
   were due (a busy event loop, a busy budget), so that the server sees the policy's spacing
   rather than the policy's plus that lateness; with time compressed, a millisecond of
@@ -38,6 +38,7 @@ import heapq
 import itertools
 import logging
 import math
+import random
 import statistics
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
@@ -153,7 +154,9 @@ class _Song:
         "due_at",
         "generation",
         "key",
+        "learns",
         "owns_key",
+        "phase",
         "polls",
         "queued_at",
         "request",
@@ -175,7 +178,9 @@ class _Song:
         self.submitted_at: float | None = None
         self.deadline_at = math.inf
         self.due_at = math.inf  # when its next poll is planned
-        self.started_at: float | None = None
+        self.started_at: float | None = None  # first seen generating (for SongTimings)
+        self.learns = True  # whether its reference time is known, so polls may teach
+        self.phase = random.random()  # spreads its polls among others' (PollState.phase)
         self.queued_at: float | None = None
         # Sending and arrival time of the last poll that saw the song unfinished.
         self.unfinished_from: float | None = None
@@ -267,13 +272,14 @@ class _Batch:
         self._keys_in_flight: set[str] = set()
         self._active = 0
         self._generating = 0  # songs submitted and not yet seen finished
+        self._live: set[_Song] = set()  # those songs: the policy forgets them if cancelled
         self._source_done = False
         self._finished = anyio.Event()
         self._task_group: TaskGroup | None = None
         # Songs with a poll planned, and when it is due: moved earlier when the policy
         # learns that songs finish sooner than it thought.
         self._planned: dict[_Song, float] = {}
-        self._replan_epoch = getattr(poll, "replan_epoch", None)
+        self._version = poll.version
         # How late polls went out after they were due (event loop, workers, budget): the
         # median of recent ones is taken off every planned delay, so that the spacing the
         # server sees is the policy's, not the policy's plus this.
@@ -286,16 +292,22 @@ class _Batch:
         """Run the batch until every song is delivered (or the batch is cancelled)."""
         due_send, due_receive = anyio.create_memory_object_stream[_Song](0)
         workers = min(self.max_in_flight, MAX_POLL_WORKERS)
-        with results, due_send, due_receive:
-            async with anyio.create_task_group() as task_group:
-                self._task_group = task_group
-                task_group.start_soon(self._feed)
-                task_group.start_soon(self._dispatch, due_send)
-                for _ in range(workers):
-                    task_group.start_soon(self._poll_worker, due_receive)
-                task_group.start_soon(self._deliver, results)
-                await self._finished.wait()
-                task_group.cancel_scope.cancel()
+        try:
+            with results, due_send, due_receive:
+                async with anyio.create_task_group() as task_group:
+                    self._task_group = task_group
+                    task_group.start_soon(self._feed)
+                    task_group.start_soon(self._dispatch, due_send)
+                    for _ in range(workers):
+                        task_group.start_soon(self._poll_worker, due_receive)
+                    task_group.start_soon(self._deliver, results)
+                    await self._finished.wait()
+                    task_group.cancel_scope.cancel()
+        finally:
+            # Songs left running when the batch was cancelled are no evidence any more.
+            for song in self._live:
+                if song.learns and song.generation is not None:
+                    self.poll.forget(song.generation_id)
 
     def _spawn(self, song: _Song) -> None:
         assert self._task_group is not None
@@ -397,6 +409,7 @@ class _Batch:
         song.generation = generation
         song.submitted_at = now
         self._generating += 1
+        self._live.add(song)
         if self.deadline is not None:
             song.deadline_at = now + self.deadline
         emit(self.events, "on_submitted", SongSubmitted(song.key, song.request, generation, now))
@@ -430,24 +443,18 @@ class _Batch:
         return due
 
     def _replan(self, now: float) -> None:
-        """Bring planned polls forward when the policy has learned that songs finish sooner.
-
-        A policy with a ``replan_epoch`` attribute changes it when its first-poll time
-        moves clearly earlier, or when it finds where songs finish after believing them
-        far from done; polls planned with the old belief would otherwise wait, songs
-        already finished among them. The policy is asked again with ``replanning`` set,
-        so it does not take the question for a new observation.
-        """
-        epoch = getattr(self.poll, "replan_epoch", None)
-        if epoch == self._replan_epoch:
+        """Plan every planned poll again when the policy's ``version`` changed: what it
+        learned may move them either way (songs found finishing sooner, or later)."""
+        version = self.poll.version
+        if version == self._version:
             return
-        self._replan_epoch = epoch
+        self._version = version
         for song, due in list(self._planned.items()):
             if due <= now or song.transient_failures:
                 continue  # due already (waiting for the budget), or backing off after errors
-            sooner = self._plan(now, self._next_delay(song, now, replanning=True))
-            if sooner < due:
-                self._schedule(song, sooner)
+            again = self._plan(now, self._next_delay(song, now))
+            if again != due:
+                self._schedule(song, again)
 
     async def _dispatch(self, workers: MemoryObjectSendStream[_Song]) -> None:
         heap, due = self._heap, self._due
@@ -489,12 +496,11 @@ class _Batch:
     def _most_urgent(self, now: float) -> _Song:
         """Take the due song whose poll is likeliest to find it finished (oldest on ties)."""
         due = self._due
-        chance_done = getattr(self.poll, "chance_done", None)
-        if len(due) == 1 or chance_done is None:
+        if len(due) == 1:
             return due.popleft()
         best, best_chance = 0, -1.0
         for index in range(min(len(due), URGENCY_CANDIDATES)):
-            chance = chance_done(self._poll_state(due[index], now))
+            chance = self.poll.chance_done(self._poll_state(due[index], now))
             if chance > best_chance:
                 best, best_chance = index, chance
         song = due[best]
@@ -564,7 +570,8 @@ class _Batch:
         self._schedule(song, now + delay)
 
     def _record(self, song: _Song, generation: Generation, sent: float, now: float) -> None:
-        """Take in what a poll saw: status changes, start, what the policy learns."""
+        """Take in what a poll sent at ``sent`` saw: status changes, and what the policy
+        learns (only from songs whose submission this batch saw)."""
         assert song.submitted_at is not None
         previous = song.generation.status if song.generation is not None else None
         status = generation.status
@@ -574,50 +581,43 @@ class _Batch:
                 "on_status_changed",
                 SongStatusChanged(song.key, generation.id, previous, status, now),
             )
+        reference = song.queued_at if song.queued_at is not None else song.submitted_at
         if is_waiting(status):
-            song.queued_at = sent
+            song.queued_at = reference = sent
         elif status == GenerationStatus.GENERATING and song.started_at is None:
             song.started_at = now
-            start_after = song.queued_at if song.queued_at is not None else song.submitted_at
-            self.poll.observe_started(song.submitted_at, start_after, now)
-        if status == GenerationStatus.COMPLETED:
-            finish_after = song.unfinished_from
-            self.poll.observe_finished(
-                song.submitted_at,
-                song.started_at,
-                finish_after if finish_after is not None else song.submitted_at,
-                now,
-            )
+        if status == GenerationStatus.COMPLETED and song.learns:
+            after = song.unfinished_from if song.unfinished_from is not None else reference
+            self.poll.observe_finished(song.generation_id, reference, max(after, reference), sent)
         if not status.is_terminal:
             song.unfinished_from, song.unfinished_to = sent, now
+            if song.learns:
+                self.poll.observe_running(song.generation_id, reference, sent)
         song.generation = generation
 
-    def _poll_state(self, song: _Song, now: float, *, replanning: bool = False) -> PollState:
+    def _poll_state(self, song: _Song, now: float) -> PollState:
         assert song.submitted_at is not None
         return PollState(
             submitted_at=song.submitted_at,
             now=now,
             polls=song.polls,
             status=song.generation.status if song.generation is not None else None,
-            started_at=song.started_at,
             last_poll_at=song.unfinished_from if song.polls else None,
             queued_at=song.queued_at,
-            budget_load=self._budget_load(),
             budget_rate=self.budget.effective_rate if self.budget is not None else 0.0,
-            in_flight=self._generating,
-            replanning=replanning,
+            in_flight=self._kept_in_flight(),
+            phase=song.phase,
         )
 
-    def _budget_load(self) -> float:
-        """The budget's utilisation, counting the polls held back here as waiting too."""
-        budget = self.budget
-        if budget is None:
-            return 0.0
-        held = len(self._due) / max(1.0, math.floor(budget.effective_rate))
-        return budget.utilisation() + held
+    def _kept_in_flight(self) -> int:
+        """How many songs this batch keeps generating: all its slots while the source has
+        more songs, then those left."""
+        if self._source_done:
+            return self._generating
+        return max(self._generating, self.max_in_flight)
 
-    def _next_delay(self, song: _Song, now: float, *, replanning: bool = False) -> float:
-        delay = self.poll.next_delay(self._poll_state(song, now, replanning=replanning))
+    def _next_delay(self, song: _Song, now: float) -> float:
+        delay = self.poll.next_delay(self._poll_state(song, now))
         if not delay >= 0:  # also catches NaN from a user policy
             raise ValueError(f"{type(self.poll).__name__}.next_delay returned {delay!r}")
         return delay
@@ -649,6 +649,9 @@ class _Batch:
         self._planned.pop(song, None)
         if song.submitted_at is not None:
             self._generating -= 1
+            self._live.discard(song)
+            if error is not None and song.generation is not None:
+                self.poll.forget(song.generation_id)
         completed_at = None
         if noticed_at is not None and sent is not None:
             # Midway between the last poll that saw it unfinished and the one that saw it

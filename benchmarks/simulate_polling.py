@@ -68,7 +68,7 @@ STRATEGIES: dict[str, Callable[[int], PollPolicy]] = {
     "documented loop (0 s, every 10 s)": lambda seed: FixedInterval(10.0, first=0.0),
     "official SDK (every 10 s)": lambda seed: FixedInterval(10.0, first=10.0),
     "exponential (1 s x1.5, max 20 s)": lambda seed: ExponentialBackoff(),
-    "learned (default)": lambda seed: LearnedPolling(seed=seed),
+    "learned (default)": lambda seed: LearnedPolling(),
 }
 
 

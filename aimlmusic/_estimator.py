@@ -1,0 +1,299 @@
+"""How long songs take: one estimator of the completion-time distribution from censored polls.
+
+A poll never sees a song finish; it sees it finished or not. So every song is a censored
+observation of its completion time ``T`` (seconds from its reference: the submission, or the
+last poll that saw it ``queued``, since a queued song has its whole generation ahead of it):
+
+- finished between two polls: ``T`` in ``(after, by]`` (interval-censored);
+- finished at its first poll: ``T`` in ``(0, by]`` (left-censored, the same thing with 0);
+- still running when last seen: ``T > seen`` (right-censored).
+
+:class:`CompletionEstimator` takes all three in one likelihood, on a fixed grid of log-spaced
+bins, and maximises it with Turnbull's self-consistency (EM) iteration: each observation's
+unit of probability is spread over the bins its interval covers, in proportion to their
+current mass, and the masses are re-estimated from those shares. Two pseudo-observations
+regularise it (a maximum a posteriori estimate with Dirichlet pseudo-counts): the documented
+50-60 s worth a few songs, which ages like any observation, and a thin log-uniform floor
+that never ages, so no duration is ever ruled out for good (EM cannot revive a bin at zero).
+Observations are weighted by exponential forgetting in completed songs, so the estimate
+follows a service that drifts within about one wave of songs.
+
+Each fit is a few EM sweeps warm-started from the last one, run when an observation arrives
+(never when the estimate is read), and published as an immutable :class:`Snapshot` whose
+``version`` says when it changed. One sweep is O(bins + observations): coverage is summed
+with prefix sums and spread with a difference array.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from collections import deque
+
+import attrs
+
+from . import _limits
+
+__all__ = ["CompletionEstimator", "Snapshot"]
+
+#: The grid: log-spaced bin edges from a fraction of a second to two hours, 2 % apart (finer
+#: than any lag target the planner aims at, so the grid never decides a poll's place).
+GRID_START = 0.25
+GRID_END = 7200.0
+GRID_RATIO = 1.02
+#: Songs' worth of the documented 50-60 s in the prior: enough to plan the first songs, few
+#: enough that one wave of real songs outweighs it.
+PRIOR_SONGS = 3.0
+#: Songs' worth of the log-uniform floor over the grid: keeps every duration possible.
+FLOOR_SONGS = 0.1
+#: Memory, in completed songs: each one multiplies the weight of older ones by 1 - 1/MEMORY.
+MEMORY = 120.0
+#: Completed songs kept; older ones weigh less than 1 % (exp(-150 / 30)).
+MAX_COMPLETED = 600
+#: EM sweeps per refit, warm-started: the estimate keeps converging across observations.
+SWEEPS = 8
+#: Share of a bin's mass moved to each neighbour after every sweep (EMS smoothing).
+SMOOTHING = 0.02
+#: Running songs reported since the last refit after which one is due anyway: songs found
+#: still running are what moves the estimate when a service slows down.
+REFIT_AFTER_RUNNING = 8
+
+
+def _grid() -> tuple[float, ...]:
+    count = math.ceil(math.log(GRID_END / GRID_START) / math.log(GRID_RATIO))
+    return (0.0, *(GRID_START * GRID_RATIO**k for k in range(count + 1)))
+
+
+#: Bin k spans (EDGES[k], EDGES[k + 1]]; the last bin, past the grid, is open-ended.
+EDGES = _grid()
+BINS = len(EDGES)  # the grid's bins plus the open one past GRID_END
+
+
+@attrs.frozen
+class Snapshot:
+    """An immutable estimate: the completion-time distribution at one ``version``.
+
+    ``cdf[k]`` is the probability that a song is done by ``EDGES[k]`` seconds; mass is spread
+    evenly within a bin. ``songs`` is the weight of real observations behind it.
+    """
+
+    version: int
+    cdf: tuple[float, ...] = attrs.field(repr=False)
+    songs: float
+
+    def done_by(self, t: float) -> float:
+        """P(T <= t): the chance a song is finished ``t`` seconds after its reference."""
+        if t <= 0:
+            return 0.0
+        k = bisect.bisect_right(EDGES, t) - 1
+        if k >= BINS - 1:
+            return self.cdf[-1]
+        low, high = EDGES[k], EDGES[k + 1]
+        return self.cdf[k] + (self.cdf[k + 1] - self.cdf[k]) * (t - low) / (high - low)
+
+    def quantile(self, p: float) -> float:
+        """The time by which a share ``p`` of songs is done (``GRID_END`` at most)."""
+        k = bisect.bisect_left(self.cdf, p)
+        if k == 0:
+            return 0.0
+        if k >= len(self.cdf):
+            return GRID_END
+        low, high = self.cdf[k - 1], self.cdf[k]
+        share = 0.0 if high <= low else (p - low) / (high - low)
+        return EDGES[k - 1] + share * (EDGES[k] - EDGES[k - 1])
+
+    def mean(self, upto: float = 1.0) -> float:
+        """The mean completion time, each song counted at most until the ``upto`` quantile
+        (``1.0``: mass past the grid counts at its end)."""
+        cap = self.quantile(upto) if upto < 1.0 else GRID_END
+        total = 0.0
+        for k in range(len(self.cdf) - 1):
+            low, high = EDGES[k], min(EDGES[k + 1], cap)
+            if low >= cap:
+                break
+            total += (self.cdf[k + 1] - self.cdf[k]) * (low + high) / 2
+        return total + (1.0 - self.done_by(cap)) * cap
+
+
+@attrs.frozen
+class _Interval:
+    """One observation, as the bins it covers: whole bins ``lo+1..hi-1`` and a share of the
+    end bins (``lo == hi``: one bin, share ``lo_share``)."""
+
+    lo: int
+    hi: int
+    lo_share: float
+    hi_share: float
+
+
+def _position(t: float) -> tuple[int, float]:
+    """The bin holding ``t`` and how far into it ``t`` lies (0-1)."""
+    k = min(BINS - 1, max(0, bisect.bisect_right(EDGES, t) - 1))
+    if k == BINS - 1:
+        return k, 0.0
+    return k, (t - EDGES[k]) / (EDGES[k + 1] - EDGES[k])
+
+
+def _interval(after: float, by: float) -> _Interval:
+    """``T`` in ``(after, by]``; ``by = inf`` for a song still running at ``after``."""
+    lo, lo_at = _position(max(0.0, after))
+    if by == math.inf:
+        return _Interval(lo, BINS - 1, 1.0 - lo_at, 1.0)
+    hi, hi_at = _position(max(by, after))
+    if hi == lo:
+        return _Interval(lo, hi, max(hi_at - lo_at, 1e-9), 0.0)
+    return _Interval(lo, hi, 1.0 - lo_at, hi_at)
+
+
+def _uniform_over(low: float, high: float) -> list[float]:
+    """Pseudo-counts of one song spread evenly over ``[low, high]`` seconds."""
+    shares = [0.0] * BINS
+    interval = _interval(low, high)
+    total = (high - low) or 1.0
+    for k in range(interval.lo, interval.hi + 1):
+        start, end = max(EDGES[k], low), min(EDGES[k + 1] if k + 1 < BINS else high, high)
+        shares[k] = max(0.0, end - start) / total
+    return shares
+
+
+def _log_uniform() -> list[float]:
+    """Pseudo-counts of one song spread evenly in log time over the grid."""
+    shares = [0.0] + [1.0] * (BINS - 2) + [0.0]
+    return [share / (BINS - 2) for share in shares]
+
+
+class CompletionEstimator:
+    """The completion-time distribution, learned online from censored observations.
+
+    ``observe_finished`` and ``observe_running`` teach it (keyed by a song id, so a song's
+    latest right-censored time replaces its earlier one and a finished song's interval
+    replaces both); ``forget`` drops a song that ended otherwise. ``snapshot`` only reads.
+    """
+
+    def __init__(self, prior: tuple[float, float] = _limits.DOCUMENTED_DURATION_RANGE) -> None:
+        low, high = prior
+        if not 0 < low <= high:
+            raise ValueError(f"prior must be (low, high) with 0 < low <= high, got {prior!r}")
+        self.prior = (float(low), float(high))
+        self._prior = _uniform_over(*self.prior)
+        self._floor = _log_uniform()
+        self._completed: deque[_Interval] = deque(maxlen=MAX_COMPLETED)
+        self._running: dict[str, _Interval] = {}
+        self._running_since_fit = 0
+        self._versions = itertools.count()
+        total = PRIOR_SONGS + FLOOR_SONGS
+        mass = [(PRIOR_SONGS * p + FLOOR_SONGS * f) / total for p, f in zip(self._prior, self._floor)]
+        self._mass = mass
+        self._snapshot = self._publish(0.0)
+
+    # ------------------------------------------------------------------ observing
+
+    def observe_finished(self, song: str, after: float, by: float) -> None:
+        """Song ``song`` finished ``(after, by]`` seconds after its reference."""
+        if not 0 <= after <= by < math.inf:
+            raise ValueError(f"need 0 <= after <= by < inf, got {after!r} and {by!r}")
+        self._running.pop(song, None)
+        self._completed.append(_interval(after, by))
+        self._refit()
+
+    def observe_running(self, song: str, seen: float) -> None:
+        """Song ``song`` was still running ``seen`` seconds after its reference."""
+        if not 0 <= seen < math.inf:
+            raise ValueError(f"need 0 <= seen < inf, got {seen!r}")
+        self._running[song] = _interval(seen, math.inf)
+        self._running_since_fit += 1
+        if self._running_since_fit >= REFIT_AFTER_RUNNING:
+            self._refit()
+
+    def forget(self, song: str) -> None:
+        """Song ``song`` ended without telling when it would have finished (failed, timed
+        out, abandoned): it stops counting as running."""
+        self._running.pop(song, None)
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The latest estimate (the same object until an observation changes it)."""
+        return self._snapshot
+
+    @property
+    def running(self) -> int:
+        """Songs currently counted as still running."""
+        return len(self._running)
+
+    def __repr__(self) -> str:
+        snap = self._snapshot
+        return (
+            f"CompletionEstimator(version={snap.version}, songs={snap.songs:.1f}, "
+            f"median={snap.quantile(0.5):.1f}s)"
+        )
+
+    # ------------------------------------------------------------------ fitting
+
+    def _refit(self) -> None:
+        self._running_since_fit = 0
+        keep = 1.0 - 1.0 / MEMORY
+        completed = len(self._completed)
+        weighted = [
+            (interval, keep ** (completed - 1 - index))
+            for index, interval in enumerate(self._completed)
+        ]
+        weighted += [(interval, 1.0) for interval in self._running.values()]
+        prior_weight = PRIOR_SONGS * keep**completed
+        pseudo = [prior_weight * p + FLOOR_SONGS * f for p, f in zip(self._prior, self._floor)]
+        total = sum(pseudo) + sum(weight for _, weight in weighted)
+        mass = self._mass
+        for _ in range(SWEEPS):
+            mass = _sweep(mass, weighted, pseudo, total)
+        self._mass = mass
+        self._snapshot = self._publish(sum(weight for _, weight in weighted))
+
+    def _publish(self, songs: float) -> Snapshot:
+        cdf = [0.0, *itertools.accumulate(self._mass)]
+        # Bin k ends at EDGES[k + 1]; the open bin's mass never reaches a finite edge.
+        done = tuple(min(1.0, value) for value in cdf[: BINS])
+        return Snapshot(version=next(self._versions), cdf=done, songs=songs)
+
+
+def _sweep(
+    mass: list[float],
+    weighted: list[tuple[_Interval, float]],
+    pseudo: list[float],
+    total: float,
+) -> list[float]:
+    """One EM (self-consistency) sweep: spread each observation over the bins it covers in
+    proportion to ``mass``, then re-estimate the masses with the pseudo-counts."""
+    prefix = [0.0, *itertools.accumulate(mass)]
+    share = [0.0] * (BINS + 1)  # difference array of weight / coverage, for whole bins
+    counts = list(pseudo)
+    for interval, weight in weighted:
+        lo, hi = interval.lo, interval.hi
+        if lo == hi:
+            counts[lo] += weight  # all of its probability is in this one bin
+            continue
+        inner = prefix[hi] - prefix[lo + 1]
+        covered = interval.lo_share * mass[lo] + inner + interval.hi_share * mass[hi]
+        if covered <= 0:
+            continue
+        ratio = weight / covered
+        counts[lo] += ratio * interval.lo_share * mass[lo]
+        counts[hi] += ratio * interval.hi_share * mass[hi]
+        share[lo + 1] += ratio
+        share[hi] -= ratio
+    running = 0.0
+    for k in range(BINS):
+        running += share[k]
+        if running:
+            counts[k] += running * mass[k]
+    mass = [count / total for count in counts]
+    # The smoothing step of EMS (Silverman et al., 1990): below the earliest poll, songs
+    # found done say nothing of when they finished, and plain EM would keep whatever shape
+    # the mass had there for ever; a little diffusion gives it the shape of its neighbours.
+    edge = SMOOTHING
+    smoothed = [mass[0] * (1 - edge) + mass[1] * edge]
+    for k in range(1, BINS - 1):
+        smoothed.append(mass[k] * (1 - 2 * edge) + (mass[k - 1] + mass[k + 1]) * edge)
+    smoothed.append(mass[-1] * (1 - edge) + mass[-2] * edge)
+    return smoothed

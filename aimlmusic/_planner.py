@@ -1,0 +1,129 @@
+"""When to poll: the cheapest schedule that notices songs within a lag share, from a snapshot.
+
+A song is noticed at the first poll at or after it finishes, so a schedule whose polls are
+``(1 + share)`` apart over a range of completion times notices every song in that range
+within ``share`` of its duration. The lag is judged over songs (its 95th percentile), so a
+schedule need only cover ``COVERAGE`` of them: which ones to leave out is the choice, the
+shortest (saving the early polls every song pays for) or the longest (which then need only
+sparse polls). With the estimated distribution ``F``, a schedule's mean polls per song is
+``1 + sum(1 - F(t))`` over its polls (every poll before a song finishes, plus the one that
+sees it).
+
+:func:`plan` searches that family for the smallest ``share`` (down to the lag target) whose
+cheapest split costs no more polls per song than the request budget sustains; when even the
+coarsest share does not fit, it takes the cheapest schedule there is, and the budget sets the
+pace. Schedules are cached per snapshot version and allowance, so replanning every song in
+flight after a snapshot changes costs one search.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import attrs
+
+from ._estimator import Snapshot
+
+__all__ = ["Schedule", "plan"]
+
+#: Share of songs the dense part of a schedule covers: the lag is judged at the 95th
+#: percentile, and the two points above it absorb the estimate's error.
+COVERAGE = 0.97
+#: Ways of splitting the uncovered songs between the short and the long end.
+SPLITS = 7
+#: The coarsest share searched: a poll at twice the shortest covered time.
+MAX_SHARE = 1.0
+#: Bisection steps on the share (log scale): 2**-12 of the range, far below a bin's width.
+SEARCH_STEPS = 12
+#: Spacing past the covered range: the uncovered long songs are found, not timed.
+TAIL_RATIO = 1.25
+#: Never two polls of one song closer than this (API seconds): a round trip takes about as long.
+MIN_GAP = 1.0
+#: Polls planned past the covered range; later ones follow ``TAIL_RATIO`` without planning.
+TAIL_POLLS = 8
+
+
+@attrs.frozen
+class Schedule:
+    """Poll times, in seconds after a song's reference, and the figures they were chosen by."""
+
+    times: tuple[float, ...]
+    share: float
+    polls: float  # expected polls per song
+
+    def after(self, elapsed: float, phase: float = 0.0) -> float:
+        """The first planned poll later than ``elapsed`` (and at least ``MIN_GAP`` after
+        it) for a song of this ``phase`` (0-1); past the plan, the tail's spacing continues.
+
+        A song's phase moves all its polls by up to half a spacing, earlier or later (the
+        plan is for the middle phase). Songs of different
+        phases are polled at different times, so that together they show the estimator
+        where songs finish at every time, not only at the planned ones (below the first
+        poll, songs found done would say nothing of when they finished).
+        """
+        scale = (1.0 + self.share) ** (0.5 - phase)
+        earliest = elapsed + MIN_GAP if elapsed > 0 else 0.0
+        for t in self.times:
+            if t * scale > elapsed and t * scale >= earliest:
+                return t * scale
+        return max(earliest, elapsed * TAIL_RATIO)
+
+
+def _chain(low: float, high: float, share: float) -> list[float]:
+    times: list[float] = []
+    t = low
+    while True:
+        t = max(t * (1.0 + share), t + MIN_GAP)
+        times.append(t)
+        if t >= high * (1.0 + share):  # covers ``high`` at any phase
+            break
+    for _ in range(TAIL_POLLS):
+        t = max(t * TAIL_RATIO, t + MIN_GAP)
+        times.append(t)
+    return times
+
+
+def _expected_polls(snapshot: Snapshot, times: list[float]) -> float:
+    # At the middle phase, for songs' phases spread evenly around it (see Schedule.after).
+    return 1.0 + sum(1.0 - snapshot.done_by(t) for t in times)
+
+
+def _cheapest(snapshot: Snapshot, share: float) -> tuple[float, list[float]]:
+    """The split with the fewest polls per song for ``share``, and its poll times."""
+    best: tuple[float, list[float]] = (math.inf, [])
+    uncovered = 1.0 - COVERAGE
+    for step in range(SPLITS):
+        # Some songs at the long end always stay uncovered: past the last ones seen lies
+        # only the estimate's floor, which a dense chain would poll for ever.
+        skipped_short = uncovered * step / SPLITS
+        low = snapshot.quantile(skipped_short)
+        high = snapshot.quantile(skipped_short + COVERAGE)
+        times = _chain(low, high, share)
+        polls = _expected_polls(snapshot, times)
+        if polls < best[0]:
+            best = (polls, times)
+    return best
+
+
+@functools.lru_cache(maxsize=64)
+def plan(snapshot: Snapshot, allowance: float, target: float) -> Schedule:
+    """The schedule with the smallest lag share, no smaller than ``target``, whose polls per
+    song fit ``allowance`` (or the cheapest schedule, when none fits)."""
+    polls, times = _cheapest(snapshot, target)
+    if polls <= allowance:
+        return Schedule(tuple(times), target, polls)
+    polls, times = _cheapest(snapshot, MAX_SHARE)
+    if polls > allowance:
+        return Schedule(tuple(times), MAX_SHARE, polls)
+    fits = (MAX_SHARE, polls, times)
+    low, high = math.log(target), math.log(MAX_SHARE)
+    for _ in range(SEARCH_STEPS):
+        middle = (low + high) / 2
+        polls, times = _cheapest(snapshot, math.exp(middle))
+        if polls <= allowance:
+            fits, high = (math.exp(middle), polls, times), middle
+        else:
+            low = middle
+    share, polls, times = fits
+    return Schedule(tuple(times), share, polls)
