@@ -448,6 +448,14 @@ def check_testing_by_hand(block: Block, docs: DocsRun) -> None:
     assert client.clock.now() == pytest.approx(emulator.now(), abs=60.0)
 
 
+def check_testing_virtual_time(block: Block, docs: DocsRun, pytester: pytest.Pytester) -> None:
+    """The page's virtual-time test passes in a fresh pytest project (fifty songs, no sleep)."""
+    _write_pytest_project(pytester, docs.backend)
+    pytester.makepyfile(test_virtual=block.source)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
 def check_testing_over_a_socket(block: Block, docs: DocsRun) -> None:
     """``serving`` yields a loopback URL with a real port."""
     namespace = docs.run_program(block)
@@ -495,6 +503,7 @@ RUNNERS: dict[str, Runner] = {
     "docs/testing.md#in-a-pytest-suite-the-fixtures": check_testing_fixture_test,
     "docs/testing.md#in-a-pytest-suite-the-fixtures-2": check_testing_fixture_override,
     "docs/testing.md#in-process-by-hand": check_testing_by_hand,
+    "docs/testing.md#in-virtual-time": check_testing_virtual_time,
     "docs/testing.md#over-a-socket": check_testing_over_a_socket,
     "docs/testing.md#inspecting-what-happened": check_testing_inspecting,
 }
@@ -505,7 +514,11 @@ RUNNERS: dict[str, Runner] = {
 SKIPPED: dict[str, str] = {}
 
 #: Runners that drive a nested pytest session.
-NEEDS_PYTESTER = {check_testing_fixture_test, check_testing_fixture_override}
+NEEDS_PYTESTER = {
+    check_testing_fixture_test,
+    check_testing_fixture_override,
+    check_testing_virtual_time,
+}
 
 
 # --------------------------------------------------------------------------- the tests
