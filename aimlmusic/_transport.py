@@ -57,6 +57,8 @@ from ._version import __version__
 __all__ = ["USER_AGENT", "RequestObserver", "Transport"]
 
 logger = logging.getLogger("aimlmusic")
+#: Each request's outcome, on its own logger so that a CLI's -v can show just these.
+request_logger = logging.getLogger("aimlmusic.http")
 
 USER_AGENT = f"aimlmusic/{__version__}"
 
@@ -273,10 +275,10 @@ class Transport:
             )
         except httpx.HTTPError as exc:
             failure = self._transport_failure(exc, method, url)
-            logger.debug("%s %s failed: %s", method, url, failure.error)
+            request_logger.debug("%s %s failed: %s", method, url, failure.error)
             return failure
         elapsed = time.perf_counter() - started
-        logger.debug("%s %s -> %d in %.3f s", method, url, response.status_code, elapsed)
+        request_logger.debug("%s %s -> %d in %.3f s", method, url, response.status_code, elapsed)
         text = self.redactor.text(response.text)
         if response.is_success:
             self.budget.on_success()
