@@ -5,6 +5,7 @@ and batch-generate whole catalogs within the account's limits. See the documenta
 the guides; every public name is importable from this package.
 """
 
+from ._blocking import MusicClient, SongResults
 from ._client import AsyncMusicClient
 from ._clock import Clock, ScaledClock, SystemClock
 from ._config import Limits, RetryPolicy, Timeout
@@ -77,6 +78,7 @@ __all__ = [
     "GenerationTimeoutError",
     "LearnedPolling",
     "Limits",
+    "MusicClient",
     "MusicInfo",
     "NotFoundError",
     "PermissionDeniedError",
@@ -94,6 +96,7 @@ __all__ = [
     "SongFailed",
     "SongRequest",
     "SongResult",
+    "SongResults",
     "SongStatusChanged",
     "SongSubmitted",
     "SongTimings",
