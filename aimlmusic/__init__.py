@@ -8,7 +8,7 @@ the guides; every public name is importable from this package.
 from ._blocking import MusicClient, SongResults
 from ._client import AsyncMusicClient
 from ._clock import Clock, ScaledClock, SystemClock
-from ._config import Limits, RetryPolicy, Timeout
+from ._config import Limits, RetryPolicy, SizeLimits, Timeout
 from ._errors import (
     AimlMusicError,
     AmbiguousSubmissionError,
@@ -92,6 +92,7 @@ __all__ = [
     "RetryPolicy",
     "ScaledClock",
     "ServerError",
+    "SizeLimits",
     "SongCompleted",
     "SongFailed",
     "SongRequest",
