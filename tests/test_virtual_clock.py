@@ -121,6 +121,20 @@ async def test_a_wait_that_ends_before_the_deadlock_report_is_not_one() -> None:
     assert clock.now() == 1.0
 
 
+async def raise_in_the_block(clock: VirtualClock) -> None:
+    """Under ``clock``, after a sleep, raise a ValueError."""
+    async with clock:
+        await clock.sleep(1.0)
+        raise ValueError("my mistake")
+
+
+async def test_an_error_in_the_block_comes_out_as_itself() -> None:
+    """A ValueError raised under the clock is raised as is, not in an ExceptionGroup."""
+    with pytest.raises(ValueError, match="my mistake") as caught:
+        await raise_in_the_block(VirtualClock())
+    assert type(caught.value) is ValueError
+
+
 async def test_sleep_outside_the_running_clock_says_how_to_run_it() -> None:
     """Sleeping on a clock that is not running is an error naming the fix, not a hang."""
     with pytest.raises(RuntimeError, match="async with clock"):
