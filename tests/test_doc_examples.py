@@ -50,6 +50,7 @@ AUDIO_SECONDS = EmulatorConfig().audio_seconds
 # Captured before any test patches them: the harness itself must not be redirected.
 _real_anyio_run = anyio.run
 _RealClient = aimlmusic.AsyncMusicClient
+_RealBlockingClient = aimlmusic.MusicClient
 
 
 # --------------------------------------------------------------------------- finding blocks
@@ -141,6 +142,26 @@ def _emulated_client_class(
     return EmulatedMusicClient
 
 
+def _emulated_blocking_client_class(
+    emulator: Emulator, backend: str, made: list[aimlmusic.MusicClient]
+) -> type[aimlmusic.MusicClient]:
+    """``MusicClient`` with ``emulator`` as its defaults and ``backend`` as its loop."""
+
+    class EmulatedBlockingClient(_RealBlockingClient):
+        """The real blocking client, pointed at the emulator unless wired elsewhere."""
+
+        def __init__(self, api_key: str | None = None, **options: Any) -> None:
+            if "transport" not in options and "http_client" not in options:
+                options["transport"] = httpx.ASGITransport(app=emulator.app)
+            options.setdefault("base_url", EMULATED_BASE_URL)
+            options.setdefault("clock", emulator.clock)
+            options.setdefault("backend", backend)
+            super().__init__(api_key, **options)
+            made.append(self)
+
+    return EmulatedBlockingClient
+
+
 class DocsRun:
     """The sandbox one example runs in: a temporary directory, one emulator, one backend."""
 
@@ -158,6 +179,10 @@ class DocsRun:
         self.emulator = Emulator(EmulatorConfig(time_scale=TIME_SCALE))
         self.clients: list[aimlmusic.AsyncMusicClient] = []
         self.client_class = _emulated_client_class(self.emulator, self.clients)
+        self.blocking_clients: list[aimlmusic.MusicClient] = []
+        self.blocking_client_class = _emulated_blocking_client_class(
+            self.emulator, backend, self.blocking_clients
+        )
         self.anyio_runs = 0
         monkeypatch.chdir(tmp_path)
 
@@ -179,6 +204,7 @@ class DocsRun:
 
         # ``import aimlmusic`` and ``from aimlmusic import AsyncMusicClient`` both read this.
         self.monkeypatch.setattr(aimlmusic, "AsyncMusicClient", self.client_class)
+        self.monkeypatch.setattr(aimlmusic, "MusicClient", self.blocking_client_class)
         self.monkeypatch.setattr(anyio, "run", run_on_backend)
 
     # ---------------------------------------------------------------- running
@@ -243,6 +269,15 @@ def check_readme_quickstart(block: Block, docs: DocsRun) -> None:
     assert stats.requests["submit"] == 4
     assert stats.requests["download"] == 4
     docs.assert_clients_closed()
+
+
+def check_readme_blocking(block: Block, docs: DocsRun) -> None:
+    """The blocking client in a script: one song generated and downloaded, client closed."""
+    docs.run_program(block)
+    assert_mp3(docs.tmp_path / "guitar.mp3")
+    assert docs.emulator.stats().requests["submit"] == 1
+    assert docs.blocking_clients
+    assert all(client.closed for client in docs.blocking_clients)
 
 
 def check_quickstart_one_song(block: Block, docs: DocsRun) -> None:
@@ -313,6 +348,17 @@ def check_quickstart_many_songs(block: Block, docs: DocsRun) -> None:
     stats = docs.emulator.stats()
     assert stats.requests["submit"] == 100
     assert stats.duplicate_submissions == 0
+
+
+def check_quickstart_blocking(block: Block, docs: DocsRun) -> None:
+    """The blocking client: one song downloaded, three through generate_many, all closed."""
+    docs.run_program(block)
+    assert_mp3(docs.tmp_path / "ballad.mp3")
+    printed = sorted(docs.output().splitlines())
+    assert printed == [f"night-{n} ok" for n in range(3)]
+    assert docs.emulator.stats().requests["submit"] == 4
+    assert docs.blocking_clients
+    assert all(client.closed for client in docs.blocking_clients)
 
 
 def check_quickstart_settings(block: Block, docs: DocsRun) -> None:
@@ -411,6 +457,14 @@ def check_testing_by_hand(block: Block, docs: DocsRun) -> None:
     assert client.clock.now() == pytest.approx(emulator.now(), abs=60.0)
 
 
+def check_testing_virtual_time(block: Block, docs: DocsRun, pytester: pytest.Pytester) -> None:
+    """The page's virtual-time test passes in a fresh pytest project (fifty songs, no sleep)."""
+    _write_pytest_project(pytester, docs.backend)
+    pytester.makepyfile(test_virtual=block.source)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
 def check_testing_over_a_socket(block: Block, docs: DocsRun) -> None:
     """``serving`` yields a loopback URL with a real port."""
     namespace = docs.run_program(block)
@@ -446,17 +500,20 @@ Runner = Callable[..., None]
 #: How each block is run and checked.
 RUNNERS: dict[str, Runner] = {
     "README.md#quickstart": check_readme_quickstart,
+    "README.md#quickstart-2": check_readme_blocking,
     "docs/quickstart.md#one-song": check_quickstart_one_song,
     "docs/quickstart.md#requests-are-checked-before-anything-is-sent": (
         check_quickstart_validation_doctest
     ),
     "docs/quickstart.md#step-by-step": check_quickstart_step_by_step,
     "docs/quickstart.md#many-songs": check_quickstart_many_songs,
+    "docs/quickstart.md#without-async-the-blocking-client": check_quickstart_blocking,
     "docs/quickstart.md#settings": check_quickstart_settings,
     "docs/catalog.md#from-python": check_catalog_from_python,
     "docs/testing.md#in-a-pytest-suite-the-fixtures": check_testing_fixture_test,
     "docs/testing.md#in-a-pytest-suite-the-fixtures-2": check_testing_fixture_override,
     "docs/testing.md#in-process-by-hand": check_testing_by_hand,
+    "docs/testing.md#in-virtual-time": check_testing_virtual_time,
     "docs/testing.md#over-a-socket": check_testing_over_a_socket,
     "docs/testing.md#inspecting-what-happened": check_testing_inspecting,
 }
@@ -467,7 +524,11 @@ RUNNERS: dict[str, Runner] = {
 SKIPPED: dict[str, str] = {}
 
 #: Runners that drive a nested pytest session.
-NEEDS_PYTESTER = {check_testing_fixture_test, check_testing_fixture_override}
+NEEDS_PYTESTER = {
+    check_testing_fixture_test,
+    check_testing_fixture_override,
+    check_testing_virtual_time,
+}
 
 
 # --------------------------------------------------------------------------- the tests
