@@ -42,6 +42,13 @@ TAIL_RATIO = 1.25
 MIN_GAP = 1.0
 #: Polls planned past the covered range; later ones follow ``TAIL_RATIO`` without planning.
 TAIL_POLLS = 8
+#: Share of songs (by phase) that explore: they are first polled on a ladder halving back
+#: from the first planned poll. Songs found done at their first poll say only "done by then";
+#: explorers say how much earlier songs finish (a faster service) or that they do not (so
+#: the estimate cannot drift below where songs are seen running).
+EXPLORE_SHARE = 1 / 32
+#: Rungs of that ladder: the earliest is 2**-LADDER_STEPS of the first planned poll.
+LADDER_STEPS = 3
 
 
 @attrs.frozen
@@ -51,6 +58,12 @@ class Schedule:
     times: tuple[float, ...]
     share: float
     polls: float  # expected polls per song
+
+    @property
+    def ladder(self) -> tuple[float, ...]:
+        """Where explorers are polled before the first planned poll: halving back from it."""
+        first = self.times[0]
+        return tuple(first / 2**k for k in range(LADDER_STEPS, 0, -1))
 
     def after(self, elapsed: float, phase: float = 0.0) -> float:
         """The first planned poll later than ``elapsed`` (and at least ``MIN_GAP`` after
@@ -64,6 +77,10 @@ class Schedule:
         """
         scale = (1.0 + self.share) ** (0.5 - phase)
         earliest = elapsed + MIN_GAP if elapsed > 0 else 0.0
+        if phase < EXPLORE_SHARE:
+            for t in self.ladder:
+                if t > elapsed and t >= earliest:
+                    return t
         for t in self.times:
             if t * scale > elapsed and t * scale >= earliest:
                 return t * scale
@@ -85,8 +102,10 @@ def _chain(low: float, high: float, share: float) -> list[float]:
 
 
 def _expected_polls(snapshot: Snapshot, times: list[float]) -> float:
-    # At the middle phase, for songs' phases spread evenly around it (see Schedule.after).
-    return 1.0 + sum(1.0 - snapshot.done_by(t) for t in times)
+    # At the middle phase, for songs' phases spread evenly around it (see Schedule.after),
+    # and with the explorers' ladder.
+    ladder = sum(1.0 - snapshot.done_by(times[0] / 2**k) for k in range(1, LADDER_STEPS + 1))
+    return 1.0 + sum(1.0 - snapshot.done_by(t) for t in times) + EXPLORE_SHARE * ladder
 
 
 def _cheapest(snapshot: Snapshot, share: float) -> tuple[float, list[float]]:

@@ -38,7 +38,6 @@ import heapq
 import itertools
 import logging
 import math
-import random
 import statistics
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
@@ -183,7 +182,7 @@ class _Song:
         self.due_at = math.inf  # when its next poll is planned
         self.started_at: float | None = None  # first seen generating (for SongTimings)
         self.learns = True  # whether its reference time is known, so polls may teach
-        self.phase = random.random()  # spreads its polls among others' (PollState.phase)
+        self.phase = 0.0  # spreads its polls among others' (PollState.phase); set on start
         self.queued_at: float | None = None
         # Sending and arrival time of the last poll that saw the song unfinished.
         self.unfinished_from: float | None = None
@@ -223,6 +222,17 @@ class _Observer:
             "on_throttled",
             RequestThrottled(self.song.key, self.kind, retry_after, at),
         )
+
+
+def _van_der_corput(index: int) -> float:
+    """The ``index``-th point of the base-2 van der Corput sequence (0, 1/2, 1/4, 3/4, ...):
+    phases that spread evenly over [0, 1) however many songs there are."""
+    point, denominator = 0.0, 1.0
+    while index:
+        denominator *= 2
+        index, bit = divmod(index, 2)
+        point += bit / denominator
+    return point
 
 
 def _retry_delay(failures: int) -> float:
@@ -268,6 +278,7 @@ class _Batch:
         self._launching = 0
         self._next_submit_at = -math.inf
         self._sequence = itertools.count()
+        self._phases = itertools.count()
         self._nap_scope: anyio.CancelScope | None = None
         self._nap_until = math.inf
         self._ready: deque[tuple[_Song, SongResult]] = deque()
@@ -373,6 +384,7 @@ class _Batch:
 
     def _start(self, key: str, request: SongRequest) -> None:
         song = _Song(key, request)
+        song.phase = _van_der_corput(next(self._phases))
         self._active += 1
         if key in self._keys_in_flight:
             error = RequestValidationError(

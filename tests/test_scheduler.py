@@ -276,7 +276,8 @@ async def test_a_deadline_ends_the_song_with_its_id_and_last_status(api: FakeAPI
 
 async def test_a_queued_song_is_followed_until_it_finishes(api: FakeAPI) -> None:
     """A 5 s song that waits 20 s in the queue is followed to the end without polling the
-    queue wait away: polls jump ahead by a generation time while it is queued."""
+    queue wait away: a poll that sees it queued restarts its clock, so polls come about one
+    early generation time (2 s here) apart while it waits."""
     seen: list[tuple[Any, Any]] = []
 
     class Statuses(BatchEvents):
@@ -292,7 +293,7 @@ async def test_a_queued_song_is_followed_until_it_finishes(api: FakeAPI) -> None
     assert result.ok
     assert seen[0][0] == GenerationStatus.QUEUED
     assert seen[-1][1] == GenerationStatus.COMPLETED
-    assert result.polls <= 10  # 1 s polls through 25 s would be 25
+    assert result.polls <= 13  # 1 s polls through 25 s would be 25
 
 
 # --------------------------------------------------------------------------- keys and sources
@@ -531,14 +532,31 @@ class Recorder(BatchEvents):
         return [e for e in self.events if isinstance(e, kind)]
 
 
-class _LearnsSoonerAfterTheFirstSong:
+class _Policy:
+    """The parts of the PollPolicy protocol a test policy does not care about."""
+
+    version = 0
+
+    def chance_done(self, state: PollState) -> float:
+        return 0.0
+
+    def observe_running(self, song: str, reference_at: float, seen_at: float) -> None:
+        pass
+
+    def observe_finished(self, song: str, reference_at: float, after: float, by: float) -> None:
+        pass
+
+    def forget(self, song: str) -> None:
+        pass
+
+
+class _LearnsSoonerAfterTheFirstSong(_Policy):
     """First polls planned at 200 s (the first song's at 2 s); once a song finishes, at 10 s,
-    and, if ``announce``, it says so through ``replan_epoch``."""
+    and, if ``announce``, it says so through ``version``."""
 
     def __init__(self, *, announce: bool) -> None:
         self.first = 200.0
         self.announce = announce
-        self.replan_epoch = 0
         self.planned = 0
 
     def next_delay(self, state: Any) -> float:
@@ -548,20 +566,17 @@ class _LearnsSoonerAfterTheFirstSong:
         first = 2.0 if self.planned == 1 else self.first  # the first song is polled early
         return max(0.0, first - (state.now - state.submitted_at))
 
-    def observe_started(self, submitted_at: float, after: float, by: float) -> None:
-        pass
-
-    def observe_finished(self, *args: Any) -> None:
+    def observe_finished(self, song: str, reference_at: float, after: float, by: float) -> None:
         self.first = 10.0
         if self.announce:
-            self.replan_epoch += 1
+            self.version += 1
 
 
 @pytest.mark.parametrize("announce", [True, False])
 async def test_first_polls_already_planned_move_forward_when_the_policy_says_so(
     api: FakeAPI, announce: bool
 ) -> None:
-    """A policy that learns songs are quick and bumps replan_epoch gets earlier first polls."""
+    """A policy that learns songs are quick and bumps its version gets earlier first polls."""
     policy = _LearnsSoonerAfterTheFirstSong(announce=announce)
     results = await collect(api, [(k, song(k, 5)) for k in "abcd"], poll=policy, deadline=None)
     waited = sorted(r.timings.noticed_at - r.timings.submitted_at for r in results)  # type: ignore[operator]
@@ -573,32 +588,28 @@ async def test_first_polls_already_planned_move_forward_when_the_policy_says_so(
         assert min(others) >= 200.0  # the first polls stay where they were planned
 
 
-class _SparseUntilTheFirstSongEnds:
+class _SparseUntilTheFirstSongEnds(_Policy):
     """Every song polled at 1 s; then every 200 s (the first song every 1 s) until a song
-    finishes, every 1 s after. It announces what it learned through ``replan_epoch``, and
-    counts the questions asked with ``replanning`` set."""
+    finishes, every 1 s after. It announces what it learned through ``version``, and
+    counts the questions asked about polls already planned (asked later than the last poll)."""
 
     def __init__(self) -> None:
         self.spacing = 200.0
-        self.replan_epoch = 0
         self.replanned = 0
         self.first_song: float | None = None
 
     def next_delay(self, state: PollState) -> float:
-        self.replanned += state.replanning
+        self.replanned += state.last_poll_at is not None and state.now > state.last_poll_at
         if self.first_song is None:
             self.first_song = state.submitted_at
         if state.polls == 0:
             return 1.0
         return 1.0 if state.submitted_at == self.first_song else self.spacing
 
-    def observe_started(self, submitted_at: float, after: float, by: float) -> None:
-        pass
-
-    def observe_finished(self, *args: Any) -> None:
+    def observe_finished(self, song: str, reference_at: float, after: float, by: float) -> None:
         if self.spacing > 1.0:
             self.spacing = 1.0
-            self.replan_epoch += 1
+            self.version += 1
 
 
 async def test_polls_planned_far_ahead_move_forward_when_the_policy_learns(api: FakeAPI) -> None:
@@ -700,7 +711,7 @@ async def test_polls_wait_for_the_budget_and_never_exceed_it(clock: VirtualClock
     assert polls[-3] <= 5, polls
 
 
-class _RecordsContext:
+class _RecordsContext(_Policy):
     """Polls every second, noting what each decision was told about the batch."""
 
     def __init__(self) -> None:
@@ -709,12 +720,6 @@ class _RecordsContext:
     def next_delay(self, state: PollState) -> float:
         self.seen.append((state.in_flight, state.budget_rate))
         return 1.0
-
-    def observe_started(self, submitted_at: float, after: float, by: float) -> None:
-        pass
-
-    def observe_finished(self, *args: Any) -> None:
-        pass
 
 
 async def test_the_policy_is_told_the_budget_rate_and_the_songs_in_flight(
@@ -841,7 +846,7 @@ async def test_end_to_end_the_budget_holds_and_every_song_lands_once() -> None:
     clock, emulator, client = emulated(
         EmulatorConfig(seed=1, requests_per_minute=30, durations=Uniform(20, 30)),
         limits=Limits(requests_per_minute=30, max_in_flight=10),
-        poll=LearnedPolling(prior=(20.0, 30.0), seed=1),
+        poll=LearnedPolling(prior=(20.0, 30.0)),
     )
     async with clock, client, client.generate_many(e2e_songs(40)) as results:
         got = [r async for r in results]
@@ -864,7 +869,7 @@ async def test_end_to_end_a_server_taking_only_small_bursts_is_learned() -> None
     clock, emulator, client = emulated(
         EmulatorConfig(seed=3, requests_per_minute=60, burst=5, durations=Uniform(20, 30)),
         limits=Limits(requests_per_minute=60, max_in_flight=10),
-        poll=LearnedPolling(prior=(20.0, 30.0), seed=3),
+        poll=LearnedPolling(prior=(20.0, 30.0)),
     )
     async with clock, client, client.generate_many(e2e_songs(40)) as results:
         got = [r async for r in results]
@@ -886,7 +891,7 @@ async def test_end_to_end_a_server_counting_fewer_a_minute_than_configured_is_le
     (measured ~1 %; before it learned such limits: 7-10 %), and every song lands once."""
     clock, emulator, client = emulated(
         EmulatorConfig(seed=5, requests_per_minute=60),
-        poll=LearnedPolling(seed=5),
+        poll=LearnedPolling(),
     )
     await land_all(clock, client, 100)
     stats = emulator.stats()
@@ -904,7 +909,7 @@ async def test_end_to_end_a_service_faster_than_the_budget_is_polled_at_its_pace
     polling from the prior's edge, before the ladder and the budget's cycle: 1.9-2.05)."""
     clock, emulator, client = emulated(
         EmulatorConfig(seed=4, durations=Uniform(10, 20)),
-        poll=LearnedPolling(seed=4),
+        poll=LearnedPolling(),
     )
     await land_all(clock, client, 100)
     jobs = list(emulator.jobs.values())
@@ -922,7 +927,7 @@ async def test_end_to_end_a_429_storm_slows_everyone_and_is_ridden_out(
     still completes exactly once, and the hook hears about the throttling."""
     clock, emulator, client = emulated(
         EmulatorConfig(seed=2, requests_per_minute=None, durations=Uniform(20, 30)),
-        poll=LearnedPolling(prior=(20.0, 30.0), seed=2),
+        poll=LearnedPolling(prior=(20.0, 30.0)),
     )
     emulator.throttle(21.0, 41.0, retry_after=retry_after)
     hook = Recorder()
@@ -942,7 +947,7 @@ async def test_end_to_end_results_match_what_the_emulator_did() -> None:
     and a failed generation is a failed result."""
     clock, emulator, client = emulated(
         EmulatorConfig(seed=3, requests_per_minute=None, durations=Uniform(20, 30)),
-        poll=LearnedPolling(prior=(20.0, 30.0), seed=3),
+        poll=LearnedPolling(prior=(20.0, 30.0)),
     )
     emulator.inject("generation_failure", route="submit", count=1)
     async with clock, client, client.generate_many(e2e_songs(10)) as results:
