@@ -123,8 +123,9 @@ class AsyncMusicClient:
             user_agent=USER_AGENT,
             max_bytes=self._size_limits.download_bytes,
         )
-        # id -> (submitted at, status at submission), for wait() after submit().
-        self._submissions: OrderedDict[str, tuple[float, GenerationStatus]] = OrderedDict()
+        # id -> when this client submitted it, for wait() after submit(): only songs whose
+        # submission time is known may teach the poll policy.
+        self._submissions: OrderedDict[str, float] = OrderedDict()
 
     # ------------------------------------------------------------------ properties
 
@@ -179,28 +180,28 @@ class AsyncMusicClient:
         self._check_open()
         return await self._transport.get(generation_id)
 
-    # The deadline runs on the client's clock (see _run_within), which fail_after cannot do.
     async def wait(
         self,
         generation: str | Generation,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,  # noqa: ASYNC109  (API seconds on the client's clock)
     ) -> Generation:
         """Poll until the generation is finished and return it (status ``completed``).
 
         Given an id, it fetches the generation at once, then polls as the poll policy says;
         given a :class:`Generation` it polls from there (a finished one returns or raises
-        without any request). ``timeout`` is in seconds of the client's clock; ``None``
-        waits for ever. Raises :class:`GenerationFailedError` on status ``error`` and
-        :class:`GenerationTimeoutError` (carrying the id and the last status seen) when the
-        deadline passes first. A status the API does not document counts as not finished.
+        without any request). Polls go through the same scheduler, request budget and poll
+        policy as :meth:`generate_many`; only a generation this client submitted teaches the
+        policy (its submission time is known). ``timeout`` is in seconds of the client's
+        clock; ``None`` waits for ever. Raises :class:`GenerationFailedError` on status
+        ``error`` and :class:`GenerationTimeoutError` (carrying the id and the last status
+        seen) when the deadline passes first. A status the API does not document counts as
+        not finished.
         """
         self._check_open()
         if isinstance(generation, Generation):
-            progress = self._progress_of(generation.id, generation)
-        else:
-            progress = self._progress_of(generation, None)
-        return await self._finish(progress, timeout, reported_timeout=timeout)
+            return await self._follow(generation.id, generation, timeout)
+        return await self._follow(generation, None, timeout)
 
     async def generate(
         self,
@@ -215,9 +216,12 @@ class AsyncMusicClient:
         """
         started = self._clock.now()
         generation = await self.submit(request)
-        progress = self._progress_of(generation.id, generation)
-        remaining = None if timeout is None else timeout - (self._clock.now() - started)
-        return await self._finish(progress, remaining, reported_timeout=timeout)
+        if timeout is None:
+            return await self._follow(generation.id, generation, None)
+        remaining = timeout - (self._clock.now() - started)
+        if remaining <= 0 and not generation.is_finished:
+            raise GenerationTimeoutError(generation.id, timeout, generation)
+        return await self._follow(generation.id, generation, max(remaining, 1e-9), timeout)
 
     async def download(
         self,
@@ -310,150 +314,43 @@ class AsyncMusicClient:
             raise RuntimeError("this AsyncMusicClient is closed; create a new one")
 
     def _remember_submission(self, generation: Generation) -> None:
-        self._submissions[generation.id] = (self._clock.now(), generation.status)
+        self._submissions[generation.id] = self._clock.now()
         while len(self._submissions) > _REMEMBERED_SUBMISSIONS:
             self._submissions.popitem(last=False)
 
-    def _progress_of(self, generation_id: str, last: Generation | None) -> _Progress:
-        # Only a submission this client saw may teach the policy: an unknown submission time
-        # would make a learning policy learn wrong durations.
-        submission = self._submissions.get(generation_id)
-        if submission is None:
-            return _Progress(generation_id, self._clock.now(), None, last)
-        submitted_at, status = submission
-        return _Progress(generation_id, submitted_at, status, last)
-
-    async def _finish(
-        self, progress: _Progress, seconds: float | None, *, reported_timeout: float | None
-    ) -> Generation:
-        """Poll ``progress`` to a terminal status within ``seconds``; return or raise."""
-        if not progress.finished:
-            if seconds is None:
-                await self._poll_until_finished(progress)
-            elif seconds > 0:
-                await self._run_within(seconds, self._poll_until_finished, progress)
-            if not progress.finished:
-                raise GenerationTimeoutError(
-                    progress.generation_id,
-                    reported_timeout if reported_timeout is not None else 0.0,
-                    progress.last,
-                )
-        generation = progress.last
-        assert generation is not None  # finished implies seen
-        if generation.status == GenerationStatus.ERROR:
-            raise GenerationFailedError(generation)
-        return generation
-
-    async def _poll_until_finished(self, progress: _Progress) -> None:
-        if progress.last is None:
-            # Waiting on a bare id: look first, it may have finished long ago.
-            progress.record(
-                await self._transport.get(progress.generation_id), self._clock.now(), self._poll
-            )
-        while not progress.finished:
-            await self._clock.sleep(self._poll.next_delay(progress.state(self._clock.now())))
-            generation = await self._transport.get(progress.generation_id)
-            progress.record(generation, self._clock.now(), self._poll)
-
-    async def _run_within(
-        self,
-        seconds: float,
-        body: Callable[[_Progress], Awaitable[None]],
-        progress: _Progress,
-    ) -> None:
-        """``await body(progress)``, cancelled after ``seconds`` of the client's clock.
-
-        A watchdog task sleeps on the client's clock (not the event loop's), so a
-        :class:`ScaledClock` compresses the deadline exactly as it compresses the polling.
-        An error of ``body`` is carried out of the task group by hand so that callers see the
-        exception itself, not an exception group.
-        """
-        failure: list[Exception] = []
-
-        async def run(scope: anyio.CancelScope) -> None:
-            try:
-                await body(progress)
-            except Exception as exc:
-                failure.append(exc)
-            scope.cancel()
-
-        async def watchdog(scope: anyio.CancelScope) -> None:
-            await self._clock.sleep(seconds)
-            scope.cancel()
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(watchdog, group.cancel_scope)
-            await run(group.cancel_scope)
-        if failure:
-            raise failure[0]
-
-
-class _Progress:
-    """What one ``wait`` knows about its generation, and what it tells the poll policy.
-
-    ``seen`` is the last status observed at a known time (the submission's own status when
-    this client made it), which is what transitions are measured from.
-    """
-
-    __slots__ = (
-        "generation_id",
-        "last",
-        "last_poll_at",
-        "learn",
-        "polls",
-        "seen",
-        "started_at",
-        "submitted_at",
-    )
-
-    def __init__(
+    async def _follow(
         self,
         generation_id: str,
-        submitted_at: float,
-        submitted_status: GenerationStatus | None,
         last: Generation | None,
-    ) -> None:
-        self.generation_id = generation_id
-        self.submitted_at = submitted_at
-        self.learn = submitted_status is not None
-        self.seen = submitted_status
-        self.last = last
-        self.polls = 0
-        self.last_poll_at: float | None = None
-        self.started_at: float | None = (
-            submitted_at if submitted_status == GenerationStatus.GENERATING else None
-        )
+        seconds: float | None,
+        reported_timeout: float | None = None,
+    ) -> Generation:
+        """Poll one generation to its end within ``seconds``; return it or raise."""
+        from . import _scheduler  # imported late: the scheduler is the heaviest layer
 
-    @property
-    def finished(self) -> bool:
-        return self.last is not None and self.last.is_finished
-
-    def state(self, now: float) -> PollState:
-        return PollState(
-            submitted_at=self.submitted_at,
-            now=now,
-            polls=self.polls,
-            status=self.last.status if self.last is not None else None,
-            started_at=self.started_at,
-            last_poll_at=self.last_poll_at,
-        )
-
-    def record(self, generation: Generation, now: float, policy: PollPolicy) -> None:
-        status = generation.status
-        previous = self.seen
-        previous_at = self.last_poll_at if self.last_poll_at is not None else self.submitted_at
-        unfinished_before = previous is not None and not previous.is_terminal
-        if status == GenerationStatus.GENERATING and self.started_at is None:
-            if self.learn and unfinished_before:
-                policy.observe_started(self.submitted_at, previous_at, now)
-            self.started_at = now
-        # Only completions teach the policy how long songs take: a failure can come at any time.
-        if status == GenerationStatus.COMPLETED and self.learn and unfinished_before:
-            policy.observe_finished(self.submitted_at, self.started_at, previous_at, now)
-        self.last = generation
-        self.seen = status
-        self.polls += 1
-        self.last_poll_at = now
+        if last is None or not last.is_finished:
+            if seconds is not None and seconds <= 0:
+                raise GenerationTimeoutError(generation_id, 0.0, last)
+            result = await _scheduler.follow(
+                self._transport,
+                generation_id,
+                last=last,
+                submitted_at=self._submissions.get(generation_id),
+                clock=self._clock,
+                poll=self._poll,
+                budget=self._budget,
+                retry=self._retry,
+                deadline=seconds,
+            )
+            if isinstance(result.error, GenerationTimeoutError) and reported_timeout is not None:
+                raise GenerationTimeoutError(generation_id, reported_timeout, result.generation)
+            if result.error is not None and not isinstance(result.error, GenerationFailedError):
+                raise result.error
+            last = result.generation
+        assert last is not None  # finished implies seen
+        if last.status == GenerationStatus.ERROR:
+            raise GenerationFailedError(last)
+        return last
 
 
 # --------------------------------------------------------------------------- configuration

@@ -75,7 +75,7 @@ class Schedule:
         where songs finish at every time, not only at the planned ones (below the first
         poll, songs found done would say nothing of when they finished).
         """
-        scale = (1.0 + self.share) ** (0.5 - phase)
+        scale = math.pow(1.0 + self.share, 0.5 - phase)
         earliest = elapsed + MIN_GAP if elapsed > 0 else 0.0
         if phase < EXPLORE_SHARE:
             for t in self.ladder:

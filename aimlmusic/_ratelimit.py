@@ -37,15 +37,61 @@ import itertools
 import math
 import random
 from collections import deque
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import anyio
 
 from ._clock import Clock
+from ._config import RetryPolicy
+from ._retry import backoff_delay
 
-__all__ = ["RequestBudget", "RequestKind"]
+__all__ = ["Budget", "RequestBudget", "RequestKind"]
 
 RequestKind = Literal["submit", "poll"]
+
+
+@runtime_checkable
+class Budget(Protocol):
+    """What the transport and the scheduler need of a request budget.
+
+    The transport calls :meth:`acquire` before every request and reports the answer with
+    :meth:`on_success` or :meth:`on_throttled`; the scheduler reads the rest to hold due polls
+    while the budget is busy and to tell the poll planner the rate it can count on.
+    :class:`RequestBudget` is the budget of one process; a budget shared by several
+    processes implements the same protocol.
+    """
+
+    async def acquire(self, kind: RequestKind) -> None:
+        """Wait until one more request of ``kind`` may be sent, and count it as sent
+        (submissions go before polls)."""
+        ...
+
+    def on_success(self) -> None:
+        """The server accepted a request."""
+        ...
+
+    def on_throttled(self, retry_after: float | None) -> None:
+        """The server answered 429 (``retry_after``: its hint in seconds, if any)."""
+        ...
+
+    @property
+    def effective_rate(self) -> float:
+        """Requests per minute the budget sustains now (what polls may be planned for)."""
+        ...
+
+    @property
+    def paused_until(self) -> float:
+        """Clock time until which no request is sent (``-inf`` when not paused)."""
+        ...
+
+    @property
+    def waiting(self) -> int:
+        """How many requests are waiting in :meth:`acquire` now."""
+        ...
+
+    def delay(self) -> float:
+        """Seconds until one more request could be sent, ignoring those waiting."""
+        ...
 
 _PRIORITY: dict[str, int] = {"submit": 0, "poll": 1}
 
@@ -53,9 +99,9 @@ _PRIORITY: dict[str, int] = {"submit": 0, "poll": 1}
 _LONG_WINDOW = 60.25
 _SHORT_WINDOW = 10.0
 
-#: Own back-off after a 429 without Retry-After: first pause, growth, ceiling (API seconds).
-_FIRST_PAUSE = 2.0
-_MAX_PAUSE = 60.0
+#: Own back-off after a 429 without Retry-After: the first pause 1-2 s, each next one twice
+#: as long, never over a minute (the longest a server's window lasts).
+_PAUSES = RetryPolicy(base_delay=2.0, max_delay=60.0)
 #: Lowest effective rate, as a share of the configured one.
 _MIN_RATE_SHARE = 1 / 16
 #: Share of the configured rate given back by each success.
@@ -238,9 +284,9 @@ class RequestBudget:
         if retry_after is not None:
             self._paused_until = now + max(0.0, retry_after)
             return
+        # The library's one back-off; the jitter keeps several clients out of step.
+        pause = backoff_delay(self._streak, _PAUSES, rng=self._random, least=0.5)
         self._streak += 1
-        pause = min(_MAX_PAUSE, _FIRST_PAUSE * 2 ** (self._streak - 1))
-        pause *= self._random.uniform(0.5, 1.0)  # keeps several clients from retrying in step
         self._paused_until = now + pause
 
     def _learn_limit(self, count: float) -> None:

@@ -28,17 +28,26 @@ _MAX_EXPONENT = 64
 
 
 def backoff_delay(
-    retries_done: int, policy: RetryPolicy, *, rng: random.Random | None = None
+    retries_done: int,
+    policy: RetryPolicy,
+    *,
+    rng: random.Random | None = None,
+    least: float = 0.0,
 ) -> float:
-    """Full-jitter back-off before the next retry, given how many retries were already made.
+    """Jittered exponential back-off before the next retry, given how many retries were
+    already made: the library's one back-off.
 
     The first retry (``retries_done=0``) waits up to ``base_delay``, the second up to twice
-    that, and so on, never more than ``max_delay``.
+    that, and so on, never more than ``max_delay``. The wait is uniformly random between
+    ``least`` of that window and all of it: ``0.0`` is full jitter (retries of requests), ``0.5``
+    equal jitter (the request budget's pause after a 429, which must be a pause).
     """
     if retries_done < 0:
         raise ValueError(f"retries_done must not be negative, got {retries_done!r}")
+    if not 0.0 <= least <= 1.0:
+        raise ValueError(f"least must be in [0, 1], got {least!r}")
     window = min(policy.max_delay, policy.base_delay * 2.0 ** min(retries_done, _MAX_EXPONENT))
-    return (rng or random).uniform(0.0, window)
+    return (rng or random).uniform(least * window, window)
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

@@ -48,7 +48,8 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._clock import Clock, ScaledClock, SystemClock
+from ._clock import Clock
+from ._config import RetryPolicy
 from ._errors import (
     AimlMusicError,
     APIConnectionError,
@@ -74,8 +75,10 @@ from ._events import (
 )
 from ._models import Generation, GenerationStatus, SongRequest, SongResult, SongTimings
 from ._polling import PollPolicy, PollState, is_waiting
+from ._ratelimit import Budget
+from ._retry import backoff_delay
 
-__all__ = ["SongSource", "generate_many"]
+__all__ = ["SongSource", "follow", "generate_many"]
 
 logger = logging.getLogger("aimlmusic")
 
@@ -88,9 +91,6 @@ SongSource: TypeAlias = Iterable[SongItem] | AsyncIterable[SongItem]
 MAX_POLL_WORKERS = 32
 #: Results buffered for a slow reader before finished songs wait (holding their slots).
 MAX_RESULT_BUFFER = 32
-#: Back-off after a failed poll or a submission that surely did not arrive: 1, 2, 4... s.
-RETRY_BASE_DELAY = 1.0
-RETRY_MAX_DELAY = 30.0
 #: Consecutive 404s / unreadable responses after which a song is given up. A job can take
 #: a moment to become visible after it is created, and a body can be garbled once.
 MAX_CONSECUTIVE_SUSPECT_POLLS = 3
@@ -112,39 +112,17 @@ DEADLINE_POLL_GRACE = 2.0
 class SchedulerTransport(Protocol):
     """What the scheduler needs from the transport (``aimlmusic._transport.Transport``)."""
 
-    async def submit(self, request: SongRequest, *, observer: Any = None) -> Generation:
-        """POST one song (never resent when it may have arrived)."""
+    async def submit(
+        self, request: SongRequest, *, observer: Any = None, retry_throttled: bool = True
+    ) -> Generation:
+        """POST one song (never resent when it may have arrived); with
+        ``retry_throttled=False``, a 429 is raised at once (the scheduler retries it)."""
         ...
 
-    async def get(self, generation_id: str, *, observer: Any = None) -> Generation:
-        """GET one generation (retried on transient failures)."""
-        ...
-
-
-class BudgetGauge(Protocol):
-    """What the scheduler reads of :class:`~aimlmusic._ratelimit.RequestBudget`."""
-
-    @property
-    def effective_rate(self) -> float:
-        """Requests per minute allowed now."""
-        ...
-
-    @property
-    def waiting(self) -> int:
-        """Requests waiting for the budget now."""
-        ...
-
-    @property
-    def paused_until(self) -> float:
-        """Clock time until which a 429 paused every request (``-inf`` when not paused)."""
-        ...
-
-    def utilisation(self) -> float:
-        """Share of the request allowance in use (sent in the last minute plus waiting)."""
-        ...
-
-    def delay(self) -> float:
-        """Seconds until one more request could be sent."""
+    async def get(
+        self, generation_id: str, *, observer: Any = None, retry_throttled: bool = True
+    ) -> Generation:
+        """GET one generation (retried on transient failures; 429s as for ``submit``)."""
         ...
 
 
@@ -155,10 +133,12 @@ class _Song:
         "deadline_at",
         "due_at",
         "generation",
+        "id",
         "key",
         "learns",
         "owns_key",
         "phase",
+        "poll_scope",
         "polls",
         "queued_at",
         "request",
@@ -170,6 +150,7 @@ class _Song:
         "transient_failures",
         "unfinished_from",
         "unfinished_to",
+        "watched",
     )
 
     def __init__(self, key: str, request: SongRequest) -> None:
@@ -177,6 +158,7 @@ class _Song:
         self.request = request
         self.owns_key = False
         self.generation: Generation | None = None
+        self.id: str | None = None  # the generation id, once known
         self.submitted_at: float | None = None
         self.deadline_at = math.inf
         self.due_at = math.inf  # when its next poll is planned
@@ -184,6 +166,8 @@ class _Song:
         self.learns = True  # whether its reference time is known, so polls may teach
         self.phase = 0.0  # spreads its polls among others' (PollState.phase); set on start
         self.queued_at: float | None = None
+        self.poll_scope: anyio.CancelScope | None = None  # the poll in flight, if any
+        self.watched = False  # whether the watchdog knows its deadline
         # Sending and arrival time of the last poll that saw the song unfinished.
         self.unfinished_from: float | None = None
         self.unfinished_to: float | None = None
@@ -196,8 +180,8 @@ class _Song:
 
     @property
     def generation_id(self) -> str:
-        assert self.generation is not None
-        return self.generation.id
+        assert self.id is not None
+        return self.id
 
 
 class _Observer:
@@ -224,6 +208,10 @@ class _Observer:
         )
 
 
+#: Songs' phases, drawn in turn from one sequence for every batch and wait of the process.
+_PHASES = itertools.count()
+
+
 def _van_der_corput(index: int) -> float:
     """The ``index``-th point of the base-2 van der Corput sequence (0, 1/2, 1/4, 3/4, ...):
     phases that spread evenly over [0, 1) however many songs there are."""
@@ -235,13 +223,9 @@ def _van_der_corput(index: int) -> float:
     return point
 
 
-def _retry_delay(failures: int) -> float:
-    return min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2.0 ** min(failures - 1, 16))
-
-
 def _is_transient(error: AimlMusicError) -> bool:
     """A poll failure worth retrying until the deadline (the service may come back)."""
-    if isinstance(error, RateLimitError | ServerError | APIConnectionError):
+    if isinstance(error, ServerError | APIConnectionError):
         return True
     return isinstance(error, APIStatusError) and error.status_code in (408, 409, 425)
 
@@ -259,7 +243,8 @@ class _Batch:
         deadline: float | None,
         poll: PollPolicy,
         events: BatchEvents | None,
-        budget: BudgetGauge | None,
+        budget: Budget | None,
+        retry: RetryPolicy,
     ) -> None:
         self.transport = transport
         self.requests = requests
@@ -269,6 +254,7 @@ class _Batch:
         self.poll = poll
         self.events = events
         self.budget = budget
+        self.retry = retry
         self.source_error: Exception | None = None
         self._slots = anyio.Semaphore(max_in_flight)
         self._heap: list[tuple[float, int, _Song]] = []
@@ -278,7 +264,10 @@ class _Batch:
         self._launching = 0
         self._next_submit_at = -math.inf
         self._sequence = itertools.count()
-        self._phases = itertools.count()
+        # (deadline + grace, sequence, song) for songs whose polls the watchdog may cut.
+        self._deadlines: list[tuple[float, int, _Song]] = []
+        self._watchdog_scope: anyio.CancelScope | None = None
+        self._watchdog_until = math.inf
         self._nap_scope: anyio.CancelScope | None = None
         self._nap_until = math.inf
         self._ready: deque[tuple[_Song, SongResult]] = deque()
@@ -312,6 +301,7 @@ class _Batch:
                     self._task_group = task_group
                     task_group.start_soon(self._feed)
                     task_group.start_soon(self._dispatch, due_send)
+                    task_group.start_soon(self._watchdog)
                     for _ in range(workers):
                         task_group.start_soon(self._poll_worker, due_receive)
                     task_group.start_soon(self._deliver, results)
@@ -384,7 +374,7 @@ class _Batch:
 
     def _start(self, key: str, request: SongRequest) -> None:
         song = _Song(key, request)
-        song.phase = _van_der_corput(next(self._phases))
+        song.phase = _van_der_corput(next(_PHASES))
         self._active += 1
         if key in self._keys_in_flight:
             error = RequestValidationError(
@@ -396,6 +386,40 @@ class _Batch:
         self._keys_in_flight.add(key)
         self._spawn(song)
 
+    def adopt(
+        self,
+        generation_id: str,
+        last: Generation | None,
+        *,
+        submitted_at: float | None,
+        deadline: float | None,
+    ) -> None:
+        """Follow a generation submitted before (by this client at ``submitted_at``, or
+        elsewhere: ``None``) to its end, as a song of this batch; call before :meth:`run`.
+
+        Only a song whose submission time is known teaches the poll policy. Without
+        ``last`` it is polled at once; a finished ``last`` is its result without a request.
+        """
+        self._slots.acquire_nowait()
+        self._active += 1
+        song = _Song(generation_id, _FOLLOWED)
+        song.id = generation_id
+        song.generation = last
+        song.phase = _van_der_corput(next(_PHASES))
+        now = self.clock.now()
+        song.learns = submitted_at is not None
+        song.submitted_at = submitted_at if submitted_at is not None else now
+        if deadline is not None:
+            song.deadline_at = now + deadline
+        self._generating += 1
+        self._live.add(song)
+        if last is not None and last.is_finished:
+            self._conclude(song, last, now, now)
+        elif last is None:
+            self._schedule(song, now)
+        else:
+            self._schedule(song, self._plan(now, self._next_delay(song, now)))
+
     # ------------------------------------------------------------------ submitting
 
     async def _submit(self, song: _Song) -> None:
@@ -404,13 +428,21 @@ class _Batch:
         failures = 0
         while True:
             try:
-                generation = await self.transport.submit(song.request, observer=observer)
+                generation = await self.transport.submit(
+                    song.request, observer=observer, retry_throttled=False
+                )
                 break
-            except (RateLimitError, APIConnectionError) as exc:
-                # The transport resends a POST only when it surely did not arrive, and
-                # raises these only then: resending later cannot pay twice.
+            except RateLimitError as exc:
+                # Refused, so not received: sent again once the budget's pause, which the
+                # transport just started for every request, is over (acquire waits for it).
+                if self.clock.now() >= give_up_at:
+                    self._finish(song, error=exc)
+                    return
+            except APIConnectionError as exc:
+                # The transport raises this for a POST only when it surely did not arrive
+                # (after its own retries): resending later cannot pay twice.
+                delay = backoff_delay(failures, self.retry)
                 failures += 1
-                delay = _retry_delay(failures)
                 if self.clock.now() + delay > give_up_at:
                     self._finish(song, error=exc)
                     return
@@ -422,6 +454,7 @@ class _Batch:
                 return
         now = self.clock.now()
         song.generation = generation
+        song.id = generation.id
         song.submitted_at = now
         self._generating += 1
         self._live.add(song)
@@ -491,6 +524,35 @@ class _Batch:
             else:
                 await self._nap(math.inf)
 
+    def _watch_deadline(self, song: _Song) -> None:
+        """Have the watchdog cut ``song``'s polls in flight at its deadline (and a grace)."""
+        if song.deadline_at == math.inf or song.watched:
+            return
+        song.watched = True
+        at = song.deadline_at + DEADLINE_POLL_GRACE
+        heapq.heappush(self._deadlines, (at, next(self._sequence), song))
+        if at < self._watchdog_until and self._watchdog_scope is not None:
+            self._watchdog_scope.cancel()  # it sleeps past this one: wake it
+
+    async def _watchdog(self) -> None:
+        """Cancel polls still in flight at their song's deadline, on the batch's clock (the
+        event loop's deadlines cannot follow a compressed or virtual clock)."""
+        deadlines = self._deadlines
+        while True:
+            now = self.clock.now()
+            while deadlines and deadlines[0][0] <= now:
+                _, _, song = heapq.heappop(deadlines)
+                if song.poll_scope is not None:
+                    song.poll_scope.cancel()
+            with anyio.CancelScope() as scope:
+                self._watchdog_scope = scope
+                self._watchdog_until = deadlines[0][0] if deadlines else math.inf
+                if deadlines:
+                    await self.clock.sleep(self._watchdog_until - now)
+                else:
+                    await anyio.sleep_forever()
+            self._watchdog_scope, self._watchdog_until = None, math.inf
+
     def _budget_wait(self) -> float:
         """How long due polls should stay here rather than queue inside the budget.
 
@@ -546,16 +608,20 @@ class _Batch:
         song.polls += 1
         # The song's deadline bounds its polls in flight too (a GET is safe to cut; a POST
         # never is, so submissions are not cut).
-        with anyio.CancelScope(
-            deadline=_loop_deadline(self.clock, song.deadline_at + DEADLINE_POLL_GRACE)
-        ) as scope:
+        with anyio.CancelScope() as scope:
+            song.poll_scope = scope
+            self._watch_deadline(song)
             try:
                 generation = await self.transport.get(
-                    song.generation_id, observer=_Observer(self, song, "poll")
+                    song.generation_id,
+                    observer=_Observer(self, song, "poll"),
+                    retry_throttled=False,
                 )
             except AimlMusicError as exc:
+                song.poll_scope = None
                 self._poll_failed(song, exc)
                 return
+        song.poll_scope = None
         if scope.cancelled_caught:
             self._time_out(song)
             return
@@ -574,6 +640,11 @@ class _Batch:
 
     def _poll_failed(self, song: _Song, error: AimlMusicError) -> None:
         now = self.clock.now()
+        if isinstance(error, RateLimitError) and now < song.deadline_at:
+            # Refused by the server: due again at once; the dispatcher holds it until the
+            # budget's pause (started by the transport for every request) is over.
+            self._schedule(song, now)
+            return
         suspect = isinstance(error, NotFoundError | ResponseValidationError)
         if suspect:
             song.suspect_polls += 1
@@ -585,8 +656,8 @@ class _Batch:
         if now >= song.deadline_at:
             self._time_out(song)
             return
+        delay = max(backoff_delay(song.transient_failures, self.retry), self._next_delay(song, now))
         song.transient_failures += 1
-        delay = max(_retry_delay(song.transient_failures), self._next_delay(song, now))
         logger.debug("poll of %s failed (%s); again in %.1f s", song.key, error, delay)
         song.retries += 1
         self.emit_retried(song, "poll", song.transient_failures, error, delay)
@@ -657,7 +728,6 @@ class _Batch:
 
     def _time_out(self, song: _Song) -> None:
         assert self.deadline is not None
-        assert song.generation is not None
         error = GenerationTimeoutError(song.generation_id, self.deadline, song.generation)
         self._finish(song, error=error)
 
@@ -736,12 +806,6 @@ class _Batch:
         emit(self.events, "on_retried", event)
 
 
-def _is_gauge(budget: object) -> bool:
-    return all(
-        hasattr(budget, name) for name in ("effective_rate", "waiting", "utilisation", "delay")
-    )
-
-
 # --------------------------------------------------------------------------- the source
 
 
@@ -750,21 +814,6 @@ class _EndOfSource:
 
 
 _END = _EndOfSource()
-
-
-def _loop_deadline(clock: Clock, at: float) -> float:
-    """``at`` on ``clock`` as a time of the event loop's clock, for a cancel scope.
-
-    Known for the built-in clocks; another clock's time cannot be mapped onto the loop's, so
-    no deadline (``inf``) is given and the song's deadline is checked between polls only.
-    """
-    if at == math.inf:
-        return math.inf
-    if isinstance(clock, ScaledClock):
-        return anyio.current_time() + (at - clock.now()) / clock.scale
-    if isinstance(clock, SystemClock):
-        return at
-    return math.inf
 
 
 async def _next_item(iterator: Iterator[SongItem] | AsyncIterator[SongItem]) -> object:
@@ -817,7 +866,8 @@ async def generate_many(
     deadline: float | None,
     poll: PollPolicy,
     events: BatchEvents | None,
-    budget: BudgetGauge | None = None,
+    budget: Budget | None = None,
+    retry: RetryPolicy | None = None,
 ) -> AsyncIterator[MemoryObjectReceiveStream[SongResult]]:
     """Submit and poll many songs; yield a stream of their results in completion order.
 
@@ -831,8 +881,10 @@ async def generate_many(
 
     ``deadline`` is each song's limit in API seconds from its submission (``None``: none);
     past it the song's result carries :class:`GenerationTimeoutError` with its id.
-    ``budget`` lets the poll policy see how busy the request budget is (by default the
-    transport's ``budget`` attribute, when it has one).
+    ``budget`` is the request budget the transport paces every request with: the scheduler
+    holds due polls while it is busy and tells the poll policy the rate it sustains (``None``:
+    no budget). ``retry`` gives the back-off between tries of a poll that failed for a
+    transient reason and of a submission that surely did not arrive.
 
     Leaving the ``async with`` block, or cancelling the scope around it, cancels every
     submission and poll. If the source raises (or yields something that is not a song), no
@@ -847,8 +899,6 @@ async def generate_many(
         raise ValueError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
     if deadline is not None and not deadline > 0:
         raise ValueError(f"deadline must be positive or None, got {deadline!r}")
-    if budget is None:
-        budget = getattr(transport, "budget", None)
     batch = _Batch(
         transport,
         requests,
@@ -857,7 +907,8 @@ async def generate_many(
         deadline=deadline,
         poll=poll,
         events=events,
-        budget=budget if _is_gauge(budget) else None,
+        budget=budget,
+        retry=retry if retry is not None else RetryPolicy(),
     )
     send, receive = anyio.create_memory_object_stream[SongResult](
         min(max_in_flight, MAX_RESULT_BUFFER)
@@ -878,3 +929,50 @@ async def generate_many(
         raise body_error
     if batch.source_error is not None:
         raise batch.source_error
+
+
+#: The request of a song followed by :func:`follow` (it was submitted before; its result is
+#: never handed to a user as a ``SongResult``).
+_FOLLOWED = SongRequest(prompt="a generation submitted before", lyrics="not known here")
+
+
+async def follow(
+    transport: SchedulerTransport,
+    generation_id: str,
+    *,
+    last: Generation | None,
+    submitted_at: float | None,
+    clock: Clock,
+    poll: PollPolicy,
+    budget: Budget | None,
+    retry: RetryPolicy | None = None,
+    deadline: float | None,
+) -> SongResult:
+    """Poll one generation to its end through the same engine as :func:`generate_many` (a
+    batch of one): the budget, the policy and the back-off behave exactly as in a batch.
+
+    ``deadline`` (API seconds from now; ``None``: none) ends it with
+    :class:`GenerationTimeoutError` in the result; ``submitted_at`` is the submission's time
+    on ``clock`` when this client made it (``None``: unknown; the policy learns nothing).
+    """
+    if deadline is not None and not deadline > 0:
+        raise ValueError(f"deadline must be positive or None, got {deadline!r}")
+    batch = _Batch(
+        transport,
+        (),
+        clock=clock,
+        max_in_flight=1,
+        deadline=deadline,
+        poll=poll,
+        events=None,
+        budget=budget,
+        retry=retry if retry is not None else RetryPolicy(),
+    )
+    batch.adopt(generation_id, last, submitted_at=submitted_at, deadline=deadline)
+    send, receive = anyio.create_memory_object_stream[SongResult](1)
+    with receive:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(batch.run, send)
+            result = await receive.receive()
+            task_group.cancel_scope.cancel()
+    return result

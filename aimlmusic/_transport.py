@@ -202,19 +202,37 @@ class Transport:
         return self._closed
 
     async def submit(
-        self, request: SongRequest, *, observer: RequestObserver | None = None
+        self,
+        request: SongRequest,
+        *,
+        observer: RequestObserver | None = None,
+        retry_throttled: bool = True,
     ) -> Generation:
-        """POST one song. Never resent once it may have reached the server."""
+        """POST one song. Never resent once it may have reached the server.
+
+        With ``retry_throttled=False`` a 429 is reported to the budget and raised at once
+        (the scheduler, which has a queue of its own, retries it; nothing retries twice).
+        """
         return await self._call(
-            "submit", "POST", body=request_to_wire(request), request=request, observer=observer
+            "submit",
+            "POST",
+            body=request_to_wire(request),
+            request=request,
+            observer=observer,
+            retry_throttled=retry_throttled,
         )
 
     async def get(
-        self, generation_id: str, *, observer: RequestObserver | None = None
+        self,
+        generation_id: str,
+        *,
+        observer: RequestObserver | None = None,
+        retry_throttled: bool = True,
     ) -> Generation:
         """GET one generation by id (sent as an encoded query parameter).
 
         The answer must be about that id: one naming another generation is refused.
+        ``retry_throttled`` is as for :meth:`submit`.
         """
         if not isinstance(generation_id, str) or not generation_id:
             raise RequestValidationError(
@@ -228,7 +246,11 @@ class Transport:
                 f"{ascii(generation_id)[:80]}: {problem}",
             )
         return await self._call(
-            "poll", "GET", params={"generation_id": generation_id}, observer=observer
+            "poll",
+            "GET",
+            params={"generation_id": generation_id},
+            observer=observer,
+            retry_throttled=retry_throttled,
         )
 
     async def aclose(self) -> None:
@@ -255,6 +277,7 @@ class Transport:
         body: dict[str, Any] | None = None,
         request: SongRequest | None = None,
         observer: RequestObserver | None = None,
+        retry_throttled: bool = True,
     ) -> Generation:
         if self._closed:
             raise RuntimeError("this aimlmusic client is closed; create a new one")
@@ -277,6 +300,8 @@ class Transport:
                 assert request is not None
                 raise self._ambiguous(request, failure.error, method, url) from failure.error
             if failure.kind not in retry_on or attempt == attempts:
+                raise failure.error
+            if failure.kind == "throttled" and not retry_throttled:
                 raise failure.error
             if failure.kind == "throttled":
                 # The budget now holds every request of this client until the pause ends;

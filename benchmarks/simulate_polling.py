@@ -206,7 +206,11 @@ class SimTransport:
         self.attempts = attempts
 
     async def _call(
-        self, kind: str, act: Callable[[float], Generation], observer: Any
+        self,
+        kind: str,
+        act: Callable[[float], Generation],
+        observer: Any,
+        retry_throttled: bool,
     ) -> Generation:
         for attempt in range(1, self.attempts + 1):
             await self.budget.acquire(kind)
@@ -221,15 +225,21 @@ class SimTransport:
             self.budget.on_throttled(None)
             if observer is not None:
                 observer.on_throttled(None)
-            if attempt == self.attempts:
+            if attempt == self.attempts or not retry_throttled:
                 raise RateLimitError("throttled", status_code=429)
         raise AssertionError("unreachable")
 
-    async def submit(self, request: SongRequest, *, observer: Any = None) -> Generation:
-        return await self._call("submit", self.server.submit, observer)
+    async def submit(
+        self, request: SongRequest, *, observer: Any = None, retry_throttled: bool = True
+    ) -> Generation:
+        return await self._call("submit", self.server.submit, observer, retry_throttled)
 
-    async def get(self, generation_id: str, *, observer: Any = None) -> Generation:
-        return await self._call("poll", lambda now: self.server.get(generation_id, now), observer)
+    async def get(
+        self, generation_id: str, *, observer: Any = None, retry_throttled: bool = True
+    ) -> Generation:
+        return await self._call(
+            "poll", lambda now: self.server.get(generation_id, now), observer, retry_throttled
+        )
 
 
 # --------------------------------------------------------------------------- one run
@@ -319,7 +329,7 @@ async def _run(workload: Workload, policy: PollPolicy, name: str) -> Figures:
         deadline=None,
         poll=policy,
         events=None,
-        budget=budget,
+        budget=budget if workload.rpm else None,
     ) as results:
         async for result in results:
             failed += not result.ok

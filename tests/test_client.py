@@ -33,6 +33,7 @@ from aimlmusic import (
     Timeout,
 )
 from aimlmusic._converter import structure_generation
+from aimlmusic._scheduler import DEADLINE_POLL_GRACE
 from aimlmusic.testing import VirtualClock
 
 KEY_VARIABLES = ("AIML_API_KEY", "AIMLAPI_API_KEY", "AIMLMUSIC_BASE_URL")
@@ -57,22 +58,29 @@ def client_on(api: ScriptedAPI, **kwargs: Any) -> AsyncMusicClient:
 class RecordingPolicy:
     """A poll policy that polls every second and records what it is told."""
 
+    version = 0
+
     def __init__(self) -> None:
         self.states: list[PollState] = []
-        self.started: list[tuple[float, float, float]] = []
-        self.finished: list[tuple[float, float | None, float, float]] = []
+        self.running: list[tuple[str, float, float]] = []
+        self.finished: list[tuple[str, float, float, float]] = []
+        self.forgotten: list[str] = []
 
     def next_delay(self, state: PollState) -> float:
         self.states.append(state)
         return 1.0
 
-    def observe_started(self, submitted_at: float, after: float, by: float) -> None:
-        self.started.append((submitted_at, after, by))
+    def chance_done(self, state: PollState) -> float:
+        return 0.0
 
-    def observe_finished(
-        self, submitted_at: float, started_at: float | None, after: float, by: float
-    ) -> None:
-        self.finished.append((submitted_at, started_at, after, by))
+    def observe_running(self, song: str, reference_at: float, seen_at: float) -> None:
+        self.running.append((song, reference_at, seen_at))
+
+    def observe_finished(self, song: str, reference_at: float, after: float, by: float) -> None:
+        self.finished.append((song, reference_at, after, by))
+
+    def forget(self, song: str) -> None:
+        self.forgotten.append(song)
 
 
 # ------------------------------------------------------------------ configuration
@@ -335,7 +343,8 @@ async def test_wait_deadline_also_cuts_a_hanging_request_short() -> None:
         queued = Generation(id=GEN_ID, status=GenerationStatus.QUEUED)
         with anyio.fail_after(5), pytest.raises(GenerationTimeoutError) as caught:
             await client.wait(queued, timeout=100)
-        assert clock.now() == 100.0
+        # A poll in flight at the deadline is given the scheduler's grace to come back.
+        assert clock.now() == 100.0 + DEADLINE_POLL_GRACE
     assert caught.value.last_seen is queued
 
 
@@ -373,51 +382,57 @@ async def test_wait_with_zero_timeout_raises_without_polling() -> None:
 
 @pytest.mark.anyio
 async def test_generate_submits_waits_and_teaches_the_policy() -> None:
-    """generate = POST + polls; the policy sees each state and the observed transitions."""
+    """generate = POST + polls; the policy sees each state, and learns what each poll saw
+    (counted from the last poll that saw the song queued)."""
     api = ScriptedAPI(
         ok(generation_json("queued")),
         ok(generation_json("queued")),
         ok(generation_json("generating")),
         ok(completed_json()),
     )
-    clock = RecordingClock()  # starts at 1000.0, each poll 1.0 later
+    clock = VirtualClock()
     policy = RecordingPolicy()
-    async with client_on(api, clock=clock, poll=policy) as client:
+    async with clock, client_on(api, clock=clock, poll=policy) as client:
         result = await client.generate(song())
     assert result.status is GenerationStatus.COMPLETED
     assert api.methods() == ["POST", "GET", "GET", "GET"]
     assert [s.polls for s in policy.states] == [0, 1, 2]
     assert [s.status for s in policy.states] == ["queued", "queued", "generating"]
-    assert all(s.submitted_at == 1000.0 for s in policy.states)
-    assert policy.states[2].started_at == 1002.0
-    assert policy.started == [(1000.0, 1001.0, 1002.0)]
-    assert policy.finished == [(1000.0, 1002.0, 1002.0, 1003.0)]
+    assert all(s.submitted_at == 0.0 for s in policy.states)
+    assert policy.states[2].queued_at == 1.0
+    assert policy.running == [(GEN_ID, 1.0, 1.0), (GEN_ID, 1.0, 2.0)]
+    assert policy.finished == [(GEN_ID, 1.0, 2.0, 3.0)]
 
 
 @pytest.mark.anyio
 async def test_submit_then_wait_also_teaches_the_policy() -> None:
     """wait after this client's own submit knows the submission time and learns from it."""
     api = ScriptedAPI(ok(generation_json("queued")), ok(completed_json()))
+    clock = VirtualClock()
     policy = RecordingPolicy()
-    async with client_on(api, poll=policy) as client:
+    async with clock, client_on(api, clock=clock, poll=policy) as client:
         generation = await client.submit(song())
+        await clock.sleep(5.0)
         await client.wait(generation)
-    assert policy.finished == [(1000.0, None, 1000.0, 1001.0)]
+    assert policy.finished == [(GEN_ID, 0.0, 0.0, 6.0)]
 
 
 @pytest.mark.anyio
 async def test_a_failed_generation_does_not_teach_the_policy() -> None:
-    """A song that ends in error says nothing about how long songs take: nothing is learned."""
+    """A song that ends in error says nothing about how long songs take: nothing is learned,
+    and the policy forgets it was running."""
     api = ScriptedAPI(
         ok(generation_json("queued")),
         ok(generation_json("error", error={"name": "E", "message": "boom"})),
     )
+    clock = VirtualClock()
     policy = RecordingPolicy()
-    async with client_on(api, poll=policy) as client:
+    async with clock, client_on(api, clock=clock, poll=policy) as client:
         generation = await client.submit(song())
         with pytest.raises(GenerationFailedError):
             await client.wait(generation)
     assert policy.finished == []
+    assert policy.forgotten == [GEN_ID]
 
 
 @pytest.mark.anyio
@@ -426,11 +441,27 @@ async def test_wait_on_a_foreign_id_does_not_teach_the_policy() -> None:
     api = ScriptedAPI(
         ok(generation_json("queued")), ok(generation_json("generating")), ok(completed_json())
     )
+    clock = VirtualClock()
     policy = RecordingPolicy()
-    async with client_on(api, poll=policy) as client:
+    async with clock, client_on(api, clock=clock, poll=policy) as client:
         await client.wait(GEN_ID)
-    assert policy.started == []
+    assert api.methods() == ["GET", "GET", "GET"]
+    assert policy.running == []
     assert policy.finished == []
+
+
+@pytest.mark.anyio
+async def test_wait_and_generate_many_share_one_budget_and_one_policy() -> None:
+    """One poll engine: wait() polls through the client's request budget and poll policy."""
+    api = ScriptedAPI(ok(generation_json("queued")), ok(completed_json()))
+    clock = VirtualClock()
+    policy = RecordingPolicy()
+    async with clock, client_on(api, clock=clock, poll=policy) as client:
+        generation = await client.submit(song())
+        sent_before = client.budget.sent_total
+        await client.wait(generation)
+        assert client.budget.sent_total == sent_before + 1
+    assert policy.states and all(s.budget_rate == 120.0 for s in policy.states)
 
 
 @pytest.mark.anyio
