@@ -45,12 +45,15 @@ GRID_RATIO = 1.02
 #: Songs' worth of the documented 50-60 s in the prior: enough to plan the first songs, few
 #: enough that one wave of real songs outweighs it.
 PRIOR_SONGS = 3.0
+#: The prior ages faster than songs do (its weight falls by e every PRIOR_MEMORY completed
+#: songs): it stands in for data only until there are data.
+PRIOR_MEMORY = 10.0
 #: Songs' worth of the log-uniform floor over the grid: keeps every duration possible.
 FLOOR_SONGS = 0.1
 #: Memory, in completed songs: each one multiplies the weight of older ones by 1 - 1/MEMORY.
-MEMORY = 120.0
+MEMORY = 40.0
 #: Completed songs kept; older ones weigh less than 1 % (exp(-150 / 30)).
-MAX_COMPLETED = 600
+MAX_COMPLETED = 200
 #: EM sweeps per refit, warm-started: the estimate keeps converging across observations.
 SWEEPS = 8
 #: Share of a bin's mass moved to each neighbour after every sweep (EMS smoothing).
@@ -241,7 +244,7 @@ class CompletionEstimator:
             for index, interval in enumerate(self._completed)
         ]
         weighted += [(interval, 1.0) for interval in self._running.values()]
-        prior_weight = PRIOR_SONGS * keep**completed
+        prior_weight = PRIOR_SONGS * math.exp(-completed / PRIOR_MEMORY)
         pseudo = [prior_weight * p + FLOOR_SONGS * f for p, f in zip(self._prior, self._floor)]
         total = sum(pseudo) + sum(weight for _, weight in weighted)
         mass = self._mass
