@@ -29,6 +29,7 @@ import httpx
 from ._clock import Clock
 from ._config import RetryPolicy, Timeout
 from ._errors import AimlMusicError, DownloadError
+from ._filemode import file_mode_from_umask
 from ._models import Generation, GenerationStatus
 from ._redact import Redactor, redact_url
 from ._retry import backoff_delay
@@ -232,6 +233,8 @@ class Downloader:
         try:
             file = os.fdopen(fd, "wb")
             try:
+                # mkstemp makes it 0600; the delivered file gets the umask's mode like any other.
+                os.chmod(tmp, file_mode_from_umask())
                 written = await self._stream_into(response, file, gid)
                 await anyio.to_thread.run_sync(_flush_and_sync, file)
             finally:
