@@ -361,6 +361,38 @@ def check_quickstart_blocking(block: Block, docs: DocsRun) -> None:
     assert all(client.closed for client in docs.blocking_clients)
 
 
+def check_observability_otel(block: Block, docs: DocsRun) -> None:
+    """The in-memory OpenTelemetry script prints the songs, a span per song with its id and
+    polls, and the metric names. The process-wide providers can be set once only, so the
+    API's setters and getters are pointed at this run's."""
+    from opentelemetry import metrics, trace
+
+    providers: dict[str, Any] = {
+        "trace": trace.ProxyTracerProvider(),
+        "metrics": metrics.get_meter_provider(),
+    }
+    docs.monkeypatch.setattr(trace, "set_tracer_provider", lambda p: providers.update(trace=p))
+    docs.monkeypatch.setattr(trace, "get_tracer_provider", lambda: providers["trace"])
+    docs.monkeypatch.setattr(metrics, "set_meter_provider", lambda p: providers.update(metrics=p))
+    docs.monkeypatch.setattr(metrics, "get_meter_provider", lambda: providers["metrics"])
+    docs.run_program(block)
+    assert docs.anyio_runs == 1
+    printed = docs.output().splitlines()
+    assert sorted(printed[:3]) == ["0 ok", "1 ok", "2 ok"]
+    jobs = docs.emulator.jobs
+    song_lines = printed[3:6]
+    assert {line.split()[0] for line in song_lines} == set(jobs)
+    assert all(line.endswith(" polls") for line in song_lines)
+    assert {
+        "aimlmusic.requests",
+        "aimlmusic.song.polls",
+        "aimlmusic.song.lag",
+        "aimlmusic.songs.in_flight",
+    } <= set(printed[6:])
+    providers["metrics"].shutdown()
+    providers["trace"].shutdown()
+
+
 def check_quickstart_settings(block: Block, docs: DocsRun) -> None:
     """The settings are accepted, reach the client, and a song goes through under them."""
 
@@ -510,6 +542,7 @@ RUNNERS: dict[str, Runner] = {
     "docs/quickstart.md#without-async-the-blocking-client": check_quickstart_blocking,
     "docs/quickstart.md#settings": check_quickstart_settings,
     "docs/catalog.md#from-python": check_catalog_from_python,
+    "docs/observability.md#opentelemetry": check_observability_otel,
     "docs/testing.md#in-a-pytest-suite-the-fixtures": check_testing_fixture_test,
     "docs/testing.md#in-a-pytest-suite-the-fixtures-2": check_testing_fixture_override,
     "docs/testing.md#in-process-by-hand": check_testing_by_hand,
