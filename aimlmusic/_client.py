@@ -17,6 +17,7 @@ import anyio
 from ._clock import Clock, SystemClock
 from ._config import Limits, RetryPolicy, SizeLimits, Timeout
 from ._download import Downloader
+from ._emulator_time import follow_emulator_time
 from ._errors import (
     ConfigurationError,
     DownloadError,
@@ -63,7 +64,9 @@ class AsyncMusicClient:
     headers and cookies) are used: never its ``auth``, and nothing but the URL and a
     ``User-Agent`` goes to the storage host. ``size_limits`` caps how much an answer or a
     download may be (see :class:`SizeLimits`). ``clock`` decides what a second is (see
-    :class:`ScaledClock`). Use it as an async context manager, or call :meth:`aclose`.
+    :class:`ScaledClock`); without one, a client of a loopback URL asks the server once
+    whether it is an aimlmusic emulator and runs at its time scale. Use it as an async
+    context manager, or call :meth:`aclose`.
 
     Creating a client adds a filter to the ``httpx`` logger that hides URL query values
     (presigned signatures) in httpx's own ``HTTP Request: ...`` log lines.
@@ -91,6 +94,10 @@ class AsyncMusicClient:
         self._timeout = _resolve_timeout(timeout)
         self._retry = retry if retry is not None else RetryPolicy()
         self._limits = limits if limits is not None else Limits()
+        local = _is_loopback(urlsplit(self._base_url).hostname or "")
+        if local and clock is None and transport is None and http_client is None:
+            # Most likely an emulator: run at its speed (see _emulator_time).
+            clock, transport = follow_emulator_time(self._base_url)
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._poll: PollPolicy = poll if poll is not None else default_policy()
         self._budget = RequestBudget(self._limits.requests_per_minute, self._clock)

@@ -271,6 +271,15 @@ def check_readme_quickstart(block: Block, docs: DocsRun) -> None:
     docs.assert_clients_closed()
 
 
+def check_readme_blocking(block: Block, docs: DocsRun) -> None:
+    """The blocking client in a script: one song generated and downloaded, client closed."""
+    docs.run_program(block)
+    assert_mp3(docs.tmp_path / "guitar.mp3")
+    assert docs.emulator.stats().requests["submit"] == 1
+    assert docs.blocking_clients
+    assert all(client.closed for client in docs.blocking_clients)
+
+
 def check_quickstart_one_song(block: Block, docs: DocsRun) -> None:
     """``generate`` + ``download``, printing the path and the song's ``music_info``."""
     docs.run_program(block)
@@ -491,6 +500,7 @@ Runner = Callable[..., None]
 #: How each block is run and checked.
 RUNNERS: dict[str, Runner] = {
     "README.md#quickstart": check_readme_quickstart,
+    "README.md#quickstart-2": check_readme_blocking,
     "docs/quickstart.md#one-song": check_quickstart_one_song,
     "docs/quickstart.md#requests-are-checked-before-anything-is-sent": (
         check_quickstart_validation_doctest
