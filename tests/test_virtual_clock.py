@@ -149,16 +149,18 @@ def test_is_a_clock_and_rejects_a_bad_deadlock_setting() -> None:
 
 
 async def test_a_client_and_the_emulator_share_virtual_time() -> None:
-    """A song the emulator takes 50-60 s to make completes at 50-60 s of virtual time."""
+    """Given the clock, the emulator hands it to the client as its own, and a song it takes
+    50-60 s to make completes at 50-60 s of virtual time."""
     clock = VirtualClock()
-    emulator = Emulator(EmulatorConfig(requests_per_minute=None), clock=clock.now)
+    emulator = Emulator(EmulatorConfig(requests_per_minute=None), clock=clock)
+    assert emulator.clock is clock
     async with (
         clock,
         AsyncMusicClient(
             TEST_API_KEY,
             base_url=EMULATED_BASE_URL,
             transport=httpx.ASGITransport(app=emulator.app),
-            clock=clock,
+            clock=emulator.clock,
         ) as client,
     ):
         generation = await client.generate(SongRequest("Calm piano", "[Verse]\nla la"))
