@@ -5,9 +5,10 @@ and batch-generate whole catalogs within the account's limits. See the documenta
 the guides; every public name is importable from this package.
 """
 
+from ._blocking import MusicClient, SongResults
 from ._client import AsyncMusicClient
 from ._clock import Clock, ScaledClock, SystemClock
-from ._config import Limits, RetryPolicy, Timeout
+from ._config import Limits, RetryPolicy, SizeLimits, Timeout
 from ._errors import (
     AimlMusicError,
     AmbiguousSubmissionError,
@@ -77,6 +78,7 @@ __all__ = [
     "GenerationTimeoutError",
     "LearnedPolling",
     "Limits",
+    "MusicClient",
     "MusicInfo",
     "NotFoundError",
     "PermissionDeniedError",
@@ -90,10 +92,12 @@ __all__ = [
     "RetryPolicy",
     "ScaledClock",
     "ServerError",
+    "SizeLimits",
     "SongCompleted",
     "SongFailed",
     "SongRequest",
     "SongResult",
+    "SongResults",
     "SongStatusChanged",
     "SongSubmitted",
     "SongTimings",

@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 import anyio
 
 from ._clock import Clock, SystemClock
-from ._config import Limits, RetryPolicy, Timeout
+from ._config import Limits, RetryPolicy, SizeLimits, Timeout
 from ._download import Downloader
+from ._emulator_time import follow_emulator_time
 from ._errors import (
     ConfigurationError,
     DownloadError,
@@ -25,8 +26,11 @@ from ._errors import (
 )
 from ._events import BatchEvents
 from ._models import Generation, GenerationStatus, SongRequest, SongResult
+from ._network import OwnNetwork
 from ._polling import PollPolicy, PollState, default_policy
 from ._ratelimit import RequestBudget
+from ._redact import install_httpx_log_filter
+from ._telemetry import telemetry_if_configured
 from ._transport import USER_AGENT, Transport
 
 if TYPE_CHECKING:
@@ -57,8 +61,17 @@ class AsyncMusicClient:
     generations are polled (one instance per client, so a learning policy learns across
     calls), ``limits`` the account's request rate and concurrency. ``transport`` (for
     example ``httpx.MockTransport``) or ``http_client`` replace the network; a client passed
-    in is not closed by :meth:`aclose`. ``clock`` decides what a second is (see
-    :class:`ScaledClock`). Use it as an async context manager, or call :meth:`aclose`.
+    in is not closed by :meth:`aclose`, and of its settings only the connection pool, its
+    transport, proxies, TLS settings, event hooks (and, for API calls only, its default
+    headers and cookies) are used: never its ``auth``, and nothing but the URL and a
+    ``User-Agent`` goes to the storage host. ``size_limits`` caps how much an answer or a
+    download may be (see :class:`SizeLimits`). ``clock`` decides what a second is (see
+    :class:`ScaledClock`); without one, a client of a loopback URL asks the server once
+    whether it is an aimlmusic emulator and runs at its time scale. Use it as an async
+    context manager, or call :meth:`aclose`.
+
+    Creating a client adds a filter to the ``httpx`` logger that hides URL query values
+    (presigned signatures) in httpx's own ``HTTP Request: ...`` log lines.
     """
 
     def __init__(
@@ -74,6 +87,7 @@ class AsyncMusicClient:
         http_client: httpx.AsyncClient | None = None,
         clock: Clock | None = None,
         allow_insecure_http: bool = False,
+        size_limits: SizeLimits | None = None,
     ) -> None:
         key = _resolve_api_key(api_key)
         self._base_url = _resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
@@ -82,9 +96,19 @@ class AsyncMusicClient:
         self._timeout = _resolve_timeout(timeout)
         self._retry = retry if retry is not None else RetryPolicy()
         self._limits = limits if limits is not None else Limits()
+        local = _is_loopback(urlsplit(self._base_url).hostname or "")
+        if local and clock is None and transport is None and http_client is None:
+            # Most likely an emulator: run at its speed (see _emulator_time).
+            clock, transport = follow_emulator_time(self._base_url)
+        self._telemetry = telemetry_if_configured()
+        if self._telemetry is not None and http_client is None:
+            # Spans and counts per request (a caller's http_client is left as it is).
+            transport = self._telemetry.wrap(transport if transport is not None else OwnNetwork())
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._poll: PollPolicy = poll if poll is not None else default_policy()
         self._budget = RequestBudget(self._limits.requests_per_minute, self._clock)
+        self._size_limits = size_limits if size_limits is not None else SizeLimits()
+        install_httpx_log_filter()
         self._transport = Transport(
             api_key=key,
             base_url=self._base_url,
@@ -94,6 +118,7 @@ class AsyncMusicClient:
             budget=self._budget,
             transport=transport,
             http_client=http_client,
+            size_limits=self._size_limits,
         )
         self._downloader = Downloader(
             self._transport.http_client,
@@ -102,6 +127,7 @@ class AsyncMusicClient:
             timeout=self._timeout,
             redactor=self._transport.redactor,
             user_agent=USER_AGENT,
+            max_bytes=self._size_limits.download_bytes,
         )
         # id -> (submitted at, status at submission), for wait() after submit().
         self._submissions: OrderedDict[str, tuple[float, GenerationStatus]] = OrderedDict()
@@ -251,15 +277,19 @@ class AsyncMusicClient:
         self._check_open()
         from . import _scheduler  # imported late: the scheduler is the heaviest layer
 
-        return _scheduler.generate_many(
+        songs = self._telemetry.batch(events) if self._telemetry is not None else None
+        batch = _scheduler.generate_many(
             self._transport,
             requests,
             clock=self._clock,
             max_in_flight=self._limits.max_in_flight if max_in_flight is None else max_in_flight,
             deadline=deadline,
             poll=self._poll if poll is None else poll,
-            events=events,
+            events=songs if songs is not None else events,  # songs forwards to events
         )
+        if self._telemetry is None or songs is None:
+            return batch
+        return self._telemetry.observe(songs, batch)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -444,7 +474,7 @@ def _resolve_api_key(api_key: str | None) -> str:
         for name in API_KEY_VARIABLES:
             value = os.environ.get(name, "").strip()
             if value:
-                return value
+                return _checked_key(value, f"the {name} environment variable")
         raise ConfigurationError(
             "no API key: pass api_key= or set the AIML_API_KEY (or AIMLAPI_API_KEY) "
             "environment variable"
@@ -453,7 +483,27 @@ def _resolve_api_key(api_key: str | None) -> str:
         raise ConfigurationError(
             "the API key is empty: pass a key, or set AIML_API_KEY (or AIMLAPI_API_KEY)"
         )
-    return api_key.strip()
+    return _checked_key(api_key.strip(), "the API key given as api_key=")
+
+
+def _checked_key(key: str, source: str) -> str:
+    """``key`` if it can travel in an ``Authorization`` header; else a ConfigurationError
+    naming the problem and where it is, never the key or any character of it."""
+    for index, char in enumerate(key):
+        position = f"at character {index + 1} of {len(key)}"
+        if char in "\r\n":
+            problem = f"a line break {position} (two keys pasted together, or a stray newline?)"
+        elif not char.isascii():
+            problem = f"a non-ASCII character {position} (a mistyped or mis-pasted key?)"
+        elif not char.isprintable() or char.isspace():
+            problem = f"a space or control character {position}"
+        else:
+            continue
+        raise ConfigurationError(
+            f"{source} contains {problem}; an API key is printable ASCII without spaces, "
+            "so it cannot be sent as it is and nothing was sent"
+        )
+    return key
 
 
 def _resolve_base_url(base_url: str | None, *, allow_insecure_http: bool) -> str:

@@ -9,7 +9,7 @@ import attrs
 from . import _limits
 from ._errors import ConfigurationError
 
-__all__ = ["Limits", "RetryPolicy", "Timeout"]
+__all__ = ["Limits", "RetryPolicy", "SizeLimits", "Timeout"]
 
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -29,13 +29,44 @@ def _at_least_one(_: object, attribute: attrs.Attribute[Any], value: int) -> Non
 
 @attrs.frozen
 class Timeout:
-    """HTTP timeouts in seconds (real time): connecting, reading a response, writing a
-    request body and waiting for a free connection from the pool."""
+    """Timeouts in seconds.
+
+    ``connect``, ``read``, ``write`` and ``pool`` are HTTP timeouts in real time: connecting,
+    waiting for the next bytes of a response, writing a request body and waiting for a free
+    connection from the pool. ``download`` bounds one whole :meth:`download` (every attempt,
+    redirect and refresh together), so a storage host that drips one byte at a time cannot
+    hold it for ever; it is measured on the client's clock, in real seconds too (on a
+    :class:`ScaledClock` it spans ``scale`` times as many API seconds).
+    """
 
     connect: float = attrs.field(default=10.0, validator=_positive)
     read: float = attrs.field(default=30.0, validator=_positive)
     write: float = attrs.field(default=30.0, validator=_positive)
     pool: float = attrs.field(default=30.0, validator=_positive)
+    download: float = attrs.field(default=600.0, validator=_positive)
+
+
+#: An API answer is a few hundred bytes; a megabyte leaves room for any honest error page.
+DEFAULT_RESPONSE_BYTES = 1_000_000
+#: A song of several minutes as 44.1 kHz stereo WAV is well below this.
+DEFAULT_DOWNLOAD_BYTES = 200_000_000
+
+
+@attrs.frozen
+class SizeLimits:
+    """Caps on how much one answer may make the client read, hold or write.
+
+    ``response_bytes`` caps an API answer (success or error) after content decoding, so
+    a compressed "bomb" is stopped as soon as it expands past it; an answer over it is a
+    :class:`~aimlmusic.ResponseValidationError` (for a submission:
+    :class:`~aimlmusic.AmbiguousSubmissionError`, as it may have been accepted), and an error
+    body over it is cut at the cap. ``download_bytes`` caps an audio file when the API did
+    not report its size; when it did (``extra_info.music_size``), the cap is that size plus
+    a margin, never more than ``download_bytes``.
+    """
+
+    response_bytes: int = attrs.field(default=DEFAULT_RESPONSE_BYTES, validator=_at_least_one)
+    download_bytes: int = attrs.field(default=DEFAULT_DOWNLOAD_BYTES, validator=_at_least_one)
 
 
 @attrs.frozen

@@ -10,6 +10,8 @@ readable reason.
 from __future__ import annotations
 
 import json
+import math
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -28,7 +30,14 @@ from ._models import (
     Usage,
 )
 
-__all__ = ["generation_from_json", "generation_to_wire", "request_to_wire", "structure_generation"]
+__all__ = [
+    "decode_json",
+    "generation_from_json",
+    "generation_to_wire",
+    "request_to_wire",
+    "structure_generation",
+    "unsendable_id_problem",
+]
 
 T = TypeVar("T")
 
@@ -36,6 +45,18 @@ converter = cattrs.Converter(forbid_extra_keys=False)
 
 #: How much of an unparseable body is kept in the error (bodies can be huge).
 BODY_EXCERPT_CHARS = 500
+#: How deep the finiteness check follows nested JSON; deeper answers are refused outright.
+MAX_CHECKED_DEPTH = 64
+#: Numbers of an answer that count or measure something, so can never be negative
+#: (``meta.usage.credits_used`` and the undocumented ``extra_info`` sizes and durations).
+NON_NEGATIVE_FIELDS = (
+    ("meta", "usage", "credits_used"),
+    ("extra_info", "music_duration"),
+    ("extra_info", "music_sample_rate"),
+    ("extra_info", "music_channel"),
+    ("extra_info", "bitrate"),
+    ("extra_info", "music_size"),
+)
 
 
 def _structure_status(value: Any, _: type) -> GenerationStatus:
@@ -55,7 +76,13 @@ def _structure_str(value: Any, _: type) -> str:
 def _structure_float(value: Any, _: type) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected a number, got {type(value).__name__}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise ValueError("the number is too large") from None
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {number!r}")
+    return number
 
 
 converter.register_structure_hook(GenerationStatus, _structure_status)
@@ -142,22 +169,79 @@ converter.register_structure_hook(Generation, _structure_generation)
 
 
 def structure_generation(data: Any) -> Generation:
-    """Build a :class:`Generation` from decoded JSON or raise ``ResponseValidationError``."""
+    """Build a :class:`Generation` from decoded JSON or raise ``ResponseValidationError``.
+
+    Besides the schema, every number in the answer must be finite (``1e999`` decodes to
+    infinity, which no file format downstream can write) and the counts and measures of
+    :data:`NON_NEGATIVE_FIELDS` must not be negative.
+    """
+    problem = _number_problem(data)
+    if problem is not None:
+        raise ResponseValidationError(problem, body=_excerpt(data))
     try:
         return converter.structure(data, Generation)
     except Exception as exc:
         raise ResponseValidationError(_describe(exc), body=_excerpt(data)) from exc
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def decode_json(text: str | bytes) -> Any:
+    """Decode JSON strictly: ``NaN`` and ``Infinity`` literals are refused (``ValueError``)."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
 def generation_from_json(text: str | bytes) -> Generation:
     """Decode and structure a generation response body."""
     try:
-        data = json.loads(text)
+        data = decode_json(text)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise ResponseValidationError(
             f"body is not valid JSON ({exc})", body=_excerpt(text)
         ) from exc
     return structure_generation(data)
+
+
+def _number_problem(data: Any) -> str | None:
+    """What is wrong with the numbers of an answer, or ``None`` when nothing is."""
+    # Iterative, so a deep answer cannot exhaust the stack.
+    pending: list[tuple[str, Any, int]] = [("", data, 0)]
+    while pending:
+        where, value, depth = pending.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{where or 'the answer'}: expected a finite number, got {value!r}"
+        if isinstance(value, dict | list):
+            if depth >= MAX_CHECKED_DEPTH:
+                return f"{where or 'the answer'}: nested more than {MAX_CHECKED_DEPTH} levels deep"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                pending.append((f"{where}.{key}" if where else str(key), item, depth + 1))
+    if not isinstance(data, Mapping):
+        return None
+    for path in NON_NEGATIVE_FIELDS:
+        value = data
+        for part in path:
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            return f"{'.'.join(path)}: must not be negative, got {value!r}"
+    return None
+
+
+def unsendable_id_problem(generation_id: str) -> str | None:
+    """Why ``generation_id`` could not be sent back in a request, or ``None`` if it can.
+
+    A lone surrogate cannot be encoded as UTF-8; control characters (a newline, ESC) have no
+    business in an id and would garble logs and terminals.
+    """
+    for index, char in enumerate(generation_id):
+        category = unicodedata.category(char)
+        if category == "Cs":
+            return f"it contains a lone surrogate at index {index}"
+        if category == "Cc":
+            return f"it contains a control character (U+{ord(char):04X}) at index {index}"
+    return None
 
 
 def _excerpt(data: Any) -> str:

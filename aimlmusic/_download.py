@@ -9,6 +9,14 @@ target is either the complete file or untouched, and no temporary file survives 
 a cancellation. An expired URL (403/404/410) is refreshed once through the caller's
 ``refresh`` (a ``GET`` of the generation). Signatures in the URL's query string never appear
 in messages or logs.
+
+The storage request is built from scratch, not from the client's defaults, and sent with a
+no-op ``auth``: a caller's ``http_client`` lends its connection pool, never its ``auth``,
+default headers or cookies. A whole download (attempts, back-off, refresh) has a deadline on
+the client's clock, checked before each attempt and as each piece of the body arrives (so it
+is overrun by at most one HTTP timeout), and the body a size cap: the reported
+``extra_info.music_size`` plus a margin when known, else a generous default. Over either, the
+download fails and its partial file is removed.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import os
 import re
 import tempfile
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,22 +35,30 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from ._clock import Clock
-from ._config import RetryPolicy, Timeout
+from ._bodies import BodyProblem, decoded_chunks
+from ._clock import Clock, ScaledClock
+from ._config import DEFAULT_DOWNLOAD_BYTES, RetryPolicy, Timeout
 from ._errors import AimlMusicError, DownloadError
 from ._filemode import file_mode_from_umask
 from ._models import Generation, GenerationStatus
 from ._redact import Redactor, redact_url
 from ._retry import backoff_delay
+from ._transport import NO_AUTH
 
 __all__ = ["Downloader"]
 
 logger = logging.getLogger("aimlmusic")
+#: Each request's outcome, on its own logger so that a CLI's -v can show just these.
+request_logger = logging.getLogger("aimlmusic.http")
 
 #: Statuses a presigned URL answers with once it has expired or was revoked.
 EXPIRED_STATUSES = frozenset({403, 404, 410})
 MAX_REDIRECTS = 5
-CHUNK_BYTES = 64 * 1024
+#: Room above the reported ``music_size`` before a body counts as oversized: the size is
+#: the API's (undocumented) word, and containers or re-encoding may differ a little.
+SIZE_MARGIN = 0.25
+#: ...and at least this much room, for very short songs.
+SIZE_SLACK_BYTES = 1024 * 1024
 
 
 class _ExpiredURL(Exception):
@@ -66,12 +83,20 @@ class Downloader:
         timeout: Timeout,
         redactor: Redactor,
         user_agent: str,
+        max_bytes: int = DEFAULT_DOWNLOAD_BYTES,
     ) -> None:
         self._http = http
         self._retry = retry
         self._clock = clock
         self._redactor = redactor
         self._user_agent = user_agent
+        self._max_bytes = max_bytes
+        self._deadline = timeout.download
+        # A transfer takes real time: on a compressed clock the deadline spans as many API
+        # seconds as the real seconds it stands for (like the HTTP timeouts, which are real).
+        self._deadline_span = timeout.download * (
+            clock.scale if isinstance(clock, ScaledClock) else 1.0
+        )
         self._timeout = httpx.Timeout(
             connect=timeout.connect, read=timeout.read, write=timeout.write, pool=timeout.pool
         )
@@ -86,7 +111,19 @@ class Downloader:
         """Write ``generation``'s audio to ``target`` and return ``target``.
 
         ``refresh(generation_id)`` is called at most once, when the URL turns out expired.
+        The whole of it runs within ``Timeout.download`` seconds of the client's clock.
         """
+        until = self._clock.now() + self._deadline_span
+        return await self._download(generation, target, refresh=refresh, until=until)
+
+    async def _download(
+        self,
+        generation: Generation,
+        target: Path,
+        *,
+        refresh: Callable[[str], Awaitable[Generation]],
+        until: float,
+    ) -> Path:
         gid = generation.id
         url = audio_url(generation)
         if await anyio.to_thread.run_sync(target.is_dir):
@@ -99,7 +136,7 @@ class Downloader:
             await anyio.to_thread.run_sync(
                 functools.partial(target.parent.mkdir, parents=True, exist_ok=True)
             )
-            await self._fetch(url, target, gid)
+            await self._fetch(url, target, gid, self._cap_for(generation), until)
         except _ExpiredURL as expired:
             first_status = expired.status
         except OSError as exc:  # disk full, permission denied...: the library's error, named
@@ -123,7 +160,7 @@ class Downloader:
             ) from exc
         fresh_url = audio_url(fresh)
         try:
-            await self._fetch(fresh_url, target, gid)
+            await self._fetch(fresh_url, target, gid, self._cap_for(fresh), until)
         except _ExpiredURL as again:
             status = again.status
         else:
@@ -134,18 +171,29 @@ class Downloader:
             generation_id=gid,
         )
 
+    def _cap_for(self, generation: Generation) -> int:
+        """The most bytes this generation's audio may have."""
+        info = generation.music_info
+        size = info.size if info is not None else None
+        if size is None or size <= 0:
+            return self._max_bytes
+        expected = size + max(int(size * SIZE_MARGIN), SIZE_SLACK_BYTES)
+        return min(expected, self._max_bytes)
+
     # ------------------------------------------------------------------ one URL, with retries
 
-    async def _fetch(self, url: str, target: Path, gid: str) -> None:
+    async def _fetch(self, url: str, target: Path, gid: str, cap: int, until: float) -> None:
         attempts = self._retry.attempts
         for attempt in range(1, attempts + 1):
+            self._check_deadline(until, gid)
             try:
-                await self._fetch_once(url, target, gid)
+                await self._fetch_once(url, target, gid, cap, until)
             except _TransientFailure as exc:
                 if attempt == attempts:
                     reason = str(exc)
                     break
                 delay = backoff_delay(attempt - 1, self._retry)
+                self._check_deadline(until - delay, gid)  # no sleeping past the deadline
                 logger.debug(
                     "download of generation %s failed (%s); retrying in %.3f s", gid, exc, delay
                 )
@@ -158,7 +206,7 @@ class Downloader:
             generation_id=gid,
         )
 
-    async def _fetch_once(self, url: str, target: Path, gid: str) -> None:
+    async def _fetch_once(self, url: str, target: Path, gid: str, cap: int, until: float) -> None:
         response = await self._open(url, gid)
         try:
             status = response.status_code
@@ -172,7 +220,10 @@ class Downloader:
                     f"from {redact_url(url)}",
                     generation_id=gid,
                 )
-            await self._save(response, target, gid)
+            declared = response.headers.get("content-length", "").strip()
+            if declared.isdigit() and int(declared) > cap:
+                raise self._oversized(gid, cap, f"the server announced {int(declared):,} bytes")
+            await self._save(response, target, gid, cap, until)
         finally:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
@@ -187,18 +238,28 @@ class Downloader:
                     f"the audio URL of generation {gid} is not http(s): {redact_url(current)}",
                     generation_id=gid,
                 )
-            request = self._http.build_request(
-                "GET", current, headers={"User-Agent": self._user_agent}, timeout=self._timeout
-            )
-            # A caller's own http client may carry a default Authorization header: it must
-            # not reach the storage host.
-            request.headers.pop("Authorization", None)
+            # Built from scratch rather than with build_request(): a caller's http client
+            # may carry default headers (Authorization, an API key header) and cookies,
+            # none of which may reach the storage host. The audio is not worth compressing,
+            # so no Accept-Encoding is offered (httpx would offer br, decoded unbounded).
+            try:
+                request = httpx.Request(
+                    "GET",
+                    current,
+                    headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"},
+                    extensions={"timeout": self._timeout.as_dict()},
+                )
+            except (httpx.InvalidURL, ValueError, UnicodeError):
+                raise DownloadError(
+                    f"the audio URL of generation {gid} is not a valid URL: {redact_url(current)}",
+                    generation_id=gid,
+                ) from None
             logger.debug("GET %s (audio of generation %s)", redact_url(current), gid)
             outcome = await self._send(request, gid)
             if isinstance(outcome, Exception):
                 raise outcome  # raised here, not in httpx's except block: no httpx context
             response = outcome
-            logger.debug("GET %s -> %d", redact_url(current), response.status_code)
+            request_logger.debug("GET %s -> %d", redact_url(current), response.status_code)
             location = response.headers.get("location")
             if not response.is_redirect or location is None:
                 return response
@@ -211,7 +272,7 @@ class Downloader:
 
     async def _send(self, request: httpx.Request, gid: str) -> httpx.Response | Exception:
         try:
-            return await self._http.send(request, stream=True, follow_redirects=False)
+            return await self._http.send(request, stream=True, auth=NO_AUTH, follow_redirects=False)
         except httpx.TransportError as exc:
             return _TransientFailure(self._describe(exc))
         except httpx.HTTPError as exc:
@@ -223,7 +284,9 @@ class Downloader:
 
     # ------------------------------------------------------------------ writing the file
 
-    async def _save(self, response: httpx.Response, target: Path, gid: str) -> None:
+    async def _save(
+        self, response: httpx.Response, target: Path, gid: str, cap: int, until: float
+    ) -> None:
         # Synchronous on purpose (it is quick): awaited, a cancellation arriving just after the
         # file was made could leave it behind unnamed by anyone.
         fd, tmp_name = tempfile.mkstemp(
@@ -235,7 +298,7 @@ class Downloader:
             try:
                 # mkstemp makes it 0600; the delivered file gets the umask's mode like any other.
                 os.chmod(tmp, file_mode_from_umask())
-                written = await self._stream_into(response, file, gid)
+                written = await self._stream_into(response, file, gid, cap, until)
                 await anyio.to_thread.run_sync(_flush_and_sync, file)
             finally:
                 file.close()  # synchronous: runs even while being cancelled
@@ -247,13 +310,28 @@ class Downloader:
         await anyio.to_thread.run_sync(_sync_directory, target.parent)
         logger.debug("saved %d bytes of generation %s to %s", written, gid, target)
 
-    async def _stream_into(self, response: httpx.Response, file: BinaryIO, gid: str) -> int:
+    async def _stream_into(
+        self, response: httpx.Response, file: BinaryIO, gid: str, cap: int, until: float
+    ) -> int:
         written = 0
         failure: Exception | None = None
         try:
-            async for chunk in response.aiter_bytes(CHUNK_BYTES):
-                await anyio.to_thread.run_sync(file.write, chunk)
-                written += len(chunk)
+            async with aclosing(decoded_chunks(response, cap, what="the audio")) as chunks:
+                async for chunk in chunks:
+                    # Checked as each piece arrives: a store dripping a byte at a time resets
+                    # the read timeout with every byte, but not this.
+                    self._check_deadline(until, gid)
+                    await anyio.to_thread.run_sync(file.write, chunk)
+                    written += len(chunk)
+        except BodyProblem as problem:
+            failure = (
+                self._oversized(gid, cap, "it sent more")
+                if problem.too_large
+                else DownloadError(
+                    f"the audio of generation {gid} could not be read: {problem.reason}",
+                    generation_id=gid,
+                )
+            )
         except httpx.TransportError as exc:
             failure = _TransientFailure(self._describe(exc))
         except httpx.HTTPError as exc:
@@ -278,6 +356,22 @@ class Downloader:
             )
         if written == 0:
             raise DownloadError(f"the audio of generation {gid} is empty", generation_id=gid)
+
+    def _check_deadline(self, until: float, gid: str) -> None:
+        if self._clock.now() > until:
+            raise DownloadError(
+                f"the download of the audio of generation {gid} did not finish within "
+                f"{self._deadline:g} s (Timeout.download); nothing was saved",
+                generation_id=gid,
+            )
+
+    def _oversized(self, gid: str, cap: int, detail: str) -> DownloadError:
+        return DownloadError(
+            f"the audio of generation {gid} is larger than expected ({detail}; the cap is "
+            f"{cap:,} bytes, from extra_info.music_size with a margin when the API reports "
+            "it, else SizeLimits.download_bytes); nothing was saved",
+            generation_id=gid,
+        )
 
     def _describe(self, exc: BaseException) -> str:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -182,12 +182,23 @@ class ResponseValidationError(APIError):
     """The API's response could not be understood (not JSON, wrong types, missing fields).
 
     ``reason`` is a readable account of what was wrong; ``body`` is a bounded excerpt of the
-    response text.
+    response text. ``generation_id`` is the id the answer carried when it names a generation
+    that exists but cannot be used as given (an id that cannot be sent back in a request,
+    because it holds a lone surrogate or a control character): the raw string, kept so you
+    can look the generation up later by other means; ``None`` otherwise.
     """
 
-    def __init__(self, reason: str, *, body: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        body: str | None = None,
+        generation_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.reason = reason
         self.body = body
+        self.generation_id = generation_id
         super().__init__(f"could not understand the API's response: {reason}", **kwargs)
 
 

@@ -3,16 +3,54 @@
 The key lives in a :class:`Secret`, whose ``repr`` and ``str`` never show it, so printing
 an object's ``__dict__`` or a debugger's locals view cannot leak it either. Text that came
 from outside (a server that echoes the key back in an error body, an exception message) is
-passed through :meth:`Redactor.text` before it reaches a message, a log line or a model.
+passed through :meth:`Redactor.text` before it reaches a message, a log line or a model;
+decoded JSON goes through :meth:`Redactor.data`, string by string, *after* decoding, so a key
+that a server echoed with JSON escapes (``\\/``, ``\\u0073``) is found all the same.
+
+httpx logs every request's URL at INFO; :func:`install_httpx_log_filter` keeps the presigned
+signatures of storage URLs out of those lines.
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+import logging
+import re
+import threading
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["REDACTED", "Redactor", "Secret", "redact_url"]
+__all__ = [
+    "REDACTED",
+    "Redactor",
+    "Secret",
+    "install_httpx_log_filter",
+    "redact_url",
+    "redact_urls_in",
+]
 
 REDACTED = "<redacted>"
+
+#: Query parameters that identify, and never authorise, a request: shown in httpx's log lines.
+VISIBLE_QUERY_PARAMETERS = frozenset({"generation_id"})
+#: How deep :meth:`Redactor.data` follows nested JSON (deeper levels are dropped, not kept raw).
+MAX_REDACTION_DEPTH = 64
+
+# A JSON escape: \uXXXX (a pair for characters beyond the BMP) or a one-character escape.
+_JSON_ESCAPE = re.compile(
+    r"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|\\u([0-9a-fA-F]{4})"
+    r'|\\([/"\\bfnrt])'
+)
+_SHORT_ESCAPES = {
+    "/": "/",
+    '"': '"',
+    "\\": "\\",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+}
 
 
 class Secret:
@@ -49,7 +87,34 @@ class Redactor:
         self._secrets = tuple(sorted(kept, key=lambda s: len(s.reveal()), reverse=True))
 
     def text(self, value: str) -> str:
-        """``value`` with every secret replaced by ``<redacted>``."""
+        """``value`` with every secret replaced by ``<redacted>``.
+
+        Text that is not valid JSON (an excerpt of a broken body) may still carry a key
+        written with JSON escapes: when unescaping reveals a secret, the unescaped text is
+        returned, redacted.
+        """
+        value = self._replace(value)
+        if "\\" in value and self._secrets:
+            unescaped = _unescape_json(value)
+            if unescaped != value:
+                cleaned = self._replace(unescaped)
+                if cleaned != unescaped:
+                    return cleaned
+        return value
+
+    def data(self, value: Any, _depth: int = 0) -> Any:
+        """Decoded JSON with every string in it (keys included) redacted."""
+        if isinstance(value, str):
+            return self.text(value)
+        if _depth >= MAX_REDACTION_DEPTH:
+            return REDACTED if isinstance(value, dict | list) else value
+        if isinstance(value, dict):
+            return {self.text(k): self.data(v, _depth + 1) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.data(v, _depth + 1) for v in value]
+        return value
+
+    def _replace(self, value: str) -> str:
         for secret in self._secrets:
             raw = secret.reveal()
             if raw in value:
@@ -72,3 +137,70 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc.rpartition("@")[2]  # drop any user:password@
     query = REDACTED if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _unescape_json(text: str) -> str:
+    """``text`` with JSON escape sequences decoded (a lone surrogate escape is kept as is)."""
+
+    def decode(match: re.Match[str]) -> str:
+        high, low, single, short = match.groups()
+        if high is not None:
+            code = 0x10000 + ((int(high, 16) - 0xD800) << 10) + (int(low, 16) - 0xDC00)
+            return chr(code)
+        if single is not None:
+            code = int(single, 16)
+            # A lone surrogate cannot be written out as UTF-8: keep its escape.
+            return match.group() if 0xD800 <= code <= 0xDFFF else chr(code)
+        return _SHORT_ESCAPES[short]
+
+    return _JSON_ESCAPE.sub(decode, text)
+
+
+def _redact_query(url: str) -> str:
+    """``url`` with every query value but the identifying ones replaced, and no userinfo."""
+    try:
+        parts = urlsplit(url)
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc.rpartition("@")[2]
+    kept = [(k, v if k in VISIBLE_QUERY_PARAMETERS else REDACTED) for k, v in pairs]
+    query = urlencode(kept, safe="<>:/") if kept else (REDACTED if parts.query else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment and REDACTED))
+
+
+_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+")
+
+
+def redact_urls_in(text: str) -> str:
+    """``text`` with the query values (signatures) of every URL in it replaced."""
+    return _URL_IN_TEXT.sub(lambda match: _redact_query(match.group()), text)
+
+
+class _URLQueryFilter(logging.Filter):
+    """Rewrites a log record so no URL in it shows its query values (presigned signatures)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record is the logging module's to report
+            return True
+        cleaned = redact_urls_in(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+_FILTER_LOCK = threading.Lock()
+
+
+def install_httpx_log_filter() -> None:
+    """Add (once) a filter to the ``httpx`` logger that hides URL query values.
+
+    httpx logs ``HTTP Request: GET <url> ...`` at INFO, which under
+    ``logging.basicConfig(level=logging.INFO)`` would print a presigned URL's signature.
+    """
+    logger = logging.getLogger("httpx")
+    with _FILTER_LOCK:
+        if not any(isinstance(f, _URLQueryFilter) for f in logger.filters):
+            logger.addFilter(_URLQueryFilter())

@@ -48,7 +48,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._clock import Clock
+from ._clock import Clock, ScaledClock, SystemClock
 from ._errors import (
     AimlMusicError,
     APIConnectionError,
@@ -104,6 +104,9 @@ LATENESS_REFRESH = 8
 GATE_RECHECK = 0.05
 #: Real seconds a source's ``aclose()`` may take when the batch ends.
 SOURCE_CLOSE_TIMEOUT = 1.0
+#: How long past a song's deadline its poll may still run (API seconds): one normal round
+#: trip, so the last look taken at the deadline can come back; a slower answer is cut.
+DEADLINE_POLL_GRACE = 2.0
 
 
 class SchedulerTransport(Protocol):
@@ -523,12 +526,20 @@ class _Batch:
         self._note_lateness(song, sent)
         self._planned.pop(song, None)
         song.polls += 1
-        try:
-            generation = await self.transport.get(
-                song.generation_id, observer=_Observer(self, song, "poll")
-            )
-        except AimlMusicError as exc:
-            self._poll_failed(song, exc)
+        # The song's deadline bounds its polls in flight too (a GET is safe to cut; a POST
+        # never is, so submissions are not cut).
+        with anyio.CancelScope(
+            deadline=_loop_deadline(self.clock, song.deadline_at + DEADLINE_POLL_GRACE)
+        ) as scope:
+            try:
+                generation = await self.transport.get(
+                    song.generation_id, observer=_Observer(self, song, "poll")
+                )
+            except AimlMusicError as exc:
+                self._poll_failed(song, exc)
+                return
+        if scope.cancelled_caught:
+            self._time_out(song)
             return
         now = self.clock.now()
         song.transient_failures = song.suspect_polls = 0
@@ -724,6 +735,21 @@ class _EndOfSource:
 
 
 _END = _EndOfSource()
+
+
+def _loop_deadline(clock: Clock, at: float) -> float:
+    """``at`` on ``clock`` as a time of the event loop's clock, for a cancel scope.
+
+    Known for the built-in clocks; another clock's time cannot be mapped onto the loop's, so
+    no deadline (``inf``) is given and the song's deadline is checked between polls only.
+    """
+    if at == math.inf:
+        return math.inf
+    if isinstance(clock, ScaledClock):
+        return anyio.current_time() + (at - clock.now()) / clock.scale
+    if isinstance(clock, SystemClock):
+        return at
+    return math.inf
 
 
 async def _next_item(iterator: Iterator[SongItem] | AsyncIterator[SongItem]) -> object:

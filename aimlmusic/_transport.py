@@ -16,7 +16,14 @@ A 429 is reported to the :class:`~aimlmusic._ratelimit.RequestBudget`, which pau
 whole client; the retry then simply waits in ``budget.acquire`` like every other request.
 Exceptions are raised outside httpx's ``except`` blocks so no httpx exception (whose request
 object holds the ``Authorization`` header) is chained to ours, and every piece of text that
-came from the server is passed through the redactor before it is used.
+came from the server is passed through the redactor before it is used (decoded JSON string by
+string, after decoding, so JSON escapes cannot hide an echoed key).
+
+Answers are read as a stream and decoded by ``_bodies`` under a size cap. When this transport
+owns the network, each ``POST`` goes out on a fresh connection of its own pool: a pooled
+connection that the server closes while idle can swallow a request just written to it, and
+for a POST that failure could not be told from one that was received, so it would be
+ambiguous. ``GET`` keeps the pooled connections (a lost poll is simply retried).
 """
 
 from __future__ import annotations
@@ -26,12 +33,19 @@ import logging
 import time
 from typing import Any, Literal, Protocol
 
+import anyio
 import httpx
 
 from . import _limits
+from ._bodies import ACCEPTED_ENCODINGS, BodyProblem, read_body
 from ._clock import Clock
-from ._config import RetryPolicy, Timeout
-from ._converter import generation_from_json, request_to_wire
+from ._config import RetryPolicy, SizeLimits, Timeout
+from ._converter import (
+    decode_json,
+    request_to_wire,
+    structure_generation,
+    unsendable_id_problem,
+)
 from ._errors import (
     AimlMusicError,
     AmbiguousSubmissionError,
@@ -57,6 +71,8 @@ from ._version import __version__
 __all__ = ["USER_AGENT", "RequestObserver", "Transport"]
 
 logger = logging.getLogger("aimlmusic")
+#: Each request's outcome, on its own logger so that a CLI's -v can show just these.
+request_logger = logging.getLogger("aimlmusic.http")
 
 USER_AGENT = f"aimlmusic/{__version__}"
 
@@ -67,6 +83,13 @@ ERROR_MESSAGE_CHARS = 200
 
 # The connection was never established, so the request cannot have reached the server.
 _NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+#: Passed as ``auth=`` on every request: a caller's ``http_client`` may carry an ``auth=``
+#: of its own, which must neither replace our bearer key nor travel to a storage host.
+NO_AUTH = httpx.Auth()
+
+#: The POST-only pool keeps no idle connection, so every submission opens a fresh one.
+_FRESH_CONNECTIONS = httpx.Limits(max_keepalive_connections=0)
 
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
@@ -85,6 +108,7 @@ FailureKind = Literal[
     "rejected",  # any other non-2xx: the server refused it, nothing was created
     "bad_response",  # a 2xx whose body we could not understand
     "unusable",  # retrying cannot help (an unsupported URL scheme...)
+    "unusable_answer",  # a readable answer naming a generation we cannot use: never resent
 ]
 _GET_RETRIES: frozenset[FailureKind] = frozenset(
     {"never_sent", "maybe_sent", "throttled", "server_error"}
@@ -138,8 +162,10 @@ class Transport:
         budget: RequestBudget,
         transport: httpx.AsyncBaseTransport | None = None,
         http_client: httpx.AsyncClient | None = None,
+        size_limits: SizeLimits | None = None,
     ) -> None:
         self._key = Secret(api_key)
+        self.size_limits = size_limits if size_limits is not None else SizeLimits()
         self.redactor = Redactor(self._key)
         self.base_url = base_url.rstrip("/")
         self._endpoint = self.base_url + _limits.GENERATE_PATH
@@ -154,6 +180,13 @@ class Transport:
         self._http = http_client or httpx.AsyncClient(
             transport=transport, timeout=self._httpx_timeout, follow_redirects=False
         )
+        # Fresh connections for submissions, when the network is ours to configure; a
+        # caller's transport or client keeps its own pooling for them too.
+        self._post_http = self._http
+        if http_client is None and transport is None:
+            self._post_http = httpx.AsyncClient(
+                timeout=self._httpx_timeout, follow_redirects=False, limits=_FRESH_CONNECTIONS
+            )
         self._closed = False
 
     # ------------------------------------------------------------------ public
@@ -179,10 +212,20 @@ class Transport:
     async def get(
         self, generation_id: str, *, observer: RequestObserver | None = None
     ) -> Generation:
-        """GET one generation by id (sent as an encoded query parameter)."""
+        """GET one generation by id (sent as an encoded query parameter).
+
+        The answer must be about that id: one naming another generation is refused.
+        """
         if not isinstance(generation_id, str) or not generation_id:
             raise RequestValidationError(
                 "generation_id", "must be a non-empty string", repr(generation_id)
+            )
+        problem = unsendable_id_problem(generation_id)
+        if problem is not None:
+            raise RequestValidationError(
+                "generation_id",
+                "must be text that can be sent in a URL (no control characters or lone surrogates)",
+                f"{ascii(generation_id)[:80]}: {problem}",
             )
         return await self._call(
             "poll", "GET", params={"generation_id": generation_id}, observer=observer
@@ -195,6 +238,8 @@ class Transport:
         self._closed = True
         if self._owns_http:
             await self._http.aclose()
+            if self._post_http is not self._http:
+                await self._post_http.aclose()
 
     def __repr__(self) -> str:
         return f"Transport(base_url={self.base_url!r})"
@@ -218,7 +263,9 @@ class Transport:
         attempts = self.retry.attempts
         for attempt in range(1, attempts + 1):
             await self.budget.acquire(kind)
-            outcome = await self._attempt(method, url, body, attempt)
+            outcome = await self._attempt(
+                method, url, body, attempt, expected_id=(params or {}).get("generation_id")
+            )
             if isinstance(outcome, Generation):
                 return outcome
             failure = outcome
@@ -258,55 +305,125 @@ class Transport:
         raise AssertionError("unreachable: the last attempt always returns or raises")
 
     async def _attempt(
-        self, method: str, url: str, body: dict[str, Any] | None, attempt: int
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None,
+        attempt: int,
+        *,
+        expected_id: str | None = None,
     ) -> Generation | _Failure:
         logger.debug("%s %s (attempt %d of %d)", method, url, attempt, self.retry.attempts)
         started = time.perf_counter()
+        http = self._post_http if method == "POST" else self._http
+        request = http.build_request(
+            method, url, json=body, headers=self._headers(), timeout=self._httpx_timeout
+        )
         try:
-            response = await self._http.request(
-                method,
-                url,
-                json=body,
-                headers=self._headers(),
-                timeout=self._httpx_timeout,
-                follow_redirects=False,
+            response = await http.send(request, stream=True, auth=NO_AUTH, follow_redirects=False)
+        except httpx.HTTPError as exc:
+            failure = self._transport_failure(exc, method, url)
+            request_logger.debug("%s %s failed: %s", method, url, failure.error)
+            return failure
+        try:
+            outcome = await self._read(response, method, url)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+        if isinstance(outcome, _Failure):
+            request_logger.debug("%s %s failed: %s", method, url, outcome.error)
+            return outcome
+        elapsed = time.perf_counter() - started
+        request_logger.debug("%s %s -> %d in %.3f s", method, url, response.status_code, elapsed)
+        if response.is_success:
+            self.budget.on_success()
+            return self._generation_of(outcome, method, url, expected_id)
+        return self._status_failure(response, outcome, method, url)
+
+    async def _read(self, response: httpx.Response, method: str, url: str) -> str | _Failure:
+        """The body as text, at most ``size_limits.response_bytes`` of it decoded."""
+        limit = self.size_limits.response_bytes
+        failure: _Failure | None = None
+        try:
+            # An error body over the cap is cut, not refused: its status says what happened.
+            raw = await read_body(response, limit, truncate=not response.is_success)
+        except BodyProblem as problem:
+            hint = " (see SizeLimits.response_bytes)" if problem.too_large else ""
+            failure = _Failure(
+                "bad_response",
+                ResponseValidationError(problem.reason + hint, method=method, url=url),
             )
         except httpx.HTTPError as exc:
             failure = self._transport_failure(exc, method, url)
-            logger.debug("%s %s failed: %s", method, url, failure.error)
+        if failure is not None:
             return failure
-        elapsed = time.perf_counter() - started
-        logger.debug("%s %s -> %d in %.3f s", method, url, response.status_code, elapsed)
-        text = self.redactor.text(response.text)
-        if response.is_success:
-            self.budget.on_success()
-            try:
-                generation = generation_from_json(text)
-            except ResponseValidationError as exc:
-                return _Failure(
-                    "bad_response",
-                    ResponseValidationError(exc.reason, body=exc.body, method=method, url=url),
-                )
-            if not generation.id:
-                # The schema allows "", but such a generation can never be polled; after a
-                # POST a job may still exist, so it is reported (ambiguously), not resent.
-                return _Failure(
-                    "bad_response",
-                    ResponseValidationError(
-                        "the generation id is empty",
-                        body=_bounded(text, 500),
-                        method=method,
-                        url=url,
-                    ),
-                )
-            return generation
-        return self._status_failure(response, text, method, url)
+        return _decode_text(raw, response.charset_encoding)
+
+    def _generation_of(
+        self, text: str, method: str, url: str, expected_id: str | None
+    ) -> Generation | _Failure:
+        """The generation a 2xx body describes, or why it cannot be used."""
+        try:
+            data = decode_json(text)
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+            reason = self.redactor.text(f"body is not valid JSON ({exc})")
+            excerpt = _bounded(self.redactor.text(text), ERROR_BODY_EXCERPT_CHARS)
+            return _Failure(
+                "bad_response",
+                ResponseValidationError(reason, body=excerpt, method=method, url=url),
+            )
+        try:
+            generation = structure_generation(self.redactor.data(data))
+        except ResponseValidationError as exc:
+            return _Failure(
+                "bad_response",
+                ResponseValidationError(exc.reason, body=exc.body, method=method, url=url),
+            )
+        gid = generation.id
+        if not gid:
+            # The schema allows "", but such a generation can never be polled; after a
+            # POST a job may still exist, so it is reported (ambiguously), not resent.
+            return _Failure(
+                "bad_response",
+                ResponseValidationError(
+                    "the generation id is empty",
+                    body=_bounded(self.redactor.text(text), ERROR_BODY_EXCERPT_CHARS),
+                    method=method,
+                    url=url,
+                ),
+            )
+        problem = unsendable_id_problem(gid)
+        if problem is not None:
+            # The generation exists (and after a POST is paid for), but it could never be
+            # polled: fail this song, keep the raw id for the user, never resend.
+            return _Failure(
+                "unusable_answer",
+                ResponseValidationError(
+                    f"the generation id {ascii(gid)[:120]} cannot be sent back to the API: "
+                    f"{problem}",
+                    generation_id=gid,
+                    method=method,
+                    url=url,
+                ),
+            )
+        if expected_id is not None and gid != expected_id:
+            return _Failure(
+                "bad_response",
+                ResponseValidationError(
+                    f"the answer is about generation {ascii(gid)[:120]}, not the "
+                    f"{ascii(expected_id)[:120]} asked for",
+                    method=method,
+                    url=url,
+                ),
+            )
+        return generation
 
     def _headers(self) -> dict[str, str]:
         return {
             "Authorization": f"Bearer {self._key.reveal()}",
             "User-Agent": USER_AGENT,
             "Accept": "application/json",
+            "Accept-Encoding": ACCEPTED_ENCODINGS,
         }
 
     # ------------------------------------------------------------------ failure mapping
@@ -336,7 +453,7 @@ class Transport:
         self, response: httpx.Response, text: str, method: str, url: str
     ) -> _Failure:
         status = response.status_code
-        body, message, request_id = _read_error_body(text)
+        body, message, request_id = _read_error_body(text, self.redactor)
         if message is None:
             message = self.redactor.text(response.reason_phrase or "no error message")
         message = _bounded(message, ERROR_BODY_EXCERPT_CHARS)  # a JSON message can be huge too
@@ -375,20 +492,22 @@ class Transport:
 
 
 def _read_error_body(
-    text: str,
+    text: str, redactor: Redactor
 ) -> tuple[dict[str, Any] | list[Any] | str | None, str | None, str | None]:
-    """(body, message, request id) from an error response, whatever its shape.
+    """(body, message, request id) from an error response, whatever its shape, redacted.
 
     The AI/ML API sends ``{message, path, requestId, statusCode, timestamp}``; anything else
-    (other JSON, plain text, an HTML page, nothing) is kept as a bounded excerpt.
+    (other JSON, plain text, an HTML page, nothing) is kept as a bounded excerpt. JSON is
+    redacted after decoding, so an escaped key is found too.
     """
     stripped = text.strip()
     if not stripped:
         return None, None, None
     try:
-        data = json.loads(stripped)
+        data = redactor.data(json.loads(stripped))
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         data = None
+        stripped = redactor.text(stripped)
     if isinstance(data, dict):
         return (
             data,
@@ -417,6 +536,13 @@ def _message_of(data: dict[str, Any]) -> str | None:
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _decode_text(raw: bytes, charset: str | None) -> str:
+    try:
+        return raw.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # a charset nobody knows
+        return raw.decode("utf-8", errors="replace")
 
 
 def _bounded(text: str, limit: int) -> str:

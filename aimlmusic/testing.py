@@ -11,6 +11,9 @@ every project that has aimlmusic installed:
 - ``music_emulator_url``: the base URL of ``music_emulator`` served on a loopback socket, for
   code that builds its own HTTP client (needs the ``emulator`` extra for uvicorn).
 
+It also exports :class:`VirtualClock`, a clock that jumps when every task waits, for tests
+of timing that must not depend on how loaded the machine is.
+
 This module is imported by every pytest run, so it imports nothing heavy at the top: the
 emulator and the client are imported inside the fixtures.
 """
@@ -22,12 +25,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from ._virtual_clock import VirtualClock, VirtualClockDeadlock
+
 if TYPE_CHECKING:
     from . import AsyncMusicClient
     from .emulator import Emulator, EmulatorConfig
 
 __all__ = [
     "EMULATED_BASE_URL",
+    "VirtualClock",
+    "VirtualClockDeadlock",
     "emulated_client",
     "music_emulator",
     "music_emulator_config",

@@ -45,7 +45,7 @@ html_static_path: list[str] = []
 # Sections of the API page, in reading order. Names missing from __all__ are skipped, and public
 # names listed nowhere here land under "Other names", so the page follows the package.
 API_SECTIONS: dict[str, list[str]] = {
-    "Client": ["AsyncMusicClient"],
+    "Client": ["AsyncMusicClient", "MusicClient", "SongResults"],
     "Requests": ["SongRequest", "AudioSetting"],
     "Generations": [
         "Generation",

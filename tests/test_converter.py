@@ -389,7 +389,9 @@ def _non_null_bodies(schema: Mapping[str, Any]) -> st.SearchStrategy[Any]:
             raise NotImplementedError(f"string format {fmt!r}")
         return st.text(min_size=schema.get("minLength", 0), max_size=schema.get("maxLength"))
     if kind == "number":
-        return json_numbers
+        # The schema's numbers count something (credits_used): a negative count is a broken
+        # answer the client refuses (see test_negative_counts_are_refused...).
+        return json_numbers.filter(lambda n: n >= 0)
     if kind == "integer":
         return st.integers()
     if kind == "boolean":

@@ -7,18 +7,15 @@ import pytest
 from _http_fakes import RecordingClock
 from _timing import max_in_window
 
-from aimlmusic._clock import ScaledClock
 from aimlmusic._ratelimit import RequestBudget
+from aimlmusic.testing import VirtualClock
 
 pytestmark = pytest.mark.anyio
-
-# 1 real millisecond is one API second: a minute of budget passes in 60 ms.
-SCALE = 1000.0
 
 
 async def test_never_more_than_the_limit_in_any_minute_or_ten_seconds() -> None:
     """130 requests at 120/min with burst_share=1/6 never exceed 120 per 60 s nor 20 per 10 s."""
-    clock = ScaledClock(SCALE)
+    clock = VirtualClock()
     budget = RequestBudget(120, clock, burst_share=1 / 6)
     sent: list[float] = []
 
@@ -26,7 +23,7 @@ async def test_never_more_than_the_limit_in_any_minute_or_ten_seconds() -> None:
         await budget.acquire("submit" if kind == "s" else "poll")
         sent.append(clock.now())
 
-    async with anyio.create_task_group() as tg:
+    async with clock, anyio.create_task_group() as tg:
         for i in range(130):
             tg.start_soon(one, "s" if i % 3 == 0 else "p")
     assert len(sent) == 130
@@ -38,43 +35,45 @@ async def test_never_more_than_the_limit_in_any_minute_or_ten_seconds() -> None:
 
 async def test_bursts_are_allowed_within_the_minute_by_default() -> None:
     """By default 120/min lets 120 requests out at once, then holds the 121st a minute."""
-    clock = ScaledClock(SCALE)
+    clock = VirtualClock()
     budget = RequestBudget(120, clock)
-    started = clock.now()
-    for _ in range(120):
+    async with clock:
+        for _ in range(120):
+            await budget.acquire("poll")
+        assert clock.now() == 0.0
         await budget.acquire("poll")
-    assert clock.now() - started < 5.0
-    await budget.acquire("poll")
-    assert clock.now() - started >= 60.0
+        assert clock.now() >= 60.0
 
 
 async def test_submissions_are_served_before_waiting_polls() -> None:
     """When both wait, a submission goes before polls that queued earlier."""
-    clock = ScaledClock(SCALE)
+    clock = VirtualClock()
     budget = RequestBudget(6, clock, burst_share=1 / 6)  # one request per 10 s window
-    await budget.acquire("poll")
     order: list[str] = []
 
     async def one(name: str, kind: str) -> None:
         await budget.acquire(kind)  # type: ignore[arg-type]
         order.append(name)
 
-    async with anyio.create_task_group() as tg:
+    async with clock, anyio.create_task_group() as tg:
+        await budget.acquire("poll")
         for i in range(2):
             tg.start_soon(one, f"poll{i}", "poll")
-        await anyio.sleep(0.001)
+        await clock.sleep(1.0)  # the polls queue first
         tg.start_soon(one, "submit", "submit")
     assert order[0] == "submit"
+    assert sorted(order[1:]) == ["poll0", "poll1"]
 
 
 async def test_retry_after_pauses_every_request_until_it_passes() -> None:
     """After a 429 with Retry-After 5 s no request is let through for 5 s."""
-    clock = ScaledClock(SCALE)
+    clock = VirtualClock()
     budget = RequestBudget(1200, clock)
-    await budget.acquire("poll")
-    throttled_at = clock.now()
-    budget.on_throttled(5.0)
-    await budget.acquire("submit")
+    async with clock:
+        await budget.acquire("poll")
+        throttled_at = clock.now()
+        budget.on_throttled(5.0)
+        await budget.acquire("submit")
     assert clock.now() - throttled_at >= 5.0
     assert budget.effective_rate == 600  # halved, so the queue does not burst out at once
     for _ in range(20):
@@ -84,7 +83,7 @@ async def test_retry_after_pauses_every_request_until_it_passes() -> None:
 
 async def test_throttling_without_hint_halves_the_rate_once_per_episode() -> None:
     """429s without Retry-After halve the rate once per episode and successes restore it."""
-    clock = ScaledClock(SCALE)
+    clock = VirtualClock()
     budget = RequestBudget(120, clock, seed=1)
     budget.on_throttled(None)
     budget.on_throttled(None)  # same episode: requests that were already in flight
@@ -95,27 +94,27 @@ async def test_throttling_without_hint_halves_the_rate_once_per_episode() -> Non
     assert budget.effective_rate == 120
 
 
-async def burst_then_429(count: int, seed: int) -> tuple[ScaledClock, RequestBudget, float]:
-    """A 120/min budget that sent ``count`` polls at once, then heard a 429 without a hint;
-    with the moment of the 429."""
-    clock = ScaledClock(SCALE)
+async def burst_then_429(clock: VirtualClock, count: int, seed: int) -> tuple[RequestBudget, float]:
+    """A 120/min budget on the running ``clock`` that sent ``count`` polls at once, then
+    heard a 429 without a hint; with the moment of the 429."""
     budget = RequestBudget(120, clock, seed=seed)
     for _ in range(count):
         await budget.acquire("poll")
     throttled_at = clock.now()
     budget.on_throttled(None)
-    return clock, budget, throttled_at
+    return budget, throttled_at
 
 
 async def test_a_429_after_a_burst_halves_the_bursts_and_paces_the_rest() -> None:
     """30 requests at once then a 429: bursts drop to ~15, and later requests are paced."""
-    clock, budget, throttled_at = await burst_then_429(30, seed=2)
-    assert 14.0 <= budget.burst <= 15.0
-    paused_until = budget.paused_until
-    sent: list[float] = []
-    for _ in range(10):
-        await budget.acquire("poll")
-        sent.append(clock.now())
+    async with VirtualClock() as clock:
+        budget, throttled_at = await burst_then_429(clock, 30, seed=2)
+        assert 14.0 <= budget.burst <= 15.0
+        paused_until = budget.paused_until
+        sent: list[float] = []
+        for _ in range(10):
+            await budget.acquire("poll")
+            sent.append(clock.now())
     # The bucket was emptied by the 429 and refills at the halved rate (60/min): ten
     # requests need ten seconds' worth of tokens, however long the pause was.
     assert sent[0] >= paused_until
@@ -124,27 +123,30 @@ async def test_a_429_after_a_burst_halves_the_bursts_and_paces_the_rest() -> Non
 
 async def test_a_halved_rate_does_not_stall_a_full_minute() -> None:
     """100 requests, then a 429: the next request waits seconds, not until the minute rolls."""
-    clock, budget, throttled_at = await burst_then_429(100, seed=3)
-    await budget.acquire("poll")
+    async with VirtualClock() as clock:
+        budget, throttled_at = await burst_then_429(clock, 100, seed=3)
+        await budget.acquire("poll")
     assert clock.now() - throttled_at < 10.0
 
 
 async def test_the_burst_allowance_grows_back_slowly_without_429s() -> None:
     """A burst cut to 3 by a 429 is back to about 5 two minutes later."""
-    _, budget, _ = await burst_then_429(6, seed=4)
-    assert budget.burst == pytest.approx(3.0, abs=0.1)
-    await anyio.sleep(120.0 / SCALE)
+    async with VirtualClock() as clock:
+        budget, _ = await burst_then_429(clock, 6, seed=4)
+        assert budget.burst == pytest.approx(3.0, abs=0.1)
+        await clock.sleep(120.0)
     budget.delay()  # any look at the budget brings it up to date
     assert 4.9 <= budget.burst <= 5.5
 
 
 async def test_a_429_without_a_burst_before_it_leaves_the_burst_alone() -> None:
     """A 429 after requests sent one at a time (a storm, say) halves the rate, not bursts."""
-    clock = ScaledClock(SCALE)
+    clock = VirtualClock()
     budget = RequestBudget(120, clock, seed=5)
-    for _ in range(3):
-        await budget.acquire("poll")
-        await anyio.sleep(5.0 / SCALE)
+    async with clock:
+        for _ in range(3):
+            await budget.acquire("poll")
+            await clock.sleep(5.0)
     budget.on_throttled(None)
     assert budget.burst == 120
     assert budget.effective_rate == 60
@@ -152,17 +154,18 @@ async def test_a_429_without_a_burst_before_it_leaves_the_burst_alone() -> None:
 
 async def test_after_a_long_storm_successes_bring_the_rate_back_within_seconds() -> None:
     """Rate at its floor after five episodes: the next 20 requests, all accepted, take < 12 s."""
-    clock = ScaledClock(SCALE)
+    clock = VirtualClock()
     budget = RequestBudget(120, clock, seed=6)
-    for _ in range(5):
-        await anyio.sleep(max(0.0, budget.paused_until - clock.now()) / SCALE)
-        budget.on_throttled(None)
-    assert budget.effective_rate == 120 / 16
-    await anyio.sleep(max(0.0, budget.paused_until - clock.now()) / SCALE)
-    resumed = clock.now()
-    for _ in range(20):
-        await budget.acquire("poll")
-        budget.on_success()
+    async with clock:
+        for _ in range(5):
+            await clock.sleep(budget.paused_until - clock.now())
+            budget.on_throttled(None)
+        assert budget.effective_rate == 120 / 16
+        await clock.sleep(budget.paused_until - clock.now())
+        resumed = clock.now()
+        for _ in range(20):
+            await budget.acquire("poll")
+            budget.on_success()
     # Without the slow start, tokens come at the rate the storm left (one per 8 s at first,
     # then a little faster with each success): about 35 s for these 20.
     assert clock.now() - resumed < 12.0
@@ -260,15 +263,23 @@ async def test_a_storm_a_burst_or_a_retry_after_leave_the_minute_limit_alone() -
 
 async def test_a_cancelled_waiter_does_not_block_the_others() -> None:
     """Cancelling the request at the head of the queue lets the next one through."""
-    clock = ScaledClock(SCALE)
+    clock = VirtualClock()
     budget = RequestBudget(6, clock, burst_share=1 / 6)
-    await budget.acquire("poll")
     got: list[str] = []
-    with anyio.move_on_after(0.001):
-        await budget.acquire("submit")
-        got.append("cancelled one")
-    await budget.acquire("poll")
-    got.append("next")
+
+    async def cancel_after(scope: anyio.CancelScope, seconds: float) -> None:
+        await clock.sleep(seconds)
+        scope.cancel()
+
+    async with clock:
+        await budget.acquire("poll")
+        with anyio.CancelScope() as head:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_after, head, 1.0)
+                await budget.acquire("submit")
+                got.append("cancelled one")
+        await budget.acquire("poll")
+        got.append("next")
     assert got == ["next"]
     assert budget.waiting == 0
 
@@ -276,4 +287,4 @@ async def test_a_cancelled_waiter_does_not_block_the_others() -> None:
 async def test_rejects_a_non_positive_rate() -> None:
     """A budget of zero requests per minute is refused with the value in the message."""
     with pytest.raises(ValueError, match="requests_per_minute must be positive, got 0"):
-        RequestBudget(0, ScaledClock(SCALE))
+        RequestBudget(0, VirtualClock())

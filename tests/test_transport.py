@@ -105,7 +105,7 @@ async def test_a_base_url_with_a_path_prefix_is_kept() -> None:
         budget=RequestBudget(1e6, clock),
         transport=api.transport,
     )
-    await transport.get("x")
+    await transport.get(GEN_ID)
     assert api.requests[0].url.path == "/api/v2/generate/audio"
 
 

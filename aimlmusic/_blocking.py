@@ -1,0 +1,404 @@
+"""``MusicClient``: the blocking client, an :class:`AsyncMusicClient` run on a background loop.
+
+Scripts, notebooks and WSGI apps cannot ``await``. Rather than a second implementation, the
+blocking client starts an event loop in a daemon thread (an anyio blocking portal) and runs
+the async client there; each method hands its coroutine to that loop and waits for the
+answer. The calling thread may have an event loop of its own running (a Jupyter cell): the
+two never meet.
+
+Ctrl-C: a ``KeyboardInterrupt`` arrives in the calling thread while it waits. The call in
+flight on the background loop is then cancelled, and the interrupt propagates only once that
+call has unwound (so a download's temporary file is gone, a batch's polls have stopped).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from anyio.from_thread import BlockingPortal
+
+from ._client import AsyncMusicClient
+from ._config import Limits, RetryPolicy, SizeLimits, Timeout
+from ._events import BatchEvents
+from ._models import Generation, SongRequest, SongResult
+
+if TYPE_CHECKING:
+    import httpx
+    from anyio.streams.memory import MemoryObjectReceiveStream
+
+    from ._clock import Clock
+    from ._polling import PollPolicy
+    from ._ratelimit import RequestBudget
+
+__all__ = ["MusicClient", "SongResults"]
+
+T = TypeVar("T")
+
+#: Real seconds to wait for the background loop to start, or to stop when closing.
+_THREAD_TIMEOUT = 10.0
+#: Real seconds to wait for a cancelled call to unwind after Ctrl-C before giving up on it
+#: (a second Ctrl-C ends the wait at once).
+_CANCEL_TIMEOUT = 10.0
+#: The event loop the background thread runs unless told otherwise.
+DEFAULT_BACKEND = "asyncio"
+
+
+class _LoopThread:
+    """An event loop in a daemon thread with a blocking portal into it.
+
+    A daemon thread, not an executor's: a client that is never closed must not keep the
+    interpreter from exiting.
+    """
+
+    def __init__(self, backend: str) -> None:
+        ready: Future[BlockingPortal] = Future()
+
+        async def serve() -> None:
+            async with BlockingPortal() as portal:
+                ready.set_result(portal)
+                await portal.sleep_until_stopped()
+
+        def target() -> None:
+            try:
+                anyio.run(serve, backend=backend)
+            except BaseException as exc:  # the loop could not start: tell the creator
+                if not ready.done():
+                    ready.set_exception(exc)
+
+        self.thread = threading.Thread(target=target, name="aimlmusic-client", daemon=True)
+        self.thread.start()
+        self.portal = ready.result(timeout=_THREAD_TIMEOUT)
+        self.stopped = False
+
+    def call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await func(*args)`` on the loop; on any interruption of the wait (Ctrl-C),
+        cancel it there and wait for it to unwind before re-raising."""
+        if threading.current_thread() is self.thread:
+            raise RuntimeError(
+                "a MusicClient cannot be called from its own event loop (for example from a "
+                "batch's event hook); use the AsyncMusicClient there"
+            )
+        unwound = threading.Event()
+
+        async def run() -> T:
+            try:
+                return await func(*args)
+            finally:
+                unwound.set()
+
+        future = self.portal.start_task_soon(run)
+        try:
+            return future.result()
+        except BaseException:
+            if not future.done():
+                future.cancel()
+                unwound.wait(_CANCEL_TIMEOUT)
+            raise
+
+    def stop(self) -> None:
+        """Cancel whatever still runs on the loop, end it and join the thread."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.portal.call(self.portal.stop, True)
+            self.thread.join(_THREAD_TIMEOUT)
+
+
+def _shut_down(loop: _LoopThread, client: AsyncMusicClient) -> None:
+    """Close ``client`` on ``loop`` and stop it (also run when a client is garbage
+    collected unclosed)."""
+    if loop.stopped:
+        return
+    try:
+        if threading.current_thread() is not loop.thread and loop.thread.is_alive():
+            loop.call(client.aclose)
+    finally:
+        loop.stop()
+
+
+class MusicClient:
+    """A blocking client for the AI/ML API music endpoint, for scripts, notebooks and
+    WSGI apps: the same methods and arguments as :class:`AsyncMusicClient`, without
+    ``await``.
+
+    It runs an :class:`AsyncMusicClient` (built from the same arguments, see there) on an
+    event loop in a background thread, so it also works where an event loop is already
+    running, as in a Jupyter cell. ``backend`` names that loop's library (``"asyncio"`` or
+    ``"trio"``). Use it as a context manager, or call :meth:`close`; Ctrl-C during a call
+    cancels it cleanly.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float | Timeout | None = None,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        limits: Limits | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        clock: Clock | None = None,
+        allow_insecure_http: bool = False,
+        size_limits: SizeLimits | None = None,
+        backend: str = DEFAULT_BACKEND,
+    ) -> None:
+        # Built here, in the caller's thread, so that bad settings raise before any thread
+        # starts; the constructor does no I/O and needs no running loop.
+        self._client = AsyncMusicClient(
+            api_key,
+            base_url=base_url,
+            timeout=timeout,
+            retry=retry,
+            poll=poll,
+            limits=limits,
+            transport=transport,
+            http_client=http_client,
+            clock=clock,
+            allow_insecure_http=allow_insecure_http,
+            size_limits=size_limits,
+        )
+        self._loop = _LoopThread(backend)
+        self._batches: weakref.WeakSet[SongResults] = weakref.WeakSet()
+        self._finalizer = weakref.finalize(self, _shut_down, self._loop, self._client)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def async_client(self) -> AsyncMusicClient:
+        """The :class:`AsyncMusicClient` doing the work (use it only from its own loop)."""
+        return self._client
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL, without a trailing slash."""
+        return self._client.base_url
+
+    @property
+    def limits(self) -> Limits:
+        """The account limits this client paces itself to."""
+        return self._client.limits
+
+    @property
+    def clock(self) -> Clock:
+        """The clock every wait of this client uses."""
+        return self._client.clock
+
+    @property
+    def poll_policy(self) -> PollPolicy:
+        """The poll policy shared by ``wait``, ``generate`` and ``generate_many``."""
+        return self._client.poll_policy
+
+    @property
+    def budget(self) -> RequestBudget:
+        """The request budget shared by every request of this client."""
+        return self._client.budget
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._loop.stopped
+
+    # ------------------------------------------------------------------ calls
+
+    def submit(self, request: SongRequest) -> Generation:
+        """Submit one song and return the new generation (see
+        :meth:`AsyncMusicClient.submit`)."""
+        return self._call(self._client.submit, request)
+
+    def get(self, generation_id: str) -> Generation:
+        """Fetch a generation's current state (see :meth:`AsyncMusicClient.get`)."""
+        return self._call(self._client.get, generation_id)
+
+    def wait(self, generation: str | Generation, *, timeout: float | None = None) -> Generation:
+        """Poll until the generation is finished and return it (see
+        :meth:`AsyncMusicClient.wait`)."""
+
+        async def wait() -> Generation:
+            return await self._client.wait(generation, timeout=timeout)
+
+        return self._call(wait)
+
+    def generate(self, request: SongRequest, *, timeout: float | None = None) -> Generation:
+        """Submit ``request`` and wait for it (see :meth:`AsyncMusicClient.generate`)."""
+
+        async def generate() -> Generation:
+            return await self._client.generate(request, timeout=timeout)
+
+        return self._call(generate)
+
+    def download(
+        self,
+        generation: Generation | SongResult | str | None,
+        path: str | os.PathLike[str],
+    ) -> Path:
+        """Download a completed generation's audio to ``path`` (see
+        :meth:`AsyncMusicClient.download`)."""
+        return self._call(self._client.download, generation, path)
+
+    def generate_many(
+        self,
+        requests: Iterable[SongRequest | tuple[str, SongRequest]],
+        *,
+        max_in_flight: int | None = None,
+        deadline: float | None = 600.0,
+        poll: PollPolicy | None = None,
+        events: BatchEvents | None = None,
+    ) -> SongResults:
+        """Generate many songs at once; iterate the returned :class:`SongResults` for their
+        :class:`SongResult` in completion order.
+
+        The arguments are those of :meth:`AsyncMusicClient.generate_many`. ``requests`` is
+        read lazily and, like ``events``' methods, from the client's background thread.
+        Leaving a ``with`` block around the results (or :meth:`SongResults.close`, or
+        closing the client) cancels the songs still running; so does Ctrl-C.
+        """
+        self._check_open()
+        batch = self._client.generate_many(
+            requests, max_in_flight=max_in_flight, deadline=deadline, poll=poll, events=events
+        )
+        results = SongResults(self._loop, batch)
+        self._batches.add(results)
+        return results
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Cancel open batches, release the connection pool and stop the background
+        thread. Safe to call twice."""
+        for results in list(self._batches):
+            results.close()
+        self._finalizer()
+
+    def __enter__(self) -> MusicClient:
+        self._check_open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = ", closed" if self.closed else ""
+        return f"MusicClient(base_url={self.base_url!r}{state})"
+
+    def _check_open(self) -> None:
+        if self._loop.stopped:
+            raise RuntimeError("this MusicClient is closed; create a new one")
+
+    def _call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+        self._check_open()
+        return self._loop.call(func, *args)
+
+
+class SongResults(Iterator[SongResult]):
+    """The results of :meth:`MusicClient.generate_many`, in completion order.
+
+    Iterate it (the batch starts at the first item), optionally inside ``with``: leaving
+    the block, or :meth:`close`, cancels the songs still running. The iteration ends when
+    every song has a result; an error of the request source is raised at the end.
+    """
+
+    def __init__(
+        self,
+        loop: _LoopThread,
+        batch: Any,  # AbstractAsyncContextManager[MemoryObjectReceiveStream[SongResult]]
+    ) -> None:
+        self._loop = loop
+        self._batch = batch
+        self._stream: MemoryObjectReceiveStream[SongResult] | None = None
+        self._leave: anyio.Event | None = None
+        self._holder: Future[None] | None = None
+        self._unwound = threading.Event()
+        self._done = False
+
+    def __iter__(self) -> SongResults:
+        return self
+
+    def __next__(self) -> SongResult:
+        if self._done:
+            raise StopIteration
+        try:
+            stream = self._start()
+            try:
+                return self._loop.call(stream.receive)
+            except anyio.EndOfStream:
+                pass
+        except BaseException:
+            self.close()
+            raise
+        self.close()  # raises the source's error, if any
+        raise StopIteration
+
+    def close(self) -> None:
+        """Cancel the songs still running (those already delivered are kept) and end the
+        iteration. Safe to call twice."""
+        if self._done:
+            return
+        self._done = True
+        holder, leave = self._holder, self._leave
+        if holder is None or self._loop.stopped:
+            return
+        if leave is None:  # interrupted before the batch was entered
+            holder.cancel()
+            self._unwound.wait(_CANCEL_TIMEOUT)
+            return
+        # Leaving the batch's block cancels its songs and raises what the source raised.
+        self._loop.portal.call(leave.set)
+        try:
+            holder.result()
+        except BaseException:
+            if not holder.done():
+                holder.cancel()
+                self._unwound.wait(_CANCEL_TIMEOUT)
+            raise
+
+    def __enter__(self) -> SongResults:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _start(self) -> MemoryObjectReceiveStream[SongResult]:
+        """Enter the batch on the loop, where a task keeps it open until :meth:`close`."""
+        if self._stream is not None:
+            return self._stream
+        if self._loop.stopped:
+            raise RuntimeError("this MusicClient is closed; create a new one")
+        entered: Future[MemoryObjectReceiveStream[SongResult]] = Future()
+
+        async def hold() -> None:
+            self._leave = anyio.Event()
+            try:
+                async with self._batch as stream:
+                    entered.set_result(stream)
+                    await self._leave.wait()
+            except BaseException as exc:
+                if not entered.done():
+                    entered.set_exception(exc)
+                raise
+            finally:
+                self._unwound.set()
+
+        self._holder = self._loop.portal.start_task_soon(hold)
+        self._stream = entered.result()
+        return self._stream

@@ -1,0 +1,378 @@
+"""The blocking ``MusicClient``: the async client's behaviour without ``await``.
+
+Plain sync tests against the in-process emulator on its compressed clock. The background
+loop runs asyncio or trio (``backend``), so the behavioural tests run on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+import aimlmusic
+from aimlmusic import FixedInterval, MusicClient, SongRequest
+from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig
+from aimlmusic.testing import EMULATED_BASE_URL
+
+#: API seconds per real second: a 50-60 s song takes 50-60 ms.
+TIME_SCALE = 1000.0
+#: A song that does not finish while a test runs (about 11 real days at TIME_SCALE).
+NEVER = 1e9
+#: Polls at 20 API seconds (the first song, 10 s long, is then done), then never again.
+PARKED_POLLS = FixedInterval(interval=NEVER, first=20.0)
+#: Real seconds a test waits for the background loop to reach a point (only on failure).
+REACH_TIMEOUT = 30.0
+#: Name prefixes of the threads anyio and trio keep in their thread pools.
+POOL_THREADS = ("AnyIO worker thread", "Trio thread")
+
+
+class WatchedClock:
+    """The emulator's clock, counting the sleeps in progress and the cancelled ones (from
+    the client's background thread)."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.inner = emulator.clock
+        self.active = 0
+        self.cancelled = 0
+
+    def now(self) -> float:
+        return self.inner.now()
+
+    async def sleep(self, seconds: float) -> None:
+        self.active += 1
+        try:
+            await self.inner.sleep(seconds)
+        except anyio.get_cancelled_exc_class():
+            self.cancelled += 1
+            raise
+        finally:
+            self.active -= 1
+
+
+def _song(n: int = 0) -> SongRequest:
+    return SongRequest(prompt=f"Calm acoustic guitar, take {n}", lyrics="[Verse]\nLa la la la")
+
+
+def _client(emulator: Emulator, backend: str, **options: object) -> MusicClient:
+    return MusicClient(
+        TEST_API_KEY,
+        base_url=EMULATED_BASE_URL,
+        transport=httpx.ASGITransport(app=emulator.app),
+        clock=options.pop("clock", emulator.clock),  # type: ignore[arg-type]
+        backend=backend,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The event loop library the client's background thread runs."""
+    return str(request.param)
+
+
+@pytest.fixture
+def emulator() -> Emulator:
+    """A fresh emulator at TIME_SCALE without the per-minute budget."""
+    return Emulator(EmulatorConfig(time_scale=TIME_SCALE, requests_per_minute=None))
+
+
+@pytest.fixture
+def no_leaked_threads() -> Iterator[None]:
+    """Fails the test if a thread it started is still running at its end (except idle
+    workers of the event loops' thread pools: trio keeps them for 10 s, asyncio's end a
+    moment after their loop, and neither holds anything of ours)."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [
+        t
+        for t in threading.enumerate()
+        if t not in before and t.is_alive() and not t.name.startswith(POOL_THREADS)
+    ]
+    assert leaked == []
+
+
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in the main thread, as in a plain script."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def _wait_until(condition: Callable[[], bool]) -> None:
+    """Return once ``condition()`` holds (checked every millisecond; fails after
+    REACH_TIMEOUT, which only a broken client reaches)."""
+    deadline = time.monotonic() + REACH_TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, "the client never got there"
+        time.sleep(0.001)
+
+
+def _ctrl_c_when(condition: Callable[[], bool]) -> threading.Thread:
+    """Press Ctrl-C (SIGINT to the main thread) as soon as ``condition()`` holds."""
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def press() -> None:
+        _wait_until(condition)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    thread = threading.Thread(target=press, daemon=True)
+    thread.start()
+    return thread
+
+
+def _parked(emulator: Emulator, clock: WatchedClock, songs: int) -> Callable[[], bool]:
+    """True once ``songs`` songs were submitted and polled once and the client sleeps:
+    with ``PARKED_POLLS`` the next poll is ages away, so it sleeps until cancelled."""
+
+    def parked() -> bool:
+        requests = emulator.stats().requests
+        return requests["submit"] == songs and requests["poll"] >= songs and clock.active > 0
+
+    return parked
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_generate_and_download_write_the_song(
+    emulator: Emulator, backend: str, tmp_path: Path
+) -> None:
+    """generate() returns the completed generation and download() writes its audio."""
+    with _client(emulator, backend) as client:
+        generation = client.generate(_song())
+        path = client.download(generation, tmp_path / "song.mp3")
+    assert generation.status == aimlmusic.GenerationStatus.COMPLETED
+    assert path == tmp_path / "song.mp3"
+    assert generation.music_info is not None
+    assert path.stat().st_size == generation.music_info.size
+    assert emulator.stats().duplicate_submissions == 0
+
+
+def test_submit_get_and_wait_follow_one_generation(emulator: Emulator, backend: str) -> None:
+    """submit(), get() and wait() see the same generation through to completion."""
+    with _client(emulator, backend) as client:
+        submitted = client.submit(_song())
+        fetched = client.get(submitted.id)
+        finished = client.wait(submitted.id, timeout=600)
+    assert fetched.id == submitted.id == finished.id
+    assert finished.status == aimlmusic.GenerationStatus.COMPLETED
+
+
+def test_errors_keep_their_type(emulator: Emulator, backend: str) -> None:
+    """A failed song raises GenerationFailedError, a deadline GenerationTimeoutError."""
+    emulator.inject("generation_failure", route="submit")
+    with _client(emulator, backend) as client:
+        with pytest.raises(aimlmusic.GenerationFailedError):
+            client.generate(_song(1))
+        with pytest.raises(aimlmusic.GenerationTimeoutError):
+            client.generate(_song(2), timeout=1.0)
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_bad_settings_raise_before_any_thread_starts() -> None:
+    """A configuration error raises in the caller, naming the problem; no thread is left."""
+    with pytest.raises(aimlmusic.ConfigurationError, match="timeout"):
+        MusicClient(TEST_API_KEY, base_url=EMULATED_BASE_URL, timeout=-1)
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_closed_client_refuses_calls_and_closing_twice_is_fine(
+    emulator: Emulator, backend: str
+) -> None:
+    """After close() the thread is gone, calls raise RuntimeError, close() again is a no-op."""
+    client = _client(emulator, backend)
+    client.close()
+    client.close()
+    assert client.closed
+    assert "closed" in repr(client)
+    with pytest.raises(RuntimeError, match="closed"):
+        client.get("anything")
+
+
+def test_repr_and_properties_show_no_key(emulator: Emulator) -> None:
+    """The properties mirror the async client's; the repr never shows the key."""
+    with _client(emulator, "asyncio", limits=aimlmusic.Limits(max_in_flight=3)) as client:
+        assert client.base_url == EMULATED_BASE_URL
+        assert client.limits.max_in_flight == 3
+        assert client.poll_policy is client.async_client.poll_policy
+        assert client.budget is client.async_client.budget
+        assert client.clock is client.async_client.clock
+        assert TEST_API_KEY not in repr(client)
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_generate_many_yields_every_song_in_completion_order(
+    emulator: Emulator, backend: str
+) -> None:
+    """A plain for loop gets every song once, in the order the songs were seen finished."""
+    songs = [(f"song-{n}", _song(n)) for n in range(6)]
+    with _client(emulator, backend) as client:
+        results = list(client.generate_many(songs, max_in_flight=6))
+    assert sorted(r.key for r in results) == [key for key, _ in songs]
+    assert all(r.ok for r in results)
+    finished = [r.timings.noticed_at for r in results]
+    assert finished == sorted(finished)
+    assert emulator.stats().duplicate_submissions == 0
+
+
+def test_generate_many_raises_the_source_error_at_the_end(emulator: Emulator, backend: str) -> None:
+    """An error of the request source surfaces after the songs already started are in."""
+
+    def songs() -> Iterator[SongRequest]:
+        yield _song(1)
+        raise ValueError("catalog broken")
+
+    received: list[aimlmusic.SongResult] = []
+    with _client(emulator, backend) as client, pytest.raises(ValueError, match="catalog broken"):
+        received.extend(client.generate_many(songs()))
+    assert [r.ok for r in received] == [True]
+
+
+def _first_song_fast() -> object:
+    """Durations: the first song takes 10 API seconds, every other one never finishes."""
+    draws = iter([10.0])
+
+    def duration(rng: random.Random) -> float:
+        return next(draws, NEVER)
+
+    return duration
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_leaving_generate_many_early_cancels_the_batch(backend: str) -> None:
+    """Breaking out of a with block cancels the songs still polled: no sleep is left."""
+    emulator = Emulator(
+        EmulatorConfig(
+            time_scale=TIME_SCALE, requests_per_minute=None, durations=_first_song_fast()
+        )
+    )
+    clock = WatchedClock(emulator)
+    with _client(emulator, backend, clock=clock, poll=PARKED_POLLS) as client:
+        with client.generate_many([_song(n) for n in range(4)]) as results:
+            first = next(results)
+            _wait_until(_parked(emulator, clock, 4))
+        assert first.ok
+        assert clock.active == 0
+        assert clock.cancelled >= 1
+        assert list(results) == []  # closed: the iteration is over
+        assert client.get(first.generation_id).id == first.generation_id  # still usable
+
+
+@pytest.mark.usefixtures("no_leaked_threads", "sigint_raises")
+def test_ctrl_c_in_the_loop_body_cancels_the_batch_and_the_thread_ends(backend: str) -> None:
+    """KeyboardInterrupt raised while handling a result cancels the batch, and leaving the
+    client's block ends its thread."""
+    emulator = Emulator(
+        EmulatorConfig(
+            time_scale=TIME_SCALE, requests_per_minute=None, durations=_first_song_fast()
+        )
+    )
+    clock = WatchedClock(emulator)
+    seen: list[aimlmusic.SongResult] = []
+
+    def script(client: MusicClient) -> None:
+        with client:
+            for result in client.generate_many([_song(n) for n in range(4)]):
+                seen.append(result)
+                _wait_until(_parked(emulator, clock, 4))
+                raise KeyboardInterrupt
+
+    client = _client(emulator, backend, clock=clock, poll=PARKED_POLLS)
+    with pytest.raises(KeyboardInterrupt):
+        script(client)
+    assert len(seen) == 1
+    assert client.closed
+    assert clock.active == 0
+    assert clock.cancelled >= 1
+
+
+@pytest.mark.usefixtures("no_leaked_threads", "sigint_raises")
+def test_ctrl_c_while_waiting_cancels_the_call_in_flight(emulator: Emulator, backend: str) -> None:
+    """SIGINT while wait() blocks raises KeyboardInterrupt only once the wait has been
+    cancelled on the background loop; the client stays usable."""
+    clock = WatchedClock(emulator)
+    with _client(emulator, backend, clock=clock, poll=PARKED_POLLS) as client:
+        generation = client.submit(_song())
+        presser = _ctrl_c_when(_parked(emulator, clock, 1))
+        with pytest.raises(KeyboardInterrupt):
+            client.wait(generation, timeout=None)
+        presser.join(REACH_TIMEOUT)
+        assert clock.cancelled == 1
+        assert clock.active == 0
+        assert client.get(generation.id).id == generation.id
+
+
+@pytest.mark.usefixtures("no_leaked_threads", "sigint_raises")
+def test_ctrl_c_while_waiting_for_a_batch_result_cancels_the_batch(
+    emulator: Emulator, backend: str
+) -> None:
+    """SIGINT while the loop waits for the next result cancels the whole batch."""
+    clock = WatchedClock(emulator)
+    with _client(
+        emulator, backend, clock=clock, poll=FixedInterval(interval=NEVER, first=NEVER)
+    ) as client:
+        presser = _ctrl_c_when(
+            lambda: emulator.stats().requests["submit"] == 3 and clock.active > 0
+        )
+        with pytest.raises(KeyboardInterrupt):
+            for _ in client.generate_many([_song(n) for n in range(3)]):
+                pass
+        presser.join(REACH_TIMEOUT)
+        assert clock.cancelled >= 1
+        assert clock.active == 0
+
+
+def test_works_under_a_running_event_loop(emulator: Emulator) -> None:
+    """Called synchronously from inside asyncio.run (as in a Jupyter cell), it works."""
+
+    async def cell() -> aimlmusic.Generation:
+        with _client(emulator, "asyncio") as client:
+            return client.generate(_song())
+
+    generation = asyncio.run(cell())
+    assert generation.status == aimlmusic.GenerationStatus.COMPLETED
+
+
+def test_event_hook_calling_the_client_is_refused(emulator: Emulator) -> None:
+    """A hook calling the blocking client from its own loop gets a clear error, not a
+    deadlock (the error is logged and the batch goes on)."""
+    errors: list[BaseException] = []
+
+    class Hook:
+        def on_submitted(self, event: aimlmusic.SongSubmitted) -> None:
+            try:
+                client.get(event.generation_id)
+            except RuntimeError as exc:
+                errors.append(exc)
+
+    with _client(emulator, "asyncio") as client:
+        results = list(client.generate_many([_song()], events=Hook()))
+    assert [r.ok for r in results] == [True]
+    assert len(errors) == 1
+    assert "AsyncMusicClient" in str(errors[0])
+
+
+def test_takes_the_async_clients_arguments() -> None:
+    """MusicClient's constructor and methods take every argument AsyncMusicClient's do, so
+    the two cannot drift apart."""
+    import inspect
+
+    pairs = [(MusicClient.__init__, aimlmusic.AsyncMusicClient.__init__)]
+    for name in ("submit", "get", "wait", "generate", "download", "generate_many"):
+        pairs.append((getattr(MusicClient, name), getattr(aimlmusic.AsyncMusicClient, name)))
+    for blocking, async_ in pairs:
+        wanted = inspect.signature(async_).parameters
+        given = inspect.signature(blocking).parameters
+        assert set(wanted) <= set(given), blocking.__name__
+        for name, parameter in wanted.items():
+            assert given[name].kind == parameter.kind, (blocking.__name__, name)
+            assert given[name].default == parameter.default, (blocking.__name__, name)
