@@ -26,7 +26,7 @@ import anyio
 from anyio.from_thread import BlockingPortal
 
 from ._client import AsyncMusicClient
-from ._config import Limits, RetryPolicy, Timeout
+from ._config import Limits, RetryPolicy, SizeLimits, Timeout
 from ._events import BatchEvents
 from ._models import Generation, SongRequest, SongResult
 
@@ -150,6 +150,7 @@ class MusicClient:
         http_client: httpx.AsyncClient | None = None,
         clock: Clock | None = None,
         allow_insecure_http: bool = False,
+        size_limits: SizeLimits | None = None,
         backend: str = DEFAULT_BACKEND,
     ) -> None:
         # Built here, in the caller's thread, so that bad settings raise before any thread
@@ -165,6 +166,7 @@ class MusicClient:
             http_client=http_client,
             clock=clock,
             allow_insecure_http=allow_insecure_http,
+            size_limits=size_limits,
         )
         self._loop = _LoopThread(backend)
         self._batches: weakref.WeakSet[SongResults] = weakref.WeakSet()

@@ -47,6 +47,8 @@ from ._transport import NO_AUTH
 __all__ = ["Downloader"]
 
 logger = logging.getLogger("aimlmusic")
+#: Each request's outcome, on its own logger so that a CLI's -v can show just these.
+request_logger = logging.getLogger("aimlmusic.http")
 
 #: Statuses a presigned URL answers with once it has expired or was revoked.
 EXPIRED_STATUSES = frozenset({403, 404, 410})
@@ -256,7 +258,7 @@ class Downloader:
             if isinstance(outcome, Exception):
                 raise outcome  # raised here, not in httpx's except block: no httpx context
             response = outcome
-            logger.debug("GET %s -> %d", redact_url(current), response.status_code)
+            request_logger.debug("GET %s -> %d", redact_url(current), response.status_code)
             location = response.headers.get("location")
             if not response.is_redirect or location is None:
                 return response

@@ -71,6 +71,8 @@ from ._version import __version__
 __all__ = ["USER_AGENT", "RequestObserver", "Transport"]
 
 logger = logging.getLogger("aimlmusic")
+#: Each request's outcome, on its own logger so that a CLI's -v can show just these.
+request_logger = logging.getLogger("aimlmusic.http")
 
 USER_AGENT = f"aimlmusic/{__version__}"
 
@@ -321,7 +323,7 @@ class Transport:
             response = await http.send(request, stream=True, auth=NO_AUTH, follow_redirects=False)
         except httpx.HTTPError as exc:
             failure = self._transport_failure(exc, method, url)
-            logger.debug("%s %s failed: %s", method, url, failure.error)
+            request_logger.debug("%s %s failed: %s", method, url, failure.error)
             return failure
         try:
             outcome = await self._read(response, method, url)
@@ -329,10 +331,10 @@ class Transport:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
         if isinstance(outcome, _Failure):
-            logger.debug("%s %s failed: %s", method, url, outcome.error)
+            request_logger.debug("%s %s failed: %s", method, url, outcome.error)
             return outcome
         elapsed = time.perf_counter() - started
-        logger.debug("%s %s -> %d in %.3f s", method, url, response.status_code, elapsed)
+        request_logger.debug("%s %s -> %d in %.3f s", method, url, response.status_code, elapsed)
         if response.is_success:
             self.budget.on_success()
             return self._generation_of(outcome, method, url, expected_id)

@@ -17,7 +17,7 @@ _INTRO = """\
 # Performance
 
 Every figure on this page was measured in one run of `{command}` on the machine described
-at the end; {sizes} Each figure that issue 6 holds to a target is printed next to it with
+at the end; {sizes} Each figure that has a target is printed next to it with
 ✓ (met) or ✗ (missed), and a missed target is explained below with the figures that limit
 it. The benchmarks never pass or fail on time. The code is in `benchmarks/`.
 """
@@ -130,7 +130,7 @@ _VERDICTS = """\
 
 {summary}
 
-| target | measured | issue 6 target | |
+| figure | measured | target | |
 |---|---|---|---|
 {rows}
 """

@@ -1,10 +1,16 @@
-"""Helpers for tests that check request timing against a budget, and makespans."""
+"""Helpers for tests that check request timing against a budget, makespans, and for
+running code in virtual time."""
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+from contextlib import AbstractAsyncContextManager
 
-__all__ = ["list_schedule", "max_in_window"]
+from aimlmusic import Clock
+from aimlmusic.testing import VirtualClock
+
+__all__ = ["list_schedule", "max_in_window", "virtual_time"]
 
 
 def max_in_window(times: list[float], window: float) -> int:
@@ -25,3 +31,11 @@ def list_schedule(durations: list[float], slots: int) -> float:
     for duration in durations:
         heapq.heappush(free, heapq.heappop(free) + duration)
     return max(free)
+
+
+def virtual_time(clock: Clock) -> AbstractAsyncContextManager[object]:
+    """``clock`` running for the block if it is a :class:`VirtualClock` not running yet (so
+    helpers can start it for tests that do nothing else in virtual time); else nothing."""
+    if isinstance(clock, VirtualClock) and not clock.running:
+        return clock
+    return contextlib.nullcontext()

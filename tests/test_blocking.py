@@ -359,3 +359,20 @@ def test_event_hook_calling_the_client_is_refused(emulator: Emulator) -> None:
     assert [r.ok for r in results] == [True]
     assert len(errors) == 1
     assert "AsyncMusicClient" in str(errors[0])
+
+
+def test_takes_the_async_clients_arguments() -> None:
+    """MusicClient's constructor and methods take every argument AsyncMusicClient's do, so
+    the two cannot drift apart."""
+    import inspect
+
+    pairs = [(MusicClient.__init__, aimlmusic.AsyncMusicClient.__init__)]
+    for name in ("submit", "get", "wait", "generate", "download", "generate_many"):
+        pairs.append((getattr(MusicClient, name), getattr(aimlmusic.AsyncMusicClient, name)))
+    for blocking, async_ in pairs:
+        wanted = inspect.signature(async_).parameters
+        given = inspect.signature(blocking).parameters
+        assert set(wanted) <= set(given), blocking.__name__
+        for name, parameter in wanted.items():
+            assert given[name].kind == parameter.kind, (blocking.__name__, name)
+            assert given[name].default == parameter.default, (blocking.__name__, name)

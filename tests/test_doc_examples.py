@@ -271,6 +271,15 @@ def check_readme_quickstart(block: Block, docs: DocsRun) -> None:
     docs.assert_clients_closed()
 
 
+def check_readme_blocking(block: Block, docs: DocsRun) -> None:
+    """The blocking client in a script: one song generated and downloaded, client closed."""
+    docs.run_program(block)
+    assert_mp3(docs.tmp_path / "guitar.mp3")
+    assert docs.emulator.stats().requests["submit"] == 1
+    assert docs.blocking_clients
+    assert all(client.closed for client in docs.blocking_clients)
+
+
 def check_quickstart_one_song(block: Block, docs: DocsRun) -> None:
     """``generate`` + ``download``, printing the path and the song's ``music_info``."""
     docs.run_program(block)
@@ -350,6 +359,38 @@ def check_quickstart_blocking(block: Block, docs: DocsRun) -> None:
     assert docs.emulator.stats().requests["submit"] == 4
     assert docs.blocking_clients
     assert all(client.closed for client in docs.blocking_clients)
+
+
+def check_observability_otel(block: Block, docs: DocsRun) -> None:
+    """The in-memory OpenTelemetry script prints the songs, a span per song with its id and
+    polls, and the metric names. The process-wide providers can be set once only, so the
+    API's setters and getters are pointed at this run's."""
+    from opentelemetry import metrics, trace
+
+    providers: dict[str, Any] = {
+        "trace": trace.ProxyTracerProvider(),
+        "metrics": metrics.get_meter_provider(),
+    }
+    docs.monkeypatch.setattr(trace, "set_tracer_provider", lambda p: providers.update(trace=p))
+    docs.monkeypatch.setattr(trace, "get_tracer_provider", lambda: providers["trace"])
+    docs.monkeypatch.setattr(metrics, "set_meter_provider", lambda p: providers.update(metrics=p))
+    docs.monkeypatch.setattr(metrics, "get_meter_provider", lambda: providers["metrics"])
+    docs.run_program(block)
+    assert docs.anyio_runs == 1
+    printed = docs.output().splitlines()
+    assert sorted(printed[:3]) == ["0 ok", "1 ok", "2 ok"]
+    jobs = docs.emulator.jobs
+    song_lines = printed[3:6]
+    assert {line.split()[0] for line in song_lines} == set(jobs)
+    assert all(line.endswith(" polls") for line in song_lines)
+    assert {
+        "aimlmusic.requests",
+        "aimlmusic.song.polls",
+        "aimlmusic.song.lag",
+        "aimlmusic.songs.in_flight",
+    } <= set(printed[6:])
+    providers["metrics"].shutdown()
+    providers["trace"].shutdown()
 
 
 def check_quickstart_settings(block: Block, docs: DocsRun) -> None:
@@ -491,6 +532,7 @@ Runner = Callable[..., None]
 #: How each block is run and checked.
 RUNNERS: dict[str, Runner] = {
     "README.md#quickstart": check_readme_quickstart,
+    "README.md#quickstart-2": check_readme_blocking,
     "docs/quickstart.md#one-song": check_quickstart_one_song,
     "docs/quickstart.md#requests-are-checked-before-anything-is-sent": (
         check_quickstart_validation_doctest
@@ -500,6 +542,7 @@ RUNNERS: dict[str, Runner] = {
     "docs/quickstart.md#without-async-the-blocking-client": check_quickstart_blocking,
     "docs/quickstart.md#settings": check_quickstart_settings,
     "docs/catalog.md#from-python": check_catalog_from_python,
+    "docs/observability.md#opentelemetry": check_observability_otel,
     "docs/testing.md#in-a-pytest-suite-the-fixtures": check_testing_fixture_test,
     "docs/testing.md#in-a-pytest-suite-the-fixtures-2": check_testing_fixture_override,
     "docs/testing.md#in-process-by-hand": check_testing_by_hand,

@@ -127,13 +127,40 @@ async def test_a_song_goes_queued_generating_completed(api: Harness) -> None:
     assert (record.polls, record.first_seen_terminal_at, record.lag) == (2, 55.0, 0.0)
 
 
-async def test_ids_are_deterministic_for_a_seed(clock: ManualClock) -> None:
-    """Two emulators with the same seed give the same ids for the same requests."""
+async def test_ids_never_repeat_across_emulators(clock: ManualClock) -> None:
+    """Two emulators with the same seed (a restart) give different ids for the same request:
+    an id kept from an earlier run never finds another song."""
     ids = []
     for _ in range(2):
         async with client_for(make_emulator(clock, seed=42)) as client:
             ids.append((await submit(client)).json()["id"])
-    assert ids[0] == ids[1]
+    assert ids[0] != ids[1]
+    assert all(re.fullmatch(r"[0-9a-f-]{36}:minimax/music-1\.5", i) for i in ids)
+
+
+async def test_info_reports_the_time_scale(clock: ManualClock) -> None:
+    """GET /_emulator/info says it is an aimlmusic emulator and its time scale, without a
+    key and without counting as a request."""
+    emulator = make_emulator(clock, time_scale=250)
+    async with client_for(emulator) as client:
+        response = await client.get("/_emulator/info")
+    assert response.status_code == 200
+    info = response.json()
+    assert (info["emulator"], info["time_scale"]) == ("aimlmusic", 250)
+    assert emulator.stats().total_requests == 0
+
+
+async def test_truncated_downloads_can_be_drawn(clock: ManualClock) -> None:
+    """``Faults(truncate_download=1.0)`` cuts every download short, as the docs' table says;
+    API requests are untouched."""
+    emulator = make_emulator(clock, faults=Faults(truncate_download=1.0))
+    async with client_for(emulator) as client:
+        generation_id = (await submit(client)).json()["id"]
+        clock.now = 60.0
+        done = (await poll(client, generation_id)).json()
+        with pytest.raises(httpx.RemoteProtocolError, match="complete message body"):
+            await client.get(done["audio_file"]["url"])
+    assert emulator.stats().faults == {"truncate_download": 1}
 
 
 async def test_the_extras_can_be_turned_off(clock: ManualClock) -> None:

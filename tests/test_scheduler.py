@@ -3,8 +3,10 @@ deadlines, events, the request budget, 429s, and scale.
 
 Most tests drive ``_scheduler.generate_many`` against ``FakeAPI``, a small in-memory service
 whose songs behave as their prompts say (``song("a", 30, "fail")``: 30 API seconds, then
-status ``error``); time is compressed 1000x, so a 30 s song takes 30 ms. The last section runs
-``AsyncMusicClient.generate_many`` end to end against the bundled emulator.
+status ``error``). Everything runs in virtual time (``VirtualClock``): a 30 s song takes no
+real time, and no result depends on how loaded the machine is. The last section runs
+``AsyncMusicClient.generate_many`` end to end against the bundled emulator, which shares
+the virtual clock.
 """
 
 from __future__ import annotations
@@ -14,21 +16,23 @@ import itertools
 import logging
 import math
 import statistics
-import time
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-from _timing import list_schedule, max_in_window
+from _timing import list_schedule, max_in_window, virtual_time
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from aimlmusic import (
     AmbiguousSubmissionError,
     AsyncMusicClient,
     BadRequestError,
     BatchEvents,
+    Clock,
     FixedInterval,
     Generation,
     GenerationError,
@@ -53,13 +57,14 @@ from aimlmusic import (
     SongSubmitted,
     _scheduler,
 )
-from aimlmusic._clock import ScaledClock
 from aimlmusic._ratelimit import RequestBudget
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Uniform
+from aimlmusic.testing import VirtualClock
 
 pytestmark = pytest.mark.anyio
 
-SCALE = 1000.0  # API seconds per real second
+#: FakeAPI's answer time in API seconds: requests overlap the way real round trips do.
+ROUND_TRIP = 0.2
 QUICK = FixedInterval(interval=1.0, first=1.0)
 
 
@@ -69,7 +74,7 @@ def song(name: str, seconds: float = 10.0, *flags: str) -> SongRequest:
 
 
 class FakeAPI:
-    """An in-memory stand-in for the transport: submit and get, on a compressed clock.
+    """An in-memory stand-in for the transport: submit and get, on the test's clock.
 
     Flags in a song's prompt: ``fail`` (ends in status error), ``reject`` (400 on submit),
     ``ambiguous`` (the POST may have been accepted), ``flaky`` (the first two polls fail with
@@ -77,7 +82,7 @@ class FakeAPI:
     ``throttled`` (the submission meets one 429 first), ``queued`` (waits 20 s in the queue).
     """
 
-    def __init__(self, clock: ScaledClock, budget: RequestBudget | None = None) -> None:
+    def __init__(self, clock: Clock, budget: RequestBudget | None = None) -> None:
         self.clock = clock
         self.budget = budget
         self.jobs: dict[str, dict[str, Any]] = {}
@@ -97,7 +102,7 @@ class FakeAPI:
         if self.budget is not None:
             await self.budget.acquire("submit" if kind == "submit" else "poll")
         self.log.append((self.clock.now(), kind, prompt))
-        await anyio.sleep(0.0002)  # a round trip of 0.2 API s
+        await self.clock.sleep(ROUND_TRIP)
 
     async def submit(self, request: SongRequest, *, observer: Any = None) -> Generation:
         self.calls_in_flight += 1
@@ -160,16 +165,17 @@ class FakeAPI:
 
 
 @pytest.fixture
-def clock() -> ScaledClock:
-    return ScaledClock(SCALE)
+def clock() -> VirtualClock:
+    return VirtualClock()
 
 
 @pytest.fixture
-def api(clock: ScaledClock) -> FakeAPI:
+def api(clock: VirtualClock) -> FakeAPI:
     return FakeAPI(clock)
 
 
-def batch(
+@asynccontextmanager
+async def batch(
     api: FakeAPI,
     requests: Any,
     *,
@@ -177,16 +183,21 @@ def batch(
     deadline: float | None = 600.0,
     poll: PollPolicy = QUICK,
     events: Any = None,
-) -> Any:
-    return _scheduler.generate_many(
-        api,
-        requests,
-        clock=api.clock,
-        max_in_flight=max_in_flight,
-        deadline=deadline,
-        poll=poll,
-        events=events,
-    )
+) -> AsyncIterator[MemoryObjectReceiveStream[SongResult]]:
+    """``generate_many`` over ``api``, with its virtual clock running (if not yet)."""
+    async with (
+        virtual_time(api.clock),
+        _scheduler.generate_many(
+            api,
+            requests,
+            clock=api.clock,
+            max_in_flight=max_in_flight,
+            deadline=deadline,
+            poll=poll,
+            events=events,
+        ) as results,
+    ):
+        yield results
 
 
 async def collect(api: FakeAPI, requests: Any, **kwargs: Any) -> list[SongResult]:
@@ -214,7 +225,6 @@ async def test_a_result_carries_its_timings_and_poll_count(api: FakeAPI) -> None
     assert t.noticed_at is not None
     assert t.started_at is not None
     assert t.submitted_at <= t.started_at <= t.completed_at <= t.noticed_at
-    # 1 real ms is 1 API s here: a busy machine blurs the estimate by a few seconds.
     assert 15.0 <= t.completed_at - t.submitted_at <= 30.0
     assert result.polls == api.jobs[result.generation_id]["polls"] >= 2  # type: ignore[index]
 
@@ -322,7 +332,7 @@ async def test_the_source_is_read_only_as_slots_free_up(api: FakeAPI) -> None:
             closed.append(True)
 
     async with batch(api, source(), max_in_flight=2) as results:
-        await anyio.sleep(0.005)  # 5 API s: both songs submitted, none finished
+        await api.clock.sleep(5.0)  # both songs submitted, none finished
         assert len(pulled) == 2
         first = await results.receive()
         assert len(pulled) <= 2 + 2 + 1  # in flight, buffered, received
@@ -362,7 +372,7 @@ async def test_a_slow_reader_holds_back_submissions_not_memory(api: FakeAPI) -> 
             yield song(str(n), 2)
 
     async with batch(api, source(), max_in_flight=2) as results:
-        await anyio.sleep(0.08)  # 80 API s: forty 2 s songs could have run
+        await api.clock.sleep(80.0)  # forty 2 s songs could have run
         assert len(pulled) <= 2 + 2  # two buffered results and two songs holding slots
         keys = [r.key async for r in results]
     assert len(keys) == 50
@@ -428,33 +438,44 @@ def running_tasks() -> int:
     return len(anyio.get_running_tasks())
 
 
-async def test_leaving_the_block_early_stops_everything_within_a_second(api: FakeAPI) -> None:
+async def test_leaving_the_block_early_stops_everything_at_once(clock: VirtualClock) -> None:
     """Breaking out after the first result returns at once; no call or task is left."""
-    tasks_before = running_tasks()
-    async with batch(api, [song(str(n), 5 + n) for n in range(40)], max_in_flight=20) as results:
-        async for _ in results:
-            break
-        left_at = time.perf_counter()
-    assert time.perf_counter() - left_at < 1.0
-    assert api.calls_in_flight == 0
-    logged = len(api.log)
-    await anyio.sleep(0.05)
-    assert len(api.log) == logged  # nothing is polled or submitted any more
-    assert running_tasks() == tasks_before
-
-
-async def test_cancelling_the_surrounding_scope_stops_everything(api: FakeAPI) -> None:
-    """A cancelled outer scope unwinds the batch at once, leaving no call or task behind."""
-    tasks_before = running_tasks()
-    started = time.perf_counter()
-    with anyio.move_on_after(0.02) as scope:
-        async with batch(api, [song(str(n), 500) for n in range(30)]) as results:
+    api = FakeAPI(clock)
+    async with clock:
+        tasks_before = running_tasks()
+        async with batch(api, [song(str(n), 5 + n) for n in range(40)]) as results:
             async for _ in results:
-                pass
-    assert scope.cancelled_caught
-    assert time.perf_counter() - started < 1.0
-    assert api.calls_in_flight == 0
-    assert running_tasks() == tasks_before
+                break
+            left_at = clock.now()
+        assert clock.now() == left_at  # nothing was waited for on the way out
+        assert api.calls_in_flight == 0
+        logged = len(api.log)
+        await clock.sleep(50.0)
+        assert len(api.log) == logged  # nothing is polled or submitted any more
+        assert running_tasks() == tasks_before
+
+
+async def cancel_after(clock: Clock, scope: anyio.CancelScope, seconds: float) -> None:
+    """Cancel ``scope`` after ``seconds`` on ``clock``."""
+    await clock.sleep(seconds)
+    scope.cancel()
+
+
+async def test_cancelling_the_surrounding_scope_stops_everything(clock: VirtualClock) -> None:
+    """A cancelled outer scope unwinds the batch at once, leaving no call or task behind."""
+    api = FakeAPI(clock)
+    async with clock:
+        tasks_before = running_tasks()
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_after, clock, scope, 20.0)
+                async with batch(api, [song(str(n), 500) for n in range(30)]) as results:
+                    async for _ in results:
+                        pass
+        assert scope.cancelled_caught
+        assert clock.now() == 20.0  # unwound without waiting for anything
+        assert api.calls_in_flight == 0
+        assert running_tasks() == tasks_before
 
 
 async def test_an_error_in_the_block_comes_out_as_itself(api: FakeAPI) -> None:
@@ -475,9 +496,9 @@ async def test_closing_the_stream_inside_the_block_stops_the_batch(api: FakeAPI)
     async with batch(api, [song(str(n), 3 + n) for n in range(10)], max_in_flight=2) as results:
         await results.receive()
         await results.aclose()
-        await anyio.sleep(0.02)
+        await api.clock.sleep(20.0)
         logged = len(api.log)
-        await anyio.sleep(0.02)
+        await api.clock.sleep(20.0)
         assert len(api.log) == logged
 
 
@@ -547,7 +568,7 @@ async def test_first_polls_already_planned_move_forward_when_the_policy_says_so(
     # The song planned first (whichever was submitted first) is polled early and finishes.
     others = waited[1:]
     if announce:
-        assert max(others) < 60.0  # re-planned to 10 s after submission (a busy machine blurs)
+        assert max(others) < 60.0  # re-planned to 10 s after submission
     else:
         assert min(others) >= 200.0  # the first polls stay where they were planned
 
@@ -584,17 +605,24 @@ async def test_polls_planned_far_ahead_move_forward_when_the_policy_learns(api: 
     """Songs already polled and planned 200 s ahead are polled again within seconds once the
     policy learns (from the first song to finish) that they are close to done."""
     policy = _SparseUntilTheFirstSongEnds()
-    results = await collect(api, [(k, song(k, 6)) for k in "abcd"], poll=policy, deadline=None)
+
+    async def staggered() -> AsyncIterator[tuple[str, SongRequest]]:
+        # A moment apart, so the policy can tell the first song by its submission time.
+        for k in "abcd":
+            yield k, song(k, 6)
+            await api.clock.sleep(0.1)
+
+    results = await collect(api, staggered(), poll=policy, deadline=None)
     waited = sorted(r.timings.noticed_at - r.timings.submitted_at for r in results)  # type: ignore[operator]
     assert policy.replanned >= 3
-    assert max(waited) < 30.0  # not 200 s: re-planned to 1 s (a busy machine blurs)
+    assert max(waited) < 30.0  # not 200 s: re-planned to 1 s
 
 
-class _OversleepingClock(ScaledClock):
+class _OversleepingClock(VirtualClock):
     """A clock on a busy machine: every sleep ends ``late`` API seconds after it should."""
 
-    def __init__(self, scale: float, late: float) -> None:
-        super().__init__(scale)
+    def __init__(self, late: float) -> None:
+        super().__init__()
         self.late = late
 
     async def sleep(self, seconds: float) -> None:
@@ -603,7 +631,7 @@ class _OversleepingClock(ScaledClock):
 
 async def test_polls_keep_the_policy_s_spacing_when_every_wake_up_is_late() -> None:
     """Waking 1 s late each time, polls planned 10 s apart still go out ~10 s apart, not 11."""
-    clock = _OversleepingClock(100.0, late=1.0)
+    clock = _OversleepingClock(late=1.0)
     api = FakeAPI(clock)
     await collect(api, [("x", song("x", 130))], poll=FixedInterval(10.0, first=10.0))
     polls = [at for at, kind, _ in api.log if kind == "poll"]
@@ -655,7 +683,7 @@ async def test_a_hook_that_raises_is_logged_and_ignored(
 # --------------------------------------------------------------------------- budget and scale
 
 
-async def test_polls_wait_for_the_budget_and_never_exceed_it(clock: ScaledClock) -> None:
+async def test_polls_wait_for_the_budget_and_never_exceed_it(clock: VirtualClock) -> None:
     """With 30 requests/minute, 20 songs go through and no 60 s holds more than 30 requests;
     no song but the two scouts is polled more than 5 times."""
     api = FakeAPI(clock, RequestBudget(30, clock))
@@ -690,7 +718,7 @@ class _RecordsContext:
 
 
 async def test_the_policy_is_told_the_budget_rate_and_the_songs_in_flight(
-    clock: ScaledClock,
+    clock: VirtualClock,
 ) -> None:
     """With 90 requests/min and 3 slots for 6 songs, decisions see rate 90 and 1-3 in flight."""
     api = FakeAPI(clock, RequestBudget(90, clock))
@@ -704,7 +732,7 @@ async def test_the_policy_is_told_the_budget_rate_and_the_songs_in_flight(
 
 
 async def test_no_song_is_taken_from_the_source_while_a_429_pauses_the_client(
-    clock: ScaledClock,
+    clock: VirtualClock,
 ) -> None:
     """During a Retry-After pause the source is not read, so nothing is journaled as sent."""
     budget = RequestBudget(120, clock)
@@ -724,7 +752,9 @@ async def test_no_song_is_taken_from_the_source_while_a_429_pauses_the_client(
     assert min(taken) >= paused_at + 30.0
 
 
-async def test_ten_thousand_songs_in_flight_at_once(clock: ScaledClock, anyio_backend: str) -> None:
+async def test_ten_thousand_songs_in_flight_at_once(
+    clock: VirtualClock, anyio_backend: str
+) -> None:
     """10,000 songs are in flight together on one timer heap and a few tasks; memory per
     song in flight is measured on asyncio (printed, not asserted tightly; tracemalloc would
     make the trio run several times slower)."""
@@ -745,8 +775,8 @@ async def test_ten_thousand_songs_in_flight_at_once(clock: ScaledClock, anyio_ba
             deadline=None,
             poll=FixedInterval(interval=100.0, first=300.0),
         ) as results:
-            while len(api.jobs) < count:  # noqa: ASYNC110 (watching another object fill up)
-                await anyio.sleep(0.01)
+            while len(api.jobs) < count:  # watching another object fill up
+                await clock.sleep(10.0)
             in_flight_memory, _ = tracemalloc.get_traced_memory()
             tracemalloc.stop()
             tasks_in_flight = running_tasks() - tasks_before
@@ -771,14 +801,22 @@ async def test_ten_thousand_songs_in_flight_at_once(clock: ScaledClock, anyio_ba
 # --------------------------------------------------------------------------- end to end
 
 
-def emulated(config: EmulatorConfig, **client: Any) -> tuple[Emulator, AsyncMusicClient]:
-    emulator = Emulator(config)
-    return emulator, AsyncMusicClient(
-        TEST_API_KEY,
-        base_url="http://127.0.0.1",
-        transport=httpx.ASGITransport(app=emulator.app),
-        clock=emulator.clock,
-        **client,
+def emulated(
+    config: EmulatorConfig, **client: Any
+) -> tuple[VirtualClock, Emulator, AsyncMusicClient]:
+    """A virtual clock, an emulator on it, and a client in process on the same clock."""
+    clock = VirtualClock()
+    emulator = Emulator(config, clock=clock)
+    return (
+        clock,
+        emulator,
+        AsyncMusicClient(
+            TEST_API_KEY,
+            base_url="http://127.0.0.1",
+            transport=httpx.ASGITransport(app=emulator.app),
+            clock=clock,
+            **client,
+        ),
     )
 
 
@@ -789,9 +827,9 @@ def e2e_songs(count: int) -> list[tuple[str, SongRequest]]:
     ]
 
 
-async def land_all(client: AsyncMusicClient, count: int) -> None:
-    """Run ``count`` songs through ``client``: every one comes back, completed."""
-    async with client, client.generate_many(e2e_songs(count)) as results:
+async def land_all(clock: VirtualClock, client: AsyncMusicClient, count: int) -> None:
+    """Run ``count`` songs through ``client`` on ``clock``: every one comes back, completed."""
+    async with clock, client, client.generate_many(e2e_songs(count)) as results:
         got = [r async for r in results]
     assert len(got) == count
     assert all(r.ok for r in got), [r.error for r in got if not r.ok][:3]
@@ -800,12 +838,12 @@ async def land_all(client: AsyncMusicClient, count: int) -> None:
 async def test_end_to_end_the_budget_holds_and_every_song_lands_once() -> None:
     """40 songs through the emulator at 30 requests/minute: all complete, no duplicate
     submission, and the emulator's request log never has more than 30 in a minute."""
-    emulator, client = emulated(
-        EmulatorConfig(time_scale=200, seed=1, requests_per_minute=30, durations=Uniform(20, 30)),
+    clock, emulator, client = emulated(
+        EmulatorConfig(seed=1, requests_per_minute=30, durations=Uniform(20, 30)),
         limits=Limits(requests_per_minute=30, max_in_flight=10),
         poll=LearnedPolling(prior=(20.0, 30.0), seed=1),
     )
-    async with client, client.generate_many(e2e_songs(40)) as results:
+    async with clock, client, client.generate_many(e2e_songs(40)) as results:
         got = [r async for r in results]
     assert len(got) == 40
     assert all(r.ok for r in got)
@@ -816,25 +854,21 @@ async def test_end_to_end_the_budget_holds_and_every_song_lands_once() -> None:
         e.time for e in emulator.request_log if e.kind in ("submit", "poll") and e.status != 429
     )
     assert max_in_window(admitted, 60.0) <= 30
-    # The client keeps a quarter second clear of the server's minute; compressed 200x that
-    # is 1.25 real ms, which a loaded machine can blur into an odd 429.
+    # The client keeps a quarter second clear of the server's minute.
     assert stats.rate_limited <= 0.03 * len(admitted)
 
 
 async def test_end_to_end_a_server_taking_only_small_bursts_is_learned() -> None:
     """A server counting with a 5-request token bucket: after a 429 or two the client sends
     smaller bursts; every song lands once, 429s stay under 2 % and the batch is not stalled."""
-    emulator, client = emulated(
-        EmulatorConfig(
-            time_scale=200, seed=3, requests_per_minute=60, burst=5, durations=Uniform(20, 30)
-        ),
+    clock, emulator, client = emulated(
+        EmulatorConfig(seed=3, requests_per_minute=60, burst=5, durations=Uniform(20, 30)),
         limits=Limits(requests_per_minute=60, max_in_flight=10),
         poll=LearnedPolling(prior=(20.0, 30.0), seed=3),
     )
-    started = emulator.clock.now()
-    async with client, client.generate_many(e2e_songs(40)) as results:
+    async with clock, client, client.generate_many(e2e_songs(40)) as results:
         got = [r async for r in results]
-    elapsed = emulator.clock.now() - started
+    elapsed = clock.now()
     assert len(got) == 40
     assert all(r.ok for r in got)
     stats = emulator.stats()
@@ -850,11 +884,11 @@ async def test_end_to_end_a_server_counting_fewer_a_minute_than_configured_is_le
     """A server allowing 60 requests a minute to a client configured for the published 120:
     the budget learns the lower limit from its 429s, which stay under 3 % of requests
     (measured ~1 %; before it learned such limits: 7-10 %), and every song lands once."""
-    emulator, client = emulated(
-        EmulatorConfig(time_scale=200, seed=5, requests_per_minute=60),
+    clock, emulator, client = emulated(
+        EmulatorConfig(seed=5, requests_per_minute=60),
         poll=LearnedPolling(seed=5),
     )
-    await land_all(client, 100)
+    await land_all(clock, client, 100)
     stats = emulator.stats()
     assert stats.duplicate_submissions == 0
     requests = stats.requests["submit"] + stats.requests["poll"]
@@ -868,11 +902,11 @@ async def test_end_to_end_a_service_faster_than_the_budget_is_polled_at_its_pace
     wave, and songs are polled about once, when the budget can turn their slot over;
     the batch ends within 1.75 x the optimum (measured 1.4-1.6, with 1.03-1.1 polls/song;
     polling from the prior's edge, before the ladder and the budget's cycle: 1.9-2.05)."""
-    emulator, client = emulated(
-        EmulatorConfig(time_scale=100, seed=4, durations=Uniform(10, 20)),
+    clock, emulator, client = emulated(
+        EmulatorConfig(seed=4, durations=Uniform(10, 20)),
         poll=LearnedPolling(seed=4),
     )
-    await land_all(client, 100)
+    await land_all(clock, client, 100)
     jobs = list(emulator.jobs.values())
     started = min(job.submitted_at for job in jobs)
     ended = max(job.first_seen_terminal_at or job.submitted_at for job in jobs)
@@ -886,16 +920,13 @@ async def test_end_to_end_a_429_storm_slows_everyone_and_is_ridden_out(
 ) -> None:
     """A 20 s storm of 429s (with or without Retry-After) throttles the batch; every song
     still completes exactly once, and the hook hears about the throttling."""
-    emulator, client = emulated(
-        EmulatorConfig(time_scale=200, seed=2, requests_per_minute=None, durations=Uniform(20, 30)),
+    clock, emulator, client = emulated(
+        EmulatorConfig(seed=2, requests_per_minute=None, durations=Uniform(20, 30)),
         poll=LearnedPolling(prior=(20.0, 30.0), seed=2),
     )
-    # From now, not from the emulator's start: on a loaded machine setting up can take
-    # longer than 21 API seconds (42 real ms) and the storm would have passed unseen.
-    start = emulator.now()
-    emulator.throttle(start + 21.0, start + 41.0, retry_after=retry_after)
+    emulator.throttle(21.0, 41.0, retry_after=retry_after)
     hook = Recorder()
-    async with client, client.generate_many(e2e_songs(30), events=hook) as results:
+    async with clock, client, client.generate_many(e2e_songs(30), events=hook) as results:
         got = [r async for r in results]
     assert len(got) == 30
     assert all(r.ok for r in got)
@@ -909,12 +940,12 @@ async def test_end_to_end_a_429_storm_slows_everyone_and_is_ridden_out(
 async def test_end_to_end_results_match_what_the_emulator_did() -> None:
     """Each result's id, poll count and completion order agree with the emulator's records,
     and a failed generation is a failed result."""
-    emulator, client = emulated(
-        EmulatorConfig(time_scale=500, seed=3, requests_per_minute=None, durations=Uniform(20, 30)),
+    clock, emulator, client = emulated(
+        EmulatorConfig(seed=3, requests_per_minute=None, durations=Uniform(20, 30)),
         poll=LearnedPolling(prior=(20.0, 30.0), seed=3),
     )
     emulator.inject("generation_failure", route="submit", count=1)
-    async with client, client.generate_many(e2e_songs(10)) as results:
+    async with clock, client, client.generate_many(e2e_songs(10)) as results:
         got = [r async for r in results]
     jobs = emulator.jobs
     failed = [r for r in got if not r.ok]

@@ -121,6 +121,20 @@ async def test_a_wait_that_ends_before_the_deadlock_report_is_not_one() -> None:
     assert clock.now() == 1.0
 
 
+async def raise_in_the_block(clock: VirtualClock) -> None:
+    """Under ``clock``, after a sleep, raise a ValueError."""
+    async with clock:
+        await clock.sleep(1.0)
+        raise ValueError("my mistake")
+
+
+async def test_an_error_in_the_block_comes_out_as_itself() -> None:
+    """A ValueError raised under the clock is raised as is, not in an ExceptionGroup."""
+    with pytest.raises(ValueError, match="my mistake") as caught:
+        await raise_in_the_block(VirtualClock())
+    assert type(caught.value) is ValueError
+
+
 async def test_sleep_outside_the_running_clock_says_how_to_run_it() -> None:
     """Sleeping on a clock that is not running is an error naming the fix, not a hang."""
     with pytest.raises(RuntimeError, match="async with clock"):
@@ -135,16 +149,18 @@ def test_is_a_clock_and_rejects_a_bad_deadlock_setting() -> None:
 
 
 async def test_a_client_and_the_emulator_share_virtual_time() -> None:
-    """A song the emulator takes 50-60 s to make completes at 50-60 s of virtual time."""
+    """Given the clock, the emulator hands it to the client as its own, and a song it takes
+    50-60 s to make completes at 50-60 s of virtual time."""
     clock = VirtualClock()
-    emulator = Emulator(EmulatorConfig(requests_per_minute=None), clock=clock.now)
+    emulator = Emulator(EmulatorConfig(requests_per_minute=None), clock=clock)
+    assert emulator.clock is clock
     async with (
         clock,
         AsyncMusicClient(
             TEST_API_KEY,
             base_url=EMULATED_BASE_URL,
             transport=httpx.ASGITransport(app=emulator.app),
-            clock=clock,
+            clock=emulator.clock,
         ) as client,
     ):
         generation = await client.generate(SongRequest("Calm piano", "[Verse]\nla la"))

@@ -12,6 +12,7 @@ keys seen, so a catalog of a million songs never sits in memory.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -521,7 +522,17 @@ def _integer(row: _RowChecker, fields: Mapping[str, Any], name: str) -> int | No
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        return int(value.strip())
+    # A whole number written as a float (44100.0, "44100.0": spreadsheets and JSON
+    # encoders write them so) is that number; 44100.5 is not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isascii():
+        text = value.strip()
+        if text.isdigit():
+            return int(text)
+        with contextlib.suppress(ValueError):
+            number = float(text)
+            if number.is_integer():
+                return int(number)
     row.add(f"audio_setting.{name}", f"must be a whole number; got {value!r}")
     return None

@@ -36,6 +36,7 @@ from ..catalog import CatalogError, JournalError, RunSummary, read_summary, run_
 from ..catalog._tags import mutagen_available, tag_mp3
 from ._backend import DEFAULT_EMULATOR_TIME_SCALE, Connection, Interrupted, open_client, run_async
 from ._display import LiveDisplay, PlainDisplay, print_summary
+from ._messages import for_the_command_line
 
 __all__ = ["cli", "run"]
 
@@ -69,27 +70,69 @@ def _stderr() -> Console:
     return Console(stderr=True, highlight=False)
 
 
+#: The library's logger, and its child that logs each HTTP request's outcome (at DEBUG).
+LOGGER = "aimlmusic"
+REQUEST_LOGGER = "aimlmusic.http"
+#: Log lines when stderr is a file or a pipe: one line each, however long, never wrapped.
+PLAIN_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a line is logged (click's test runner
+    swaps it for each invocation)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always sys.stderr
+
+
 def _setup_logging(verbose: int) -> None:
-    logger = logging.getLogger("aimlmusic")
-    if not any(getattr(h, "_aimlmusic_cli", False) for h in logger.handlers):
+    """``-v``: warnings, information and every request's outcome; ``-vv``: everything."""
+    logger = logging.getLogger(LOGGER)
+    for old in [h for h in logger.handlers if getattr(h, "_aimlmusic_cli", False)]:
+        logger.removeHandler(old)
+    handler: logging.Handler
+    if sys.stderr.isatty():
         handler = RichHandler(console=Console(stderr=True), show_path=False)
-        handler._aimlmusic_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    else:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(PLAIN_LOG_FORMAT))
+    setattr(handler, "_aimlmusic_cli", True)  # noqa: B010  (marks the handler as ours)
+    logger.addHandler(handler)
     logger.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
+    # The requests log at DEBUG (a library stays quiet); -v is where the CLI shows them.
+    requests_level = logging.DEBUG if verbose >= 1 else logging.NOTSET
+    logging.getLogger(REQUEST_LOGGER).setLevel(requests_level)
 
 
 # --------------------------------------------------------------------------- shared options
 
 
-def _connection_options(func: F) -> F:
-    """--api-key, --base-url and --time-scale."""
+#: --time-scale's help for commands with --emulator, and for those without.
+_TIME_SCALE_HELP_EMULATOR = (
+    "API seconds per real second. With --emulator, how fast the embedded emulator runs "
+    f"(default {DEFAULT_EMULATOR_TIME_SCALE:g}, as 'aimlmusic emulator'). An emulator served "
+    "on this machine (--base-url http://127.0.0.1:PORT) tells its own; this overrides it. "
+    "Never use it against the real API."
+)
+_TIME_SCALE_HELP_SERVED = (
+    "API seconds per real second of the emulator at --base-url. An emulator served on this "
+    "machine tells its own; this overrides it. Never use it against the real API."
+)
+
+
+def _connection_options(func: F, *, with_emulator: bool = False) -> F:
+    """--api-key, --base-url and --time-scale (whose help mentions --emulator only where
+    the command has it)."""
     func = click.option(
         "--time-scale",
         type=click.FloatRange(min=0, min_open=True),
         default=None,
-        help="API seconds per real second. With --emulator, how fast the embedded emulator "
-        f"runs (default {DEFAULT_EMULATOR_TIME_SCALE:g}); with --base-url, the --time-scale "
-        "of the emulator served there. Never use it against the real API.",
+        help=_TIME_SCALE_HELP_EMULATOR if with_emulator else _TIME_SCALE_HELP_SERVED,
     )(func)
     func = click.option(
         "--base-url",
@@ -107,6 +150,8 @@ def _connection_options(func: F) -> F:
 
 
 def _emulator_option(func: F) -> F:
+    """--emulator, and the connection options that go with it."""
+    func = _connection_options(func, with_emulator=True)
     return click.option(
         "--emulator",
         is_flag=True,
@@ -200,7 +245,6 @@ def cli(verbose: int) -> None:
     help="Seconds to wait for the song.",
 )
 @_emulator_option
-@_connection_options
 def generate(
     prompt: str,
     lyrics: str | None,
@@ -333,7 +377,6 @@ def _adopt_pairs(values: Sequence[str]) -> dict[str, str]:
 @click.option("--no-tag", is_flag=True, help="Do not write ID3 tags into MP3s.")
 @click.option("--plain", is_flag=True, help="Print one line per event even on a terminal.")
 @_emulator_option
-@_connection_options
 def batch(
     catalog: Path,
     output: Path,
@@ -522,15 +565,19 @@ def status(
 @cli.command()
 @click.argument("generation_id")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace PATH if it exists.")
 @_connection_options
 def download(
     generation_id: str,
     path: Path,
+    overwrite: bool,
     api_key: str | None,
     base_url: str | None,
     time_scale: float | None,
 ) -> None:
     """Download a completed generation's audio to PATH."""
+    if path.exists() and not overwrite:
+        raise click.UsageError(f"{path} exists; pass --overwrite to replace it")
     connection = _connection(api_key, base_url, time_scale)
 
     async def work() -> Path:
@@ -565,7 +612,7 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
     try:
         return run_async(work)
     except ConfigurationError as exc:
-        raise CommandFailed(str(exc), EXIT_USAGE) from exc
+        raise CommandFailed(for_the_command_line(str(exc)), EXIT_USAGE) from exc
     except (CatalogError, JournalError, CommandFailed, Interrupted):
         raise
     except AimlMusicError as exc:

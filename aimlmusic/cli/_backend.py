@@ -17,14 +17,15 @@ import attrs
 
 from .. import AsyncMusicClient, Limits, ScaledClock
 from .._clock import Clock
+from ..emulator._config import DEFAULT_SERVED_TIME_SCALE
 
 __all__ = ["DEFAULT_EMULATOR_TIME_SCALE", "Connection", "Interrupted", "open_client", "run_async"]
 
 T = TypeVar("T")
 
-#: API seconds per real second for ``--emulator`` and ``demo``: a 55 s song takes about half
-#: a second, and the account's request rate stays realistic relative to it.
-DEFAULT_EMULATOR_TIME_SCALE = 100.0
+#: API seconds per real second for ``--emulator`` and ``demo``: the same as ``aimlmusic
+#: emulator``'s default, so both run a 55 s song in about half a second.
+DEFAULT_EMULATOR_TIME_SCALE = DEFAULT_SERVED_TIME_SCALE
 
 
 class Interrupted(Exception):
@@ -37,8 +38,9 @@ class Connection:
 
     ``emulator`` runs an emulator inside this process (no key, no network); otherwise the
     client reads ``api_key``/``base_url`` or the environment. ``time_scale`` compresses time:
-    for the in-process emulator it is the emulator's own scale; with ``base_url`` it must
-    match the served emulator's ``--time-scale`` (it is meaningless against the real API).
+    for the in-process emulator it is the emulator's own scale; with ``base_url`` it
+    overrides the scale a client reads from an emulator served on this machine (it is
+    meaningless against the real API).
     """
 
     api_key: str | None = attrs.field(default=None, repr=False)

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ._config import DRAWN_FAULT_KINDS, TEST_API_KEY, EmulatorConfig, Faults
+from ._config import DEFAULT_SERVED_TIME_SCALE, FAULT_KINDS, TEST_API_KEY, EmulatorConfig, Faults
 from ._durations import Uniform
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -23,9 +23,9 @@ def _limit(text: str) -> int | None:
 
 def _fault(text: str) -> tuple[str, float]:
     name, separator, probability = text.partition("=")
-    if not separator or name not in DRAWN_FAULT_KINDS:
+    if not separator or name not in FAULT_KINDS:
         raise argparse.ArgumentTypeError(
-            f"expected NAME=PROBABILITY with NAME one of {', '.join(DRAWN_FAULT_KINDS)}"
+            f"expected NAME=PROBABILITY with NAME one of {', '.join(FAULT_KINDS)}"
         )
     return name, float(probability)
 
@@ -47,7 +47,11 @@ def build_parser(prog: str = "python -m aimlmusic.emulator") -> argparse.Argumen
     )
     parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default)")
     parser.add_argument(
-        "--time-scale", type=float, default=1.0, help="API seconds per real second (default: 1)"
+        "--time-scale",
+        type=float,
+        default=DEFAULT_SERVED_TIME_SCALE,
+        help="API seconds per real second (default: %(default)g, as the aimlmusic command's "
+        "--emulator; 1 is real time). Clients on this machine read it from /_emulator/info",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for every random draw")
     parser.add_argument(
@@ -96,7 +100,7 @@ def build_parser(prog: str = "python -m aimlmusic.emulator") -> argparse.Argumen
         type=_fault,
         default=[],
         metavar="NAME=P",
-        help=f"fault probability, repeatable; NAME in: {', '.join(DRAWN_FAULT_KINDS)}",
+        help=f"fault probability, repeatable; NAME in: {', '.join(FAULT_KINDS)}",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request")
     return parser

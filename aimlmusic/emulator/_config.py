@@ -33,12 +33,18 @@ FaultKind = Literal[
     "truncate_download",
 ]
 
+#: API seconds per real second of a served emulator (``aimlmusic emulator``, ``python -m
+#: aimlmusic.emulator``) and of the CLI's embedded one (``--emulator``, ``demo``): a 55 s song
+#: takes about half a second, and a minute of request budget 0.6 s.
+DEFAULT_SERVED_TIME_SCALE = 100.0
+
 #: The documented generating time: uniform over 50-60 s.
 DOCUMENTED_DURATIONS = Uniform(*_limits.DOCUMENTED_DURATION_RANGE)
 
 FAULT_KINDS: tuple[str, ...] = FaultKind.__args__  # type: ignore[attr-defined]
-#: The faults :class:`Faults` gives a probability, in the fixed order in which they are
-#: drawn (which keeps a seed's random stream stable); a truncated download is only injected.
+#: The faults :class:`Faults` draws for each API request, in the fixed order in which they are
+#: drawn (which keeps a seed's random stream stable); a truncated download is drawn apart, for
+#: downloads only, from a generator of its own.
 DRAWN_FAULT_KINDS: tuple[str, ...] = tuple(k for k in FAULT_KINDS if k != "truncate_download")
 
 
@@ -99,6 +105,10 @@ class Faults:
     - ``waiting_status``: the job reports the undocumented status ``waiting`` (on submission
       and while queued) instead of ``queued``.
 
+    On downloads:
+
+    - ``truncate_download``: the response sends half its body, then the connection closes.
+
     5xx statuses are drawn from ``server_error_statuses``; a 502 comes with an HTML body, as
     from a gateway. ``throttle_storms`` answer 429 to everything in their time windows.
     """
@@ -111,6 +121,7 @@ class Faults:
     malformed_json: float = attrs.field(default=0.0, validator=_probability)
     generation_failure: float = attrs.field(default=0.0, validator=_probability)
     waiting_status: float = attrs.field(default=0.0, validator=_probability)
+    truncate_download: float = attrs.field(default=0.0, validator=_probability)
     delay_seconds: float = attrs.field(default=5.0, validator=_non_negative)
     server_error_statuses: tuple[int, ...] = attrs.field(default=(500, 502), converter=tuple)
     throttle_storms: tuple[ThrottleStorm, ...] = attrs.field(default=(), converter=tuple)

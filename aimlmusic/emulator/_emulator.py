@@ -90,11 +90,16 @@ class Emulator:
     advances lazily from the clock at each request: no background task runs.
 
     ``clock``, if given, replaces the built-in one: a function returning the current API time
-    in seconds (``time_scale`` then only converts delays into real sleeps).
+    in seconds (``time_scale`` then only converts delays into real sleeps), or a
+    :class:`~aimlmusic.Clock` such as :class:`~aimlmusic.testing.VirtualClock`, which
+    ``emulator.clock`` then is.
     """
 
     def __init__(
-        self, config: EmulatorConfig | None = None, *, clock: Callable[[], float] | None = None
+        self,
+        config: EmulatorConfig | None = None,
+        *,
+        clock: Callable[[], float] | Clock | None = None,
     ) -> None:
         self.config = config if config is not None else EmulatorConfig()
         self._time = EmulatorTime(self.config.time_scale, clock)
@@ -130,7 +135,11 @@ class Emulator:
         self._ids = random.Random(f"{seed}:ids")
         self._request_ids = random.Random(f"{seed}:request-ids")
         self._timing = random.Random(f"{seed}:timing")
-        self._planner = FaultPlanner(self.config.faults, random.Random(f"{seed}:faults"))
+        self._planner = FaultPlanner(
+            self.config.faults,
+            random.Random(f"{seed}:faults"),
+            random.Random(f"{seed}:download-faults"),
+        )
         self._accounts: dict[str, Account] = {}
         self._jobs: dict[str, Job] = {}
         self._store.clear()
@@ -392,7 +401,9 @@ class Emulator:
             bitrate=setting.get("bitrate", 128000),
         )
         ids = self._ids
-        job_id = f"{uuid.UUID(int=ids.getrandbits(128), version=4)}:{body['model']}"
+        # A fresh random uuid4, not a seeded one: ids must not repeat across emulator runs
+        # (a journal or a user holding an id from an earlier run must not find another song).
+        job_id = f"{uuid.uuid4()}:{body['model']}"
         owner = _fingerprint(key)
         body_hash = _body_hash(body)
         queue_delay = (
@@ -511,7 +522,13 @@ class Emulator:
             return json_reply(200, {"reset": True})
         if route == "health" and request.method == "GET":
             return json_reply(200, {"status": "ok", "now": self.now()})
-        if route in ("stats", "health", "reset"):
+        if route == "info" and request.method == "GET":
+            # Read by AsyncMusicClient pointed at a loopback URL without a clock, to run
+            # its clock at this speed.
+            return json_reply(
+                200, {"emulator": "aimlmusic", "time_scale": self._time.scale, "now": self.now()}
+            )
+        if route in ("stats", "health", "reset", "info"):
             allow = "POST" if route == "reset" else "GET"
             return json_reply(405, {"message": "Method Not Allowed"}, ("Allow", allow))
         return json_reply(404, {"message": f"Cannot {request.method} {request.path}"})

@@ -32,9 +32,14 @@ class _Injection:
 class FaultPlanner:
     """Draws the faults for each request and keeps the schedule of injected ones."""
 
-    def __init__(self, faults: Faults, rng: random.Random) -> None:
+    def __init__(
+        self, faults: Faults, rng: random.Random, download_rng: random.Random | None = None
+    ) -> None:
         self.faults = faults
         self._rng = rng
+        # Downloads draw from their own generator, so that turning truncated downloads on
+        # does not reshuffle the faults of API requests.
+        self._download_rng = download_rng if download_rng is not None else random.Random(0)
         self._injections: list[_Injection] = []
         self._storms: list[ThrottleStorm] = list(faults.throttle_storms)
 
@@ -69,6 +74,8 @@ class FaultPlanner:
             for name in DRAWN_FAULT_KINDS:
                 if self._rng.random() < getattr(self.faults, name) and name in applicable:
                     chosen.add(name)
+        elif self._download_rng.random() < self.faults.truncate_download:
+            chosen.add("truncate_download")
         if self._injections:
             for injection in list(self._injections):
                 if injection.route in (kind, "any") and injection.fault in applicable:

@@ -1,0 +1,116 @@
+"""Following the time scale of an emulator served on this machine.
+
+An emulator started with ``--time-scale 100`` runs a 55-second song in 0.55 s. A client that
+waits in real seconds would poll it a hundred times too slowly, so a client pointed at a
+loopback URL without a ``clock=`` asks the server once, before its first request, whether it
+is an emulator and how fast it runs (``GET /_emulator/info``), and runs its clock at that
+speed. Anything else on a loopback port (a proxy, a mock, an emulator without the route)
+leaves the clock at real time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import anyio
+import httpx
+
+from ._network import OwnNetwork
+
+__all__ = ["EmulatorPacedClock", "TimeScaleProbe", "follow_emulator_time"]
+
+logger = logging.getLogger("aimlmusic")
+
+#: The emulator's route that reports its time scale (no key needed, not counted).
+INFO_PATH = "/_emulator/info"
+#: Real seconds the one-off question may take; a server that does not answer this fast is
+#: taken for one that is not an emulator.
+PROBE_TIMEOUT = 5.0
+
+
+class EmulatorPacedClock:
+    """Real time (the event loop's clock) until :meth:`adopt` sets a speed; ``now()`` goes on
+    from where it was, so durations measured across the change stay right."""
+
+    def __init__(self) -> None:
+        self.scale = 1.0
+        self._adopted_at: float | None = None  # time.monotonic() when the scale was adopted
+        self._offset = 0.0  # now() at that moment
+
+    def now(self) -> float:
+        """API seconds: the event loop's clock, then scaled time from the adoption on."""
+        if self._adopted_at is None:
+            return anyio.current_time()
+        return self._offset + (time.monotonic() - self._adopted_at) * self.scale
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` of API time."""
+        await anyio.sleep(max(0.0, seconds) / self.scale)
+
+    def adopt(self, scale: float) -> None:
+        """Run ``scale`` API seconds per real second from now on."""
+        offset = self.now() if self._adopted_at is not None else anyio.current_time()
+        self._offset, self._adopted_at, self.scale = offset, time.monotonic(), float(scale)
+
+    def __repr__(self) -> str:
+        return f"EmulatorPacedClock(scale={self.scale:g})"
+
+
+class TimeScaleProbe(httpx.AsyncBaseTransport):
+    """Wraps the network transport: before the first request, asks the server for its time
+    scale and gives it to the clock."""
+
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport, clock: EmulatorPacedClock, base_url: str
+    ) -> None:
+        self._inner = inner
+        self._clock = clock
+        self._info_url = base_url.rstrip("/") + INFO_PATH
+        self._asked = False
+        self._lock: anyio.Lock | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Ask once (the first request waits for the answer), then pass ``request`` on."""
+        if not self._asked:
+            if self._lock is None:
+                self._lock = anyio.Lock()
+            async with self._lock:
+                if not self._asked:
+                    await self._ask()
+                    self._asked = True
+        return await self._inner.handle_async_request(request)
+
+    async def _ask(self) -> None:
+        timeout = dict.fromkeys(("connect", "read", "write", "pool"), PROBE_TIMEOUT)
+        question = httpx.Request("GET", self._info_url, extensions={"timeout": timeout})
+        try:
+            response = await self._inner.handle_async_request(question)
+            try:
+                body = await response.aread()
+            finally:
+                await response.aclose()
+            info = json.loads(body) if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError) as exc:
+            logger.debug("no emulator time scale at %s: %s", self._info_url, exc)
+            return
+        scale = info.get("time_scale") if isinstance(info, dict) else None
+        if info is None or info.get("emulator") != "aimlmusic":
+            logger.debug("%s is not an aimlmusic emulator: real time", self._info_url)
+        elif isinstance(scale, int | float) and not isinstance(scale, bool) and scale > 0:
+            logger.info(
+                "the emulator at %s runs %gx real time; so does this client", self._info_url, scale
+            )
+            self._clock.adopt(scale)
+
+    async def aclose(self) -> None:
+        """Close the wrapped transport."""
+        await self._inner.aclose()
+
+
+def follow_emulator_time(base_url: str) -> tuple[EmulatorPacedClock, TimeScaleProbe]:
+    """A clock and a network transport for a client of ``base_url`` (a loopback URL) that
+    was given neither a clock nor a transport of its own."""
+    clock = EmulatorPacedClock()
+    return clock, TimeScaleProbe(OwnNetwork(), clock, base_url)

@@ -1,0 +1,130 @@
+"""A client of an emulator served on this machine runs at the emulator's time scale unaided."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import httpx
+import pytest
+
+import aimlmusic
+from aimlmusic import ScaledClock, SongRequest
+from aimlmusic._emulator_time import INFO_PATH, EmulatorPacedClock, TimeScaleProbe
+from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, serving
+
+pytestmark = pytest.mark.anyio
+
+#: API seconds per real second of the served emulator.
+TIME_SCALE = 1000.0
+BASE_URL = "http://127.0.0.1:8123"
+SONG = SongRequest(prompt="Calm acoustic guitar by the sea", lyrics="[Verse]\nLa la la la")
+
+
+async def test_a_client_of_a_served_emulator_runs_at_its_scale() -> None:
+    """Given only the base URL, the client reads the emulator's scale before its first
+    request: a 50-60 s song completes with a handful of polls, and the question itself is
+    not counted as a request."""
+    emulator = Emulator(EmulatorConfig(time_scale=TIME_SCALE, requests_per_minute=None))
+    with serving(emulator) as base_url:
+        async with aimlmusic.AsyncMusicClient(TEST_API_KEY, base_url=base_url) as client:
+            assert isinstance(client.clock, EmulatorPacedClock)
+            generation = await client.generate(SONG, timeout=600)
+    assert generation.status == aimlmusic.GenerationStatus.COMPLETED
+    assert client.clock.scale == TIME_SCALE
+    stats = emulator.stats()
+    assert stats.requests["submit"] == 1
+    assert stats.requests["other"] == 0
+
+
+async def test_a_given_clock_or_transport_is_left_alone() -> None:
+    """An explicit clock, or a transport of the caller's, means no question is asked."""
+    client = aimlmusic.AsyncMusicClient(TEST_API_KEY, base_url=BASE_URL, clock=ScaledClock(5))
+    other = aimlmusic.AsyncMusicClient(
+        TEST_API_KEY,
+        base_url=BASE_URL,
+        transport=httpx.MockTransport(lambda r: httpx.Response(404)),
+    )
+    remote = aimlmusic.AsyncMusicClient(TEST_API_KEY, base_url="https://api.example.com")
+    assert isinstance(client.clock, ScaledClock)
+    assert not isinstance(other.clock, EmulatorPacedClock)
+    assert not isinstance(remote.clock, EmulatorPacedClock)
+    for each in (client, other, remote):
+        await each.aclose()
+
+
+def _server(info: httpx.Response | Exception) -> tuple[httpx.MockTransport, list[str]]:
+    """A loopback server answering ``info`` on the info route and 200 elsewhere; it records
+    the paths asked."""
+    asked: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        if request.url.path == INFO_PATH:
+            if isinstance(info, Exception):
+                raise info
+            return info
+        return httpx.Response(200, json={"ok": True})
+
+    return httpx.MockTransport(handle), asked
+
+
+EMULATOR_INFO = {"emulator": "aimlmusic", "time_scale": 250, "now": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("answer", "scale"),
+    [
+        (httpx.Response(200, json=EMULATOR_INFO), 250.0),
+        (httpx.Response(404, json={"message": "Cannot GET"}), 1.0),
+        (httpx.Response(200, json={"time_scale": 250}), 1.0),  # not an aimlmusic emulator
+        (httpx.Response(200, json={**EMULATOR_INFO, "time_scale": -3}), 1.0),
+        (httpx.Response(200, text="<html>"), 1.0),
+        (httpx.ConnectError("refused"), 1.0),
+    ],
+)
+async def test_the_probe_adopts_only_an_emulators_answer(
+    answer: httpx.Response | Exception, scale: float
+) -> None:
+    """Only an aimlmusic emulator's positive scale is adopted; anything else (another
+    server, garbage, no answer) leaves real time, and the request goes through regardless."""
+    inner, asked = _server(answer)
+    clock = EmulatorPacedClock()
+    async with httpx.AsyncClient(transport=TimeScaleProbe(inner, clock, BASE_URL)) as http:
+        first = await http.get(f"{BASE_URL}/v2/generate/audio")
+        second = await http.get(f"{BASE_URL}/v2/generate/audio")
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert asked == [INFO_PATH, "/v2/generate/audio", "/v2/generate/audio"]  # asked once
+    assert clock.scale == scale
+
+
+async def test_concurrent_first_requests_ask_once() -> None:
+    """Requests racing to be first wait for one answer rather than each asking."""
+    inner, asked = _server(httpx.Response(200, json=EMULATOR_INFO))
+    probe = TimeScaleProbe(inner, EmulatorPacedClock(), BASE_URL)
+    async with httpx.AsyncClient(transport=probe) as http, anyio.create_task_group() as group:
+        for _ in range(5):
+            group.start_soon(http.get, f"{BASE_URL}/x")
+    assert asked.count(INFO_PATH) == 1
+    assert len(asked) == 6
+
+
+async def test_the_clock_goes_on_from_where_it_was() -> None:
+    """Adopting a scale does not make ``now()`` jump: durations across it stay right."""
+    clock = EmulatorPacedClock()
+    before = clock.now()
+    clock.adopt(1e6)
+    after = clock.now()
+    assert 0 <= after - before < 1e3  # under a millisecond of real time, scaled
+    assert repr(clock) == "EmulatorPacedClock(scale=1e+06)"
+
+
+def test_the_info_answer_is_json_an_emulator_serves() -> None:
+    """The route the probe reads is the one the emulator serves (same path, same fields)."""
+    emulator = Emulator(EmulatorConfig(time_scale=42))
+    with serving(emulator) as base_url:
+        info = json.loads(httpx.get(base_url + INFO_PATH).text)
+    assert {key: info[key] for key in ("emulator", "time_scale")} == {
+        "emulator": "aimlmusic",
+        "time_scale": 42,
+    }
