@@ -361,6 +361,38 @@ def check_quickstart_blocking(block: Block, docs: DocsRun) -> None:
     assert all(client.closed for client in docs.blocking_clients)
 
 
+def check_observability_otel(block: Block, docs: DocsRun) -> None:
+    """The in-memory OpenTelemetry script prints the songs, a span per song with its id and
+    polls, and the metric names. The process-wide providers can be set once only, so the
+    API's setters and getters are pointed at this run's."""
+    from opentelemetry import metrics, trace
+
+    providers: dict[str, Any] = {
+        "trace": trace.ProxyTracerProvider(),
+        "metrics": metrics.get_meter_provider(),
+    }
+    docs.monkeypatch.setattr(trace, "set_tracer_provider", lambda p: providers.update(trace=p))
+    docs.monkeypatch.setattr(trace, "get_tracer_provider", lambda: providers["trace"])
+    docs.monkeypatch.setattr(metrics, "set_meter_provider", lambda p: providers.update(metrics=p))
+    docs.monkeypatch.setattr(metrics, "get_meter_provider", lambda: providers["metrics"])
+    docs.run_program(block)
+    assert docs.anyio_runs == 1
+    printed = docs.output().splitlines()
+    assert sorted(printed[:3]) == ["0 ok", "1 ok", "2 ok"]
+    jobs = docs.emulator.jobs
+    song_lines = printed[3:6]
+    assert {line.split()[0] for line in song_lines} == set(jobs)
+    assert all(line.endswith(" polls") for line in song_lines)
+    assert {
+        "aimlmusic.requests",
+        "aimlmusic.song.polls",
+        "aimlmusic.song.lag",
+        "aimlmusic.songs.in_flight",
+    } <= set(printed[6:])
+    providers["metrics"].shutdown()
+    providers["trace"].shutdown()
+
+
 def check_quickstart_settings(block: Block, docs: DocsRun) -> None:
     """The settings are accepted, reach the client, and a song goes through under them."""
 
@@ -510,6 +542,7 @@ RUNNERS: dict[str, Runner] = {
     "docs/quickstart.md#without-async-the-blocking-client": check_quickstart_blocking,
     "docs/quickstart.md#settings": check_quickstart_settings,
     "docs/catalog.md#from-python": check_catalog_from_python,
+    "docs/observability.md#opentelemetry": check_observability_otel,
     "docs/testing.md#in-a-pytest-suite-the-fixtures": check_testing_fixture_test,
     "docs/testing.md#in-a-pytest-suite-the-fixtures-2": check_testing_fixture_override,
     "docs/testing.md#in-process-by-hand": check_testing_by_hand,
@@ -572,3 +605,170 @@ def test_doc_example(
         runner(block, docs, request.getfixturevalue("pytester"))
     else:
         runner(block, docs)
+
+
+# --------------------------------------------------------------------------- examples/
+
+EXAMPLES = ROOT / "examples"
+#: The programs of examples/ and the test that runs each (data files are not programs).
+EXAMPLE_PROGRAMS = {
+    "catalog_cli.sh": "test_catalog_cli_example",
+    "catalog_service.py": "test_catalog_service_example",
+    "notebook.py": "test_notebook_example",
+    "starlette_app.py": "test_starlette_example",
+}
+
+
+def test_every_example_program_is_run() -> None:
+    """Each program in examples/ has a test here, and each listed test exists."""
+    programs = {p.name for p in EXAMPLES.iterdir() if p.suffix in (".py", ".sh")}
+    assert programs == set(EXAMPLE_PROGRAMS)
+    assert all(name in globals() for name in EXAMPLE_PROGRAMS.values())
+
+
+def _docs_run(
+    backend: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp: Path
+) -> DocsRun:
+    docs = DocsRun(monkeypatch, capsys, tmp, backend)
+    docs.patch_for_examples()
+    return docs
+
+
+def _load_example(name: str) -> dict[str, Any]:
+    """The example's module namespace (not run as ``__main__``)."""
+    import runpy
+
+    return runpy.run_path(str(EXAMPLES / name), run_name=f"example_{Path(name).stem}")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_starlette_example(
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """The Starlette app makes one client in its lifespan, starts a song (202 with its id),
+    reports its status until completed with an audio URL, refuses a bad song with 422
+    naming the field, and closes the client at shutdown."""
+    docs = _docs_run(backend, monkeypatch, capsys, tmp_path)
+    app = _load_example("starlette_app.py")["app"]
+    song = {"prompt": "Warm lo-fi ballad, soft piano", "lyrics": "[Verse]\nLa la la la la"}
+
+    async def main() -> tuple[list[dict[str, Any]], httpx.Response, httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+                started = await http.post("/songs", json=song)
+                assert started.status_code == 202, started.text
+                generation_id = started.json()["id"]
+                statuses = []
+                for _ in range(100):  # 100 x 10 API seconds: far past any song's end
+                    statuses.append((await http.get(f"/songs/{generation_id}")).json())
+                    if statuses[-1]["status"] == "completed":
+                        break
+                    await docs.emulator.clock.sleep(10.0)
+                bad = await http.post("/songs", json={**song, "prompt": "short"})
+                missing = await http.get("/songs/no-such-id")
+        return statuses, bad, missing
+
+    statuses, bad, missing = docs.run(main)
+    assert statuses[-1]["status"] == "completed"
+    assert statuses[-1]["audio_url"].startswith(EMULATED_BASE_URL + "/files/")
+    assert {s["id"] for s in statuses} == set(docs.emulator.jobs)
+    assert (bad.status_code, missing.status_code) == (422, 404)
+    assert "prompt" in bad.json()["error"]
+    assert len(docs.clients) == 1  # one client for the app, not one per request
+    docs.assert_clients_closed()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_notebook_example(
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """The notebook's cells run top to bottom with the blocking client; on asyncio they run
+    inside a running event loop, as in Jupyter. Every song is saved and the client closed."""
+    import asyncio
+    import runpy
+
+    docs = _docs_run(backend, monkeypatch, capsys, tmp_path)
+    script = str(EXAMPLES / "notebook.py")
+    if backend == "asyncio":
+
+        async def jupyter_cell() -> None:
+            runpy.run_path(script, run_name="__main__")  # synchronously, under the loop
+
+        asyncio.run(jupyter_cell())
+    else:
+        runpy.run_path(script, run_name="__main__")
+    out = tmp_path / "notebook-output"
+    for name in ("ballad", "sunrise", "rainy afternoon", "midnight"):
+        assert_mp3(out / f"{name}.mp3")
+    printed = docs.output().splitlines()
+    assert printed[0].startswith(str(Path("notebook-output") / "ballad.mp3") + " MusicInfo(")
+    assert sorted(line.split(":")[0] for line in printed[1:]) == [
+        "midnight",
+        "rainy afternoon",
+        "sunrise",
+    ]
+    assert docs.blocking_clients
+    assert all(client.closed for client in docs.blocking_clients)
+
+
+@pytest.mark.slow
+def test_catalog_cli_example(tmp_path: Path) -> None:
+    """The shell script generates the example catalog with the embedded emulator, then runs
+    again and finds everything done (nothing sent twice)."""
+    import os
+    import subprocess
+    import sys
+
+    if shutil.which("sh") is None:
+        pytest.skip("no POSIX shell")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "aimlmusic"  # the console script, as an install would provide it
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m aimlmusic.cli "$@"\n')
+    shim.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("AIML_API_KEY", "AIMLAPI_API_KEY")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    out = tmp_path / "out"
+    done = subprocess.run(
+        ["sh", str(EXAMPLES / "catalog_cli.sh"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    rows = (EXAMPLES / "catalog.jsonl").read_text().splitlines()
+    assert len(manifest) == len([row for row in rows if row.strip()])
+    assert {row["status"] for row in manifest} == {"downloaded"}
+    summaries = [line for line in done.stdout.splitlines() if line.startswith("Downloaded ")]
+    assert len(summaries) == 2
+    assert "submitted " not in done.stdout.split(summaries[0])[1]  # the rerun sent nothing
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_catalog_service_example(
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """The catalog service runs both example catalogs through one client, on its own
+    emulator, and writes each one's manifest with every song downloaded."""
+    docs = _docs_run(backend, monkeypatch, capsys, tmp_path)
+    example = _load_example("catalog_service.py")
+    anyio.run(example["main"], False, tmp_path / "service")
+    for job in ("jsonl", "csv"):
+        manifest = (tmp_path / "service" / job / "manifest.jsonl").read_text().splitlines()
+        assert manifest
+        assert {json.loads(line)["status"] for line in manifest} == {"downloaded"}
+    assert docs.anyio_runs == 1
