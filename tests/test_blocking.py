@@ -7,6 +7,7 @@ loop runs asyncio or trio (``backend``), so the behavioural tests run on both.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import signal
 import threading
@@ -265,6 +266,25 @@ def test_leaving_generate_many_early_cancels_the_batch(backend: str) -> None:
         assert clock.cancelled >= 1
         assert list(results) == []  # closed: the iteration is over
         assert client.get(first.generation_id).id == first.generation_id  # still usable
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_breaking_out_of_a_plain_for_loop_cancels_the_batch(backend: str) -> None:
+    """``break`` drops the iterator, which cancels the songs still polled."""
+    emulator = Emulator(
+        EmulatorConfig(
+            time_scale=TIME_SCALE, requests_per_minute=None, durations=_first_song_fast()
+        )
+    )
+    clock = WatchedClock(emulator)
+    with _client(emulator, backend, clock=clock, poll=PARKED_POLLS) as client:
+        for result in client.generate_many([_song(n) for n in range(4)], deadline=None):
+            assert result.ok
+            _wait_until(_parked(emulator, clock, 4))
+            break
+        gc.collect()  # (CPython has already dropped it; other interpreters may need this)
+        _wait_until(lambda: clock.active == 0)
+        assert clock.cancelled >= 1
 
 
 @pytest.mark.usefixtures("no_leaked_threads", "sigint_raises")
