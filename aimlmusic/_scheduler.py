@@ -526,19 +526,12 @@ class _Batch:
         self._note_lateness(song, sent)
         self._planned.pop(song, None)
         song.polls += 1
-        # The song's deadline bounds its polls in flight too (a GET is safe to cut; a POST
-        # never is, so submissions are not cut).
-        with anyio.CancelScope(
-            deadline=_loop_deadline(self.clock, song.deadline_at + DEADLINE_POLL_GRACE)
-        ) as scope:
-            try:
-                generation = await self.transport.get(
-                    song.generation_id, observer=_Observer(self, song, "poll")
-                )
-            except AimlMusicError as exc:
-                self._poll_failed(song, exc)
-                return
-        if scope.cancelled_caught:
+        try:
+            generation = await self._get_by_deadline(song)
+        except AimlMusicError as exc:
+            self._poll_failed(song, exc)
+            return
+        if generation is None:  # the song's deadline cut the poll short
             self._time_out(song)
             return
         now = self.clock.now()
@@ -553,6 +546,39 @@ class _Batch:
             # Spaced from when this poll went out, not from when its answer came back: the
             # server saw the two polls that far apart, whatever the round trip took.
             self._schedule(song, self._plan(sent, self._next_delay(song, sent)))
+
+    async def _get_by_deadline(self, song: _Song) -> Generation | None:
+        """Poll ``song``, cut short (``None``) when its deadline passes while the poll runs.
+
+        A GET is safe to cut; a POST never is, so submissions are not bounded this way.
+        """
+        observer = _Observer(self, song, "poll")
+        cut_at = song.deadline_at + DEADLINE_POLL_GRACE
+        if cut_at == math.inf:
+            return await self.transport.get(song.generation_id, observer=observer)
+        loop_deadline = _loop_deadline(self.clock, cut_at)
+        if loop_deadline is not None:
+            with anyio.CancelScope(deadline=loop_deadline):
+                return await self.transport.get(song.generation_id, observer=observer)
+            return None
+        # A clock the event loop does not know (a virtual one): a watchdog sleeping on it.
+        answer: list[Generation] = []
+        failure: list[AimlMusicError] = []
+        async with anyio.create_task_group() as group:
+
+            async def watchdog() -> None:
+                await self.clock.sleep(cut_at - self.clock.now())
+                group.cancel_scope.cancel()
+
+            group.start_soon(watchdog)
+            try:
+                answer.append(await self.transport.get(song.generation_id, observer=observer))
+            except AimlMusicError as exc:  # carried out by hand: no exception group
+                failure.append(exc)
+            group.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
+        return answer[0] if answer else None
 
     def _poll_failed(self, song: _Song, error: AimlMusicError) -> None:
         now = self.clock.now()
@@ -737,19 +763,14 @@ class _EndOfSource:
 _END = _EndOfSource()
 
 
-def _loop_deadline(clock: Clock, at: float) -> float:
-    """``at`` on ``clock`` as a time of the event loop's clock, for a cancel scope.
-
-    Known for the built-in clocks; another clock's time cannot be mapped onto the loop's, so
-    no deadline (``inf``) is given and the song's deadline is checked between polls only.
-    """
-    if at == math.inf:
-        return math.inf
+def _loop_deadline(clock: Clock, at: float) -> float | None:
+    """``at`` on ``clock`` as a time of the event loop's clock, for a cancel scope; ``None``
+    for a clock whose time cannot be mapped onto the loop's."""
     if isinstance(clock, ScaledClock):
         return anyio.current_time() + (at - clock.now()) / clock.scale
     if isinstance(clock, SystemClock):
         return at
-    return math.inf
+    return None
 
 
 async def _next_item(iterator: Iterator[SongItem] | AsyncIterator[SongItem]) -> object:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from aimlmusic import AsyncMusicClient, Clock, SongRequest
-from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig
+from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Faults
 from aimlmusic.testing import EMULATED_BASE_URL, VirtualClock, VirtualClockDeadlock
 
 pytestmark = pytest.mark.anyio
@@ -166,3 +166,26 @@ async def test_a_client_and_the_emulator_share_virtual_time() -> None:
         generation = await client.generate(SongRequest("Calm piano", "[Verse]\nla la"))
     assert generation.status == "completed"
     assert 50.0 <= clock.now() <= 60.0 + 30.0  # done, and seen within a poll interval
+
+
+async def test_a_delayed_answer_from_the_emulator_takes_its_delay_in_virtual_time() -> None:
+    """With the clock shared, the emulator's delay fault holds an answer 30 virtual seconds
+    (not 30 real ones, nor none)."""
+    clock = VirtualClock()
+    faults = Faults(delay=1.0, delay_seconds=30.0)
+    emulator = Emulator(EmulatorConfig(requests_per_minute=None, faults=faults), clock=clock)
+    started = time.monotonic()
+    async with (
+        clock,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=emulator.app), base_url=EMULATED_BASE_URL
+        ) as http,
+    ):
+        response = await http.get(
+            "/v2/generate/audio",
+            params={"generation_id": "nothing"},
+            headers={"Authorization": f"Bearer {TEST_API_KEY}"},
+        )
+    assert response.status_code == 404
+    assert clock.now() == 30.0
+    assert time.monotonic() - started < 5.0
