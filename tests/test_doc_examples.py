@@ -442,6 +442,18 @@ def check_catalog_from_python(block: Block, docs: DocsRun) -> None:
     docs.assert_clients_closed()
 
 
+def _plugin_args() -> tuple[str, ...]:
+    """``-p aimlmusic.testing`` when aimlmusic runs from a checkout rather than installed
+    (no ``pytest11`` entry point to load the plugin, as an install registers)."""
+    from importlib.metadata import entry_points
+
+    installed = any(ep.value == "aimlmusic.testing" for ep in entry_points(group="pytest11"))
+    return () if installed else ("-p", "aimlmusic.testing")
+
+
+_PLUGIN_ARGS = _plugin_args()
+
+
 def _write_pytest_project(pytester: pytest.Pytester, backend: str, conftest: str = "") -> None:
     # The inner run uses the plugin's fixtures as a user's project would, on our backend.
     pin_backend = "\n\n@pytest.fixture\ndef anyio_backend():\n    return " + repr(backend) + "\n"
@@ -452,7 +464,7 @@ def check_testing_fixture_test(block: Block, docs: DocsRun, pytester: pytest.Pyt
     """The page's test passes in a fresh pytest project, with the installed plugin's fixtures."""
     _write_pytest_project(pytester, docs.backend)
     pytester.makepyfile(test_jingle=block.source)
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", *_PLUGIN_ARGS)
     result.assert_outcomes(passed=1)
 
 
@@ -469,7 +481,7 @@ def check_testing_fixture_override(block: Block, docs: DocsRun, pytester: pytest
             "    assert config.faults.generation_failure == 0.05\n"
         ),
     )
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", *_PLUGIN_ARGS)
     result.assert_outcomes(passed=2)
 
 
@@ -493,7 +505,7 @@ def check_testing_virtual_time(block: Block, docs: DocsRun, pytester: pytest.Pyt
     """The page's virtual-time test passes in a fresh pytest project (fifty songs, no sleep)."""
     _write_pytest_project(pytester, docs.backend)
     pytester.makepyfile(test_virtual=block.source)
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", *_PLUGIN_ARGS)
     result.assert_outcomes(passed=1)
 
 
