@@ -396,3 +396,56 @@ def test_takes_the_async_clients_arguments() -> None:
         for name, parameter in wanted.items():
             assert given[name].kind == parameter.kind, (blocking.__name__, name)
             assert given[name].default == parameter.default, (blocking.__name__, name)
+
+
+#: A script that iterates a batch whose songs never finish, and reports the client's
+#: threads still alive once Ctrl-C has come through.
+_INTERRUPTED_SCRIPT = """
+import sys, threading, httpx, aimlmusic
+from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig
+
+emulator = Emulator(EmulatorConfig(time_scale=1000, requests_per_minute=None,
+                                   durations=lambda rng: 1e9))
+songs = [aimlmusic.SongRequest(f"Song number {i} here", "[Verse]\\nla la la") for i in range(3)]
+try:
+    with aimlmusic.MusicClient(TEST_API_KEY, base_url="http://127.0.0.1", clock=emulator.clock,
+                               transport=httpx.ASGITransport(app=emulator.app)) as client:
+        print("iterating", flush=True)
+        for result in client.generate_many(songs, deadline=None):
+            print("a song finished?", flush=True)
+except KeyboardInterrupt:
+    alive = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    print("interrupted", [name for name in alive if name.startswith("aimlmusic")], flush=True)
+    sys.exit(130)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_a_script_stops_it_cleanly() -> None:
+    """SIGINT to a script blocked on a batch: KeyboardInterrupt reaches the script's own
+    handler, and by then the client's thread has ended."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    with subprocess.Popen(
+        [sys.executable, "-c", _INTERRUPTED_SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as process:
+        assert process.stdout is not None
+        try:
+            assert process.stdout.readline() == "iterating\n"
+            process.send_signal(signal.SIGINT)
+            output, errors = process.communicate(timeout=REACH_TIMEOUT)
+        finally:
+            process.kill()
+    assert process.returncode == 130, errors
+    assert output == "interrupted []\n"
