@@ -316,9 +316,18 @@ class Transport:
         logger.debug("%s %s (attempt %d of %d)", method, url, attempt, self.retry.attempts)
         started = time.perf_counter()
         http = self._post_http if method == "POST" else self._http
-        request = http.build_request(
-            method, url, json=body, headers=self._headers(), timeout=self._httpx_timeout
-        )
+        problem: str | None = None
+        try:
+            request = http.build_request(
+                method, url, json=body, headers=self._headers(), timeout=self._httpx_timeout
+            )
+        except (ValueError, httpx.InvalidURL) as exc:  # UnicodeEncodeError is a ValueError
+            # Nothing was sent. Say what broke, never how (the text may quote a header).
+            problem = type(exc).__name__
+        if problem is not None:
+            raise RequestValidationError(
+                "request", "must be encodable as an HTTP request (nothing was sent)", problem
+            )
         try:
             response = await http.send(request, stream=True, auth=NO_AUTH, follow_redirects=False)
         except httpx.HTTPError as exc:

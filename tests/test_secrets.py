@@ -250,3 +250,28 @@ async def test_over_a_real_socket_nothing_logged_or_raised_shows_the_key(
     assert_clean(caught.value)
     assert CANARY not in debug_logs.text
     assert any(r.name.startswith("httpcore") for r in debug_logs.records)
+
+
+def _json_escaped(text: str) -> str:
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+async def test_a_json_escaped_key_in_a_broken_body_is_redacted_in_the_excerpt() -> None:
+    """A body that is not valid JSON still has its \\uXXXX-escaped key found and redacted in
+    the excerpt kept on the error (the success path and the error path alike)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        escaped = _json_escaped(request.headers["Authorization"])
+        if request.method == "POST":
+            return httpx.Response(400, text='{"message": "' + escaped)  # cut short
+        return httpx.Response(200, text='{"id": "x", "status": "' + escaped)
+
+    async with client_with(httpx.MockTransport(handler)) as client:
+        with pytest.raises(ResponseValidationError) as unreadable:
+            await client.get(GEN_ID)
+        with pytest.raises(AimlMusicError) as rejected:
+            await client.submit(song())
+    for exc in (unreadable.value, rejected.value):
+        assert "<redacted>" in repr(exc.body)  # type: ignore[attr-defined]
+        assert _json_escaped(CANARY) not in repr(vars(exc))
+        assert_clean(exc)

@@ -712,3 +712,18 @@ async def test_an_answer_exactly_at_the_cap_is_read_and_one_byte_more_is_not() -
         else:
             with pytest.raises(ResponseValidationError, match="larger than the cap"):
                 await transport.get(GEN_ID)
+
+
+async def test_a_request_that_cannot_be_encoded_is_a_request_validation_error_not_sent() -> None:
+    """A header httpx cannot encode (a non-ASCII key given to the transport directly) is a
+    RequestValidationError naming no secret, not a raw UnicodeEncodeError; nothing is sent."""
+    api = ScriptedAPI(ok())
+    transport = make_transport(api, api_key="sk-clé-secrète")
+    for call in (lambda: transport.get(GEN_ID), lambda: transport.submit(song())):
+        with pytest.raises(RequestValidationError) as caught:
+            await call()
+        assert caught.value.field == "request"
+        assert "secrète" not in repr(vars(caught.value))
+        assert caught.value.__cause__ is None
+        assert caught.value.__context__ is None
+    assert api.requests == []

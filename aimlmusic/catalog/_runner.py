@@ -621,7 +621,10 @@ class _Run:
                     duration=stored.duration,
                     sample_rate=stored.sample_rate,
                 )
-                self._moved(entry, _S.COMPLETED, _S.DOWNLOADED, entry.file_name)
+                message = entry.file_name
+                if stored.tag_problem is not None:
+                    message += f" ({stored.tag_problem})"
+                self._moved(entry, _S.COMPLETED, _S.DOWNLOADED, message)
         finally:
             if part.exists():
                 part.unlink()
