@@ -226,7 +226,9 @@ async def test_resubmit_ambiguous_sends_again(tmp_path: Path) -> None:
 
 async def test_timed_out_songs_are_resumed_by_id(tmp_path: Path) -> None:
     """A song past its deadline stays submitted; the next run waits for it, never resubmits."""
-    emulator = make_emulator()
+    # 100x: the 5-s deadline is 50 real ms and songs take half a second, so a loaded machine
+    # cannot stretch the deadline past every song's end (at 2000x it could, and did).
+    emulator = make_emulator(time_scale=100.0)
     catalog = write_catalog(tmp_path / "songs.jsonl", 3)
     out = tmp_path / "out"
     async with client_for(emulator) as client:

@@ -90,7 +90,9 @@ async def test_spans_and_metrics_of_a_batch(recorded: Recorded, tmp_path: Path) 
     emulator = Emulator(EmulatorConfig(time_scale=TIME_SCALE, requests_per_minute=None))
     emulator.inject("generation_failure", route="submit")
     async with _client(emulator) as client:
-        async with client.generate_many([(f"s{n}", _song(n)) for n in range(3)]) as results:
+        async with client.generate_many(
+            [(f"s{n}", _song(n)) for n in range(3)], deadline=None
+        ) as results:
             outcomes = {result.key: result async for result in results}
         done = next(r for r in outcomes.values() if r.ok)
         await client.download(done, tmp_path / "song.mp3")
@@ -153,7 +155,7 @@ async def test_429s_are_counted(recorded: Recorded) -> None:
     emulator = Emulator(EmulatorConfig(time_scale=TIME_SCALE, requests_per_minute=2))
     async with (
         _client(emulator) as client,
-        client.generate_many([_song(n) for n in range(4)]) as results,
+        client.generate_many([_song(n) for n in range(4)], deadline=None) as results,
     ):
         assert [r.ok async for r in results] == [True] * 4
     throttled = sum(p.value for p in recorded.points("aimlmusic.throttled"))
@@ -174,7 +176,7 @@ async def test_leaving_a_batch_early_ends_its_song_spans(recorded: Recorded) -> 
         )
     )
     client = _client(emulator)
-    async with client, client.generate_many([_song(n) for n in range(3)]) as results:
+    async with client, client.generate_many([_song(n) for n in range(3)], deadline=None) as results:
         first = await results.receive()
     assert first.ok
     songs = recorded.spans("aimlmusic.song")
@@ -196,7 +198,10 @@ async def test_the_callers_events_still_arrive(recorded: Recorded) -> None:
             seen.append("completed")
 
     emulator = Emulator(EmulatorConfig(time_scale=TIME_SCALE, requests_per_minute=None))
-    async with _client(emulator) as client, client.generate_many([_song(0)], events=Hook()) as rs:
+    async with (
+        _client(emulator) as client,
+        client.generate_many([_song(0)], events=Hook(), deadline=None) as rs,
+    ):
         assert [r.ok async for r in rs] == [True]
     assert seen == ["submitted", "completed"]
 

@@ -113,6 +113,16 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass  # always sys.stderr
 
 
+class _RequestsAsInformation(logging.Filter):
+    """The library logs each request's outcome at DEBUG (a library stays quiet); for the
+    command's ``-v`` they are the information asked for, so they show as INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == REQUEST_LOGGER and record.levelno == logging.DEBUG:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def _setup_logging(verbose: int) -> None:
     """``-v``: warnings, information and every request's outcome; ``-vv``: everything."""
     logger = logging.getLogger(LOGGER)
@@ -124,10 +134,11 @@ def _setup_logging(verbose: int) -> None:
     else:
         handler = _StderrHandler()
         handler.setFormatter(_SafeFormatter(PLAIN_LOG_FORMAT))
+    handler.addFilter(_RequestsAsInformation())
     setattr(handler, "_aimlmusic_cli", True)  # noqa: B010  (marks the handler as ours)
     logger.addHandler(handler)
     logger.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
-    # The requests log at DEBUG (a library stays quiet); -v is where the CLI shows them.
+    # The requests log at DEBUG; -v lets them through (and shows them as INFO).
     requests_level = logging.DEBUG if verbose >= 1 else logging.NOTSET
     logging.getLogger(REQUEST_LOGGER).setLevel(requests_level)
 
@@ -730,7 +741,11 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
     try:
         return run_async(work)
     except ConfigurationError as exc:
-        raise CommandFailed(for_the_command_line(str(exc)), EXIT_USAGE) from exc
+        context = click.get_current_context(silent=True)
+        params = context.command.params if context is not None else []
+        has_emulator = any(param.name == "emulator" for param in params)
+        message = for_the_command_line(str(exc), has_emulator=has_emulator)
+        raise CommandFailed(message, EXIT_USAGE) from exc
     except (CatalogError, JournalError, RunStopped, CommandFailed, Interrupted):
         raise
     except AimlMusicError as exc:
