@@ -108,7 +108,6 @@ class AsyncMusicClient:
         self._poll: PollPolicy = poll if poll is not None else default_policy()
         self._budget = RequestBudget(self._limits.requests_per_minute, self._clock)
         self._size_limits = size_limits if size_limits is not None else SizeLimits()
-        install_httpx_log_filter()
         self._transport = Transport(
             api_key=key,
             base_url=self._base_url,
@@ -120,6 +119,7 @@ class AsyncMusicClient:
             http_client=http_client,
             size_limits=self._size_limits,
         )
+        install_httpx_log_filter(self._transport.redactor)
         self._downloader = Downloader(
             self._transport.http_client,
             retry=self._retry,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import anyio
@@ -101,6 +102,24 @@ async def test_sleep_of_zero_or_less_does_not_move_time() -> None:
         await clock.sleep(0.0)
         await clock.sleep(-5.0)
         assert clock.now() == 3.0
+
+
+async def sleep_forever_on(clock: VirtualClock) -> None:
+    """Under ``clock``, sleep an infinite time."""
+    async with clock:
+        await clock.sleep(math.inf)
+
+
+async def test_an_endless_sleep_never_moves_time_and_nan_is_refused() -> None:
+    """``sleep(inf)`` waits with the clock unmoved (here: a deadlock, reported at 0 s);
+    ``sleep(nan)`` is an error."""
+    clock = VirtualClock(deadlock_after=0.05)
+    with pytest.raises(VirtualClockDeadlock):
+        await sleep_forever_on(clock)
+    assert clock.now() == 0.0
+    async with clock:
+        with pytest.raises(ValueError, match="got nan"):
+            await clock.sleep(math.nan)
 
 
 async def test_a_deadlock_with_no_sleeper_is_reported() -> None:
