@@ -207,7 +207,10 @@ class CompletionEstimator:
         self._fitted_at = -math.inf
         self._versions = itertools.count()
         total = PRIOR_SONGS + FLOOR_SONGS
-        mass = [(PRIOR_SONGS * p + FLOOR_SONGS * f) / total for p, f in zip(self._prior, self._floor)]
+        mass = [
+            (PRIOR_SONGS * p + FLOOR_SONGS * f) / total
+            for p, f in zip(self._prior, self._floor, strict=True)
+        ]
         self._mass = mass
         self._snapshot = self._publish(0.0)
 
@@ -274,7 +277,10 @@ class CompletionEstimator:
         ]
         weighted += [(interval, 1.0) for interval in self._running.values()]
         prior_weight = PRIOR_SONGS * math.exp(-completed / PRIOR_MEMORY)
-        pseudo = [prior_weight * p + FLOOR_SONGS * f for p, f in zip(self._prior, self._floor)]
+        pseudo = [
+            prior_weight * p + FLOOR_SONGS * f
+            for p, f in zip(self._prior, self._floor, strict=True)
+        ]
         total = sum(pseudo) + sum(weight for _, weight in weighted)
         mass = self._mass
         for _ in range(SWEEPS):
@@ -285,7 +291,7 @@ class CompletionEstimator:
     def _publish(self, songs: float) -> Snapshot:
         cdf = [0.0, *itertools.accumulate(self._mass)]
         # Bin k ends at EDGES[k + 1]; the open bin's mass never reaches a finite edge.
-        done = tuple(min(1.0, value) for value in cdf[: BINS])
+        done = tuple(min(1.0, value) for value in cdf[:BINS])
         return Snapshot(version=next(self._versions), cdf=done, songs=songs)
 
 
