@@ -26,6 +26,7 @@ The order of work, and why:
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import sqlite3
@@ -88,6 +89,9 @@ EPHEMERAL_ENDPOINT = "in-process emulator"
 
 #: Real seconds between ``tick`` events.
 TICK_SECONDS = 0.5
+
+#: Keys named in the refusal to run beside a manifest the journal does not know.
+MANIFEST_KEYS_SHOWN = 5
 
 #: Songs downloaded at once by default.
 DOWNLOAD_CONCURRENCY = 4
@@ -221,6 +225,7 @@ def _prepare(
         ) from exc
     journal = Journal.in_directory(out, endpoint=endpoint)
     try:
+        _check_manifest(out, journal)
         _load(journal, catalog_path)
         if forget_generations:
             journal.forget_generations()
@@ -232,6 +237,45 @@ def _prepare(
         journal.close()
         raise
     return journal
+
+
+def _check_manifest(out: Path, journal: Journal) -> None:
+    """Refuse a directory whose manifest lists generated songs the journal does not know: the
+    journal was emptied or replaced, and running would pay for those songs again and
+    overwrite their files."""
+    path = out / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise JournalError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    unknown: list[str] = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # not ours (or torn): only what we can read can be checked
+        if not isinstance(record, dict):
+            continue
+        key = record.get("key")
+        if not isinstance(key, str) or not (record.get("generation_id") or record.get("file")):
+            continue  # never sent: nothing paid that could be paid again
+        if journal.entry(key) is None:
+            unknown.append(key)
+    if unknown:
+        shown = ", ".join(repr(k) for k in unknown[:MANIFEST_KEYS_SHOWN])
+        more = (
+            f" and {len(unknown) - MANIFEST_KEYS_SHOWN} more"
+            if len(unknown) > MANIFEST_KEYS_SHOWN
+            else ""
+        )
+        raise JournalError(
+            f"{path} lists {len(unknown)} generated song(s) that the journal {journal.path} "
+            f"does not know ({shown}{more}): the journal was emptied or replaced. Running "
+            "would pay for them again and overwrite their files; restore the journal, or use "
+            "a new output directory"
+        )
 
 
 def _check_writable(directory: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from aimlmusic import APIConnectionError, AsyncMusicClient, AudioSetting, RetryPolicy, SongRequest
 from aimlmusic._converter import structure_generation
-from aimlmusic.catalog import CatalogEvent, RunStopped, SongState, run_catalog
+from aimlmusic.catalog import CatalogEvent, JournalError, RunStopped, SongState, run_catalog
 from aimlmusic.catalog._store import clear_partial, finish_download, part_path
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig
 from aimlmusic.emulator._audio import AudioRenderer, AudioSpec
@@ -243,3 +243,42 @@ def emulated(emulator: Emulator) -> AsyncMusicClient:
         transport=httpx.ASGITransport(app=emulator.app),
         clock=emulator.clock,
     )
+
+
+# --------------------------------------------------------------------------- paying twice
+
+
+@pytest.mark.anyio
+async def test_renaming_a_keyless_song_does_not_generate_it_again(tmp_path: Path) -> None:
+    """Keyless rows: a new title keeps the song's key, so the rerun sends nothing."""
+    emulator = Emulator(EmulatorConfig(time_scale=2000.0, audio_seconds=0.3))
+    catalog = tmp_path / "songs.jsonl"
+    row = {"title": "First title", "prompt": PROMPT, "lyrics": LYRICS}
+    catalog.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    async with emulated(emulator) as client:
+        assert (await run_catalog(client, catalog, out, tag_mp3=False)).all_done
+    catalog.write_text(json.dumps({**row, "title": "A better title"}) + "\n", encoding="utf-8")
+    async with emulated(emulator) as client:
+        summary = await run_catalog(client, catalog, out, tag_mp3=False)
+    assert summary.all_done
+    assert emulator.stats().jobs_submitted == 1
+
+
+@pytest.mark.anyio
+async def test_an_emptied_journal_beside_a_manifest_is_refused(tmp_path: Path) -> None:
+    """The journal deleted (or replaced) beside a manifest of downloaded songs: the run is
+    refused before anything is sent or overwritten."""
+    emulator = Emulator(EmulatorConfig(time_scale=2000.0, audio_seconds=0.3))
+    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
+    out = tmp_path / "out"
+    async with emulated(emulator) as client:
+        assert (await run_catalog(client, catalog, out, tag_mp3=False)).all_done
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".mp3"}
+    for journal_file in out.glob("aimlmusic-journal.sqlite*"):
+        journal_file.unlink()
+    async with emulated(emulator) as client:
+        with pytest.raises(JournalError, match="does not know"):
+            await run_catalog(client, catalog, out, tag_mp3=False)
+    assert emulator.stats().jobs_submitted == 3
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".mp3"} == files
