@@ -65,6 +65,7 @@ from ._events import (
     BatchEvents,
     RequestKind,
     RequestRetried,
+    RequestSending,
     RequestThrottled,
     SongCompleted,
     SongFailed,
@@ -218,6 +219,10 @@ class _Observer:
             "on_throttled",
             RequestThrottled(self.song.key, self.kind, retry_after, at),
         )
+
+    def on_sending(self) -> None:
+        at = self.batch.clock.now()
+        emit(self.batch.events, "on_sending", RequestSending(self.song.key, self.kind, at))
 
 
 def _retry_delay(failures: int) -> float:

@@ -234,6 +234,9 @@ class _SongSpans:
     def on_throttled(self, event: object) -> None:
         emit(self._forward, "on_throttled", event)
 
+    def on_sending(self, event: object) -> None:
+        emit(self._forward, "on_sending", event)
+
     def _finish(self, result: SongResult, error: str | None) -> None:
         telemetry = self._telemetry
         trace = telemetry._trace

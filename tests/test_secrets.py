@@ -26,7 +26,7 @@ from aimlmusic import (
     RetryPolicy,
 )
 from aimlmusic._converter import structure_generation
-from aimlmusic._redact import Secret
+from aimlmusic._redact import Redactor, Secret
 
 pytestmark = pytest.mark.anyio
 
@@ -275,3 +275,17 @@ async def test_a_json_escaped_key_in_a_broken_body_is_redacted_in_the_excerpt() 
         assert "<redacted>" in repr(exc.body)  # type: ignore[attr-defined]
         assert _json_escaped(CANARY) not in repr(vars(exc))
         assert_clean(exc)
+
+
+def test_the_redactor_finds_keys_in_decoded_json_and_behind_escapes() -> None:
+    """Redactor.data cleans every string (keys too) of decoded JSON; Redactor.text finds a key
+    written with \\uXXXX or \\/ escapes, decodes surrogate pairs, and leaves a lone
+    surrogate's escape as it is (it could not be written out as UTF-8)."""
+    redactor = Redactor(Secret("sk-a/b"))
+    data = {"sk-a/b": ["x sk-a/b", {"n": 1, "m": None}], "ok": True}
+    assert redactor.data(data) == {"<redacted>": ["x <redacted>", {"n": 1, "m": None}], "ok": True}
+    escaped = "".join(f"\\u{ord(c):04x}" for c in "sk-a/b")
+    assert redactor.text('{"k": "' + escaped) == '{"k": "<redacted>'
+    assert redactor.text("key sk-a\\/b \\ud83c\\udfb5") == "key <redacted> \U0001f3b5"
+    assert redactor.text("sk-a\\/b \\ud800") == "<redacted> \\ud800"
+    assert redactor.text("no secret \\u0041") == "no secret \\u0041"  # unchanged when clean

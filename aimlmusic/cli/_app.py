@@ -34,7 +34,14 @@ from .. import (
 )
 from .._converter import generation_to_wire
 from .._limits import AUDIO_FORMATS, BITRATES, DEFAULT_SONG_DEADLINE, SAMPLE_RATES
-from ..catalog import CatalogError, JournalError, RunSummary, read_summary, run_catalog
+from ..catalog import (
+    CatalogError,
+    JournalError,
+    RunStopped,
+    RunSummary,
+    read_summary,
+    run_catalog,
+)
 from ..catalog._tags import TaggingError, mutagen_available, tag_mp3
 from ._backend import DEFAULT_EMULATOR_TIME_SCALE, Connection, Interrupted, open_client, run_async
 from ._display import LiveDisplay, PlainDisplay, print_summary, terminal_safe
@@ -573,8 +580,27 @@ def _run_batch(
         raise click.exceptions.Exit(EXIT_USAGE) from exc
     except JournalError as exc:
         raise CommandFailed(str(exc), EXIT_USAGE) from exc
+    except RunStopped as exc:
+        print_summary(out, exc.summary, command_hint=command_hint)
+        raise CommandFailed(_stopped_message(exc, command_hint), _stopped_status(exc)) from exc
     print_summary(out, summary, command_hint=command_hint)
     return summary
+
+
+def _stopped_message(stopped: RunStopped, command_hint: str) -> str:
+    """Why a batch stopped early, and what to do: said the command line's way."""
+    if stopped.reason == "auth":
+        return (
+            f"the API refused the key ({stopped.cause}): check AIML_API_KEY (or --api-key) "
+            f"and the account's credits, then run `{command_hint}` again. Nothing was "
+            "charged; every song not generated yet is still pending."
+        )
+    return for_the_command_line(f"{stopped}; when it is reachable, run `{command_hint}` again")
+
+
+def _stopped_status(stopped: RunStopped) -> int:
+    # A refused key or a full disk is the user's to fix (like a missing key); an outage not.
+    return EXIT_USAGE if stopped.reason in ("auth", "disk") else EXIT_FAILED
 
 
 # --------------------------------------------------------------------------- demo
@@ -720,10 +746,14 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
         has_emulator = any(param.name == "emulator" for param in params)
         message = for_the_command_line(str(exc), has_emulator=has_emulator)
         raise CommandFailed(message, EXIT_USAGE) from exc
-    except (CatalogError, JournalError, CommandFailed, Interrupted):
+    except (CatalogError, JournalError, RunStopped, CommandFailed, Interrupted):
         raise
     except AimlMusicError as exc:
         raise CommandFailed(str(exc)) from exc
+    except OSError as exc:
+        # The file system refused (full, read-only, not a directory...): the user's to fix.
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise CommandFailed(f"{where}{exc.strerror or exc}", EXIT_USAGE) from exc
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -254,3 +254,84 @@ def test_ctrl_c_before_anything_was_sent_says_nothing_was_charged() -> None:
     advice = progress.interrupted_advice()
     assert "aimlmusic download 'gen 1' song.mp3" in advice
     assert json.dumps(advice)  # one plain string
+
+
+def write_catalog(path: Path, count: int) -> Path:
+    rows = [
+        {"key": f"song-{i:02d}", "prompt": f"{PROMPT} {i}", "lyrics": LYRICS} for i in range(count)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_batch_with_a_wrong_key_stops_at_once_and_says_how_to_set_it(tmp_path: Path) -> None:
+    """401 on every POST: exit 2, one message naming AIML_API_KEY / --api-key, at most the
+    songs in flight sent (not all 30), nothing printed says rerunning resends."""
+
+    def answer(method: str, path: str, body: bytes) -> tuple[int, Any]:
+        return 401, {"message": "Unauthorized", "statusCode": 401}
+
+    catalog = write_catalog(tmp_path / "songs.jsonl", 30)
+    with hostile_server(answer) as server:
+        result = invoke(
+            "batch", str(catalog), "-o", str(tmp_path / "out"), "--base-url", server.base_url,
+            "--max-in-flight", "3", "--plain",
+        )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert server.posts <= 3
+    assert "check AIML_API_KEY (or --api-key)" in result.output
+    assert "sent again by rerunning" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_batch_against_an_unreachable_api_stops_fast(tmp_path: Path) -> None:
+    """Nothing listening: exit 1 within seconds (not the 10-minute song deadline), one
+    message, every song still pending (no --resubmit-ambiguous advice)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        base_url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    catalog = write_catalog(tmp_path / "songs.jsonl", 10)
+    started = time.monotonic()
+    result = invoke(
+        "batch", str(catalog), "-o", str(tmp_path / "out"), "--base-url", base_url, "--plain"
+    )
+    assert time.monotonic() - started < PROCESS_TIMEOUT
+    assert result.exit_code == 1, result.output
+    assert "could not be reached" in result.output
+    assert "ambiguous" not in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("case", ["corrupt journal", "parent is a file", "under /proc"])
+def test_batch_on_a_broken_output_directory_is_one_line_exit_2(tmp_path: Path, case: str) -> None:
+    """A corrupt journal or an impossible output directory: exit 2, one error line, no
+    traceback, nothing sent."""
+    if case == "corrupt journal":
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "aimlmusic-journal.sqlite").write_bytes(b"this is not SQLite" * 300)
+        expected = "not a usable journal"
+    elif case == "parent is a file":
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "sub"
+        expected = "cannot use"
+    else:
+        out = Path("/proc/aimlmusic-no-such/out")
+        expected = "cannot use"
+
+    def answer(method: str, path: str, body: bytes) -> tuple[int, Any]:
+        return 200, {"id": "gen-1", "status": "queued"}
+
+    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
+    with hostile_server(answer) as server:
+        result = invoke(
+            "batch", str(catalog), "-o", str(out), "--base-url", server.base_url, "--plain"
+        )
+    assert result.exit_code == 2, result.output
+    assert server.posts == 0
+    assert expected in result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
