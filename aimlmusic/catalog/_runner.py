@@ -584,6 +584,10 @@ class _Run:
     def record_sending(self, key: str, kind: str) -> None:
         """A request is leaving: the API is reachable; a submission is now ``submitting``,
         committed before its first byte is written."""
+        if self._work is not None and self._work.cancel_called:
+            # The run is stopping: this request is cancelled at its next await, before any
+            # byte is written (anyio and trio check for cancellation before writing).
+            return
         self._left.add((key, kind))
         self.connect_failures = 0
         if kind != "submit" or key not in self.handed:
@@ -679,6 +683,7 @@ class _Run:
         except AimlMusicError as exc:
             # A timeout or an outage: the generation may still finish; the next run resumes.
             self._stuck(entry, _S.SUBMITTED, exc)
+            self._stop_if_refused(exc)
             return
         finally:
             self.slots.release()
@@ -783,6 +788,7 @@ class _Run:
         # A deadline or an outage while polling: the generation may still finish and is
         # resumed by id on the next run.
         self._stuck(entry, entry.state, error)
+        self._stop_if_refused(error)
 
     def _not_submitted(self, entry: JournalEntry, error: AimlMusicError) -> None:
         """A song's submission ended without a generation id."""
@@ -805,13 +811,7 @@ class _Run:
             # The key is wrong, not the song: it stays to do, and the run stops.
             self.journal.mark_pending(key, error)
             self._moved(entry, _S.SUBMITTING, _S.PENDING, str(error))
-            self.stop(
-                "auth",
-                f"the API refused the key ({error}): check the client's API key and the "
-                "account's credits; nothing was charged for this song, and every song not "
-                "generated yet is still pending",
-                error,
-            )
+            self._stop_if_refused(error)
         elif self._is_temporary(error) and not isinstance(error, AmbiguousSubmissionError):
             # Throttled, then unreachable: it never got past the door.
             self.journal.mark_pending(key, error)
@@ -823,6 +823,18 @@ class _Run:
             self.journal.mark_ambiguous(key, error)
             self._moved(entry, _S.SUBMITTING, _S.AMBIGUOUS, str(error))
         self._cancel_when_quiet()
+
+    def _stop_if_refused(self, error: AimlMusicError) -> None:
+        """A 401/403 (to a submission or a poll) means the key or the account is refused:
+        every further request would be too, so the run stops."""
+        if isinstance(error, AuthenticationError | PermissionDeniedError):
+            self.stop(
+                "auth",
+                f"the API refused the key ({error}): check the client's API key and the "
+                "account's credits; nothing was charged for the songs refused, and every song "
+                "not generated yet is still pending",
+                error,
+            )
 
     @staticmethod
     def _is_temporary(error: AimlMusicError) -> bool:
