@@ -59,15 +59,16 @@ MAX_COMPLETED = 200
 SWEEPS = 3
 #: Share of a bin's mass moved to each neighbour after every sweep (EMS smoothing).
 SMOOTHING = 0.02
-#: A refit (a few milliseconds, and a new plan) is due when an observation comes this many
-#: API seconds after the last refit: at most one per song at the documented pace...
-REFIT_EVERY = 2.0
+#: A refit (a few milliseconds, and a new plan for every song in flight) is due when an
+#: observation comes this many API seconds after the last refit: a third of a song's time at
+#: the documented pace (refitting at every song replans in flight songs to and fro)...
+REFIT_EVERY = 20.0
 #: ... or at once for a song still running where the estimate has this share of songs done
 #: (the service is slower than believed, and the plan must follow now), or for the first
 #: songs to finish.
 SURPRISE = 0.5
-#: Songs' worth of data below which every completed song refits.
-FIRST_SONGS = 3.0
+#: Songs' worth of data (a wave) below which every completed song refits: learning fast matters most at first.
+FIRST_SONGS = 20.0
 
 
 def _grid() -> tuple[float, ...]:
