@@ -67,7 +67,8 @@ REFIT_EVERY = 20.0
 #: (the service is slower than believed, and the plan must follow now), or for the first
 #: songs to finish.
 SURPRISE = 0.5
-#: Songs' worth of data (a wave) below which every completed song refits: learning fast matters most at first.
+#: Songs' worth of data (a wave) below which every completed song refits: learning fast
+#: matters most at first.
 FIRST_SONGS = 20.0
 
 
