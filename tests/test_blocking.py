@@ -353,6 +353,10 @@ def test_ctrl_c_while_waiting_for_a_batch_result_cancels_the_batch(
             for _ in client.generate_many([_song(n) for n in range(3)], deadline=None):
                 pass
         presser.join(REACH_TIMEOUT)
+        # The batch unwinds on the client's thread: give it a moment (bounded) to get there.
+        deadline = time.monotonic() + REACH_TIMEOUT
+        while (clock.cancelled < 1 or clock.active) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert clock.cancelled >= 1
         assert clock.active == 0
 
