@@ -32,6 +32,7 @@ from ._errors import (
 from ._events import (
     BatchEvents,
     RequestRetried,
+    RequestSending,
     RequestThrottled,
     SongCompleted,
     SongFailed,
@@ -86,6 +87,7 @@ __all__ = [
     "PollState",
     "RateLimitError",
     "RequestRetried",
+    "RequestSending",
     "RequestThrottled",
     "RequestValidationError",
     "ResponseValidationError",

@@ -309,8 +309,10 @@ class SongResults(Iterator[SongResult]):
     """The results of :meth:`MusicClient.generate_many`, in completion order.
 
     Iterate it (the batch starts at the first item), optionally inside ``with``: leaving
-    the block, or :meth:`close`, cancels the songs still running. The iteration ends when
-    every song has a result; an error of the request source is raised at the end.
+    the block, or :meth:`close`, cancels the songs still running (and so does dropping the
+    iterator, as ``break`` out of a plain ``for`` loop does, without waiting for them). The
+    iteration ends when every song has a result; an error of the request source is raised
+    at the end.
     """
 
     def __init__(
@@ -321,7 +323,8 @@ class SongResults(Iterator[SongResult]):
         self._loop = loop
         self._batch = batch
         self._stream: MemoryObjectReceiveStream[SongResult] | None = None
-        self._leave: anyio.Event | None = None
+        # Filled on the loop with the event that lets the batch's block exit.
+        self._leave: list[anyio.Event] = []
         self._holder: Future[None] | None = None
         self._unwound = threading.Event()
         self._done = False
@@ -350,7 +353,7 @@ class SongResults(Iterator[SongResult]):
         if self._done:
             return
         self._done = True
-        holder, leave = self._holder, self._leave
+        holder, leave = self._holder, (self._leave[0] if self._leave else None)
         if holder is None or self._loop.stopped:
             return
         if leave is None:  # interrupted before the batch was entered
@@ -370,6 +373,13 @@ class SongResults(Iterator[SongResult]):
     def __enter__(self) -> SongResults:
         return self
 
+    def __del__(self) -> None:
+        # A for loop left with break drops its iterator: cancel the rest of the batch. Only
+        # the request is sent (a finalizer must not wait, and may run on the loop's thread).
+        holder = getattr(self, "_holder", None)
+        if holder is not None and not self._done:
+            holder.cancel()
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -385,19 +395,22 @@ class SongResults(Iterator[SongResult]):
         if self._loop.stopped:
             raise RuntimeError("this MusicClient is closed; create a new one")
         entered: Future[MemoryObjectReceiveStream[SongResult]] = Future()
+        # The task must not hold on to self: dropping the iterator cancels it (__del__).
+        batch, leave_box, unwound = self._batch, self._leave, self._unwound
 
         async def hold() -> None:
-            self._leave = anyio.Event()
+            leave = anyio.Event()
+            leave_box.append(leave)
             try:
-                async with self._batch as stream:
+                async with batch as stream:
                     entered.set_result(stream)
-                    await self._leave.wait()
+                    await leave.wait()
             except BaseException as exc:
                 if not entered.done():
                     entered.set_exception(exc)
                 raise
             finally:
-                self._unwound.set()
+                unwound.set()
 
         self._holder = self._loop.portal.start_task_soon(hold)
         self._stream = entered.result()

@@ -5,14 +5,12 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import anyio
 
 from ._clock import Clock, SystemClock
 from ._config import Limits, RetryPolicy, SizeLimits, Timeout
@@ -26,9 +24,11 @@ from ._errors import (
 )
 from ._events import BatchEvents
 from ._models import Generation, GenerationStatus, SongRequest, SongResult
-from ._polling import PollPolicy, PollState, default_policy
+from ._network import OwnNetwork
+from ._polling import PollPolicy, default_policy
 from ._ratelimit import RequestBudget
 from ._redact import install_httpx_log_filter
+from ._telemetry import telemetry_if_configured
 from ._transport import USER_AGENT, Transport
 
 if TYPE_CHECKING:
@@ -98,11 +98,14 @@ class AsyncMusicClient:
         if local and clock is None and transport is None and http_client is None:
             # Most likely an emulator: run at its speed (see _emulator_time).
             clock, transport = follow_emulator_time(self._base_url)
+        self._telemetry = telemetry_if_configured()
+        if self._telemetry is not None and http_client is None:
+            # Spans and counts per request (a caller's http_client is left as it is).
+            transport = self._telemetry.wrap(transport if transport is not None else OwnNetwork())
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._poll: PollPolicy = poll if poll is not None else default_policy()
         self._budget = RequestBudget(self._limits.requests_per_minute, self._clock)
         self._size_limits = size_limits if size_limits is not None else SizeLimits()
-        install_httpx_log_filter()
         self._transport = Transport(
             api_key=key,
             base_url=self._base_url,
@@ -114,6 +117,7 @@ class AsyncMusicClient:
             http_client=http_client,
             size_limits=self._size_limits,
         )
+        install_httpx_log_filter(self._transport.redactor)
         self._downloader = Downloader(
             self._transport.http_client,
             retry=self._retry,
@@ -275,15 +279,19 @@ class AsyncMusicClient:
         self._check_open()
         from . import _scheduler  # imported late: the scheduler is the heaviest layer
 
-        return _scheduler.generate_many(
+        songs = self._telemetry.batch(events) if self._telemetry is not None else None
+        batch = _scheduler.generate_many(
             self._transport,
             requests,
             clock=self._clock,
             max_in_flight=self._limits.max_in_flight if max_in_flight is None else max_in_flight,
             deadline=deadline,
             poll=self._poll if poll is None else poll,
-            events=events,
+            events=songs if songs is not None else events,  # songs forwards to events
         )
+        if self._telemetry is None or songs is None:
+            return batch
+        return self._telemetry.observe(songs, batch)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -39,6 +39,7 @@ from ._bodies import BodyProblem, decoded_chunks
 from ._clock import Clock, ScaledClock
 from ._config import DEFAULT_DOWNLOAD_BYTES, RetryPolicy, Timeout
 from ._errors import AimlMusicError, DownloadError
+from ._filemode import file_mode_from_umask
 from ._models import Generation, GenerationStatus
 from ._redact import Redactor, redact_url
 from ._retry import backoff_delay
@@ -295,6 +296,8 @@ class Downloader:
         try:
             file = os.fdopen(fd, "wb")
             try:
+                # mkstemp makes it 0600; the delivered file gets the umask's mode like any other.
+                os.chmod(tmp, file_mode_from_umask())
                 written = await self._stream_into(response, file, gid, cap, until)
                 await anyio.to_thread.run_sync(_flush_and_sync, file)
             finally:

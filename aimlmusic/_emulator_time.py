@@ -17,7 +17,7 @@ import time
 import anyio
 import httpx
 
-from ._transport import _FRESH_CONNECTIONS
+from ._network import OwnNetwork
 
 __all__ = ["EmulatorPacedClock", "TimeScaleProbe", "follow_emulator_time"]
 
@@ -60,18 +60,12 @@ class EmulatorPacedClock:
 
 class TimeScaleProbe(httpx.AsyncBaseTransport):
     """Wraps the network transport: before the first request, asks the server for its time
-    scale and gives it to the clock. ``for_posts``, if given, carries the POSTs (the client
-    sends submissions on fresh connections when the network is its own)."""
+    scale and gives it to the clock."""
 
     def __init__(
-        self,
-        inner: httpx.AsyncBaseTransport,
-        clock: EmulatorPacedClock,
-        base_url: str,
-        for_posts: httpx.AsyncBaseTransport | None = None,
+        self, inner: httpx.AsyncBaseTransport, clock: EmulatorPacedClock, base_url: str
     ) -> None:
         self._inner = inner
-        self._for_posts = for_posts
         self._clock = clock
         self._info_url = base_url.rstrip("/") + INFO_PATH
         self._asked = False
@@ -86,8 +80,6 @@ class TimeScaleProbe(httpx.AsyncBaseTransport):
                 if not self._asked:
                     await self._ask()
                     self._asked = True
-        if request.method == "POST" and self._for_posts is not None:
-            return await self._for_posts.handle_async_request(request)
         return await self._inner.handle_async_request(request)
 
     async def _ask(self) -> None:
@@ -113,16 +105,12 @@ class TimeScaleProbe(httpx.AsyncBaseTransport):
             self._clock.adopt(scale)
 
     async def aclose(self) -> None:
-        """Close the wrapped transports."""
+        """Close the wrapped transport."""
         await self._inner.aclose()
-        if self._for_posts is not None:
-            await self._for_posts.aclose()
 
 
 def follow_emulator_time(base_url: str) -> tuple[EmulatorPacedClock, TimeScaleProbe]:
     """A clock and a network transport for a client of ``base_url`` (a loopback URL) that
     was given neither a clock nor a transport of its own."""
     clock = EmulatorPacedClock()
-    # What the client would build itself: pooled connections, and none kept for POSTs.
-    posts = httpx.AsyncHTTPTransport(limits=_FRESH_CONNECTIONS)
-    return clock, TimeScaleProbe(httpx.AsyncHTTPTransport(), clock, base_url, posts)
+    return clock, TimeScaleProbe(OwnNetwork(), clock, base_url)

@@ -37,11 +37,12 @@ from . import _limits
 
 __all__ = ["CompletionEstimator", "Snapshot"]
 
-#: The grid: log-spaced bin edges from a fraction of a second to two hours, 2 % apart (finer
-#: than any lag target the planner aims at, so the grid never decides a poll's place).
-GRID_START = 0.25
+#: The grid: log-spaced bin edges from a second to two hours, 3 % apart (about the finest
+#: lag target; within a bin, mass is spread evenly, so the grid does not decide where a poll
+#: goes). About 300 bins: a sweep of EM costs about half a millisecond.
+GRID_START = 1.0
 GRID_END = 7200.0
-GRID_RATIO = 1.02
+GRID_RATIO = 1.03
 #: Songs' worth of the documented 50-60 s in the prior: enough to plan the first songs, few
 #: enough that one wave of real songs outweighs it.
 PRIOR_SONGS = 3.0
@@ -52,15 +53,21 @@ PRIOR_MEMORY = 10.0
 FLOOR_SONGS = 0.1
 #: Memory, in completed songs: each one multiplies the weight of older ones by 1 - 1/MEMORY.
 MEMORY = 40.0
-#: Completed songs kept; older ones weigh less than 1 % (exp(-150 / 30)).
+#: Completed songs kept; older ones weigh less than 1 % (exp(-200 / 40)).
 MAX_COMPLETED = 200
 #: EM sweeps per refit, warm-started: the estimate keeps converging across observations.
-SWEEPS = 8
+SWEEPS = 3
 #: Share of a bin's mass moved to each neighbour after every sweep (EMS smoothing).
 SMOOTHING = 0.02
-#: Running songs reported since the last refit after which one is due anyway: songs found
-#: still running are what moves the estimate when a service slows down.
-REFIT_AFTER_RUNNING = 8
+#: A refit (a couple of milliseconds, and a new plan) is due when an observation comes this
+#: many API seconds after the last one (the estimate moves little faster than songs finish)...
+REFIT_EVERY = 20.0
+#: ... or at once for a song still running where the estimate has this share of songs done
+#: (the service is slower than believed, and the plan must follow now), or for the first
+#: songs to finish.
+SURPRISE = 0.5
+#: Songs' worth of data below which every completed song refits.
+FIRST_SONGS = 3.0
 
 
 def _grid() -> tuple[float, ...]:
@@ -71,9 +78,10 @@ def _grid() -> tuple[float, ...]:
 #: Bin k spans (EDGES[k], EDGES[k + 1]]; the last bin, past the grid, is open-ended.
 EDGES = _grid()
 BINS = len(EDGES)  # the grid's bins plus the open one past GRID_END
+_LOG_RATIO = math.log(GRID_RATIO)
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)  # compared and hashed by identity: one per version of one estimator
 class Snapshot:
     """An immutable estimate: the completion-time distribution at one ``version``.
 
@@ -89,7 +97,7 @@ class Snapshot:
         """P(T <= t): the chance a song is finished ``t`` seconds after its reference."""
         if t <= 0:
             return 0.0
-        k = bisect.bisect_right(EDGES, t) - 1
+        k = _bin_of(t)
         if k >= BINS - 1:
             return self.cdf[-1]
         low, high = EDGES[k], EDGES[k + 1]
@@ -130,9 +138,22 @@ class _Interval:
     hi_share: float
 
 
+def _bin_of(t: float) -> int:
+    """The bin holding ``t`` (> 0), in O(1) from the grid's geometry."""
+    if t <= GRID_START:
+        return 0
+    k = int(math.log(t / GRID_START) / _LOG_RATIO) + 1
+    # Rounding can land one bin off at an edge: step to the bin with EDGES[k] <= t < next.
+    if k < BINS and EDGES[k] > t:
+        k -= 1
+    elif k + 1 < BINS and EDGES[k + 1] <= t:
+        k += 1
+    return min(k, BINS - 1)
+
+
 def _position(t: float) -> tuple[int, float]:
     """The bin holding ``t`` and how far into it ``t`` lies (0-1)."""
-    k = min(BINS - 1, max(0, bisect.bisect_right(EDGES, t) - 1))
+    k = _bin_of(t) if t > 0 else 0
     if k == BINS - 1:
         return k, 0.0
     return k, (t - EDGES[k]) / (EDGES[k + 1] - EDGES[k])
@@ -183,31 +204,41 @@ class CompletionEstimator:
         self._floor = _log_uniform()
         self._completed: deque[_Interval] = deque(maxlen=MAX_COMPLETED)
         self._running: dict[str, _Interval] = {}
-        self._running_since_fit = 0
+        self._fitted_at = -math.inf
         self._versions = itertools.count()
         total = PRIOR_SONGS + FLOOR_SONGS
-        mass = [(PRIOR_SONGS * p + FLOOR_SONGS * f) / total for p, f in zip(self._prior, self._floor)]
+        mass = [
+            (PRIOR_SONGS * p + FLOOR_SONGS * f) / total
+            for p, f in zip(self._prior, self._floor, strict=True)
+        ]
         self._mass = mass
         self._snapshot = self._publish(0.0)
 
     # ------------------------------------------------------------------ observing
 
-    def observe_finished(self, song: str, after: float, by: float) -> None:
-        """Song ``song`` finished ``(after, by]`` seconds after its reference."""
+    def observe_finished(
+        self, song: str, after: float, by: float, *, at: float | None = None
+    ) -> None:
+        """Song ``song`` finished ``(after, by]`` seconds after its reference; ``at`` is the
+        clock time of the observation, which paces refits (``None``: refit now)."""
         if not 0 <= after <= by < math.inf:
             raise ValueError(f"need 0 <= after <= by < inf, got {after!r} and {by!r}")
         self._running.pop(song, None)
         self._completed.append(_interval(after, by))
-        self._refit()
+        if self._snapshot.songs < FIRST_SONGS or self._due(at):
+            self._refit(at)
 
-    def observe_running(self, song: str, seen: float) -> None:
-        """Song ``song`` was still running ``seen`` seconds after its reference."""
+    def observe_running(self, song: str, seen: float, *, at: float | None = None) -> None:
+        """Song ``song`` was still running ``seen`` seconds after its reference (``at``: as
+        for :meth:`observe_finished`)."""
         if not 0 <= seen < math.inf:
             raise ValueError(f"need 0 <= seen < inf, got {seen!r}")
         self._running[song] = _interval(seen, math.inf)
-        self._running_since_fit += 1
-        if self._running_since_fit >= REFIT_AFTER_RUNNING:
-            self._refit()
+        if self._snapshot.done_by(seen) >= SURPRISE or self._due(at):
+            self._refit(at)
+
+    def _due(self, at: float | None) -> bool:
+        return at is None or at - self._fitted_at >= REFIT_EVERY
 
     def forget(self, song: str) -> None:
         """Song ``song`` ended without telling when it would have finished (failed, timed
@@ -235,8 +266,9 @@ class CompletionEstimator:
 
     # ------------------------------------------------------------------ fitting
 
-    def _refit(self) -> None:
-        self._running_since_fit = 0
+    def _refit(self, at: float | None) -> None:
+        if at is not None:
+            self._fitted_at = at
         keep = 1.0 - 1.0 / MEMORY
         completed = len(self._completed)
         weighted = [
@@ -245,7 +277,10 @@ class CompletionEstimator:
         ]
         weighted += [(interval, 1.0) for interval in self._running.values()]
         prior_weight = PRIOR_SONGS * math.exp(-completed / PRIOR_MEMORY)
-        pseudo = [prior_weight * p + FLOOR_SONGS * f for p, f in zip(self._prior, self._floor)]
+        pseudo = [
+            prior_weight * p + FLOOR_SONGS * f
+            for p, f in zip(self._prior, self._floor, strict=True)
+        ]
         total = sum(pseudo) + sum(weight for _, weight in weighted)
         mass = self._mass
         for _ in range(SWEEPS):
@@ -256,7 +291,7 @@ class CompletionEstimator:
     def _publish(self, songs: float) -> Snapshot:
         cdf = [0.0, *itertools.accumulate(self._mass)]
         # Bin k ends at EDGES[k + 1]; the open bin's mass never reaches a finite edge.
-        done = tuple(min(1.0, value) for value in cdf[: BINS])
+        done = tuple(min(1.0, value) for value in cdf[:BINS])
         return Snapshot(version=next(self._versions), cdf=done, songs=songs)
 
 
@@ -276,27 +311,29 @@ def _sweep(
         if lo == hi:
             counts[lo] += weight  # all of its probability is in this one bin
             continue
-        inner = prefix[hi] - prefix[lo + 1]
-        covered = interval.lo_share * mass[lo] + inner + interval.hi_share * mass[hi]
+        low_part = interval.lo_share * mass[lo]
+        high_part = interval.hi_share * mass[hi]
+        covered = low_part + prefix[hi] - prefix[lo + 1] + high_part
         if covered <= 0:
             continue
         ratio = weight / covered
-        counts[lo] += ratio * interval.lo_share * mass[lo]
-        counts[hi] += ratio * interval.hi_share * mass[hi]
+        counts[lo] += ratio * low_part
+        counts[hi] += ratio * high_part
         share[lo + 1] += ratio
         share[hi] -= ratio
-    running = 0.0
-    for k in range(BINS):
-        running += share[k]
-        if running:
-            counts[k] += running * mass[k]
-    mass = [count / total for count in counts]
+    scale = 1.0 / total
+    fitted = [
+        (count + spread * m) * scale
+        for count, spread, m in zip(counts, itertools.accumulate(share), mass, strict=False)
+    ]
     # The smoothing step of EMS (Silverman et al., 1990): below the earliest poll, songs
     # found done say nothing of when they finished, and plain EM would keep whatever shape
     # the mass had there for ever; a little diffusion gives it the shape of its neighbours.
-    edge = SMOOTHING
-    smoothed = [mass[0] * (1 - edge) + mass[1] * edge]
-    for k in range(1, BINS - 1):
-        smoothed.append(mass[k] * (1 - 2 * edge) + (mass[k - 1] + mass[k + 1]) * edge)
-    smoothed.append(mass[-1] * (1 - edge) + mass[-2] * edge)
-    return smoothed
+    edge, keep = SMOOTHING, 1.0 - 2.0 * SMOOTHING
+    middle = [
+        m * keep + (before + after) * edge
+        for before, m, after in zip(fitted, fitted[1:], fitted[2:], strict=False)
+    ]
+    first = fitted[0] * (1.0 - edge) + fitted[1] * edge
+    last = fitted[-1] * (1.0 - edge) + fitted[-2] * edge
+    return [first, *middle, last]

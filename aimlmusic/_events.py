@@ -24,6 +24,7 @@ __all__ = [
     "BatchEvents",
     "RequestKind",
     "RequestRetried",
+    "RequestSending",
     "RequestThrottled",
     "SongCompleted",
     "SongFailed",
@@ -105,6 +106,23 @@ class RequestRetried:
 
 
 @attrs.frozen
+class RequestSending:
+    """A request for a song is about to leave: its first bytes are being written to an open
+    connection. Until then (no connection, cancelled before the first byte) it provably never
+    reached the server; from then on a submission may be paid for.
+
+    Reported once per attempt, synchronously, before the bytes go out, so a hook can make
+    that fact durable first (the catalog's journal does). With a transport that cannot
+    trace the moment (a mock, an in-process ASGI app) it is reported when the attempt ends,
+    if it left.
+    """
+
+    key: str
+    kind: RequestKind
+    at: float
+
+
+@attrs.frozen
 class RequestThrottled:
     """The API answered 429 to a request for a song; the whole client slows down.
 
@@ -139,6 +157,10 @@ class BatchEvents(Protocol):
 
     def on_failed(self, event: SongFailed) -> None:
         """A song ended in error; its result is about to be delivered."""
+        return None
+
+    def on_sending(self, event: RequestSending) -> None:
+        """A request's bytes are about to go out (a submission may now be paid for)."""
         return None
 
     def on_retried(self, event: RequestRetried) -> None:

@@ -31,15 +31,17 @@ __all__ = ["Schedule", "plan"]
 #: percentile, and the two points above it absorb the estimate's error.
 COVERAGE = 0.97
 #: Ways of splitting the uncovered songs between the short and the long end.
-SPLITS = 7
+SPLITS = 4
 #: The coarsest share searched: a poll at twice the shortest covered time.
 MAX_SHARE = 1.0
-#: Bisection steps on the share (log scale): 2**-12 of the range, far below a bin's width.
-SEARCH_STEPS = 12
+#: Bisection steps on the share (log scale): to 2**-7 of the range, about 3 % of the share.
+SEARCH_STEPS = 7
 #: Spacing past the covered range: the uncovered long songs are found, not timed.
 TAIL_RATIO = 1.25
 #: Never two polls of one song closer than this (API seconds): a round trip takes about as long.
 MIN_GAP = 1.0
+#: A poll made by fewer than this share of songs adds nothing worth counting.
+NEGLIGIBLE = 1e-4
 #: Polls planned past the covered range; later ones follow ``TAIL_RATIO`` without planning.
 TAIL_POLLS = 8
 #: Share of songs (by phase) that explore: they are first polled on a ladder halving back
@@ -105,7 +107,13 @@ def _expected_polls(snapshot: Snapshot, times: list[float]) -> float:
     # At the middle phase, for songs' phases spread evenly around it (see Schedule.after),
     # and with the explorers' ladder.
     ladder = sum(1.0 - snapshot.done_by(times[0] / 2**k) for k in range(1, LADDER_STEPS + 1))
-    return 1.0 + sum(1.0 - snapshot.done_by(t) for t in times) + EXPLORE_SHARE * ladder
+    polls = 1.0 + EXPLORE_SHARE * ladder
+    for t in times:
+        running = 1.0 - snapshot.done_by(t)
+        if running < NEGLIGIBLE:
+            break  # the polls after it hardly ever happen
+        polls += running
+    return polls
 
 
 def _cheapest(snapshot: Snapshot, share: float) -> tuple[float, list[float]]:

@@ -241,6 +241,8 @@ class LearnedPolling:
         self.lag_target = lag_target
         self.headroom = headroom
         self._estimator = CompletionEstimator(prior)
+        # The snapshot's mean time in flight, computed once per snapshot.
+        self._cycle: tuple[Snapshot | None, float] = (None, 0.0)
 
     @property
     def prior(self) -> tuple[float, float]:
@@ -263,7 +265,9 @@ class LearnedPolling:
         snapshot = self._estimator.snapshot
         allowance = math.inf
         if budget_rate > 0 and in_flight > 0:
-            cycle = snapshot.mean(_CYCLE_QUANTILE)
+            if self._cycle[0] is not snapshot:
+                self._cycle = (snapshot, snapshot.mean(_CYCLE_QUANTILE))
+            cycle = self._cycle[1]
             requests_per_song = self.headroom * budget_rate / 60.0 * cycle / in_flight
             allowance = max(0.0, requests_per_song - 1.0)  # one request is the submission
             allowance = math.floor(allowance / _ALLOWANCE_STEP) * _ALLOWANCE_STEP
@@ -288,12 +292,12 @@ class LearnedPolling:
 
     def observe_running(self, song: str, reference_at: float, seen_at: float) -> None:
         """Teach the estimator that ``song`` was running ``seen_at - reference_at`` in."""
-        self._estimator.observe_running(song, max(0.0, seen_at - reference_at))
+        self._estimator.observe_running(song, max(0.0, seen_at - reference_at), at=seen_at)
 
     def observe_finished(self, song: str, reference_at: float, after: float, by: float) -> None:
         """Teach the estimator that ``song`` finished in ``(after, by]``."""
         start = max(0.0, after - reference_at)
-        self._estimator.observe_finished(song, start, max(start, by - reference_at))
+        self._estimator.observe_finished(song, start, max(start, by - reference_at), at=by)
 
     def forget(self, song: str) -> None:
         """Stop counting ``song`` as running."""

@@ -93,6 +93,7 @@ class Budget(Protocol):
         """Seconds until one more request could be sent, ignoring those waiting."""
         ...
 
+
 _PRIORITY: dict[str, int] = {"submit": 0, "poll": 1}
 
 #: Seconds of the long window (a minute and a margin) and of the optional short one.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import weakref
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -78,7 +79,7 @@ class Secret:
 class Redactor:
     """Replaces every occurrence of the given secrets in text."""
 
-    __slots__ = ("_secrets",)
+    __slots__ = ("__weakref__", "_secrets")
 
     def __init__(self, *secrets: Secret) -> None:
         # Kept wrapped, so expanding the redactor (a debugger, an error tracker) shows no key.
@@ -178,7 +179,8 @@ def redact_urls_in(text: str) -> str:
 
 
 class _URLQueryFilter(logging.Filter):
-    """Rewrites a log record so no URL in it shows its query values (presigned signatures)."""
+    """Rewrites a log record so no URL in it shows its query values (presigned signatures),
+    and no key of a live client shows either (httpx quotes a server's reason phrase)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -186,21 +188,30 @@ class _URLQueryFilter(logging.Filter):
         except Exception:  # a broken record is the logging module's to report
             return True
         cleaned = redact_urls_in(message)
+        for redactor in list(_LIVE_REDACTORS):
+            cleaned = redactor.text(cleaned)
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True
 
 
 _FILTER_LOCK = threading.Lock()
+# The redactors of the clients alive in this process (weakly: a closed and dropped client's
+# key is forgotten with it).
+_LIVE_REDACTORS: weakref.WeakSet[Redactor] = weakref.WeakSet()
 
 
-def install_httpx_log_filter() -> None:
-    """Add (once) a filter to the ``httpx`` logger that hides URL query values.
+def install_httpx_log_filter(redactor: Redactor | None = None) -> None:
+    """Add (once) a filter to the ``httpx`` logger that hides URL query values, and the
+    secrets of ``redactor`` from then on.
 
-    httpx logs ``HTTP Request: GET <url> ...`` at INFO, which under
-    ``logging.basicConfig(level=logging.INFO)`` would print a presigned URL's signature.
+    httpx logs ``HTTP Request: GET <url> "HTTP/1.1 401 <reason>"`` at INFO, which under
+    ``logging.basicConfig(level=logging.INFO)`` would print a presigned URL's signature, or
+    a key that a server echoed in its reason phrase.
     """
     logger = logging.getLogger("httpx")
     with _FILTER_LOCK:
+        if redactor is not None:
+            _LIVE_REDACTORS.add(redactor)
         if not any(isinstance(f, _URLQueryFilter) for f in logger.filters):
             logger.addFilter(_URLQueryFilter())

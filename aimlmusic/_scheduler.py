@@ -66,6 +66,7 @@ from ._events import (
     BatchEvents,
     RequestKind,
     RequestRetried,
+    RequestSending,
     RequestThrottled,
     SongCompleted,
     SongFailed,
@@ -206,6 +207,10 @@ class _Observer:
             "on_throttled",
             RequestThrottled(self.song.key, self.kind, retry_after, at),
         )
+
+    def on_sending(self) -> None:
+        at = self.batch.clock.now()
+        emit(self.batch.events, "on_sending", RequestSending(self.song.key, self.kind, at))
 
 
 #: Songs' phases, drawn in turn from one sequence for every batch and wait of the process.

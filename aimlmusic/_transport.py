@@ -129,6 +129,41 @@ class RequestObserver(Protocol):
         """The server answered 429; ``retry_after`` is its (capped) hint in seconds, if any."""
         ...
 
+    # Optional (looked up with getattr): on_sending(self) -> None. An attempt's bytes are
+    # about to go out (httpcore's ``send_request_headers.started``); called at most once per
+    # attempt, never for an attempt that provably never left (no connection, cancelled
+    # before the first byte).
+
+
+#: httpcore's trace events for "the request's first bytes are being written" (HTTP/1.1, 2).
+_SENDING_EVENTS = frozenset(
+    {"http11.send_request_headers.started", "http2.send_request_headers.started"}
+)
+
+
+class _SendingNotice:
+    """Tells an observer, once per attempt, that the request is leaving: from httpcore's
+    trace when the transport has one, else (a mock or ASGI transport) once an answer or a
+    failure after connecting shows it left."""
+
+    __slots__ = ("_callback", "_inner", "fired")
+
+    def __init__(self, callback: Any, inner: Any) -> None:
+        self._callback = callback
+        self._inner = inner  # a trace callback already on the request, kept working
+        self.fired = False
+
+    def fire(self) -> None:
+        if not self.fired:
+            self.fired = True
+            self._callback()
+
+    async def trace(self, name: str, info: dict[str, Any]) -> None:
+        if name in _SENDING_EVENTS:
+            self.fire()
+        if self._inner is not None:
+            await self._inner(name, info)
+
 
 class _Failure:
     """One failed attempt: the error to raise if it is the last, and how to treat it."""
@@ -287,7 +322,12 @@ class Transport:
         for attempt in range(1, attempts + 1):
             await self.budget.acquire(kind)
             outcome = await self._attempt(
-                method, url, body, attempt, expected_id=(params or {}).get("generation_id")
+                method,
+                url,
+                body,
+                attempt,
+                expected_id=(params or {}).get("generation_id"),
+                on_sending=getattr(observer, "on_sending", None),
             )
             if isinstance(outcome, Generation):
                 return outcome
@@ -337,19 +377,37 @@ class Transport:
         attempt: int,
         *,
         expected_id: str | None = None,
+        on_sending: Any = None,
     ) -> Generation | _Failure:
         logger.debug("%s %s (attempt %d of %d)", method, url, attempt, self.retry.attempts)
         started = time.perf_counter()
         http = self._post_http if method == "POST" else self._http
-        request = http.build_request(
-            method, url, json=body, headers=self._headers(), timeout=self._httpx_timeout
-        )
+        problem: str | None = None
+        try:
+            request = http.build_request(
+                method, url, json=body, headers=self._headers(), timeout=self._httpx_timeout
+            )
+        except (ValueError, httpx.InvalidURL) as exc:  # UnicodeEncodeError is a ValueError
+            # Nothing was sent. Say what broke, never how (the text may quote a header).
+            problem = type(exc).__name__
+        if problem is not None:
+            raise RequestValidationError(
+                "request", "must be encodable as an HTTP request (nothing was sent)", problem
+            )
+        notice = None
+        if on_sending is not None:
+            notice = _SendingNotice(on_sending, request.extensions.get("trace"))
+            request.extensions["trace"] = notice.trace
         try:
             response = await http.send(request, stream=True, auth=NO_AUTH, follow_redirects=False)
         except httpx.HTTPError as exc:
             failure = self._transport_failure(exc, method, url)
             request_logger.debug("%s %s failed: %s", method, url, failure.error)
+            if notice is not None and failure.kind != "never_sent":
+                notice.fire()  # it may have left, traced or not
             return failure
+        if notice is not None:
+            notice.fire()  # answered, so it left (transports without httpcore's trace)
         try:
             outcome = await self._read(response, method, url)
         finally:

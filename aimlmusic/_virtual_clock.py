@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 from contextlib import AsyncExitStack
 from types import TracebackType
 
@@ -97,7 +98,10 @@ class VirtualClock:
         return self._stack is not None
 
     async def sleep(self, seconds: float) -> None:
-        """Wait until the clock reaches ``now() + seconds``; ``seconds <= 0`` only yields."""
+        """Wait until the clock reaches ``now() + seconds``; ``seconds <= 0`` only yields, and
+        an infinite time waits until cancelled (without moving the clock)."""
+        if math.isnan(seconds):
+            raise ValueError("VirtualClock.sleep() needs a number of seconds, got nan")
         if seconds <= 0:
             await anyio.lowlevel.checkpoint()
             return
@@ -105,6 +109,8 @@ class VirtualClock:
             raise RuntimeError(
                 "VirtualClock.sleep() needs the clock running: wrap the code in `async with clock:`"
             )
+        if math.isinf(seconds):
+            await anyio.sleep_forever()
         sleeper = _Sleeper(self._now + seconds, next(self._order))
         heapq.heappush(self._sleepers, sleeper)
         if self._sleeper_added is not None:

@@ -7,6 +7,7 @@ loop runs asyncio or trio (``backend``), so the behavioural tests run on both.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import signal
 import threading
@@ -162,7 +163,7 @@ def test_submit_get_and_wait_follow_one_generation(emulator: Emulator, backend: 
     with _client(emulator, backend) as client:
         submitted = client.submit(_song())
         fetched = client.get(submitted.id)
-        finished = client.wait(submitted.id, timeout=600)
+        finished = client.wait(submitted.id)
     assert fetched.id == submitted.id == finished.id
     assert finished.status == aimlmusic.GenerationStatus.COMPLETED
 
@@ -216,7 +217,7 @@ def test_generate_many_yields_every_song_in_completion_order(
     """A plain for loop gets every song once, in the order the songs were seen finished."""
     songs = [(f"song-{n}", _song(n)) for n in range(6)]
     with _client(emulator, backend) as client:
-        results = list(client.generate_many(songs, max_in_flight=6))
+        results = list(client.generate_many(songs, max_in_flight=6, deadline=None))
     assert sorted(r.key for r in results) == [key for key, _ in songs]
     assert all(r.ok for r in results)
     finished = [r.timings.noticed_at for r in results]
@@ -233,7 +234,7 @@ def test_generate_many_raises_the_source_error_at_the_end(emulator: Emulator, ba
 
     received: list[aimlmusic.SongResult] = []
     with _client(emulator, backend) as client, pytest.raises(ValueError, match="catalog broken"):
-        received.extend(client.generate_many(songs()))
+        received.extend(client.generate_many(songs(), deadline=None))
     assert [r.ok for r in received] == [True]
 
 
@@ -257,7 +258,7 @@ def test_leaving_generate_many_early_cancels_the_batch(backend: str) -> None:
     )
     clock = WatchedClock(emulator)
     with _client(emulator, backend, clock=clock, poll=PARKED_POLLS) as client:
-        with client.generate_many([_song(n) for n in range(4)]) as results:
+        with client.generate_many([_song(n) for n in range(4)], deadline=None) as results:
             first = next(results)
             _wait_until(_parked(emulator, clock, 4))
         assert first.ok
@@ -265,6 +266,25 @@ def test_leaving_generate_many_early_cancels_the_batch(backend: str) -> None:
         assert clock.cancelled >= 1
         assert list(results) == []  # closed: the iteration is over
         assert client.get(first.generation_id).id == first.generation_id  # still usable
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_breaking_out_of_a_plain_for_loop_cancels_the_batch(backend: str) -> None:
+    """``break`` drops the iterator, which cancels the songs still polled."""
+    emulator = Emulator(
+        EmulatorConfig(
+            time_scale=TIME_SCALE, requests_per_minute=None, durations=_first_song_fast()
+        )
+    )
+    clock = WatchedClock(emulator)
+    with _client(emulator, backend, clock=clock, poll=PARKED_POLLS) as client:
+        for result in client.generate_many([_song(n) for n in range(4)], deadline=None):
+            assert result.ok
+            _wait_until(_parked(emulator, clock, 4))
+            break
+        gc.collect()  # (CPython has already dropped it; other interpreters may need this)
+        _wait_until(lambda: clock.active == 0)
+        assert clock.cancelled >= 1
 
 
 @pytest.mark.usefixtures("no_leaked_threads", "sigint_raises")
@@ -281,7 +301,7 @@ def test_ctrl_c_in_the_loop_body_cancels_the_batch_and_the_thread_ends(backend: 
 
     def script(client: MusicClient) -> None:
         with client:
-            for result in client.generate_many([_song(n) for n in range(4)]):
+            for result in client.generate_many([_song(n) for n in range(4)], deadline=None):
                 seen.append(result)
                 _wait_until(_parked(emulator, clock, 4))
                 raise KeyboardInterrupt
@@ -324,7 +344,7 @@ def test_ctrl_c_while_waiting_for_a_batch_result_cancels_the_batch(
             lambda: emulator.stats().requests["submit"] == 3 and clock.active > 0
         )
         with pytest.raises(KeyboardInterrupt):
-            for _ in client.generate_many([_song(n) for n in range(3)]):
+            for _ in client.generate_many([_song(n) for n in range(3)], deadline=None):
                 pass
         presser.join(REACH_TIMEOUT)
         assert clock.cancelled >= 1
@@ -355,7 +375,7 @@ def test_event_hook_calling_the_client_is_refused(emulator: Emulator) -> None:
                 errors.append(exc)
 
     with _client(emulator, "asyncio") as client:
-        results = list(client.generate_many([_song()], events=Hook()))
+        results = list(client.generate_many([_song()], events=Hook(), deadline=None))
     assert [r.ok for r in results] == [True]
     assert len(errors) == 1
     assert "AsyncMusicClient" in str(errors[0])
@@ -376,3 +396,56 @@ def test_takes_the_async_clients_arguments() -> None:
         for name, parameter in wanted.items():
             assert given[name].kind == parameter.kind, (blocking.__name__, name)
             assert given[name].default == parameter.default, (blocking.__name__, name)
+
+
+#: A script that iterates a batch whose songs never finish, and reports the client's
+#: threads still alive once Ctrl-C has come through.
+_INTERRUPTED_SCRIPT = """
+import sys, threading, httpx, aimlmusic
+from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig
+
+emulator = Emulator(EmulatorConfig(time_scale=1000, requests_per_minute=None,
+                                   durations=lambda rng: 1e9))
+songs = [aimlmusic.SongRequest(f"Song number {i} here", "[Verse]\\nla la la") for i in range(3)]
+try:
+    with aimlmusic.MusicClient(TEST_API_KEY, base_url="http://127.0.0.1", clock=emulator.clock,
+                               transport=httpx.ASGITransport(app=emulator.app)) as client:
+        print("iterating", flush=True)
+        for result in client.generate_many(songs, deadline=None):
+            print("a song finished?", flush=True)
+except KeyboardInterrupt:
+    alive = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    print("interrupted", [name for name in alive if name.startswith("aimlmusic")], flush=True)
+    sys.exit(130)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_a_script_stops_it_cleanly() -> None:
+    """SIGINT to a script blocked on a batch: KeyboardInterrupt reaches the script's own
+    handler, and by then the client's thread has ended."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    with subprocess.Popen(
+        [sys.executable, "-c", _INTERRUPTED_SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as process:
+        assert process.stdout is not None
+        try:
+            assert process.stdout.readline() == "iterating\n"
+            process.send_signal(signal.SIGINT)
+            output, errors = process.communicate(timeout=REACH_TIMEOUT)
+        finally:
+            process.kill()
+    assert process.returncode == 130, errors
+    assert output == "interrupted []\n"

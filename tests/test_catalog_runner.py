@@ -149,15 +149,20 @@ async def test_an_invalid_catalog_spends_nothing(tmp_path: Path) -> None:
 
 
 async def test_songs_rejected_by_the_api_are_retried_by_the_next_run(tmp_path: Path) -> None:
-    """A 403 (no credits) fails songs without an id; a rerun with credits sends them safely."""
+    """A 403 (no credits) stops the run with every song still pending; a rerun with credits
+    sends them safely."""
     emulator = make_emulator()
     catalog = write_catalog(tmp_path / "songs.jsonl", 3)
     out = tmp_path / "out"
     async with client_for(emulator, NO_CREDIT_KEY) as client:
-        summary = await run_catalog(client, catalog, out)
-    assert summary.failed == ("song-00", "song-01", "song-02")
+        with pytest.raises(_runner.RunStopped) as stopped:
+            await run_catalog(client, catalog, out)
+    summary = stopped.value.summary
+    assert stopped.value.reason == "auth"
+    assert summary.counts[SongState.PENDING] == 3
     assert summary.downloaded == 0
-    assert manifest(out)[0]["error"]["type"] == "PermissionDeniedError"  # type: ignore[index]
+    assert not summary.failed
+    assert not summary.ambiguous
     async with client_for(emulator) as client:
         summary = await run_catalog(client, catalog, out)
     assert summary.all_done
@@ -221,7 +226,9 @@ async def test_resubmit_ambiguous_sends_again(tmp_path: Path) -> None:
 
 async def test_timed_out_songs_are_resumed_by_id(tmp_path: Path) -> None:
     """A song past its deadline stays submitted; the next run waits for it, never resubmits."""
-    emulator = make_emulator()
+    # 100x: the 5-s deadline is 50 real ms and songs take half a second, so a loaded machine
+    # cannot stretch the deadline past every song's end (at 2000x it could, and did).
+    emulator = make_emulator(time_scale=100.0)
     catalog = write_catalog(tmp_path / "songs.jsonl", 3)
     out = tmp_path / "out"
     async with client_for(emulator) as client:

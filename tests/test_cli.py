@@ -118,13 +118,16 @@ def test_an_invalid_catalog_exits_2_listing_every_problem(tmp_path: Path) -> Non
 def test_failed_songs_exit_1_with_advice(
     tmp_path: Path, served: tuple[Emulator, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Songs the API rejects (403, no credits) give exit status 1 and a hint to rerun."""
+    """An account the API refuses (403, no credits) stops the batch with exit status 2 and
+    one message naming the key's variable; the songs stay pending for the next run."""
     _, base_url = served
     catalog = write_catalog(tmp_path / "songs.jsonl", 2)
     args = ["batch", str(catalog), "-o", str(tmp_path / "out"), "--base-url", base_url]
     result = invoke(*args, "--api-key", NO_CREDIT_KEY, "--time-scale", "1000")
-    assert result.exit_code == 1
-    assert "2 failed: song-0, song-1" in result.output
+    assert result.exit_code == 2
+    assert "check AIML_API_KEY (or --api-key)" in result.output
+    assert " failed: " not in result.output
+    assert "sent again by rerunning" not in result.output
     ok = invoke(*args, "--time-scale", "1000", env={"AIML_API_KEY": TEST_API_KEY})
     assert ok.exit_code == 0, ok.output
     assert "Downloaded 2 of 2 songs" in ok.output

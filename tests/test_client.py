@@ -461,7 +461,8 @@ async def test_wait_and_generate_many_share_one_budget_and_one_policy() -> None:
         sent_before = client.budget.sent_total
         await client.wait(generation)
         assert client.budget.sent_total == sent_before + 1
-    assert policy.states and all(s.budget_rate == 120.0 for s in policy.states)
+    assert policy.states
+    assert all(s.budget_rate == 120.0 for s in policy.states)
 
 
 @pytest.mark.anyio

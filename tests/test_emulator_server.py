@@ -94,13 +94,18 @@ async def test_a_truncated_download_is_cut_off(emulator: Emulator, base_url: str
             await client.get(done["audio_file"]["url"])
 
 
-async def test_a_slow_response_trips_the_read_timeout(emulator: Emulator, base_url: str) -> None:
+async def test_a_slow_response_trips_the_read_timeout() -> None:
     """A ``delay`` longer than the client's read timeout is a read timeout on the client."""
+    # 500 API s of delay = 0.5 s real, 500 times the 1 ms read timeout: a loaded machine that
+    # stalls the client for a few milliseconds cannot let the answer arrive in time.
+    faults = Faults(delay_seconds=500.0)
+    emulator = Emulator(EmulatorConfig(time_scale=1000, requests_per_minute=None, faults=faults))
     emulator.inject("delay", route="poll")
-    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(5, read=0.001)) as client:
-        with pytest.raises(httpx.ReadTimeout):
-            # 5 API s of delay = 5 ms real, longer than the 1 ms read timeout.
-            await client.get(PATH, params={"generation_id": "x"}, headers=AUTH)
+    with serving(emulator) as base_url:
+        timeout = httpx.Timeout(5, read=0.001)
+        async with httpx.AsyncClient(base_url=base_url, timeout=timeout) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.get(PATH, params={"generation_id": "x"}, headers=AUTH)
 
 
 def test_a_served_emulator_with_faults_keeps_serving() -> None:

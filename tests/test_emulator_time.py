@@ -29,7 +29,7 @@ async def test_a_client_of_a_served_emulator_runs_at_its_scale() -> None:
     with serving(emulator) as base_url:
         async with aimlmusic.AsyncMusicClient(TEST_API_KEY, base_url=base_url) as client:
             assert isinstance(client.clock, EmulatorPacedClock)
-            generation = await client.generate(SONG, timeout=600)
+            generation = await client.generate(SONG)
     assert generation.status == aimlmusic.GenerationStatus.COMPLETED
     assert client.clock.scale == TIME_SCALE
     stats = emulator.stats()

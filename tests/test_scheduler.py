@@ -816,7 +816,7 @@ def emulated(
 ) -> tuple[VirtualClock, Emulator, AsyncMusicClient]:
     """A virtual clock, an emulator on it, and a client in process on the same clock."""
     clock = VirtualClock()
-    emulator = Emulator(config, clock=clock.now)
+    emulator = Emulator(config, clock=clock)
     return (
         clock,
         emulator,

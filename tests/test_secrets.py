@@ -26,7 +26,7 @@ from aimlmusic import (
     RetryPolicy,
 )
 from aimlmusic._converter import structure_generation
-from aimlmusic._redact import Secret
+from aimlmusic._redact import Redactor, Secret
 
 pytestmark = pytest.mark.anyio
 
@@ -250,3 +250,42 @@ async def test_over_a_real_socket_nothing_logged_or_raised_shows_the_key(
     assert_clean(caught.value)
     assert CANARY not in debug_logs.text
     assert any(r.name.startswith("httpcore") for r in debug_logs.records)
+
+
+def _json_escaped(text: str) -> str:
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+async def test_a_json_escaped_key_in_a_broken_body_is_redacted_in_the_excerpt() -> None:
+    """A body that is not valid JSON still has its \\uXXXX-escaped key found and redacted in
+    the excerpt kept on the error (the success path and the error path alike)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        escaped = _json_escaped(request.headers["Authorization"])
+        if request.method == "POST":
+            return httpx.Response(400, text='{"message": "' + escaped)  # cut short
+        return httpx.Response(200, text='{"id": "x", "status": "' + escaped)
+
+    async with client_with(httpx.MockTransport(handler)) as client:
+        with pytest.raises(ResponseValidationError) as unreadable:
+            await client.get(GEN_ID)
+        with pytest.raises(AimlMusicError) as rejected:
+            await client.submit(song())
+    for exc in (unreadable.value, rejected.value):
+        assert "<redacted>" in repr(exc.body)  # type: ignore[attr-defined]
+        assert _json_escaped(CANARY) not in repr(vars(exc))
+        assert_clean(exc)
+
+
+def test_the_redactor_finds_keys_in_decoded_json_and_behind_escapes() -> None:
+    """Redactor.data cleans every string (keys too) of decoded JSON; Redactor.text finds a key
+    written with \\uXXXX or \\/ escapes, decodes surrogate pairs, and leaves a lone
+    surrogate's escape as it is (it could not be written out as UTF-8)."""
+    redactor = Redactor(Secret("sk-a/b"))
+    data = {"sk-a/b": ["x sk-a/b", {"n": 1, "m": None}], "ok": True}
+    assert redactor.data(data) == {"<redacted>": ["x <redacted>", {"n": 1, "m": None}], "ok": True}
+    escaped = "".join(f"\\u{ord(c):04x}" for c in "sk-a/b")
+    assert redactor.text('{"k": "' + escaped) == '{"k": "<redacted>'
+    assert redactor.text("key sk-a\\/b \\ud83c\\udfb5") == "key <redacted> \U0001f3b5"
+    assert redactor.text("sk-a\\/b \\ud800") == "<redacted> \\ud800"
+    assert redactor.text("no secret \\u0041") == "no secret \\u0041"  # unchanged when clean

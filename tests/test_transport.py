@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import json
 import time
+import zlib
 
 import anyio
 import httpx
@@ -38,6 +40,7 @@ from aimlmusic import (
     ResponseValidationError,
     RetryPolicy,
     ServerError,
+    SizeLimits,
     Timeout,
 )
 from aimlmusic._ratelimit import RequestBudget, RequestKind
@@ -652,3 +655,75 @@ async def test_real_refused_connection_post_is_retried_then_connection_error() -
     assert not isinstance(caught.value, AmbiguousSubmissionError)
     assert len(clock.sleeps) == 2  # two back-offs between three attempts
     assert_no_httpx_in_chain(caught.value)
+
+
+# ------------------------------------------------------------------ reading answers
+
+
+class _Chunks(httpx.AsyncByteStream):
+    """A body delivered in the given pieces, as a socket would (not read ahead by httpx)."""
+
+    def __init__(self, *pieces: bytes) -> None:
+        self.pieces = pieces
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        for piece in self.pieces:
+            yield piece
+
+
+def _encoded(body: bytes, encoding: str) -> httpx.Response:
+    return httpx.Response(200, stream=_Chunks(body), headers={"Content-Encoding": encoding})
+
+
+async def test_only_encodings_decoded_under_the_cap_are_asked_for() -> None:
+    """Accept-Encoding offers gzip and deflate only (never br or zstd, decoded unbounded)."""
+    api = ScriptedAPI(ok())
+    await make_transport(api).get(GEN_ID)
+    assert api.requests[0].headers["Accept-Encoding"] == "gzip, deflate"
+
+
+@pytest.mark.parametrize("wbits", [15, -15], ids=["zlib deflate", "raw deflate"])
+async def test_deflate_answers_decode_either_way_servers_send_them(wbits: int) -> None:
+    """deflate as the RFC says (zlib-wrapped) and as some servers send it (raw) both parse."""
+    packer = zlib.compressobj(wbits=wbits)
+    body = json.dumps({"id": GEN_ID, "status": "queued"}).encode()
+    packed = packer.compress(body) + packer.flush()
+    api = ScriptedAPI(lambda request: _encoded(packed, "deflate"))
+    generation = await make_transport(api).get(GEN_ID)
+    assert generation.id == GEN_ID
+
+
+async def test_an_encoding_not_asked_for_is_a_response_validation_error() -> None:
+    """A br answer (never offered) is refused with a readable reason, not decoded unbounded."""
+    api = ScriptedAPI(lambda request: _encoded(b"\x1b\x00", "br"))
+    with pytest.raises(ResponseValidationError, match="content encoding that was not asked for"):
+        await make_transport(api).get(GEN_ID)
+
+
+async def test_an_answer_exactly_at_the_cap_is_read_and_one_byte_more_is_not() -> None:
+    """The cap is inclusive: a body of exactly response_bytes parses; one more byte fails."""
+    body = json.dumps({"id": GEN_ID, "status": "queued"}).encode()
+    for limit, fits in ((len(body), True), (len(body) - 1, False)):
+        api = ScriptedAPI(lambda request: httpx.Response(200, stream=_Chunks(body[:7], body[7:])))
+        transport = make_transport(api)
+        transport.size_limits = SizeLimits(response_bytes=limit)
+        if fits:
+            assert (await transport.get(GEN_ID)).id == GEN_ID
+        else:
+            with pytest.raises(ResponseValidationError, match="larger than the cap"):
+                await transport.get(GEN_ID)
+
+
+async def test_a_request_that_cannot_be_encoded_is_a_request_validation_error_not_sent() -> None:
+    """A header httpx cannot encode (a non-ASCII key given to the transport directly) is a
+    RequestValidationError naming no secret, not a raw UnicodeEncodeError; nothing is sent."""
+    api = ScriptedAPI(ok())
+    transport = make_transport(api, api_key="sk-clé-secrète")
+    for call in (lambda: transport.get(GEN_ID), lambda: transport.submit(song())):
+        with pytest.raises(RequestValidationError) as caught:
+            await call()
+        assert caught.value.field == "request"
+        assert "secrète" not in repr(vars(caught.value))
+        assert caught.value.__cause__ is None
+        assert caught.value.__context__ is None
+    assert api.requests == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import anyio
@@ -9,7 +10,7 @@ import httpx
 import pytest
 
 from aimlmusic import AsyncMusicClient, Clock, SongRequest
-from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig
+from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Faults
 from aimlmusic.testing import EMULATED_BASE_URL, VirtualClock, VirtualClockDeadlock
 
 pytestmark = pytest.mark.anyio
@@ -103,6 +104,24 @@ async def test_sleep_of_zero_or_less_does_not_move_time() -> None:
         assert clock.now() == 3.0
 
 
+async def sleep_forever_on(clock: VirtualClock) -> None:
+    """Under ``clock``, sleep an infinite time."""
+    async with clock:
+        await clock.sleep(math.inf)
+
+
+async def test_an_endless_sleep_never_moves_time_and_nan_is_refused() -> None:
+    """``sleep(inf)`` waits with the clock unmoved (here: a deadlock, reported at 0 s);
+    ``sleep(nan)`` is an error."""
+    clock = VirtualClock(deadlock_after=0.05)
+    with pytest.raises(VirtualClockDeadlock):
+        await sleep_forever_on(clock)
+    assert clock.now() == 0.0
+    async with clock:
+        with pytest.raises(ValueError, match="got nan"):
+            await clock.sleep(math.nan)
+
+
 async def test_a_deadlock_with_no_sleeper_is_reported() -> None:
     """Every task waiting on an event nobody sets, with nothing sleeping: an error, no hang."""
     never = anyio.Event()
@@ -149,18 +168,43 @@ def test_is_a_clock_and_rejects_a_bad_deadlock_setting() -> None:
 
 
 async def test_a_client_and_the_emulator_share_virtual_time() -> None:
-    """A song the emulator takes 50-60 s to make completes at 50-60 s of virtual time."""
+    """Given the clock, the emulator hands it to the client as its own, and a song it takes
+    50-60 s to make completes at 50-60 s of virtual time."""
     clock = VirtualClock()
-    emulator = Emulator(EmulatorConfig(requests_per_minute=None), clock=clock.now)
+    emulator = Emulator(EmulatorConfig(requests_per_minute=None), clock=clock)
+    assert emulator.clock is clock
     async with (
         clock,
         AsyncMusicClient(
             TEST_API_KEY,
             base_url=EMULATED_BASE_URL,
             transport=httpx.ASGITransport(app=emulator.app),
-            clock=clock,
+            clock=emulator.clock,
         ) as client,
     ):
         generation = await client.generate(SongRequest("Calm piano", "[Verse]\nla la"))
     assert generation.status == "completed"
     assert 50.0 <= clock.now() <= 60.0 + 30.0  # done, and seen within a poll interval
+
+
+async def test_a_delayed_answer_from_the_emulator_takes_its_delay_in_virtual_time() -> None:
+    """With the clock shared, the emulator's delay fault holds an answer 30 virtual seconds
+    (not 30 real ones, nor none)."""
+    clock = VirtualClock()
+    faults = Faults(delay=1.0, delay_seconds=30.0)
+    emulator = Emulator(EmulatorConfig(requests_per_minute=None, faults=faults), clock=clock)
+    started = time.monotonic()
+    async with (
+        clock,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=emulator.app), base_url=EMULATED_BASE_URL
+        ) as http,
+    ):
+        response = await http.get(
+            "/v2/generate/audio",
+            params={"generation_id": "nothing"},
+            headers={"Authorization": f"Bearer {TEST_API_KEY}"},
+        )
+    assert response.status_code == 404
+    assert clock.now() == 30.0
+    assert time.monotonic() - started < 5.0

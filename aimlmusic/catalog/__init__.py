@@ -34,7 +34,7 @@ from ._rows import (
     load_catalog,
     song_key,
 )
-from ._runner import read_summary, run_catalog
+from ._runner import MAX_CONNECT_FAILURES, RunStopped, read_summary, run_catalog
 
 __all__ = [
     "CatalogError",
@@ -43,6 +43,8 @@ __all__ = [
     "CatalogProblem",
     "CatalogRow",
     "EventKind",
+    "MAX_CONNECT_FAILURES",
+    "RunStopped",
     "iter_catalog",
     "Journal",
     "JOURNAL_NAME",

@@ -172,7 +172,10 @@ class Journal:
     def __init__(self, path: str | Path, *, endpoint: str | None) -> None:
         self.path = Path(path)
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=0.0)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=0.0)
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open the journal {self.path}: {exc}") from exc
         try:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA locking_mode = EXCLUSIVE")
@@ -190,6 +193,14 @@ class Journal:
                     f"{self.path} is in use by another run; wait for it or stop it first"
                 ) from exc
             raise JournalError(f"cannot open the journal {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            # Not a database at all, or a corrupt one: say so, never a traceback.
+            self._db.close()
+            raise JournalError(
+                f"{self.path} is not a usable journal ({exc}); it may be corrupt. Restore it "
+                "from a backup, or move it away to start over (which forgets which songs "
+                "were already paid for)"
+            ) from exc
         except BaseException:
             self._db.close()
             raise
@@ -524,7 +535,8 @@ class Journal:
     def mark_failed(
         self, key: str, error: BaseException | str, *, generation_id: str | None = None
     ) -> None:
-        """A definitive failure: the API rejected the song or the generation ended in error."""
+        """A definitive failure: the API rejected the song, the generation ended in error, or
+        the request could not even be sent (then from ``pending``)."""
         values: dict[str, Any] = {
             "state": SongState.FAILED,
             "error": _describe(error),
@@ -534,7 +546,7 @@ class Journal:
             values["generation_id"] = generation_id
         self._update(
             key,
-            (SongState.SUBMITTING, SongState.SUBMITTED, SongState.COMPLETED),
+            (SongState.PENDING, SongState.SUBMITTING, SongState.SUBMITTED, SongState.COMPLETED),
             **values,
         )
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .._filemode import file_mode_from_umask
 from ._journal import Journal, JournalEntry, SongState
 from ._store import fsync_directory
 
@@ -80,6 +81,8 @@ def write_manifest(path: str | os.PathLike[str], records: Iterable[Mapping[str, 
     )
     try:
         with handle:
+            # NamedTemporaryFile makes it 0600; a manifest is no secret: the umask's mode.
+            os.chmod(handle.name, file_mode_from_umask())
             for record in records:
                 handle.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
             handle.flush()

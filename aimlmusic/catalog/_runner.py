@@ -9,18 +9,27 @@ The order of work, and why:
 3. Songs with a generation id are never resubmitted: ``completed`` ones are downloaded,
    ``submitted`` ones are waited for (``client.wait``) and then downloaded.
 4. Everything else that may be sent goes through ``client.generate_many``, fed by an async
-   generator that commits ``submitting`` to the journal right before handing each song over.
-   The scheduler takes a song only when it has a free slot and submits it at once, and a shared
-   semaphore keeps resumed and new songs together within ``max_in_flight``. The generation id
-   is committed from the scheduler's ``submitted`` event, as soon as the POST returns.
+   generator. A song is committed ``submitting`` from the scheduler's ``sending`` event, as
+   its POST's first bytes go out, not before: a request that never left (no connection, DNS
+   failure, cancelled before the first byte) leaves its song as it was, safe to send again.
+   A shared semaphore keeps resumed and new songs together within ``max_in_flight``. The
+   generation id is committed from the scheduler's ``submitted`` event, as soon as the POST
+   returns.
+4b. The run stops early, with :class:`RunStopped`, when going on cannot help: the API refused
+   the key (401/403), or :data:`MAX_CONNECT_FAILURES` requests in a row never reached it.
+   New songs stop at once; submissions already sent are let finish, then the rest is
+   cancelled, so nothing sent is torn and nothing unsent is marked.
 5. Each finished song is downloaded into a hidden partial directory, tagged, hashed and renamed into
    place; the journal and the manifest follow every step.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import sqlite3
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -35,15 +44,24 @@ from .._errors import (
     AmbiguousSubmissionError,
     APIConnectionError,
     APIStatusError,
+    AuthenticationError,
     ConfigurationError,
     GenerationFailedError,
     NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
     ServerError,
 )
-from .._events import BatchEvents, RequestRetried, RequestThrottled, SongSubmitted
+from .._events import (
+    BatchEvents,
+    RequestRetried,
+    RequestSending,
+    RequestThrottled,
+    SongSubmitted,
+)
 from .._limits import DEFAULT_SONG_DEADLINE
 from .._models import Generation, SongResult
-from ._journal import JOURNAL_NAME, Journal, JournalEntry, SongState
+from ._journal import JOURNAL_NAME, Journal, JournalEntry, JournalError, SongState
 from ._manifest import MANIFEST_NAME, ManifestWriter
 from ._names import is_inside
 from ._progress import CatalogEvent, EventKind, RunProgress, RunSummary
@@ -54,7 +72,13 @@ from ._tags import mutagen_available
 if TYPE_CHECKING:
     from .._client import AsyncMusicClient
 
-__all__ = ["EPHEMERAL_ENDPOINT", "read_summary", "run_catalog"]
+__all__ = [
+    "EPHEMERAL_ENDPOINT",
+    "MAX_CONNECT_FAILURES",
+    "RunStopped",
+    "read_summary",
+    "run_catalog",
+]
 
 logger = logging.getLogger("aimlmusic.catalog")
 
@@ -68,7 +92,35 @@ TICK_SECONDS = 0.5
 #: Songs downloaded at once by default.
 DOWNLOAD_CONCURRENCY = 4
 
+#: Requests in a row that never reached the API (connection refused, DNS failure, connect
+#: timeout) with none getting through in between, before the run stops: the API is
+#: unreachable, and retrying every song until its deadline would only waste the user's time.
+MAX_CONNECT_FAILURES = 5
+
+#: Errors that mean the output directory takes no more: full, over quota, read-only.
+_DISK_ERRNOS = frozenset(
+    code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS) if code
+)
+
 _S = SongState
+
+
+class RunStopped(AimlMusicError):
+    """The run stopped early because going on could not help; the journal is consistent and
+    songs that were never sent are still ``pending``.
+
+    ``reason`` is ``"auth"`` (the API refused the key: 401 or 403), ``"unreachable"``
+    (:data:`MAX_CONNECT_FAILURES` requests in a row never reached the API) or ``"disk"`` (the
+    output directory cannot take more: full, over quota, read-only; every generation id
+    received is in the journal); ``cause`` is the error that decided it and ``summary`` how
+    the directory stands.
+    """
+
+    def __init__(self, message: str, *, reason: str, cause: Exception, summary: RunSummary) -> None:
+        self.reason = reason
+        self.cause = cause
+        self.summary = summary
+        super().__init__(message)
 
 
 async def run_catalog(
@@ -159,7 +211,14 @@ def _prepare(
     problems = [p for p in iter_catalog(catalog_path) if isinstance(p, CatalogProblem)]
     if problems:
         raise CatalogError(catalog_path, problems)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _check_writable(out)
+    except OSError as exc:
+        # A file in the way, /proc, a read-only parent, another user's directory.
+        raise JournalError(
+            f"cannot use {out} as the output directory: {exc.strerror or exc}"
+        ) from exc
     journal = Journal.in_directory(out, endpoint=endpoint)
     try:
         _load(journal, catalog_path)
@@ -173,6 +232,13 @@ def _prepare(
         journal.close()
         raise
     return journal
+
+
+def _check_writable(directory: Path) -> None:
+    """Raise OSError unless a file can be made in ``directory`` (the one reliable test:
+    permissions, ACLs, read-only mounts, another user's directory)."""
+    probe = tempfile.NamedTemporaryFile(dir=directory, prefix=".aimlmusic-probe-")  # noqa: SIM115
+    probe.close()
 
 
 def read_summary(output_dir: str | os.PathLike[str]) -> RunSummary:
@@ -250,6 +316,9 @@ class _SchedulerEvents(BatchEvents):
     def __init__(self, run: _Run) -> None:
         self._run = run
 
+    def on_sending(self, event: RequestSending) -> None:
+        self._run.record_sending(event.key, event.kind)
+
     def on_submitted(self, event: SongSubmitted) -> None:
         self._run.record_submitted(event.key, event.generation_id)
 
@@ -257,6 +326,7 @@ class _SchedulerEvents(BatchEvents):
         self._run.note_throttled()
 
     def on_retried(self, event: RequestRetried) -> None:
+        self._run.note_failed_attempt(event.key, event.kind, event.error)
         entry = self._run.journal.entry(event.key)
         self._run.emit(
             "retry",
@@ -310,6 +380,16 @@ class _Run:
         #: Set once the songs to resume are listed: submissions wait for it.
         self.resume_listed = anyio.Event()
         self._hook_failed = False
+        #: Keys handed to the scheduler, and the state each had then (it keeps it until its
+        #: POST actually leaves).
+        self.handed: dict[str, SongState] = {}
+        #: (key, kind) of requests whose current attempt left (cleared when it fails).
+        self._left: set[tuple[str, str]] = set()
+        #: Requests in a row that never reached the API.
+        self.connect_failures = 0
+        #: Why the run stops early, once decided.
+        self.stop_reason: tuple[str, str, Exception] | None = None
+        self._work: anyio.CancelScope | None = None
 
     # ------------------------------------------------------------------ reporting
 
@@ -370,9 +450,11 @@ class _Run:
     ) -> None:
         self.counts[old] -= 1
         self.counts[new] += 1
+        if old is _S.SUBMITTING:
+            self._cancel_when_quiet()
         if new in (_S.DOWNLOADED, _S.FAILED, _S.AMBIGUOUS):
             self.done += 1
-            self.manifest.changed()
+            self._manifest_changed()
         self.emit("state", entry=entry, state=new, message=message)
 
     def _stuck(self, entry: JournalEntry, state: SongState, error: BaseException) -> None:
@@ -380,7 +462,7 @@ class _Run:
         outage, a failed download): the next run picks it up where it is."""
         self.journal.note_error(entry.key, error)
         self.done += 1
-        self.manifest.changed()
+        self._manifest_changed()
         self.emit("state", entry=entry, state=state, message=str(error))
 
     # ------------------------------------------------------------------ the run
@@ -398,18 +480,94 @@ class _Run:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._ticker)
                 async with anyio.create_task_group() as work:
+                    self._work = work.cancel_scope
                     work.start_soon(self._resume_all, work)
                     work.start_soon(self._submit_all, work)
                 tg.cancel_scope.cancel()  # stops the ticker
-            outcome = "finished"
+            outcome = "finished" if self.stop_reason is None else "stopped early"
         finally:
             # Synchronous and quick: runs even while the run is being cancelled.
             self.journal.finish_run(outcome)
-            self.manifest.flush(force=True)
+            try:
+                self.manifest.flush(force=True)
+            except OSError as exc:
+                self._cannot_write(exc)  # the journal has it all; the next run rewrites it
             remove_partial(self.out)
         summary = _summary(self.journal, self.out, interrupted=False)
         self.emit("finished")
+        if self.stop_reason is not None:
+            reason, message, cause = self.stop_reason
+            raise RunStopped(message, reason=reason, cause=cause, summary=summary)
         return summary
+
+    # ------------------------------------------------------------------ stopping early
+
+    def _manifest_changed(self) -> None:
+        try:
+            self.manifest.changed()
+        except OSError as exc:
+            self._cannot_write(exc)
+
+    def _cannot_write(self, error: OSError) -> None:
+        """Writing into the output directory failed. A full (or read-only) disk stops the
+        run: every id received is already in the journal, and going on would fail song after
+        song. Anything else is that song's problem (logged; the next run tries again)."""
+        if error.errno in _DISK_ERRNOS:
+            self.stop(
+                "disk",
+                f"cannot write in {self.out}: {error.strerror or error}; every generation id "
+                "received is in the journal, so nothing is paid again once there is room",
+                error,
+            )
+        else:
+            logger.warning("cannot write in %s: %s", self.out, error)
+
+    def stop(self, reason: str, message: str, cause: Exception) -> None:
+        """Stop the run early: no new song is sent; once no submission is on its way the
+        rest (waits, retries of unsent requests) is cancelled."""
+        if self.stop_reason is not None:
+            return
+        self.stop_reason = (reason, message, cause)
+        logger.info("stopping the run: %s", message)  # the caller reports RunStopped
+        self._cancel_when_quiet()
+
+    def _cancel_when_quiet(self) -> None:
+        # A submission whose bytes left is let finish: cut, it would be ambiguous.
+        quiet = self.counts[_S.SUBMITTING] == 0
+        if self.stop_reason is not None and quiet and self._work is not None:
+            self._work.cancel()
+
+    def record_sending(self, key: str, kind: str) -> None:
+        """A request is leaving: the API is reachable; a submission is now ``submitting``,
+        committed before its first byte is written."""
+        self._left.add((key, kind))
+        self.connect_failures = 0
+        if kind != "submit" or key not in self.handed:
+            return
+        entry = self.journal.entry(key)
+        if entry is None or entry.state not in (_S.PENDING, _S.FAILED, _S.AMBIGUOUS):
+            return  # sent again after a 429: already submitting
+        self.journal.mark_submitting(key)
+        self._moved(entry, entry.state, _S.SUBMITTING)
+
+    def note_failed_attempt(self, key: str, kind: str, error: AimlMusicError) -> None:
+        """One attempt of a request failed; count it when it never reached the API."""
+        if (key, kind) in self._left:
+            self._left.discard((key, kind))
+            return
+        if isinstance(error, APIConnectionError):
+            self._count_connect_failure(error)
+
+    def _count_connect_failure(self, error: AimlMusicError) -> None:
+        self.connect_failures += 1
+        if self.connect_failures >= MAX_CONNECT_FAILURES:
+            self.stop(
+                "unreachable",
+                f"the API at {self.client.base_url} could not be reached: "
+                f"{self.connect_failures} requests in a row never got through (last: {error}); "
+                "nothing more was sent and unsent songs are still pending",
+                error,
+            )
 
     def _submittable_count(self) -> int:
         count = self.counts[_S.PENDING]
@@ -489,16 +647,22 @@ class _Run:
         """Songs to submit, each committed as ``submitting`` just before it is handed over."""
         await self.resume_listed.wait()
         for entry in self._to_submit():
+            if self.stop_reason is not None:
+                return
             if entry.key in self.attempted:
                 continue
             await self.slots.acquire()
             old = self.journal.entry(entry.key)
-            if old is None or old.state not in (_S.PENDING, _S.FAILED, _S.AMBIGUOUS):
+            if (
+                old is None
+                or old.state not in (_S.PENDING, _S.FAILED, _S.AMBIGUOUS)
+                or self.stop_reason is not None
+            ):
                 self.slots.release()
                 continue
             self.attempted.add(entry.key)
-            self.journal.mark_submitting(entry.key)
-            self._moved(entry, old.state, _S.SUBMITTING)
+            # Not marked yet: ``submitting`` is committed when its bytes go out.
+            self.handed[entry.key] = old.state
             yield entry.key, entry.request
 
     def _to_submit(self) -> Iterable[JournalEntry]:
@@ -522,9 +686,30 @@ class _Run:
     def record_submitted(self, key: str, generation_id: str) -> None:
         """Commit a generation id the moment its POST returns."""
         entry = self.journal.entry(key)
+        if entry is not None and entry.state is not _S.SUBMITTING and key in self.handed:
+            # The sending event did not come (a transport that reports none): it left.
+            self.record_sending(key, "submit")
+            entry = self.journal.entry(key)
         if entry is None or entry.state is not _S.SUBMITTING:
             return
-        self.journal.mark_submitted(key, generation_id)
+        try:
+            self.journal.mark_submitted(key, generation_id)
+        except sqlite3.OperationalError as exc:  # the journal's disk is full
+            # The song is paid for: its id must reach the user, whatever else fails.
+            logger.error(  # noqa: TRY400 - one line for the user, not a traceback
+                "could not record generation id %s of song %r in the journal: %s",
+                generation_id,
+                key,
+                exc,
+            )
+            self.stop(
+                "disk",
+                f"cannot write the journal in {self.out} ({exc}); song {key!r} was "
+                f"submitted as generation {generation_id}: adopt it with "
+                f"--adopt {key}={generation_id} once there is room",
+                exc,
+            )
+            return
         self._moved(entry, _S.SUBMITTING, _S.SUBMITTED, generation_id)
 
     def _result(self, result: SongResult, work: anyio.abc.TaskGroup) -> None:
@@ -545,14 +730,7 @@ class _Run:
             return
         assert error is not None
         if generation is None:
-            if entry.state is not _S.SUBMITTING:  # pragma: no cover - defensive
-                return
-            if _never_accepted(error):
-                self.journal.mark_failed(result.key, error)
-                self._moved(entry, _S.SUBMITTING, _S.FAILED, str(error))
-            else:
-                self.journal.mark_ambiguous(result.key, error)
-                self._moved(entry, _S.SUBMITTING, _S.AMBIGUOUS, str(error))
+            self._not_submitted(entry, error)
             return
         if isinstance(error, GenerationFailedError | NotFoundError):
             self.journal.mark_failed(result.key, error, generation_id=generation.id)
@@ -561,6 +739,50 @@ class _Run:
         # A deadline or an outage while polling: the generation may still finish and is
         # resumed by id on the next run.
         self._stuck(entry, entry.state, error)
+
+    def _not_submitted(self, entry: JournalEntry, error: AimlMusicError) -> None:
+        """A song's submission ended without a generation id."""
+        key = entry.key
+        self._left.discard((key, "submit"))
+        if entry.state is not _S.SUBMITTING:
+            # Its POST never left: the song is exactly as before, safe to send again.
+            if isinstance(error, APIConnectionError):
+                self._count_connect_failure(error)
+                self._stuck(entry, entry.state, error)
+            elif entry.state is _S.PENDING and not self._is_temporary(error):
+                # Refused before sending (a request that cannot be encoded): say so.
+                self.journal.mark_failed(key, error)
+                self._moved(entry, entry.state, _S.FAILED, str(error))
+            else:
+                self._stuck(entry, entry.state, error)
+            self._cancel_when_quiet()
+            return
+        if isinstance(error, AuthenticationError | PermissionDeniedError):
+            # The key is wrong, not the song: it stays to do, and the run stops.
+            self.journal.mark_pending(key, error)
+            self._moved(entry, _S.SUBMITTING, _S.PENDING, str(error))
+            self.stop(
+                "auth",
+                f"the API refused the key ({error}): check the client's API key and the "
+                "account's credits; nothing was charged for this song, and every song not "
+                "generated yet is still pending",
+                error,
+            )
+        elif self._is_temporary(error) and not isinstance(error, AmbiguousSubmissionError):
+            # Throttled, then unreachable: it never got past the door.
+            self.journal.mark_pending(key, error)
+            self._moved(entry, _S.SUBMITTING, _S.PENDING, str(error))
+        elif _never_accepted(error):
+            self.journal.mark_failed(key, error)
+            self._moved(entry, _S.SUBMITTING, _S.FAILED, str(error))
+        else:
+            self.journal.mark_ambiguous(key, error)
+            self._moved(entry, _S.SUBMITTING, _S.AMBIGUOUS, str(error))
+        self._cancel_when_quiet()
+
+    @staticmethod
+    def _is_temporary(error: AimlMusicError) -> bool:
+        return isinstance(error, RateLimitError | APIConnectionError)
 
     def _completed(
         self,
@@ -595,6 +817,12 @@ class _Run:
                 await self.client.download(generation, part)
             except AimlMusicError as exc:
                 self._stuck(entry, _S.COMPLETED, exc)
+                if isinstance(exc.__cause__, OSError):  # the file could not be written
+                    self._cannot_write(exc.__cause__)
+                return
+            except OSError as exc:  # writing the download: a full disk, say
+                self._stuck(entry, _S.COMPLETED, exc)
+                self._cannot_write(exc)
                 return
             # Once the bytes are here, finishing them and recording it must not be torn
             # apart by a cancellation: the journal would disagree with the directory.
@@ -612,6 +840,7 @@ class _Run:
                     )
                 except OSError as exc:
                     self._stuck(entry, _S.COMPLETED, exc)
+                    self._cannot_write(exc)
                     return
                 self.journal.mark_downloaded(
                     entry.key,
@@ -621,7 +850,10 @@ class _Run:
                     duration=stored.duration,
                     sample_rate=stored.sample_rate,
                 )
-                self._moved(entry, _S.COMPLETED, _S.DOWNLOADED, entry.file_name)
+                message = entry.file_name
+                if stored.tag_problem is not None:
+                    message += f" ({stored.tag_problem})"
+                self._moved(entry, _S.COMPLETED, _S.DOWNLOADED, message)
         finally:
             if part.exists():
                 part.unlink()

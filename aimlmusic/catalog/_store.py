@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from .._models import Generation, SongRequest
-from ._tags import tag_mp3
+from ._tags import TaggingError, tag_mp3
 
 __all__ = [
     "PARTIAL_DIR",
@@ -42,14 +42,16 @@ _HASH_CHUNK = 1024 * 1024
 
 @attrs.frozen
 class StoredFile:
-    """What was stored: size in bytes, SHA-256 of the final file, whether it was tagged, and
-    the duration (seconds) and sample rate when known."""
+    """What was stored: size in bytes, SHA-256 of the final file, whether it was tagged, the
+    duration (seconds) and sample rate when known, and why tagging was skipped (a warning,
+    never a failure: the file is kept as delivered)."""
 
     size: int
     sha256: str
     tagged: bool
     duration: float | None
     sample_rate: int | None
+    tag_problem: str | None = None
 
 
 #: Where songs are downloaded before they are finished and moved into place.
@@ -89,6 +91,7 @@ def finish_download(
 ) -> StoredFile:
     """Tag ``part`` (when an MP3 and ``tag``), hash it, fsync it and rename it to ``final``."""
     tagged = False
+    tag_problem: str | None = None
     if tag and request.format == "mp3":
         try:
             tag_mp3(
@@ -99,8 +102,10 @@ def finish_download(
                 generation_id=generation.id,
             )
             tagged = True
-        except ValueError as exc:
-            # Not an MP3 after all: keep the bytes as delivered rather than alter them.
+        except TaggingError as exc:
+            # Not an MP3 after all, or a tag mutagen cannot handle: keep the bytes as
+            # delivered rather than alter them; the song itself is fine.
+            tag_problem = f"not tagged: {exc}"
             logger.warning("not tagging %s: %s", final.name, exc)
     duration, sample_rate = _audio_facts(part, request, generation)
     digest = hashlib.sha256()
@@ -118,6 +123,7 @@ def finish_download(
         tagged=tagged,
         duration=duration,
         sample_rate=sample_rate,
+        tag_problem=tag_problem,
     )
 
 

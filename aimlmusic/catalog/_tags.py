@@ -8,6 +8,7 @@ so the caller hashes the file *after* tagging.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,13 @@ from typing import Any
 __all__ = [
     "GENERATION_ID_DESC",
     "PROMPT_DESC",
+    "TaggingError",
     "TaggingUnavailableError",
     "mutagen_available",
     "tag_mp3",
 ]
+
+logger = logging.getLogger("aimlmusic.catalog")
 
 #: Descriptions of the two comment frames, so tools (and our tests) can find them.
 PROMPT_DESC = "prompt"
@@ -31,6 +35,11 @@ _LANGUAGE = "und"
 
 class TaggingUnavailableError(RuntimeError):
     """mutagen is not installed."""
+
+
+class TaggingError(ValueError):
+    """The file could not be tagged (not an MP3, or a tag mutagen cannot read or rewrite,
+    such as an ID3v2.9 or oversized header); the file is left as it was."""
 
 
 def mutagen_available() -> bool:
@@ -54,8 +63,10 @@ def tag_mp3(
     unsynchronised lyrics, and two ``COMM`` comments: the prompt and the generation id.
 
     Frames already in the file are kept, except ones with the same keys as ours. Raises
-    :class:`ValueError` when the file is not an MP3 (so a mislabelled file is never altered)
-    and :class:`TaggingUnavailableError` when mutagen is missing.
+    :class:`TaggingError` (a :class:`ValueError`) when the file is not an MP3 or holds a tag
+    mutagen cannot handle (so a file we do not understand is never altered),
+    :class:`OSError` when the file cannot be read or written, and
+    :class:`TaggingUnavailableError` when mutagen is missing.
     """
     # mutagen has no type hints: its modules are used as Any.
     try:
@@ -66,12 +77,30 @@ def tag_mp3(
             "tagging MP3s needs mutagen: pip install 'aimlmusic[cli]'"
         ) from exc
 
+    mutagen: Any = importlib.import_module("mutagen")
     target = Path(path)
     try:
-        mp3.MP3(target)
+        _write_tags(id3, mp3, target, title, lyrics, prompt, generation_id)
     except mp3.HeaderNotFoundError as exc:
-        raise ValueError(f"{target.name} is not an MP3 file: {exc}") from exc
+        raise TaggingError(f"{target.name} is not an MP3 file: {exc}") from exc
+    except OSError:
+        raise
+    except Exception as exc:  # mutagen's own errors, and whatever a hostile tag provokes
+        # mutagen wraps real I/O errors (a full disk) too: those stay OSErrors for the caller.
+        # A bare IOError without errno is mutagen's "short read" of a malformed tag.
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, OSError) and cause.errno is not None:
+            raise cause from None
+        if not isinstance(exc, mutagen.MutagenError):
+            logger.debug("mutagen failed on %s", target.name, exc_info=True)
+        detail = str(exc) or type(exc).__name__
+        raise TaggingError(f"cannot tag {target.name}: {detail}") from exc
 
+
+def _write_tags(
+    id3: Any, mp3: Any, target: Path, title: str, lyrics: str, prompt: str, generation_id: str
+) -> None:
+    mp3.MP3(target)  # raises HeaderNotFoundError when the file is not an MP3
     try:
         tags = id3.ID3(target)  # keep what the encoder wrote; replace only our frames
     except id3.ID3NoHeaderError:

@@ -11,7 +11,9 @@ import importlib.resources
 import json
 import logging
 import os
+import shlex
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,10 +34,17 @@ from .. import (
 )
 from .._converter import generation_to_wire
 from .._limits import AUDIO_FORMATS, BITRATES, DEFAULT_SONG_DEADLINE, SAMPLE_RATES
-from ..catalog import CatalogError, JournalError, RunSummary, read_summary, run_catalog
-from ..catalog._tags import mutagen_available, tag_mp3
+from ..catalog import (
+    CatalogError,
+    JournalError,
+    RunStopped,
+    RunSummary,
+    read_summary,
+    run_catalog,
+)
+from ..catalog._tags import TaggingError, mutagen_available, tag_mp3
 from ._backend import DEFAULT_EMULATOR_TIME_SCALE, Connection, Interrupted, open_client, run_async
-from ._display import LiveDisplay, PlainDisplay, print_summary
+from ._display import LiveDisplay, PlainDisplay, print_summary, terminal_safe
 from ._messages import for_the_command_line
 
 __all__ = ["cli", "run"]
@@ -77,6 +86,20 @@ REQUEST_LOGGER = "aimlmusic.http"
 PLAIN_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _SafeRichHandler(RichHandler):
+    """Rich log lines with terminal escapes from server text written as visible escapes."""
+
+    def render_message(self, record: logging.LogRecord, message: str) -> Any:
+        return super().render_message(record, terminal_safe(message, keep_newlines=True))
+
+
+class _SafeFormatter(logging.Formatter):
+    """Plain log lines with terminal escapes from server text written as visible escapes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(super().format(record), keep_newlines=True)
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is when a line is logged (click's test runner
     swaps it for each invocation)."""
@@ -90,6 +113,16 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass  # always sys.stderr
 
 
+class _RequestsAsInformation(logging.Filter):
+    """The library logs each request's outcome at DEBUG (a library stays quiet); for the
+    command's ``-v`` they are the information asked for, so they show as INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == REQUEST_LOGGER and record.levelno == logging.DEBUG:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def _setup_logging(verbose: int) -> None:
     """``-v``: warnings, information and every request's outcome; ``-vv``: everything."""
     logger = logging.getLogger(LOGGER)
@@ -97,14 +130,15 @@ def _setup_logging(verbose: int) -> None:
         logger.removeHandler(old)
     handler: logging.Handler
     if sys.stderr.isatty():
-        handler = RichHandler(console=Console(stderr=True), show_path=False)
+        handler = _SafeRichHandler(console=Console(stderr=True), show_path=False)
     else:
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter(PLAIN_LOG_FORMAT))
+        handler.setFormatter(_SafeFormatter(PLAIN_LOG_FORMAT))
+    handler.addFilter(_RequestsAsInformation())
     setattr(handler, "_aimlmusic_cli", True)  # noqa: B010  (marks the handler as ours)
     logger.addHandler(handler)
     logger.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
-    # The requests log at DEBUG (a library stays quiet); -v is where the CLI shows them.
+    # The requests log at DEBUG; -v lets them through (and shows them as INFO).
     requests_level = logging.DEBUG if verbose >= 1 else logging.NOTSET
     logging.getLogger(REQUEST_LOGGER).setLevel(requests_level)
 
@@ -189,12 +223,15 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CommandFailed as exc:
-            _stderr().print(f"error: {exc.message}", markup=False, soft_wrap=True)
-            ctx.exit(exc.status)
-        except Interrupted:
             _stderr().print(
-                "interrupted: stopped cleanly; run the same command again to resume",
+                f"error: {terminal_safe(exc.message, keep_newlines=True)}",
                 markup=False,
+                soft_wrap=True,
+            )
+            ctx.exit(exc.status)
+        except Interrupted as exc:
+            _stderr().print(
+                f"interrupted: {terminal_safe(exc.advice)}", markup=False, soft_wrap=True
             )
             ctx.exit(EXIT_INTERRUPTED)
 
@@ -268,8 +305,6 @@ def generate(
         lyrics = lyrics_file.read_text(encoding="utf-8-sig").replace("\r\n", "\n").strip()
     assert lyrics is not None
     target = output or Path(f"song.{fmt}")
-    if target.exists() and not overwrite:
-        raise click.UsageError(f"{target} exists; pass --overwrite to replace it")
     try:
         request = SongRequest(
             prompt=prompt,
@@ -283,23 +318,41 @@ def generate(
     except RequestValidationError as exc:
         raise click.UsageError(str(exc)) from exc
     connection = _connection(api_key, base_url, time_scale, emulator)
+    check_output_file(target, overwrite=overwrite)
+    progress = _GenerateProgress(target)
 
     async def work() -> tuple[Generation, Path]:
         async with open_client(connection) as client:
+            started = client.clock.now()
+            progress.sending = True
+            submitted = await client.submit(request)
+            progress.generation_id = submitted.id
+            remaining = max(0.0, timeout - (client.clock.now() - started))
             try:
-                generation = await client.generate(request, timeout=timeout)
+                generation = await client.wait(submitted, timeout=remaining)
             except GenerationTimeoutError as exc:
                 raise CommandFailed(
-                    f"{exc}\nFetch it later with: aimlmusic download {exc.generation_id} {target}"
+                    f"the song did not finish within {timeout:g} s; {progress.fetch_later()}"
                 ) from exc
-            path = await client.download(generation, target)
+            try:
+                path = await client.download(generation, target)
+            except AimlMusicError as exc:
+                raise CommandFailed(f"{exc}; {progress.fetch_later()}") from exc
             return generation, path
 
-    generation, path = _run(work)
+    try:
+        generation, path = _run(work)
+    except Interrupted as exc:
+        raise Interrupted(progress.interrupted_advice()) from exc
     tagged = ""
     if fmt == "mp3" and mutagen_available():
-        tag_mp3(path, title=title, lyrics=lyrics, prompt=prompt, generation_id=generation.id)
-        tagged = ", tagged"
+        try:
+            tag_mp3(path, title=title, lyrics=lyrics, prompt=prompt, generation_id=generation.id)
+            tagged = ", tagged"
+        except TaggingError as exc:
+            # The song is fine and saved; only its tags could not be written.
+            _stderr().print(f"warning: {terminal_safe(str(exc))}", markup=False, soft_wrap=True)
+            tagged = ", not tagged"
     info = generation.music_info
     facts = []
     if info is not None and info.duration is not None:
@@ -310,10 +363,64 @@ def generate(
         facts.append(f"{generation.credits_used:g} credits")
     out = _stdout()
     out.print(
-        f"Saved {path} ({', '.join([*facts, f'size {path.stat().st_size} bytes'])}{tagged})",
+        terminal_safe(
+            f"Saved {path} ({', '.join([*facts, f'size {path.stat().st_size} bytes'])}{tagged})"
+        ),
         markup=False,
     )
-    out.print(f"Generation id: {generation.id}", markup=False)
+    out.print(terminal_safe(f"Generation id: {generation.id}"), markup=False)
+
+
+class _GenerateProgress:
+    """How far ``generate`` got, so an interruption or a failure after the song was paid
+    for says how to get it without paying again."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.sending = False
+        self.generation_id: str | None = None
+
+    def fetch_later(self) -> str:
+        assert self.generation_id is not None
+        gid = shlex.quote(self.generation_id)
+        path = shlex.quote(str(self.target))
+        # download refuses to replace a file unless told to, like generate.
+        overwrite = " --overwrite" if self.target.exists() else ""
+        return (
+            f"generation id {self.generation_id}: check it with `aimlmusic status {gid}` and "
+            f"fetch it with `aimlmusic download {gid} {path}{overwrite}` "
+            "(running generate again would pay for a new song)"
+        )
+
+    def interrupted_advice(self) -> str:
+        if self.generation_id is not None:
+            return f"stopped after the song was submitted; {self.fetch_later()}"
+        if self.sending:
+            return (
+                "stopped while submitting: the song may or may not have been accepted (and "
+                "charged); look for it in your account before running generate again"
+            )
+        return "stopped before anything was sent; nothing was charged"
+
+
+def check_output_file(target: Path, *, overwrite: bool) -> None:
+    """Refuse, before anything is paid for, an output file that could not be written: an
+    existing directory, an existing file without ``--overwrite``, or a parent directory that
+    cannot be created or written to."""
+    if target.is_dir():
+        raise click.UsageError(f"{target} is a directory; give a file name")
+    if target.exists() and not overwrite:
+        raise click.UsageError(f"{target} exists; pass --overwrite to replace it")
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        # The one reliable test (permissions, read-only mounts, ACLs, another user's
+        # directory): make a file where the song will be written, and remove it.
+        probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".aimlmusic-probe-")  # noqa: SIM115
+        probe.close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise click.UsageError(f"cannot write {target}: {reason}") from exc
 
 
 # --------------------------------------------------------------------------- batch
@@ -469,12 +576,31 @@ def _run_batch(
             soft_wrap=True,
         )
         for problem in exc.problems:
-            err.print(f"  {exc.path}:{problem}", markup=False, soft_wrap=True)
+            err.print(terminal_safe(f"  {exc.path}:{problem}"), markup=False, soft_wrap=True)
         raise click.exceptions.Exit(EXIT_USAGE) from exc
     except JournalError as exc:
         raise CommandFailed(str(exc), EXIT_USAGE) from exc
+    except RunStopped as exc:
+        print_summary(out, exc.summary, command_hint=command_hint)
+        raise CommandFailed(_stopped_message(exc, command_hint), _stopped_status(exc)) from exc
     print_summary(out, summary, command_hint=command_hint)
     return summary
+
+
+def _stopped_message(stopped: RunStopped, command_hint: str) -> str:
+    """Why a batch stopped early, and what to do: said the command line's way."""
+    if stopped.reason == "auth":
+        return (
+            f"the API refused the key ({stopped.cause}): check AIML_API_KEY (or --api-key) "
+            f"and the account's credits, then run `{command_hint}` again. Nothing was "
+            "charged; every song not generated yet is still pending."
+        )
+    return for_the_command_line(f"{stopped}; when it is reachable, run `{command_hint}` again")
+
+
+def _stopped_status(stopped: RunStopped) -> int:
+    # A refused key or a full disk is the user's to fix (like a missing key); an outage not.
+    return EXIT_USAGE if stopped.reason in ("auth", "disk") else EXIT_FAILED
 
 
 # --------------------------------------------------------------------------- demo
@@ -547,19 +673,22 @@ def status(
     generation = _run(work)
     out = _stdout()
     if as_json:
+        # JSON escapes every control character itself.
         out.print_json(json.dumps(generation_to_wire(generation)))
         return
-    out.print(f"id:      {generation.id}", markup=False)
-    out.print(f"status:  {generation.status.value}", markup=False)
+    lines = [f"id:      {generation.id}", f"status:  {generation.status.value}"]
     if generation.credits_used is not None:
-        out.print(f"credits: {generation.credits_used:g}", markup=False)
+        lines.append(f"credits: {generation.credits_used:g}")
     info = generation.music_info
     if info is not None and info.duration is not None:
-        out.print(f"audio:   {info.duration:g} s, {info.sample_rate} Hz", markup=False)
+        lines.append(f"audio:   {info.duration:g} s, {info.sample_rate} Hz")
     if generation.audio_file is not None:
-        out.print(f"url:     {generation.audio_file.url}", markup=False, soft_wrap=True)
+        lines.append(f"url:     {generation.audio_file.url}")
     if generation.error is not None:
-        out.print(f"error:   {generation.error.name}: {generation.error.message}", markup=False)
+        lines.append(f"error:   {generation.error.name}: {generation.error.message}")
+    for line in lines:
+        # Every field came from the server: no terminal escapes get through.
+        out.print(terminal_safe(line), markup=False, soft_wrap=True)
 
 
 @cli.command()
@@ -585,7 +714,7 @@ def download(
             return await client.download(generation_id, path)
 
     saved = _run(work)
-    _stdout().print(f"Saved {saved} ({saved.stat().st_size} bytes)", markup=False)
+    _stdout().print(terminal_safe(f"Saved {saved} ({saved.stat().st_size} bytes)"), markup=False)
 
 
 # --------------------------------------------------------------------------- emulator
@@ -612,11 +741,19 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
     try:
         return run_async(work)
     except ConfigurationError as exc:
-        raise CommandFailed(for_the_command_line(str(exc)), EXIT_USAGE) from exc
-    except (CatalogError, JournalError, CommandFailed, Interrupted):
+        context = click.get_current_context(silent=True)
+        params = context.command.params if context is not None else []
+        has_emulator = any(param.name == "emulator" for param in params)
+        message = for_the_command_line(str(exc), has_emulator=has_emulator)
+        raise CommandFailed(message, EXIT_USAGE) from exc
+    except (CatalogError, JournalError, RunStopped, CommandFailed, Interrupted):
         raise
     except AimlMusicError as exc:
         raise CommandFailed(str(exc)) from exc
+    except OSError as exc:
+        # The file system refused (full, read-only, not a directory...): the user's to fix.
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise CommandFailed(f"{where}{exc.strerror or exc}", EXIT_USAGE) from exc
 
 
 def run(argv: Sequence[str] | None = None) -> int:

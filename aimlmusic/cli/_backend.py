@@ -28,8 +28,20 @@ T = TypeVar("T")
 DEFAULT_EMULATOR_TIME_SCALE = DEFAULT_SERVED_TIME_SCALE
 
 
+#: What an interruption tells the user when the command says nothing more specific: true of
+#: every command that is journaled or costs nothing (``generate`` says more).
+RESUME_ADVICE = "stopped cleanly; run the same command again to resume"
+
+
 class Interrupted(Exception):
-    """The user pressed Ctrl-C (or the process got SIGTERM); the work was stopped cleanly."""
+    """The user pressed Ctrl-C (or the process got SIGTERM); the work was stopped cleanly.
+
+    ``advice`` tells the user what to do next.
+    """
+
+    def __init__(self, advice: str = RESUME_ADVICE) -> None:
+        self.advice = advice
+        super().__init__(advice)
 
 
 @attrs.frozen

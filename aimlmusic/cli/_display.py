@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import os
 import sys
+import unicodedata
 from types import TracebackType
 from typing import TextIO
 
@@ -21,7 +22,30 @@ from rich.text import Text
 
 from ..catalog import CatalogEvent, RunProgress, RunSummary, SongState
 
-__all__ = ["LiveDisplay", "PlainDisplay", "print_summary"]
+__all__ = ["LiveDisplay", "PlainDisplay", "print_summary", "terminal_safe"]
+
+#: Unicode categories never written raw to a terminal: control characters (C0, DEL, C1: ESC
+#: starts escape sequences, BEL rings) and lone surrogates (which no terminal encoding takes).
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cs"})
+
+
+def terminal_safe(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with every control character (and lone surrogate) written as an escape such as
+    ``\\x1b``, so text that came from a server (a generation id, an error message) cannot move
+    the cursor, retitle the window or ring the bell. ``keep_newlines`` keeps line breaks of
+    our own multi-line messages."""
+    if text.isprintable():
+        return text  # the common case: nothing to do
+    out: list[str] = []
+    for char in text:
+        if (keep_newlines and char == "\n") or unicodedata.category(char) not in _UNSAFE_CATEGORIES:
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(f"\\u{ord(char):04x}")
+    return "".join(out)
+
 
 #: Colours of the states in the live view.
 _STYLE = {
@@ -87,7 +111,7 @@ class PlainDisplay:
 
     def _line(self, text: str) -> None:
         try:
-            self.stream.write(text + "\n")
+            self.stream.write(terminal_safe(text) + "\n")
             self.stream.flush()
         except BrokenPipeError:
             # The reader went away (`| head`): the run goes on, silently, and later output
@@ -124,9 +148,8 @@ class LiveDisplay:
         self._progress = event.progress
         if event.kind == "state" and event.state in (SongState.FAILED, SongState.AMBIGUOUS):
             # Problems scroll above the live view so they stay on screen afterwards.
-            self._live.console.print(
-                Text(f"{event.state.value}: {event.key}: {event.message or ''}", style="red")
-            )
+            line = f"{event.state.value}: {event.key}: {event.message or ''}"
+            self._live.console.print(Text(terminal_safe(line), style="red"))
         self._live.update(self._render())
 
     def _render(self) -> Group:
@@ -191,4 +214,4 @@ def _keys(keys: tuple[str, ...], shown: int = 10) -> str:
 
 
 def _say(console: Console, text: str) -> None:
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    console.print(terminal_safe(text), markup=False, highlight=False, soft_wrap=True)

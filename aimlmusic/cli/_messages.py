@@ -15,8 +15,7 @@ __all__ = ["for_the_command_line"]
 _REWRITES: tuple[tuple[str, str], ...] = (
     (
         "pass api_key= or set the AIML_API_KEY (or AIMLAPI_API_KEY) environment variable",
-        "set the AIML_API_KEY (or AIMLAPI_API_KEY) environment variable, or pass --api-key "
-        "(or try it without a key: --emulator)",
+        "set the AIML_API_KEY (or AIMLAPI_API_KEY) environment variable, or pass --api-key",
     ),
     (
         "the API key is empty: pass a key, or set AIML_API_KEY (or AIMLAPI_API_KEY)",
@@ -31,8 +30,17 @@ _REWRITES: tuple[tuple[str, str], ...] = (
 )
 
 
-def for_the_command_line(message: str) -> str:
-    """``message`` with the library's Python advice replaced by flags and variables."""
+#: Added to a missing key's message: how to try the command without one.
+_NO_KEY = "no API key:"
+_TRY_EMULATOR = " (or try it without a key: --emulator)"
+_TRY_DEMO = " (or try aimlmusic without a key: aimlmusic demo)"
+
+
+def for_the_command_line(message: str, *, has_emulator: bool = False) -> str:
+    """``message`` with the library's Python advice replaced by flags and variables; a
+    missing key also points at ``--emulator`` (if the command has it) or ``demo``."""
     for python, command_line in _REWRITES:
         message = message.replace(python, command_line)
+    if message.startswith(_NO_KEY):
+        message += _TRY_EMULATOR if has_emulator else _TRY_DEMO
     return message

@@ -1,7 +1,7 @@
 """The ASGI adapter: a plain ASGI 3 callable, no web framework, no asyncio.
 
 It reads the request, asks the emulator for a :class:`~._http.Reply` and carries it out:
-waits out a delay with :func:`anyio.sleep` (so it runs on asyncio and on trio), sends the
+waits out a delay on the emulator's clock (anyio only: it runs on asyncio and on trio), sends the
 response, or hangs up. Hanging up needs help from the server: :func:`~._server.serving`
 puts a callable under the ``aimlmusic.drop_connection`` scope extension that aborts the
 socket. Without it (in process, through ``httpx.ASGITransport``) the app raises
@@ -20,6 +20,7 @@ import anyio
 from ._http import HttpRequest, Reply
 
 if TYPE_CHECKING:
+    from .._clock import Clock
     from ._config import EmulatorConfig
 
 __all__ = ["DROP_EXTENSION", "EmulatorApp"]
@@ -38,6 +39,9 @@ _DISCONNECT_WAIT = 5.0
 
 class _Handler(Protocol):
     config: EmulatorConfig
+
+    @property
+    def clock(self) -> Clock: ...
 
     def handle(self, request: HttpRequest) -> Reply: ...
 
@@ -68,7 +72,9 @@ class EmulatorApp:
                 413, b'{"message":"Payload Too Large","statusCode":413}', "application/json"
             )
         if reply.delay > 0:
-            await anyio.sleep(reply.delay)
+            # On the emulator's clock, so a clock shared with the client (a test's virtual
+            # clock) holds the answer back in its own time; otherwise a real sleep as before.
+            await self.emulator.clock.sleep(reply.delay * self.emulator.config.time_scale)
         if reply.action == "drop":
             await _hang_up(scope, receive, "Server disconnected without sending a response.")
             return

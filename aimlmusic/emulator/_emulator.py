@@ -90,11 +90,16 @@ class Emulator:
     advances lazily from the clock at each request: no background task runs.
 
     ``clock``, if given, replaces the built-in one: a function returning the current API time
-    in seconds (``time_scale`` then only converts delays into real sleeps).
+    in seconds (``time_scale`` then only converts delays into real sleeps), or a
+    :class:`~aimlmusic.Clock` such as :class:`~aimlmusic.testing.VirtualClock`, which
+    ``emulator.clock`` then is.
     """
 
     def __init__(
-        self, config: EmulatorConfig | None = None, *, clock: Callable[[], float] | None = None
+        self,
+        config: EmulatorConfig | None = None,
+        *,
+        clock: Callable[[], float] | Clock | None = None,
     ) -> None:
         self.config = config if config is not None else EmulatorConfig()
         self._time = EmulatorTime(self.config.time_scale, clock)

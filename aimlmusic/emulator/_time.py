@@ -2,8 +2,9 @@
 
 API time runs ``time_scale`` times faster than :func:`time.monotonic` (so it agrees across
 threads with a :class:`~aimlmusic.ScaledClock` of the same scale and origin), or comes from an
-injected function. Wall-clock values the service shows (``Expires``, error timestamps) are
-the creation time plus elapsed API time, so URLs expire on the compressed clock too.
+injected function or :class:`~aimlmusic.Clock`. Wall-clock values the service shows
+(``Expires``, error timestamps) are the creation time plus elapsed API time, so URLs expire
+on the compressed clock too.
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ class _CallableClock:
 class EmulatorTime:
     """Where "now" comes from, in API seconds, and how it maps to wall-clock time."""
 
-    def __init__(self, scale: float, function: Callable[[], float] | None = None) -> None:
+    def __init__(self, scale: float, function: Callable[[], float] | Clock | None = None) -> None:
         self.scale = scale
+        # A whole Clock (a test's virtual clock, say) is shared as is: the client then sleeps
+        # on it too, rather than in real time.
+        self._shared = function if isinstance(function, Clock) else None
+        if isinstance(function, Clock):
+            function = function.now
         self._function = function
         self._origin = time.monotonic()
         self._api_origin = function() if function is not None else 0.0
@@ -54,6 +60,8 @@ class EmulatorTime:
 
     def clock(self) -> Clock:
         """A client-side clock on this time: same scale, same origin."""
+        if self._shared is not None:
+            return self._shared
         if self._function is not None:
             return _CallableClock(self._function, self.scale)
         return ScaledClock(self.scale, origin=self._origin)

@@ -215,3 +215,26 @@ async def test_httpx_info_log_lines_do_not_show_presigned_signatures(
     text = "\n".join(lines) + caplog.text
     assert "SIGNATURE1234" not in text
     assert "AKIA" not in text
+
+
+async def test_httpx_info_log_lines_do_not_show_a_key_echoed_in_the_reason_phrase(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """httpx quotes the status line in its INFO line; a server echoing the key there does
+    not get it into the log."""
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="httpx")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        reason = f"Bad key {request.headers['Authorization']}".encode()
+        return httpx.Response(401, json={"message": "no"}, extensions={"reason_phrase": reason})
+
+    client = AsyncMusicClient(
+        CANARY_KEY, base_url=API, transport=httpx.MockTransport(handler), clock=InstantClock()
+    )
+    async with client:
+        with pytest.raises(AuthenticationError):
+            await client.get(GEN_ID)
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert any("Bad key Bearer <redacted>" in line for line in lines), lines
+    assert leaked_in(caplog.text) is None

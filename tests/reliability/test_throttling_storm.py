@@ -129,7 +129,7 @@ async def test_throttling_storm(anyio_backend: str, retry_after: float | None) -
     and its gaps grow; throughput is back within RECOVERY_BOUND; every delivered song
     completed, and no POST was paid twice."""
     clock = VirtualClock()
-    emulator = Emulator(EmulatorConfig(seed=3, audio_seconds=0.2), clock=clock.now)
+    emulator = Emulator(EmulatorConfig(seed=3, audio_seconds=0.2), clock=clock)
     emulator.throttle(STORM_START, STORM_END, retry_after=retry_after)
     server = ServerLog(emulator)
     wire = WireRecorder(server, clock.now)

@@ -1,0 +1,181 @@
+"""The completion-time estimator: censored observations in, immutable snapshots out.
+
+Plain synchronous tests (the estimator is pure bookkeeping). ``inspect`` plays what the
+scheduler reports for one song polled at given times: running at each poll before it
+finished, then finished between the last of those and the next.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aimlmusic._estimator import GRID_END, MAX_COMPLETED, CompletionEstimator, Snapshot
+
+
+def inspect(
+    estimator: CompletionEstimator,
+    song: str,
+    duration: float,
+    polls: list[float],
+    *,
+    start: float = 0.0,
+) -> None:
+    """Report one song submitted at clock time ``start`` and finishing ``duration`` s in,
+    polled at ``polls`` (sorted, seconds after its submission)."""
+    after = 0.0
+    for t in polls:
+        if t >= duration:
+            estimator.observe_finished(song, after, t, at=start + t)
+            return
+        estimator.observe_running(song, t, at=start + t)
+        after = t
+    estimator.forget(song)
+
+
+def geometric_polls(first: float, ratio: float, phase: float, count: int = 60) -> list[float]:
+    """Polls ``ratio`` apart from ``first``, all moved by ``phase`` of a spacing."""
+    start = first * ratio**phase
+    return [start * ratio**k for k in range(count)]
+
+
+def test_before_any_song_the_estimate_is_the_documented_50_to_60_seconds() -> None:
+    """The prior: about 0 done by 49 s, about half by 55 s, nearly all by 61 s."""
+    snapshot = CompletionEstimator().snapshot
+    assert snapshot.done_by(49.0) < 0.05
+    assert 0.4 < snapshot.done_by(55.0) < 0.6
+    assert snapshot.done_by(61.0) > 0.9
+    assert 50.0 <= snapshot.quantile(0.5) <= 60.0
+
+
+def test_reading_a_snapshot_changes_nothing_and_observing_makes_a_new_one() -> None:
+    """A snapshot is frozen; only observe_* publish a new one, with a new version."""
+    estimator = CompletionEstimator()
+    first = estimator.snapshot
+    for _ in range(3):
+        assert estimator.snapshot is first
+        first.quantile(0.5), first.done_by(30.0), first.mean(), repr(estimator)
+    estimator.observe_finished("a", 40.0, 41.0)
+    second = estimator.snapshot
+    assert second is not first
+    assert second.version > first.version
+    with pytest.raises(AttributeError):
+        second.version = 0  # type: ignore[misc]
+
+
+def test_songs_still_running_past_the_prior_move_the_estimate_later() -> None:
+    """Twenty songs seen running at 90 s make 'done by 80 s' unlikely before any finishes."""
+    estimator = CompletionEstimator()
+    assert estimator.snapshot.done_by(80.0) > 0.9
+    for n in range(20):
+        estimator.observe_running(str(n), 90.0)
+    assert estimator.snapshot.done_by(80.0) < 0.3
+
+
+def test_a_song_that_ends_otherwise_stops_counting_as_running() -> None:
+    """forget() drops a running song, so an abandoned one does not hold the estimate up."""
+    estimator = CompletionEstimator()
+    for n in range(8):
+        estimator.observe_running(str(n), 90.0)
+    assert estimator.running == 8
+    for n in range(8):
+        estimator.forget(str(n))
+    assert estimator.running == 0
+
+
+def test_it_follows_a_service_that_slows_down_within_a_wave_or_two() -> None:
+    """200 songs of 35-45 s, then 40 of 80-100 s: the median moves past 80 s."""
+    estimator = CompletionEstimator()
+    rng = random.Random(4)
+    for n in range(200):
+        inspect(
+            estimator,
+            str(n),
+            rng.uniform(35, 45),
+            geometric_polls(30.0, 1.03, rng.random()),
+            start=n * 3.0,
+        )
+    assert 35.0 < estimator.snapshot.quantile(0.5) < 45.0
+    for n in range(200, 240):
+        inspect(
+            estimator,
+            str(n),
+            rng.uniform(80, 100),
+            geometric_polls(30.0, 1.03, rng.random()),
+            start=n * 3.0,
+        )
+    assert 80.0 < estimator.snapshot.quantile(0.5) < 100.0
+
+
+def test_what_it_keeps_stays_bounded() -> None:
+    """Thousands of songs keep at most MAX_COMPLETED intervals."""
+    estimator = CompletionEstimator()
+    for n in range(MAX_COMPLETED * 3):
+        estimator.observe_finished(str(n), 50.0, 52.0)
+    assert len(estimator._completed) == MAX_COMPLETED
+
+
+@pytest.mark.parametrize(
+    ("after", "by"),
+    [(-1.0, 5.0), (5.0, 4.0), (1.0, math.inf), (math.nan, 1.0)],
+)
+def test_impossible_intervals_are_refused(after: float, by: float) -> None:
+    """An interval that is not 0 <= after <= by < inf is a ValueError, not a silent skew."""
+    with pytest.raises(ValueError, match="after"):
+        CompletionEstimator().observe_finished("a", after, by)
+
+
+def test_a_bad_prior_is_refused() -> None:
+    """prior=(high, low) is refused, naming the parameter."""
+    with pytest.raises(ValueError, match="prior"):
+        CompletionEstimator(prior=(60.0, 50.0))
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    low=st.floats(min_value=5.0, max_value=300.0),
+    width=st.floats(min_value=0.05, max_value=1.0),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_it_is_consistent_on_censored_samples_of_a_known_law(
+    low: float, width: float, seed: int
+) -> None:
+    """Uniform(low, low * (1 + width)) songs seen only through polls 3 % apart (random
+    phases, first at a third of low, as an explorer would): the estimated quartiles and
+    median land within a poll spacing and a bin or two of the law's."""
+    high = low * (1 + width)
+    estimator = CompletionEstimator()
+    rng = random.Random(seed)
+    for n in range(150):
+        polls = geometric_polls(low / 3, 1.03, rng.random(), count=200)
+        inspect(estimator, str(n), rng.uniform(low, high), polls, start=n * high / 20)
+    snapshot = estimator.snapshot
+    for p in (0.25, 0.5, 0.75):
+        truth = low + p * (high - low)
+        assert abs(snapshot.quantile(p) / truth - 1) < 0.06, (p, snapshot.quantile(p), truth)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=10_000.0), min_size=1, max_size=30))
+def test_a_snapshot_is_a_distribution(times: list[float]) -> None:
+    """Whatever it saw, done_by is a cdf (0 at 0, non-decreasing, at most 1) and quantile
+    inverts it."""
+    estimator = CompletionEstimator()
+    for n, t in enumerate(times):
+        if n % 2:
+            estimator.observe_running(str(n), t)
+        else:
+            estimator.observe_finished(str(n), t / 2, t)
+    snapshot: Snapshot = estimator.snapshot
+    grid = [0.0, 0.1, 1.0, 10.0, 50.0, 100.0, 1000.0, 7000.0, 1e6]
+    values = [snapshot.done_by(t) for t in grid]
+    assert values[0] == 0.0
+    assert values == sorted(values)
+    assert values[-1] <= 1.0 + 1e-9
+    for p in (0.1, 0.5, 0.9):
+        if p <= snapshot.done_by(GRID_END):  # past the grid, mass has no place in time
+            assert snapshot.done_by(snapshot.quantile(p)) == pytest.approx(p, abs=0.02)

@@ -1,0 +1,220 @@
+"""OpenTelemetry: spans per song and per request, and the metrics, read with the SDK's
+in-memory exporter and reader against the in-process emulator."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import aimlmusic
+from aimlmusic import SongRequest
+from aimlmusic._telemetry import telemetry_if_configured
+from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig
+from aimlmusic.testing import EMULATED_BASE_URL
+
+pytestmark = pytest.mark.anyio
+
+#: API seconds per real second.
+TIME_SCALE = 1000.0
+
+
+@attrs.define
+class Recorded:
+    """What the SDK's in-memory exporter and reader collected."""
+
+    exporter: InMemorySpanExporter
+    reader: InMemoryMetricReader
+
+    def spans(self, name: str | None = None) -> list[ReadableSpan]:
+        return [s for s in self.exporter.get_finished_spans() if name is None or s.name == name]
+
+    def points(self, metric: str) -> list[Any]:
+        data = self.reader.get_metrics_data()
+        assert data is not None
+        return [
+            point
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for each in scope.metrics
+            if each.name == metric
+            for point in each.data.data_points
+        ]
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorded]:
+    """SDK providers with in-memory export, as the application's configured providers (the
+    process-wide ones can be set only once, so the API's getters are pointed at them)."""
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: tracer_provider)
+    monkeypatch.setattr(metrics, "get_meter_provider", lambda: meter_provider)
+    yield Recorded(exporter, reader)
+    meter_provider.shutdown()
+    tracer_provider.shutdown()
+
+
+def _song(n: int) -> SongRequest:
+    return SongRequest(prompt=f"Calm acoustic guitar, take {n}", lyrics="[Verse]\nLa la la la")
+
+
+def _client(emulator: Emulator) -> aimlmusic.AsyncMusicClient:
+    return aimlmusic.AsyncMusicClient(
+        TEST_API_KEY,
+        base_url=EMULATED_BASE_URL,
+        transport=httpx.ASGITransport(app=emulator.app),
+        clock=emulator.clock,
+    )
+
+
+async def test_spans_and_metrics_of_a_batch(recorded: Recorded, tmp_path: Path) -> None:
+    """A batch of three songs (one fails) and a download: a span per song with its id,
+    status, polls and lag; a span per request with its kind and status code; the metrics
+    agree with what the emulator counted."""
+    emulator = Emulator(EmulatorConfig(time_scale=TIME_SCALE, requests_per_minute=None))
+    emulator.inject("generation_failure", route="submit")
+    async with _client(emulator) as client:
+        async with client.generate_many(
+            [(f"s{n}", _song(n)) for n in range(3)], deadline=None
+        ) as results:
+            outcomes = {result.key: result async for result in results}
+        done = next(r for r in outcomes.values() if r.ok)
+        await client.download(done, tmp_path / "song.mp3")
+
+    songs = {
+        span.attributes["aimlmusic.song.key"]: span for span in recorded.spans("aimlmusic.song")
+    }
+    assert set(songs) == {"s0", "s1", "s2"}
+    for key, span in songs.items():
+        result = outcomes[key]
+        attributes = span.attributes
+        assert attributes["aimlmusic.generation_id"] == result.generation_id
+        assert attributes["aimlmusic.song.polls"] == result.polls >= 1
+        if result.ok:
+            assert attributes["aimlmusic.song.status"] == "completed"
+            assert attributes["aimlmusic.song.lag"] >= 0
+            assert span.status.is_ok
+        else:
+            assert attributes["aimlmusic.song.status"] == "error"
+            assert attributes["error.type"] == "GenerationFailedError"
+            assert not span.status.is_ok
+
+    stats = emulator.stats()
+    requests = recorded.spans("POST") + recorded.spans("GET")
+    kinds = Counter(span.attributes["aimlmusic.request.kind"] for span in requests)
+    assert kinds == {"submit": 3, "poll": stats.requests["poll"], "download": 1}
+    assert all(span.kind == trace.SpanKind.CLIENT for span in requests)
+    assert all(span.attributes["http.response.status_code"] == 200 for span in requests)
+    polls = [s for s in requests if s.attributes["aimlmusic.request.kind"] == "poll"]
+    assert {s.attributes["aimlmusic.generation_id"] for s in polls} == {
+        r.generation_id for r in outcomes.values()
+    }
+
+    counted = Counter()
+    for point in recorded.points("aimlmusic.requests"):
+        counted[point.attributes["aimlmusic.request.kind"]] += point.value
+    assert counted == kinds
+    assert sum(p.count for p in recorded.points("aimlmusic.song.polls")) == 3
+    assert sum(p.count for p in recorded.points("aimlmusic.song.lag")) == 2
+    assert [p.value for p in recorded.points("aimlmusic.songs.in_flight")] == [0]
+
+
+async def test_no_secret_reaches_a_span(recorded: Recorded, tmp_path: Path) -> None:
+    """Neither the key nor a presigned URL's signature is in any span attribute."""
+    emulator = Emulator(EmulatorConfig(time_scale=TIME_SCALE, requests_per_minute=None))
+    async with _client(emulator) as client:
+        generation = await client.generate(_song(0))
+        await client.download(generation, tmp_path / "song.mp3")
+    assert generation.audio_file is not None
+    signature = generation.audio_file.url.split("Signature=")[1]
+    recorded_text = repr([dict(span.attributes) for span in recorded.spans()])
+    assert TEST_API_KEY not in recorded_text
+    assert signature not in recorded_text
+    assert "Expires" not in recorded_text
+
+
+async def test_429s_are_counted(recorded: Recorded) -> None:
+    """Each 429 the emulator answers is one count of aimlmusic.throttled and a span with
+    that status (four songs at once against a server allowing two requests a minute)."""
+    emulator = Emulator(EmulatorConfig(time_scale=TIME_SCALE, requests_per_minute=2))
+    async with (
+        _client(emulator) as client,
+        client.generate_many([_song(n) for n in range(4)], deadline=None) as results,
+    ):
+        assert [r.ok async for r in results] == [True] * 4
+    throttled = sum(p.value for p in recorded.points("aimlmusic.throttled"))
+    assert throttled == emulator.stats().rate_limited >= 1
+    refused = [s for s in recorded.spans() if s.attributes.get("http.response.status_code") == 429]
+    assert len(refused) == throttled
+
+
+async def test_leaving_a_batch_early_ends_its_song_spans(recorded: Recorded) -> None:
+    """Songs cancelled by leaving the block end their spans as cancelled; none stays in
+    flight."""
+    durations = iter([10.0])  # the first song takes 10 s, the others never finish
+    emulator = Emulator(
+        EmulatorConfig(
+            time_scale=TIME_SCALE,
+            requests_per_minute=None,
+            durations=lambda rng: next(durations, 1e9),
+        )
+    )
+    client = _client(emulator)
+    async with client, client.generate_many([_song(n) for n in range(3)], deadline=None) as results:
+        first = await results.receive()
+    assert first.ok
+    songs = recorded.spans("aimlmusic.song")
+    cancelled = [s for s in songs if s.attributes.get("error.type") == "cancelled"]
+    assert len(songs) == 3
+    assert len(cancelled) == 2
+    assert [p.value for p in recorded.points("aimlmusic.songs.in_flight")] == [0]
+
+
+async def test_the_callers_events_still_arrive(recorded: Recorded) -> None:
+    """With telemetry on, the caller's BatchEvents hook gets every event as before."""
+    seen: list[str] = []
+
+    class Hook:
+        def on_submitted(self, event: aimlmusic.SongSubmitted) -> None:
+            seen.append("submitted")
+
+        def on_completed(self, event: aimlmusic.SongCompleted) -> None:
+            seen.append("completed")
+
+    emulator = Emulator(EmulatorConfig(time_scale=TIME_SCALE, requests_per_minute=None))
+    async with (
+        _client(emulator) as client,
+        client.generate_many([_song(0)], events=Hook(), deadline=None) as rs,
+    ):
+        assert [r.ok async for r in rs] == [True]
+    assert seen == ["submitted", "completed"]
+
+
+def test_off_without_a_configured_provider() -> None:
+    """With the API's default (no-op) providers, nothing is wrapped or recorded."""
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert telemetry_if_configured() is None
+
+
+def test_off_without_the_package(monkeypatch: pytest.MonkeyPatch, recorded: Recorded) -> None:
+    """Without opentelemetry installed (the extra not chosen), the client works untouched."""
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    assert telemetry_if_configured() is None
+    client = aimlmusic.AsyncMusicClient(TEST_API_KEY, base_url="https://api.example.com")
+    assert client._telemetry is None

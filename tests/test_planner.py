@@ -1,0 +1,143 @@
+"""The planner: schedules from a snapshot and the polls per song the budget allows.
+
+Snapshots come from a real estimator fed songs of a known law through polls 3 % apart, so
+the planner is checked on the estimates it will meet in practice.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aimlmusic._estimator import CompletionEstimator, Snapshot
+from aimlmusic._planner import MAX_SHARE, MIN_GAP, Schedule, plan
+
+
+def learned(low: float, high: float, songs: int = 120, seed: int = 1) -> Snapshot:
+    """The snapshot after ``songs`` uniform(low, high) songs seen through polls 3 % apart."""
+    estimator = CompletionEstimator()
+    rng = random.Random(seed)
+    for n in range(songs):
+        duration = rng.uniform(low, high)
+        t, after = low / 3 * 1.03 ** rng.random(), 0.0
+        start = n * high / 20  # songs submitted in turn, about 20 in flight
+        while t < duration:
+            estimator.observe_running(str(n), t, at=start + t)
+            after, t = t, t * 1.03
+        estimator.observe_finished(str(n), after, t, at=start + t)
+    return estimator.snapshot
+
+
+DOCUMENTED = learned(50.0, 60.0)
+
+
+def true_lag_p95(schedule: Schedule, low: float, high: float, samples: int = 4000) -> float:
+    """The 95th percentile of lag / duration of ``schedule`` (middle phase) on uniform(low,
+    high) songs."""
+    times = list(schedule.times)
+    rng = random.Random(7)
+    shares = []
+    for _ in range(samples):
+        duration = rng.uniform(low, high)
+        index = bisect.bisect_left(times, duration)
+        noticed = times[index] if index < len(times) else math.inf
+        shares.append((noticed - duration) / duration)
+    shares.sort()
+    return shares[int(0.95 * samples)]
+
+
+def test_with_room_to_spare_it_plans_the_lag_target() -> None:
+    """No budget limit: the share is the lag target, and on the law it was learned from the
+    lag p95 is about that share."""
+    schedule = plan(DOCUMENTED, math.inf, 0.025)
+    assert schedule.share == 0.025
+    assert true_lag_p95(schedule, 50.0, 60.0) <= 0.03
+    assert 50.0 < schedule.times[0] < 53.0
+
+
+def test_a_tight_budget_gets_the_finest_share_that_fits() -> None:
+    """Allowing 3 polls a song, the schedule costs at most 3 and its share is coarser."""
+    schedule = plan(DOCUMENTED, 3.0, 0.025)
+    assert schedule.polls <= 3.0
+    assert 0.025 < schedule.share < MAX_SHARE
+
+
+def test_when_nothing_fits_it_takes_the_cheapest_schedule() -> None:
+    """Allowing half a poll (a service faster than the budget), it plans the coarsest share:
+    about one poll a song, near the end of the durations."""
+    schedule = plan(DOCUMENTED, 0.5, 0.025)
+    assert schedule.share == MAX_SHARE
+    assert schedule.polls < 1.2
+
+
+def test_polls_are_in_order_and_never_closer_than_the_minimum_gap() -> None:
+    """A schedule's times increase, at least MIN_GAP apart, even for a 2-3 s service."""
+    for snapshot in (DOCUMENTED, learned(2.0, 3.0)):
+        times = plan(snapshot, math.inf, 0.025).times
+        assert all(b - a >= MIN_GAP - 1e-9 for a, b in itertools.pairwise(times))
+
+
+def test_after_gives_the_next_poll_and_the_tail_past_the_plan() -> None:
+    """after() returns the first planned poll after the last one (phase 0.5: as planned) and
+    keeps going 25 % apart past the plan."""
+    schedule = plan(DOCUMENTED, math.inf, 0.025)
+    first, second = schedule.times[0], schedule.times[1]
+    assert schedule.after(0.0, 0.5) == first
+    assert schedule.after(first, 0.5) == second
+    last = schedule.times[-1]
+    assert schedule.after(last * 2, 0.5) == last * 2 * 1.25
+
+
+def test_a_phase_moves_a_song_s_polls_by_up_to_half_a_spacing() -> None:
+    """Phases 0.1 and 0.9 put a song's first poll up to half a spacing later and earlier."""
+    schedule = plan(DOCUMENTED, math.inf, 0.025)
+    first = schedule.times[0]
+    assert first < schedule.after(0.0, 0.1) < first * 1.025**0.5
+    assert first * 1.025**-0.5 < schedule.after(0.0, 0.9) < first
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    low=st.sampled_from([5.0, 20.0, 50.0, 120.0]),
+    width=st.sampled_from([0.1, 0.5, 1.0]),
+    fewer=st.floats(min_value=0.5, max_value=8.0),
+    extra=st.floats(min_value=0.1, max_value=8.0),
+)
+def test_fewer_polls_never_give_less_lag(
+    low: float, width: float, fewer: float, extra: float
+) -> None:
+    """For any learned law and two allowances, the smaller one never plans a finer share or
+    more polls than the larger."""
+    snapshot = _LAWS[(low, width)]
+    tight, loose = plan(snapshot, fewer, 0.025), plan(snapshot, fewer + extra, 0.025)
+    assert tight.share >= loose.share - 1e-12
+    assert tight.polls <= loose.polls + 1e-9
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    low=st.sampled_from([5.0, 20.0, 50.0, 120.0]),
+    width=st.sampled_from([0.1, 0.5, 1.0]),
+    allowance=st.floats(min_value=0.5, max_value=20.0),
+)
+def test_schedules_are_monotone_and_fit_when_they_can(
+    low: float, width: float, allowance: float
+) -> None:
+    """Every schedule's times increase; it costs no more than allowed unless even the
+    coarsest share does not fit; its share is at least the lag target."""
+    schedule = plan(_LAWS[(low, width)], allowance, 0.025)
+    assert list(schedule.times) == sorted(set(schedule.times))
+    assert schedule.share >= 0.025
+    assert schedule.polls <= allowance + 1e-9 or schedule.share == MAX_SHARE
+
+
+_LAWS = {
+    (low, width): learned(low, low * (1 + width), songs=60, seed=int(low * 10 + width * 100))
+    for low in (5.0, 20.0, 50.0, 120.0)
+    for width in (0.1, 0.5, 1.0)
+}
