@@ -367,12 +367,18 @@ def plot_polling(rows: Sequence[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("lag p95 in seconds (completed → noticed), log scale")
     ax.set_title("Polling cost against lag, end to end (120 requests/min, 20 at once)")
     ax.grid(True, which="both", alpha=0.3)
+    # The legends list what this run measured, each in the order of its registry.
+    shown_strategies = {row["strategy"] for row in rows}
+    shown_workloads = {row["workload"] for row in rows}
     strategy_handles = [
-        Line2D([], [], color=c, marker="o", linestyle="", label=name) for name, c in colours.items()
+        Line2D([], [], color=c, marker="o", linestyle="", label=name)
+        for name, c in colours.items()
+        if name in shown_strategies
     ]
     workload_handles = [
         Line2D([], [], color="grey", marker=m, linestyle="", label=name)
         for name, m in markers.items()
+        if name in shown_workloads
     ]
     first = ax.legend(
         handles=strategy_handles, title="strategy", loc="upper left", bbox_to_anchor=(1.02, 1)
