@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
@@ -130,6 +130,7 @@ class AsyncMusicClient:
         # id -> when this client submitted it, for wait() after submit(): only songs whose
         # submission time is known may teach the poll policy.
         self._submissions: OrderedDict[str, float] = OrderedDict()
+        self._phases: Iterator[float] | None = None  # see _song_phases
 
     # ------------------------------------------------------------------ properties
 
@@ -288,6 +289,9 @@ class AsyncMusicClient:
             deadline=deadline,
             poll=self._poll if poll is None else poll,
             events=songs if songs is not None else events,  # songs forwards to events
+            budget=self._budget,
+            retry=self._retry,
+            song_phases=self._song_phases(),
         )
         if self._telemetry is None or songs is None:
             return batch
@@ -321,6 +325,14 @@ class AsyncMusicClient:
         if self._transport.closed:
             raise RuntimeError("this AsyncMusicClient is closed; create a new one")
 
+    def _song_phases(self) -> Iterator[float]:
+        """The client's one sequence of song phases, shared by its batches and waits."""
+        if self._phases is None:
+            from . import _scheduler
+
+            self._phases = _scheduler.phases()
+        return self._phases
+
     def _remember_submission(self, generation: Generation) -> None:
         self._submissions[generation.id] = self._clock.now()
         while len(self._submissions) > _REMEMBERED_SUBMISSIONS:
@@ -349,6 +361,7 @@ class AsyncMusicClient:
                 budget=self._budget,
                 retry=self._retry,
                 deadline=seconds,
+                song_phases=self._song_phases(),
             )
             if isinstance(result.error, GenerationTimeoutError) and reported_timeout is not None:
                 raise GenerationTimeoutError(generation_id, reported_timeout, result.generation)

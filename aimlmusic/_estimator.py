@@ -37,10 +37,10 @@ from . import _limits
 
 __all__ = ["CompletionEstimator", "Snapshot"]
 
-#: The grid: log-spaced bin edges from a second to two hours, 3 % apart (about the finest
+#: The grid: log-spaced bin edges from half a second to two hours, 3 % apart (about the finest
 #: lag target; within a bin, mass is spread evenly, so the grid does not decide where a poll
 #: goes). About 300 bins: a sweep of EM costs about half a millisecond.
-GRID_START = 1.0
+GRID_START = 0.5
 GRID_END = 7200.0
 GRID_RATIO = 1.03
 #: Songs' worth of the documented 50-60 s in the prior: enough to plan the first songs, few
@@ -59,15 +59,17 @@ MAX_COMPLETED = 200
 SWEEPS = 3
 #: Share of a bin's mass moved to each neighbour after every sweep (EMS smoothing).
 SMOOTHING = 0.02
-#: A refit (a couple of milliseconds, and a new plan) is due when an observation comes this
-#: many API seconds after the last one (the estimate moves little faster than songs finish)...
+#: A refit (a few milliseconds, and a new plan for every song in flight) is due when an
+#: observation comes this many API seconds after the last refit: a third of a song's time at
+#: the documented pace (refitting at every song replans in flight songs to and fro)...
 REFIT_EVERY = 20.0
 #: ... or at once for a song still running where the estimate has this share of songs done
 #: (the service is slower than believed, and the plan must follow now), or for the first
 #: songs to finish.
 SURPRISE = 0.5
-#: Songs' worth of data below which every completed song refits.
-FIRST_SONGS = 3.0
+#: Songs' worth of data (a wave) below which every completed song refits: learning fast
+#: matters most at first.
+FIRST_SONGS = 20.0
 
 
 def _grid() -> tuple[float, ...]:

@@ -67,19 +67,19 @@ class Schedule:
         first = self.times[0]
         return tuple(first / 2**k for k in range(LADDER_STEPS, 0, -1))
 
-    def after(self, elapsed: float, phase: float = 0.0) -> float:
+    def after(self, elapsed: float, phase: float = 0.0, *, explore: bool = True) -> float:
         """The first planned poll later than ``elapsed`` (and at least ``MIN_GAP`` after
         it) for a song of this ``phase`` (0-1); past the plan, the tail's spacing continues.
 
         A song's phase moves all its polls by up to half a spacing, earlier or later (the
-        plan is for the middle phase). Songs of different
-        phases are polled at different times, so that together they show the estimator
-        where songs finish at every time, not only at the planned ones (below the first
-        poll, songs found done would say nothing of when they finished).
+        plan is for the middle phase). Songs of different phases are polled at different
+        times, so that together they show the estimator where songs finish at every time,
+        not only at the planned ones. A song whose phase is below ``EXPLORE_SHARE`` first
+        climbs the explorers' ladder, if ``explore`` (not after its clock restarted).
         """
         scale = math.pow(1.0 + self.share, 0.5 - phase)
         earliest = elapsed + MIN_GAP if elapsed > 0 else 0.0
-        if phase < EXPLORE_SHARE:
+        if explore and phase < EXPLORE_SHARE:
             for t in self.ladder:
                 if t > elapsed and t >= earliest:
                     return t

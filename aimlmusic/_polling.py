@@ -25,7 +25,7 @@ import attrs
 from . import _limits
 from ._estimator import CompletionEstimator, Snapshot
 from ._models import GenerationStatus
-from ._planner import Schedule, plan
+from ._planner import MIN_GAP, Schedule, plan
 
 __all__ = [
     "ExponentialBackoff",
@@ -278,7 +278,13 @@ class LearnedPolling:
         running (0 when it is already due)."""
         reference = state.reference_at
         schedule = self.schedule(state.budget_rate, state.in_flight)
-        due = reference + schedule.after(state.seen_running_at - reference, state.phase)
+        # A song seen queued restarts its clock: it explores only from its submission.
+        explore = state.queued_at is None
+        due = reference + schedule.after(
+            state.seen_running_at - reference, state.phase, explore=explore
+        )
+        if state.last_poll_at is not None:
+            due = max(due, state.last_poll_at + MIN_GAP)
         return max(0.0, due - state.now)
 
     def chance_done(self, state: PollState) -> float:

@@ -79,7 +79,7 @@ from ._polling import PollPolicy, PollState, is_waiting
 from ._ratelimit import Budget
 from ._retry import backoff_delay
 
-__all__ = ["SongSource", "follow", "generate_many"]
+__all__ = ["SongSource", "follow", "generate_many", "phases"]
 
 logger = logging.getLogger("aimlmusic")
 
@@ -213,8 +213,11 @@ class _Observer:
         emit(self.batch.events, "on_sending", RequestSending(self.song.key, self.kind, at))
 
 
-#: Songs' phases, drawn in turn from one sequence for every batch and wait of the process.
-_PHASES = itertools.count()
+def phases() -> Iterator[float]:
+    """Songs' phases (:attr:`PollState.phase`), in turn: the base-2 van der Corput sequence
+    (0, 1/2, 1/4, 3/4, ...), which spreads evenly over [0, 1) however many songs draw from
+    it. A client keeps one for all its batches and waits, so its first song explores."""
+    return map(_van_der_corput, itertools.count())
 
 
 def _van_der_corput(index: int) -> float:
@@ -250,6 +253,7 @@ class _Batch:
         events: BatchEvents | None,
         budget: Budget | None,
         retry: RetryPolicy,
+        phases: Iterator[float],
     ) -> None:
         self.transport = transport
         self.requests = requests
@@ -260,6 +264,7 @@ class _Batch:
         self.events = events
         self.budget = budget
         self.retry = retry
+        self.phases = phases
         self.source_error: Exception | None = None
         self._slots = anyio.Semaphore(max_in_flight)
         self._heap: list[tuple[float, int, _Song]] = []
@@ -379,7 +384,7 @@ class _Batch:
 
     def _start(self, key: str, request: SongRequest) -> None:
         song = _Song(key, request)
-        song.phase = _van_der_corput(next(_PHASES))
+        song.phase = next(self.phases)
         self._active += 1
         if key in self._keys_in_flight:
             error = RequestValidationError(
@@ -410,7 +415,7 @@ class _Batch:
         song = _Song(generation_id, _FOLLOWED)
         song.id = generation_id
         song.generation = last
-        song.phase = _van_der_corput(next(_PHASES))
+        song.phase = next(self.phases)
         now = self.clock.now()
         song.learns = submitted_at is not None
         song.submitted_at = submitted_at if submitted_at is not None else now
@@ -873,6 +878,7 @@ async def generate_many(
     events: BatchEvents | None,
     budget: Budget | None = None,
     retry: RetryPolicy | None = None,
+    song_phases: Iterator[float] | None = None,
 ) -> AsyncIterator[MemoryObjectReceiveStream[SongResult]]:
     """Submit and poll many songs; yield a stream of their results in completion order.
 
@@ -886,6 +892,7 @@ async def generate_many(
 
     ``deadline`` is each song's limit in API seconds from its submission (``None``: none);
     past it the song's result carries :class:`GenerationTimeoutError` with its id.
+    ``song_phases`` gives each song its phase (default: a fresh :func:`phases`).
     ``budget`` is the request budget the transport paces every request with: the scheduler
     holds due polls while it is busy and tells the poll policy the rate it sustains (``None``:
     no budget). ``retry`` gives the back-off between tries of a poll that failed for a
@@ -914,6 +921,7 @@ async def generate_many(
         events=events,
         budget=budget,
         retry=retry if retry is not None else RetryPolicy(),
+        phases=song_phases if song_phases is not None else phases(),
     )
     send, receive = anyio.create_memory_object_stream[SongResult](
         min(max_in_flight, MAX_RESULT_BUFFER)
@@ -952,6 +960,7 @@ async def follow(
     budget: Budget | None,
     retry: RetryPolicy | None = None,
     deadline: float | None,
+    song_phases: Iterator[float] | None = None,
 ) -> SongResult:
     """Poll one generation to its end through the same engine as :func:`generate_many` (a
     batch of one): the budget, the policy and the back-off behave exactly as in a batch.
@@ -972,6 +981,7 @@ async def follow(
         events=None,
         budget=budget,
         retry=retry if retry is not None else RetryPolicy(),
+        phases=song_phases if song_phases is not None else phases(),
     )
     batch.adopt(generation_id, last, submitted_at=submitted_at, deadline=deadline)
     send, receive = anyio.create_memory_object_stream[SongResult](1)

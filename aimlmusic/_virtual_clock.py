@@ -18,9 +18,11 @@ plugin :mod:`aimlmusic.testing`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import math
+from collections.abc import Sized
 from contextlib import AsyncExitStack
 from types import TracebackType
 
@@ -197,6 +199,10 @@ async def _all_other_tasks_blocked() -> None:
     except RuntimeError:  # not asyncio: trio, whose own check is exact and cheap
         await anyio.wait_all_tasks_blocked()
         return
+    ready = _ready_queue(loop)
+    if ready is None:  # an event loop other than the standard library's (uvloop, say)
+        await anyio.wait_all_tasks_blocked()
+        return
     # anyio's asyncio version sleeps 0.1 real seconds whenever a task is runnable, and scans
     # every task: far too slow for thousands of jumps. On asyncio every wake-up (a task's
     # first step, a future's result, a thread's answer, a timer or socket that fired) goes
@@ -204,5 +210,11 @@ async def _all_other_tasks_blocked() -> None:
     # with that queue empty leaves no task that can run.
     while True:
         await asyncio.sleep(0)
-        if not loop._ready:  # type: ignore[attr-defined]
+        if not ready:
             return
+
+
+def _ready_queue(loop: asyncio.AbstractEventLoop) -> Sized | None:
+    """The standard event loop's queue of callbacks ready to run (private, hence checked)."""
+    ready = getattr(loop, "_ready", None)
+    return ready if isinstance(ready, collections.deque) else None

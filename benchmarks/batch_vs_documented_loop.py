@@ -32,7 +32,7 @@ from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Uniform
 
 STRATEGIES: dict[str, Callable[[int], PollPolicy]] = {
     "documented loop (0 s, every 10 s)": lambda seed: FixedInterval(10.0, first=0.0),
-    "learned (default)": lambda seed: LearnedPolling(seed=seed),
+    "learned (default)": lambda seed: LearnedPolling(),
 }
 
 

@@ -75,10 +75,30 @@ def test_default_key_is_a_stable_content_hash_shared_by_formats(tmp_path: Path) 
     )
     (a,) = load_catalog(jsonl)
     (b,) = load_catalog(csv_path)
-    assert a.key == b.key == song_key("T", SongRequest(prompt=PROMPT, lyrics=LYRICS))
+    assert a.key == b.key == song_key(SongRequest(prompt=PROMPT, lyrics=LYRICS))
     assert len(a.key) == 16
-    other = song_key("T", SongRequest(prompt=PROMPT + "!", lyrics=LYRICS))
+    other = song_key(SongRequest(prompt=PROMPT + "!", lyrics=LYRICS))
     assert other != a.key
+
+
+def test_a_derived_key_ignores_the_title(tmp_path: Path) -> None:
+    """Renaming a keyless song keeps its key (it is not a new, paid song); changing what is
+    paid for (prompt, lyrics, audio settings) changes it."""
+    first = write_jsonl(
+        tmp_path / "a.jsonl", [{"title": "Old", "prompt": PROMPT, "lyrics": LYRICS}]
+    )
+    renamed = write_jsonl(
+        tmp_path / "b.jsonl", [{"title": "New name", "prompt": PROMPT, "lyrics": LYRICS}]
+    )
+    wav = write_jsonl(
+        tmp_path / "c.jsonl",
+        [{"title": "Old", "prompt": PROMPT, "lyrics": LYRICS, "format": "wav"}],
+    )
+    (a,) = load_catalog(first)
+    (b,) = load_catalog(renamed)
+    (c,) = load_catalog(wav)
+    assert a.key == b.key
+    assert c.key != a.key
 
 
 def test_csv_multiline_quoted_lyrics_and_line_numbers(tmp_path: Path) -> None:

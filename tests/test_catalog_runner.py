@@ -159,7 +159,7 @@ async def test_songs_rejected_by_the_api_are_retried_by_the_next_run(tmp_path: P
             await run_catalog(client, catalog, out)
     summary = stopped.value.summary
     assert stopped.value.reason == "auth"
-    assert summary.counts[SongState.PENDING] == 3
+    assert summary.counts[SongState.PENDING] == 3, summary.counts
     assert summary.downloaded == 0
     assert not summary.failed
     assert not summary.ambiguous

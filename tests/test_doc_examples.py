@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import doctest
+import itertools
 import json
 import re
 import shutil
@@ -432,6 +433,30 @@ def check_quickstart_settings(block: Block, docs: DocsRun) -> None:
     assert docs.emulator.stats().rate_limited == 0
 
 
+def check_polling_own_policy(block: Block, docs: DocsRun) -> None:
+    """The page's own policy is a PollPolicy and drives a song: first poll at 30 s, then
+    every 5 s, until the 50-60 s song is seen done."""
+
+    async def main() -> dict[str, Any]:
+        namespace = await docs.run_fragment(block, {"aimlmusic": aimlmusic})
+        async with docs.client(poll=namespace["EveryFiveSeconds"]()) as client:
+            await client.generate(a_song())
+        return namespace
+
+    clock = docs.on_virtual_clock()
+
+    async def in_virtual_time() -> dict[str, Any]:
+        async with clock:
+            return await main()
+
+    docs.run(in_virtual_time)
+    (job,) = docs.emulator.jobs.values()
+    polls = [e.time - job.submitted_at for e in docs.emulator.request_log if e.kind == "poll"]
+    assert polls[0] >= 30.0
+    assert all(4.9 <= b - a <= 5.5 for a, b in itertools.pairwise(polls))
+    assert polls[-1] - job.duration < 5.5
+
+
 def check_catalog_from_python(block: Block, docs: DocsRun) -> None:
     """``run_catalog`` over the page's own two-song catalog: files, manifest, summary line."""
     # The catalog shown under "The catalog file", with the lyrics file its second row names.
@@ -569,6 +594,7 @@ RUNNERS: dict[str, Runner] = {
     "docs/quickstart.md#without-async-the-blocking-client": check_quickstart_blocking,
     "docs/quickstart.md#settings": check_quickstart_settings,
     "docs/catalog.md#from-python": check_catalog_from_python,
+    "docs/polling.md#your-own-policy": check_polling_own_policy,
     "docs/observability.md#opentelemetry": check_observability_otel,
     "docs/testing.md#in-a-pytest-suite-the-fixtures": check_testing_fixture_test,
     "docs/testing.md#in-a-pytest-suite-the-fixtures-2": check_testing_fixture_override,

@@ -146,7 +146,8 @@ def test_it_is_consistent_on_censored_samples_of_a_known_law(
 ) -> None:
     """Uniform(low, low * (1 + width)) songs seen only through polls 3 % apart (random
     phases, first at a third of low, as an explorer would): the estimated quartiles and
-    median land within a poll spacing and a bin or two of the law's."""
+    median land within a poll spacing and a bin or two of the law's, plus what a memory of
+    about 40 songs leaves of sampling noise (a sixth of the law's width)."""
     high = low * (1 + width)
     estimator = CompletionEstimator()
     rng = random.Random(seed)
@@ -156,7 +157,8 @@ def test_it_is_consistent_on_censored_samples_of_a_known_law(
     snapshot = estimator.snapshot
     for p in (0.25, 0.5, 0.75):
         truth = low + p * (high - low)
-        assert abs(snapshot.quantile(p) / truth - 1) < 0.06, (p, snapshot.quantile(p), truth)
+        allowed = 0.06 * truth + (high - low) / 6
+        assert abs(snapshot.quantile(p) - truth) < allowed, (p, snapshot.quantile(p), truth)
 
 
 @settings(max_examples=20, deadline=None)

@@ -9,7 +9,7 @@ import anyio
 import httpx
 import pytest
 
-from aimlmusic import AsyncMusicClient, Clock, SongRequest
+from aimlmusic import AsyncMusicClient, Clock, SongRequest, _virtual_clock
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Faults
 from aimlmusic.testing import EMULATED_BASE_URL, VirtualClock, VirtualClockDeadlock
 
@@ -42,6 +42,34 @@ async def test_sleepers_wake_in_deadline_order_then_start_order() -> None:
             tg.start_soon(nap, seconds, order)
             await anyio.lowlevel.checkpoint()  # each starts (and sleeps) before the next
     assert woke == sorted((seconds, order) for order, seconds in enumerate(deadlines))
+
+
+async def test_an_event_loop_without_a_ready_queue_falls_back_to_anyio(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the loop's ready queue cannot be read (uvloop, say), anyio's slower check of
+    every task keeps the same order and times."""
+    monkeypatch.setattr(_virtual_clock, "_ready_queue", lambda loop: None)
+    woke: list[tuple[float, str]] = []
+
+    async def nap(name: str, seconds: float) -> None:
+        await clock.sleep(seconds)
+        woke.append((clock.now(), name))
+
+    seen: list[float] = []
+
+    async def busy() -> None:
+        for _ in range(20):
+            seen.append(clock.now())
+            await anyio.lowlevel.checkpoint()
+
+    async with VirtualClock() as clock, anyio.create_task_group() as tg:
+        for name, seconds in [("b", 2.0), ("a", 1.0), ("c", 2.0)]:
+            tg.start_soon(nap, name, seconds)
+            await anyio.lowlevel.checkpoint()
+        tg.start_soon(busy)
+    assert woke == [(1.0, "a"), (2.0, "b"), (2.0, "c")]
+    assert seen == [0.0] * 20
 
 
 async def test_time_stands_still_while_any_task_can_run() -> None:

@@ -119,19 +119,18 @@ class CatalogRow:
     line: int
 
 
-def song_key(title: str, request: SongRequest) -> str:
-    """The default key of a song: 16 hex digits of a SHA-256 over its title and request.
+def song_key(request: SongRequest) -> str:
+    """The default key of a song: 16 hex digits of a SHA-256 over what is paid for, the
+    request (prompt, lyrics, audio settings, model), never the title.
 
-    The same content gives the same key whichever file format it came from, so a song keeps its
-    journal entry when the catalog is converted from CSV to JSONL. Two identical rows without
-    keys get the same key, which is reported as a duplicate.
+    Renaming a song (its title) keeps its key, so it is never generated (and paid for) again;
+    the same content gives the same key whichever file format it came from, so a song keeps
+    its journal entry when the catalog is converted from CSV to JSONL. Two rows without keys
+    asking for the same song get the same key, which is reported as a duplicate.
     """
     digest = hashlib.sha256(
         json.dumps(
-            {"title": title, "request": request_to_wire(request)},
-            sort_keys=True,
-            ensure_ascii=False,
-            separators=(",", ":"),
+            request_to_wire(request), sort_keys=True, ensure_ascii=False, separators=(",", ":")
         ).encode("utf-8")
     )
     return digest.hexdigest()[:16]
@@ -204,10 +203,17 @@ def iter_catalog(
             if key is not None:
                 first = seen.setdefault(key, line)
                 if first != line:
+                    derived = "key" not in fields
+                    hint = (
+                        ": it asks for the same song (prompt, lyrics and audio settings) as "
+                        "that row; give each row its own key to pay for it twice"
+                        if derived
+                        else ""
+                    )
                     problems.append(
                         CatalogProblem(
                             line,
-                            f"duplicate key {key!r} (first used on line {first})",
+                            f"duplicate key {key!r} (first used on line {first}){hint}",
                             field="key",
                             key=key,
                         )
@@ -398,7 +404,7 @@ def _build_row(
         return _with_key(row.problems, key)
     request = SongRequest(prompt=prompt, lyrics=lyrics, audio_setting=setting)
     title = title or ""
-    return CatalogRow(key=key or song_key(title, request), title=title, request=request, line=line)
+    return CatalogRow(key=key or song_key(request), title=title, request=request, line=line)
 
 
 def _with_key(problems: list[CatalogProblem], key: str | None) -> list[CatalogProblem]:

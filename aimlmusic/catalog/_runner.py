@@ -26,6 +26,7 @@ The order of work, and why:
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import sqlite3
@@ -88,6 +89,9 @@ EPHEMERAL_ENDPOINT = "in-process emulator"
 
 #: Real seconds between ``tick`` events.
 TICK_SECONDS = 0.5
+
+#: Keys named in the refusal to run beside a manifest the journal does not know.
+MANIFEST_KEYS_SHOWN = 5
 
 #: Songs downloaded at once by default.
 DOWNLOAD_CONCURRENCY = 4
@@ -221,6 +225,7 @@ def _prepare(
         ) from exc
     journal = Journal.in_directory(out, endpoint=endpoint)
     try:
+        _check_manifest(out, journal)
         _load(journal, catalog_path)
         if forget_generations:
             journal.forget_generations()
@@ -232,6 +237,45 @@ def _prepare(
         journal.close()
         raise
     return journal
+
+
+def _check_manifest(out: Path, journal: Journal) -> None:
+    """Refuse a directory whose manifest lists generated songs the journal does not know: the
+    journal was emptied or replaced, and running would pay for those songs again and
+    overwrite their files."""
+    path = out / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise JournalError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    unknown: list[str] = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # not ours (or torn): only what we can read can be checked
+        if not isinstance(record, dict):
+            continue
+        key = record.get("key")
+        if not isinstance(key, str) or not (record.get("generation_id") or record.get("file")):
+            continue  # never sent: nothing paid that could be paid again
+        if journal.entry(key) is None:
+            unknown.append(key)
+    if unknown:
+        shown = ", ".join(repr(k) for k in unknown[:MANIFEST_KEYS_SHOWN])
+        more = (
+            f" and {len(unknown) - MANIFEST_KEYS_SHOWN} more"
+            if len(unknown) > MANIFEST_KEYS_SHOWN
+            else ""
+        )
+        raise JournalError(
+            f"{path} lists {len(unknown)} generated song(s) that the journal {journal.path} "
+            f"does not know ({shown}{more}): the journal was emptied or replaced. Running "
+            "would pay for them again and overwrite their files; restore the journal, or use "
+            "a new output directory"
+        )
 
 
 def _check_writable(directory: Path) -> None:
@@ -540,6 +584,10 @@ class _Run:
     def record_sending(self, key: str, kind: str) -> None:
         """A request is leaving: the API is reachable; a submission is now ``submitting``,
         committed before its first byte is written."""
+        if self._work is not None and self._work.cancel_called:
+            # The run is stopping: this request is cancelled at its next await, before any
+            # byte is written (anyio and trio check for cancellation before writing).
+            return
         self._left.add((key, kind))
         self.connect_failures = 0
         if kind != "submit" or key not in self.handed:
@@ -635,6 +683,7 @@ class _Run:
         except AimlMusicError as exc:
             # A timeout or an outage: the generation may still finish; the next run resumes.
             self._stuck(entry, _S.SUBMITTED, exc)
+            self._stop_if_refused(exc)
             return
         finally:
             self.slots.release()
@@ -739,6 +788,7 @@ class _Run:
         # A deadline or an outage while polling: the generation may still finish and is
         # resumed by id on the next run.
         self._stuck(entry, entry.state, error)
+        self._stop_if_refused(error)
 
     def _not_submitted(self, entry: JournalEntry, error: AimlMusicError) -> None:
         """A song's submission ended without a generation id."""
@@ -761,13 +811,7 @@ class _Run:
             # The key is wrong, not the song: it stays to do, and the run stops.
             self.journal.mark_pending(key, error)
             self._moved(entry, _S.SUBMITTING, _S.PENDING, str(error))
-            self.stop(
-                "auth",
-                f"the API refused the key ({error}): check the client's API key and the "
-                "account's credits; nothing was charged for this song, and every song not "
-                "generated yet is still pending",
-                error,
-            )
+            self._stop_if_refused(error)
         elif self._is_temporary(error) and not isinstance(error, AmbiguousSubmissionError):
             # Throttled, then unreachable: it never got past the door.
             self.journal.mark_pending(key, error)
@@ -779,6 +823,18 @@ class _Run:
             self.journal.mark_ambiguous(key, error)
             self._moved(entry, _S.SUBMITTING, _S.AMBIGUOUS, str(error))
         self._cancel_when_quiet()
+
+    def _stop_if_refused(self, error: AimlMusicError) -> None:
+        """A 401/403 (to a submission or a poll) means the key or the account is refused:
+        every further request would be too, so the run stops."""
+        if isinstance(error, AuthenticationError | PermissionDeniedError):
+            self.stop(
+                "auth",
+                f"the API refused the key ({error}): check the client's API key and the "
+                "account's credits; nothing was charged for the songs refused, and every song "
+                "not generated yet is still pending",
+                error,
+            )
 
     @staticmethod
     def _is_temporary(error: AimlMusicError) -> bool:

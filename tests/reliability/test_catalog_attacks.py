@@ -15,9 +15,16 @@ from typing import Any
 import httpx
 import pytest
 
-from aimlmusic import APIConnectionError, AsyncMusicClient, AudioSetting, RetryPolicy, SongRequest
+from aimlmusic import (
+    APIConnectionError,
+    AsyncMusicClient,
+    AudioSetting,
+    RetryPolicy,
+    ScaledClock,
+    SongRequest,
+)
 from aimlmusic._converter import structure_generation
-from aimlmusic.catalog import CatalogEvent, RunStopped, SongState, run_catalog
+from aimlmusic.catalog import CatalogEvent, JournalError, RunStopped, SongState, run_catalog
 from aimlmusic.catalog._store import clear_partial, finish_download, part_path
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig
 from aimlmusic.emulator._audio import AudioRenderer, AudioSpec
@@ -243,3 +250,67 @@ def emulated(emulator: Emulator) -> AsyncMusicClient:
         transport=httpx.ASGITransport(app=emulator.app),
         clock=emulator.clock,
     )
+
+
+# --------------------------------------------------------------------------- paying twice
+
+
+@pytest.mark.anyio
+async def test_renaming_a_keyless_song_does_not_generate_it_again(tmp_path: Path) -> None:
+    """Keyless rows: a new title keeps the song's key, so the rerun sends nothing."""
+    emulator = Emulator(EmulatorConfig(time_scale=2000.0, audio_seconds=0.3))
+    catalog = tmp_path / "songs.jsonl"
+    row = {"title": "First title", "prompt": PROMPT, "lyrics": LYRICS}
+    catalog.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    async with emulated(emulator) as client:
+        assert (await run_catalog(client, catalog, out, tag_mp3=False)).all_done
+    catalog.write_text(json.dumps({**row, "title": "A better title"}) + "\n", encoding="utf-8")
+    async with emulated(emulator) as client:
+        summary = await run_catalog(client, catalog, out, tag_mp3=False)
+    assert summary.all_done
+    assert emulator.stats().jobs_submitted == 1
+
+
+@pytest.mark.anyio
+async def test_an_emptied_journal_beside_a_manifest_is_refused(tmp_path: Path) -> None:
+    """The journal deleted (or replaced) beside a manifest of downloaded songs: the run is
+    refused before anything is sent or overwritten."""
+    emulator = Emulator(EmulatorConfig(time_scale=2000.0, audio_seconds=0.3))
+    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
+    out = tmp_path / "out"
+    async with emulated(emulator) as client:
+        assert (await run_catalog(client, catalog, out, tag_mp3=False)).all_done
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".mp3"}
+    for journal_file in out.glob("aimlmusic-journal.sqlite*"):
+        journal_file.unlink()
+    async with emulated(emulator) as client:
+        with pytest.raises(JournalError, match="does not know"):
+            await run_catalog(client, catalog, out, tag_mp3=False)
+    assert emulator.stats().jobs_submitted == 3
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".mp3"} == files
+
+
+@pytest.mark.anyio
+async def test_a_key_refused_while_polling_stops_the_run_too(tmp_path: Path) -> None:
+    """A key revoked mid-run (the poll answered 401): the run stops, the submitted song keeps
+    its id (resumed later), the songs not sent stay pending: one POST in all."""
+
+    def answer(method: str, path: str, body: bytes) -> tuple[int, Any]:
+        if method == "POST":
+            return 200, {"id": "gen-1", "status": "queued"}
+        return 401, {"message": "Unauthorized", "statusCode": 401}
+
+    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
+    out = tmp_path / "out"
+    with hostile_server(answer) as server:
+        # 1000x real time: the first poll comes within tens of real ms (on a clock that
+        # jumps, the song deadline would pass before any poll).
+        async with AsyncMusicClient(
+            "sk-revoked", base_url=server.base_url, clock=ScaledClock(1000)
+        ) as client:
+            with pytest.raises(RunStopped) as stopped:
+                await run_catalog(client, catalog, out, max_in_flight=1, tag_mp3=False)
+    assert stopped.value.reason == "auth"
+    assert server.posts == 1
+    assert sorted(journal_states(out).values()) == ["pending", "pending", "submitted"]

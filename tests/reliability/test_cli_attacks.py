@@ -335,3 +335,24 @@ def test_batch_on_a_broken_output_directory_is_one_line_exit_2(tmp_path: Path, c
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
+
+
+def test_batch_beside_a_manifest_the_journal_does_not_know_exits_2(tmp_path: Path) -> None:
+    """A manifest listing downloaded songs and no journal: exit 2, one line, 0 POSTs."""
+    out = tmp_path / "out"
+    out.mkdir()
+    record = {"key": "song-00", "generation_id": "gen-1", "status": "downloaded", "file": "a.mp3"}
+    (out / "manifest.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+    def answer(method: str, path: str, body: bytes) -> tuple[int, Any]:
+        return 200, {"id": "gen-1", "status": "queued"}
+
+    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
+    with hostile_server(answer) as server:
+        result = invoke(
+            "batch", str(catalog), "-o", str(out), "--base-url", server.base_url, "--plain"
+        )
+    assert result.exit_code == 2, result.output
+    assert server.posts == 0
+    assert "does not know" in result.output
+    assert "Traceback" not in result.output
