@@ -8,21 +8,32 @@ chains polls ``(1 + share)`` apart across the durations it covers. Which songs t
 uncovered is the one choice: the shortest ones (saving the polls every song pays for) or the
 longest ones (which then need only sparse polls). :func:`fewest_polls` tries every split and
 returns the cheapest, by sampling the workload: the bar no learning policy can beat, which
-says whether a lag target and a polls target can be met together at all.
+says whether a lag target and a polls target can be met together at all. :func:`best_share`
+turns it round: the least lag p95 (as a share of duration) such a policy reaches with a
+given number of polls per song.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import random
 
 from workloads import Workload
 
-__all__ = ["fewest_polls"]
+__all__ = ["best_share", "fewest_polls"]
 
 #: Spacing of the sparse polls after the covered range (they only find the uncovered tail).
 _SPARSE_RATIO = 1.5
+#: How many ways of leaving the uncovered songs out (shortest ones, longest ones, between).
 _SPLITS = 51
+#: Lag shares the bisection searches between: 0.01 % (beyond any schedule's precision) and
+#: 1000 % (a poll every 11 durations, cheaper than any run spends).
+_SHARE_RANGE = (1e-4, 10.0)
+#: Bisection steps on the log of the share: the bound comes out within 1e-6 of itself.
+_BISECTION_STEPS = 24
+#: Sorted samples of each law already drawn (a bisection asks for one law 26 times).
+_SAMPLED: dict[tuple[object, int, int], list[float]] = {}
 
 
 def _expected_polls(durations: list[float], schedule: list[float]) -> float:
@@ -56,8 +67,7 @@ def fewest_polls(
 ) -> float:
     """The fewest mean polls per song for which a ``coverage`` fraction of songs is noticed
     within ``share`` of its duration, for a policy that knows ``workload`` exactly."""
-    rng = random.Random(seed)
-    durations = sorted(workload.draw(rng) for _ in range(samples))
+    durations = _sorted_durations(workload, samples, seed)
     n = len(durations)
     best = float("inf")
     for step in range(_SPLITS):
@@ -67,3 +77,33 @@ def fewest_polls(
         schedule = _schedule(durations[first], durations[last], durations[-1], share)
         best = min(best, _expected_polls(durations, schedule))
     return best
+
+
+def _sorted_durations(workload: Workload, samples: int, seed: int) -> list[float]:
+    key = (workload.draw, samples, seed)
+    if key not in _SAMPLED:
+        rng = random.Random(seed)
+        _SAMPLED[key] = sorted(workload.draw(rng) for _ in range(samples))
+    return _SAMPLED[key]
+
+
+def best_share(
+    workload: Workload, polls: float, *, coverage: float = 0.95, samples: int = 100_000
+) -> float:
+    """The smallest lag share (of duration, 0.03 = 3 %) that a ``coverage`` fraction of songs
+    keeps for a policy that knows ``workload`` exactly and spends at most ``polls`` mean polls
+    per song: what the best single geometric schedule achieves at these polls/song.
+
+    Infinite when even the widest spacing costs more polls than ``polls``."""
+    low, high = _SHARE_RANGE
+    if fewest_polls(workload, share=high, coverage=coverage, samples=samples) > polls:
+        return float("inf")
+    if fewest_polls(workload, share=low, coverage=coverage, samples=samples) <= polls:
+        return low
+    for _ in range(_BISECTION_STEPS):
+        middle = math.sqrt(low * high)  # shares span decades: bisect their logarithm
+        if fewest_polls(workload, share=middle, coverage=coverage, samples=samples) <= polls:
+            high = middle
+        else:
+            low = middle
+    return high

@@ -46,7 +46,7 @@ def list_schedule_makespan(durations: Sequence[float], slots: int) -> float:
 
 @attrs.frozen
 class Target:
-    """A figure's target from issue 6: ``value <= limit`` (or ``<`` when ``strict``)."""
+    """A figure's target: ``value <= limit`` (or ``<`` when ``strict``)."""
 
     limit: float
     label: str

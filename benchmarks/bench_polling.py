@@ -6,9 +6,12 @@ limits) to an emulator that enforces the same limits, with API time compressed
 ``time_scale`` times. The emulator's own records give the figures, so the client cannot flatter
 itself: polls per song (GETs received), lag (the API time a poll first saw the song finished,
 minus the time it finished), makespan (first submission to last song noticed) against the
-list-scheduling optimum of the very same durations, and 429s among all requests.
+list-scheduling optimum of the very same durations, and 429s among all requests. Beside them,
+from ``_bounds``, the least lag p95 a policy that knew the durations' law could reach with
+the same polls per song. On a service that shifts half way, the songs submitted a wave (20
+songs) after the shift get figures of their own, against the bound of the law after it.
 
-Run alone: ``python benchmarks/bench_polling.py --songs 200 --time-scale 150``.
+Run alone: ``python benchmarks/bench_polling.py --songs 200 --time-scale 50 --repeats 3``.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ from typing import Any
 import anyio
 import attrs
 import httpx
-from _bounds import fewest_polls
+from _bounds import best_share, fewest_polls
 from _emulation import JobFacts, make_emulator, read_jobs, request_counts
 from _json_out import emit_json
 from _songs import API_KEY, song_requests
 from _stats import list_schedule_makespan, percentile
-from strategies import STRATEGIES, Strategy
+from strategies import BASELINE, LEARNED, STRATEGIES, Strategy
 from workloads import WORKLOADS, Workload
 
 import aimlmusic
@@ -38,6 +41,9 @@ __all__ = ["RunFigures", "combine", "run_matrix", "run_one"]
 #: The published paid-tier account limits (DESIGN §2).
 REQUESTS_PER_MINUTE = 120
 SLOTS = 20
+#: The strategies a run compares unless told otherwise: ours and the documented loop, the
+#: one it is held against (the others are slower to run and were never close).
+DEFAULT_STRATEGIES = (LEARNED, BASELINE)
 
 
 @attrs.frozen
@@ -57,6 +63,12 @@ class RunFigures:
     wall: float
     #: Songs already finished when first polled (their lag is set by the first poll's timing).
     done_at_first_poll: int
+    #: On a shifting service, the songs submitted a wave after the shift: their lags, lags as
+    #: % of duration, polls and count (empty elsewhere).
+    shifted_lags: list[float] = attrs.field(factory=list)
+    shifted_shares: list[float] = attrs.field(factory=list)
+    shifted_polls: int = 0
+    shifted_songs: int = 0
 
 
 def _from_jobs(jobs: list[JobFacts]) -> tuple[list[float], list[float], float, float]:
@@ -72,9 +84,17 @@ def _from_jobs(jobs: list[JobFacts]) -> tuple[list[float], list[float], float, f
     return lags, shares, last_noticed - first_submit, list_schedule_makespan(durations, SLOTS)
 
 
+def _after_shift(jobs: list[JobFacts], first: int) -> tuple[list[float], list[float], int, int]:
+    """Lags, lags as % of duration, polls and count of the songs submitted from index
+    ``first`` on (``jobs`` in submission order)."""
+    later = jobs[first:]
+    lags, shares, _, _ = _from_jobs(later) if later else ([], [], 0.0, 0.0)
+    return lags, shares, sum(j.polls for j in later), len(later)
+
+
 def combine(runs: list[RunFigures]) -> dict[str, Any]:
     """One table row from repeated runs: totals over all runs, percentiles over all songs,
-    the mean makespan ratio (and its range)."""
+    the mean makespan ratio (and its range), the worst run's lag p95."""
     songs = sum(r.songs for r in runs)
     requests = sum(r.requests for r in runs)
     throttled = sum(r.throttled for r in runs)
@@ -108,6 +128,20 @@ def combine(runs: list[RunFigures]) -> dict[str, Any]:
         "throttled": throttled,
         "throttled_pct": 100.0 * throttled / requests if requests else 0.0,
         "wall_s": sum(r.wall for r in runs),
+        "lag_p95_pct_worst_run": max(percentile(r.lag_shares, 95) for r in runs),
+        **_shifted_figures(runs),
+    }
+
+
+def _shifted_figures(runs: list[RunFigures]) -> dict[str, Any]:
+    songs = sum(r.shifted_songs for r in runs)
+    if not songs:
+        return {}
+    return {
+        "shifted_songs": songs,
+        "shifted_polls_per_song": sum(r.shifted_polls for r in runs) / songs,
+        "shifted_lag_p95_s": percentile([lag for r in runs for lag in r.shifted_lags], 95),
+        "shifted_lag_p95_pct": percentile([share for r in runs for share in r.shifted_shares], 95),
     }
 
 
@@ -115,6 +149,7 @@ async def run_one(
     workload: Workload, strategy: Strategy, *, songs: int, time_scale: float, seed: int
 ) -> RunFigures:
     """Generate ``songs`` songs with one strategy on one workload; return what it measured."""
+    workload = workload.for_run(songs)
     emulator = make_emulator(
         workload,
         time_scale=time_scale,
@@ -142,6 +177,9 @@ async def run_one(
     jobs = read_jobs(emulator)
     lags, shares, makespan, optimum = _from_jobs(jobs)
     counts = request_counts(emulator)
+    shift = workload.shift_at
+    # A wave after the shift: the policy has seen songs of the new law finish by then.
+    shifted = _after_shift(jobs, shift + SLOTS) if shift is not None else ([], [], 0, 0)
     return RunFigures(
         songs=songs,
         ok=ok,
@@ -155,6 +193,10 @@ async def run_one(
         optimum=optimum,
         wall=wall,
         done_at_first_poll=sum(1 for j in jobs if j.polls == 1 and j.seen_terminal_at is not None),
+        shifted_lags=shifted[0],
+        shifted_shares=shifted[1],
+        shifted_polls=shifted[2],
+        shifted_songs=shifted[3],
     )
 
 
@@ -162,7 +204,9 @@ def what_limits_allow(workload: Workload) -> dict[str, float]:
     """What the workload and the account allow any policy, learning or not: the fewest polls
     per song that keep lag p95 within 3 % and 5 % of duration for a policy that knows the
     durations' law (``_bounds``), and the most polls per song the request budget leaves
-    once the 20 slots are kept full (submissions take one request per song)."""
+    once the 20 slots are kept full (submissions take one request per song). For a shifting
+    service, of the law after the shift."""
+    workload = workload.settled()
     mean_duration = statistics.fmean(workload.durations(100_000, seed=2))
     songs_per_minute = SLOTS * 60.0 / mean_duration
     return {
@@ -170,6 +214,34 @@ def what_limits_allow(workload: Workload) -> dict[str, float]:
         "fewest_polls_lag5": fewest_polls(workload, share=0.05),
         "budget_polls_ceiling": (REQUESTS_PER_MINUTE - songs_per_minute) / songs_per_minute,
     }
+
+
+def bounds_at(workload: Workload, row: dict[str, Any]) -> dict[str, float]:
+    """The least lag p95 (% of duration) a policy that knew the law could reach with the
+    polls/song this row spent; on a shifting service, of the law after the shift, at the
+    polls/song the songs a wave after it got."""
+    law = workload.settled()
+    if workload.shift_at is None:
+        return {"bound_lag_p95_pct": 100.0 * best_share(law, row["polls_per_song"])}
+    return {"shifted_bound_lag_p95_pct": 100.0 * best_share(law, row["shifted_polls_per_song"])}
+
+
+def _progress(row: dict[str, Any]) -> str:
+    """One console line per row: the figures the targets judge."""
+    bound = row.get("bound_lag_p95_pct", row.get("shifted_bound_lag_p95_pct", math.nan))
+    line = (
+        f"  polling {row['workload']:<10} {row['strategy']:<16} "
+        f"polls/song {row['polls_per_song']:6.2f}  lag p95 {row['lag_p95_s']:6.2f} s "
+        f"({row['lag_p95_pct']:5.1f} %, worst run {row['lag_p95_pct_worst_run']:5.1f} %)  "
+        f"makespan {row['makespan_s']:5.0f} s x{row['makespan_ratio']:.3f}  "
+        f"429s {row['throttled_pct']:.2f} %  bound {bound:5.2f} %"
+    )
+    if "shifted_songs" in row:
+        line += (
+            f"  after shift: {row['shifted_polls_per_song']:.2f} polls/song, lag p95 "
+            f"{row['shifted_lag_p95_s']:.2f} s ({row['shifted_lag_p95_pct']:.1f} %)"
+        )
+    return line + f"  ({row['wall_s']:.1f} s)"
 
 
 async def run_matrix(
@@ -202,14 +274,8 @@ async def run_matrix(
             row = combine(runs)
             row.update(workload=workload_name, strategy=strategy_name, time_scale=time_scale)
             row.update(limits[workload_name])
-            print(
-                f"  polling {workload_name:<10} {strategy_name:<16} "
-                f"polls/song {row['polls_per_song']:6.2f}  lag p95 {row['lag_p95_s']:6.2f} s "
-                f"({row['lag_p95_pct']:5.1f} %)  makespan x{row['makespan_ratio']:.3f}  "
-                f"({row['wall_s']:.1f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
+            row.update(bounds_at(WORKLOADS[workload_name].for_run(songs), row))
+            print(_progress(row), file=sys.stderr, flush=True)
             rows.append(row)
     return rows
 
@@ -218,17 +284,22 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: run the matrix and write its rows as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--songs", type=int, default=200)
-    parser.add_argument("--time-scale", type=float, default=150.0)
+    parser.add_argument("--time-scale", type=float, default=50.0)
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=1, help="runs (seeds) per cell")
     parser.add_argument("--workload", action="append", choices=list(WORKLOADS))
-    parser.add_argument("--strategy", action="append", choices=list(STRATEGIES))
+    parser.add_argument(
+        "--strategy",
+        action="append",
+        choices=list(STRATEGIES),
+        help=f"default: {' and '.join(DEFAULT_STRATEGIES)}",
+    )
     parser.add_argument("--json", help="write the rows to this file instead of stdout")
     args = parser.parse_args(argv)
     rows = anyio.run(
         lambda: run_matrix(
             args.workload or list(WORKLOADS),
-            args.strategy or list(STRATEGIES),
+            args.strategy or list(DEFAULT_STRATEGIES),
             songs=args.songs,
             time_scale=args.time_scale,
             seed=args.seed,

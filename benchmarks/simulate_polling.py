@@ -21,6 +21,7 @@ the song's duration (submission to completion, server side), makespan against th
 
     python benchmarks/simulate_polling.py
     python benchmarks/simulate_polling.py --dist lognormal:45:0.3 --songs 500
+    python benchmarks/simulate_polling.py --dist drift --runs 8
     python benchmarks/simulate_polling.py --rpm 6 --in-flight 3 --slots 3 --songs 30
     python benchmarks/simulate_polling.py --runs 16 --only learned
 
@@ -47,6 +48,7 @@ from typing import Any
 
 import anyio
 from trio.testing import MockClock
+from workloads import WORKLOADS, Shift
 
 from aimlmusic import (
     ExponentialBackoff,
@@ -72,9 +74,14 @@ STRATEGIES: dict[str, Callable[[int], PollPolicy]] = {
 }
 
 
-def parse_distribution(text: str) -> Durations:
-    """``uniform:LOW:HIGH``, ``lognormal:MEDIAN:SIGMA``, ``fixed:S`` or
-    ``mix:P:LOW:HIGH:LOW2:HIGH2`` (uniform LOW-HIGH with probability P, else LOW2-HIGH2)."""
+def parse_distribution(text: str, songs: int = 200) -> Durations:
+    """``uniform:LOW:HIGH``, ``lognormal:MEDIAN:SIGMA``, ``fixed:S``,
+    ``mix:P:LOW:HIGH:LOW2:HIGH2`` (uniform LOW-HIGH with probability P, else LOW2-HIGH2),
+    ``drift:LOW:HIGH:LOW2:HIGH2`` (uniform LOW-HIGH for the first half of the ``songs``,
+    LOW2-HIGH2 after), or the name of one of the end-to-end benchmark's workloads
+    (``uniform``, ``drift``, ``medium``... see ``workloads.py``)."""
+    if text in WORKLOADS:
+        return WORKLOADS[text].for_run(songs).draw
     name, *raw = text.split(":")
     args = [float(a) for a in raw]
     if name == "uniform":
@@ -88,6 +95,12 @@ def parse_distribution(text: str) -> Durations:
     if name == "mix":
         p, low, high, low2, high2 = args
         return lambda rng: rng.uniform(low, high) if rng.random() < p else rng.uniform(low2, high2)
+    if name == "drift":
+        low, high, low2, high2 = args
+        # Counted per server generator, so every run (seed) shifts half way through its own songs.
+        return Shift(
+            lambda rng: rng.uniform(low, high), lambda rng: rng.uniform(low2, high2), songs // 2
+        )
     raise SystemExit(f"unknown distribution {text!r}")
 
 
@@ -402,7 +415,7 @@ def main() -> None:
     args = parser.parse_args()
     workload = Workload(
         songs=args.songs,
-        durations=parse_distribution(args.dist),
+        durations=parse_distribution(args.dist, args.songs),
         slots=args.slots,
         in_flight=args.in_flight,
         rpm=args.rpm or None,
