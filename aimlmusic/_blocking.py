@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal
@@ -49,6 +49,60 @@ _THREAD_TIMEOUT = 10.0
 _CANCEL_TIMEOUT = 10.0
 #: The event loop the background thread runs unless told otherwise.
 DEFAULT_BACKEND = "asyncio"
+
+
+class _Spawned(Generic[T]):
+    """``await func(*args)`` handed to the loop, which the calling thread can cancel
+    whatever point a Ctrl-C interrupted it at.
+
+    The portal's hand-over itself blocks until the loop has taken the task, so a
+    KeyboardInterrupt can land inside it, before any future is returned: the task then runs
+    on unseen. Here the task publishes its own cancel scope as its first step, and checks a
+    flag the canceller sets first; whichever of the two comes second sees the other.
+    """
+
+    def __init__(self, func: Callable[..., Awaitable[T]], *args: Any) -> None:
+        self._call = (func, args)
+        self.future: Future[T | None] | None = None
+        self.unwound = threading.Event()
+        self._scope: anyio.CancelScope | None = None
+        self._abandoned = False
+
+    def start(self, portal: BlockingPortal) -> None:
+        self.future = portal.start_task_soon(self._run)
+
+    def result(self) -> T:
+        assert self.future is not None, "result() before start()"
+        return self.future.result()  # type: ignore[return-value]  # None only if cancelled
+
+    def cancel(self, portal: BlockingPortal) -> None:
+        """Cancel the task if it runs or is still to start, and wait (boundedly) until it
+        has unwound."""
+        self._abandoned = True
+        if self.unwound.is_set():
+            return
+        scope = self._scope
+        if scope is not None:
+            portal.call(scope.cancel)
+        self.unwound.wait(_CANCEL_TIMEOUT)
+
+    def cancel_soon(self) -> None:
+        """Ask for the cancellation without waiting (for finalizers, which must not block)."""
+        self._abandoned = True
+        if self.future is not None and not self.future.done():
+            self.future.cancel()
+
+    async def _run(self) -> T | None:
+        func, args = self._call
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                if self._abandoned:
+                    scope.cancel()
+                return await func(*args)
+            return None  # cancelled through our own scope: nobody reads the result
+        finally:
+            self.unwound.set()
 
 
 class _LoopThread:
@@ -86,21 +140,12 @@ class _LoopThread:
                 "a MusicClient cannot be called from its own event loop (for example from a "
                 "batch's event hook); use the AsyncMusicClient there"
             )
-        unwound = threading.Event()
-
-        async def run() -> T:
-            try:
-                return await func(*args)
-            finally:
-                unwound.set()
-
-        future = self.portal.start_task_soon(run)
+        task: _Spawned[T] = _Spawned(func, *args)
         try:
-            return future.result()
+            task.start(self.portal)
+            return task.result()
         except BaseException:
-            if not future.done():
-                future.cancel()
-                unwound.wait(_CANCEL_TIMEOUT)
+            task.cancel(self.portal)
             raise
 
     def stop(self) -> None:
@@ -325,8 +370,8 @@ class SongResults(Iterator[SongResult]):
         self._stream: MemoryObjectReceiveStream[SongResult] | None = None
         # Filled on the loop with the event that lets the batch's block exit.
         self._leave: list[anyio.Event] = []
-        self._holder: Future[None] | None = None
-        self._unwound = threading.Event()
+        # The task on the loop that holds the batch's block open.
+        self._holder: _Spawned[None] | None = None
         self._done = False
 
     def __iter__(self) -> SongResults:
@@ -353,21 +398,20 @@ class SongResults(Iterator[SongResult]):
         if self._done:
             return
         self._done = True
-        holder, leave = self._holder, (self._leave[0] if self._leave else None)
+        holder, portal = self._holder, self._loop.portal
         if holder is None or self._loop.stopped:
             return
-        if leave is None:  # interrupted before the batch was entered
-            holder.cancel()
-            self._unwound.wait(_CANCEL_TIMEOUT)
+        leave = self._leave[0] if self._leave else None
+        if leave is None or holder.future is None:
+            # Interrupted before the batch was entered, or while it was handed to the loop.
+            holder.cancel(portal)
             return
         # Leaving the batch's block cancels its songs and raises what the source raised.
-        self._loop.portal.call(leave.set)
+        portal.call(leave.set)
         try:
             holder.result()
         except BaseException:
-            if not holder.done():
-                holder.cancel()
-                self._unwound.wait(_CANCEL_TIMEOUT)
+            holder.cancel(portal)
             raise
 
     def __enter__(self) -> SongResults:
@@ -378,7 +422,7 @@ class SongResults(Iterator[SongResult]):
         # the request is sent (a finalizer must not wait, and may run on the loop's thread).
         holder = getattr(self, "_holder", None)
         if holder is not None and not self._done:
-            holder.cancel()
+            holder.cancel_soon()
 
     def __exit__(
         self,
@@ -396,7 +440,7 @@ class SongResults(Iterator[SongResult]):
             raise RuntimeError("this MusicClient is closed; create a new one")
         entered: Future[MemoryObjectReceiveStream[SongResult]] = Future()
         # The task must not hold on to self: dropping the iterator cancels it (__del__).
-        batch, leave_box, unwound = self._batch, self._leave, self._unwound
+        batch, leave_box = self._batch, self._leave
 
         async def hold() -> None:
             leave = anyio.Event()
@@ -409,9 +453,9 @@ class SongResults(Iterator[SongResult]):
                 if not entered.done():
                     entered.set_exception(exc)
                 raise
-            finally:
-                unwound.set()
 
-        self._holder = self._loop.portal.start_task_soon(hold)
+        # Kept before the hand-over, which a Ctrl-C may interrupt: close() cancels it then.
+        self._holder = _Spawned(hold)
+        self._holder.start(self._loop.portal)
         self._stream = entered.result()
         return self._stream

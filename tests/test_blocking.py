@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -32,6 +33,9 @@ NEVER = 1e9
 PARKED_POLLS = FixedInterval(interval=NEVER, first=20.0)
 #: Real seconds a test waits for the background loop to reach a point (only on failure).
 REACH_TIMEOUT = 30.0
+#: Real seconds (hundreds of API seconds at TIME_SCALE) after which a call that should have
+#: been cancelled but was not has visibly gone on (checks of absence only: never flaky).
+SETTLE = 0.3
 #: Name prefixes of the threads anyio and trio keep in their thread pools.
 POOL_THREADS = ("AnyIO worker thread", "Trio thread")
 
@@ -359,6 +363,50 @@ def test_ctrl_c_while_waiting_for_a_batch_result_cancels_the_batch(
             time.sleep(0.01)
         assert clock.cancelled >= 1
         assert clock.active == 0
+
+
+def _interrupt_the_hand_over(client: MusicClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the next hand-over of a coroutine to the client's loop raise KeyboardInterrupt
+    just after the loop took the task, as a Ctrl-C landing inside the hand-over does."""
+    portal = client._loop.portal
+    real = portal.start_task_soon
+
+    def start_then_interrupt(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(portal, "start_task_soon", real)
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(portal, "start_task_soon", start_then_interrupt)
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_ctrl_c_inside_the_hand_over_of_a_wait_still_cancels_it(
+    emulator: Emulator, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C that lands while wait() is being handed to the loop cancels that wait too."""
+    clock = WatchedClock(emulator)
+    with _client(emulator, backend, clock=clock, poll=PARKED_POLLS) as client:
+        generation = client.submit(_song())
+        _interrupt_the_hand_over(client, monkeypatch)
+        with pytest.raises(KeyboardInterrupt):
+            client.wait(generation, timeout=None)
+        time.sleep(SETTLE)
+        assert clock.active == 0  # a wait left running would be parked in its next sleep
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_ctrl_c_inside_the_hand_over_of_a_batch_still_cancels_it(
+    emulator: Emulator, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C that lands while a batch is being handed to the loop cancels the batch."""
+    clock = WatchedClock(emulator)
+    with _client(emulator, backend, clock=clock, poll=PARKED_POLLS) as client:
+        _interrupt_the_hand_over(client, monkeypatch)
+        with pytest.raises(KeyboardInterrupt):
+            for _ in client.generate_many([_song(n) for n in range(3)], deadline=None):
+                pass
+        time.sleep(SETTLE)
+        assert clock.active == 0  # a batch left running would be parked in its polls' sleeps
 
 
 def test_works_under_a_running_event_loop(emulator: Emulator) -> None:
