@@ -35,7 +35,7 @@ nox.options.sessions = ["tests", "lint", "typecheck", "docs", "contract"]
 ROOT = Path(__file__).resolve().parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 SUPPORTED = nox.project.python_versions(PYPROJECT)
-EXTRAS = ".[emulator,cli,otel,trio]"
+EXTRAS = ".[emulator,cli,otel,trio,redis,postgres]"
 # Wrappers that make each found interpreter the first ``pythonX.Y`` on PATH (see below).
 WRAPPERS = ROOT / ".nox" / "_interpreters"
 
