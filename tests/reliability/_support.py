@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import platform
@@ -164,3 +165,42 @@ async def _drain(receive: Any) -> None:
         message = await receive()
         if message["type"] != "http.request" or not message.get("more_body", False):
             return
+
+
+def completed_answer(gid: str, **extra: Any) -> dict[str, Any]:
+    """A poll's answer for a completed song (``extra``: more fields, or replacements)."""
+    return {
+        "id": gid,
+        "status": "completed",
+        "audio_file": {"url": "https://s.test/a.mp3"},
+        **extra,
+    }
+
+
+class PerSongAPI:
+    """Answers each song's POST and polls by its prompt: hostile for the songs in ``polls``
+    (a function of the id polled) or ``submits`` (a body), well for the others."""
+
+    def __init__(self, polls: dict[str, Any], submits: dict[str, bytes] | None = None) -> None:
+        self.polls = polls
+        self.submits = submits or {}
+        self.prompt_of: dict[str, str] = {}
+        self.posts: collections.Counter[str] = collections.Counter()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            prompt = json.loads(request.content)["prompt"]
+            self.posts[prompt] += 1
+            if prompt in self.submits:
+                return httpx.Response(200, content=self.submits[prompt])
+            gid = f"gen-{len(self.prompt_of)}:minimax/music-1.5"
+            self.prompt_of[gid] = prompt
+            return httpx.Response(200, json={"id": gid, "status": "queued"})
+        gid = request.url.params["generation_id"]
+        prompt = self.prompt_of[gid]
+        if prompt in self.polls:
+            answer = self.polls[prompt](gid)
+            if isinstance(answer, httpx.Response):
+                return answer
+            return httpx.Response(200, content=answer)
+        return httpx.Response(200, json=completed_answer(gid))

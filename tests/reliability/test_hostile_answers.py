@@ -4,7 +4,6 @@ hold. Each fails its own song with a ResponseValidationError; the batch goes on.
 
 from __future__ import annotations
 
-import collections
 import gzip
 import json
 import tracemalloc
@@ -28,7 +27,7 @@ from aimlmusic import (
     SongResult,
 )
 
-from ._support import CANARY_KEY, InstantClock
+from ._support import CANARY_KEY, InstantClock, PerSongAPI, completed_answer
 
 pytestmark = pytest.mark.anyio
 
@@ -37,18 +36,9 @@ GEN_ID = "d51032d5-e7b3-4e5b-a5c8-12e0c9474949:minimax/music-1.5"
 SURROGATE_ID = "\ud800bad:minimax/music-1.5"
 
 
-def _completed(gid: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": gid,
-        "status": "completed",
-        "audio_file": {"url": "https://s.test/a.mp3"},
-        **extra,
-    }
-
-
 def _raw(gid: str, tail: str) -> bytes:
     """A completed answer whose last field is written by hand (JSON json.dumps won't write)."""
-    head = json.dumps(_completed(gid))[:-1]
+    head = json.dumps(completed_answer(gid))[:-1]
     return (head + ", " + tail + "}").encode()
 
 
@@ -60,46 +50,17 @@ BAD_NUMBERS: dict[str, Any] = {
     "credits NaN": lambda gid: _raw(gid, '"meta": {"usage": {"credits_used": NaN}}'),
     "credits Infinity": lambda gid: _raw(gid, '"meta": {"usage": {"credits_used": Infinity}}'),
     "negative credits": lambda gid: json.dumps(
-        _completed(gid, meta={"usage": {"credits_used": -5}})
+        completed_answer(gid, meta={"usage": {"credits_used": -5}})
     ).encode(),
     "negative size": lambda gid: json.dumps(
-        _completed(gid, extra_info={"music_size": -100, "music_duration": 1000})
+        completed_answer(gid, extra_info={"music_size": -100, "music_duration": 1000})
     ).encode(),
     "negative duration": lambda gid: json.dumps(
-        _completed(gid, extra_info={"music_duration": -1})
+        completed_answer(gid, extra_info={"music_duration": -1})
     ).encode(),
     "infinite duration": lambda gid: _raw(gid, '"extra_info": {"music_duration": 1e400}'),
     "NaN deep in an extra": lambda gid: _raw(gid, '"x": {"y": [1, {"z": NaN}]}'),
 }
-
-
-class PerSongAPI:
-    """Answers each song's POST and polls by its prompt: hostile for the songs in ``polls``
-    (a function of the id polled) or ``submits`` (a body), well for the others."""
-
-    def __init__(self, polls: dict[str, Any], submits: dict[str, bytes] | None = None) -> None:
-        self.polls = polls
-        self.submits = submits or {}
-        self.prompt_of: dict[str, str] = {}
-        self.posts: collections.Counter[str] = collections.Counter()
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "POST":
-            prompt = json.loads(request.content)["prompt"]
-            self.posts[prompt] += 1
-            if prompt in self.submits:
-                return httpx.Response(200, content=self.submits[prompt])
-            gid = f"gen-{len(self.prompt_of)}:minimax/music-1.5"
-            self.prompt_of[gid] = prompt
-            return httpx.Response(200, json={"id": gid, "status": "queued"})
-        gid = request.url.params["generation_id"]
-        prompt = self.prompt_of[gid]
-        if prompt in self.polls:
-            answer = self.polls[prompt](gid)
-            if isinstance(answer, httpx.Response):
-                return answer
-            return httpx.Response(200, content=answer)
-        return httpx.Response(200, json=_completed(gid))
 
 
 def _songs(names: list[str]) -> list[tuple[str, SongRequest]]:
@@ -186,7 +147,7 @@ async def test_get_with_an_id_that_cannot_be_sent_is_a_request_validation_error(
 
     def handler(request: httpx.Request) -> httpx.Response:
         sent.append(request)
-        return httpx.Response(200, json=_completed(GEN_ID))
+        return httpx.Response(200, json=completed_answer(GEN_ID))
 
     client = AsyncMusicClient(
         CANARY_KEY, base_url=API, transport=httpx.MockTransport(handler), clock=InstantClock()
@@ -205,7 +166,7 @@ async def test_a_poll_answered_about_another_generation_fails_that_song_only() -
     that song, whose result keeps the id it was submitted with."""
     songs = _songs(["swapped", "fine 1", "fine 2"])
     api = PerSongAPI(
-        {songs[0][1].prompt: lambda gid: json.dumps(_completed("someone-else:x")).encode()}
+        {songs[0][1].prompt: lambda gid: json.dumps(completed_answer("someone-else:x")).encode()}
     )
     results = await _run(api, songs)
     swapped = results["swapped"]

@@ -4,7 +4,6 @@ its text stays bounded, and nothing else escapes the client."""
 
 from __future__ import annotations
 
-import collections
 import json
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +28,7 @@ from aimlmusic import (
 )
 from aimlmusic._converter import generation_from_json
 
-from ._support import CANARY_KEY, mock_client
+from ._support import CANARY_KEY, PerSongAPI, mock_client
 
 API = "https://api.hostile.test"
 GEN_ID = "d51032d5-e7b3-4e5b-a5c8-12e0c9474949:minimax/music-1.5"
@@ -286,35 +285,6 @@ async def test_every_failure_is_a_library_error() -> None:
 BATCH_CASES = sorted(case for case in HOSTILE_BODIES if not case.startswith("huge"))
 
 
-class HostileForSomeSongs:
-    """A mock API where song ``i`` of the hostile ones gets hostile body ``i`` on every poll
-    (or on its submission) and every other song behaves; it completes songs on first poll."""
-
-    def __init__(self, hostile_polls: dict[str, bytes], hostile_submits: dict[str, bytes]):
-        self.hostile_polls = hostile_polls  # prompt -> body
-        self.hostile_submits = hostile_submits
-        self.prompt_of: dict[str, str] = {}
-        self.posts: collections.Counter[str] = collections.Counter()
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "POST":
-            prompt = json.loads(request.content)["prompt"]
-            self.posts[prompt] += 1
-            if prompt in self.hostile_submits:
-                return httpx.Response(200, content=self.hostile_submits[prompt])
-            gid = f"gen-{len(self.prompt_of)}:minimax/music-1.5"
-            self.prompt_of[gid] = prompt
-            return httpx.Response(200, json={"id": gid, "status": "queued"})
-        gid = request.url.params["generation_id"]
-        prompt = self.prompt_of[gid]
-        if prompt in self.hostile_polls:
-            return httpx.Response(200, content=self.hostile_polls[prompt])
-        url = f"https://store.test/{len(gid)}.mp3"
-        return httpx.Response(
-            200, json={"id": gid, "status": "completed", "audio_file": {"url": url}}
-        )
-
-
 @pytest.mark.anyio
 async def test_hostile_answers_fail_only_their_own_song_in_a_batch() -> None:
     """In one batch, each song whose polls are answered with a hostile body ends with a
@@ -329,7 +299,10 @@ async def test_hostile_answers_fail_only_their_own_song_in_a_batch() -> None:
     hostile_submits = {
         songs[offset + i][1].prompt: HOSTILE_BODIES[c] for i, c in enumerate(BATCH_CASES)
     }
-    api = HostileForSomeSongs(hostile_polls, hostile_submits)
+    api = PerSongAPI(
+        {prompt: (lambda gid, body=body: body) for prompt, body in hostile_polls.items()},
+        hostile_submits,
+    )
     results: dict[str, SongResult] = {}
     async with AsyncMusicClient(
         CANARY_KEY,
