@@ -28,6 +28,7 @@ from ._errors import (
     RequestValidationError,
     ResponseValidationError,
     ServerError,
+    SharedStateError,
 )
 from ._events import (
     BatchEvents,
@@ -52,6 +53,7 @@ from ._models import (
     Usage,
 )
 from ._polling import ExponentialBackoff, FixedInterval, LearnedPolling, PollPolicy, PollState
+from ._shared_budget import SharedBudget
 from ._version import __version__
 
 __all__ = [
@@ -94,6 +96,8 @@ __all__ = [
     "RetryPolicy",
     "ScaledClock",
     "ServerError",
+    "SharedBudget",
+    "SharedStateError",
     "SizeLimits",
     "SongCompleted",
     "SongFailed",

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from ._clock import Clock
     from ._polling import PollPolicy
-    from ._ratelimit import RequestBudget
+    from ._ratelimit import Budget
 
 __all__ = ["MusicClient", "SongResults"]
 
@@ -197,6 +197,7 @@ class MusicClient:
         allow_insecure_http: bool = False,
         size_limits: SizeLimits | None = None,
         backend: str = DEFAULT_BACKEND,
+        shared_url: str | None = None,
     ) -> None:
         # Built here, in the caller's thread, so that bad settings raise before any thread
         # starts; the constructor does no I/O and needs no running loop.
@@ -212,6 +213,7 @@ class MusicClient:
             clock=clock,
             allow_insecure_http=allow_insecure_http,
             size_limits=size_limits,
+            shared_url=shared_url,
         )
         self._loop = _LoopThread(backend)
         self._batches: weakref.WeakSet[SongResults] = weakref.WeakSet()
@@ -245,7 +247,7 @@ class MusicClient:
         return self._client.poll_policy
 
     @property
-    def budget(self) -> RequestBudget:
+    def budget(self) -> Budget:
         """The request budget shared by every request of this client."""
         return self._client.budget
 

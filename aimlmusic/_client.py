@@ -26,10 +26,13 @@ from ._events import BatchEvents
 from ._models import Generation, GenerationStatus, SongRequest, SongResult
 from ._network import OwnNetwork
 from ._polling import PollPolicy, default_policy
-from ._ratelimit import RequestBudget
+from ._ratelimit import Budget, RequestBudget
 from ._redact import install_httpx_log_filter
+from ._shared_budget import SharedBudget
+from ._shared_redis import SharedStore
 from ._telemetry import telemetry_if_configured
 from ._transport import USER_AGENT, Transport
+from ._virtual_clock import VirtualClock
 
 if TYPE_CHECKING:
     import httpx
@@ -40,6 +43,9 @@ __all__ = ["AsyncMusicClient"]
 #: Environment variables read for the API key, in order (the official SDK's names).
 API_KEY_VARIABLES = ("AIML_API_KEY", "AIMLAPI_API_KEY")
 BASE_URL_VARIABLE = "AIMLMUSIC_BASE_URL"
+#: The Redis URL that shares the account's budget between processes when shared_url= is not
+#: given (so every worker of a service shares it without code changes).
+SHARED_URL_VARIABLE = "AIMLMUSIC_SHARED_URL"
 DEFAULT_BASE_URL = "https://api.aimlapi.com"
 #: Submission times remembered so that ``wait`` after ``submit`` can teach the poll policy.
 _REMEMBERED_SUBMISSIONS = 1024
@@ -65,7 +71,10 @@ class AsyncMusicClient:
     ``User-Agent`` goes to the storage host. ``size_limits`` caps how much an answer or a
     download may be (see :class:`SizeLimits`). ``clock`` decides what a second is (see
     :class:`ScaledClock`); without one, a client of a loopback URL asks the server once
-    whether it is an aimlmusic emulator and runs at its time scale. Use it as an async
+    whether it is an aimlmusic emulator and runs at its time scale. ``shared_url`` (default:
+    the ``AIMLMUSIC_SHARED_URL`` environment variable; ``""`` turns sharing off) is a Redis
+    URL: every client of the same API key on that Redis then shares one request budget
+    (see :class:`SharedBudget`). Use it as an async
     context manager, or call :meth:`aclose`.
 
     Creating a client adds a filter to the ``httpx`` logger that hides URL query values
@@ -86,6 +95,7 @@ class AsyncMusicClient:
         clock: Clock | None = None,
         allow_insecure_http: bool = False,
         size_limits: SizeLimits | None = None,
+        shared_url: str | None = None,
     ) -> None:
         key = _resolve_api_key(api_key)
         self._base_url = _resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
@@ -104,7 +114,17 @@ class AsyncMusicClient:
             transport = self._telemetry.wrap(transport if transport is not None else OwnNetwork())
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._poll: PollPolicy = poll if poll is not None else default_policy()
-        self._budget = RequestBudget(self._limits.requests_per_minute, self._clock)
+        self._shared = _shared_state(shared_url, key, self._clock)
+        self._budget: Budget = (
+            RequestBudget(self._limits.requests_per_minute, self._clock)
+            if self._shared is None
+            else SharedBudget(
+                self._limits.requests_per_minute,
+                self._clock,
+                self._shared,
+                use_clock_time=isinstance(self._clock, VirtualClock),
+            )
+        )
         self._size_limits = size_limits if size_limits is not None else SizeLimits()
         self._transport = Transport(
             api_key=key,
@@ -155,9 +175,16 @@ class AsyncMusicClient:
         return self._poll
 
     @property
-    def budget(self) -> RequestBudget:
-        """The request budget shared by every request of this client."""
+    def budget(self) -> Budget:
+        """The request budget shared by every request of this client (a
+        :class:`SharedBudget` when ``shared_url`` is set, else a local one)."""
         return self._budget
+
+    @property
+    def shared_url(self) -> str | None:
+        """The Redis that shares the account's budget, without its password (``None``: this
+        client's budget is its own)."""
+        return None if self._shared is None else self._shared.redacted_url
 
     @property
     def closed(self) -> bool:
@@ -300,8 +327,13 @@ class AsyncMusicClient:
     # ------------------------------------------------------------------ lifecycle
 
     async def aclose(self) -> None:
-        """Release the connection pool (unless it was passed in). Safe to call twice."""
-        await self._transport.aclose()
+        """Release the connection pool (unless it was passed in) and the shared Redis's.
+        Safe to call twice."""
+        try:
+            await self._transport.aclose()
+        finally:
+            if self._shared is not None:
+                self._shared.close()
 
     async def __aenter__(self) -> AsyncMusicClient:
         self._check_open()
@@ -448,6 +480,19 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _shared_state(shared_url: str | None, api_key: str, clock: Clock) -> SharedStore | None:
+    """The shared Redis of ``shared_url``, else of ``AIMLMUSIC_SHARED_URL``; ``None`` when
+    the one that applies is empty (sharing off)."""
+    url = shared_url if shared_url is not None else os.environ.get(SHARED_URL_VARIABLE, "")
+    if not isinstance(url, str):
+        raise ConfigurationError(f"shared_url must be a Redis URL string, got {type(url).__name__}")
+    if not url.strip():
+        return None
+    # On a virtual clock (tests) Redis is called inline: a worker thread would count as
+    # blocked and let virtual time jump while Redis answers.
+    return SharedStore(url, api_key, offload=not isinstance(clock, VirtualClock))
 
 
 def _resolve_timeout(timeout: float | Timeout | None) -> Timeout:

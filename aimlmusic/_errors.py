@@ -21,7 +21,8 @@ exception escapes::
     │   └── AmbiguousSubmissionError  a POST may or may not have created a (paid) generation
     ├── GenerationFailedError         the generation ended with status ``error``
     ├── GenerationTimeoutError        the generation did not finish in time (also a TimeoutError)
-    └── DownloadError                 the audio file could not be fetched or verified
+    ├── DownloadError                 the audio file could not be fetched or verified
+    └── SharedStateError              the Redis behind ``shared_url`` failed (requests held)
 
 Messages never contain the API key: the transport redacts it before an exception is built.
 """
@@ -53,6 +54,7 @@ __all__ = [
     "RequestValidationError",
     "ResponseValidationError",
     "ServerError",
+    "SharedStateError",
 ]
 
 
@@ -264,4 +266,13 @@ class DownloadError(AimlMusicError):
 
     def __init__(self, message: str, *, generation_id: str | None = None) -> None:
         self.generation_id = generation_id
+        super().__init__(message)
+
+
+class SharedStateError(AimlMusicError):
+    """The Redis that shares the account's budget (``shared_url``) could not be reached or
+    failed; ``url`` names it without its password. Requests are held, never sent unshared."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        self.url = url
         super().__init__(message)

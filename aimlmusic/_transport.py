@@ -63,7 +63,7 @@ from ._errors import (
     ServerError,
 )
 from ._models import Generation, SongRequest
-from ._ratelimit import RequestBudget, RequestKind
+from ._ratelimit import Budget, RequestKind
 from ._redact import Redactor, Secret
 from ._retry import capped, parse_retry_after, retry_delay
 from ._version import __version__
@@ -194,7 +194,7 @@ class Transport:
         timeout: Timeout,
         retry: RetryPolicy,
         clock: Clock,
-        budget: RequestBudget,
+        budget: Budget,
         transport: httpx.AsyncBaseTransport | None = None,
         http_client: httpx.AsyncClient | None = None,
         size_limits: SizeLimits | None = None,

@@ -59,6 +59,7 @@ API_SECTIONS: dict[str, list[str]] = {
     "Settings": ["Timeout", "RetryPolicy", "Limits"],
     "Polling": ["PollPolicy", "PollState", "FixedInterval", "LearnedPolicy"],
     "Clocks": ["Clock", "SystemClock", "ScaledClock"],
+    "Beyond one process": ["SharedBudget"],
     "Exceptions": [
         "AimlMusicError",
         "ConfigurationError",
@@ -78,6 +79,7 @@ API_SECTIONS: dict[str, list[str]] = {
         "GenerationFailedError",
         "GenerationTimeoutError",
         "DownloadError",
+        "SharedStateError",
     ],
 }
 # Replaced in docs/api.md by the generated reference.

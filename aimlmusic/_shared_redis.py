@@ -1,0 +1,169 @@
+"""The connection to the Redis (or Valkey) that several clients of one API key share.
+
+Every shared part (the request budget, the in-flight leases, the learned timing) talks to
+Redis through one :class:`SharedStore`: it owns the connection pool, names the keys and turns
+any Redis failure into a :class:`~aimlmusic.SharedStateError` that names the server by its URL
+without the password.
+
+redis-py's asyncio client runs on asyncio only, and this library also runs on trio, so the
+store uses redis-py's blocking client from a worker thread (``anyio.to_thread.run_sync``): one
+thread hop per call, measured in ``docs/shared-budget.md``. A client on a
+:class:`~aimlmusic.testing.VirtualClock` calls it inline instead (a thread would count as
+blocked and let virtual time jump while Redis answers).
+
+The keys of one account live under a namespace made from a hash of the API key, never the key
+itself: ``aimlmusic:<first 16 hex digits of sha256(key)>:...``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+import anyio.to_thread
+
+from ._errors import ConfigurationError, SharedStateError
+from ._redact import REDACTED, Redactor, Secret
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["DEFAULT_KEY_PREFIX", "SharedStore", "account_namespace", "redact_redis_url"]
+
+T = TypeVar("T")
+
+#: The start of every key the library writes: one prefix to find (or delete) them all.
+DEFAULT_KEY_PREFIX = "aimlmusic:"
+#: Hex digits of the key's sha256 kept in the namespace: 64 bits, no collision between the
+#: accounts of one Redis, and too few to help anyone guess the key.
+NAMESPACE_HEX_DIGITS = 16
+#: Real seconds to connect to Redis, and to wait for one answer: a Redis that does not answer
+#: this fast is reported as unreachable instead of holding every request (never a hang).
+CONNECT_TIMEOUT = 2.0
+ANSWER_TIMEOUT = 2.0
+#: URL schemes redis-py understands.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys")
+
+
+def account_namespace(api_key: str, key_prefix: str = DEFAULT_KEY_PREFIX) -> str:
+    """The key namespace of the account behind ``api_key``: the prefix and a hash of the key."""
+    digest = hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:NAMESPACE_HEX_DIGITS]
+    return f"{key_prefix}{digest}"
+
+
+def redact_redis_url(url: str) -> str:
+    """``url`` with any password (and query string) replaced, for messages and reprs."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc
+    if password is not None:
+        user, _, host = netloc.rpartition("@")
+        name = user.partition(":")[0]
+        netloc = f"{name}:{REDACTED}@{host}"
+    query = f"?{REDACTED}" if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"
+
+
+class SharedStore:
+    """One Redis connection pool and the key namespace of one account.
+
+    ``url`` is a ``redis://``, ``rediss://`` or ``unix://`` URL; ``api_key`` chooses the
+    namespace (hashed, see :func:`account_namespace`); ``key_prefix`` replaces
+    ``"aimlmusic:"`` (tests give each test its own). With ``offload=False`` calls run inline
+    in the event loop's thread (for virtual-time tests). Nothing connects until the first
+    call.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        key_prefix: str | None = None,
+        offload: bool = True,
+    ) -> None:
+        url = url.strip()
+        self.redacted_url = redact_redis_url(url)
+        scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+        if scheme not in REDIS_SCHEMES:
+            raise ConfigurationError(
+                f"shared_url {self.redacted_url!r} must be a Redis URL "
+                f"({', '.join(s + '://' for s in REDIS_SCHEMES[:3])}...); pass shared_url='' "
+                "to turn sharing off"
+            )
+        try:
+            import redis
+        except ImportError:
+            raise ConfigurationError(
+                "shared_url needs redis-py: pip install 'aimlmusic[redis]'"
+            ) from None
+        password = urlsplit(url).password
+        self._redactor = Redactor(Secret(password)) if password else None
+        if scheme.startswith("valkey"):
+            url = "redis" + url[len("valkey") :]  # redis-py speaks to Valkey as to Redis
+        self.namespace = account_namespace(
+            api_key, DEFAULT_KEY_PREFIX if key_prefix is None else key_prefix
+        )
+        self.offload = offload
+        self._redis: redis.Redis = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=ANSWER_TIMEOUT,
+            decode_responses=True,
+        )
+
+    @property
+    def redis(self) -> redis.Redis:
+        """The blocking redis-py client (call it only through :meth:`run`)."""
+        return self._redis
+
+    def key(self, name: str) -> str:
+        """The full Redis key of ``name`` in this account's namespace."""
+        return f"{self.namespace}:{name}"
+
+    def script(self, lua: str) -> Callable[..., Any]:
+        """A Lua script, run atomically on the server (``EVALSHA``, loaded when missing)."""
+        return self._redis.register_script(lua)
+
+    async def run(self, call: Callable[[], T]) -> T:
+        """``call()`` (redis-py calls), in a worker thread unless ``offload`` is off; a Redis
+        failure becomes a :class:`SharedStateError` naming the URL without its password."""
+        try:
+            if self.offload:
+                return await anyio.to_thread.run_sync(call)
+            return call()
+        except Exception as exc:
+            raise self._failure(exc) from None
+
+    def run_inline(self, call: Callable[[], T]) -> T:
+        """``call()`` in this thread, with the same error mapping as :meth:`run`."""
+        try:
+            return call()
+        except Exception as exc:
+            raise self._failure(exc) from None
+
+    def _failure(self, exc: Exception) -> Exception:
+        import redis
+
+        if not isinstance(exc, redis.RedisError):
+            return exc
+        detail = f"{type(exc).__name__}: {exc}"
+        if self._redactor is not None:
+            detail = self._redactor.text(detail)
+        return SharedStateError(
+            f"the shared Redis at {self.redacted_url} failed ({detail}); requests are held "
+            "rather than sent unshared, which could exceed the account's limits",
+            url=self.redacted_url,
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._redis.close()
+
+    def __repr__(self) -> str:
+        return f"SharedStore({self.redacted_url!r}, namespace={self.namespace!r})"
