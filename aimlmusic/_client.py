@@ -12,6 +12,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import anyio
+
 from ._clock import Clock, SystemClock
 from ._config import Limits, RetryPolicy, SizeLimits, Timeout
 from ._download import Downloader
@@ -29,6 +31,7 @@ from ._polling import PollPolicy, default_policy
 from ._ratelimit import Budget, RequestBudget
 from ._redact import install_httpx_log_filter
 from ._shared_budget import SharedBudget
+from ._shared_leases import SharedLeases
 from ._shared_redis import SharedStore
 from ._telemetry import telemetry_if_configured
 from ._transport import USER_AGENT, Transport
@@ -120,6 +123,17 @@ class AsyncMusicClient:
             if self._shared is None
             else SharedBudget(
                 self._limits.requests_per_minute,
+                self._clock,
+                self._shared,
+                use_clock_time=isinstance(self._clock, VirtualClock),
+            )
+        )
+        # The account's in-flight cap, across processes (None: each batch's own semaphore).
+        self._leases = (
+            None
+            if self._shared is None
+            else SharedLeases(
+                self._limits.max_in_flight,
                 self._clock,
                 self._shared,
                 use_clock_time=isinstance(self._clock, VirtualClock),
@@ -244,8 +258,37 @@ class AsyncMusicClient:
         """Submit ``request`` and wait for it: :meth:`submit` then :meth:`wait`.
 
         ``timeout`` covers both; the submission itself is never cut short (an interrupted
-        POST could be paid for and lost), so the deadline is checked once it returns.
+        POST could be paid for and lost), so the deadline is checked once it returns. With
+        ``shared_url`` it first waits for one of the account's in-flight slots, shared with
+        every client of the key, and holds it until the song ends.
         """
+        if self._leases is None:
+            return await self._generate(request, timeout)
+        leases = self._leases
+        lease = await leases.acquire()
+        outcome: Generation | None = None
+        error: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(leases.keep_alive)
+                try:
+                    outcome = await self._generate(request, timeout)
+                except Exception as exc:
+                    error = exc  # raised below as itself, not in an ExceptionGroup
+                task_group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await leases.release(lease)
+        if error is not None:
+            raise error
+        assert outcome is not None
+        return outcome
+
+    async def _generate(
+        self,
+        request: SongRequest,
+        timeout: float | None,  # noqa: ASYNC109  (on the client's clock, as in wait)
+    ) -> Generation:
         started = self._clock.now()
         generation = await self.submit(request)
         if timeout is None:
@@ -300,7 +343,9 @@ class AsyncMusicClient:
         pairs, from an iterable or an async iterable. At most ``max_in_flight`` generations
         run at once (default: ``limits.max_in_flight``; the limit is per batch);
         ``deadline`` is each song's time limit in API seconds from its submission (``None``:
-        none). ``poll`` replaces the client's poll policy for this batch; ``events``
+        none); with ``shared_url`` the account's ``limits.max_in_flight`` also caps the
+        generations of every client of the key together. ``poll`` replaces the client's
+        poll policy for this batch; ``events``
         receives progress events (see :class:`BatchEvents`). Leaving the block early cancels
         everything cleanly.
         """
@@ -319,6 +364,7 @@ class AsyncMusicClient:
             budget=self._budget,
             retry=self._retry,
             song_phases=self._song_phases(),
+            leases=self._leases,
         )
         if self._telemetry is None or songs is None:
             return batch

@@ -79,7 +79,7 @@ from ._polling import PollPolicy, PollState, is_waiting
 from ._ratelimit import Budget
 from ._retry import backoff_delay
 
-__all__ = ["SongSource", "follow", "generate_many", "phases"]
+__all__ = ["InFlightLeases", "SongSource", "follow", "generate_many", "phases"]
 
 logger = logging.getLogger("aimlmusic")
 
@@ -127,6 +127,23 @@ class SchedulerTransport(Protocol):
         ...
 
 
+class InFlightLeases(Protocol):
+    """Slots of an in-flight cap shared with other processes (``SharedLeases``): a batch
+    takes one before each submission and gives it back when the song ends."""
+
+    async def acquire(self) -> str:
+        """Wait for a free slot; return the lease's id."""
+        ...
+
+    async def release(self, lease: str) -> None:
+        """Give the slot of ``lease`` back."""
+        ...
+
+    async def keep_alive(self) -> None:
+        """Renew the leases held, until cancelled."""
+        ...
+
+
 class _Song:
     """Everything the scheduler keeps about one song in flight (fixed size, no history)."""
 
@@ -137,6 +154,7 @@ class _Song:
         "id",
         "key",
         "learns",
+        "lease",
         "owns_key",
         "phase",
         "poll_scope",
@@ -158,6 +176,7 @@ class _Song:
         self.key = key
         self.request = request
         self.owns_key = False
+        self.lease: str | None = None  # its slot of a shared in-flight cap, if any
         self.generation: Generation | None = None
         self.id: str | None = None  # the generation id, once known
         self.submitted_at: float | None = None
@@ -254,8 +273,11 @@ class _Batch:
         budget: Budget | None,
         retry: RetryPolicy,
         phases: Iterator[float],
+        leases: InFlightLeases | None = None,
     ) -> None:
         self.transport = transport
+        self.leases = leases
+        self._leases_held: set[str] = set()  # this batch's, given back when it ends
         self.requests = requests
         self.clock = clock
         self.max_in_flight = max_in_flight
@@ -315,13 +337,48 @@ class _Batch:
                     for _ in range(workers):
                         task_group.start_soon(self._poll_worker, due_receive)
                     task_group.start_soon(self._deliver, results)
+                    if self.leases is not None:
+                        task_group.start_soon(self.leases.keep_alive)
                     await self._finished.wait()
                     task_group.cancel_scope.cancel()
         finally:
+            if self._leases_held:
+                # Cancelled with songs in flight: their slots go back now rather than when
+                # the leases expire (the generations may run on: a lease is our count only).
+                await self._give_back_all()
             # Songs left running when the batch was cancelled are no evidence any more.
             for song in self._live:
                 if song.learns and song.generation is not None:
                     self.poll.forget(song.generation_id)
+
+    async def _take_lease(self) -> str | None:
+        if self.leases is None:
+            return None
+        lease = await self.leases.acquire()
+        self._leases_held.add(lease)
+        return lease
+
+    async def _give_back(self, lease: str) -> None:
+        if lease in self._leases_held:
+            self._leases_held.discard(lease)
+            assert self.leases is not None
+            with anyio.CancelScope(shield=True):  # a slot is never kept by a cancellation
+                try:
+                    await self.leases.release(lease)
+                except AimlMusicError as exc:
+                    # Not given back: the lease expires instead; the song's result stands.
+                    logger.warning("could not give a shared in-flight slot back: %s", exc)
+
+    async def _give_back_all(self) -> None:
+        assert self.leases is not None
+        held, self._leases_held = list(self._leases_held), set()
+        with anyio.CancelScope(shield=True):
+            for lease in held:
+                try:
+                    await self.leases.release(lease)
+                except AimlMusicError as exc:  # the leases expire instead
+                    logger.warning("could not give a shared in-flight slot back: %s", exc)
+                    return
 
     def _spawn(self, song: _Song) -> None:
         assert self._task_group is not None
@@ -344,19 +401,25 @@ class _Batch:
                 # Pace before taking the song: a source that journals "about to submit" as it
                 # hands a song over (the catalog runner does) then does so as late as possible.
                 await self._pace()
+                # The account's slot (shared with other processes) before the song is taken.
+                lease = await self._take_lease()
                 try:
                     item = await _next_item(iterator)
                     if item is _END:
                         self._slots.release()
+                        if lease is not None:
+                            await self._give_back(lease)
                         return
                     key, request = _unpack(item, index)
                 except Exception as exc:
                     # A source that raises, or an item that is not a song: stop taking new
                     # songs, let those in flight finish, raise it when the block exits.
                     self._slots.release()
+                    if lease is not None:
+                        await self._give_back(lease)
                     self.source_error = exc
                     return
-                self._start(key, request)
+                self._start(key, request, lease)
         finally:
             self._source_done = True
             self._maybe_finished()
@@ -382,8 +445,9 @@ class _Batch:
             now = self.clock.now()
         self._next_submit_at = now + 60.0 / max(1.0, self.budget.effective_rate)
 
-    def _start(self, key: str, request: SongRequest) -> None:
+    def _start(self, key: str, request: SongRequest, lease: str | None = None) -> None:
         song = _Song(key, request)
+        song.lease = lease
         song.phase = next(self.phases)
         self._active += 1
         if key in self._keys_in_flight:
@@ -750,6 +814,11 @@ class _Batch:
         sent: float | None = None,
     ) -> None:
         self._planned.pop(song, None)
+        if song.lease is not None:
+            # The song ended (or never started): its slot is free for the whole account.
+            assert self._task_group is not None
+            self._task_group.start_soon(self._give_back, song.lease)
+            song.lease = None
         if song.submitted_at is not None:
             self._generating -= 1
             self._live.discard(song)
@@ -879,6 +948,7 @@ async def generate_many(
     budget: Budget | None = None,
     retry: RetryPolicy | None = None,
     song_phases: Iterator[float] | None = None,
+    leases: InFlightLeases | None = None,
 ) -> AsyncIterator[MemoryObjectReceiveStream[SongResult]]:
     """Submit and poll many songs; yield a stream of their results in completion order.
 
@@ -893,7 +963,9 @@ async def generate_many(
     ``deadline`` is each song's limit in API seconds from its submission (``None``: none);
     past it the song's result carries :class:`GenerationTimeoutError` with its id.
     ``song_phases`` gives each song its phase (default: a fresh :func:`phases`).
-    ``budget`` is the request budget the transport paces every request with: the scheduler
+    ``leases``, when given, caps the songs in flight across processes too: a lease is taken
+    before each submission and given back when the song ends. ``budget`` is the request
+    budget the transport paces every request with: the scheduler
     holds due polls while it is busy and tells the poll policy the rate it sustains (``None``:
     no budget). ``retry`` gives the back-off between tries of a poll that failed for a
     transient reason and of a submission that surely did not arrive.
@@ -922,6 +994,7 @@ async def generate_many(
         budget=budget,
         retry=retry if retry is not None else RetryPolicy(),
         phases=song_phases if song_phases is not None else phases(),
+        leases=leases,
     )
     send, receive = anyio.create_memory_object_stream[SongResult](
         min(max_in_flight, MAX_RESULT_BUFFER)

@@ -1,0 +1,182 @@
+"""The in-flight cap shared through a real Redis: leases across clients, renewal, expiry.
+
+Leases of one account on one Redis stand for several processes; they share one
+:class:`VirtualClock` ("now" from it, Redis called inline), so lease lengths of minutes take
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import anyio
+import httpx
+import pytest
+
+import aimlmusic
+from aimlmusic._shared_leases import LEASE_LENGTH, SharedLeases
+from aimlmusic._shared_redis import SharedStore
+from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig
+from aimlmusic.testing import VirtualClock
+
+pytestmark = pytest.mark.anyio
+
+KEY = "sk-test-shared-leases-0123456789"
+LYRICS = "[Verse]\nA line to sing\n[Chorus]\nAnother line"
+
+
+def leases(cap: int, clock: VirtualClock, redis_url: str, prefix: str) -> SharedLeases:
+    """Leases of one account under the test's own prefix, with a connection of their own."""
+    store = SharedStore(redis_url, KEY, key_prefix=prefix, offload=False)
+    return SharedLeases(cap, clock, store, use_clock_time=True)
+
+
+async def test_the_cap_holds_across_holders_and_a_release_frees_a_slot(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """With 3 slots held by one holder, another waits until one is given back."""
+    clock = VirtualClock()
+    first = leases(3, clock, redis_url, redis_prefix)
+    second = leases(3, clock, redis_url, redis_prefix)
+    got_at: list[float] = []
+
+    async def take() -> None:
+        await second.acquire()
+        got_at.append(clock.now())
+
+    async with clock, anyio.create_task_group() as tg:
+        held = [await first.acquire() for _ in range(3)]
+        tg.start_soon(take)
+        await clock.sleep(20.0)
+        assert got_at == []
+        await first.release(held[0])
+        await clock.sleep(5.0)
+    assert len(got_at) == 1
+    assert 20.0 <= got_at[0] <= 22.0
+    assert second.held == 1
+
+
+async def test_a_dead_holders_slots_come_back_after_the_lease_length(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Leases that nobody renews (a dead process) expire: the slot is free after
+    LEASE_LENGTH, not before."""
+    clock = VirtualClock()
+    dead = leases(2, clock, redis_url, redis_prefix)
+    alive = leases(2, clock, redis_url, redis_prefix)
+    async with clock:
+        await dead.acquire()
+        await dead.acquire()
+        await alive.acquire()
+        waited = clock.now()
+    assert LEASE_LENGTH <= waited <= LEASE_LENGTH + 2.0
+
+
+async def test_renewed_leases_do_not_expire(redis_url: str, redis_prefix: str) -> None:
+    """A holder that keeps its leases alive keeps its slots for three lease lengths."""
+    clock = VirtualClock()
+    holder = leases(1, clock, redis_url, redis_prefix)
+    other = leases(1, clock, redis_url, redis_prefix)
+    got = False
+
+    async def take() -> None:
+        nonlocal got
+        await other.acquire()
+        got = True
+
+    async with clock, anyio.create_task_group() as tg:
+        await holder.acquire()
+        tg.start_soon(holder.keep_alive)
+        tg.start_soon(take)
+        await clock.sleep(3 * LEASE_LENGTH)
+        assert not got
+        tg.cancel_scope.cancel()
+
+
+async def test_two_clients_together_keep_to_the_accounts_in_flight_cap(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two clients of one key with max_in_flight=3 and shared_url, each generating 6 songs,
+    never have more than 3 songs in flight together; every slot is given back at the end."""
+    monkeypatch.setattr("aimlmusic._shared_redis.DEFAULT_KEY_PREFIX", redis_prefix)
+    clock = VirtualClock()
+    emulator = Emulator(EmulatorConfig(requests_per_minute=None), clock=clock)
+    setting = aimlmusic.AudioSetting(format="wav", sample_rate=16000)
+    limits = aimlmusic.Limits(max_in_flight=3)
+    in_flight = 0
+    most = 0
+
+    class Counting(aimlmusic.BatchEvents):
+        def on_submitted(self, event: aimlmusic.SongSubmitted) -> None:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+
+        def on_completed(self, event: aimlmusic.SongCompleted) -> None:
+            nonlocal in_flight
+            in_flight -= 1
+
+    clients: list[aimlmusic.AsyncMusicClient] = []
+
+    async def run(number: int) -> None:
+        async with aimlmusic.AsyncMusicClient(
+            TEST_API_KEY,
+            base_url="http://127.0.0.1",
+            transport=httpx.ASGITransport(app=emulator.app),
+            clock=clock,
+            limits=limits,
+            shared_url=redis_url,
+        ) as client:
+            clients.append(client)
+            songs = [
+                aimlmusic.SongRequest(f"Client {number} song number {n}", LYRICS, setting)
+                for n in range(6)
+            ]
+            async with client.generate_many(songs, events=Counting()) as results:
+                async for result in results:
+                    assert result.ok, result.error
+
+    async with clock, anyio.create_task_group() as tg:
+        for number in range(2):
+            tg.start_soon(run, number)
+    assert emulator.stats().jobs["completed"] == 12
+    assert most == 3
+    probe = leases(3, VirtualClock(), redis_url, redis_prefix)
+    store = probe.store
+    assert store.redis.zcard(store.key("leases")) == 0
+
+
+async def test_generate_holds_a_slot_of_the_account(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """generate() on a shared client waits for a slot that another holder has, then
+    gives its own back."""
+    monkeypatch.setattr("aimlmusic._shared_redis.DEFAULT_KEY_PREFIX", redis_prefix)
+    clock = VirtualClock()
+    emulator = Emulator(EmulatorConfig(requests_per_minute=None), clock=clock)
+    other = SharedLeases(
+        1,
+        clock,
+        SharedStore(redis_url, TEST_API_KEY, key_prefix=redis_prefix, offload=False),
+        use_clock_time=True,
+    )
+    song = aimlmusic.SongRequest(
+        "A song that waits", LYRICS, aimlmusic.AudioSetting(format="wav", sample_rate=16000)
+    )
+    async with (
+        clock,
+        aimlmusic.AsyncMusicClient(
+            TEST_API_KEY,
+            base_url="http://127.0.0.1",
+            transport=httpx.ASGITransport(app=emulator.app),
+            clock=clock,
+            limits=aimlmusic.Limits(max_in_flight=1),
+            shared_url=redis_url,
+        ) as client,
+    ):
+        held = await other.acquire()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.generate, song)
+            await clock.sleep(30.0)
+            assert emulator.stats().requests.get("submit", 0) == 0
+            await other.release(held)
+        assert emulator.stats().jobs["completed"] == 1
+        assert other.store.redis.zcard(other.store.key("leases")) == 0
