@@ -1,16 +1,25 @@
-"""The SQLite journal: durable settings, state transitions, recovery and catalog conflicts."""
+"""The journal: durable settings, state transitions, recovery and catalog conflicts.
+
+The behavioural tests run against both implementations (SQLite in the output directory,
+PostgreSQL shared by workers) through the ``backend`` fixture; a PostgreSQL journal only lets
+the worker holding a song's live lease submit it, so the tests claim songs first
+(``backend.own``), as the runner does.
+"""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from aimlmusic import AudioSetting, Generation, GenerationStatus, SongRequest
 from aimlmusic._converter import structure_generation
 from aimlmusic._errors import BadRequestError
-from aimlmusic.catalog import CatalogRow, Journal, JournalError, SongState
+from aimlmusic.catalog import CatalogRow, Journal, JournalError, PgJournal, SongState
 
 PROMPT = "Warm lo-fi ballad with soft piano"
 LYRICS = "[Verse]\nStreetlights flicker\n[Chorus]\nHome again"
@@ -39,15 +48,65 @@ def completed(generation_id: str = "gen-1") -> Generation:
     )
 
 
-def open_journal(tmp_path: Path) -> Journal:
-    j = Journal.in_directory(tmp_path, endpoint=ENDPOINT)
+class Backend:
+    """Opens journals of one implementation on one place (a directory, or a schema)."""
+
+    def __init__(self, kind: str, tmp_path: Path, postgres_url: str | None) -> None:
+        self.kind = kind
+        self.tmp_path = tmp_path
+        self.url = postgres_url
+        #: The lease clock of every PostgreSQL journal opened here.
+        self.now = 1000.0
+
+    def open(self, endpoint: str | None = ENDPOINT) -> Any:
+        if self.url is None:
+            return Journal.in_directory(self.tmp_path, endpoint=endpoint)
+        return PgJournal(self.url, endpoint=endpoint, now=lambda: self.now)
+
+    def own(self, journal: Any, *keys: str) -> None:
+        """Give ``journal``'s worker a live lease on ``keys`` (what a claim does)."""
+        if isinstance(journal, PgJournal):
+            with psycopg.connect(self.url or "", autocommit=True) as db:
+                db.execute(
+                    "UPDATE aimlmusic_songs SET owner = %s, lease_until = %s WHERE key = ANY(%s)",
+                    (journal.worker_id, self.now + 60, list(keys)),
+                )
+
+    def expire(self) -> None:
+        """Let every lease run out (a dead worker's)."""
+        self.now += 10_000
+
+    def set_schema_version(self, version: int) -> None:
+        if self.url is None:
+            db = sqlite3.connect(self.tmp_path / "aimlmusic-journal.sqlite")
+            db.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(version),))
+            db.commit()
+            db.close()
+            return
+        with psycopg.connect(self.url, autocommit=True) as pg:
+            pg.execute(
+                "UPDATE aimlmusic_meta SET value = %s WHERE name = 'schema_version'",
+                (str(version),),
+            )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Each behavioural test once per journal implementation."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    return Backend(request.param, tmp_path, url)
+
+
+def open_journal(backend: Backend) -> Any:
+    j = backend.open()
     assert j.sync_catalog([row("a", "Song A"), row("b", "Song B", format="wav")]) == []
+    backend.own(j, "a", "b")
     return j
 
 
 def test_durability_settings_and_schema_version(tmp_path: Path) -> None:
     """The journal uses WAL, synchronous=FULL, and records its schema version and endpoint."""
-    with open_journal(tmp_path) as j:
+    with open_journal(Backend("sqlite", tmp_path, None)) as j:
         assert j.pragma("journal_mode") == "wal"
         assert j.pragma("synchronous") == 2  # FULL
         assert j.endpoint == ENDPOINT
@@ -57,9 +116,9 @@ def test_durability_settings_and_schema_version(tmp_path: Path) -> None:
     assert meta["schema_version"] == "1"
 
 
-def test_full_life_cycle(tmp_path: Path) -> None:
+def test_full_life_cycle(backend: Backend) -> None:
     """A song goes pending → submitting → submitted → completed → downloaded, keeping facts."""
-    with open_journal(tmp_path) as j:
+    with open_journal(backend) as j:
         assert j.entry("a").state is SongState.PENDING  # type: ignore[union-attr]
         j.mark_submitting("a")
         j.mark_submitted("a", "gen-1")
@@ -78,9 +137,9 @@ def test_full_life_cycle(tmp_path: Path) -> None:
     assert entry.file_name == "Song A.mp3"
 
 
-def test_invalid_transitions_are_refused(tmp_path: Path) -> None:
+def test_invalid_transitions_are_refused(backend: Backend) -> None:
     """Skipping states, or resubmitting a song with an id, raises JournalError."""
-    with open_journal(tmp_path) as j:
+    with open_journal(backend) as j:
         with pytest.raises(JournalError, match="cannot go from pending to submitted"):
             j.mark_submitted("a", "x")
         with pytest.raises(JournalError):
@@ -93,13 +152,14 @@ def test_invalid_transitions_are_refused(tmp_path: Path) -> None:
             j.mark_submitting("zzz")
 
 
-def test_failures_and_ambiguity_are_recorded(tmp_path: Path) -> None:
+def test_failures_and_ambiguity_are_recorded(backend: Backend) -> None:
     """Rejections, ambiguous POSTs and failed generations keep their reason and type."""
-    with open_journal(tmp_path) as j:
+    with open_journal(backend) as j:
         j.mark_submitting("a")
         j.mark_failed("a", BadRequestError("Body validation error!", status_code=400))
         j.mark_submitting("b")
         j.mark_ambiguous("b", "read timeout")
+        backend.own(j, "a")  # a failed song is released; sending it again claims it
         a, b = j.entry("a"), j.entry("b")
         assert a is not None
         assert b is not None
@@ -115,14 +175,15 @@ def test_failures_and_ambiguity_are_recorded(tmp_path: Path) -> None:
         assert j.entry("a").submit_attempts == 2  # type: ignore[union-attr]
 
 
-def test_crash_while_submitting_becomes_ambiguous(tmp_path: Path) -> None:
+def test_crash_while_submitting_becomes_ambiguous(backend: Backend) -> None:
     """A song left submitting by a dead process is ambiguous after reopening."""
-    j = open_journal(tmp_path)
+    j = open_journal(backend)
     j.mark_submitting("a")
     j.mark_submitting("b")
     j.mark_submitted("b", "gen-b")
     j.close()  # the process "dies" here
-    with Journal.in_directory(tmp_path, endpoint=ENDPOINT) as again:
+    backend.expire()
+    with backend.open() as again:
         assert again.recover_interrupted() == ["a"]
         entry = again.entry("a")
         assert entry is not None
@@ -135,31 +196,29 @@ def test_crash_while_submitting_becomes_ambiguous(tmp_path: Path) -> None:
 
 def test_a_second_run_cannot_open_the_same_journal(tmp_path: Path) -> None:
     """The exclusive lock keeps two runs out of one output directory."""
-    with open_journal(tmp_path), pytest.raises(JournalError, match="in use by another run"):
+    sqlite_only = Backend("sqlite", tmp_path, None)
+    with open_journal(sqlite_only), pytest.raises(JournalError, match="in use by another run"):
         Journal.in_directory(tmp_path, endpoint=ENDPOINT)
 
 
-def test_endpoint_mismatch_is_refused(tmp_path: Path) -> None:
+def test_endpoint_mismatch_is_refused(backend: Backend) -> None:
     """Ids made on one server are not resumed against another."""
-    open_journal(tmp_path).close()
+    open_journal(backend).close()
     with pytest.raises(JournalError, match="belongs to runs against"):
-        Journal.in_directory(tmp_path, endpoint="https://other.example")
+        backend.open(endpoint="https://other.example")
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
+def test_newer_schema_is_refused(backend: Backend) -> None:
     """A journal written by a newer version is not touched."""
-    open_journal(tmp_path).close()
-    db = sqlite3.connect(tmp_path / "aimlmusic-journal.sqlite")
-    db.execute("UPDATE meta SET value = '99' WHERE name = 'schema_version'")
-    db.commit()
-    db.close()
+    open_journal(backend).close()
+    backend.set_schema_version(99)
     with pytest.raises(JournalError, match="newer aimlmusic"):
-        Journal.in_directory(tmp_path, endpoint=ENDPOINT)
+        backend.open()
 
 
-def test_catalog_changes(tmp_path: Path) -> None:
+def test_catalog_changes(backend: Backend) -> None:
     """Unsent songs take new content; sent ones report a conflict and nothing changes."""
-    with open_journal(tmp_path) as j:
+    with open_journal(backend) as j:
         j.mark_submitting("a")
         j.mark_submitted("a", "gen-a")
         changed = CatalogRow(
@@ -188,21 +247,21 @@ def test_catalog_changes(tmp_path: Path) -> None:
         assert j.counts()[SongState.PENDING] == 1
 
 
-def test_file_names_are_unique_and_stable(tmp_path: Path) -> None:
+def test_file_names_are_unique_and_stable(backend: Backend) -> None:
     """Equal titles get distinct names, which survive reopening."""
-    with Journal.in_directory(tmp_path, endpoint=ENDPOINT) as j:
+    with backend.open() as j:
         assert j.sync_catalog([row("x", "Same"), row("y", "same"), row("z", "../Same")]) == []
         names = [e.file_name for e in j.entries()]
     assert names[0] == "Same.mp3"
     assert len({n.lower() for n in names}) == 3
-    with Journal.in_directory(tmp_path, endpoint=ENDPOINT) as j:
+    with backend.open() as j:
         assert j.sync_catalog([row("z", "../Same"), row("y", "same"), row("x", "Same")]) == []
         assert {e.key: e.file_name for e in j.entries()} == dict(zip("xyz", names, strict=True))
 
 
-def test_forget_generations_for_an_ephemeral_server(tmp_path: Path) -> None:
+def test_forget_generations_for_an_ephemeral_server(backend: Backend) -> None:
     """Unfinished songs start over when the server forgot them; downloaded ones stay."""
-    with open_journal(tmp_path) as j:
+    with open_journal(backend) as j:
         j.mark_submitting("a")
         j.mark_submitted("a", "gen-a")
         j.mark_submitting("b")
@@ -217,10 +276,11 @@ def test_forget_generations_for_an_ephemeral_server(tmp_path: Path) -> None:
         assert j.entry("b").state is SongState.DOWNLOADED  # type: ignore[union-attr]
 
 
-def test_entries_survive_updates_while_iterating(tmp_path: Path) -> None:
+def test_entries_survive_updates_while_iterating(backend: Backend) -> None:
     """Iterating pending songs while moving them on visits each exactly once."""
-    with Journal.in_directory(tmp_path, endpoint=ENDPOINT) as j:
+    with backend.open() as j:
         assert j.sync_catalog([row(f"k{i:04d}") for i in range(520)]) == []
+        backend.own(j, *(f"k{i:04d}" for i in range(520)))
         seen = []
         for entry in j.entries([SongState.PENDING]):
             j.mark_submitting(entry.key)
@@ -229,9 +289,9 @@ def test_entries_survive_updates_while_iterating(tmp_path: Path) -> None:
         assert j.counts()[SongState.SUBMITTING] == 520
 
 
-def test_generation_status_round_trip(tmp_path: Path) -> None:
+def test_generation_status_round_trip(backend: Backend) -> None:
     """A stored completed generation is read back equal, with its status enum."""
-    with open_journal(tmp_path) as j:
+    with open_journal(backend) as j:
         j.mark_submitting("a")
         j.mark_completed("a", completed("gen-z"))
         gen = j.entry("a").generation  # type: ignore[union-attr]

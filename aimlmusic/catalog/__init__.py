@@ -17,13 +17,16 @@ A catalog is a JSONL or CSV file of songs (``key``, ``title``, ``prompt``, ``lyr
 ``lyrics_file``, ``format``, ``sample_rate``, ``bitrate``). :func:`load_catalog` validates it
 and reports every bad row at once; :func:`run_catalog` generates it into an output directory
 holding the audio files, ``manifest.jsonl`` and the SQLite journal that lets a rerun resume
-where a crash left off. See the "Generate a catalog" guide.
+where a crash left off. See the "Generate a catalog" guide. With ``journal_url`` the journal
+is in PostgreSQL (:class:`PgJournal`) and many workers drain one catalog together.
 """
 
 from __future__ import annotations
 
 from ._journal import JOURNAL_NAME, Journal, JournalEntry, JournalError, SongState
+from ._journal_api import CatalogJournal, SharedJournal
 from ._manifest import MANIFEST_NAME
+from ._pg_journal import DEFAULT_LEASE_SECONDS, PgJournal
 from ._progress import CatalogEvent, EventKind, RunProgress, RunSummary
 from ._rows import (
     CatalogError,
@@ -38,6 +41,8 @@ from ._runner import MAX_CONNECT_FAILURES, RunStopped, read_summary, run_catalog
 
 __all__ = [
     "CatalogError",
+    "CatalogJournal",
+    "DEFAULT_LEASE_SECONDS",
     "CatalogEvent",
     "CatalogFormat",
     "CatalogProblem",
@@ -52,10 +57,12 @@ __all__ = [
     "JournalError",
     "load_catalog",
     "MANIFEST_NAME",
+    "PgJournal",
     "read_summary",
     "run_catalog",
     "RunProgress",
     "RunSummary",
+    "SharedJournal",
     "song_key",
     "SongState",
 ]

@@ -206,6 +206,11 @@ class Journal:
             raise
         self._run_id: int | None = None
 
+    @property
+    def location(self) -> Path:
+        """The journal's file."""
+        return self.path
+
     @classmethod
     def in_directory(cls, directory: str | Path, *, endpoint: str | None) -> Journal:
         """Open (creating if needed) the journal of an output directory."""
@@ -662,7 +667,8 @@ def _type_name(error: BaseException | str) -> str | None:
     return None if isinstance(error, str) else type(error).__name__
 
 
-def _entry(row: sqlite3.Row) -> JournalEntry:
+def _entry(row: Any) -> JournalEntry:
+    # ``row`` is a sqlite3.Row or a psycopg dict row: both are read by column name.
     wire = json.loads(row["request_json"])
     setting = wire.get("audio_setting")
     request = SongRequest(

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .._filemode import file_mode_from_umask
-from ._journal import Journal, JournalEntry, SongState
+from ._journal import JournalEntry, SongState
+from ._journal_api import CatalogJournal
 from ._store import fsync_directory
 
 __all__ = ["MANIFEST_NAME", "ManifestWriter", "manifest_record", "write_manifest"]
@@ -107,7 +108,7 @@ class ManifestWriter:
     def __init__(
         self,
         path: str | os.PathLike[str],
-        journal: Journal,
+        journal: CatalogJournal,
         *,
         min_interval: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,

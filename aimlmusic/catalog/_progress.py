@@ -80,7 +80,7 @@ class RunSummary:
     """
 
     output_dir: Path
-    journal_path: Path
+    journal_path: Path | str
     manifest_path: Path
     total: int
     counts: Mapping[SongState, int] = attrs.field(converter=_frozen_counts)

@@ -63,6 +63,7 @@ from .._events import (
 from .._limits import DEFAULT_SONG_DEADLINE
 from .._models import Generation, SongResult
 from ._journal import JOURNAL_NAME, Journal, JournalEntry, JournalError, SongState
+from ._journal_api import CatalogJournal, SharedJournal
 from ._manifest import MANIFEST_NAME, ManifestWriter
 from ._names import is_inside
 from ._progress import CatalogEvent, EventKind, RunProgress, RunSummary
@@ -100,6 +101,15 @@ DOWNLOAD_CONCURRENCY = 4
 #: timeout) with none getting through in between, before the run stops: the API is
 #: unreachable, and retrying every song until its deadline would only waste the user's time.
 MAX_CONNECT_FAILURES = 5
+
+#: Seconds (on the client's clock) a worker of a shared journal waits before looking again
+#: when nothing is claimable but other live workers still hold songs: any of them may die,
+#: and its songs must then be taken over.
+DEFAULT_RECHECK_SECONDS = 5.0
+
+#: Renewals per lease: a worker renews its leases at a third of their length, so two
+#: renewals can be missed (a stalled event loop, a slow database) before one expires.
+RENEWALS_PER_LEASE = 3
 
 #: Errors that mean the output directory takes no more: full, over quota, read-only.
 _DISK_ERRNOS = frozenset(
@@ -141,6 +151,11 @@ async def run_catalog(
     download_concurrency: int = DOWNLOAD_CONCURRENCY,
     server_is_ephemeral: bool = False,
     on_event: Callable[[CatalogEvent], None] | None = None,
+    journal_url: str | None = None,
+    worker_id: str | None = None,
+    lease_seconds: float | None = None,
+    lease_clock: Callable[[], float] | None = None,
+    recheck_seconds: float = DEFAULT_RECHECK_SECONDS,
 ) -> RunSummary:
     """Generate every song of ``catalog`` into ``output_dir``; safe to interrupt and rerun.
 
@@ -154,6 +169,14 @@ async def run_catalog(
     ``server_is_ephemeral`` says the server forgets generations between runs (the in-process
     emulator): unfinished songs then start over. ``on_event`` receives progress.
 
+    ``journal_url`` (``postgresql://...``) keeps the journal in PostgreSQL instead of the
+    output directory, so several workers (processes, hosts) drain one catalog: each claims
+    songs under a lease of ``lease_seconds`` that its heartbeat renews, named ``worker_id``
+    (default: host, pid and a random part); ``lease_clock`` replaces the database's clock
+    for leases (tests). A worker goes on until no song is left it may take, waiting
+    ``recheck_seconds`` between looks while other live workers hold songs (one of them may
+    die and leave its songs to take over).
+
     Raises :class:`CatalogError` (listing every problem) when the catalog is invalid or
     conflicts with the journal, and :class:`JournalError` when the directory belongs to another
     run or server; nothing is sent in either case.
@@ -164,13 +187,36 @@ async def run_catalog(
         raise ConfigurationError(
             "tagging MP3s needs mutagen: pip install 'aimlmusic[cli]', or pass tag_mp3=False"
         )
+    if recheck_seconds <= 0:
+        raise ValueError(f"recheck_seconds must be positive, got {recheck_seconds}")
+    if journal_url is not None and server_is_ephemeral:
+        raise ConfigurationError(
+            "a shared (PostgreSQL) journal needs a server that keeps its generations; the "
+            "in-process emulator forgets them when the process ends: serve one with "
+            "`aimlmusic emulator` and pass its --base-url"
+        )
     out = Path(output_dir)
+
+    def open_journal(endpoint: str) -> CatalogJournal:
+        if journal_url is None:
+            return Journal.in_directory(out, endpoint=endpoint)
+        from ._pg_journal import DEFAULT_LEASE_SECONDS, PgJournal
+
+        return PgJournal(
+            journal_url,
+            endpoint=endpoint,
+            worker_id=worker_id,
+            lease_seconds=lease_seconds or DEFAULT_LEASE_SECONDS,
+            now=lease_clock,
+        )
+
     journal = _prepare(
         Path(catalog),
         out,
         endpoint=EPHEMERAL_ENDPOINT if server_is_ephemeral else _endpoint(client.base_url),
         forget_generations=server_is_ephemeral,
         adopt=adopt or {},
+        open_journal=open_journal,
     )
     try:
         run = _Run(
@@ -184,6 +230,7 @@ async def run_catalog(
             tag=tag_mp3,
             download_concurrency=download_concurrency,
             on_event=on_event,
+            recheck_seconds=recheck_seconds,
         )
         return await run.execute()
     finally:
@@ -209,7 +256,8 @@ def _prepare(
     endpoint: str,
     forget_generations: bool,
     adopt: Mapping[str, str],
-) -> Journal:
+    open_journal: Callable[[str], CatalogJournal],
+) -> CatalogJournal:
     """Validate the catalog, then open the journal and bring it up to date (blocking I/O, all
     of it quick). Nothing touches the output directory unless the catalog is valid."""
     problems = [p for p in iter_catalog(catalog_path) if isinstance(p, CatalogProblem)]
@@ -223,7 +271,7 @@ def _prepare(
         raise JournalError(
             f"cannot use {out} as the output directory: {exc.strerror or exc}"
         ) from exc
-    journal = Journal.in_directory(out, endpoint=endpoint)
+    journal = open_journal(endpoint)
     try:
         _check_manifest(out, journal)
         _load(journal, catalog_path)
@@ -239,7 +287,7 @@ def _prepare(
     return journal
 
 
-def _check_manifest(out: Path, journal: Journal) -> None:
+def _check_manifest(out: Path, journal: CatalogJournal) -> None:
     """Refuse a directory whose manifest lists generated songs the journal does not know: the
     journal was emptied or replaced, and running would pay for those songs again and
     overwrite their files."""
@@ -271,7 +319,7 @@ def _check_manifest(out: Path, journal: Journal) -> None:
             else ""
         )
         raise JournalError(
-            f"{path} lists {len(unknown)} generated song(s) that the journal {journal.path} "
+            f"{path} lists {len(unknown)} generated song(s) that the journal {journal.location} "
             f"does not know ({shown}{more}): the journal was emptied or replaced. Running "
             "would pay for them again and overwrite their files; restore the journal, or use "
             "a new output directory"
@@ -285,12 +333,20 @@ def _check_writable(directory: Path) -> None:
     probe.close()
 
 
-def read_summary(output_dir: str | os.PathLike[str]) -> RunSummary:
-    """How the output directory of a catalog run stands, read from its journal.
+def read_summary(
+    output_dir: str | os.PathLike[str], *, journal_url: str | None = None
+) -> RunSummary:
+    """How the output directory of a catalog run stands, read from its journal (the one in
+    the directory, or the PostgreSQL one at ``journal_url``).
 
-    Opens the journal briefly (so not while a run is using the directory).
+    Opens the SQLite journal briefly (so not while a run is using the directory).
     """
     out = Path(output_dir)
+    if journal_url is not None:
+        from ._pg_journal import PgJournal
+
+        with PgJournal(journal_url, endpoint=None) as shared:
+            return _summary(shared, out, interrupted=False)
     path = out / JOURNAL_NAME
     if not path.exists():
         raise FileNotFoundError(f"no journal in {out}")
@@ -298,7 +354,7 @@ def read_summary(output_dir: str | os.PathLike[str]) -> RunSummary:
         return _summary(journal, out, interrupted=False)
 
 
-def _load(journal: Journal, catalog_path: Path) -> None:
+def _load(journal: CatalogJournal, catalog_path: Path) -> None:
     """Record the (already validated) catalog; a problem now means the file changed meanwhile."""
     late: list[CatalogProblem] = []
 
@@ -314,7 +370,7 @@ def _load(journal: Journal, catalog_path: Path) -> None:
         raise CatalogError(catalog_path, sorted([*late, *conflicts], key=lambda p: p.line))
 
 
-def _summary(journal: Journal, out: Path, *, interrupted: bool) -> RunSummary:
+def _summary(journal: CatalogJournal, out: Path, *, interrupted: bool) -> RunSummary:
     failed: list[str] = []
     ambiguous: list[str] = []
     unfinished: list[str] = []
@@ -329,7 +385,7 @@ def _summary(journal: Journal, out: Path, *, interrupted: bool) -> RunSummary:
     counts = journal.counts()
     return RunSummary(
         output_dir=out,
-        journal_path=journal.path,
+        journal_path=journal.location,
         manifest_path=out / MANIFEST_NAME,
         total=sum(counts.values()),
         counts=counts,
@@ -387,7 +443,7 @@ class _Run:
     def __init__(
         self,
         client: AsyncMusicClient,
-        journal: Journal,
+        journal: CatalogJournal,
         out: Path,
         *,
         max_in_flight: int,
@@ -397,10 +453,17 @@ class _Run:
         tag: bool,
         download_concurrency: int,
         on_event: Callable[[CatalogEvent], None] | None,
+        recheck_seconds: float = DEFAULT_RECHECK_SECONDS,
     ) -> None:
         self.client = client
         self.journal = journal
+        #: The same journal when several workers share it: songs are then claimed one by one.
+        self.shared = journal if isinstance(journal, SharedJournal) else None
+        self.recheck_seconds = recheck_seconds
         self.out = out
+        # Workers sharing one output directory each download into a partial directory of
+        # their own: clearing it at start must never throw away another worker's download.
+        self.worker = self.shared.worker_id if self.shared is not None else None
         self.deadline = deadline
         self.resubmit_ambiguous = resubmit_ambiguous
         self.retry_failed = retry_failed
@@ -412,6 +475,10 @@ class _Run:
         self.slots = anyio.Semaphore(max_in_flight)
         self.download_limiter = anyio.CapacityLimiter(download_concurrency)
         self.counts = journal.counts()
+        if self.shared is not None:
+            # Songs other workers are submitting are theirs: this run waits for none of its
+            # own to be quiet before it may stop.
+            self.counts[_S.SUBMITTING] = 0
         self.total = sum(self.counts.values())
         self.credits = journal.credits_used()
         self.todo = 0
@@ -512,7 +579,7 @@ class _Run:
     # ------------------------------------------------------------------ the run
 
     async def execute(self) -> RunSummary:
-        clear_partial(self.out)
+        clear_partial(self.out, worker=self.worker)
         to_submit = self._submittable_count()
         to_resume = self.counts[_S.SUBMITTED] + self.counts[_S.COMPLETED]
         self.todo = to_submit + to_resume
@@ -523,20 +590,27 @@ class _Run:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._ticker)
+                if self.shared is not None:
+                    tg.start_soon(self._heartbeat, self.shared)
                 async with anyio.create_task_group() as work:
                     self._work = work.cancel_scope
-                    work.start_soon(self._resume_all, work)
+                    if self.shared is None:
+                        work.start_soon(self._resume_all, work)
+                    else:
+                        self.resume_listed.set()  # resumed songs are claimed one by one
                     work.start_soon(self._submit_all, work)
                 tg.cancel_scope.cancel()  # stops the ticker
             outcome = "finished" if self.stop_reason is None else "stopped early"
         finally:
             # Synchronous and quick: runs even while the run is being cancelled.
+            if self.shared is not None:
+                self.shared.release_all()  # other workers need not wait for the leases
             self.journal.finish_run(outcome)
             try:
                 self.manifest.flush(force=True)
             except OSError as exc:
                 self._cannot_write(exc)  # the journal has it all; the next run rewrites it
-            remove_partial(self.out)
+            remove_partial(self.out, worker=self.worker)
         summary = _summary(self.journal, self.out, interrupted=False)
         self.emit("finished")
         if self.stop_reason is not None:
@@ -565,6 +639,9 @@ class _Run:
             )
         else:
             logger.warning("cannot write in %s: %s", self.out, error)
+
+    def _stopping(self) -> bool:
+        return self.stop_reason is not None
 
     def stop(self, reason: str, message: str, cause: Exception) -> None:
         """Stop the run early: no new song is sent; once no submission is on its way the
@@ -692,8 +769,51 @@ class _Run:
 
     # ------------------------------------------------------------------ new songs
 
-    async def _requests(self) -> AsyncIterator[tuple[str, Any]]:
+    async def _heartbeat(self, shared: SharedJournal) -> None:
+        """Renew this worker's leases while it runs (on the client's clock, so virtual time
+        in tests)."""
+        while True:
+            await self.client.clock.sleep(shared.lease_seconds / RENEWALS_PER_LEASE)
+            shared.renew()
+
+    async def _claimed_requests(
+        self, shared: SharedJournal, work: anyio.abc.TaskGroup
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """A worker of a shared journal: claim songs one at a time as slots free up. A song
+        with a generation id is adopted (waited for, or downloaded) and never submitted;
+        the others are handed to the scheduler. With nothing to claim, the worker waits while
+        other live workers hold songs (one may die and leave them), and ends when none do."""
+        while not self._stopping():
+            await self.slots.acquire()
+            if self._stopping():  # decided while this waited for a slot
+                self.slots.release()
+                return
+            entry = shared.claim(
+                resubmit_ambiguous=self.resubmit_ambiguous, retry_failed=self.retry_failed
+            )
+            if entry is None:
+                self.slots.release()
+                if shared.others_working() == 0:
+                    return
+                await self.client.clock.sleep(self.recheck_seconds)
+                continue
+            self.attempted.add(entry.key)
+            if entry.state is _S.COMPLETED:
+                self.slots.release()  # downloads have their own limit
+                work.start_soon(self._download, entry)
+            elif entry.state is _S.SUBMITTED:
+                work.start_soon(self._resume_wait, entry, work)  # releases the slot
+            else:
+                # Not marked yet: ``submitting`` is committed when its bytes go out.
+                self.handed[entry.key] = entry.state
+                yield entry.key, entry.request
+
+    async def _requests(self, work: anyio.abc.TaskGroup) -> AsyncIterator[tuple[str, Any]]:
         """Songs to submit, each committed as ``submitting`` just before it is handed over."""
+        if self.shared is not None:
+            async for item in self._claimed_requests(self.shared, work):
+                yield item
+            return
         await self.resume_listed.wait()
         for entry in self._to_submit():
             if self.stop_reason is not None:
@@ -723,7 +843,7 @@ class _Run:
     async def _submit_all(self, work: anyio.abc.TaskGroup) -> None:
         events = _SchedulerEvents(self)
         async with self.client.generate_many(
-            self._requests(),
+            self._requests(work),
             max_in_flight=self.max_in_flight,
             deadline=self.deadline,
             events=events,
@@ -743,7 +863,7 @@ class _Run:
             return
         try:
             self.journal.mark_submitted(key, generation_id)
-        except sqlite3.OperationalError as exc:  # the journal's disk is full
+        except (sqlite3.OperationalError, JournalError) as exc:  # the journal's disk is full
             # The song is paid for: its id must reach the user, whatever else fails.
             logger.error(  # noqa: TRY400 - one line for the user, not a traceback
                 "could not record generation id %s of song %r in the journal: %s",
@@ -864,7 +984,7 @@ class _Run:
     async def _download_now(self, entry: JournalEntry) -> None:
         if not is_inside(self.out, entry.file_name):  # pragma: no cover - names are made safe
             raise AssertionError(f"unsafe file name {entry.file_name!r}")
-        part = part_path(self.out, entry.file_name)
+        part = part_path(self.out, entry.file_name, worker=self.worker)
         final = self.out / entry.file_name
         self.journal.note_download_attempt(entry.key)
         try:

@@ -32,6 +32,7 @@ __all__ = [
     "finish_download",
     "fsync_directory",
     "part_path",
+    "partial_dir",
     "remove_partial",
 ]
 
@@ -58,24 +59,39 @@ class StoredFile:
 PARTIAL_DIR = ".aimlmusic-partial"
 
 
-def part_path(directory: Path, file_name: str) -> Path:
+def partial_dir(directory: Path, worker: str | None = None) -> Path:
+    """The partial directory of a run: :data:`PARTIAL_DIR`, or for one of several workers
+    sharing the output directory (a shared journal) a directory of its own inside it."""
+    partial = directory / PARTIAL_DIR
+    if worker is None:
+        return partial
+    return partial / ("worker-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in worker))
+
+
+def part_path(directory: Path, file_name: str, *, worker: str | None = None) -> Path:
     """Where a song is downloaded to before it is finished (same file system as its final
     place, so the last step is an atomic rename)."""
-    return directory / PARTIAL_DIR / file_name
+    return partial_dir(directory, worker) / file_name
 
 
-def clear_partial(directory: Path) -> None:
+def clear_partial(directory: Path, *, worker: str | None = None) -> None:
     """Throw away downloads a crash interrupted (also the client's own temporary files) and
-    make the partial directory ready. Only the run holding the journal's lock calls this."""
-    partial = directory / PARTIAL_DIR
-    if partial.is_symlink():  # never follow a planted link out of the output directory
+    make the partial directory ready. Only the run holding the journal's lock calls this;
+    a worker of a shared journal clears only its own."""
+    top = directory / PARTIAL_DIR
+    if top.is_symlink():  # never follow a planted link out of the output directory
+        top.unlink()
+    partial = partial_dir(directory, worker)
+    if partial.is_symlink():
         partial.unlink()
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True, exist_ok=True)
 
 
-def remove_partial(directory: Path) -> None:
+def remove_partial(directory: Path, *, worker: str | None = None) -> None:
     """Remove the partial directory at the end of a run, if nothing is left in it."""
+    with contextlib.suppress(OSError):
+        partial_dir(directory, worker).rmdir()
     with contextlib.suppress(OSError):
         (directory / PARTIAL_DIR).rmdir()
 

@@ -42,6 +42,7 @@ from ..catalog import (
     read_summary,
     run_catalog,
 )
+from ..catalog._pg_journal import shown_url
 from ..catalog._tags import TaggingError, mutagen_available, tag_mp3
 from ._backend import DEFAULT_EMULATOR_TIME_SCALE, Connection, Interrupted, open_client, run_async
 from ._display import LiveDisplay, PlainDisplay, print_summary, terminal_safe
@@ -53,6 +54,9 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+#: The environment variable naming the shared (PostgreSQL) journal; ``--journal`` wins.
+JOURNAL_URL_VARIABLE = "AIMLMUSIC_JOURNAL_URL"
 
 #: Where ``aimlmusic demo`` writes by default.
 DEMO_OUTPUT = "demo-output"
@@ -192,6 +196,18 @@ def _emulator_option(func: F) -> F:
         help="Use an emulator inside this process with compressed time instead of the "
         "network: no key, no charge, synthesized tunes.",
     )(func)
+
+
+def _journal_option(help_text: str) -> Callable[[F], F]:
+    """--journal URL (default: $AIMLMUSIC_JOURNAL_URL; the option wins)."""
+    return click.option(
+        "--journal",
+        metavar="URL",
+        envvar=JOURNAL_URL_VARIABLE,
+        show_envvar=False,  # said in the help text
+        default=None,
+        help=help_text,
+    )
 
 
 def _connection(
@@ -483,6 +499,11 @@ def _adopt_pairs(values: Sequence[str]) -> dict[str, str]:
 )
 @click.option("--no-tag", is_flag=True, help="Do not write ID3 tags into MP3s.")
 @click.option("--plain", is_flag=True, help="Print one line per event even on a terminal.")
+@_journal_option(
+    "Keep the journal in PostgreSQL (postgresql://user:password@host/db) instead of the "
+    "output directory, so several workers (processes, hosts) drain one catalog together; "
+    "default: $AIMLMUSIC_JOURNAL_URL, else the SQLite journal in the output directory."
+)
 @_emulator_option
 def batch(
     catalog: Path,
@@ -495,6 +516,7 @@ def batch(
     adopt: tuple[str, ...],
     no_tag: bool,
     plain: bool,
+    journal: str | None,
     emulator: bool,
     api_key: str | None,
     base_url: str | None,
@@ -503,8 +525,15 @@ def batch(
     """Generate every song of CATALOG (JSONL or CSV) into a directory; rerun to resume.
 
     The journal in the output directory records every step, so an interrupted run (Ctrl-C,
-    a crash, a reboot) resumes where it stopped and never pays twice for a song.
+    a crash, a reboot) resumes where it stopped and never pays twice for a song. With
+    --journal, the journal is in PostgreSQL and any number of workers running this same
+    command share the catalog.
     """
+    if journal is not None and emulator:
+        raise click.UsageError(
+            "--journal needs a server that keeps its generations; --emulator forgets them "
+            "when the process ends (serve one with `aimlmusic emulator` and use --base-url)"
+        )
     connection = _connection(
         api_key,
         base_url,
@@ -518,12 +547,14 @@ def batch(
         output,
         connection,
         plain=plain,
-        command_hint=f"aimlmusic batch {catalog} -o {output}",
+        command_hint=f"aimlmusic batch {catalog} -o {output}"
+        + (f" --journal {shown_url(journal)}" if journal else ""),
         deadline=deadline,
         retry_failed=retry_failed,
         resubmit_ambiguous=resubmit_ambiguous,
         adopt=_adopt_pairs(adopt),
         tag_mp3=not no_tag,
+        journal_url=journal,
     )
     if not summary.all_done:
         raise click.exceptions.Exit(EXIT_FAILED)
@@ -566,7 +597,8 @@ def _run_batch(
         summary = _run(work)
     except Interrupted:
         with contextlib.suppress(OSError, AimlMusicError):
-            print_summary(out, read_summary(output), command_hint=command_hint)
+            summary = read_summary(output, journal_url=options.get("journal_url"))
+            print_summary(out, summary, command_hint=command_hint)
         raise
     except CatalogError as exc:
         err = _stderr()
@@ -653,17 +685,30 @@ def demo(output: Path, time_scale: float, plain: bool) -> None:
 
 
 @cli.command()
-@click.argument("generation_id")
+@click.argument("generation_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the API's response as JSON.")
+@_journal_option(
+    "Without GENERATION_ID: show the progress of the catalog in this PostgreSQL journal, "
+    "per state and per worker (default: $AIMLMUSIC_JOURNAL_URL)."
+)
 @_connection_options
 def status(
-    generation_id: str,
+    generation_id: str | None,
     as_json: bool,
+    journal: str | None,
     api_key: str | None,
     base_url: str | None,
     time_scale: float | None,
 ) -> None:
-    """Show the status of a generation by its id."""
+    """Show the status of a generation by its id, or of a shared catalog (--journal)."""
+    if generation_id is None:
+        if journal is None:
+            raise click.UsageError(
+                "give a GENERATION_ID, or --journal URL (or $AIMLMUSIC_JOURNAL_URL) for the "
+                "progress of a shared catalog"
+            )
+        _catalog_status(journal, as_json=as_json)
+        return
     connection = _connection(api_key, base_url, time_scale)
 
     async def work() -> Generation:
@@ -689,6 +734,45 @@ def status(
     for line in lines:
         # Every field came from the server: no terminal escapes get through.
         out.print(terminal_safe(line), markup=False, soft_wrap=True)
+
+
+def _catalog_status(url: str, *, as_json: bool) -> None:
+    """Print a shared journal's progress: songs per state, and per worker what it holds
+    (leases alive and expired) and what it downloaded."""
+    from ..catalog._pg_journal import PgJournal
+
+    try:
+        with PgJournal(url, endpoint=None) as journal:
+            counts = journal.counts()
+            workers = journal.workers()
+            location = journal.location
+    except JournalError as exc:
+        raise CommandFailed(str(exc), EXIT_USAGE) from None
+    if as_json:
+        report = {
+            "journal": location,
+            "counts": {state.value: n for state, n in counts.items()},
+            "workers": workers,
+        }
+        _stdout().print_json(json.dumps(report))
+        return
+    out = _stdout()
+
+    def say(line: str) -> None:
+        out.print(terminal_safe(line), markup=False, highlight=False, soft_wrap=True)
+
+    total = sum(counts.values())
+    say(f"journal: {location}")
+    say(f"songs:   {total}  " + "  ".join(f"{s.value} {n}" for s, n in counts.items() if n))
+    if not workers:
+        say("workers: none yet")
+    for w in workers:
+        held = ", ".join(f"{state} {n}" for state, n in sorted(w["held"].items())) or "nothing"
+        say(
+            f"worker {w['worker']}: holds {held}; leases alive {w['alive']}, expired "
+            f"{w['expired']}; downloaded {w['downloaded']}; last run "
+            f"{w['outcome'] or ('running' if w['started_at'] and not w['finished_at'] else '-')}"
+        )
 
 
 @cli.command()

@@ -1,0 +1,247 @@
+"""The PostgreSQL journal's own behaviour: claims under leases, SKIP LOCKED, takeover,
+concurrent catalog syncs, the per-worker report, and a password that never shows.
+
+Leases run on an injected clock (``now``), so expiry needs no waiting.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from aimlmusic import SongRequest
+from aimlmusic.catalog import CatalogRow, JournalError, PgJournal, SongState
+
+PROMPT = "Warm lo-fi ballad with soft piano"
+LYRICS = "[Verse]\nStreetlights flicker\n[Chorus]\nHome again"
+ENDPOINT = "https://api.example"
+LEASE = 60.0
+
+
+def row(key: str, title: str = "Same", *, prompt: str = PROMPT, line: int = 1) -> CatalogRow:
+    return CatalogRow(
+        key=key, title=title, request=SongRequest(prompt=prompt, lyrics=LYRICS), line=line
+    )
+
+
+CATALOG = [row(f"k{i}", line=i + 1) for i in range(6)]
+
+
+class Clock:
+    """The lease clock every journal of a test shares."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def worker(url: str, name: str, clock: Clock) -> PgJournal:
+    journal = PgJournal(url, endpoint=ENDPOINT, worker_id=name, lease_seconds=LEASE, now=clock)
+    assert journal.sync_catalog(CATALOG) == []
+    return journal
+
+
+def claim(journal: PgJournal, **options: bool) -> str | None:
+    options.setdefault("resubmit_ambiguous", False)
+    options.setdefault("retry_failed", False)
+    entry = journal.claim(**options)
+    return entry.key if entry is not None else None
+
+
+def test_two_workers_never_hold_one_row(postgres_url: str) -> None:
+    """Interleaved claims of two workers split the catalog: every song once, none twice."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a, worker(postgres_url, "B", clock) as b:
+        got: dict[str, list[str]] = {"A": [], "B": []}
+        while True:
+            ka, kb = claim(a), claim(b)
+            for name, key in (("A", ka), ("B", kb)):
+                if key is not None:
+                    got[name].append(key)
+            if ka is None and kb is None:
+                break
+        assert got["A"]
+        assert got["B"]
+        assert sorted(got["A"] + got["B"]) == sorted(r.key for r in CATALOG)
+        assert a.others_working() == len(got["B"])
+        assert b.others_working() == len(got["A"])
+
+
+def test_skip_locked_lets_a_claim_pass_a_row_being_claimed(postgres_url: str) -> None:
+    """A row locked by another transaction is skipped at once, not waited for."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a, psycopg.connect(postgres_url) as other:
+        other.execute("SELECT key FROM aimlmusic_songs WHERE key = 'k0' FOR UPDATE")
+        started = time.monotonic()
+        assert claim(a) == "k1"
+        assert time.monotonic() - started < 5  # a wait would last until the lock is gone
+        other.rollback()
+        assert claim(a) == "k0"
+
+
+def test_an_expired_lease_is_taken_over_and_a_live_one_is_not(postgres_url: str) -> None:
+    """Another worker's song is claimable only once its lease expired; renewals keep it."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a, worker(postgres_url, "B", clock) as b:
+        for _ in CATALOG:
+            claim(a)
+        assert claim(b) is None
+        clock.now += LEASE / 2
+        assert a.renew() == len(CATALOG)
+        clock.now += LEASE / 2 + 1  # past the first lease, inside the renewed one
+        assert claim(b) is None
+        assert b.others_working() == len(CATALOG)
+        clock.now += LEASE  # A is dead: nothing renewed it
+        assert b.others_working() == 0
+        assert claim(b) == "k0"
+        entry = b.entry("k0")
+        assert entry is not None
+        assert entry.state is SongState.PENDING
+
+
+def test_takeover_turns_submitting_into_ambiguous_and_keeps_ids(postgres_url: str) -> None:
+    """A dead worker's submitted song is claimed with its id; its submitting one is ambiguous
+    and not claimable unless resubmitting is asked for."""
+    clock = Clock()
+    with worker(postgres_url, "dead", clock) as dead, worker(postgres_url, "B", clock) as b:
+        assert claim(dead) == "k0"
+        assert claim(dead) == "k1"
+        dead.mark_submitting("k0")
+        dead.mark_submitted("k0", "gen-0")
+        dead.mark_submitting("k1")
+        assert b.recover_interrupted() == []  # the lease is alive: it may still be sending
+        clock.now += LEASE + 1
+        taken = b.claim(resubmit_ambiguous=False, retry_failed=False)
+        assert taken is not None
+        assert (taken.key, taken.state, taken.generation_id) == ("k0", SongState.SUBMITTED, "gen-0")
+        k1 = b.entry("k1")
+        assert k1 is not None
+        assert (k1.state, k1.error_type) == (SongState.AMBIGUOUS, "Interrupted")
+        keys = []
+        while (key := claim(b)) is not None:
+            keys.append(key)
+        assert "k1" not in keys
+    with PgJournal(postgres_url, endpoint=ENDPOINT, worker_id="C", now=clock) as c:
+        assert claim(c, resubmit_ambiguous=True) == "k1"
+
+
+def test_only_the_lease_holder_may_submit(postgres_url: str) -> None:
+    """mark_submitting refuses a song this worker holds no live lease on."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a, worker(postgres_url, "B", clock) as b:
+        assert claim(a) == "k0"
+        with pytest.raises(JournalError, match="lease"):
+            b.mark_submitting("k0")
+        clock.now += LEASE + 1
+        with pytest.raises(JournalError, match="lease"):
+            a.mark_submitting("k0")
+
+
+def test_a_worker_does_not_claim_a_song_twice_in_its_run(postgres_url: str) -> None:
+    """A song released without an end (a timeout) goes to another worker, not back to the
+    same one: each run handles a song at most once, as with SQLite."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a, worker(postgres_url, "B", clock) as b:
+        assert claim(a) == "k0"
+        a.note_error("k0", "deadline")
+        assert claim(a) == "k1"
+        assert claim(b) == "k0"
+
+
+def test_workers_starting_together_sync_one_catalog(postgres_url: str) -> None:
+    """Concurrent syncs of the same catalog make one row per key and no shared file name."""
+    many = [row(f"s{i:03d}", title="Same", line=i + 1) for i in range(60)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def start() -> None:
+        try:
+            with PgJournal(postgres_url, endpoint=ENDPOINT) as journal:
+                barrier.wait()
+                assert journal.sync_catalog(many) == []
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with PgJournal(postgres_url, endpoint=ENDPOINT) as journal:
+        entries = list(journal.entries())
+    assert [e.key for e in entries] == [r.key for r in many]
+    assert len({e.file_name.lower() for e in entries}) == len(many)
+
+
+def test_a_changed_catalog_is_refused_once_sent(postgres_url: str) -> None:
+    """A song whose content changed after it was sent is a conflict and nothing changes."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a:
+        assert claim(a) == "k0"
+        a.mark_submitting("k0")
+        a.mark_submitted("k0", "gen-0")
+        changed = [row("k0", prompt=PROMPT + " with strings", line=3), row("new", line=4)]
+        problems = a.sync_catalog(changed)
+        assert [(p.line, p.key) for p in problems] == [(3, "k0")]
+        assert a.entry("new") is None
+
+
+def test_tables_live_in_the_connections_schema(postgres_url: str) -> None:
+    """The journal's tables are made in the current schema (the first of search_path)."""
+    with PgJournal(postgres_url, endpoint=ENDPOINT), psycopg.connect(postgres_url) as db:
+        schema = db.execute("SELECT current_schema()").fetchone()
+        tables = db.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+            (schema[0] if schema else "",),
+        ).fetchall()
+    assert {"aimlmusic_meta", "aimlmusic_songs", "aimlmusic_runs"} <= {t[0] for t in tables}
+
+
+def test_workers_report_holdings_leases_and_downloads(postgres_url: str) -> None:
+    """workers() tells per worker the songs held by state, leases alive/expired, downloads."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a, worker(postgres_url, "B", clock) as b:
+        a.start_run()
+        claim(a)
+        claim(a)
+        a.mark_submitting("k0")
+        claim(b)
+        clock.now += LEASE + 1
+        b.renew()
+        report = {w["worker"]: w for w in b.workers()}
+    assert report["A"]["held"] == {"submitting": 1, "pending": 1}
+    assert (report["A"]["alive"], report["A"]["expired"]) == (0, 2)
+    assert (report["B"]["alive"], report["B"]["expired"]) == (1, 0)
+    assert report["A"]["started_at"] is not None
+
+
+def with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    user = parts.username or "postgres"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+
+
+def test_the_password_never_shows(postgres_url: str, tmp_path: Path) -> None:
+    """The URL's password is not in the location, the repr, nor a connection error."""
+    secret = "pw-Very-Secret-123"
+    url = with_password(postgres_url, secret)  # trust auth: the password is not checked
+    with PgJournal(url, endpoint=ENDPOINT) as journal:
+        assert secret not in journal.location
+        assert secret not in repr(journal)
+    unreachable = urlsplit(with_password(postgres_url, secret))._replace(
+        netloc=f"postgres:{secret}@127.0.0.1:1"
+    )
+    with pytest.raises(JournalError) as caught:
+        PgJournal(urlunsplit(unreachable), endpoint=ENDPOINT)
+    assert secret not in str(caught.value)
+    assert caught.value.__cause__ is None
+    assert "cannot open the journal" in str(caught.value)
