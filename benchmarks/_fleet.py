@@ -19,13 +19,21 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-__all__ = ["SHARED_URL_VARIABLE", "WorkerResult", "WorkerSpec", "run_fleet", "song_prompt"]
+__all__ = [
+    "SHARED_URL_VARIABLE",
+    "WorkerResult",
+    "WorkerSpec",
+    "prompt_owner",
+    "run_fleet",
+    "song_prompt",
+]
 
 #: The variable that switches a client onto the shared budget (read by the client itself).
 SHARED_URL_VARIABLE = "AIMLMUSIC_SHARED_URL"
@@ -125,8 +133,6 @@ def run_fleet(specs: Sequence[WorkerSpec]) -> list[WorkerResult]:
 
 def _read_line(worker: subprocess.Popen[str], timeout: float) -> str:
     # A bounded wait for one line: a thread reads it so a silent worker cannot hang us.
-    import threading
-
     assert worker.stdout is not None
     stdout = worker.stdout
     got: list[str] = []
@@ -188,9 +194,8 @@ async def _work(spec: WorkerSpec) -> WorkerResult:
 def _main() -> None:
     import anyio
 
-    spec = WorkerSpec(
-        **{**json.loads(sys.argv[1]), "batches": tuple(json.loads(sys.argv[1])["batches"])}
-    )
+    fields = json.loads(sys.argv[1])
+    spec = WorkerSpec(**{**fields, "batches": tuple(fields["batches"])})
     result = anyio.run(_work, spec)
     print(json.dumps(attrs.asdict(result)), flush=True)
 
