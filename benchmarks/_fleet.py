@@ -51,13 +51,15 @@ _REPO = _BENCHMARKS.parent
 @attrs.frozen
 class WorkerSpec:
     """One client process: its label, the songs of each of its batches (run one after the
-    other in the same client), and the shared budget's URL (``None``: a budget of its own)."""
+    other in the same client, ``pause`` real seconds apart), and the shared budget's URL
+    (``None``: a budget of its own)."""
 
     label: str
     batches: tuple[int, ...]
     base_url: str
     api_key: str
     shared_url: str | None = None
+    pause: float = 0.0
 
 
 @attrs.frozen
@@ -179,6 +181,8 @@ async def _work(spec: WorkerSpec) -> WorkerResult:
         print(_READY, flush=True)
         await anyio.to_thread.run_sync(sys.stdin.readline)  # the go signal
         for batch, count in enumerate(spec.batches):
+            if batch:
+                await anyio.sleep(spec.pause)
             async with client.generate_many(_songs(spec.label, batch, count)) as results:
                 async for result in results:
                     if result.ok:
