@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterable, Iterable, Iterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -33,6 +33,7 @@ from ._redact import install_httpx_log_filter
 from ._shared_budget import SharedBudget
 from ._shared_leases import SharedLeases
 from ._shared_redis import SharedStore
+from ._shared_timing import SharedTiming, SharesEstimate
 from ._telemetry import telemetry_if_configured
 from ._transport import USER_AGENT, Transport
 from ._virtual_clock import VirtualClock
@@ -127,6 +128,12 @@ class AsyncMusicClient:
                 self._shared,
                 use_clock_time=isinstance(self._clock, VirtualClock),
             )
+        )
+        # The learned timing, shared when the policy can export it (LearnedPolling).
+        self._timing = (
+            SharedTiming(self._shared, self._poll, self._clock)
+            if self._shared is not None and isinstance(self._poll, SharesEstimate)
+            else None
         )
         # The account's in-flight cap, across processes (None: each batch's own semaphore).
         self._leases = (
@@ -245,6 +252,8 @@ class AsyncMusicClient:
         not finished.
         """
         self._check_open()
+        if self._timing is not None:
+            await self._timing.load()
         if isinstance(generation, Generation):
             return await self._follow(generation.id, generation, timeout)
         return await self._follow(generation, None, timeout)
@@ -262,6 +271,21 @@ class AsyncMusicClient:
         ``shared_url`` it first waits for one of the account's in-flight slots, shared with
         every client of the key, and holds it until the song ends.
         """
+        if self._timing is None:
+            return await self._generate_in_slot(request, timeout)
+        await self._timing.load()
+        try:
+            return await self._generate_in_slot(request, timeout)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._timing.publish()
+
+    async def _generate_in_slot(
+        self,
+        request: SongRequest,
+        timeout: float | None,  # noqa: ASYNC109  (on the client's clock, as in wait)
+    ) -> Generation:
+        """:meth:`_generate` holding one of the account's shared in-flight slots, if any."""
         if self._leases is None:
             return await self._generate(request, timeout)
         leases = self._leases
@@ -366,9 +390,38 @@ class AsyncMusicClient:
             song_phases=self._song_phases(),
             leases=self._leases,
         )
-        if self._telemetry is None or songs is None:
-            return batch
-        return self._telemetry.observe(songs, batch)
+        observed = (
+            batch
+            if self._telemetry is None or songs is None
+            else self._telemetry.observe(songs, batch)
+        )
+        if self._timing is None or poll is not None:
+            return observed
+        return self._sharing_timing(self._timing, observed)
+
+    @asynccontextmanager
+    async def _sharing_timing(
+        self,
+        timing: SharedTiming,
+        batch: AbstractAsyncContextManager[MemoryObjectReceiveStream[SongResult]],
+    ) -> AsyncIterator[MemoryObjectReceiveStream[SongResult]]:
+        """``batch``, started from the account's shared timing estimate and publishing this
+        client's while it runs and at its end."""
+        await timing.load()
+        body_error: Exception | None = None
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(timing.publish_periodically)
+            try:
+                async with batch as results:
+                    yield results
+            except Exception as exc:
+                body_error = exc  # raised below as itself, not in an ExceptionGroup
+            finally:
+                task_group.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await timing.publish(force=True)
+        if body_error is not None:
+            raise body_error
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -30,12 +30,14 @@ import bisect
 import itertools
 import math
 from collections import deque
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
 from . import _limits
 
-__all__ = ["CompletionEstimator", "Snapshot"]
+__all__ = ["ESTIMATE_FORMAT", "CompletionEstimator", "Snapshot"]
 
 #: The grid: log-spaced bin edges from half a second to two hours, 3 % apart (about the finest
 #: lag target; within a bin, mass is spread evenly, so the grid does not decide where a poll
@@ -70,6 +72,15 @@ SURPRISE = 0.5
 #: Songs' worth of data (a wave) below which every completed song refits: learning fast
 #: matters most at first.
 FIRST_SONGS = 20.0
+#: The version of the exported estimate's layout (``export``/``adopt``): an estimate of
+#: another version, or on another grid, is refused rather than misread.
+ESTIMATE_FORMAT = 1
+#: The most songs' worth an adopted estimate counts for: a wave, so that this client's own
+#: songs take over within about one wave, as they do from the documented prior.
+ADOPTED_SONGS = FIRST_SONGS
+#: Significant digits of each bin's mass in an export: the planner never needs more, and
+#: the estimate stays a few kilobytes.
+EXPORT_DIGITS = 4
 
 
 def _grid() -> tuple[float, ...]:
@@ -203,18 +214,68 @@ class CompletionEstimator:
             raise ValueError(f"prior must be (low, high) with 0 < low <= high, got {prior!r}")
         self.prior = (float(low), float(high))
         self._prior = _uniform_over(*self.prior)
+        self._prior_songs = PRIOR_SONGS  # the prior's weight (an adopted estimate's: more)
+        self._adopted = False
         self._floor = _log_uniform()
         self._completed: deque[_Interval] = deque(maxlen=MAX_COMPLETED)
         self._running: dict[str, _Interval] = {}
         self._fitted_at = -math.inf
         self._versions = itertools.count()
-        total = PRIOR_SONGS + FLOOR_SONGS
-        mass = [
-            (PRIOR_SONGS * p + FLOOR_SONGS * f) / total
+        self._mass = self._prior_mass()
+        self._snapshot = self._publish(0.0)
+
+    def _prior_mass(self) -> list[float]:
+        total = self._prior_songs + FLOOR_SONGS
+        return [
+            (self._prior_songs * p + FLOOR_SONGS * f) / total
             for p, f in zip(self._prior, self._floor, strict=True)
         ]
-        self._mass = mass
-        self._snapshot = self._publish(0.0)
+
+    # ------------------------------------------------------------------ sharing
+
+    def export(self) -> dict[str, Any]:
+        """The current estimate as plain JSON-able data, for another client to
+        :meth:`adopt`: the format version, the grid, each bin's mass and the songs' worth
+        behind it (this client's own songs plus what remains of an adopted estimate)."""
+        mass = [float(f"{m:.{EXPORT_DIGITS}g}") for m in self._mass]
+        return {
+            "format": ESTIMATE_FORMAT,
+            "grid": [GRID_START, GRID_END, GRID_RATIO],
+            "songs": round(self._snapshot.songs + self._adopted_weight(), 3),
+            "mass": mass,
+        }
+
+    def adopt(self, estimate: Mapping[str, Any]) -> bool:
+        """Start from another client's exported estimate instead of the documented prior:
+        it becomes the prior, worth its songs (at most ``ADOPTED_SONGS``), and fades as this
+        client's own songs arrive. Returns False, changing nothing, for an estimate of
+        another format or grid, or one that is not a distribution."""
+        if estimate.get("format") != ESTIMATE_FORMAT:
+            return False
+        if estimate.get("grid") != [GRID_START, GRID_END, GRID_RATIO]:
+            return False
+        mass, songs = estimate.get("mass"), estimate.get("songs")
+        if not isinstance(mass, list) or len(mass) != BINS:
+            return False
+        if not all(isinstance(m, int | float) and math.isfinite(m) and m >= 0 for m in mass):
+            return False
+        if not isinstance(songs, int | float) or not math.isfinite(songs) or songs <= 0:
+            return False
+        total = float(sum(mass))
+        if total <= 0:
+            return False
+        self._prior = [float(m) / total for m in mass]
+        self._prior_songs = min(float(songs), ADOPTED_SONGS)
+        self._adopted = True
+        self._mass = self._prior_mass()
+        self._snapshot = self._publish(self._snapshot.songs)
+        return True
+
+    def _adopted_weight(self) -> float:
+        """What an adopted estimate still weighs (0 with the documented prior)."""
+        if not self._adopted:
+            return 0.0
+        return self._prior_songs * math.exp(-len(self._completed) / PRIOR_MEMORY)
 
     # ------------------------------------------------------------------ observing
 
@@ -278,7 +339,7 @@ class CompletionEstimator:
             for index, interval in enumerate(self._completed)
         ]
         weighted += [(interval, 1.0) for interval in self._running.values()]
-        prior_weight = PRIOR_SONGS * math.exp(-completed / PRIOR_MEMORY)
+        prior_weight = self._prior_songs * math.exp(-completed / PRIOR_MEMORY)
         pseudo = [
             prior_weight * p + FLOOR_SONGS * f
             for p, f in zip(self._prior, self._floor, strict=True)

@@ -18,7 +18,8 @@ Three policies ship:
 from __future__ import annotations
 
 import math
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -308,6 +309,16 @@ class LearnedPolling:
     def forget(self, song: str) -> None:
         """Stop counting ``song`` as running."""
         self._estimator.forget(song)
+
+    def export_estimate(self) -> dict[str, Any]:
+        """The learned completion times as JSON-able data (see
+        :meth:`CompletionEstimator.export`), for another client to adopt."""
+        return self._estimator.export()
+
+    def adopt_estimate(self, estimate: Mapping[str, Any]) -> bool:
+        """Start from another client's exported estimate instead of the documented prior;
+        False (nothing changed) if it cannot be read."""
+        return self._estimator.adopt(estimate)
 
     def __repr__(self) -> str:
         snapshot = self._estimator.snapshot
