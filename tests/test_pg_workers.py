@@ -1,0 +1,274 @@
+"""Several workers draining one catalog through the PostgreSQL journal, end to end against the
+emulator: every song generated and downloaded once, a dead worker's songs taken over (adopted
+by id, never paid twice), the manifest listing each song once, and a worker that waits while
+another live worker still holds songs.
+
+Leases run on an injected clock (``lease_clock``), so expiry needs no waiting; the emulator
+and the workers' sleeps run on the emulator's compressed clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+import aimlmusic
+from aimlmusic.catalog import PgJournal, SongState, load_catalog, run_catalog
+from aimlmusic.catalog._runner import _endpoint
+from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig
+
+pytestmark = pytest.mark.anyio
+
+SECOND_KEY = "second-account-key"
+BASE_URL = "http://127.0.0.1"
+LYRICS = "[Verse]\nNeon rain on empty streets\n[Chorus]\nWe keep on walking home"
+#: Seconds a lease lasts in these tests (on the injected lease clock).
+LEASE = 60.0
+#: The lease clock's time for a worker that outlives every lease the "dead" worker took.
+LATER = 100_000.0
+
+
+def make_emulator() -> Emulator:
+    return Emulator(
+        EmulatorConfig(time_scale=2000.0, audio_seconds=0.3, api_keys={TEST_API_KEY, SECOND_KEY})
+    )
+
+
+@asynccontextmanager
+async def client_for(
+    emulator: Emulator, api_key: str = TEST_API_KEY
+) -> AsyncIterator[aimlmusic.AsyncMusicClient]:
+    async with aimlmusic.AsyncMusicClient(
+        api_key,
+        base_url=BASE_URL,
+        transport=httpx.ASGITransport(app=emulator.app),
+        clock=emulator.clock,
+    ) as client:
+        yield client
+
+
+def write_catalog(path: Path, count: int) -> Path:
+    rows = [
+        {
+            "key": f"song-{i:02d}",
+            "title": f"Track {i:02d}",
+            "prompt": f"Synthwave night drive number {i}, warm pads",
+            "lyrics": LYRICS,
+            "format": "mp3" if i % 2 else "wav",
+        }
+        for i in range(count)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def manifest(out: Path) -> list[dict[str, object]]:
+    text = (out / "manifest.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def song_files(*outs: Path) -> list[str]:
+    return sorted(
+        p.name
+        for out in outs
+        for p in out.iterdir()
+        if p.is_file() and not p.name.startswith(("aimlmusic-", "manifest", "."))
+    )
+
+
+async def test_two_workers_on_two_accounts_generate_each_song_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Two workers (own keys, own output directories) split the catalog: one POST and one
+    file per song, and both manifests list every song once as downloaded."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 12)
+    outs = [tmp_path / "host-a", tmp_path / "host-b"]
+
+    async def worker(key: str, out: Path, name: str) -> None:
+        async with client_for(emulator, key) as client:
+            summary = await run_catalog(
+                client,
+                catalog,
+                out,
+                journal_url=postgres_url,
+                worker_id=name,
+                max_in_flight=3,
+                tag_mp3=False,
+            )
+        assert summary.all_done
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker, TEST_API_KEY, outs[0], "A")
+        tg.start_soon(worker, SECOND_KEY, outs[1], "B")
+
+    stats = emulator.stats()
+    assert stats.requests["submit"] == 12
+    assert stats.duplicate_submissions == 0
+    for out in outs:
+        records = manifest(out)
+        assert [r["key"] for r in records] == [f"song-{i:02d}" for i in range(12)]
+        assert {r["status"] for r in records} == {"downloaded"}
+    files = song_files(*outs)
+    assert files == sorted(str(r["file"]) for r in manifest(outs[0]))
+    with PgJournal(postgres_url, endpoint=None) as journal:
+        downloads = {w["worker"]: w["downloaded"] for w in journal.workers()}
+    assert downloads["A"] > 0
+    assert downloads["B"] > 0
+    assert sum(downloads.values()) == 12
+
+
+async def test_workers_sharing_one_directory_write_each_file_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Two workers on one host with one output directory: each file once, its bytes as the
+    manifest says, and no partial download left behind."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 8)
+    out = tmp_path / "out"
+
+    async def worker(name: str) -> None:
+        async with client_for(emulator) as client:
+            await run_catalog(
+                client, catalog, out, journal_url=postgres_url, worker_id=name, tag_mp3=False
+            )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker, "one")
+        tg.start_soon(worker, "two")
+
+    records = manifest(out)
+    assert len(records) == 8
+    assert song_files(out) == sorted(str(r["file"]) for r in records)
+    for record in records:
+        data = (out / str(record["file"])).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == record["sha256"]
+    assert not (out / ".aimlmusic-partial").exists()
+    assert emulator.stats().requests["submit"] == 8
+
+
+async def test_a_dead_workers_songs_are_taken_over_without_paying_twice(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """After a worker died: its submitted song is adopted by id (polled, downloaded, no new
+    POST), the song it left submitting becomes ambiguous (not sent), its claimed pending song
+    is generated normally; the manifest lists each song once."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 5)
+    async with client_for(emulator) as client:
+        endpoint = _endpoint(client.base_url)
+        # The dead worker: it claimed three songs at lease time 0 and never came back.
+        with PgJournal(
+            postgres_url, endpoint=endpoint, worker_id="dead", lease_seconds=LEASE, now=lambda: 0
+        ) as dead:
+            assert dead.sync_catalog(load_catalog(catalog)) == []
+            claimed = [dead.claim(resubmit_ambiguous=False, retry_failed=False) for _ in range(3)]
+            assert [e.key for e in claimed if e is not None] == ["song-00", "song-01", "song-02"]
+            first = dead.entry("song-00")
+            assert first is not None
+            generation_id = (await client.submit(first.request)).id
+            dead.mark_submitting("song-00")
+            dead.mark_submitted("song-00", generation_id)
+            dead.mark_submitting("song-01")  # ...and died before its POST returned
+        assert emulator.stats().requests["submit"] == 1
+
+        summary = await run_catalog(
+            client,
+            catalog,
+            tmp_path / "out",
+            journal_url=postgres_url,
+            worker_id="survivor",
+            lease_clock=lambda: LATER,
+            tag_mp3=False,
+        )
+
+    stats = emulator.stats()
+    assert stats.requests["submit"] == 4  # the dead worker's one, then song-02..04
+    assert stats.duplicate_submissions == 0
+    assert summary.ambiguous == ("song-01",)
+    assert summary.downloaded == 4
+    records = {str(r["key"]): r for r in manifest(tmp_path / "out")}
+    assert len(records) == 5
+    assert records["song-00"]["generation_id"] == generation_id
+    assert records["song-00"]["status"] == "downloaded"
+    assert records["song-00"]["submit_attempts"] == 1
+    assert records["song-01"]["status"] == "ambiguous"
+
+
+async def test_a_worker_waits_while_another_live_worker_holds_a_song(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """With nothing left to claim but a song under another worker's live lease, the worker
+    waits instead of ending, and takes the song over once that lease expires."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 4)
+    lease_now = [0.0]
+    expired_at: list[float] = []
+    async with client_for(emulator) as client:
+        endpoint = _endpoint(client.base_url)
+        with PgJournal(
+            postgres_url,
+            endpoint=endpoint,
+            worker_id="slow",
+            lease_seconds=LEASE,
+            now=lambda: lease_now[0],
+        ) as slow:
+            assert slow.sync_catalog(load_catalog(catalog)) == []
+            held = slow.claim(resubmit_ambiguous=False, retry_failed=False)
+            assert held is not None
+            assert held.key == "song-00"
+
+        async def expire_when_the_rest_is_done() -> None:
+            with PgJournal(postgres_url, endpoint=None) as watcher:
+                while watcher.counts()[SongState.DOWNLOADED] < 3:
+                    await client.clock.sleep(1.0)
+                await client.clock.sleep(30.0)  # the worker is waiting by now
+                entry = watcher.entry("song-00")
+                assert entry is not None
+                assert entry.state is SongState.PENDING  # not taken while the lease lived
+                expired_at.append(client.clock.now())
+                lease_now[0] = LEASE + 1  # "slow" died: its lease runs out
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(expire_when_the_rest_is_done)
+            summary = await run_catalog(
+                client,
+                catalog,
+                tmp_path / "out",
+                journal_url=postgres_url,
+                worker_id="patient",
+                lease_clock=lambda: lease_now[0],
+                recheck_seconds=5.0,
+                tag_mp3=False,
+            )
+            finished_at = client.clock.now()
+
+    assert expired_at
+    assert finished_at > expired_at[0]
+    assert summary.all_done
+    assert emulator.stats().requests["submit"] == 4
+
+
+async def test_an_in_process_emulator_cannot_share_a_journal(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A server that forgets its generations is refused before anything is sent."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 2)
+    async with client_for(emulator) as client:
+        with pytest.raises(aimlmusic.ConfigurationError, match="keeps its generations"):
+            await run_catalog(
+                client,
+                catalog,
+                tmp_path / "out",
+                journal_url=postgres_url,
+                server_is_ephemeral=True,
+            )
+    assert sum(emulator.stats().requests.values()) == 0
