@@ -21,7 +21,7 @@ import pytest
 
 import aimlmusic
 from aimlmusic.catalog import PgJournal, SongState, load_catalog, run_catalog
-from aimlmusic.catalog._runner import _endpoint
+from aimlmusic.catalog._runner import _account_of, _endpoint
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig
 
 pytestmark = pytest.mark.anyio
@@ -272,3 +272,54 @@ async def test_an_in_process_emulator_cannot_share_a_journal(
                 server_is_ephemeral=True,
             )
     assert sum(emulator.stats().requests.values()) == 0
+
+
+async def test_another_accounts_generation_waits_for_a_worker_of_that_account(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A dead worker's submitted song is adopted only by a worker with the same key (its id
+    is invisible to other accounts): another account leaves it submitted, never failed nor
+    sent again, and a worker of the right account then downloads it."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 2)
+    async with client_for(emulator, TEST_API_KEY) as client:
+        first = load_catalog(catalog)[0]
+        generation_id = (await client.submit(first.request)).id
+        account = _account_of(client)
+        assert account is not None
+        assert account not in repr(TEST_API_KEY)
+        with PgJournal(
+            postgres_url,
+            endpoint=_endpoint(client.base_url),
+            worker_id="dead",
+            now=lambda: 0,
+            account=account,
+        ) as dead:
+            assert dead.sync_catalog(load_catalog(catalog)) == []
+            assert dead.claim(resubmit_ambiguous=False, retry_failed=False) is not None
+            dead.mark_submitting(first.key)
+            dead.mark_submitted(first.key, generation_id)
+
+    async with client_for(emulator, SECOND_KEY) as other:
+        summary = await run_catalog(
+            other,
+            catalog,
+            tmp_path / "b",
+            journal_url=postgres_url,
+            lease_clock=lambda: LATER,
+            tag_mp3=False,
+        )
+    assert summary.unfinished == (first.key,)
+    assert summary.failed == ()
+    async with client_for(emulator, TEST_API_KEY) as same:
+        summary = await run_catalog(
+            same,
+            catalog,
+            tmp_path / "a",
+            journal_url=postgres_url,
+            lease_clock=lambda: LATER,
+            tag_mp3=False,
+        )
+    assert summary.all_done
+    assert emulator.stats().requests["submit"] == 2
+    assert emulator.stats().duplicate_submissions == 0

@@ -101,8 +101,11 @@ CREATE TABLE IF NOT EXISTS aimlmusic_songs (
     lease_until DOUBLE PRECISION,
     last_claimed_by TEXT,
     downloaded_by TEXT,
+    account TEXT,
     seq BIGSERIAL
 );
+-- Journals made before songs recorded their account.
+ALTER TABLE aimlmusic_songs ADD COLUMN IF NOT EXISTS account TEXT;
 CREATE INDEX IF NOT EXISTS aimlmusic_songs_by_position ON aimlmusic_songs (position);
 CREATE INDEX IF NOT EXISTS aimlmusic_songs_by_owner ON aimlmusic_songs (owner);
 -- The lease clock: the injected time when there is one (tests), else the server's, so hosts
@@ -162,7 +165,10 @@ class PgJournal:
     ``url`` is a libpq URL (``postgresql://user:password@host/db``); ``endpoint`` the API
     server its generation ids belong to (``None`` opens an existing journal for reading);
     ``worker_id`` names this worker (default :func:`new_worker_id`); ``lease_seconds`` is how
-    long a claim lasts unrenewed; ``now`` replaces the database clock for leases (seconds).
+    long a claim lasts unrenewed; ``now`` replaces the database clock for leases (seconds);
+    ``account`` names the API account this worker submits with (a hash of its key, never
+    the key): generation ids are visible only to the account that made them, so a worker
+    adopts only submitted songs of its own account (``None``: any).
     """
 
     def __init__(
@@ -173,6 +179,7 @@ class PgJournal:
         worker_id: str | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         now: Callable[[], float] | None = None,
+        account: str | None = None,
     ) -> None:
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
@@ -181,6 +188,7 @@ class PgJournal:
         self._worker_id = worker_id or new_worker_id()
         self._lease_seconds = float(lease_seconds)
         self._now = now
+        self._account = account
         self._run_id: int | None = None
         try:
             import psycopg
@@ -260,6 +268,7 @@ class PgJournal:
         values["now"] = self._now() if self._now is not None else None
         values["me"] = self._worker_id
         values["lease"] = self._lease_seconds
+        values["account"] = self._account
         return values
 
     def _check_meta(self, endpoint: str | None) -> None:
@@ -502,6 +511,7 @@ class PgJournal:
             error=None,
             error_type=None,
             last_claimed_by=None,
+            account=self._account,
         )
 
     # ------------------------------------------------------------------ claims
@@ -529,6 +539,9 @@ class PgJournal:
                 " OR (state = 'failed' AND (generation_id IS NULL OR %(retry_failed)s)))"
                 " AND (owner IS NULL OR lease_until < aimlmusic_now(%(now)s))"
                 " AND last_claimed_by IS DISTINCT FROM %(me)s"
+                # Another account's generation id cannot be polled with this key.
+                " AND (state != 'submitted' OR account IS NULL"
+                " OR %(account)s::text IS NULL OR account = %(account)s)"
                 " ORDER BY position LIMIT 1 FOR UPDATE SKIP LOCKED)"
                 " UPDATE aimlmusic_songs AS s SET owner = %(me)s, last_claimed_by = %(me)s,"
                 " lease_until = aimlmusic_now(%(now)s) + %(lease)s"
@@ -635,6 +648,7 @@ class PgJournal:
             self._set(
                 key,
                 state=_S.SUBMITTING,
+                account=self._account,
                 submit_attempts=row["submit_attempts"] + 1,
                 error=None,
                 error_type=None,
