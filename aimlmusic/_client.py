@@ -17,7 +17,7 @@ import anyio
 from ._clock import Clock, SystemClock
 from ._config import Limits, RetryPolicy, SizeLimits, Timeout
 from ._download import Downloader
-from ._emulator_time import follow_emulator_time
+from ._emulator_time import TimeScaleProbe, follow_emulator_time
 from ._errors import (
     ConfigurationError,
     DownloadError,
@@ -109,9 +109,11 @@ class AsyncMusicClient:
         self._retry = retry if retry is not None else RetryPolicy()
         self._limits = limits if limits is not None else Limits()
         local = _is_loopback(urlsplit(self._base_url).hostname or "")
+        scale_probe: TimeScaleProbe | None = None
         if local and clock is None and transport is None and http_client is None:
             # Most likely an emulator: run at its speed (see _emulator_time).
-            clock, transport = follow_emulator_time(self._base_url)
+            clock, scale_probe = follow_emulator_time(self._base_url)
+            transport = scale_probe
         self._telemetry = telemetry_if_configured()
         if self._telemetry is not None and http_client is None:
             # Spans and counts per request (a caller's http_client is left as it is).
@@ -127,6 +129,7 @@ class AsyncMusicClient:
                 self._clock,
                 self._shared,
                 use_clock_time=isinstance(self._clock, VirtualClock),
+                before_first_use=None if scale_probe is None else scale_probe.learn_scale,
             )
         )
         # The learned timing, shared when the policy can export it (LearnedPolling).

@@ -73,6 +73,13 @@ class TimeScaleProbe(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Ask once (the first request waits for the answer), then pass ``request`` on."""
+        await self.learn_scale()
+        return await self._inner.handle_async_request(request)
+
+    async def learn_scale(self) -> None:
+        """Ask the server for its time scale, the first time only (later calls return at
+        once). A shared budget calls it before its first request: its windows are in API
+        seconds, which the scale turns into the real ones it keeps in Redis."""
         if not self._asked:
             if self._lock is None:
                 self._lock = anyio.Lock()
@@ -80,7 +87,6 @@ class TimeScaleProbe(httpx.AsyncBaseTransport):
                 if not self._asked:
                     await self._ask()
                     self._asked = True
-        return await self._inner.handle_async_request(request)
 
     async def _ask(self) -> None:
         timeout = dict.fromkeys(("connect", "read", "write", "pool"), PROBE_TIMEOUT)

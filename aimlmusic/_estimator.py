@@ -248,8 +248,9 @@ class CompletionEstimator:
     def adopt(self, estimate: Mapping[str, Any]) -> bool:
         """Start from another client's exported estimate instead of the documented prior:
         it becomes the prior, worth its songs (at most ``ADOPTED_SONGS``), and fades as this
-        client's own songs arrive. Returns False, changing nothing, for an estimate of
-        another format or grid, or one that is not a distribution."""
+        client's own songs arrive, at the pace of real songs (``MEMORY``). Returns False,
+        changing nothing, for an estimate of another format or grid, or one that is not a
+        distribution."""
         if estimate.get("format") != ESTIMATE_FORMAT:
             return False
         if estimate.get("grid") != [GRID_START, GRID_END, GRID_RATIO]:
@@ -275,7 +276,7 @@ class CompletionEstimator:
         """What an adopted estimate still weighs (0 with the documented prior)."""
         if not self._adopted:
             return 0.0
-        return self._prior_songs * math.exp(-len(self._completed) / PRIOR_MEMORY)
+        return self._prior_songs * math.exp(-len(self._completed) / MEMORY)
 
     # ------------------------------------------------------------------ observing
 
@@ -339,7 +340,9 @@ class CompletionEstimator:
             for index, interval in enumerate(self._completed)
         ]
         weighted += [(interval, 1.0) for interval in self._running.values()]
-        prior_weight = self._prior_songs * math.exp(-completed / PRIOR_MEMORY)
+        # An adopted estimate summarises real songs: it ages as they do, not as the prior.
+        memory = MEMORY if self._adopted else PRIOR_MEMORY
+        prior_weight = self._prior_songs * math.exp(-completed / memory)
         pseudo = [
             prior_weight * p + FLOOR_SONGS * f
             for p, f in zip(self._prior, self._floor, strict=True)

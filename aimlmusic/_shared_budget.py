@@ -37,6 +37,7 @@ import itertools
 import math
 import random
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -64,6 +65,10 @@ RECOVERY_SHARE = 1 / 20
 #: API seconds the shared state outlives its last use: long enough to remember a pause and
 #: a slowed rate across a lull, short enough that an idle account leaves nothing behind.
 STATE_LIFETIME = 600.0
+#: Real seconds added to the window: a request let through by Redis reaches the server some
+#: milliseconds later (a thread hop, the event loop, the network), and under a compressed
+#: clock (50x) those milliseconds are whole API seconds, more than the window's margin.
+REAL_MARGIN = 0.02
 #: The longest a waiting request sleeps before asking Redis again (API seconds): feedback
 #: recorded meanwhile is sent then, and a slot another process freed is seen.
 _RECHECK_AT_MOST = 1.0
@@ -71,7 +76,7 @@ _RECHECK_AT_MOST = 1.0
 # KEYS: window log, state hash. ARGV: now ('' = Redis TIME), time scale, configured rate,
 # window, member to add ('' = only apply the feedback), feedback ("s:N" successes, "t:R"
 # a 429 with Retry-After R API seconds, R < 0: none), uniform random in [0, 1), pause base,
-# pause max, min rate share, recovery share, state lifetime (API seconds).
+# pause max, min rate share, recovery share, state lifetime (API seconds), real margin.
 # Returns {granted 0/1, wait (real s), rate (per API minute), pause left (real s)}; numbers
 # as strings, since Redis would truncate Lua numbers to integers.
 _ACQUIRE = """
@@ -85,7 +90,7 @@ else
 end
 local scale = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
-local window = tonumber(ARGV[4]) / scale
+local window = tonumber(ARGV[4]) / scale + tonumber(ARGV[13])
 local member = ARGV[5]
 local u = tonumber(ARGV[7])
 local pause_base, pause_max = tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -167,6 +172,8 @@ class SharedBudget:
 
     Implements the same protocol as the local budget (``acquire``, ``on_success``,
     ``on_throttled``, ``effective_rate``, ``paused_until``, ``waiting``, ``delay``).
+    ``before_first_use`` is awaited before the first call to Redis (the client passes
+    what learns a served emulator's time scale).
     Within one client, submissions still go before polls; across clients, whoever asks
     Redis first when room appears goes first. ``use_clock_time=True`` takes "now" from
     ``clock`` instead of Redis (for clients sharing one virtual clock in tests).
@@ -180,6 +187,7 @@ class SharedBudget:
         *,
         use_clock_time: bool = False,
         seed: int | None = None,
+        before_first_use: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if requests_per_minute <= 0:
             raise ValueError(f"requests_per_minute must be positive, got {requests_per_minute!r}")
@@ -187,6 +195,8 @@ class SharedBudget:
         self.store = store
         self._clock = clock
         self._use_clock_time = use_clock_time
+        # Learns the clock's time scale (from a served emulator) before the first call.
+        self._before_first_use = before_first_use
         self._script = store.script(_ACQUIRE)
         self._keys = [store.key("window"), store.key("budget")]
         self._rate = self.requests_per_minute
@@ -277,6 +287,9 @@ class SharedBudget:
     async def _ask(self, *, take: bool) -> float:
         """One script call: send the feedback, take a request if ``take`` and there is
         room; return how long to wait (API seconds; ``<= 0``: taken)."""
+        if self._before_first_use is not None:
+            await self._before_first_use()
+            self._before_first_use = None
         scale = float(getattr(self._clock, "scale", 1.0))
         events, successes = self._events, self._successes
         self._events, self._successes = [], 0
@@ -294,6 +307,7 @@ class SharedBudget:
             repr(MIN_RATE_SHARE),
             repr(RECOVERY_SHARE),
             repr(STATE_LIFETIME),
+            repr(REAL_MARGIN),
         ]
         try:
             answer = await self.store.run(lambda: self._script(keys=self._keys, args=args))

@@ -282,3 +282,27 @@ async def test_two_clients_sharing_redis_get_no_429(
     assert shared.stats().jobs["completed"] == 12
     unshared = await batch_of_two_clients(redis_url, redis_prefix, monkeypatch, shared=False)
     assert unshared.stats().rate_limited > 0
+
+
+async def test_the_time_scale_is_learned_before_the_first_call_to_redis(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """before_first_use (a served emulator's scale probe) runs once, before the first
+    script call, so no request is counted on a real-time window by mistake."""
+    clock = VirtualClock()
+    calls: list[float] = []
+
+    async def learn_scale() -> None:
+        calls.append(clock.now())
+
+    budget = SharedBudget(
+        60,
+        clock,
+        store(redis_url, redis_prefix),
+        use_clock_time=True,
+        before_first_use=learn_scale,
+    )
+    async with clock:
+        await budget.acquire("submit")
+        await budget.acquire("poll")
+    assert calls == [0.0]
