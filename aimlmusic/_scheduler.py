@@ -402,7 +402,14 @@ class _Batch:
                 # hands a song over (the catalog runner does) then does so as late as possible.
                 await self._pace()
                 # The account's slot (shared with other processes) before the song is taken.
-                lease = await self._take_lease()
+                try:
+                    lease = await self._take_lease()
+                except AimlMusicError as exc:
+                    # The shared Redis failed: no new song, those in flight finish, and the
+                    # error is raised when the block exits (as a failing source's is).
+                    self._slots.release()
+                    self.source_error = exc
+                    return
                 try:
                     item = await _next_item(iterator)
                     if item is _END:

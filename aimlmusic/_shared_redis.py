@@ -156,8 +156,8 @@ class SharedStore:
         if self._redactor is not None:
             detail = self._redactor.text(detail)
         return SharedStateError(
-            f"the shared Redis at {self.redacted_url} failed ({detail}); requests are held "
-            "rather than sent unshared, which could exceed the account's limits",
+            f"the shared Redis at {self.redacted_url} failed ({detail}); nothing is sent "
+            "around it (unshared, the account's limits could be exceeded)",
             url=self.redacted_url,
         )
 

@@ -306,3 +306,27 @@ async def test_the_time_scale_is_learned_before_the_first_call_to_redis(
         await budget.acquire("submit")
         await budget.acquire("poll")
     assert calls == [0.0]
+
+
+async def test_a_batch_on_an_unreachable_redis_raises_the_error_itself() -> None:
+    """generate_many on an unreachable Redis sends nothing and raises SharedStateError
+    itself when the block exits (not an ExceptionGroup), without the password."""
+    requests: list[httpx.Request] = []
+    transport = httpx.MockTransport(lambda request: requests.append(request) or httpx.Response(500))
+    song = aimlmusic.SongRequest("A prompt long enough", LYRICS)
+    async with aimlmusic.AsyncMusicClient(
+        KEY,
+        base_url="https://api.example",
+        transport=transport,
+        shared_url="redis://:s3cret-pass@127.0.0.1:1/0",
+    ) as client:
+
+        async def drain() -> None:
+            async with client.generate_many([song, song]) as results:
+                async for _ in results:
+                    pass
+
+        with anyio.fail_after(30), pytest.raises(SharedStateError) as caught:
+            await drain()
+    assert "s3cret" not in str(caught.value)
+    assert requests == []
