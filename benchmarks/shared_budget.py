@@ -5,7 +5,7 @@ process, one fresh emulator and one fresh API key per run), time compressed ``--
 times, with the account limits of the emulator's defaults: 120 requests/minute and 20
 songs generating at once per key. Client processes are real OS processes (see ``_fleet``),
 each an ``AsyncMusicClient`` running ``generate_many``; the shared budget is switched on with
-``AIMLMUSIC_SHARED_URL`` pointing at a Redis database of the benchmark's own. The emulator's
+``AIMLMUSIC_SHARED_URL`` pointing at Redis. The emulator's
 records give every figure, so no client can flatter itself.
 
 1. **Throughput**: P processes x N songs on one key with the shared budget, the same
@@ -24,8 +24,10 @@ records give every figure, so no client can flatter itself.
     python benchmarks/shared_budget.py --quick         # smaller, under a minute
     python benchmarks/shared_budget.py --json shared.json
 
-The Redis database (``--redis-url``, default DB 11 on 127.0.0.1:6379) is emptied at the
-end (``FLUSHDB`` of that database only); DB 0 is refused, as other things use it.
+Shared state goes to ``--redis-url`` (default: database 11 on 127.0.0.1:6379). Every
+account of a run has a fresh API key, so its keys in Redis (under the hash of the API key)
+are its own: two runs at once never meet, and at the end exactly those keys are deleted,
+never the whole database.
 """
 
 from __future__ import annotations
@@ -69,8 +71,17 @@ WINDOW_CLEAR = 61.0
 #: Acquires timed per contender before the next one's turn: contenders alternate in blocks,
 #: so a load on the machine that comes and goes falls on all of them alike.
 LATENCY_BLOCK = 100
-#: Where the shared state goes unless told: a database of its own, emptied afterwards.
+#: Where the shared state goes unless told: a database benchmarks may use (0 is for others).
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"
+#: The API keys of every account this run made: their namespaces in Redis are deleted at the
+#: end, and nothing else.
+_KEYS_USED: list[str] = []
+
+
+def _fresh_key() -> str:
+    key = f"bench-{secrets.token_hex(8)}"
+    _KEYS_USED.append(key)
+    return key
 
 
 @attrs.frozen
@@ -98,7 +109,7 @@ QUICK = Sizes(4, 8, 20, 300, 1, 50.0, ("medium",))
 def _account(law: Workload, time_scale: float, seed: int) -> Iterator[tuple[Emulator, str, str]]:
     """A fresh emulator served on loopback with one fresh key (so each run has its own
     account and its own namespace in Redis); yields the emulator, its URL and the key."""
-    key = f"bench-{secrets.token_hex(8)}"
+    key = _fresh_key()
     emulator = Emulator(
         EmulatorConfig(time_scale=time_scale, seed=seed, durations=law, api_keys={key})
     )
@@ -251,7 +262,7 @@ def _bench_client(shared_url: str | None) -> AsyncMusicClient:
         extra["shared_url"] = shared_url or ""
     # No request is sent: the URL only has to be well formed.
     return AsyncMusicClient(
-        f"bench-{secrets.token_hex(8)}",
+        _fresh_key(),
         base_url="http://127.0.0.1:9",
         limits=Limits(requests_per_minute=UNLIMITED_RATE),
         **extra,
@@ -402,28 +413,27 @@ def latency_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _check_redis_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise SystemExit(f"--redis-url must be a redis:// URL, got scheme {parts.scheme!r}")
-    database = parts.path.lstrip("/") or "0"
-    if not database.isdigit() or not 1 <= int(database) <= 15:
-        raise SystemExit(
-            "--redis-url must name a database 1-15 of the benchmark's own (it is emptied "
-            f"afterwards), got database {database!r}"
-        )
+    scheme = urlsplit(url).scheme
+    if scheme not in ("redis", "rediss"):
+        raise SystemExit(f"--redis-url must be a redis:// or rediss:// URL, got {scheme!r}")
 
 
-def _empty_database(url: str) -> int:
-    """Empty the benchmark's Redis database; return how many keys the runs left in it."""
+def _delete_run_keys(url: str) -> int:
+    """Delete the Redis keys of every account this run made; return how many there were."""
     import redis
 
-    connection = redis.Redis.from_url(url)
+    from aimlmusic._shared_redis import account_namespace  # the client's own naming
+
+    connection: Any = redis.Redis.from_url(url)  # its stubs leave scan_iter() untyped
+    deleted = 0
     try:
-        left = int(connection.dbsize())
-        connection.flushdb()
+        for api_key in _KEYS_USED:
+            keys = list(connection.scan_iter(match=account_namespace(api_key) + ":*"))
+            if keys:
+                deleted += int(connection.delete(*keys))
     finally:
         connection.close()
-    return left
+    return deleted
 
 
 # ---------------------------------------------------------------- main
@@ -448,7 +458,6 @@ def main() -> None:
         songs_per_process=args.songs or sizes.songs_per_process,
     )
     started = time.perf_counter()
-    _empty_database(args.redis_url)  # nothing of an earlier, interrupted run
     try:
         rows = throughput(sizes, args.redis_url, args.seed)
         warm = [
@@ -458,7 +467,7 @@ def main() -> None:
         ]
         latency = added_latency(sizes, args.redis_url)
     finally:
-        keys_left = _empty_database(args.redis_url)
+        keys_left = _delete_run_keys(args.redis_url)
     figures = {
         "sizes": attrs.asdict(sizes),
         "throughput": rows,
