@@ -880,6 +880,18 @@ class _Run:
             self.record_sending(key, "submit")
             entry = self.journal.entry(key)
         if entry is None or entry.state is not _S.SUBMITTING:
+            if self.shared is not None and key in self.handed:
+                # The journal refused ``submitting`` (this worker's lease on the song was
+                # lost), yet the POST went out: the id is all that keeps it from being paid
+                # for again.
+                logger.error(
+                    "song %r was submitted as generation %s but the shared journal did not "
+                    "record it; adopt it with --adopt %s=%s",
+                    key,
+                    generation_id,
+                    key,
+                    generation_id,
+                )
             return
         try:
             self.journal.mark_submitted(key, generation_id)
