@@ -1,4 +1,8 @@
-"""run_catalog end to end against the in-process emulator: never pay twice, always resume."""
+"""run_catalog end to end against the in-process emulator: never pay twice, always resume.
+
+The behavioural tests run with both journals (the ``journal_url`` fixture): SQLite in the
+output directory, and PostgreSQL as one worker of a shared catalog sees it.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,14 @@ pytestmark = pytest.mark.anyio
 LYRICS = "[Verse]\nNeon rain on empty streets\n[Chorus]\nWe keep on walking home"
 FORMATS = ("mp3", "wav", "pcm")
 NO_CREDIT_KEY = "broke-key"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def journal_url(request: pytest.FixtureRequest) -> str | None:
+    """Run a test with the SQLite journal (``None``) and with the PostgreSQL one."""
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("postgres_url"))
 
 
 def make_emulator(**config: object) -> Emulator:
@@ -90,14 +102,18 @@ def assert_all_downloaded_once(out: Path, count: int, emulator: Emulator) -> Non
     assert stats.jobs_submitted == count
 
 
-async def test_a_catalog_is_generated_tagged_and_described(tmp_path: Path) -> None:
+async def test_a_catalog_is_generated_tagged_and_described(
+    tmp_path: Path, journal_url: str | None
+) -> None:
     """All songs end up downloaded, MP3s tagged, the manifest matches the files, no duplicates."""
     emulator = make_emulator()
     catalog = write_catalog(tmp_path / "songs.jsonl", 9)
     out = tmp_path / "out"
     events: list[CatalogEvent] = []
     async with client_for(emulator) as client:
-        summary = await run_catalog(client, catalog, out, on_event=events.append)
+        summary = await run_catalog(
+            client, catalog, out, journal_url=journal_url, on_event=events.append
+        )
     assert summary.all_done
     assert summary.downloaded == 9
     assert summary.credits_used == 900.0
@@ -127,12 +143,12 @@ async def test_a_catalog_is_generated_tagged_and_described(tmp_path: Path) -> No
     # Running again does nothing: no request reaches the API.
     before = emulator.stats().requests
     async with client_for(emulator) as client:
-        again = await run_catalog(client, catalog, out)
+        again = await run_catalog(client, catalog, out, journal_url=journal_url)
     assert again.all_done
     assert emulator.stats().requests == before
 
 
-async def test_an_invalid_catalog_spends_nothing(tmp_path: Path) -> None:
+async def test_an_invalid_catalog_spends_nothing(tmp_path: Path, journal_url: str | None) -> None:
     """Any bad row stops the run before a request is sent or the output directory is made."""
     emulator = make_emulator()
     catalog = write_catalog(tmp_path / "songs.jsonl", 3)
@@ -142,13 +158,15 @@ async def test_an_invalid_catalog_spends_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out"
     async with client_for(emulator) as client:
         with pytest.raises(CatalogError) as info:
-            await run_catalog(client, catalog, out)
+            await run_catalog(client, catalog, out, journal_url=journal_url)
     assert [p.line for p in info.value.problems] == [4, 5]
     assert sum(emulator.stats().requests.values()) == 0
     assert not out.exists()
 
 
-async def test_songs_rejected_by_the_api_are_retried_by_the_next_run(tmp_path: Path) -> None:
+async def test_songs_rejected_by_the_api_are_retried_by_the_next_run(
+    tmp_path: Path, journal_url: str | None
+) -> None:
     """A 403 (no credits) stops the run with every song still pending; a rerun with credits
     sends them safely."""
     emulator = make_emulator()
@@ -156,7 +174,7 @@ async def test_songs_rejected_by_the_api_are_retried_by_the_next_run(tmp_path: P
     out = tmp_path / "out"
     async with client_for(emulator, NO_CREDIT_KEY) as client:
         with pytest.raises(_runner.RunStopped) as stopped:
-            await run_catalog(client, catalog, out)
+            await run_catalog(client, catalog, out, journal_url=journal_url)
     summary = stopped.value.summary
     assert stopped.value.reason == "auth"
     assert summary.counts[SongState.PENDING] == 3, summary.counts
@@ -164,29 +182,35 @@ async def test_songs_rejected_by_the_api_are_retried_by_the_next_run(tmp_path: P
     assert not summary.failed
     assert not summary.ambiguous
     async with client_for(emulator) as client:
-        summary = await run_catalog(client, catalog, out)
+        summary = await run_catalog(client, catalog, out, journal_url=journal_url)
     assert summary.all_done
     assert_all_downloaded_once(out, 3, emulator)
 
 
-async def test_failed_generations_are_resubmitted_only_when_asked(tmp_path: Path) -> None:
+async def test_failed_generations_are_resubmitted_only_when_asked(
+    tmp_path: Path, journal_url: str | None
+) -> None:
     """A generation that ends in error keeps its id; only retry_failed sends it again."""
     emulator = make_emulator(faults=Faults(generation_failure=1.0))
     catalog = write_catalog(tmp_path / "songs.jsonl", 2)
     out = tmp_path / "out"
     async with client_for(emulator) as client:
-        summary = await run_catalog(client, catalog, out)
+        summary = await run_catalog(client, catalog, out, journal_url=journal_url)
         assert summary.failed == ("song-00", "song-01")
         assert all(r["generation_id"] for r in manifest(out))
-        summary = await run_catalog(client, catalog, out)
+        summary = await run_catalog(client, catalog, out, journal_url=journal_url)
         assert summary.failed == ("song-00", "song-01")
         assert emulator.stats().jobs_submitted == 2
-        summary = await run_catalog(client, catalog, out, retry_failed=True)
+        summary = await run_catalog(
+            client, catalog, out, journal_url=journal_url, retry_failed=True
+        )
     assert emulator.stats().jobs_submitted == 4
     assert summary.failed == ("song-00", "song-01")  # the emulator fails every generation
 
 
-async def test_an_ambiguous_submission_is_never_resent_silently(tmp_path: Path) -> None:
+async def test_an_ambiguous_submission_is_never_resent_silently(
+    tmp_path: Path, journal_url: str | None
+) -> None:
     """A 5xx after the job was created makes the song ambiguous; adopting its id finishes it
     without a second submission."""
     emulator = make_emulator()
@@ -194,37 +218,43 @@ async def test_an_ambiguous_submission_is_never_resent_silently(tmp_path: Path) 
     catalog = write_catalog(tmp_path / "songs.jsonl", 3)
     out = tmp_path / "out"
     async with client_for(emulator) as client:
-        summary = await run_catalog(client, catalog, out, max_in_flight=1)
+        summary = await run_catalog(client, catalog, out, journal_url=journal_url, max_in_flight=1)
         assert summary.ambiguous == ("song-00",)
         assert summary.downloaded == 2
         # A plain rerun leaves it alone.
-        summary = await run_catalog(client, catalog, out)
+        summary = await run_catalog(client, catalog, out, journal_url=journal_url)
         assert summary.ambiguous == ("song-00",)
         assert emulator.stats().jobs_submitted == 3
         # The user finds the generation (here: in the emulator's records) and adopts it.
         (orphan,) = [
             job.id for job in emulator.jobs.values() if job.prompt.endswith("number 0, warm pads")
         ]
-        summary = await run_catalog(client, catalog, out, adopt={"song-00": orphan})
+        summary = await run_catalog(
+            client, catalog, out, journal_url=journal_url, adopt={"song-00": orphan}
+        )
     assert summary.all_done
     assert_all_downloaded_once(out, 3, emulator)
 
 
-async def test_resubmit_ambiguous_sends_again(tmp_path: Path) -> None:
+async def test_resubmit_ambiguous_sends_again(tmp_path: Path, journal_url: str | None) -> None:
     """With resubmit_ambiguous the song is sent again, and the emulator sees the duplicate."""
     emulator = make_emulator()
     emulator.inject("error_after", route="submit", count=1)
     catalog = write_catalog(tmp_path / "songs.jsonl", 1)
     out = tmp_path / "out"
     async with client_for(emulator) as client:
-        assert (await run_catalog(client, catalog, out)).ambiguous == ("song-00",)
-        summary = await run_catalog(client, catalog, out, resubmit_ambiguous=True)
+        assert (await run_catalog(client, catalog, out, journal_url=journal_url)).ambiguous == (
+            "song-00",
+        )
+        summary = await run_catalog(
+            client, catalog, out, journal_url=journal_url, resubmit_ambiguous=True
+        )
     assert summary.all_done
     assert emulator.stats().duplicate_submissions == 1
     assert manifest(out)[0]["submit_attempts"] == 2
 
 
-async def test_timed_out_songs_are_resumed_by_id(tmp_path: Path) -> None:
+async def test_timed_out_songs_are_resumed_by_id(tmp_path: Path, journal_url: str | None) -> None:
     """A song past its deadline stays submitted; the next run waits for it, never resubmits."""
     # 100x: the 5-s deadline is 50 real ms and songs take half a second, so a loaded machine
     # cannot stretch the deadline past every song's end (at 2000x it could, and did).
@@ -232,7 +262,7 @@ async def test_timed_out_songs_are_resumed_by_id(tmp_path: Path) -> None:
     catalog = write_catalog(tmp_path / "songs.jsonl", 3)
     out = tmp_path / "out"
     async with client_for(emulator) as client:
-        summary = await run_catalog(client, catalog, out, deadline=5.0)
+        summary = await run_catalog(client, catalog, out, journal_url=journal_url, deadline=5.0)
         # Songs take 50-60 s: all time out, unless a loaded machine delays a poll past the
         # song's end (the poll then finds it completed, which is fine too).
         assert summary.unfinished
@@ -241,12 +271,14 @@ async def test_timed_out_songs_are_resumed_by_id(tmp_path: Path) -> None:
         for record in manifest(out):
             if record["status"] == "submitted":
                 assert record["error"]["type"] == "GenerationTimeoutError"  # type: ignore[index]
-        summary = await run_catalog(client, catalog, out)
+        summary = await run_catalog(client, catalog, out, journal_url=journal_url)
     assert summary.all_done
     assert_all_downloaded_once(out, 3, emulator)
 
 
-async def test_a_cancelled_run_resumes_without_paying_twice(tmp_path: Path) -> None:
+async def test_a_cancelled_run_resumes_without_paying_twice(
+    tmp_path: Path, journal_url: str | None
+) -> None:
     """Cancelling mid-run leaves a consistent journal; the rerun finishes every song, and
     songs caught mid-POST are ambiguous until adopted."""
     emulator = make_emulator()
@@ -259,12 +291,19 @@ async def test_a_cancelled_run_resumes_without_paying_twice(tmp_path: Path) -> N
                 if event.progress.counts[SongState.SUBMITTED] >= 4:
                     scope.cancel()
 
-            await run_catalog(client, catalog, out, max_in_flight=6, on_event=stop_after_four)
+            await run_catalog(
+                client,
+                catalog,
+                out,
+                journal_url=journal_url,
+                max_in_flight=6,
+                on_event=stop_after_four,
+            )
         assert scope.cancel_called
         assert not list(out.glob(".*.part"))
-        middle = read_summary(out)
+        middle = read_summary(out, journal_url=journal_url)
         assert middle.downloaded < 12
-        summary = await run_catalog(client, catalog, out)
+        summary = await run_catalog(client, catalog, out, journal_url=journal_url)
         for key in summary.ambiguous:
             number = int(key.split("-")[1])
             found = [
@@ -273,9 +312,13 @@ async def test_a_cancelled_run_resumes_without_paying_twice(tmp_path: Path) -> N
                 if job.prompt == f"Synthwave night drive number {number}, warm pads"
             ]
             if found:
-                summary = await run_catalog(client, catalog, out, adopt={key: found[0]})
+                summary = await run_catalog(
+                    client, catalog, out, journal_url=journal_url, adopt={key: found[0]}
+                )
             else:
-                summary = await run_catalog(client, catalog, out, resubmit_ambiguous=True)
+                summary = await run_catalog(
+                    client, catalog, out, journal_url=journal_url, resubmit_ambiguous=True
+                )
     assert summary.all_done
     assert_all_downloaded_once(out, 12, emulator)
 
@@ -292,7 +335,9 @@ async def download_attempts_per_call(directory: Path) -> int:
     return probe.stats().faults["truncate_download"]
 
 
-async def test_failed_downloads_are_retried_by_the_next_run(tmp_path: Path) -> None:
+async def test_failed_downloads_are_retried_by_the_next_run(
+    tmp_path: Path, journal_url: str | None
+) -> None:
     """A download that keeps failing leaves the song completed; the rerun downloads it."""
     attempts = await download_attempts_per_call(tmp_path)
     emulator = make_emulator()
@@ -300,13 +345,13 @@ async def test_failed_downloads_are_retried_by_the_next_run(tmp_path: Path) -> N
     catalog = write_catalog(tmp_path / "songs.jsonl", 1)
     out = tmp_path / "out"
     async with client_for(emulator) as client:
-        summary = await run_catalog(client, catalog, out)
+        summary = await run_catalog(client, catalog, out, journal_url=journal_url)
         assert summary.unfinished == ("song-00",)
         assert summary.counts[SongState.COMPLETED] == 1
         assert not list(out.glob("*.mp3"))
         assert not list(out.glob(".*"))
         assert manifest(out)[0]["error"]["type"] == "DownloadError"  # type: ignore[index]
-        summary = await run_catalog(client, catalog, out)
+        summary = await run_catalog(client, catalog, out, journal_url=journal_url)
     assert summary.all_done
     assert_all_downloaded_once(out, 1, emulator)
     assert manifest(out)[0]["download_attempts"] == 2
@@ -316,7 +361,7 @@ def events_of(events: list[CatalogEvent], kind: str) -> list[CatalogEvent]:
     return [e for e in events if e.kind == kind]
 
 
-async def test_throttling_is_reported(tmp_path: Path) -> None:
+async def test_throttling_is_reported(tmp_path: Path, journal_url: str | None) -> None:
     """A 429 storm shows up as throttled events, and the run still finishes."""
     emulator = make_emulator()
     catalog = write_catalog(tmp_path / "songs.jsonl", 2)
@@ -329,7 +374,9 @@ async def test_throttling_is_reported(tmp_path: Path) -> None:
         events.append(event)
 
     async with client_for(emulator) as client:
-        summary = await run_catalog(client, catalog, tmp_path / "out", on_event=record)
+        summary = await run_catalog(
+            client, catalog, tmp_path / "out", journal_url=journal_url, on_event=record
+        )
     assert summary.all_done
     throttled = [e for e in events if e.kind == "throttled"]
     assert throttled
