@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import secrets
 import sys
 import time
@@ -99,7 +100,7 @@ class Sizes:
 
 
 FULL = Sizes(4, 50, 60, 2000, 3, 50.0, ("uniform", "medium"))
-QUICK = Sizes(4, 8, 20, 300, 1, 50.0, ("medium",))
+QUICK = Sizes(4, 6, 20, 200, 1, 50.0, ("medium",))
 
 
 # ---------------------------------------------------------------- accounts and records
@@ -465,7 +466,10 @@ def main() -> None:
             for law in sizes.warm_laws
             for row in warm_start(sizes, law, args.redis_url, args.seed)
         ]
+        load_before = os.getloadavg()[0]
         latency = added_latency(sizes, args.redis_url)
+        # The tail of a per-request figure is mostly the machine's: say how busy it was.
+        load = {"before": load_before, "after": os.getloadavg()[0]}
     finally:
         keys_left = _delete_run_keys(args.redis_url)
     figures = {
@@ -473,6 +477,7 @@ def main() -> None:
         "throughput": rows,
         "warm_start": warm,
         "acquire_latency": latency,
+        "load_average_1min": load,
         "redis_keys_left": keys_left,
         "seconds": time.perf_counter() - started,
         "machine": machine_facts(),
@@ -487,6 +492,10 @@ def main() -> None:
     print(warm_table(warm))
     print("\n## The budget's acquire per request\n")
     print(latency_table(latency))
+    print(
+        f"\nThe machine's load average (1 min) as this part began and ended: "
+        f"{load['before']:.1f}, {load['after']:.1f} ({os.cpu_count()} logical cores)"
+    )
     shared_classes = {c for row in rows if "shared" in row["run"] for c in row["budget"]}
     if shared_classes <= {"RequestBudget"}:
         print(
