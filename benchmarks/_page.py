@@ -12,6 +12,9 @@ from workloads import WORKLOADS
 __all__ = ["write"]
 
 PLOT = Path("_static") / "polling.png"
+#: Sections measured by scripts of their own and kept by hand: a rewrite of the page carries
+#: them over from the old page, at the end, in this order.
+KEPT_SECTIONS = ("## Several processes on one key", "## Several catalog workers")
 
 _INTRO = """\
 # Performance
@@ -289,5 +292,17 @@ def write(results: dict[str, Any], *, docs: Path) -> Path:
     if results.get("polling"):
         _report.plot_polling(results["polling"], docs / PLOT)
     page = docs / "performance.md"
-    page.write_text(render(results), encoding="utf-8")
+    old = page.read_text(encoding="utf-8") if page.exists() else ""
+    page.write_text(render(results) + _kept_sections(old), encoding="utf-8")
     return page
+
+
+def _kept_sections(old: str) -> str:
+    """The :data:`KEPT_SECTIONS` of the old page, each up to the next section."""
+    kept = []
+    for heading in KEPT_SECTIONS:
+        start = old.find("\n" + heading + "\n")
+        if start >= 0:
+            end = old.find("\n## ", start + 1)
+            kept.append(old[start : end if end >= 0 else len(old)].rstrip("\n") + "\n")
+    return "".join(kept)
