@@ -147,6 +147,7 @@ class AsyncMusicClient:
                 self._clock,
                 self._shared,
                 use_clock_time=isinstance(self._clock, VirtualClock),
+                before_first_use=None if scale_probe is None else scale_probe.learn_scale,
             )
         )
         self._size_limits = size_limits if size_limits is not None else SizeLimits()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -90,7 +91,8 @@ class SharedLeases:
 
     ``acquire()`` waits for a slot and returns the lease's id; ``release(id)`` gives it
     back; ``keep_alive()`` (run it in a task while leases are held) renews every lease this
-    object holds. ``use_clock_time=True`` takes "now" from ``clock`` (tests).
+    object holds. ``use_clock_time=True`` takes "now" from ``clock`` (tests);
+    ``before_first_use`` is awaited before the first lease (as for ``SharedBudget``).
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class SharedLeases:
         store: SharedStore,
         *,
         use_clock_time: bool = False,
+        before_first_use: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
             raise TypeError(f"max_in_flight must be an int, got {max_in_flight!r}")
@@ -109,6 +112,8 @@ class SharedLeases:
         self.store = store
         self._clock = clock
         self._use_clock_time = use_clock_time
+        # Learns the clock's time scale (from a served emulator) before the first lease.
+        self._before_first_use = before_first_use
         self._take = store.script(_TAKE)
         self._renew = store.script(_RENEW)
         self._keys = [store.key("leases")]
@@ -126,6 +131,9 @@ class SharedLeases:
     async def acquire(self) -> str:
         """Wait until the account runs fewer than ``max_in_flight`` generations, take a
         slot and return the lease's id."""
+        if self._before_first_use is not None:
+            await self._before_first_use()
+            self._before_first_use = None
         lease = uuid.uuid4().hex
         while True:
             now, scale = self._now_and_scale()

@@ -180,3 +180,23 @@ async def test_generate_holds_a_slot_of_the_account(
             await other.release(held)
         assert emulator.stats().jobs["completed"] == 1
         assert other.store.redis.zcard(other.store.key("leases")) == 0
+
+
+async def test_the_time_scale_is_learned_before_the_first_lease(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """before_first_use (a served emulator's scale probe) runs once, before the first lease
+    is taken, so the first lease's length is in the emulator's seconds."""
+    clock = VirtualClock()
+    calls: list[float] = []
+
+    async def learn_scale() -> None:
+        calls.append(clock.now())
+
+    store = SharedStore(redis_url, KEY, key_prefix=redis_prefix, offload=False)
+    holder = SharedLeases(2, clock, store, use_clock_time=True, before_first_use=learn_scale)
+    async with clock:
+        await holder.acquire()
+        await holder.acquire()
+    assert calls == [0.0]
+    assert holder.held == 2
