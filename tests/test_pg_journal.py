@@ -245,3 +245,16 @@ def test_the_password_never_shows(postgres_url: str, tmp_path: Path) -> None:
     assert secret not in str(caught.value)
     assert caught.value.__cause__ is None
     assert "cannot open the journal" in str(caught.value)
+
+
+def test_a_lost_database_is_a_journal_error_without_the_password(postgres_url: str) -> None:
+    """A connection the server dropped mid-run raises JournalError naming the journal, not
+    a driver traceback, and still without the password."""
+    secret = "pw-Lost-Db-987"
+    with PgJournal(with_password(postgres_url, secret), endpoint=ENDPOINT) as journal:
+        pid = journal._db.info.backend_pid
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(JournalError, match="failed") as caught:
+            journal.counts()
+    assert secret not in str(caught.value)

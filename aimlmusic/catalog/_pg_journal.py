@@ -21,12 +21,13 @@ disagree still agree on leases; ``now`` replaces that clock (tests, virtual time
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
 import socket
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._converter import generation_to_wire, request_to_wire
@@ -63,6 +64,26 @@ _PAGE = 500
 _SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
 
 _S = SongState
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _database_errors(
+    method: Callable[Concatenate[PgJournal, _P], _R],
+) -> Callable[Concatenate[PgJournal, _P], _R]:
+    """A database failure in ``method`` comes out as :class:`JournalError` naming the
+    journal without its password, so the command line reports it in one line."""
+
+    @functools.wraps(method)
+    def wrapper(self: PgJournal, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except self._db_error as exc:
+            raise JournalError(f"the journal {self._shown} failed: {self._clean(exc)}") from None
+
+    return wrapper
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS aimlmusic_meta (
@@ -345,6 +366,7 @@ class PgJournal:
 
     # ------------------------------------------------------------------ the catalog
 
+    @_database_errors
     def sync_catalog(self, rows: Iterable[CatalogRow]) -> list[CatalogProblem]:
         """Record the catalog's songs in one transaction; return the conflicts found.
 
@@ -464,6 +486,7 @@ class PgJournal:
 
     # ------------------------------------------------------------------ recovery
 
+    @_database_errors
     def recover_interrupted(self) -> list[str]:
         """Turn songs left ``submitting`` by a worker whose lease expired (it died, or it is
         gone) into ``ambiguous``; return their keys. Songs a live worker is submitting are
@@ -487,6 +510,7 @@ class PgJournal:
             r["key"] for r in sorted(rows, key=lambda r: (r["position"] is None, r["position"]))
         ]
 
+    @_database_errors
     def forget_generations(self) -> int:
         """Put every unfinished song back to ``pending`` (for a server that forgets everything
         between runs); returns how many were reset."""
@@ -499,6 +523,7 @@ class PgJournal:
             )
             return cursor.rowcount
 
+    @_database_errors
     def adopt(self, key: str, generation_id: str) -> None:
         """Attach a generation id found elsewhere to an ``ambiguous``, ``failed`` or
         ``pending`` song: it is then waited for instead of paid for again."""
@@ -516,6 +541,7 @@ class PgJournal:
 
     # ------------------------------------------------------------------ claims
 
+    @_database_errors
     def claim(self, *, resubmit_ambiguous: bool, retry_failed: bool) -> JournalEntry | None:
         """Claim the next song (in catalog order) this worker may drive, or ``None``.
 
@@ -550,6 +576,7 @@ class PgJournal:
             ).fetchone()
         return _entry(row) if row is not None else None
 
+    @_database_errors
     def renew(self) -> int:
         """Extend every lease this worker holds by ``lease_seconds`` from now."""
         cursor = self._db.execute(
@@ -559,6 +586,7 @@ class PgJournal:
         )
         return cursor.rowcount
 
+    @_database_errors
     def release_all(self) -> int:
         """Give up every claim this worker holds (at the end of its run)."""
         cursor = self._db.execute(
@@ -567,6 +595,7 @@ class PgJournal:
         )
         return cursor.rowcount
 
+    @_database_errors
     def others_working(self) -> int:
         """How many songs of the catalog other workers hold under live leases."""
         row = self._db.execute(
@@ -576,6 +605,7 @@ class PgJournal:
         ).fetchone()
         return int(row["n"]) if row is not None else 0
 
+    @_database_errors
     def workers(self) -> list[dict[str, Any]]:
         """One dict per worker seen in the journal: ``worker``, ``held`` (state -> songs it
         holds), ``alive``/``expired`` (leases), ``downloaded`` (songs it downloaded),
@@ -627,6 +657,7 @@ class PgJournal:
 
     # ------------------------------------------------------------------ transitions
 
+    @_database_errors
     def mark_submitting(self, key: str) -> None:
         """The intent to submit, committed before the POST is sent; only by the worker that
         holds the song's live lease (so two workers can never both send it)."""
@@ -670,6 +701,7 @@ class PgJournal:
                 f"cannot write the journal {self._shown}: {self._clean(exc)}"
             ) from None
 
+    @_database_errors
     def mark_completed(
         self,
         key: str,
@@ -696,6 +728,7 @@ class PgJournal:
             error_type=None,
         )
 
+    @_database_errors
     def mark_downloaded(
         self,
         key: str,
@@ -723,6 +756,7 @@ class PgJournal:
             values["sample_rate"] = sample_rate
         self._update(key, (_S.COMPLETED,), release=True, **values)
 
+    @_database_errors
     def note_download_attempt(self, key: str) -> None:
         """Count one download attempt."""
         self._db.execute(
@@ -730,6 +764,7 @@ class PgJournal:
             (key,),
         )
 
+    @_database_errors
     def mark_failed(
         self, key: str, error: BaseException | str, *, generation_id: str | None = None
     ) -> None:
@@ -748,6 +783,7 @@ class PgJournal:
             **values,
         )
 
+    @_database_errors
     def mark_ambiguous(self, key: str, error: BaseException | str) -> None:
         """The POST failed in a way that does not tell whether the song was accepted."""
         self._update(
@@ -759,6 +795,7 @@ class PgJournal:
             error_type=_type_name(error),
         )
 
+    @_database_errors
     def mark_pending(self, key: str, error: BaseException | str | None = None) -> None:
         """The song provably never reached the server; its claim is released."""
         self._update(
@@ -770,6 +807,7 @@ class PgJournal:
             error_type=_type_name(error) if error is not None else None,
         )
 
+    @_database_errors
     def note_error(self, key: str, error: BaseException | str) -> None:
         """Record a problem that leaves the state as it is and release the claim: another
         worker (or the next run) picks the song up where it is."""
@@ -784,6 +822,7 @@ class PgJournal:
 
     # ------------------------------------------------------------------ runs
 
+    @_database_errors
     def start_run(self) -> int:
         """Record the start of this worker's run; return its id."""
         row = self._db.execute(
@@ -793,6 +832,7 @@ class PgJournal:
         self._run_id = int(row["id"]) if row is not None else 0
         return self._run_id
 
+    @_database_errors
     def finish_run(self, outcome: str) -> None:
         """Record how this worker's run ended."""
         if self._run_id is None:
@@ -804,6 +844,7 @@ class PgJournal:
 
     # ------------------------------------------------------------------ reading
 
+    @_database_errors
     def entry(self, key: str) -> JournalEntry | None:
         """The song ``key``, or ``None``."""
         row = self._db.execute("SELECT * FROM aimlmusic_songs WHERE key = %s", (key,)).fetchone()
@@ -834,6 +875,7 @@ class PgJournal:
                 yield _entry(row)
             last = page[-1][order]
 
+    @_database_errors
     def counts(self) -> dict[SongState, int]:
         """How many songs of the current catalog are in each state (every state listed)."""
         counts = dict.fromkeys(SongState, 0)
@@ -844,6 +886,7 @@ class PgJournal:
             counts[SongState(row["state"])] = int(row["n"])
         return counts
 
+    @_database_errors
     def credits_used(self) -> float:
         """Credits reported for the songs of the current catalog."""
         row = self._db.execute(

@@ -21,6 +21,12 @@ The order of work, and why:
    cancelled, so nothing sent is torn and nothing unsent is marked.
 5. Each finished song is downloaded into a hidden partial directory, tagged, hashed and renamed into
    place; the journal and the manifest follow every step.
+
+With a shared (PostgreSQL) journal the run is one worker among several: steps 3 and 4 become
+one loop that claims songs one at a time under a lease (renewed by a heartbeat) as slots free
+up, adopting those with an id and submitting the rest; it waits while other live workers hold
+songs and ends when none do. Each worker downloads into a partial directory of its own and
+writes the whole manifest from the journal.
 """
 
 from __future__ import annotations
