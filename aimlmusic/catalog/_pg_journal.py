@@ -129,6 +129,13 @@ CREATE TABLE IF NOT EXISTS aimlmusic_songs (
 ALTER TABLE aimlmusic_songs ADD COLUMN IF NOT EXISTS account TEXT;
 CREATE INDEX IF NOT EXISTS aimlmusic_songs_by_position ON aimlmusic_songs (position);
 CREATE INDEX IF NOT EXISTS aimlmusic_songs_by_owner ON aimlmusic_songs (owner);
+-- Claims walk the catalog in order past finished songs: index only the unfinished ones, so a
+-- claim stays cheap however much of a huge catalog is done.
+CREATE INDEX IF NOT EXISTS aimlmusic_songs_unfinished ON aimlmusic_songs (position)
+    WHERE state <> 'downloaded';
+-- Every claim first looks for songs a dead worker left submitting.
+CREATE INDEX IF NOT EXISTS aimlmusic_songs_submitting ON aimlmusic_songs (key)
+    WHERE state = 'submitting';
 -- The lease clock: the injected time when there is one (tests), else the server's, so hosts
 -- whose clocks disagree still agree on leases.
 CREATE OR REPLACE FUNCTION aimlmusic_now(injected DOUBLE PRECISION) RETURNS DOUBLE PRECISION
