@@ -834,12 +834,8 @@ class _Run:
                 self.handed[entry.key] = entry.state
                 yield entry.key, entry.request
 
-    async def _requests(self, work: anyio.abc.TaskGroup) -> AsyncIterator[tuple[str, Any]]:
+    async def _requests(self) -> AsyncIterator[tuple[str, Any]]:
         """Songs to submit, each committed as ``submitting`` just before it is handed over."""
-        if self.shared is not None:
-            async for item in self._claimed_requests(self.shared, work):
-                yield item
-            return
         await self.resume_listed.wait()
         for entry in self._to_submit():
             if self.stop_reason is not None:
@@ -869,7 +865,9 @@ class _Run:
     async def _submit_all(self, work: anyio.abc.TaskGroup) -> None:
         events = _SchedulerEvents(self)
         async with self.client.generate_many(
-            self._requests(work),
+            # One generator, never one nested in another: the scheduler closes the one it
+            # is given, and a nested one would be left to the garbage collector.
+            self._requests() if self.shared is None else self._claimed_requests(self.shared, work),
             max_in_flight=self.max_in_flight,
             deadline=self.deadline,
             events=events,
