@@ -286,7 +286,6 @@ async def test_a_cancelled_run_resumes_without_paying_twice(
     out = tmp_path / "out"
     async with client_for(emulator) as client:
         with anyio.CancelScope() as scope:
-
             submitted: list[str] = []
 
             def stop_after_four(event: CatalogEvent) -> None:
