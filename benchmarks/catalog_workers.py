@@ -66,7 +66,7 @@ RUN_LIMIT = 600.0
 #: Sizes: (songs, time scale of the soak, time scale of 3 keys against 1). Three accounts
 #: against one is a throughput figure: compressed less, so that the machine's own work
 #: (three workers tagging and hashing files on two cores) weighs less in it.
-FULL = (300, 50.0, 20.0)
+FULL = (300, 50.0, 10.0)
 QUICK = (60, 50.0, 50.0)
 
 
@@ -262,7 +262,7 @@ def main() -> None:
     parser.add_argument(
         "--kill-every", type=float, default=150.0, help="API seconds between two SIGKILLs"
     )
-    parser.add_argument("--max-kills", type=int, default=100, help="SIGKILLs at most")
+    parser.add_argument("--max-kills", type=int, default=12, help="SIGKILLs at most")
     parser.add_argument(
         "--soak-keys", type=int, default=1, choices=(1, 2, 3), help="accounts in the soak"
     )
