@@ -408,11 +408,13 @@ def audit_output(
 
     downloaded = [r for r in manifest if r["status"] == "downloaded"]
     bad_files = sorted(r["key"] for r in downloaded if not _file_matches(out / r["file"], r))
-    expected = {r["file"] for r in downloaded} | {MANIFEST_NAME}
+    # Compared as paths inside ``out``: a copy of a song's file anywhere else (say, left in
+    # the partial directory) is a stray even though its name is a song's.
+    expected = {Path(r["file"]) for r in downloaded} | {Path(MANIFEST_NAME)}
     stray = sorted(
         str(path.relative_to(out))
         for path in out.rglob("*")
-        if path.is_file() and _is_ours(path, out) and path.name not in expected
+        if path.is_file() and _is_ours(path, out) and path.relative_to(out) not in expected
     )
     return Audit(
         songs=len(catalog_keys),
