@@ -75,9 +75,10 @@ FIRST_SONGS = 20.0
 #: The version of the exported estimate's layout (``export``/``adopt``): an estimate of
 #: another version, or on another grid, is refused rather than misread.
 ESTIMATE_FORMAT = 1
-#: The most songs' worth an adopted estimate counts for: a wave, so that this client's own
-#: songs take over within about one wave, as they do from the documented prior.
-ADOPTED_SONGS = FIRST_SONGS
+#: The most songs' worth an adopted estimate counts for: what a long-running client's own
+#: songs weigh at most (the sum of the forgetting weights), so a new client starts as sure
+#: as the one that published; it ages like real songs, so its own take over in a wave or two.
+ADOPTED_SONGS = MEMORY
 #: Significant digits of each bin's mass in an export: the planner never needs more, and
 #: the estimate stays a few kilobytes.
 EXPORT_DIGITS = 4
