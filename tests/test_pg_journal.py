@@ -16,6 +16,7 @@ import pytest
 
 from aimlmusic import SongRequest
 from aimlmusic.catalog import CatalogRow, JournalError, PgJournal, SongState
+from aimlmusic.catalog._pg_journal import LeaseLost
 
 PROMPT = "Warm lo-fi ballad with soft piano"
 LYRICS = "[Verse]\nStreetlights flicker\n[Chorus]\nHome again"
@@ -133,15 +134,20 @@ def test_takeover_turns_submitting_into_ambiguous_and_keeps_ids(postgres_url: st
 
 
 def test_only_the_lease_holder_may_submit(postgres_url: str) -> None:
-    """mark_submitting refuses a song this worker holds no live lease on."""
+    """mark_submitting refuses a song another worker holds or took over; a worker whose
+    lease ran out but whose song nobody took may still submit it (and the lease renews)."""
     clock = Clock()
     with worker(postgres_url, "A", clock) as a, worker(postgres_url, "B", clock) as b:
         assert claim(a) == "k0"
-        with pytest.raises(JournalError, match="lease"):
+        assert claim(a) == "k1"
+        with pytest.raises(LeaseLost):
             b.mark_submitting("k0")
         clock.now += LEASE + 1
-        with pytest.raises(JournalError, match="lease"):
+        assert claim(b) == "k0"  # taken over
+        with pytest.raises(LeaseLost, match="another worker took it over"):
             a.mark_submitting("k0")
+        a.mark_submitting("k1")  # expired, but still A's: nobody else can have sent it
+        assert b.others_working() == 1  # the lease on k1 was renewed
 
 
 def test_a_worker_does_not_claim_a_song_twice_in_its_run(postgres_url: str) -> None:
@@ -258,3 +264,26 @@ def test_a_lost_database_is_a_journal_error_without_the_password(postgres_url: s
         with pytest.raises(JournalError, match="failed") as caught:
             journal.counts()
     assert secret not in str(caught.value)
+
+
+def test_a_stalled_worker_cannot_record_over_the_worker_that_took_over(
+    postgres_url: str,
+) -> None:
+    """Once another worker took a song over, the stalled one's transitions raise LeaseLost
+    and its error notes leave the new owner's claim alone."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a, worker(postgres_url, "B", clock) as b:
+        assert claim(a) == "k0"
+        a.mark_submitting("k0")
+        a.mark_submitted("k0", "gen-0")
+        clock.now += LEASE + 1
+        taken = b.claim(resubmit_ambiguous=False, retry_failed=False)
+        assert taken is not None
+        assert taken.key == "k0"
+        with pytest.raises(LeaseLost):
+            a.mark_failed("k0", "too late")
+        a.note_error("k0", "timed out")
+        entry = b.entry("k0")
+        assert entry is not None
+        assert (entry.state, entry.error) == (SongState.SUBMITTED, None)
+        assert a.others_working() == 1  # still B's

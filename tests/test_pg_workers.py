@@ -20,9 +20,10 @@ import httpx
 import pytest
 
 import aimlmusic
-from aimlmusic.catalog import PgJournal, SongState, load_catalog, run_catalog
+from aimlmusic.catalog import CatalogEvent, PgJournal, SongState, load_catalog, run_catalog
 from aimlmusic.catalog._runner import _account_of, _endpoint
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig
+from aimlmusic.testing import VirtualClock
 
 pytestmark = pytest.mark.anyio
 
@@ -323,3 +324,48 @@ async def test_another_accounts_generation_waits_for_a_worker_of_that_account(
     assert summary.all_done
     assert emulator.stats().requests["submit"] == 2
     assert emulator.stats().duplicate_submissions == 0
+
+
+async def test_heartbeats_keep_a_live_workers_songs_its_own(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Leases far shorter than a song (20 s against 50-60 s) are renewed while a worker
+    lives: no song is ever driven by both workers, and nothing is sent twice."""
+    seen: dict[str, set[str]] = {"A": set(), "B": set()}
+    catalog = write_catalog(tmp_path / "songs.jsonl", 8)
+    # Virtual time for the emulator, the workers and their leases: time only moves when
+    # every task waits, so a loaded machine cannot make a live worker's lease run out.
+    clock = VirtualClock()
+    async with clock:
+        emulator = Emulator(
+            EmulatorConfig(time_scale=1.0, audio_seconds=0.3, api_keys={TEST_API_KEY}),
+            clock=clock,
+        )
+
+        async def worker(name: str) -> None:
+            def record(event: CatalogEvent) -> None:
+                if event.kind == "state" and event.key is not None:
+                    seen[name].add(event.key)
+
+            async with client_for(emulator) as client:
+                summary = await run_catalog(
+                    client,
+                    catalog,
+                    tmp_path / name,
+                    journal_url=postgres_url,
+                    worker_id=name,
+                    lease_seconds=20.0,
+                    lease_clock=clock.now,
+                    max_in_flight=4,
+                    tag_mp3=False,
+                    on_event=record,
+                )
+            assert summary.all_done
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker, "A")
+            tg.start_soon(worker, "B")
+    assert seen["A"]
+    assert seen["B"]
+    assert not seen["A"] & seen["B"]
+    assert emulator.stats().requests["submit"] == 8

@@ -50,7 +50,7 @@ from ._rows import CatalogProblem, CatalogRow
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "PgJournal", "new_worker_id", "shown_url"]
+__all__ = ["DEFAULT_LEASE_SECONDS", "LeaseLost", "PgJournal", "new_worker_id", "shown_url"]
 
 #: How long a claim lasts without renewal: long enough that a busy event loop or a slow
 #: database never loses a live worker's songs (the heartbeat renews at a third of it), short
@@ -152,6 +152,11 @@ CREATE TABLE IF NOT EXISTS aimlmusic_runs (
 
 #: States a claim may pick whatever the options (the others need one).
 _ALWAYS_CLAIMABLE = (_S.PENDING.value, _S.SUBMITTED.value, _S.COMPLETED.value)
+
+
+class LeaseLost(JournalError):
+    """Another worker took a song over because this worker's lease on it ran out (it stalled
+    longer than the lease): this worker must not drive the song any more."""
 
 
 def new_worker_id() -> str:
@@ -345,10 +350,16 @@ class PgJournal:
         allowed = tuple(allowed)
         with self._db.transaction():
             row = self._db.execute(
-                "SELECT state FROM aimlmusic_songs WHERE key = %s FOR UPDATE", (key,)
+                "SELECT state, owner FROM aimlmusic_songs WHERE key = %s FOR UPDATE", (key,)
             ).fetchone()
             if row is None:
                 raise JournalError(f"no song with key {key!r} in the journal")
+            if row["owner"] is not None and row["owner"] != self._worker_id:
+                # Taken over while this worker stalled past its lease: the song is the other
+                # worker's now, whatever this one was about to record.
+                raise LeaseLost(
+                    f"song {key!r}: another worker took it over (this worker's lease ran out)"
+                )
             current = SongState(row["state"])
             if current not in allowed:
                 target = values.get("state", current)
@@ -670,8 +681,7 @@ class PgJournal:
         holds the song's live lease (so two workers can never both send it)."""
         with self._db.transaction():
             row = self._db.execute(
-                "SELECT state, submit_attempts, owner, lease_until >= "
-                "aimlmusic_now(%(now)s) AS alive"
+                "SELECT state, submit_attempts, owner, aimlmusic_now(%(now)s) + %(lease)s AS until"
                 " FROM aimlmusic_songs WHERE key = %(key)s FOR UPDATE",
                 self._params(key=key),
             ).fetchone()
@@ -679,13 +689,17 @@ class PgJournal:
                 raise JournalError(f"no song with key {key!r} in the journal")
             if SongState(row["state"]) not in (_S.PENDING, _S.FAILED, _S.AMBIGUOUS):
                 raise JournalError(f"song {key!r}: cannot go from {row['state']} to submitting")
-            if row["owner"] != self._worker_id or not row["alive"]:
-                raise JournalError(
-                    f"song {key!r}: this worker's lease on it is gone; not submitting it"
+            # Still the owner (locked, so nobody can claim it meanwhile): nobody took it over,
+            # even if the lease ran out while this worker stalled; the lease is renewed.
+            if row["owner"] != self._worker_id:
+                raise LeaseLost(
+                    f"song {key!r}: another worker took it over (this worker's lease ran "
+                    "out); not submitting it"
                 )
             self._set(
                 key,
                 state=_S.SUBMITTING,
+                lease_until=row["until"],
                 account=self._account,
                 submit_attempts=row["submit_attempts"] + 1,
                 error=None,
@@ -819,12 +833,11 @@ class PgJournal:
         """Record a problem that leaves the state as it is and release the claim: another
         worker (or the next run) picks the song up where it is."""
         with self._db.transaction():
-            self._set(
-                key,
-                error=_describe(error),
-                error_type=_type_name(error),
-                owner=None,
-                lease_until=None,
+            self._db.execute(
+                "UPDATE aimlmusic_songs SET error = %(error)s, error_type = %(type)s,"
+                " owner = NULL, lease_until = NULL, updated_at = %(at)s"
+                " WHERE key = %(key)s AND (owner IS NULL OR owner = %(me)s)",
+                self._params(key=key, error=_describe(error), type=_type_name(error), at=_now()),
             )
 
     # ------------------------------------------------------------------ runs

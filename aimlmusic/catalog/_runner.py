@@ -73,6 +73,7 @@ from ._journal import JOURNAL_NAME, Journal, JournalEntry, JournalError, SongSta
 from ._journal_api import CatalogJournal, SharedJournal
 from ._manifest import MANIFEST_NAME, ManifestWriter
 from ._names import is_inside
+from ._pg_journal import LeaseLost
 from ._progress import CatalogEvent, EventKind, RunProgress, RunSummary
 from ._rows import CatalogError, CatalogProblem, CatalogRow, iter_catalog
 from ._store import clear_partial, finish_download, part_path, remove_partial
@@ -137,7 +138,9 @@ class RunStopped(AimlMusicError):
     ``reason`` is ``"auth"`` (the API refused the key: 401 or 403), ``"unreachable"``
     (:data:`MAX_CONNECT_FAILURES` requests in a row never reached the API) or ``"disk"`` (the
     output directory cannot take more: full, over quota, read-only; every generation id
-    received is in the journal); ``cause`` is the error that decided it and ``summary`` how
+    received is in the journal) or ``"lease"`` (a worker of a shared journal stalled longer
+    than a lease and another worker took over a song it was about to send; that POST was
+    cancelled before its first byte); ``cause`` is the error that decided it and ``summary`` how
     the directory stands.
     """
 
@@ -698,7 +701,16 @@ class _Run:
         entry = self.journal.entry(key)
         if entry is None or entry.state not in (_S.PENDING, _S.FAILED, _S.AMBIGUOUS):
             return  # sent again after a 429: already submitting
-        self.journal.mark_submitting(key)
+        try:
+            self.journal.mark_submitting(key)
+        except LeaseLost as exc:
+            # Another worker has the song: this POST must not leave. Cancelling the work now
+            # cancels it before its first byte; this worker stalled longer than a lease, so
+            # it stops (its other songs are given back).
+            self.stop("lease", f"{exc}; this worker stalled longer than a lease and stops", exc)
+            if self._work is not None:
+                self._work.cancel()
+            return
         self._moved(entry, entry.state, _S.SUBMITTING)
 
     def note_failed_attempt(self, key: str, kind: str, error: AimlMusicError) -> None:
@@ -768,6 +780,12 @@ class _Run:
             work.start_soon(self._resume_wait, entry, work)
 
     async def _resume_wait(self, entry: JournalEntry, work: anyio.abc.TaskGroup) -> None:
+        try:
+            await self._resume_wait_now(entry, work)
+        except LeaseLost as exc:
+            self._taken_over(exc)
+
+    async def _resume_wait_now(self, entry: JournalEntry, work: anyio.abc.TaskGroup) -> None:
         assert entry.generation_id is not None
         try:
             # Given an id, wait() looks at once: a song resumed after a crash has often
@@ -874,7 +892,10 @@ class _Run:
         ) as results:
             async for result in results:
                 self.slots.release()
-                self._result(result, work)
+                try:
+                    self._result(result, work)
+                except LeaseLost as exc:
+                    self._taken_over(exc)
 
     def record_submitted(self, key: str, generation_id: str) -> None:
         """Commit a generation id the moment its POST returns."""
@@ -1015,7 +1036,16 @@ class _Run:
 
     async def _download(self, entry: JournalEntry) -> None:
         async with self.download_limiter:
-            await self._download_now(entry)
+            try:
+                await self._download_now(entry)
+            except LeaseLost as exc:
+                self._taken_over(exc)
+
+    def _taken_over(self, error: LeaseLost) -> None:
+        """Another worker took a song over while this one stalled past its lease: the song is
+        theirs now, and this worker leaves it alone."""
+        logger.warning("%s; leaving it to that worker", error)
+        self.done += 1
 
     async def _download_now(self, entry: JournalEntry) -> None:
         if not is_inside(self.out, entry.file_name):  # pragma: no cover - names are made safe
