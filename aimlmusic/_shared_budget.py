@@ -264,7 +264,7 @@ class SharedBudget:
                 if self._queue[0] is waiter:
                     wait = await self._ask(take=True)
                     if wait <= 0:
-                        heapq.heappop(self._queue)
+                        self._leave(waiter)
                         self.sent_total += 1
                         self._wake_head()
                         return
@@ -326,6 +326,16 @@ class SharedBudget:
         wait_api = max(wait * scale, 1e-6)  # a wait too short for the clock is still a wait
         self._free_at = now + wait_api
         return wait_api
+
+    def _leave(self, waiter: _Waiter) -> None:
+        # Not always the head: a submission that arrived while this waiter was asking Redis
+        # went ahead of it (and may be asking too). Popping the head would drop that one
+        # from the queue, still waiting, and leave this one in it: nobody would wake the rest.
+        if self._queue[0] is waiter:
+            heapq.heappop(self._queue)
+        else:
+            self._queue.remove(waiter)
+            heapq.heapify(self._queue)
 
     def _wake_head(self) -> None:
         if self._queue and self._queue[0].event is not None:
