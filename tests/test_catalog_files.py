@@ -15,7 +15,14 @@ from aimlmusic import AudioSetting, SongRequest
 from aimlmusic._converter import structure_generation
 from aimlmusic.catalog import CatalogRow, Journal, SongState
 from aimlmusic.catalog._manifest import ManifestWriter, manifest_record, write_manifest
-from aimlmusic.catalog._store import clear_partial, finish_download, part_path
+from aimlmusic.catalog._store import (
+    PARTIAL_DIR,
+    clear_dead_partials,
+    clear_partial,
+    finish_download,
+    part_path,
+    partial_dir,
+)
 from aimlmusic.catalog._tags import GENERATION_ID_DESC, PROMPT_DESC, tag_mp3
 from aimlmusic.emulator._audio import AudioRenderer, AudioSpec
 
@@ -264,3 +271,15 @@ def test_manifest_rewrites_back_off_when_they_are_slow(
         assert writer.writes == 2  # nothing changed since
         writer.flush(force=True)
         assert writer.writes == 3
+
+
+def test_dead_workers_partial_directories_are_cleared_and_live_ones_kept(tmp_path: Path) -> None:
+    """Only the partial directories of workers neither live nor this one are thrown away."""
+    for worker in ("me", "alive", "dead-1", "dead/2"):
+        part = partial_dir(tmp_path, worker) / "song.mp3.part"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(b"x")
+    removed = clear_dead_partials(tmp_path, worker="me", live=["alive"])
+    assert removed == ["worker-dead-1", "worker-dead_2"]
+    left = sorted(p.name for p in (tmp_path / PARTIAL_DIR).iterdir())
+    assert left == ["worker-alive", "worker-me"]

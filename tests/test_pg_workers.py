@@ -22,6 +22,7 @@ import pytest
 import aimlmusic
 from aimlmusic.catalog import CatalogEvent, PgJournal, SongState, load_catalog, run_catalog
 from aimlmusic.catalog._runner import _account_of, _endpoint
+from aimlmusic.catalog._store import PARTIAL_DIR, partial_dir
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig
 from aimlmusic.testing import VirtualClock
 
@@ -179,6 +180,10 @@ async def test_a_dead_workers_songs_are_taken_over_without_paying_twice(
             dead.mark_submitted("song-00", generation_id)
             dead.mark_submitting("song-01")  # ...and died before its POST returned
         assert emulator.stats().requests["submit"] == 1
+        # ... in the middle of a download into its own partial directory.
+        left_behind = partial_dir(tmp_path / "out", "dead") / "song-00.mp3.part"
+        left_behind.parent.mkdir(parents=True)
+        left_behind.write_bytes(b"half a song")
 
         summary = await run_catalog(
             client,
@@ -201,6 +206,7 @@ async def test_a_dead_workers_songs_are_taken_over_without_paying_twice(
     assert records["song-00"]["status"] == "downloaded"
     assert records["song-00"]["submit_attempts"] == 1
     assert records["song-01"]["status"] == "ambiguous"
+    assert not (tmp_path / "out" / PARTIAL_DIR).exists()  # the dead worker's half-song too
 
 
 async def test_a_worker_waits_while_another_live_worker_holds_a_song(

@@ -76,7 +76,13 @@ from ._names import is_inside
 from ._pg_journal import LeaseLost
 from ._progress import CatalogEvent, EventKind, RunProgress, RunSummary
 from ._rows import CatalogError, CatalogProblem, CatalogRow, iter_catalog
-from ._store import clear_partial, finish_download, part_path, remove_partial
+from ._store import (
+    clear_dead_partials,
+    clear_partial,
+    finish_download,
+    part_path,
+    remove_partial,
+)
 from ._tags import mutagen_available
 
 if TYPE_CHECKING:
@@ -609,6 +615,7 @@ class _Run:
 
     async def execute(self) -> RunSummary:
         clear_partial(self.out, worker=self.worker)
+        self._clear_dead_partials()
         to_submit = self._submittable_count()
         to_resume = self.counts[_S.SUBMITTED] + self.counts[_S.COMPLETED]
         self.todo = to_submit + to_resume
@@ -639,6 +646,7 @@ class _Run:
                 self.manifest.flush(force=True)
             except OSError as exc:
                 self._cannot_write(exc)  # the journal has it all; the next run rewrites it
+            self._clear_dead_partials()
             remove_partial(self.out, worker=self.worker)
         summary = _summary(self.journal, self.out, interrupted=False)
         self.emit("finished")
@@ -646,6 +654,20 @@ class _Run:
             reason, message, cause = self.stop_reason
             raise RunStopped(message, reason=reason, cause=cause, summary=summary)
         return summary
+
+    def _clear_dead_partials(self) -> None:
+        """A shared journal's worker throws away the partial downloads of workers that hold
+        no live lease (killed ones), at its start and its end: the last worker to finish
+        leaves no half-written file behind in a shared output directory."""
+        if self.shared is None or self.worker is None:
+            return
+        try:
+            live = [w["worker"] for w in self.shared.workers() if w["alive"] > 0]
+        except JournalError as exc:  # the database is gone: leave them for the next run
+            logger.debug("could not list live workers: %s", exc)
+            return
+        for name in clear_dead_partials(self.out, worker=self.worker, live=live):
+            logger.debug("removed the partial directory %s of a worker that is gone", name)
 
     # ------------------------------------------------------------------ stopping early
 

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import wave
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from ._tags import TaggingError, tag_mp3
 __all__ = [
     "PARTIAL_DIR",
     "StoredFile",
+    "clear_dead_partials",
     "clear_partial",
     "finish_download",
     "fsync_directory",
@@ -86,6 +88,27 @@ def clear_partial(directory: Path, *, worker: str | None = None) -> None:
         partial.unlink()
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True, exist_ok=True)
+
+
+def clear_dead_partials(directory: Path, *, worker: str, live: Iterable[str]) -> list[str]:
+    """Throw away the partial directories of workers of a shared journal that hold no live
+    lease (a killed worker's half-written downloads: whoever takes its songs over downloads
+    them again into a directory of its own). Keeps this ``worker``'s and those of the
+    ``live`` workers; returns the names of the directories removed."""
+    top = directory / PARTIAL_DIR
+    if top.is_symlink() or not top.is_dir():
+        return []
+    keep = {partial_dir(directory, name).name for name in (worker, *live)}
+    removed: list[str] = []
+    for child in sorted(top.iterdir()):
+        if not child.name.startswith("worker-") or child.name in keep:
+            continue
+        if child.is_symlink():
+            child.unlink()
+        else:
+            shutil.rmtree(child, ignore_errors=True)
+        removed.append(child.name)
+    return removed
 
 
 def remove_partial(directory: Path, *, worker: str | None = None) -> None:

@@ -5,8 +5,8 @@ one of them, at random, is SIGKILLed and started again, over and over.
 In the end no song was paid for twice except songs the journal reported ambiguous, no song
 is lost (each is downloaded, failed or ambiguous), each downloaded song is one intact file,
 no second copy or temporary manifest is left, the manifest lists every song once, and the
-key is in no file nor in the journal's rows. A partial download left by a killed worker is
-a known defect: the test reports it as an expected failure (XFAIL, naming the files).
+key is in no file nor in the journal's rows, and no partial download of a killed worker is
+left behind (the workers still running throw those away).
 
 The workers, the kill loop and the audit are the benchmark's
 (``benchmarks/_catalog_fleet.py``), so the soak and the published figures are one
@@ -113,13 +113,10 @@ def test_catalog_workers_kill_soak(tmp_path: Path, postgres_url: str) -> None:
     assert audit.lost == (), f"songs in no final state: {audit.lost}"
     assert audit.paid_twice_beyond_ambiguous == (), audit.paid_twice
     assert audit.bad_files == (), audit.bad_files
-    # A worker SIGKILLed mid-download leaves what it was writing (a cut-off .part, or a
-    # finished file not yet renamed into place) in its own directory under
-    # .aimlmusic-partial/, which no other worker clears (a known defect of the shared
-    # journal's runner): reported below as an expected failure, never passed over. Any
-    # other stray file (a second copy of a song, a temporary manifest) fails here.
-    dead_partials = [f for f in audit.stray_files if f.startswith(fleet.PARTIAL_DIR + "/")]
-    assert [f for f in audit.stray_files if f not in dead_partials] == []
+    # No stray file: a second copy of a song, a temporary manifest, or what a worker
+    # SIGKILLed mid-download was writing in its own directory under .aimlmusic-partial/
+    # (the workers that outlive it throw that directory away).
+    assert audit.stray_files == ()
     assert audit.manifest_repeats == ()
     assert audit.unknown_in_manifest == ()
     assert audit.states.get("downloaded", 0) > 0
@@ -143,5 +140,3 @@ def test_catalog_workers_kill_soak(tmp_path: Path, postgres_url: str) -> None:
         **audit.figures(),
     }
     record_figures("catalog_workers_soak", figures)
-    if dead_partials:
-        pytest.xfail(f"killed workers' partial downloads were left behind: {dead_partials}")
