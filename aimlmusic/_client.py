@@ -436,7 +436,7 @@ class AsyncMusicClient:
             await self._transport.aclose()
         finally:
             if self._shared is not None:
-                self._shared.close()
+                await self._shared.aclose()
 
     async def __aenter__(self) -> AsyncMusicClient:
         self._check_open()

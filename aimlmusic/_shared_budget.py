@@ -310,7 +310,7 @@ class SharedBudget:
             repr(REAL_MARGIN),
         ]
         try:
-            answer = await self.store.run(lambda: self._script(keys=self._keys, args=args))
+            answer = await self.store.run_script(self._script, self._keys, args)
         except BaseException:
             # Not applied (or not known to be): sent again with the next call.
             self._events = events + ([f"s:{successes}"] if successes else []) + self._events

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 import anyio
@@ -138,7 +137,7 @@ class SharedLeases:
         while True:
             now, scale = self._now_and_scale()
             args: list[Any] = [now, repr(scale), self.max_in_flight, lease, repr(LEASE_LENGTH)]
-            answer = await self.store.run(partial(self._take, keys=self._keys, args=args))
+            answer = await self.store.run_script(self._take, self._keys, args)
             if int(answer[0]):
                 self._held.add(lease)
                 return lease
@@ -149,7 +148,7 @@ class SharedLeases:
         """Give ``lease`` back (a lease already expired or released is fine)."""
         self._held.discard(lease)
         key = self._keys[0]
-        await self.store.run(lambda: self.store.redis.zrem(key, lease))
+        await self.store.run(lambda client: client.zrem(key, lease))
 
     async def renew(self) -> int:
         """Extend every lease this object holds by a lease length; return how many were
@@ -158,7 +157,7 @@ class SharedLeases:
             return 0
         now, scale = self._now_and_scale()
         args: list[Any] = [now, repr(scale), repr(LEASE_LENGTH), *sorted(self._held)]
-        return int(await self.store.run(lambda: self._renew(keys=self._keys, args=args)))
+        return int(await self.store.run_script(self._renew, self._keys, args))
 
     async def keep_alive(self) -> None:
         """Renew the leases held every ``RENEW_EVERY`` API seconds, until cancelled."""
@@ -177,7 +176,7 @@ class SharedLeases:
         if held:
             key = self._keys[0]
             with anyio.CancelScope(shield=True):
-                await self.store.run(lambda: self.store.redis.zrem(key, *held))
+                await self.store.run(lambda client: client.zrem(key, *held))
 
     def __repr__(self) -> str:
         return (

@@ -5,11 +5,13 @@ Redis through one :class:`SharedStore`: it owns the connection pool, names the k
 any Redis failure into a :class:`~aimlmusic.SharedStateError` that names the server by its URL
 without the password.
 
-redis-py's asyncio client runs on asyncio only, and this library also runs on trio, so the
-store uses redis-py's blocking client from a worker thread (``anyio.to_thread.run_sync``): one
-thread hop per call, measured in ``docs/shared-budget.md``. A client on a
-:class:`~aimlmusic.testing.VirtualClock` calls it inline instead (a thread would count as
-blocked and let virtual time jump while Redis answers).
+On asyncio the store uses redis-py's asyncio client (``redis.asyncio``): a call is one
+round trip awaited in the event loop. redis-py's asyncio client does not run on trio, so on
+trio the store uses redis-py's blocking client from a worker thread
+(``anyio.to_thread.run_sync``): one thread hop more per call, measured in
+``docs/shared-budget.md``. A client on a :class:`~aimlmusic.testing.VirtualClock` calls the
+blocking client inline instead, on either loop (a thread, or a socket awaited in the loop,
+would count as blocked and let virtual time jump while Redis answers).
 
 The keys of one account live under a namespace made from a hash of the API key, never the key
 itself: ``aimlmusic:<first 16 hex digits of sha256(key)>:...``.
@@ -18,10 +20,12 @@ itself: ``aimlmusic:<first 16 hex digits of sha256(key)>:...``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
+import anyio
 import anyio.to_thread
 
 from ._errors import ConfigurationError, SharedStateError
@@ -29,8 +33,16 @@ from ._redact import REDACTED, Redactor, Secret
 
 if TYPE_CHECKING:
     import redis
+    from redis.asyncio import Redis as AsyncRedis
+    from redis.commands.core import AsyncScript, Script
 
-__all__ = ["DEFAULT_KEY_PREFIX", "SharedStore", "account_namespace", "redact_redis_url"]
+__all__ = [
+    "DEFAULT_KEY_PREFIX",
+    "SharedScript",
+    "SharedStore",
+    "account_namespace",
+    "redact_redis_url",
+]
 
 T = TypeVar("T")
 
@@ -45,6 +57,15 @@ CONNECT_TIMEOUT = 2.0
 ANSWER_TIMEOUT = 2.0
 #: URL schemes redis-py understands.
 REDIS_SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys")
+
+
+def _client_options() -> dict[str, Any]:
+    """What both redis-py clients are made with: the same timeouts and decoding."""
+    return {
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": ANSWER_TIMEOUT,
+        "decode_responses": True,
+    }
 
 
 def account_namespace(api_key: str, key_prefix: str = DEFAULT_KEY_PREFIX) -> str:
@@ -69,14 +90,46 @@ def redact_redis_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}{query}"
 
 
+def _running_on_asyncio() -> bool:
+    """Whether the running event loop is asyncio's (else trio's)."""
+    try:
+        import sniffio
+    except ImportError:  # trio needs sniffio: without it, the loop can only be asyncio's
+        return True
+    return sniffio.current_async_library() == "asyncio"
+
+
+class SharedScript:
+    """A Lua script of :meth:`SharedStore.script`, registered with each client the store
+    has (``EVALSHA``, loaded when missing); run it with :meth:`SharedStore.run_script`."""
+
+    def __init__(self, lua: str, blocking: Script) -> None:
+        self.lua = lua
+        self._blocking = blocking
+        self._async: AsyncScript | None = None
+
+    def call(self, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run on ``client``: the blocking client's answer, or the asyncio client's
+        awaitable."""
+        import redis.asyncio
+
+        if isinstance(client, redis.asyncio.Redis):
+            if self._async is None:
+                self._async = client.register_script(self.lua)
+            return self._async(keys=keys, args=args, client=client)
+        return self._blocking(keys=keys, args=args, client=client)
+
+
 class SharedStore:
     """One Redis connection pool and the key namespace of one account.
 
     ``url`` is a ``redis://``, ``rediss://`` or ``unix://`` URL; ``api_key`` chooses the
     namespace (hashed, see :func:`account_namespace`); ``key_prefix`` replaces
-    ``"aimlmusic:"`` (tests give each test its own). With ``offload=False`` calls run inline
-    in the event loop's thread (for virtual-time tests). Nothing connects until the first
-    call.
+    ``"aimlmusic:"`` (tests give each test its own). Calls go through the asyncio client on
+    asyncio and through the blocking client in a worker thread on trio; with
+    ``offload=False`` they run on the blocking client inline in the event loop's thread
+    (for virtual-time tests). Each client has its own connection pool; nothing connects
+    until the first call.
     """
 
     def __init__(
@@ -110,42 +163,62 @@ class SharedStore:
             api_key, DEFAULT_KEY_PREFIX if key_prefix is None else key_prefix
         )
         self.offload = offload
-        self._redis: redis.Redis = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=ANSWER_TIMEOUT,
-            decode_responses=True,
-        )
+        self._url = url
+        self._redis: redis.Redis = redis.Redis.from_url(url, **_client_options())
+        # Made at the first call on asyncio (see _async_client).
+        self._async_redis: AsyncRedis | None = None
 
     @property
     def redis(self) -> redis.Redis:
-        """The blocking redis-py client (call it only through :meth:`run`)."""
+        """The blocking redis-py client (used on trio and inline; tests read through it)."""
         return self._redis
 
     def key(self, name: str) -> str:
         """The full Redis key of ``name`` in this account's namespace."""
         return f"{self.namespace}:{name}"
 
-    def script(self, lua: str) -> Callable[..., Any]:
-        """A Lua script, run atomically on the server (``EVALSHA``, loaded when missing)."""
-        return self._redis.register_script(lua)
+    def script(self, lua: str) -> SharedScript:
+        """A Lua script, run atomically on the server by :meth:`run_script`."""
+        return SharedScript(lua, self._redis.register_script(lua))
 
-    async def run(self, call: Callable[[], T]) -> T:
-        """``call()`` (redis-py calls), in a worker thread unless ``offload`` is off; a Redis
-        failure becomes a :class:`SharedStateError` naming the URL without its password."""
+    async def run(self, call: Callable[[Any], Any]) -> Any:
+        """``call(client)`` with the client this loop uses (see the class): redis-py calls
+        on it, returning their answer or (asyncio client) an awaitable of it, awaited here.
+        A Redis failure becomes a :class:`SharedStateError` naming the URL without its
+        password."""
         try:
-            if self.offload:
-                return await anyio.to_thread.run_sync(call)
-            return call()
+            if not self.offload:
+                return call(self._redis)
+            if _running_on_asyncio():
+                return await call(self._async_client())
+            return await anyio.to_thread.run_sync(call, self._redis)
         except Exception as exc:
             raise self._failure(exc) from None
 
-    def run_inline(self, call: Callable[[], T]) -> T:
-        """``call()`` in this thread, with the same error mapping as :meth:`run`."""
+    async def run_script(
+        self, script: SharedScript, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """``script`` on ``keys`` and ``args``, as :meth:`run` runs a call."""
+        return await self.run(lambda client: script.call(client, keys, args))
+
+    def run_inline(self, call: Callable[[Any], T]) -> T:
+        """``call(client)`` with the blocking client in this thread, with the same error
+        mapping as :meth:`run`."""
         try:
-            return call()
+            result = call(self._redis)
         except Exception as exc:
             raise self._failure(exc) from None
+        if inspect.isawaitable(result):
+            raise TypeError("run_inline() runs blocking redis-py calls only")
+        return result
+
+    def _async_client(self) -> AsyncRedis:
+        # Made in the running loop: its connections belong to that loop.
+        if self._async_redis is None:
+            from redis.asyncio import Redis as AsyncRedis
+
+            self._async_redis = AsyncRedis.from_url(self._url, **_client_options())
+        return self._async_redis
 
     def _failure(self, exc: Exception) -> Exception:
         import redis
@@ -162,8 +235,21 @@ class SharedStore:
         )
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the blocking client's connection pool (the asyncio client's needs
+        :meth:`aclose`)."""
         self._redis.close()
+
+    async def aclose(self) -> None:
+        """Close both clients' connection pools. Safe to call twice."""
+        try:
+            self.close()
+        finally:
+            client, self._async_redis = self._async_redis, None
+            # Its connections belong to the asyncio loop: closed from that loop only (on
+            # another, they are dropped and the server closes them).
+            if client is not None and _running_on_asyncio():
+                with anyio.CancelScope(shield=True):  # closing sends nothing: it is quick
+                    await client.aclose()
 
     def __repr__(self) -> str:
         return f"SharedStore({self.redacted_url!r}, namespace={self.namespace!r})"

@@ -93,7 +93,7 @@ class SharedTiming:
 
     async def _adopt_shared(self) -> bool:
         try:
-            raw = await self.store.run(lambda: self.store.redis.get(self._key))
+            raw = await self.store.run(lambda client: client.get(self._key))
         except SharedStateError as exc:
             logger.warning("could not read the shared timing estimate: %s", exc)
             return False
@@ -126,9 +126,7 @@ class SharedTiming:
         version = self.policy.version
         data = json.dumps(self.policy.export_estimate(), separators=(",", ":"))
         try:
-            await self.store.run(
-                lambda: self.store.redis.set(self._key, data, ex=ESTIMATE_LIFETIME)
-            )
+            await self.store.run(lambda client: client.set(self._key, data, ex=ESTIMATE_LIFETIME))
         except SharedStateError as exc:
             logger.warning("could not publish the timing estimate: %s", exc)
             return False
