@@ -20,7 +20,6 @@ itself: ``aimlmusic:<first 16 hex digits of sha256(key)>:...``.
 from __future__ import annotations
 
 import hashlib
-import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -205,12 +204,9 @@ class SharedStore:
         """``call(client)`` with the blocking client in this thread, with the same error
         mapping as :meth:`run`."""
         try:
-            result = call(self._redis)
+            return call(self._redis)
         except Exception as exc:
             raise self._failure(exc) from None
-        if inspect.isawaitable(result):
-            raise TypeError("run_inline() runs blocking redis-py calls only")
-        return result
 
     def _async_client(self) -> AsyncRedis:
         # Made in the running loop: its connections belong to that loop.
