@@ -9,7 +9,7 @@ interleaving is exact, on a :class:`VirtualClock`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any
 
 import anyio
 import pytest
@@ -20,7 +20,6 @@ from aimlmusic.testing import VirtualClock
 
 pytestmark = pytest.mark.anyio
 
-T = TypeVar("T")
 KEY = "sk-test-shared-budget-queue-0123"
 #: Virtual seconds the overtaking submission may wait: the window (a minute) and a margin.
 PATIENCE = 120.0
@@ -35,7 +34,7 @@ class GatedStore(SharedStore):
         self.gates = [anyio.Event() for _ in range(gated)]
         self.calls = 0
 
-    async def run(self, call: Callable[[], T]) -> T:
+    async def run(self, call: Callable[[Any], Any]) -> Any:
         index, self.calls = self.calls, self.calls + 1
         if index < len(self.gates):
             self.reached[index].set()
