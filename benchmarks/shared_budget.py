@@ -272,8 +272,9 @@ def _bench_client(shared_url: str | None) -> AsyncMusicClient:
 
 async def _time_acquires(count: int, redis_url: str) -> list[dict[str, Any]]:
     """``count`` timed calls of each contender: the local budget's acquire, the shared
-    budget's, and a bare Redis round trip (PING) inline and from a worker thread, the way
-    the shared budget reaches Redis without blocking the event loop."""
+    budget's, and a bare Redis round trip (PING) inline and from a worker thread (the way
+    the shared budget reaches Redis on trio; on asyncio it awaits redis-py's asyncio
+    client)."""
     import redis
 
     local, shared = _bench_client(None), _bench_client(redis_url)
