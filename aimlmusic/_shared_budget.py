@@ -44,7 +44,7 @@ import anyio
 
 from ._clock import Clock
 from ._ratelimit import RequestKind
-from ._shared_redis import SharedStore
+from ._shared_redis import LUA_NOW, SharedStore
 
 __all__ = ["SharedBudget"]
 
@@ -79,15 +79,12 @@ _RECHECK_AT_MOST = 1.0
 # pause max, min rate share, recovery share, state lifetime (API seconds), real margin.
 # Returns {granted 0/1, wait (real s), rate (per API minute), pause left (real s)}; numbers
 # as strings, since Redis would truncate Lua numbers to integers.
-_ACQUIRE = """
+_ACQUIRE = (
+    """
 local log, state = KEYS[1], KEYS[2]
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-else
-  now = tonumber(ARGV[1])
-end
+"""
+    + LUA_NOW
+    + """
 local scale = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
 local window = tonumber(ARGV[4]) / scale + tonumber(ARGV[13])
@@ -154,6 +151,7 @@ local left = 0
 if paused_until > now then left = paused_until - now end
 return {granted, tostring(wait), tostring(rate), tostring(left)}
 """
+)
 
 
 class _Waiter:

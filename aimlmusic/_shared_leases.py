@@ -22,7 +22,7 @@ import anyio
 
 from ._clock import Clock
 from ._errors import SharedStateError
-from ._shared_redis import SharedStore
+from ._shared_redis import LUA_NOW, SharedStore
 
 __all__ = ["LEASE_LENGTH", "RENEW_EVERY", "SharedLeases"]
 
@@ -41,15 +41,12 @@ _RECHECK_AT_MOST = 1.0
 
 # KEYS: the lease set. ARGV: now ('' = Redis TIME), time scale, cap, lease id, lease length
 # (API seconds). Returns {taken 0/1, wait until the earliest lease expires (real s)}.
-_TAKE = """
+_TAKE = (
+    """
 local leases = KEYS[1]
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-else
-  now = tonumber(ARGV[1])
-end
+"""
+    + LUA_NOW
+    + """
 local scale, cap = tonumber(ARGV[2]), tonumber(ARGV[3])
 local length = tonumber(ARGV[5]) / scale
 redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
@@ -61,19 +58,17 @@ end
 local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
 return {0, tostring(tonumber(first[2]) - now)}
 """
+)
 
 # KEYS: the lease set. ARGV: now, scale, lease length, then the ids to renew. Only leases
 # still held are renewed (XX): an expired one is gone, its slot maybe taken by another.
 # Returns how many were renewed.
-_RENEW = """
+_RENEW = (
+    """
 local leases = KEYS[1]
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-else
-  now = tonumber(ARGV[1])
-end
+"""
+    + LUA_NOW
+    + """
 local length = tonumber(ARGV[3]) / tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
 local renewed = 0
@@ -83,6 +78,7 @@ end
 redis.call('PEXPIRE', leases, math.ceil(length * 1000))
 return renewed
 """
+)
 
 
 class SharedLeases:

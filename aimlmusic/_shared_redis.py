@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_KEY_PREFIX",
+    "LUA_NOW",
     "SharedScript",
     "SharedStore",
     "account_namespace",
@@ -54,6 +55,18 @@ NAMESPACE_HEX_DIGITS = 16
 #: this fast is reported as unreachable instead of holding every request (never a hang).
 CONNECT_TIMEOUT = 2.0
 ANSWER_TIMEOUT = 2.0
+#: The start of every Lua script of the shared parts: ``now`` is ``ARGV[1]`` (a test's
+#: virtual time) or, when that is empty, the Redis server's own clock, the one clock every
+#: process on every host agrees on.
+LUA_NOW = """
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[1])
+end
+"""
 #: URL schemes redis-py understands.
 REDIS_SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys")
 

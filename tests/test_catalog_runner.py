@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
+from _catalog_support import LYRICS, client_for, manifest, write_catalog
 
 import aimlmusic
 from aimlmusic.catalog import (
@@ -30,8 +28,6 @@ from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Faults
 
 pytestmark = pytest.mark.anyio
 
-LYRICS = "[Verse]\nNeon rain on empty streets\n[Chorus]\nWe keep on walking home"
-FORMATS = ("mp3", "wav", "pcm")
 NO_CREDIT_KEY = "broke-key"
 
 
@@ -49,39 +45,6 @@ def make_emulator(**config: object) -> Emulator:
     config.setdefault("no_credit_keys", {NO_CREDIT_KEY})
     config.setdefault("api_keys", {TEST_API_KEY, NO_CREDIT_KEY})
     return Emulator(EmulatorConfig(**config))  # type: ignore[arg-type]
-
-
-@asynccontextmanager
-async def client_for(
-    emulator: Emulator, api_key: str = TEST_API_KEY
-) -> AsyncIterator[aimlmusic.AsyncMusicClient]:
-    async with aimlmusic.AsyncMusicClient(
-        api_key,
-        base_url="http://127.0.0.1",
-        transport=httpx.ASGITransport(app=emulator.app),
-        clock=emulator.clock,
-    ) as client:
-        yield client
-
-
-def write_catalog(path: Path, count: int) -> Path:
-    rows = [
-        {
-            "key": f"song-{i:02d}",
-            "title": f"Track {i:02d}",
-            "prompt": f"Synthwave night drive number {i}, warm pads",
-            "lyrics": LYRICS,
-            "format": FORMATS[i % 3],
-        }
-        for i in range(count)
-    ]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    return path
-
-
-def manifest(out: Path) -> list[dict[str, object]]:
-    text = (out / "manifest.jsonl").read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines()]
 
 
 def assert_all_downloaded_once(out: Path, count: int, emulator: Emulator) -> None:

@@ -10,14 +10,12 @@ and the workers' sleeps run on the emulator's compressed clock.
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
+from _catalog_support import client_for, manifest
+from _catalog_support import write_catalog as write_any_catalog
 
 import aimlmusic
 from aimlmusic.catalog import CatalogEvent, PgJournal, SongState, load_catalog, run_catalog
@@ -29,8 +27,6 @@ from aimlmusic.testing import VirtualClock
 pytestmark = pytest.mark.anyio
 
 SECOND_KEY = "second-account-key"
-BASE_URL = "http://127.0.0.1"
-LYRICS = "[Verse]\nNeon rain on empty streets\n[Chorus]\nWe keep on walking home"
 #: Seconds a lease lasts in these tests (on the injected lease clock).
 LEASE = 60.0
 #: The lease clock's time for a worker that outlives every lease the "dead" worker took.
@@ -41,39 +37,6 @@ def make_emulator() -> Emulator:
     return Emulator(
         EmulatorConfig(time_scale=2000.0, audio_seconds=0.3, api_keys={TEST_API_KEY, SECOND_KEY})
     )
-
-
-@asynccontextmanager
-async def client_for(
-    emulator: Emulator, api_key: str = TEST_API_KEY
-) -> AsyncIterator[aimlmusic.AsyncMusicClient]:
-    async with aimlmusic.AsyncMusicClient(
-        api_key,
-        base_url=BASE_URL,
-        transport=httpx.ASGITransport(app=emulator.app),
-        clock=emulator.clock,
-    ) as client:
-        yield client
-
-
-def write_catalog(path: Path, count: int) -> Path:
-    rows = [
-        {
-            "key": f"song-{i:02d}",
-            "title": f"Track {i:02d}",
-            "prompt": f"Synthwave night drive number {i}, warm pads",
-            "lyrics": LYRICS,
-            "format": "mp3" if i % 2 else "wav",
-        }
-        for i in range(count)
-    ]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    return path
-
-
-def manifest(out: Path) -> list[dict[str, object]]:
-    text = (out / "manifest.jsonl").read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines()]
 
 
 def song_files(*outs: Path) -> list[str]:
@@ -375,3 +338,8 @@ async def test_heartbeats_keep_a_live_workers_songs_its_own(
     assert seen["B"]
     assert not seen["A"] & seen["B"]
     assert emulator.stats().requests["submit"] == 8
+
+
+def write_catalog(path: Path, count: int) -> Path:
+    """Numbered songs alternating WAV and MP3."""
+    return write_any_catalog(path, count, formats=("wav", "mp3"))
