@@ -127,12 +127,18 @@ def _wait_until(condition: Callable[[], bool]) -> None:
 
 
 def _ctrl_c_when(condition: Callable[[], bool]) -> threading.Thread:
-    """Press Ctrl-C (SIGINT to the main thread) as soon as ``condition()`` holds."""
+    """Press Ctrl-C (SIGINT to the main thread) as soon as ``condition()`` holds (at the
+    latest after REACH_TIMEOUT)."""
     main = threading.main_thread().ident
     assert main is not None
 
     def press() -> None:
-        _wait_until(condition)
+        # Pressed at REACH_TIMEOUT even if the condition never held: the main thread is
+        # blocked waiting for a result that will not come, and must be interrupted (the
+        # test then fails on its own assertions, rather than hanging the suite).
+        deadline = time.monotonic() + REACH_TIMEOUT
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.001)
         signal.pthread_kill(main, signal.SIGINT)
 
     thread = threading.Thread(target=press, daemon=True)
