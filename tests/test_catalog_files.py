@@ -252,7 +252,7 @@ def test_manifest_rewrites_back_off_when_they_are_slow(
 
     now = [0.0]
 
-    def slow_write(path: object, records: object) -> None:
+    def slow_write(path: object, records: object, **options: object) -> None:
         list(records)  # type: ignore[call-overload]
         now[0] += 5.0
 
@@ -283,3 +283,23 @@ def test_dead_workers_partial_directories_are_cleared_and_live_ones_kept(tmp_pat
     assert removed == ["worker-dead-1", "worker-dead_2"]
     left = sorted(p.name for p in (tmp_path / PARTIAL_DIR).iterdir())
     assert left == ["worker-alive", "worker-me"]
+
+
+def test_the_manifest_temporary_file_is_made_in_the_given_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With temp_dir, the manifest's temporary file lives there (a worker's partial
+    directory), never beside the manifest, where a killed writer would strand it."""
+    made: list[str] = []
+    real = os.replace
+
+    def watch(src: str, dst: str) -> None:
+        made.append(str(src))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", watch)
+    temp_dir = tmp_path / PARTIAL_DIR / "worker-a"
+    write_manifest(tmp_path / "manifest.jsonl", [{"key": "a"}], temp_dir=temp_dir)
+    assert [Path(m).parent for m in made] == [temp_dir]
+    assert (tmp_path / "manifest.jsonl").read_text(encoding="utf-8") == '{"key": "a"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == [PARTIAL_DIR, "manifest.jsonl"]

@@ -68,14 +68,24 @@ def manifest_record(entry: JournalEntry) -> dict[str, Any]:
     }
 
 
-def write_manifest(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> None:
-    """Write ``records`` as JSON lines to ``path``, atomically and durably."""
+def write_manifest(
+    path: str | os.PathLike[str],
+    records: Iterable[Mapping[str, Any]],
+    *,
+    temp_dir: Path | None = None,
+) -> None:
+    """Write ``records`` as JSON lines to ``path``, atomically and durably. The temporary
+    file is made in ``temp_dir`` (default: beside ``path``; it must be on the same file
+    system), so a worker of a shared journal keeps it in its partial directory, which the
+    others throw away if the worker is killed mid-write."""
     target = Path(path)
+    if temp_dir is not None:
+        temp_dir.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, before the rename
         "w",
         encoding="utf-8",
         newline="\n",
-        dir=target.parent,
+        dir=target.parent if temp_dir is None else temp_dir,
         prefix=f".{target.name}.",
         suffix=".tmp",
         delete=False,
@@ -112,8 +122,10 @@ class ManifestWriter:
         *,
         min_interval: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
+        temp_dir: Path | None = None,
     ) -> None:
         self.path = Path(path)
+        self._temp_dir = temp_dir
         self._journal = journal
         self._min_interval = min_interval
         self._monotonic = monotonic
@@ -135,7 +147,11 @@ class ManifestWriter:
         if not (self._dirty or force):
             return
         started = self._monotonic()
-        write_manifest(self.path, (manifest_record(e) for e in self._journal.entries()))
+        write_manifest(
+            self.path,
+            (manifest_record(e) for e in self._journal.entries()),
+            temp_dir=self._temp_dir,
+        )
         self._dirty = False
         self._last_write = self._monotonic()
         self._last_duration = self._last_write - started

@@ -81,6 +81,7 @@ from ._store import (
     clear_partial,
     finish_download,
     part_path,
+    partial_dir,
     remove_partial,
 )
 from ._tags import mutagen_available
@@ -505,7 +506,13 @@ class _Run:
         self.tag = tag
         self.max_in_flight = max_in_flight
         self.on_event = on_event
-        self.manifest = ManifestWriter(out / MANIFEST_NAME, journal)
+        # A shared journal's worker writes the manifest's temporary file in its own partial
+        # directory: killed mid-write, it leaves nothing the others do not throw away.
+        self.manifest = ManifestWriter(
+            out / MANIFEST_NAME,
+            journal,
+            temp_dir=partial_dir(out, self.worker) if self.worker is not None else None,
+        )
         # Resumed waits and new submissions share the account's concurrent generations.
         self.slots = anyio.Semaphore(max_in_flight)
         self.download_limiter = anyio.CapacityLimiter(download_concurrency)
