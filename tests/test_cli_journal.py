@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from click.testing import CliRunner, Result
 
+from aimlmusic.catalog import PgJournal
 from aimlmusic.cli._app import cli
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, serving
 
@@ -88,6 +89,20 @@ def test_batch_with_a_journal_url_from_the_environment(
     as_json = json.loads(invoke("status", "--json", "--journal", url).output)
     assert as_json["counts"]["downloaded"] == 3
     assert [w["downloaded"] for w in as_json["workers"]] == [3]
+
+
+def test_status_tells_a_running_worker_from_a_killed_one(postgres_url: str) -> None:
+    """status --journal says "running" for a worker whose heartbeat is current and "gone"
+    for one whose run never ended and whose heartbeat stopped (killed)."""
+    with PgJournal(postgres_url, endpoint="https://api.example", worker_id="live") as live:
+        live.start_run()
+        with PgJournal(postgres_url, endpoint=None, worker_id="killed", now=lambda: 0.0) as killed:
+            killed.start_run()  # its heartbeat stopped at lease time 0
+        shown = invoke("status", "--journal", postgres_url)
+    assert shown.exit_code == 0, shown.output
+    lines = {line.split(":")[0]: line for line in shown.output.splitlines()}
+    assert lines["worker live"].endswith("last run running"), shown.output
+    assert lines["worker killed"].endswith("last run gone (its heartbeat stopped)"), shown.output
 
 
 def test_the_option_wins_over_the_environment(tmp_path: Path, postgres_url: str) -> None:

@@ -229,6 +229,29 @@ def test_workers_report_holdings_leases_and_downloads(postgres_url: str) -> None
     assert report["A"]["started_at"] is not None
 
 
+def test_a_run_is_running_while_its_heartbeat_is_current(postgres_url: str) -> None:
+    """A worker's run reports running from start_run, holding no lease, while renew() keeps
+    it current; not once a lease overdue (killed) nor after finish_run."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a, worker(postgres_url, "B", clock) as b:
+
+        def running() -> bool:
+            return bool({w["worker"]: w for w in b.workers()}["A"]["running"])
+
+        a.start_run()
+        assert running()
+        clock.now += LEASE * 0.9
+        a.renew()  # no lease held: the run's heartbeat alone
+        clock.now += LEASE * 0.9
+        assert running()
+        clock.now += LEASE
+        assert not running()  # its heartbeat stopped: killed
+        a.renew()
+        assert running()
+        a.finish_run("finished")
+        assert not running()
+
+
 def with_password(url: str, password: str) -> str:
     parts = urlsplit(url)
     user = parts.username or "postgres"

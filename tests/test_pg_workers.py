@@ -172,6 +172,31 @@ async def test_a_dead_workers_songs_are_taken_over_without_paying_twice(
     assert not (tmp_path / "out" / PARTIAL_DIR).exists()  # the dead worker's half-song too
 
 
+async def test_a_live_worker_between_songs_keeps_its_partial_directory(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A worker whose run is live but holds no lease (between songs, or writing the
+    manifest at its end) keeps its partial directory; another worker's run leaves it."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
+    out = tmp_path / "out"
+    async with client_for(emulator) as client:
+        with PgJournal(
+            postgres_url, endpoint=_endpoint(client.base_url), worker_id="idle", lease_seconds=LEASE
+        ) as idle:
+            assert idle.sync_catalog(load_catalog(catalog)) == []
+            idle.start_run()
+            its_file = partial_dir(out, "idle") / ".manifest.jsonl.x.tmp"
+            its_file.parent.mkdir(parents=True)
+            its_file.write_text("being written")
+            summary = await run_catalog(
+                client, catalog, out, journal_url=postgres_url, worker_id="busy", tag_mp3=False
+            )
+            assert summary.downloaded == 3
+            assert its_file.read_text() == "being written"
+            idle.finish_run("finished")
+
+
 async def test_a_worker_waits_while_another_live_worker_holds_a_song(
     tmp_path: Path, postgres_url: str
 ) -> None:

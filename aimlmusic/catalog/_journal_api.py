@@ -141,4 +141,5 @@ class SharedJournal(CatalogJournal, Protocol):
         """How many songs other workers hold under live leases."""
 
     def workers(self) -> list[dict[str, Any]]:
-        """Per worker: songs held by state, leases alive and expired, songs downloaded."""
+        """Per worker: songs held by state, leases alive and expired, songs downloaded, its
+        last run, and whether that run is still ``running`` (heartbeat not overdue)."""

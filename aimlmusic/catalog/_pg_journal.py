@@ -148,6 +148,9 @@ CREATE TABLE IF NOT EXISTS aimlmusic_runs (
     finished_at TEXT,
     outcome TEXT
 );
+-- A run is live while its heartbeat keeps this ahead of the lease clock (NULL once it ends):
+-- a worker holding no lease for a moment still owns its partial directory.
+ALTER TABLE aimlmusic_runs ADD COLUMN IF NOT EXISTS alive_until DOUBLE PRECISION;
 """
 
 #: States a claim may pick whatever the options (the others need one).
@@ -596,12 +599,20 @@ class PgJournal:
 
     @_database_errors
     def renew(self) -> int:
-        """Extend every lease this worker holds by ``lease_seconds`` from now."""
-        cursor = self._db.execute(
-            "UPDATE aimlmusic_songs SET lease_until = aimlmusic_now(%(now)s) + %(lease)s"
-            " WHERE owner = %(me)s",
-            self._params(),
-        )
+        """Extend every lease this worker holds, and its run's liveness, by ``lease_seconds``
+        from now; return how many leases."""
+        with self._db.transaction():
+            cursor = self._db.execute(
+                "UPDATE aimlmusic_songs SET lease_until = aimlmusic_now(%(now)s) + %(lease)s"
+                " WHERE owner = %(me)s",
+                self._params(),
+            )
+            if self._run_id is not None:
+                self._db.execute(
+                    "UPDATE aimlmusic_runs SET alive_until = aimlmusic_now(%(now)s) + %(lease)s"
+                    " WHERE id = %(run)s AND finished_at IS NULL",
+                    self._params(run=self._run_id),
+                )
         return cursor.rowcount
 
     @_database_errors
@@ -626,8 +637,9 @@ class PgJournal:
     @_database_errors
     def workers(self) -> list[dict[str, Any]]:
         """One dict per worker seen in the journal: ``worker``, ``held`` (state -> songs it
-        holds), ``alive``/``expired`` (leases), ``downloaded`` (songs it downloaded),
-        ``last_run`` (start, end, outcome of its run). Sorted by worker."""
+        holds), ``alive``/``expired`` (leases), ``downloaded`` (songs it downloaded), its
+        last run's ``started_at``, ``finished_at``, ``outcome``, and ``running`` (that run has
+        not ended and its heartbeat is not overdue). Sorted by worker."""
         report: dict[str, dict[str, Any]] = {}
 
         def worker(name: str) -> dict[str, Any]:
@@ -642,6 +654,7 @@ class PgJournal:
                     "started_at": None,
                     "finished_at": None,
                     "outcome": None,
+                    "running": False,
                 },
             )
 
@@ -662,8 +675,10 @@ class PgJournal:
         ):
             worker(r["downloaded_by"])["downloaded"] = int(r["n"])
         for r in self._db.execute(
-            "SELECT DISTINCT ON (worker) worker, started_at, finished_at, outcome"
-            " FROM aimlmusic_runs ORDER BY worker, id DESC"
+            "SELECT DISTINCT ON (worker) worker, started_at, finished_at, outcome,"
+            " COALESCE(alive_until >= aimlmusic_now(%(now)s), FALSE) AS running"
+            " FROM aimlmusic_runs ORDER BY worker, id DESC",
+            self._params(),
         ):
             w = worker(r["worker"])
             w["started_at"], w["finished_at"], w["outcome"] = (
@@ -671,6 +686,7 @@ class PgJournal:
                 r["finished_at"],
                 r["outcome"],
             )
+            w["running"] = bool(r["running"])
         return [report[name] for name in sorted(report)]
 
     # ------------------------------------------------------------------ transitions
@@ -846,8 +862,9 @@ class PgJournal:
     def start_run(self) -> int:
         """Record the start of this worker's run; return its id."""
         row = self._db.execute(
-            "INSERT INTO aimlmusic_runs (worker, started_at) VALUES (%s, %s) RETURNING id",
-            (self._worker_id, _now()),
+            "INSERT INTO aimlmusic_runs (worker, started_at, alive_until)"
+            " VALUES (%(me)s, %(started)s, aimlmusic_now(%(now)s) + %(lease)s) RETURNING id",
+            self._params(started=_now()),
         ).fetchone()
         self._run_id = int(row["id"]) if row is not None else 0
         return self._run_id
@@ -858,7 +875,8 @@ class PgJournal:
         if self._run_id is None:
             return
         self._db.execute(
-            "UPDATE aimlmusic_runs SET finished_at = %s, outcome = %s WHERE id = %s",
+            "UPDATE aimlmusic_runs SET finished_at = %s, outcome = %s, alive_until = NULL"
+            " WHERE id = %s",
             (_now(), outcome, self._run_id),
         )
 

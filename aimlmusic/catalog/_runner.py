@@ -621,12 +621,14 @@ class _Run:
     # ------------------------------------------------------------------ the run
 
     async def execute(self) -> RunSummary:
+        # The run is recorded first: from then on other workers of a shared journal see it
+        # live and leave its partial directory alone.
+        self.journal.start_run()
         clear_partial(self.out, worker=self.worker)
         self._clear_dead_partials()
         to_submit = self._submittable_count()
         to_resume = self.counts[_S.SUBMITTED] + self.counts[_S.COMPLETED]
         self.todo = to_submit + to_resume
-        self.journal.start_run()
         self.manifest.flush()
         self.emit("started")
         outcome = "stopped"
@@ -648,11 +650,13 @@ class _Run:
             # Synchronous and quick: runs even while the run is being cancelled.
             if self.shared is not None:
                 self.shared.release_all()  # other workers need not wait for the leases
-            self.journal.finish_run(outcome)
             try:
                 self.manifest.flush(force=True)
             except OSError as exc:
                 self._cannot_write(exc)  # the journal has it all; the next run rewrites it
+            # Only now: until the run is recorded as ended, other workers leave this worker's
+            # partial directory (the manifest's temporary file) alone.
+            self.journal.finish_run(outcome)
             self._clear_dead_partials()
             remove_partial(self.out, worker=self.worker)
         summary = _summary(self.journal, self.out, interrupted=False)
@@ -663,13 +667,14 @@ class _Run:
         return summary
 
     def _clear_dead_partials(self) -> None:
-        """A shared journal's worker throws away the partial downloads of workers that hold
-        no live lease (killed ones), at its start and its end: the last worker to finish
-        leaves no half-written file behind in a shared output directory."""
+        """A shared journal's worker throws away the partial downloads of workers that are
+        gone (killed: neither a live lease nor a run whose heartbeat is current), at its start
+        and its end: the last worker to finish leaves no half-written file behind in a shared
+        output directory. A live worker between songs holds no lease but owns its directory."""
         if self.shared is None or self.worker is None:
             return
         try:
-            live = [w["worker"] for w in self.shared.workers() if w["alive"] > 0]
+            live = [w["worker"] for w in self.shared.workers() if w["alive"] > 0 or w["running"]]
         except JournalError as exc:  # the database is gone: leave them for the next run
             logger.debug("could not list live workers: %s", exc)
             return

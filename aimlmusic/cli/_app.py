@@ -770,9 +770,18 @@ def _catalog_status(url: str, *, as_json: bool) -> None:
         held = ", ".join(f"{state} {n}" for state, n in sorted(w["held"].items())) or "nothing"
         say(
             f"worker {w['worker']}: holds {held}; leases alive {w['alive']}, expired "
-            f"{w['expired']}; downloaded {w['downloaded']}; last run "
-            f"{w['outcome'] or ('running' if w['started_at'] and not w['finished_at'] else '-')}"
+            f"{w['expired']}; downloaded {w['downloaded']}; last run {_last_run(w)}"
         )
+
+
+def _last_run(worker: dict[str, Any]) -> str:
+    """How a worker's last run stands: its outcome, running, or gone without one (killed:
+    its heartbeat stopped)."""
+    if worker["outcome"]:
+        return str(worker["outcome"])
+    if worker["running"]:
+        return "running"
+    return "gone (its heartbeat stopped)" if worker["started_at"] else "-"
 
 
 @cli.command()
