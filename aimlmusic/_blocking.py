@@ -237,6 +237,12 @@ class MusicClient:
         return self._client.limits
 
     @property
+    def key_fingerprint(self) -> str:
+        """The first 16 hex digits of the API key's SHA-256 (see
+        :attr:`AsyncMusicClient.key_fingerprint`)."""
+        return self._client.key_fingerprint
+
+    @property
     def clock(self) -> Clock:
         """The clock every wait of this client uses."""
         return self._client.clock

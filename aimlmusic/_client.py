@@ -29,7 +29,7 @@ from ._models import Generation, GenerationStatus, SongRequest, SongResult
 from ._network import OwnNetwork
 from ._polling import PollPolicy, default_policy
 from ._ratelimit import Budget, RequestBudget
-from ._redact import install_httpx_log_filter
+from ._redact import install_httpx_log_filter, key_fingerprint
 from ._shared_budget import SharedBudget
 from ._shared_leases import SharedLeases
 from ._shared_redis import SharedStore
@@ -102,6 +102,7 @@ class AsyncMusicClient:
         shared_url: str | None = None,
     ) -> None:
         key = _resolve_api_key(api_key)
+        self._key_fingerprint = key_fingerprint(key)
         self._base_url = _resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
         if transport is not None and http_client is not None:
             raise ConfigurationError("give either transport= or http_client=, not both")
@@ -188,6 +189,12 @@ class AsyncMusicClient:
     def limits(self) -> Limits:
         """The account limits this client paces itself to."""
         return self._limits
+
+    @property
+    def key_fingerprint(self) -> str:
+        """The first 16 hex digits of the API key's SHA-256: tells the accounts of several
+        keys apart (a shared journal records it per song) without showing the key."""
+        return self._key_fingerprint
 
     @property
     def clock(self) -> Clock:

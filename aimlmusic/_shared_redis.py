@@ -19,7 +19,6 @@ itself: ``aimlmusic:<first 16 hex digits of sha256(key)>:...``.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -28,7 +27,7 @@ import anyio
 import anyio.to_thread
 
 from ._errors import ConfigurationError, SharedStateError
-from ._redact import REDACTED, Redactor, Secret
+from ._redact import REDACTED, Redactor, Secret, key_fingerprint
 
 if TYPE_CHECKING:
     import redis
@@ -48,9 +47,6 @@ T = TypeVar("T")
 
 #: The start of every key the library writes: one prefix to find (or delete) them all.
 DEFAULT_KEY_PREFIX = "aimlmusic:"
-#: Hex digits of the key's sha256 kept in the namespace: 64 bits, no collision between the
-#: accounts of one Redis, and too few to help anyone guess the key.
-NAMESPACE_HEX_DIGITS = 16
 #: Real seconds to connect to Redis, and to wait for one answer: a Redis that does not answer
 #: this fast is reported as unreachable instead of holding every request (never a hang).
 CONNECT_TIMEOUT = 2.0
@@ -82,8 +78,7 @@ def _client_options() -> dict[str, Any]:
 
 def account_namespace(api_key: str, key_prefix: str = DEFAULT_KEY_PREFIX) -> str:
     """The key namespace of the account behind ``api_key``: the prefix and a hash of the key."""
-    digest = hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:NAMESPACE_HEX_DIGITS]
-    return f"{key_prefix}{digest}"
+    return f"{key_prefix}{key_fingerprint(api_key)}"
 
 
 def redact_redis_url(url: str) -> str:

@@ -19,7 +19,7 @@ from _catalog_support import write_catalog as write_any_catalog
 
 import aimlmusic
 from aimlmusic.catalog import CatalogEvent, PgJournal, SongState, load_catalog, run_catalog
-from aimlmusic.catalog._runner import _account_of, _endpoint
+from aimlmusic.catalog._runner import _endpoint
 from aimlmusic.catalog._store import PARTIAL_DIR, partial_dir
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig
 from aimlmusic.testing import VirtualClock
@@ -280,8 +280,7 @@ async def test_another_accounts_generation_waits_for_a_worker_of_that_account(
     async with client_for(emulator, TEST_API_KEY) as client:
         first = load_catalog(catalog)[0]
         generation_id = (await client.submit(first.request)).id
-        account = _account_of(client)
-        assert account is not None
+        account = client.key_fingerprint
         assert account not in repr(TEST_API_KEY)
         with PgJournal(
             postgres_url,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import pickle
 import traceback
@@ -22,6 +23,7 @@ from aimlmusic import (
     ConfigurationError,
     DownloadError,
     GenerationFailedError,
+    MusicClient,
     ResponseValidationError,
     RetryPolicy,
 )
@@ -188,6 +190,21 @@ async def test_reprs_and_attribute_dumps_do_not_show_the_key() -> None:
         assert CANARY not in text
     assert "api.test" in repr(client)
     await client.aclose()
+
+
+async def test_the_key_fingerprint_names_the_account_without_the_key() -> None:
+    """key_fingerprint is 16 hex digits of the key's SHA-256, one per key, holding no part
+    of the key; the blocking client gives the same."""
+    client = client_with(httpx.MockTransport(lambda r: httpx.Response(200)))
+    other = AsyncMusicClient(api_key=CANARY + "-2", base_url="https://api.test")
+    fingerprint = client.key_fingerprint
+    assert fingerprint == hashlib.sha256(CANARY.encode()).hexdigest()[:16]
+    assert other.key_fingerprint != fingerprint
+    assert not any(CANARY[i : i + 6] in fingerprint for i in range(len(CANARY) - 5))
+    with MusicClient(api_key=CANARY, base_url="https://api.test") as blocking:
+        assert blocking.key_fingerprint == fingerprint
+    await client.aclose()
+    await other.aclose()
 
 
 def test_the_secret_holder_hides_its_value_and_refuses_pickling() -> None:

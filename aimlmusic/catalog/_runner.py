@@ -32,7 +32,6 @@ writes the whole manifest from the journal.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -121,10 +120,6 @@ MAX_CONNECT_FAILURES = 5
 #: when nothing is claimable but other live workers still hold songs: any of them may die,
 #: and its songs must then be taken over.
 DEFAULT_RECHECK_SECONDS = 5.0
-
-#: Hex digits of the API key's SHA-256 that name its account in a shared journal: 64 bits,
-#: no collision between the keys of one catalog, and nothing that gives the key away.
-ACCOUNT_HEX_DIGITS = 16
 
 #: Renewals per lease: a worker renews its leases at a third of their length, so two
 #: renewals can be missed (a stalled event loop, a slow database) before one expires.
@@ -229,7 +224,7 @@ async def run_catalog(
             worker_id=worker_id,
             lease_seconds=lease_seconds or DEFAULT_LEASE_SECONDS,
             now=lease_clock,
-            account=_account_of(client),
+            account=client.key_fingerprint,
         )
 
     journal = _prepare(
@@ -257,20 +252,6 @@ async def run_catalog(
         return await run.execute()
     finally:
         journal.close()
-
-
-def _account_of(client: AsyncMusicClient) -> str | None:
-    """A name for the client's API account: the first 16 hex digits of the key's SHA-256
-    (the key itself never leaves the client). Read from the transport's secret because the
-    client has no public accessor for it; ``None`` when it cannot be found."""
-    secret = getattr(getattr(client, "_transport", None), "_key", None)
-    reveal = getattr(secret, "reveal", None)
-    if not callable(reveal):
-        return None
-    key = reveal()
-    if not isinstance(key, str):
-        return None
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:ACCOUNT_HEX_DIGITS]
 
 
 def _endpoint(base_url: str) -> str:
