@@ -10,6 +10,7 @@ import bisect
 import itertools
 import math
 import random
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,12 +19,19 @@ from aimlmusic._estimator import CompletionEstimator, Snapshot
 from aimlmusic._planner import MAX_SHARE, MIN_GAP, Schedule, plan
 
 
-def learned(low: float, high: float, songs: int = 120, seed: int = 1) -> Snapshot:
-    """The snapshot after ``songs`` uniform(low, high) songs seen through polls 3 % apart."""
+def learned(
+    low: float,
+    high: float,
+    songs: int = 120,
+    seed: int = 1,
+    draw: Callable[[random.Random], float] | None = None,
+) -> Snapshot:
+    """The snapshot after ``songs`` uniform(low, high) songs (or ``draw``'s, all within
+    [low, high]) seen through polls 3 % apart."""
     estimator = CompletionEstimator()
     rng = random.Random(seed)
     for n in range(songs):
-        duration = rng.uniform(low, high)
+        duration = rng.uniform(low, high) if draw is None else draw(rng)
         t, after = low / 3 * 1.03 ** rng.random(), 0.0
         start = n * high / 20  # songs submitted in turn, about 20 in flight
         while t < duration:
@@ -99,6 +107,27 @@ def test_a_phase_moves_a_song_s_polls_by_up_to_half_a_spacing() -> None:
     first = schedule.times[0]
     assert first < schedule.after(0.0, 0.1) < first * 1.025**0.5
     assert first * 1.025**-0.5 < schedule.after(0.0, 0.9) < first
+
+
+def test_no_poll_is_spent_where_no_song_finishes() -> None:
+    """With two modes (35-45 s and 80-100 s), no poll falls in the empty stretch between
+    them, and songs of both modes are still noticed within the share (lag p95)."""
+
+    def two_modes(rng: random.Random) -> float:
+        return rng.uniform(35.0, 45.0) if rng.random() < 0.5 else rng.uniform(80.0, 100.0)
+
+    snapshot = learned(35.0, 100.0, songs=200, draw=two_modes)
+    schedule = plan(snapshot, math.inf, 0.025)
+    in_gap = [t for t in schedule.times if 47.0 < t < 79.0]
+    assert in_gap == [], schedule.times
+    rng = random.Random(3)
+    shares = []
+    for _ in range(4000):
+        duration = two_modes(rng)
+        noticed = next(t for t in schedule.times if t >= duration)
+        shares.append((noticed - duration) / duration)
+    shares.sort()
+    assert shares[int(0.95 * len(shares))] <= 0.03
 
 
 @settings(max_examples=25, deadline=None)
