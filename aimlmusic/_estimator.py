@@ -16,7 +16,9 @@ regularise it (a maximum a posteriori estimate with Dirichlet pseudo-counts): th
 50-60 s worth a few songs, which ages like any observation, and a thin log-uniform floor
 that never ages, so no duration is ever ruled out for good (EM cannot revive a bin at zero).
 Observations are weighted by exponential forgetting in completed songs, so the estimate
-follows a service that drifts within about one wave of songs.
+follows a service that drifts within about one wave of songs. Mass is kept on the bins of
+Turnbull's innermost intervals (the only places the likelihood can want it) and a little
+below them; the smoothing (EMS) shapes the estimate within them, never outside.
 
 Each fit is a few EM sweeps warm-started from the last one, run when an observation arrives
 (never when the estimate is read), and published as an immutable :class:`Snapshot` whose
@@ -30,7 +32,7 @@ import bisect
 import itertools
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -61,6 +63,10 @@ MAX_COMPLETED = 200
 SWEEPS = 3
 #: Share of a bin's mass moved to each neighbour after every sweep (EMS smoothing).
 SMOOTHING = 0.02
+#: Bins (3 % each, 23 % together) the support reaches below each innermost interval: songs
+#: found done at their first poll land just below the latest song seen running, an edge the
+#: polls set rather than the songs, and the slack lets the estimate (so the polls) go lower.
+SUPPORT_SLACK = 7
 #: A refit (a few milliseconds, and a new plan for every song in flight) is due when an
 #: observation comes this many API seconds after the last refit: a third of a song's time at
 #: the documented pace (refitting at every song replans in flight songs to and fro)...
@@ -150,6 +156,8 @@ class _Interval:
     hi: int
     lo_share: float
     hi_share: float
+    after: float  # the observation itself, in seconds: ``T`` in ``(after, by]``
+    by: float
 
 
 def _bin_of(t: float) -> int:
@@ -175,13 +183,37 @@ def _position(t: float) -> tuple[int, float]:
 
 def _interval(after: float, by: float) -> _Interval:
     """``T`` in ``(after, by]``; ``by = inf`` for a song still running at ``after``."""
-    lo, lo_at = _position(max(0.0, after))
+    after = max(0.0, after)
+    lo, lo_at = _position(after)
     if by == math.inf:
-        return _Interval(lo, BINS - 1, 1.0 - lo_at, 1.0)
-    hi, hi_at = _position(max(by, after))
+        return _Interval(lo, BINS - 1, 1.0 - lo_at, 1.0, after, by)
+    by = max(by, after)
+    hi, hi_at = _position(by)
     if hi == lo:
-        return _Interval(lo, hi, max(hi_at - lo_at, 1e-9), 0.0)
-    return _Interval(lo, hi, 1.0 - lo_at, hi_at)
+        return _Interval(lo, hi, max(hi_at - lo_at, 1e-9), 0.0, after, by)
+    return _Interval(lo, hi, 1.0 - lo_at, hi_at, after, by)
+
+
+def _support(intervals: Iterable[_Interval]) -> list[bool]:
+    """The bins the estimate may put mass in: those of Turnbull's innermost intervals, and
+    ``SUPPORT_SLACK`` bins below each.
+
+    An innermost interval is a ``(left, right]`` with ``left`` some observation's left end,
+    ``right`` some observation's right end, and no end of any observation between. The
+    likelihood never prefers mass anywhere else (moving mass into an innermost interval
+    inside the same observations never lowers it). Without this bound, the smoothing would
+    spread the mass of songs found done at their first poll far below the earliest polls,
+    and into the gap between the two paces of a service that changed."""
+    # At one time, right ends sort first: (a, b] and (b, c] do not overlap.
+    ends = sorted(itertools.chain.from_iterable(((i.after, 1), (i.by, 0)) for i in intervals))
+    touched = [False] * BINS
+    for (left, left_kind), (right, right_kind) in itertools.pairwise(ends):
+        if left_kind == 1 and right_kind == 0 and right > left:
+            lo = _position(left)[0]
+            hi = BINS - 1 if right == math.inf else _position(right)[0]
+            lo = max(0, lo - SUPPORT_SLACK)
+            touched[lo : hi + 1] = [True] * (hi + 1 - lo)
+    return touched
 
 
 def _uniform_over(low: float, high: float) -> list[float]:
@@ -344,14 +376,20 @@ class CompletionEstimator:
         # An adopted estimate summarises real songs: it ages as they do, not as the prior.
         memory = MEMORY if self._adopted else PRIOR_MEMORY
         prior_weight = self._prior_songs * math.exp(-completed / memory)
+        # Mass stays where the data can put it (and where the prior does); the floor is
+        # spread over those bins, so that EM can move mass into any of them.
+        support = _support(interval for interval, _ in weighted)
+        support = [inside or p > 0 for inside, p in zip(support, self._prior, strict=True)]
+        floor = [f if inside else 0.0 for f, inside in zip(self._floor, support, strict=True)]
+        floor_total = sum(floor) or 1.0  # no floor bin in the support: no floor
         pseudo = [
-            prior_weight * p + FLOOR_SONGS * f
-            for p, f in zip(self._prior, self._floor, strict=True)
+            prior_weight * p + FLOOR_SONGS * f / floor_total
+            for p, f in zip(self._prior, floor, strict=True)
         ]
         total = sum(pseudo) + sum(weight for _, weight in weighted)
         mass = self._mass
         for _ in range(SWEEPS):
-            mass = _sweep(mass, weighted, pseudo, total)
+            mass = _sweep(mass, weighted, pseudo, total, support)
         self._mass = mass
         self._snapshot = self._publish(sum(weight for _, weight in weighted))
 
@@ -367,6 +405,7 @@ def _sweep(
     weighted: list[tuple[_Interval, float]],
     pseudo: list[float],
     total: float,
+    support: list[bool],
 ) -> list[float]:
     """One EM (self-consistency) sweep: spread each observation over the bins it covers in
     proportion to ``mass``, then re-estimate the masses with the pseudo-counts."""
@@ -403,4 +442,9 @@ def _sweep(
     ]
     first = fitted[0] * (1.0 - edge) + fitted[1] * edge
     last = fitted[-1] * (1.0 - edge) + fitted[-2] * edge
-    return [first, *middle, last]
+    # The smoothing must not carry mass out of the support.
+    smoothed = [
+        m if inside else 0.0 for m, inside in zip((first, *middle, last), support, strict=True)
+    ]
+    kept = sum(smoothed)
+    return [m / kept for m in smoothed] if kept > 0 else fitted

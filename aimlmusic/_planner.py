@@ -55,6 +55,10 @@ TAIL_POLLS = 8
 EXPLORE_SHARE = 1 / 32
 #: Rungs of that ladder: the earliest is 2**-LADDER_STEPS of the first planned poll.
 LADDER_STEPS = 3
+#: The widest spread of songs' phases, in log time (polls move by up to 7 % either way): a
+#: phase moves a song's whole chain, so at the coarse shares of a tight budget half a
+#: spacing later would leave the shortest songs a spacing and a half late.
+PHASE_SPAN = 0.14
 
 
 @attrs.frozen
@@ -75,13 +79,14 @@ class Schedule:
         """The first planned poll later than ``elapsed`` (and at least ``MIN_GAP`` after
         it) for a song of this ``phase`` (0-1); past the plan, the tail's spacing continues.
 
-        A song's phase moves all its polls by up to half a spacing, earlier or later (the
-        plan is for the middle phase). Songs of different phases are polled at different
-        times, so that together they show the estimator where songs finish at every time,
-        not only at the planned ones. A song whose phase is below ``EXPLORE_SHARE`` first
-        climbs the explorers' ladder, if ``explore`` (not after its clock restarted).
+        A song's phase moves all its polls by up to half a spacing (``PHASE_SPAN`` at
+        most), earlier or later (the plan is for the middle phase). Songs of different
+        phases are polled at different times, so that together they show the estimator
+        where songs finish at every time, not only at the planned ones. A song whose phase
+        is below ``EXPLORE_SHARE`` first climbs the explorers' ladder, if ``explore`` (not
+        after its clock restarted).
         """
-        scale = math.pow(1.0 + self.share, 0.5 - phase)
+        scale = math.exp(min(math.log1p(self.share), PHASE_SPAN) * (0.5 - phase))
         earliest = elapsed + MIN_GAP if elapsed > 0 else 0.0
         if explore and phase < EXPLORE_SHARE:
             for t in self.ladder:

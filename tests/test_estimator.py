@@ -14,7 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aimlmusic._estimator import GRID_END, MAX_COMPLETED, CompletionEstimator, Snapshot
+from aimlmusic._estimator import (
+    GRID_END,
+    GRID_RATIO,
+    MAX_COMPLETED,
+    SUPPORT_SLACK,
+    CompletionEstimator,
+    Snapshot,
+)
 
 
 def inspect(
@@ -109,6 +116,20 @@ def test_it_follows_a_service_that_slows_down_within_a_wave_or_two() -> None:
             start=n * 3.0,
         )
     assert 80.0 < estimator.snapshot.quantile(0.5) < 100.0
+
+
+def test_no_song_is_put_earlier_than_the_innermost_intervals_allow() -> None:
+    """Songs all seen running at 13 s (and found done at polls from 26 s on) leave nothing
+    done by 10 s, below the innermost intervals and their slack, however many refits."""
+    estimator = CompletionEstimator()
+    rng = random.Random(5)
+    for n in range(120):
+        polls = [13.0, *geometric_polls(26.0, 1.25, rng.random())]
+        inspect(estimator, str(n), rng.uniform(20, 40), polls, start=n * 2.0)
+    snapshot = estimator.snapshot
+    assert 13.0 / GRID_RATIO ** (SUPPORT_SLACK + 1) > 10.0
+    assert snapshot.done_by(10.0) == 0.0
+    assert 20.0 < snapshot.quantile(0.5) < 40.0
 
 
 def test_what_it_keeps_stays_bounded() -> None:

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aimlmusic._estimator import CompletionEstimator, Snapshot
-from aimlmusic._planner import MAX_SHARE, MIN_GAP, Schedule, plan
+from aimlmusic._planner import MAX_SHARE, MIN_GAP, PHASE_SPAN, Schedule, plan
 
 
 def learned(
@@ -107,6 +107,18 @@ def test_a_phase_moves_a_song_s_polls_by_up_to_half_a_spacing() -> None:
     first = schedule.times[0]
     assert first < schedule.after(0.0, 0.1) < first * 1.025**0.5
     assert first * 1.025**-0.5 < schedule.after(0.0, 0.9) < first
+
+
+def test_on_a_coarse_schedule_a_phase_moves_polls_by_at_most_seven_percent() -> None:
+    """When the budget forces a coarse share, phases still move a song's first poll by at
+    most PHASE_SPAN / 2 in log time (not half the spacing), so the shortest songs a
+    schedule covers are not left a spacing and a half late."""
+    schedule = plan(DOCUMENTED, 0.0, 0.025)  # nothing fits: the cheapest schedule
+    assert math.log1p(schedule.share) > PHASE_SPAN
+    first = schedule.times[0]
+    latest, earliest = schedule.after(0.0, 0.05), schedule.after(0.0, 0.999)
+    assert first < latest <= first * math.exp(PHASE_SPAN / 2)
+    assert first * math.exp(-PHASE_SPAN / 2) <= earliest < first
 
 
 def test_no_poll_is_spent_where_no_song_finishes() -> None:
