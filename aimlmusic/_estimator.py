@@ -202,8 +202,9 @@ def _support(intervals: Iterable[_Interval]) -> list[bool]:
     ``right`` some observation's right end, and no end of any observation between. The
     likelihood never prefers mass anywhere else (moving mass into an innermost interval
     inside the same observations never lowers it). Without this bound, the smoothing would
-    spread the mass of songs found done at their first poll far below the earliest polls,
-    and into the gap between the two paces of a service that changed."""
+    spread the mass of songs found done at their first poll far below the earliest polls.
+    The slack is a hedge for what the bound cannot see (how far below the earliest polls
+    songs really finish), not an estimate of it."""
     # At one time, right ends sort first: (a, b] and (b, c] do not overlap.
     ends = sorted(itertools.chain.from_iterable(((i.after, 1), (i.by, 0)) for i in intervals))
     touched = [False] * BINS
