@@ -18,6 +18,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -49,6 +50,27 @@ _THREAD_TIMEOUT = 10.0
 _CANCEL_TIMEOUT = 10.0
 #: The event loop the background thread runs unless told otherwise.
 DEFAULT_BACKEND = "asyncio"
+#: Real seconds the calling thread blocks at a time while it waits for the loop. A SIGINT
+#: that arrives just as the thread goes to sleep on a lock does not wake it (seen about once
+#: in 400 presses on Python 3.13); waking this often runs the pending Ctrl-C handler soon.
+_SIGNAL_CHECK_INTERVAL = 0.1
+
+
+def _wait_for(future: Future[T]) -> T:
+    """``future.result()``, waiting in short slices so that a pending Ctrl-C is raised."""
+    # exception() raises TimeoutError only when the wait timed out (a call that raised
+    # TimeoutError itself returns it), so the two cannot be confused.
+    while True:
+        try:
+            future.exception(timeout=_SIGNAL_CHECK_INTERVAL)
+        except FutureTimeoutError:
+            continue
+        return future.result()
+
+
+def _call_on(portal: BlockingPortal, func: Callable[..., T], *args: Any) -> T:
+    """``portal.call(func, *args)`` for a plain function, with :func:`_wait_for`'s wait."""
+    return _wait_for(portal.start_task_soon(func, *args))
 
 
 class _Spawned(Generic[T]):
@@ -73,7 +95,7 @@ class _Spawned(Generic[T]):
 
     def result(self) -> T:
         assert self.future is not None, "result() before start()"
-        return self.future.result()  # type: ignore[return-value]  # None only if cancelled
+        return _wait_for(self.future)  # type: ignore[return-value]  # None only if cancelled
 
     def cancel(self, portal: BlockingPortal) -> None:
         """Cancel the task if it runs or is still to start, and wait (boundedly) until it
@@ -83,7 +105,7 @@ class _Spawned(Generic[T]):
             return
         scope = self._scope
         if scope is not None:
-            portal.call(scope.cancel)
+            _call_on(portal, scope.cancel)
         self.unwound.wait(_CANCEL_TIMEOUT)
 
     def cancel_soon(self) -> None:
@@ -154,7 +176,7 @@ class _LoopThread:
             return
         self.stopped = True
         if self.thread.is_alive() and threading.current_thread() is not self.thread:
-            self.portal.call(self.portal.stop, True)
+            _wait_for(self.portal.start_task_soon(self.portal.stop, True))
             self.thread.join(_THREAD_TIMEOUT)
 
 
@@ -415,7 +437,7 @@ class SongResults(Iterator[SongResult]):
             holder.cancel(portal)
             return
         # Leaving the batch's block cancels its songs and raises what the source raised.
-        portal.call(leave.set)
+        _call_on(portal, leave.set)
         try:
             holder.result()
         except BaseException:
@@ -465,5 +487,5 @@ class SongResults(Iterator[SongResult]):
         # Kept before the hand-over, which a Ctrl-C may interrupt: close() cancels it then.
         self._holder = _Spawned(hold)
         self._holder.start(self._loop.portal)
-        self._stream = entered.result()
+        self._stream = _wait_for(entered)
         return self._stream

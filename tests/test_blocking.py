@@ -6,6 +6,7 @@ loop runs asyncio or trio (``backend``), so the behavioural tests run on both.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import gc
 import random
@@ -368,6 +369,43 @@ def test_ctrl_c_while_waiting_for_a_batch_result_cancels_the_batch(
         while (clock.cancelled < 1 or clock.active) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert clock.cancelled >= 1
+        assert clock.active == 0
+
+
+@pytest.mark.usefixtures("no_leaked_threads", "sigint_raises")
+def test_a_ctrl_c_that_does_not_wake_the_waiting_thread_still_stops_it(
+    emulator: Emulator, backend: str
+) -> None:
+    """A Ctrl-C pending while the caller sleeps on a lock (the signal came just before it
+    went to sleep) is raised without waiting for the result."""
+    clock = WatchedClock(emulator)
+    backup_pressed = threading.Event()
+
+    def press_without_waking() -> None:
+        _wait_until(lambda: clock.long_active > 0)
+        # Runs the SIGINT handler at the main thread's next check, but sends no signal: a
+        # thread asleep on a lock stays asleep, as after a signal that came just too early.
+        _thread.interrupt_main()
+        deadline = time.monotonic() + REACH_TIMEOUT
+        while not caught.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not caught.is_set():  # a client that never looks: end the test with a real one
+            backup_pressed.set()
+            signal.pthread_kill(main, signal.SIGINT)
+
+    caught = threading.Event()
+    main = threading.main_thread().ident
+    assert main is not None
+    never = FixedInterval(interval=NEVER, first=NEVER)
+    with _client(emulator, backend, clock=clock, poll=never) as client:
+        generation = client.submit(_song())
+        presser = threading.Thread(target=press_without_waking, daemon=True)
+        presser.start()
+        with pytest.raises(KeyboardInterrupt):
+            client.wait(generation, timeout=None)
+        caught.set()
+        presser.join(REACH_TIMEOUT)
+        assert not backup_pressed.is_set()
         assert clock.active == 0
 
 
