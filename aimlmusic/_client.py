@@ -46,6 +46,10 @@ __all__ = ["AsyncMusicClient"]
 
 #: Environment variables read for the API key, in order (the official SDK's names).
 API_KEY_VARIABLES = ("AIML_API_KEY", "AIMLAPI_API_KEY")
+#: Shortest API key accepted (the API's keys have 32 characters): every occurrence of the key
+#: in what the server sends is redacted, and a key of a character or two would mangle
+#: ordinary text, such as the audio URL the client then downloads.
+MIN_API_KEY_LENGTH = 8
 BASE_URL_VARIABLE = "AIMLMUSIC_BASE_URL"
 #: The Redis URL that shares the account's budget between processes when shared_url= is not
 #: given (so every worker of a service shares it without code changes).
@@ -552,6 +556,11 @@ def _checked_key(key: str, source: str) -> str:
         raise ConfigurationError(
             f"{source} contains {problem}; an API key is printable ASCII without spaces, "
             "so it cannot be sent as it is and nothing was sent"
+        )
+    if len(key) < MIN_API_KEY_LENGTH:
+        raise ConfigurationError(
+            f"{source} has {len(key)} characters, fewer than the {MIN_API_KEY_LENGTH} an API "
+            "key has at least (the API's keys have 32); nothing was sent"
         )
     return key
 

@@ -75,12 +75,12 @@ def _generate(out: Path, *extra: str) -> Result:
         (["status", "some-id", "--api-key", " "], {}, ["--api-key", "AIML_API_KEY"]),
         (
             ["status", "some-id", "--base-url", "http://api.example.com"],
-            {"AIML_API_KEY": "k"},
+            {"AIML_API_KEY": "test-key"},
             ["--base-url", "AIMLMUSIC_BASE_URL", "https://"],
         ),
         (
             ["download", "some-id", "x.mp3", "--base-url", "ftp://nowhere"],
-            {"AIML_API_KEY": "k"},
+            {"AIML_API_KEY": "test-key"},
             ["--base-url"],
         ),
     ],
@@ -113,8 +113,8 @@ def _library_messages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[s
     for make in (
         lambda: aimlmusic.AsyncMusicClient(),
         lambda: aimlmusic.AsyncMusicClient(" "),
-        lambda: aimlmusic.AsyncMusicClient("k", base_url="http://api.example.com"),
-        lambda: aimlmusic.AsyncMusicClient("k", base_url="ftp://nowhere"),
+        lambda: aimlmusic.AsyncMusicClient("test-key", base_url="http://api.example.com"),
+        lambda: aimlmusic.AsyncMusicClient("test-key", base_url="ftp://nowhere"),
     ):
         with pytest.raises(ConfigurationError) as info:
             make()

@@ -51,7 +51,7 @@ def client_on(api: ScriptedAPI, **kwargs: Any) -> AsyncMusicClient:
     kwargs.setdefault("clock", RecordingClock())
     kwargs.setdefault("poll", FixedInterval(interval=5.0, first=0.0))
     return AsyncMusicClient(
-        "sk-test", base_url="https://api.test", transport=api.transport, **kwargs
+        "sk-test-key", base_url="https://api.test", transport=api.transport, **kwargs
     )  # type: ignore[arg-type]
 
 
@@ -109,14 +109,14 @@ def test_api_key_falls_back_to_aiml_api_key_then_aimlapi_api_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """AIML_API_KEY is read first, AIMLAPI_API_KEY only when the first is unset or blank."""
-    monkeypatch.setenv("AIML_API_KEY", "first")
-    monkeypatch.setenv("AIMLAPI_API_KEY", "second")
+    monkeypatch.setenv("AIML_API_KEY", "first-key")
+    monkeypatch.setenv("AIMLAPI_API_KEY", "second-key")
     api = ScriptedAPI(ok())
-    assert key_sent(AsyncMusicClient(transport=api.transport), api) == "first"
+    assert key_sent(AsyncMusicClient(transport=api.transport), api) == "first-key"
     monkeypatch.setenv("AIML_API_KEY", "  ")
-    assert key_sent(AsyncMusicClient(transport=api.transport), api) == "second"
+    assert key_sent(AsyncMusicClient(transport=api.transport), api) == "second-key"
     monkeypatch.delenv("AIML_API_KEY")
-    assert key_sent(AsyncMusicClient(transport=api.transport), api) == "second"
+    assert key_sent(AsyncMusicClient(transport=api.transport), api) == "second-key"
 
 
 def test_a_missing_key_is_a_configuration_error_naming_both_variables() -> None:
@@ -134,12 +134,24 @@ def test_an_empty_key_argument_is_refused(key: str) -> None:
         AsyncMusicClient(key)
 
 
+@pytest.mark.parametrize("key", ["k", "sk-1234"])
+def test_a_key_too_short_to_redact_is_refused_naming_the_limit(key: str) -> None:
+    """A key under 8 characters (which redaction would find inside ordinary text) is a
+    configuration error that gives its length and the limit, never the key."""
+    with pytest.raises(ConfigurationError, match=f"has {len(key)} characters.* the 8 ") as caught:
+        AsyncMusicClient(key)
+    assert repr(key) not in str(caught.value)
+
+
 def test_base_url_defaults_and_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The default is the public API; AIMLMUSIC_BASE_URL overrides it; the argument wins."""
-    assert AsyncMusicClient("k").base_url == "https://api.aimlapi.com"
+    assert AsyncMusicClient("test-key").base_url == "https://api.aimlapi.com"
     monkeypatch.setenv("AIMLMUSIC_BASE_URL", "https://env.example/")
-    assert AsyncMusicClient("k").base_url == "https://env.example"
-    assert AsyncMusicClient("k", base_url="https://arg.example").base_url == "https://arg.example"
+    assert AsyncMusicClient("test-key").base_url == "https://env.example"
+    assert (
+        AsyncMusicClient("test-key", base_url="https://arg.example").base_url
+        == "https://arg.example"
+    )
 
 
 @pytest.mark.parametrize(
@@ -154,7 +166,7 @@ def test_base_url_defaults_and_comes_from_the_environment(monkeypatch: pytest.Mo
 )
 def test_plain_http_is_allowed_to_loopback(url: str) -> None:
     """An emulator on this machine may be reached over plain http."""
-    assert AsyncMusicClient("k", base_url=url).base_url == url.rstrip("/")
+    assert AsyncMusicClient("test-key", base_url=url).base_url == url.rstrip("/")
 
 
 @pytest.mark.parametrize(
@@ -163,8 +175,8 @@ def test_plain_http_is_allowed_to_loopback(url: str) -> None:
 def test_plain_http_to_another_host_is_refused_unless_allowed(url: str) -> None:
     """The key must not travel in clear text unless the caller opts in."""
     with pytest.raises(ConfigurationError, match="allow_insecure_http"):
-        AsyncMusicClient("k", base_url=url)
-    assert AsyncMusicClient("k", base_url=url, allow_insecure_http=True).base_url == url
+        AsyncMusicClient("test-key", base_url=url)
+    assert AsyncMusicClient("test-key", base_url=url, allow_insecure_http=True).base_url == url
 
 
 @pytest.mark.parametrize(
@@ -180,17 +192,17 @@ def test_plain_http_to_another_host_is_refused_unless_allowed(url: str) -> None:
 def test_malformed_base_urls_are_refused(url: str) -> None:
     """Non-http(s) schemes, missing hosts, credentials and queries are configuration errors."""
     with pytest.raises(ConfigurationError):
-        AsyncMusicClient("k", base_url=url, allow_insecure_http=True)
+        AsyncMusicClient("test-key", base_url=url, allow_insecure_http=True)
 
 
 def test_a_number_timeout_becomes_a_timeout_with_connect_at_most_ten_seconds() -> None:
     """timeout=t means read/write/pool t and connect min(10, t)."""
-    assert AsyncMusicClient("k", timeout=60)._timeout == Timeout(10, 60, 60, 60)
-    assert AsyncMusicClient("k", timeout=2.5)._timeout == Timeout(2.5, 2.5, 2.5, 2.5)
+    assert AsyncMusicClient("test-key", timeout=60)._timeout == Timeout(10, 60, 60, 60)
+    assert AsyncMusicClient("test-key", timeout=2.5)._timeout == Timeout(2.5, 2.5, 2.5, 2.5)
     custom = Timeout(connect=1, read=2, write=3, pool=4)
-    assert AsyncMusicClient("k", timeout=custom)._timeout is custom
+    assert AsyncMusicClient("test-key", timeout=custom)._timeout is custom
     with pytest.raises(ConfigurationError):
-        AsyncMusicClient("k", timeout=0)
+        AsyncMusicClient("test-key", timeout=0)
 
 
 def test_transport_and_http_client_together_are_refused() -> None:
@@ -198,7 +210,9 @@ def test_transport_and_http_client_together_are_refused() -> None:
     api = ScriptedAPI(ok())
     with pytest.raises(ConfigurationError, match="not both"):
         AsyncMusicClient(
-            "k", transport=api.transport, http_client=httpx.AsyncClient(transport=api.transport)
+            "test-key",
+            transport=api.transport,
+            http_client=httpx.AsyncClient(transport=api.transport),
         )
 
 
@@ -206,11 +220,11 @@ def test_properties_expose_the_shared_parts() -> None:
     """limits, clock, poll policy and one budget per client are readable."""
     clock = RecordingClock()
     policy = FixedInterval()
-    client = AsyncMusicClient("k", clock=clock, poll=policy)
+    client = AsyncMusicClient("test-key", clock=clock, poll=policy)
     assert client.clock is clock
     assert client.poll_policy is policy
     assert client.budget.requests_per_minute == client.limits.requests_per_minute == 120
-    assert AsyncMusicClient("k").budget is not client.budget
+    assert AsyncMusicClient("test-key").budget is not client.budget
 
 
 # ------------------------------------------------------------------ calls
@@ -337,7 +351,10 @@ async def test_wait_deadline_also_cuts_a_hanging_request_short() -> None:
     async with (
         clock,
         AsyncMusicClient(
-            "k", base_url="https://api.test", transport=httpx.MockTransport(hang), clock=clock
+            "test-key",
+            base_url="https://api.test",
+            transport=httpx.MockTransport(hang),
+            clock=clock,
         ) as client,
     ):
         queued = Generation(id=GEN_ID, status=GenerationStatus.QUEUED)
@@ -520,10 +537,12 @@ async def test_a_passed_in_http_client_stays_open() -> None:
     """The client does not close an httpx client it did not create."""
     api = ScriptedAPI(ok())
     async with httpx.AsyncClient(transport=api.transport) as http:
-        async with AsyncMusicClient("k", base_url="https://api.test", http_client=http) as client:
+        async with AsyncMusicClient(
+            "test-key", base_url="https://api.test", http_client=http
+        ) as client:
             await client.get(GEN_ID)
         assert not http.is_closed
-        assert api.requests[0].headers["Authorization"] == "Bearer k"
+        assert api.requests[0].headers["Authorization"] == "Bearer test-key"
 
 
 @pytest.mark.anyio

@@ -100,7 +100,7 @@ async def test_a_base_url_with_a_path_prefix_is_kept() -> None:
     api = ScriptedAPI(ok())
     clock = RecordingClock()
     transport = Transport(
-        api_key="k",
+        api_key="test-key",
         base_url="https://proxy.test/api/",
         timeout=Timeout(),
         retry=RetryPolicy(),
@@ -365,7 +365,7 @@ class SpyBudget(RequestBudget):
 
 def spy_transport(api: ScriptedAPI, clock: RecordingClock, budget: SpyBudget) -> Transport:
     return Transport(
-        api_key="k",
+        api_key="test-key",
         base_url=API,
         timeout=Timeout(),
         retry=RetryPolicy(attempts=4, max_retry_after=60.0),
@@ -575,7 +575,7 @@ async def test_a_caller_owned_http_client_is_not_closed() -> None:
     clock = RecordingClock()
     async with httpx.AsyncClient(transport=api.transport) as http:
         transport = Transport(
-            api_key="k",
+            api_key="test-key",
             base_url=API,
             timeout=Timeout(),
             retry=RetryPolicy(),
@@ -609,7 +609,7 @@ class CountingServer:
 
 def real_transport(port: int, clock: RecordingClock, attempts: int = 3) -> Transport:
     return Transport(
-        api_key="k",
+        api_key="test-key",
         base_url=f"http://127.0.0.1:{port}",
         timeout=Timeout(connect=2, read=2, write=2, pool=2),
         retry=RetryPolicy(attempts=attempts),

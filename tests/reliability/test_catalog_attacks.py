@@ -130,7 +130,7 @@ async def test_an_unreachable_api_stops_the_run_with_every_song_pending(tmp_path
     out = tmp_path / "out"
     events: list[CatalogEvent] = []
     async with AsyncMusicClient(
-        "sk-test", base_url=closed_port_url(), clock=InstantClock()
+        "sk-test-key", base_url=closed_port_url(), clock=InstantClock()
     ) as client:
         with pytest.raises(RunStopped) as stopped:
             await run_catalog(client, catalog, out, tag_mp3=False, on_event=events.append)
@@ -164,7 +164,7 @@ async def test_submitting_is_journaled_as_the_bytes_go_out(tmp_path: Path) -> No
             order.append("throttled")
 
     with hostile_server(answer) as server:
-        async with AsyncMusicClient("sk-test", base_url=server.base_url) as client:
+        async with AsyncMusicClient("sk-test-key", base_url=server.base_url) as client:
             await client._transport.submit(
                 SongRequest(prompt=PROMPT, lyrics=LYRICS),
                 observer=Observer(),  # type: ignore[arg-type]
@@ -172,7 +172,7 @@ async def test_submitting_is_journaled_as_the_bytes_go_out(tmp_path: Path) -> No
     assert order == ["sending", "server POST"]
     order.clear()
     async with AsyncMusicClient(
-        "sk-test",
+        "sk-test-key",
         base_url=closed_port_url(),
         clock=InstantClock(),
         retry=RetryPolicy(attempts=2),

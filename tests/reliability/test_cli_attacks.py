@@ -38,7 +38,7 @@ def mp3_bytes() -> bytes:
 
 
 def invoke(*args: str) -> Result:
-    env = {"AIML_API_KEY": "sk-test", "AIMLAPI_API_KEY": "", "AIMLMUSIC_BASE_URL": ""}
+    env = {"AIML_API_KEY": "sk-test-key", "AIMLAPI_API_KEY": "", "AIMLMUSIC_BASE_URL": ""}
     return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
 
 
