@@ -4,8 +4,13 @@ emulator on a loopback socket and the test PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -136,3 +141,67 @@ def test_status_needs_an_id_or_a_journal() -> None:
     assert result.exit_code == 2
     assert "GENERATION_ID" in result.output
     assert "--journal" in result.output
+
+
+def test_lease_seconds_sets_how_long_a_workers_claims_last(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """batch --lease-seconds 7 claims songs for 7 seconds of the lease clock, not the default
+    60, so others take over a dead worker's songs that much sooner."""
+    psycopg = pytest.importorskip("psycopg")
+    # 50-60 s songs take 2.5-3 real seconds: the claim is seen while the worker holds it.
+    emulator = Emulator(EmulatorConfig(time_scale=20, audio_seconds=0.3))
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    with serving(emulator) as base_url:
+        env = {**os.environ, "AIML_API_KEY": TEST_API_KEY, "AIMLMUSIC_JOURNAL_URL": ""}
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "aimlmusic.cli", "batch", str(catalog), "-o",
+             str(tmp_path / "out"), "--plain", "--no-tag", "--base-url", base_url,
+             "--journal", postgres_url, "--lease-seconds", "7"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )  # fmt: skip
+        try:
+            remaining = _lease_remaining_once_claimed(psycopg, postgres_url, worker)
+            output, _ = worker.communicate(timeout=WORKER_TIMEOUT)
+        finally:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 0, output
+    assert remaining is not None, "the worker never held a claim: " + output
+    assert 0 < remaining <= 7
+
+
+#: Real seconds a worker of one short song may take (on a loaded machine) before the test fails.
+WORKER_TIMEOUT = 120
+
+
+def _lease_remaining_once_claimed(
+    psycopg: Any, url: str, worker: subprocess.Popen[str]
+) -> float | None:
+    """Seconds left on the first claim seen in the journal (None: the worker ended first)."""
+    deadline = time.monotonic() + WORKER_TIMEOUT
+    while worker.poll() is None and time.monotonic() < deadline:
+        try:
+            with psycopg.connect(url, autocommit=True) as db:
+                row = db.execute(
+                    "SELECT lease_until - aimlmusic_now(NULL) FROM aimlmusic_songs "
+                    "WHERE owner IS NOT NULL AND lease_until IS NOT NULL LIMIT 1"
+                ).fetchone()
+        except psycopg.errors.UndefinedTable:  # the worker has not made its tables yet
+            row = None
+        if row is not None:
+            return float(row[0])
+        time.sleep(0.02)
+    return None
+
+
+def test_lease_seconds_without_a_shared_journal_is_a_usage_error(tmp_path: Path) -> None:
+    """--lease-seconds with the directory's own journal says it needs --journal."""
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    result = invoke(
+        "batch", str(catalog), "-o", str(tmp_path / "out"), "--emulator", "--lease-seconds", "5"
+    )
+    assert result.exit_code == 2
+    assert "--lease-seconds" in result.output
+    assert "--journal" in result.output
+    assert not (tmp_path / "out").exists()

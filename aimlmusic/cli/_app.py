@@ -504,6 +504,14 @@ def _adopt_pairs(values: Sequence[str]) -> dict[str, str]:
     "output directory, so several workers (processes, hosts) drain one catalog together; "
     "default: $AIMLMUSIC_JOURNAL_URL, else the SQLite journal in the output directory."
 )
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="With --journal: how long a worker's claim on a song lasts unless its heartbeat "
+    "renews it, so how soon other workers take over the songs of one that died "
+    "[default: 60].",
+)
 @_emulator_option
 def batch(
     catalog: Path,
@@ -517,6 +525,7 @@ def batch(
     no_tag: bool,
     plain: bool,
     journal: str | None,
+    lease_seconds: float | None,
     emulator: bool,
     api_key: str | None,
     base_url: str | None,
@@ -533,6 +542,11 @@ def batch(
         raise click.UsageError(
             "--journal needs a server that keeps its generations; --emulator forgets them "
             "when the process ends (serve one with `aimlmusic emulator` and use --base-url)"
+        )
+    if lease_seconds is not None and journal is None:
+        raise click.UsageError(
+            "--lease-seconds applies to a shared journal: give --journal URL (or set "
+            f"{JOURNAL_URL_VARIABLE})"
         )
     connection = _connection(
         api_key,
@@ -555,6 +569,7 @@ def batch(
         adopt=_adopt_pairs(adopt),
         tag_mp3=not no_tag,
         journal_url=journal,
+        lease_seconds=lease_seconds,
     )
     if not summary.all_done:
         raise click.exceptions.Exit(EXIT_FAILED)
