@@ -73,6 +73,7 @@ def _generate(out: Path, *extra: str) -> Result:
             ["--api-key", "AIML_API_KEY", "--emulator"],
         ),
         (["status", "some-id", "--api-key", " "], {}, ["--api-key", "AIML_API_KEY"]),
+        (["status", "some-id", "--api-key", "short"], {}, ["--api-key", "8"]),
         (
             ["status", "some-id", "--base-url", "http://api.example.com"],
             {"AIML_API_KEY": "test-key"},
@@ -113,6 +114,7 @@ def _library_messages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[s
     for make in (
         lambda: aimlmusic.AsyncMusicClient(),
         lambda: aimlmusic.AsyncMusicClient(" "),
+        lambda: aimlmusic.AsyncMusicClient("short"),
         lambda: aimlmusic.AsyncMusicClient("test-key", base_url="http://api.example.com"),
         lambda: aimlmusic.AsyncMusicClient("test-key", base_url="ftp://nowhere"),
     ):

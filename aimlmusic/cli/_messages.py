@@ -13,6 +13,7 @@ __all__ = ["for_the_command_line"]
 #: (Python advice as the library words it, what the command line says instead), applied in
 #: order; tests/test_cli_messages.py checks each against the library's real message.
 _REWRITES: tuple[tuple[str, str], ...] = (
+    ("the API key given as api_key=", "the API key given with --api-key"),
     (
         "pass api_key= or set the AIML_API_KEY (or AIMLAPI_API_KEY) environment variable",
         "set the AIML_API_KEY (or AIMLAPI_API_KEY) environment variable, or pass --api-key",
