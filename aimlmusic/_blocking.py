@@ -68,8 +68,8 @@ def _wait_for(future: Future[T]) -> T:
         return future.result()
 
 
-def _call_on(portal: BlockingPortal, func: Callable[..., T], *args: Any) -> T:
-    """``portal.call(func, *args)`` for a plain function, with :func:`_wait_for`'s wait."""
+def _call_on(portal: BlockingPortal, func: Callable[..., Any], *args: Any) -> Any:
+    """``portal.call(func, *args)``, with :func:`_wait_for`'s wait."""
     return _wait_for(portal.start_task_soon(func, *args))
 
 
@@ -176,7 +176,7 @@ class _LoopThread:
             return
         self.stopped = True
         if self.thread.is_alive() and threading.current_thread() is not self.thread:
-            _wait_for(self.portal.start_task_soon(self.portal.stop, True))
+            _call_on(self.portal, self.portal.stop, True)
             self.thread.join(_THREAD_TIMEOUT)
 
 

@@ -180,18 +180,18 @@ def _lease_remaining_once_claimed(
 ) -> float | None:
     """Seconds left on the first claim seen in the journal (None: the worker ended first)."""
     deadline = time.monotonic() + WORKER_TIMEOUT
-    while worker.poll() is None and time.monotonic() < deadline:
-        try:
-            with psycopg.connect(url, autocommit=True) as db:
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as db:
+        while worker.poll() is None and time.monotonic() < deadline:
+            try:
                 row = db.execute(
                     "SELECT lease_until - aimlmusic_now(NULL) FROM aimlmusic_songs "
                     "WHERE owner IS NOT NULL AND lease_until IS NOT NULL LIMIT 1"
                 ).fetchone()
-        except psycopg.errors.UndefinedTable:  # the worker has not made its tables yet
-            row = None
-        if row is not None:
-            return float(row[0])
-        time.sleep(0.02)
+            except psycopg.errors.UndefinedTable:  # the worker has not made its tables yet
+                row = None
+            if row is not None:
+                return float(row[0])
+            time.sleep(0.02)
     return None
 
 

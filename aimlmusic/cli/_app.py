@@ -42,7 +42,7 @@ from ..catalog import (
     read_summary,
     run_catalog,
 )
-from ..catalog._pg_journal import shown_url
+from ..catalog._pg_journal import DEFAULT_LEASE_SECONDS, shown_url
 from ..catalog._tags import TaggingError, mutagen_available, tag_mp3
 from ._backend import DEFAULT_EMULATOR_TIME_SCALE, Connection, Interrupted, open_client, run_async
 from ._display import LiveDisplay, PlainDisplay, print_summary, terminal_safe
@@ -510,7 +510,7 @@ def _adopt_pairs(values: Sequence[str]) -> dict[str, str]:
     default=None,
     help="With --journal: how long a worker's claim on a song lasts unless its heartbeat "
     "renews it, so how soon other workers take over the songs of one that died "
-    "[default: 60].",
+    f"[default: {DEFAULT_LEASE_SECONDS:g}].",
 )
 @_emulator_option
 def batch(
