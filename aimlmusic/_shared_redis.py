@@ -19,6 +19,8 @@ itself: ``aimlmusic:<first 16 hex digits of sha256(key)>:...``.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -172,8 +174,9 @@ class SharedStore:
         self.offload = offload
         self._url = url
         self._redis: redis.Redis = redis.Redis.from_url(url, **_client_options())
-        # Made at the first call on asyncio (see _async_client).
+        # Made at the first call on asyncio, and remade on a new loop (see _async_client).
         self._async_redis: AsyncRedis | None = None
+        self._async_loop: Callable[[], asyncio.AbstractEventLoop | None] = lambda: None
 
     @property
     def redis(self) -> redis.Redis:
@@ -217,12 +220,20 @@ class SharedStore:
             raise self._failure(exc) from None
 
     def _async_client(self) -> AsyncRedis:
-        # Made in the running loop: its connections belong to that loop.
-        if self._async_redis is None:
+        # Made in the running loop: its connections belong to that loop, so a store used
+        # again on a new loop (asyncio.run once per job) makes a new one; the old loop is
+        # closed, and its connections with it (the server drops them).
+        if self._async_redis is None or not self._made_in_running_loop():
             from redis.asyncio import Redis as AsyncRedis
 
             self._async_redis = AsyncRedis.from_url(self._url, **_client_options())
+            self._async_loop = weakref.ref(asyncio.get_running_loop())
         return self._async_redis
+
+    def _made_in_running_loop(self) -> bool:
+        if not _running_on_asyncio():
+            return False
+        return self._async_loop() is asyncio.get_running_loop()
 
     def _failure(self, exc: Exception) -> Exception:
         import redis
@@ -249,9 +260,9 @@ class SharedStore:
             self.close()
         finally:
             client, self._async_redis = self._async_redis, None
-            # Its connections belong to the asyncio loop: closed from that loop only (on
-            # another, they are dropped and the server closes them).
-            if client is not None and _running_on_asyncio():
+            # Its connections belong to the loop it was made in: closed from that loop only
+            # (from another, they are dropped and the server closes them).
+            if client is not None and self._made_in_running_loop():
                 with anyio.CancelScope(shield=True):  # closing sends nothing: it is quick
                     await client.aclose()
 

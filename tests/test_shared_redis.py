@@ -3,6 +3,7 @@ the blocking client in a worker thread on trio, and both closed by ``aclose``.""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -108,3 +109,28 @@ async def test_a_failure_on_either_path_names_the_url_without_the_password() -> 
         await store.aclose()
     assert "redis://worker:<redacted>@127.0.0.1:1/0" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+# The first loop's connections are abandoned unclosed (nothing can close them once their loop
+# is gone): asyncio rightly warns when they are collected, which this test makes happen here.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_a_store_used_again_on_a_new_event_loop_still_reaches_redis(
+    redis_url: str, redis_prefix: str, anyio_backend: str
+) -> None:
+    """A store left open after one event loop ends (``anyio.run`` twice, as a script calling
+    ``asyncio.run`` per job does) works on the next loop: its asyncio client is remade for
+    the running loop instead of reusing connections that belong to the dead one."""
+    store = SharedStore(redis_url, KEY, key_prefix=redis_prefix)
+
+    async def ping_and_count() -> Any:
+        with anyio.fail_after(10):  # a hang guard only
+            assert await store.run(lambda client: client.ping()) is True
+            return await store.run(lambda client: client.incr(store.key("runs")))
+
+    try:
+        first = anyio.run(ping_and_count, backend=anyio_backend)
+        second = anyio.run(ping_and_count, backend=anyio_backend)
+    finally:
+        anyio.run(store.aclose, backend=anyio_backend)
+        gc.collect()
+    assert (first, second) == (1, 2)
