@@ -10,7 +10,9 @@ emulator with ``benchmarks/batch_vs_documented_loop.py``.
 The server model: ``--slots`` songs generate at once (the rest wait, FIFO, in ``queued``),
 each for a duration drawn from ``--dist``; every request takes ``--rtt`` seconds there and
 back and is seen by the server half-way; more than ``--rpm`` requests in any 60 s are
-answered 429 without Retry-After, like the AI/ML API. The client side is the library's own
+answered 429 without Retry-After, like the AI/ML API (with ``--burst N``, or the ``bucket-10``
+workload, the server counts with a token bucket of N instead, as the emulator's ``--burst``
+does, with the emulator's own limiter). The client side is the library's own
 transport behaviour in miniature: it waits for the shared budget before every attempt and
 retries after a 429.
 
@@ -23,6 +25,7 @@ the song's duration (submission to completion, server side), makespan against th
     python benchmarks/simulate_polling.py --dist lognormal:45:0.3 --songs 500
     python benchmarks/simulate_polling.py --dist drift --runs 8
     python benchmarks/simulate_polling.py --rpm 6 --in-flight 3 --slots 3 --songs 30
+    python benchmarks/simulate_polling.py --dist bucket-10 --runs 8
     python benchmarks/simulate_polling.py --runs 16 --only learned
     python benchmarks/simulate_polling.py --dist lognormal --runs 12 --only learned --head-start
 
@@ -72,6 +75,7 @@ from aimlmusic._clock import SystemClock
 from aimlmusic._estimator import BINS, EDGES, ESTIMATE_FORMAT, GRID_END, GRID_RATIO, GRID_START
 from aimlmusic._ratelimit import RequestBudget
 from aimlmusic._scheduler import generate_many
+from aimlmusic.emulator._ratelimit import SlidingWindow, TokenBucket
 
 Durations = Callable[[random.Random], float]
 
@@ -164,18 +168,29 @@ class Job:
 
 
 class SimServer:
-    """The API as a state machine in virtual time: slots, FIFO queue, a 60-s request limit."""
+    """The API as a state machine in virtual time: slots, FIFO queue, a 60-s request limit
+    (the emulator's: a sliding minute, or with ``burst`` a token bucket of that size)."""
 
-    def __init__(self, durations: Durations, *, slots: int, rpm: int | None, seed: int) -> None:
+    def __init__(
+        self,
+        durations: Durations,
+        *,
+        slots: int,
+        rpm: int | None,
+        seed: int,
+        burst: int | None = None,
+    ) -> None:
         self.durations = durations
         self.slots = slots
         self.rpm = rpm
+        self._limit: SlidingWindow | TokenBucket | None = None
+        if rpm is not None:
+            self._limit = SlidingWindow(rpm) if burst is None else TokenBucket(rpm, burst)
         self.rng = random.Random(seed)
         self.jobs: dict[str, Job] = {}
         self.order: list[Job] = []
         self._running: list[tuple[float, str]] = []  # (finish time, id)
         self._waiting: deque[str] = deque()
-        self._window: deque[float] = deque()
         self.requests = 0
         self.throttled = 0
         self.request_times: list[float] = []
@@ -195,13 +210,9 @@ class SimServer:
     def admit(self, now: float) -> bool:
         """Count a request; False when it is over the limit (a 429)."""
         self.requests += 1
-        if self.rpm is not None:
-            while self._window and self._window[0] <= now - 60.0:
-                self._window.popleft()
-            if len(self._window) >= self.rpm:
-                self.throttled += 1
-                return False
-            self._window.append(now)
+        if self._limit is not None and self._limit.admit(now) is not None:
+            self.throttled += 1
+            return False
         self.request_times.append(now)
         return True
 
@@ -311,6 +322,7 @@ class Workload:
     slots: int = 20
     in_flight: int = 20
     rpm: int | None = 120
+    burst: int | None = None  # the server's token bucket (None: a sliding minute)
     rtt: float = 0.2
     seed: int = 1
 
@@ -369,7 +381,11 @@ def peak_in_window(times: list[float], window: float = 60.0) -> int:
 async def _run(workload: Workload, policy: PollPolicy, name: str) -> Figures:
     clock = SystemClock()
     server = SimServer(
-        workload.durations, slots=workload.slots, rpm=workload.rpm, seed=workload.seed
+        workload.durations,
+        slots=workload.slots,
+        rpm=workload.rpm,
+        seed=workload.seed,
+        burst=workload.burst,
     )
     budget: Any = RequestBudget(workload.rpm, clock) if workload.rpm else _NoBudget()
     transport = SimTransport(server, budget, workload.rtt)
@@ -452,6 +468,9 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=20, help="songs generating at once")
     parser.add_argument("--in-flight", type=int, default=20, help="client's max_in_flight")
     parser.add_argument("--rpm", type=int, default=120, help="requests per minute (0: none)")
+    parser.add_argument(
+        "--burst", type=int, help="the server counts with a token bucket of this size"
+    )
     parser.add_argument("--rtt", type=float, default=0.2, help="round trip, seconds")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", help="run only strategies whose name contains this")
@@ -468,6 +487,7 @@ def main() -> None:
         slots=args.slots,
         in_flight=args.in_flight,
         rpm=args.rpm or None,
+        burst=args.burst if args.burst is not None else _workload_burst(args.dist),
         rtt=args.rtt,
         seed=args.seed,
     )
@@ -491,6 +511,11 @@ def main() -> None:
             worst = max(run.lag_share_p95 for run in runs)
             print(f"{name}: worst lag p95 of {args.runs} runs {worst:.1%} of duration")
     print_table(rows)
+
+
+def _workload_burst(dist: str) -> int | None:
+    """The token bucket of a named workload (``bucket-10``), else none."""
+    return WORKLOADS[dist].burst if dist in WORKLOADS else None
 
 
 def mean_of(runs: list[Figures]) -> Figures:

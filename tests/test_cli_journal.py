@@ -143,6 +143,7 @@ def test_status_needs_an_id_or_a_journal() -> None:
     assert "--journal" in result.output
 
 
+@pytest.mark.slow  # a worker in a subprocess, watched for a few seconds
 def test_lease_seconds_sets_how_long_a_workers_claims_last(
     tmp_path: Path, postgres_url: str
 ) -> None:
