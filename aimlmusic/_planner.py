@@ -55,6 +55,10 @@ TAIL_POLLS = 8
 EXPLORE_SHARE = 1 / 32
 #: Rungs of that ladder: the earliest is 2**-LADDER_STEPS of the first planned poll.
 LADDER_STEPS = 3
+#: The ladder's last rung is this share below the first planned poll: the halving rungs find
+#: a much faster service, this one whether songs finish just below the plan's start (where
+#: the start is decided), a few schedule spacings down.
+NEAR_RUNG = 0.1
 #: The widest spread of songs' phases, in log time (polls move by up to 7 % either way): a
 #: phase moves a song's whole chain, so at the coarse shares of a tight budget half a
 #: spacing later would leave the shortest songs a spacing and a half late.
@@ -71,9 +75,9 @@ class Schedule:
 
     @property
     def ladder(self) -> tuple[float, ...]:
-        """Where explorers are polled before the first planned poll: halving back from it."""
-        first = self.times[0]
-        return tuple(first / 2**k for k in range(LADDER_STEPS, 0, -1))
+        """Where explorers are polled before the first planned poll: halving back from it,
+        then ``NEAR_RUNG`` below it."""
+        return _ladder(self.times[0])
 
     def after(self, elapsed: float, phase: float = 0.0, *, explore: bool = True) -> float:
         """The first planned poll later than ``elapsed`` (and at least ``MIN_GAP`` after
@@ -96,6 +100,11 @@ class Schedule:
             if t * scale > elapsed and t * scale >= earliest:
                 return t * scale
         return max(earliest, elapsed * TAIL_RATIO)
+
+
+def _ladder(first: float) -> tuple[float, ...]:
+    halving = (first / 2**k for k in range(LADDER_STEPS, 0, -1))
+    return (*halving, first / (1.0 + NEAR_RUNG))
 
 
 def _chain(snapshot: Snapshot, low: float, high: float, share: float) -> list[float]:
@@ -127,7 +136,7 @@ def _chain(snapshot: Snapshot, low: float, high: float, share: float) -> list[fl
 def _expected_polls(snapshot: Snapshot, times: list[float]) -> float:
     # At the middle phase, for songs' phases spread evenly around it (see Schedule.after),
     # and with the explorers' ladder.
-    ladder = sum(1.0 - snapshot.done_by(times[0] / 2**k) for k in range(1, LADDER_STEPS + 1))
+    ladder = sum(1.0 - snapshot.done_by(t) for t in _ladder(times[0]))
     polls = 1.0 + EXPLORE_SHARE * ladder
     for t in times:
         running = 1.0 - snapshot.done_by(t)

@@ -129,7 +129,8 @@ def test_cold_start_polls_first_just_after_the_documented_50_seconds() -> None:
 
 
 def test_on_the_documented_workload_it_stays_within_the_lag_target() -> None:
-    """With no budget limit, 200 songs of 50-60 s: lag within ~lag target, ~4 polls each."""
+    """With no budget limit, 200 songs of 50-60 s: lag within ~lag target, 4-5 polls each
+    (a chain 2.5 % apart over 50-60 s is up to 8 polls; most songs finish half way)."""
     policy = LearnedPolling()
     rng = random.Random(1)
     shares, counts = [], []
@@ -141,7 +142,7 @@ def test_on_the_documented_workload_it_stays_within_the_lag_target() -> None:
             counts.append(polls)
     shares.sort()
     assert shares[int(0.95 * len(shares))] <= 0.03
-    assert sum(counts) / len(counts) <= 5.0
+    assert sum(counts) / len(counts) <= 5.25
 
 
 def test_it_learns_a_much_faster_service() -> None:
@@ -229,17 +230,17 @@ def test_chance_done_grows_with_time_and_is_zero_before_the_earliest_finish() ->
 
 def test_explorers_are_polled_on_a_ladder_before_the_plan() -> None:
     """A song with a phase under the explorers' share is first polled at an eighth of the
-    first planned poll, then a quarter, a half."""
+    first planned poll, then a quarter, a half, and one spacing (at least 10 %) below it."""
     policy = LearnedPolling()
     planned = first_poll(policy, phase=0.5)
     state = PollState(submitted_at=0.0, now=0.0, phase=0.0)
     ladder = []
-    for _ in range(3):
+    for _ in range(4):
         at = state.now + policy.next_delay(state)
         ladder.append(at)
         state = PollState(submitted_at=0.0, now=at, polls=len(ladder), last_poll_at=at, phase=0.0)
     first = policy.schedule().times[0]
-    assert ladder == pytest.approx([first / 8, first / 4, first / 2])
+    assert ladder == pytest.approx([first / 8, first / 4, first / 2, first / 1.1])
     assert ladder[-1] < planned
 
 
