@@ -103,6 +103,7 @@ class Schedule:
 
 
 def _ladder(first: float) -> tuple[float, ...]:
+    """The explorers' rungs below a first planned poll at ``first`` (see Schedule.ladder)."""
     halving = (first / 2**k for k in range(LADDER_STEPS, 0, -1))
     return (*halving, first / (1.0 + NEAR_RUNG))
 

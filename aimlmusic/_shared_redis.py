@@ -231,6 +231,7 @@ class SharedStore:
         return self._async_redis
 
     def _made_in_running_loop(self) -> bool:
+        """Whether the asyncio client exists for the loop running now (never on trio)."""
         if not _running_on_asyncio():
             return False
         return self._async_loop() is asyncio.get_running_loop()

@@ -44,7 +44,6 @@ shows the mean of each figure and the worst lag p95 seen.
 from __future__ import annotations
 
 import argparse
-import bisect
 import dataclasses
 import heapq
 import itertools
@@ -72,7 +71,14 @@ from aimlmusic import (
     SongRequest,
 )
 from aimlmusic._clock import SystemClock
-from aimlmusic._estimator import BINS, EDGES, ESTIMATE_FORMAT, GRID_END, GRID_RATIO, GRID_START
+from aimlmusic._estimator import (
+    BINS,
+    ESTIMATE_FORMAT,
+    GRID_END,
+    GRID_RATIO,
+    GRID_START,
+    _bin_of,
+)
 from aimlmusic._ratelimit import RequestBudget
 from aimlmusic._scheduler import generate_many
 from aimlmusic.emulator._ratelimit import SlidingWindow, TokenBucket
@@ -130,7 +136,7 @@ def law_estimate(durations: Durations, seed: int = 0) -> dict[str, Any]:
     rng = random.Random(seed)
     counts = [0] * BINS
     for _ in range(HEAD_START_DRAWS):
-        counts[min(BINS - 1, bisect.bisect_left(EDGES, draw(rng)) - 1)] += 1
+        counts[_bin_of(draw(rng))] += 1
     return {
         "format": ESTIMATE_FORMAT,
         "grid": [GRID_START, GRID_END, GRID_RATIO],

@@ -230,7 +230,7 @@ def test_chance_done_grows_with_time_and_is_zero_before_the_earliest_finish() ->
 
 def test_explorers_are_polled_on_a_ladder_before_the_plan() -> None:
     """A song with a phase under the explorers' share is first polled at an eighth of the
-    first planned poll, then a quarter, a half, and one spacing (at least 10 %) below it."""
+    first planned poll, then a quarter, a half, and 10 % below it."""
     policy = LearnedPolling()
     planned = first_poll(policy, phase=0.5)
     state = PollState(submitted_at=0.0, now=0.0, phase=0.0)
