@@ -204,14 +204,19 @@ def _support(intervals: Iterable[_Interval]) -> list[bool]:
     inside the same observations never lowers it). Without this bound, the smoothing would
     spread the mass of songs found done at their first poll far below the earliest polls.
     The slack is a hedge for what the bound cannot see (how far below the earliest polls
-    songs really finish), not an estimate of it."""
+    songs really finish), not an estimate of it. An innermost interval starting at 0 (songs
+    found done at their first poll, none seen running earlier) gets only the slack below
+    its end: nothing in the data reaches further down."""
     # At one time, right ends sort first: (a, b] and (b, c] do not overlap.
     ends = sorted(itertools.chain.from_iterable(((i.after, 1), (i.by, 0)) for i in intervals))
     touched = [False] * BINS
     for (left, left_kind), (right, right_kind) in itertools.pairwise(ends):
         if left_kind == 1 and right_kind == 0 and right > left:
-            lo = _position(left)[0]
             hi = BINS - 1 if right == math.inf else _position(right)[0]
+            # A song found done at its first poll, with no song seen running below it: the
+            # slack below its poll, not every duration down to the grid's start (the
+            # floor's share there would put songs at a second or two after a few songs).
+            lo = _position(left)[0] if left > 0 else hi
             lo = max(0, lo - SUPPORT_SLACK)
             touched[lo : hi + 1] = [True] * (hi + 1 - lo)
     return touched

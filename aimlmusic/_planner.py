@@ -9,11 +9,15 @@ sparse polls). With the estimated distribution ``F``, a schedule's mean polls pe
 ``1 + sum(1 - F(t))`` over its polls (every poll before a song finishes, plus the one that
 sees it).
 
-:func:`plan` searches that family for the smallest ``share`` (down to the lag target) whose
-cheapest split costs no more polls per song than the request budget sustains; when even the
-coarsest share does not fit, it takes the cheapest schedule there is, and the budget sets the
-pace. Schedules are cached per snapshot version and allowance, so replanning every song in
-flight after a snapshot changes costs one search.
+:func:`plan` searches that family for the smallest ``share`` (down to the lag target) that
+the request budget pays for. The budget is a rate per song in flight, and a song holds its
+place from its submission until a poll sees it finished, so a schedule fits when its
+requests per song (a submission and its polls) are at most that rate times its expected
+time in flight (Little's law). The time in flight depends on the schedule: a coarser one
+notices songs later and so has more time to spend per song. When even the coarsest share
+does not fit, :func:`plan` takes the cheapest schedule there is, and the budget sets the pace.
+Schedules are cached per snapshot version and rate, so replanning every song in flight
+after a snapshot changes costs one search.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ MIN_GAP = 1.0
 #: through (it costs every song a poll per spacing and would notice next to none); one per
 #: chain, so the songs it leaves late stay this few however thin the estimate runs.
 GAP_MASS = 0.002
+#: Songs' time in flight is counted up to this quantile: past it lies the estimate's thin
+#: floor over every duration (a regulariser, not a prediction) and rare stragglers.
+CYCLE_QUANTILE = 0.99
 #: A poll made by fewer than this share of songs adds nothing worth counting.
 NEGLIGIBLE = 1e-4
 #: Polls planned past the covered range; later ones follow ``TAIL_RATIO`` without planning.
@@ -147,6 +154,20 @@ def _expected_polls(snapshot: Snapshot, times: list[float]) -> float:
     return polls
 
 
+def _time_in_flight(snapshot: Snapshot, times: list[float]) -> float:
+    """The mean time until a song is seen finished on ``times`` (at the middle phase), each
+    song counted at most until the ``CYCLE_QUANTILE``."""
+    cap = snapshot.quantile(CYCLE_QUANTILE)
+    total, before = 0.0, 0.0
+    for t in times:
+        if t >= cap:
+            break
+        done = snapshot.done_by(t)
+        total += (done - before) * t  # the songs finishing since the last poll, seen now
+        before = done
+    return total + (1.0 - before) * cap
+
+
 def _cheapest(snapshot: Snapshot, share: float) -> tuple[float, list[float]]:
     """The split with the fewest polls per song for ``share``, and its poll times."""
     best: tuple[float, list[float]] = (math.inf, [])
@@ -164,22 +185,29 @@ def _cheapest(snapshot: Snapshot, share: float) -> tuple[float, list[float]]:
     return best
 
 
+def _fits(snapshot: Snapshot, polls: float, times: list[float], rate: float) -> bool:
+    """Whether ``rate`` (requests per second per song in flight) pays for a submission and
+    ``polls`` polls per song over the time songs spend in flight on ``times``."""
+    return rate == math.inf or 1.0 + polls <= rate * _time_in_flight(snapshot, times)
+
+
 @functools.lru_cache(maxsize=64)
-def plan(snapshot: Snapshot, allowance: float, target: float) -> Schedule:
-    """The schedule with the smallest lag share, no smaller than ``target``, whose polls per
-    song fit ``allowance`` (or the cheapest schedule, when none fits)."""
+def plan(snapshot: Snapshot, rate: float, target: float) -> Schedule:
+    """The schedule with the smallest lag share, no smaller than ``target``, that ``rate``
+    pays for (see :func:`_fits`; ``inf``: no budget), or the cheapest schedule, when none
+    fits."""
     polls, times = _cheapest(snapshot, target)
-    if polls <= allowance:
+    if _fits(snapshot, polls, times, rate):
         return Schedule(tuple(times), target, polls)
     polls, times = _cheapest(snapshot, MAX_SHARE)
-    if polls > allowance:
+    if not _fits(snapshot, polls, times, rate):
         return Schedule(tuple(times), MAX_SHARE, polls)
     fits = (MAX_SHARE, polls, times)
     low, high = math.log(target), math.log(MAX_SHARE)
     for _ in range(SEARCH_STEPS):
         middle = (low + high) / 2
         polls, times = _cheapest(snapshot, math.exp(middle))
-        if polls <= allowance:
+        if _fits(snapshot, polls, times, rate):
             fits, high = (math.exp(middle), polls, times), middle
         else:
             low = middle

@@ -205,11 +205,9 @@ DEFAULT_LAG_TARGET = 0.025
 #: Share of the request budget that submissions and polls may plan to use; the rest absorbs
 #: bursts of completions and retries.
 DEFAULT_HEADROOM = 0.9
-#: Songs' time in flight is counted up to this quantile: past it lies the estimate's thin
-#: floor over every duration (a regulariser, not a prediction) and rare stragglers.
-_CYCLE_QUANTILE = 0.99
-#: Allowances are rounded down to this many polls, so that schedules are cached and reused.
-_ALLOWANCE_STEP = 0.05
+#: Budget rates are rounded down to steps of this ratio (3 %), so that schedules are cached
+#: and reused while the rate wavers.
+_RATE_STEP = 1.03
 
 
 class LearnedPolling:
@@ -222,7 +220,8 @@ class LearnedPolling:
     completion times of most songs, with ``share`` as small as the request budget allows
     (never below ``lag_target``; a finished song is then noticed within that share of its
     duration). The budget allows ``headroom`` of its rate, shared by the songs in flight: a
-    submission and the polls of each song per song's completion time.
+    submission and the polls of each song per song's time in flight (from its submission
+    until a poll sees it finished).
 
     One instance is meant to be shared by every song of a client (that is how it learns); it
     is not thread-safe, which is fine within one event loop.
@@ -242,8 +241,6 @@ class LearnedPolling:
         self.lag_target = lag_target
         self.headroom = headroom
         self._estimator = CompletionEstimator(prior)
-        # The snapshot's mean time in flight, computed once per snapshot.
-        self._cycle: tuple[Snapshot | None, float] = (None, 0.0)
 
     @property
     def prior(self) -> tuple[float, float]:
@@ -263,16 +260,12 @@ class LearnedPolling:
     def schedule(self, budget_rate: float = 0.0, in_flight: int = 0) -> Schedule:
         """The schedule for songs of a client with this budget rate and songs in flight
         (0: unknown, no budget limit)."""
-        snapshot = self._estimator.snapshot
-        allowance = math.inf
+        rate = math.inf
         if budget_rate > 0 and in_flight > 0:
-            if self._cycle[0] is not snapshot:
-                self._cycle = (snapshot, snapshot.mean(_CYCLE_QUANTILE))
-            cycle = self._cycle[1]
-            requests_per_song = self.headroom * budget_rate / 60.0 * cycle / in_flight
-            allowance = max(0.0, requests_per_song - 1.0)  # one request is the submission
-            allowance = math.floor(allowance / _ALLOWANCE_STEP) * _ALLOWANCE_STEP
-        return plan(snapshot, allowance, self.lag_target)
+            # Requests per second each song in flight may spend.
+            rate = self.headroom * budget_rate / 60.0 / in_flight
+            rate = _RATE_STEP ** math.floor(math.log(rate, _RATE_STEP))
+        return plan(self._estimator.snapshot, rate, self.lag_target)
 
     def next_delay(self, state: PollState) -> float:
         """Seconds until the schedule's next poll after the last one that saw the song

@@ -132,6 +132,24 @@ def test_no_song_is_put_earlier_than_the_innermost_intervals_allow() -> None:
     assert 20.0 < snapshot.quantile(0.5) < 40.0
 
 
+def test_songs_found_done_at_their_first_poll_stay_near_it() -> None:
+    """Songs found done at their first polls (50 s), none seen running lower, put no song
+    below the slack under those polls (not at a second or two, where the floor is).
+
+    The observations are the first of a simulated batch: an explorer seen running on its
+    ladder, two songs seen running at their first polls, two found done at theirs."""
+    estimator = CompletionEstimator()
+    estimator.observe_running("explorer", 6.39, at=6.6)
+    estimator.observe_running("explorer", 46.12, at=46.3)
+    estimator.observe_running("b", 50.5, at=51.2)
+    estimator.observe_running("explorer", 51.23, at=51.4)
+    estimator.observe_finished("c", 0.0, 50.15, at=51.8)
+    estimator.observe_finished("d", 0.0, 50.85, at=52.0)
+    slack_below = 50.15 / GRID_RATIO ** (SUPPORT_SLACK + 1)
+    assert estimator.snapshot.done_by(slack_below) == 0.0
+    assert estimator.snapshot.quantile(0.01) > slack_below
+
+
 def test_what_it_keeps_stays_bounded() -> None:
     """Thousands of songs keep at most MAX_COMPLETED intervals."""
     estimator = CompletionEstimator()

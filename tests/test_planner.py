@@ -1,4 +1,4 @@
-"""The planner: schedules from a snapshot and the polls per song the budget allows.
+"""The planner: schedules from a snapshot and the requests per song the budget pays for.
 
 Snapshots come from a real estimator fed songs of a known law through polls 3 % apart, so
 the planner is checked on the estimates it will meet in practice.
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aimlmusic._estimator import CompletionEstimator, Snapshot
-from aimlmusic._planner import MAX_SHARE, MIN_GAP, PHASE_SPAN, Schedule, plan
+from aimlmusic._planner import MAX_SHARE, MIN_GAP, PHASE_SPAN, Schedule, _time_in_flight, plan
 
 
 def learned(
@@ -68,17 +68,39 @@ def test_with_room_to_spare_it_plans_the_lag_target() -> None:
     assert 50.0 < schedule.times[0] < 53.0
 
 
+def fits(snapshot: Snapshot, schedule: Schedule, rate: float) -> bool:
+    """Whether ``rate`` pays for the schedule's submission and polls per song over its
+    songs' time in flight."""
+    return 1.0 + schedule.polls <= rate * _time_in_flight(snapshot, list(schedule.times)) + 1e-9
+
+
+#: Requests per second per song in flight at the default limits: 0.9 x 120/min, 20 songs.
+DEFAULT_RATE = 0.9 * 2.0 / 20
+
+
 def test_a_tight_budget_gets_the_finest_share_that_fits() -> None:
-    """Allowing 3 polls a song, the schedule costs at most 3 and its share is coarser."""
-    schedule = plan(DOCUMENTED, 3.0, 0.025)
-    assert schedule.polls <= 3.0
+    """At 2/3 of the default rate per song, the schedule fits it and its share is coarser
+    than the lag target."""
+    schedule = plan(DOCUMENTED, DEFAULT_RATE * 2 / 3, 0.025)
+    assert fits(DOCUMENTED, schedule, DEFAULT_RATE * 2 / 3)
     assert 0.025 < schedule.share < MAX_SHARE
 
 
+def test_the_budget_counts_songs_until_they_are_seen_finished() -> None:
+    """Songs are paid for over their time in flight, which ends at the poll that sees them
+    finished: on a 50-60 s law, a schedule's time in flight lies between 55 s (no lag) and
+    its last planned poll, and a coarser schedule holds songs longer."""
+    fine, coarse = plan(DOCUMENTED, math.inf, 0.025), plan(DOCUMENTED, 0.0, 0.025)
+    fine_time = _time_in_flight(DOCUMENTED, list(fine.times))
+    coarse_time = _time_in_flight(DOCUMENTED, list(coarse.times))
+    assert 55.0 < fine_time < 60.0 * 1.025
+    assert fine_time < coarse_time
+
+
 def test_when_nothing_fits_it_takes_the_cheapest_schedule() -> None:
-    """Allowing half a poll (a service faster than the budget), it plans the coarsest share:
-    about one poll a song, near the end of the durations."""
-    schedule = plan(DOCUMENTED, 0.5, 0.025)
+    """At a tenth of the default rate per song (a service faster than the budget), it plans
+    the coarsest share: about one poll a song, near the end of the durations."""
+    schedule = plan(DOCUMENTED, DEFAULT_RATE / 10, 0.025)
     assert schedule.share == MAX_SHARE
     assert schedule.polls < 1.2
 
@@ -146,14 +168,14 @@ def test_no_poll_is_spent_where_no_song_finishes() -> None:
 @given(
     low=st.sampled_from([5.0, 20.0, 50.0, 120.0]),
     width=st.sampled_from([0.1, 0.5, 1.0]),
-    fewer=st.floats(min_value=0.5, max_value=8.0),
-    extra=st.floats(min_value=0.1, max_value=8.0),
+    fewer=st.floats(min_value=0.005, max_value=0.5),
+    extra=st.floats(min_value=0.001, max_value=0.5),
 )
 def test_fewer_polls_never_give_less_lag(
     low: float, width: float, fewer: float, extra: float
 ) -> None:
-    """For any learned law and two allowances, the smaller one never plans a finer share or
-    more polls than the larger."""
+    """For any learned law and two budget rates, the smaller one never plans a finer share
+    or more polls than the larger."""
     snapshot = _LAWS[(low, width)]
     tight, loose = plan(snapshot, fewer, 0.025), plan(snapshot, fewer + extra, 0.025)
     assert tight.share >= loose.share - 1e-12
@@ -164,17 +186,18 @@ def test_fewer_polls_never_give_less_lag(
 @given(
     low=st.sampled_from([5.0, 20.0, 50.0, 120.0]),
     width=st.sampled_from([0.1, 0.5, 1.0]),
-    allowance=st.floats(min_value=0.5, max_value=20.0),
+    rate=st.floats(min_value=0.005, max_value=0.5),
 )
 def test_schedules_are_monotone_and_fit_when_they_can(
-    low: float, width: float, allowance: float
+    low: float, width: float, rate: float
 ) -> None:
-    """Every schedule's times increase; it costs no more than allowed unless even the
-    coarsest share does not fit; its share is at least the lag target."""
-    schedule = plan(_LAWS[(low, width)], allowance, 0.025)
+    """Every schedule's times increase; the rate pays for it unless even the coarsest share
+    does not fit; its share is at least the lag target."""
+    snapshot = _LAWS[(low, width)]
+    schedule = plan(snapshot, rate, 0.025)
     assert list(schedule.times) == sorted(set(schedule.times))
     assert schedule.share >= 0.025
-    assert schedule.polls <= allowance + 1e-9 or schedule.share == MAX_SHARE
+    assert fits(snapshot, schedule, rate) or schedule.share == MAX_SHARE
 
 
 _LAWS = {

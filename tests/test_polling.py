@@ -22,6 +22,7 @@ from aimlmusic import (
     PollPolicy,
     PollState,
 )
+from aimlmusic._planner import _time_in_flight
 from aimlmusic._polling import default_policy, is_waiting
 
 GENERATING = GenerationStatus.GENERATING
@@ -171,8 +172,10 @@ def test_a_tighter_budget_gives_fewer_polls_and_a_coarser_share() -> None:
     tight = policy.schedule(budget_rate=120.0, in_flight=30)
     assert tight.polls < free.polls
     assert tight.share > free.share
-    # 120/min x 57 s / 30 songs = 3.8 requests per song: 0.9 x that, less the submission.
-    assert tight.polls <= 0.9 * 120 / 60 * policy.snapshot.mean(0.99) / 30 - 1
+    # 0.9 x 120/min over 30 songs, for each second a song is in flight (about 57 s here).
+    in_flight = _time_in_flight(policy.snapshot, list(tight.times))
+    assert 55.0 < in_flight < 65.0
+    assert 1 + tight.polls <= 0.9 * 120 / 60 / 30 * in_flight
 
 
 def test_reading_never_changes_what_it_believes() -> None:
