@@ -126,10 +126,20 @@ the machine fall on both alike. CPU figures are medians over the blocks; beside 
 ratio is the interquartile range of the ratios of neighbouring blocks.
 
 The GETs poll songs that are still generating (the common case); the POSTs submit songs.
+The client sends each submission on a fresh TCP connection (a POST lost on a reused
+keep-alive connection cannot be told from one the server received, and resending it could
+pay twice: see [Reliability](reliability.md)), so the bare loop that the POST row is held to
+does the same (a second `httpx.AsyncClient` with `httpx.Limits(max_keepalive_connections=0)`),
+as any client that must never pay twice would. The row after it, without a target, sets
+the client's POSTs (the same blocks) against a bare loop that reuses one keep-alive
+connection instead: the difference is what that safety costs. The three POST contenders run
+in rounds of three blocks, each round in another order.
 The "whole songs" row runs `generate_many` on a batch of songs (time compressed 100×), then
 a bare loop *replays its exact requests at the same moments* (one task per song: POST, then
 each GET when the client made it), so the two make the same requests with the same timing;
 it is per song, and its request rate is left out because both wait for songs to finish.
+There the client is given a recording transport, and a client given a transport keeps its
+pooling for submissions too, so both send their POSTs on pooled connections.
 
 {table}
 """
