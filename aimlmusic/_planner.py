@@ -55,11 +55,17 @@ CYCLE_QUANTILE = 0.99
 NEGLIGIBLE = 1e-4
 #: Polls planned past the covered range; later ones follow ``TAIL_RATIO`` without planning.
 TAIL_POLLS = 8
-#: Share of songs (by phase) that explore: they are first polled on a ladder halving back
-#: from the first planned poll. Songs found done at their first poll say only "done by then";
-#: explorers say how much earlier songs finish (a faster service) or that they do not (so
-#: the estimate cannot drift below where songs are seen running).
+#: Share of songs (by phase) that explore once the estimate rests on data: they are first
+#: polled on a ladder halving back from the first planned poll. Songs found done at their
+#: first poll say only "done by then"; explorers say how much earlier songs finish (a faster
+#: service) or that they do not (so the estimate cannot drift below where songs are seen
+#: running).
 EXPLORE_SHARE = 1 / 32
+#: Share that explores before any song has finished: while the estimate is mostly the prior,
+#: where songs really finish is worth more polls...
+FIRST_EXPLORE_SHARE = 1 / 8
+#: ... falling by e every this many songs' worth of data (a wave), down to EXPLORE_SHARE.
+EXPLORE_SONGS = 20.0
 #: Rungs of that ladder: the earliest is 2**-LADDER_STEPS of the first planned poll.
 LADDER_STEPS = 3
 #: The ladder's last rung is this share below the first planned poll: the halving rungs find
@@ -79,6 +85,7 @@ class Schedule:
     times: tuple[float, ...]
     share: float
     polls: float  # expected polls per song
+    explore: float = EXPLORE_SHARE  # share of songs (by phase) that climb the ladder
 
     @property
     def ladder(self) -> tuple[float, ...]:
@@ -94,12 +101,12 @@ class Schedule:
         most), earlier or later (the plan is for the middle phase). Songs of different
         phases are polled at different times, so that together they show the estimator
         where songs finish at every time, not only at the planned ones. A song whose phase
-        is below ``EXPLORE_SHARE`` first climbs the explorers' ladder, if ``explore`` (not
-        after its clock restarted).
+        is below the schedule's ``explore`` share first climbs the explorers' ladder, if
+        ``explore`` (not after its clock restarted).
         """
         scale = math.exp(min(math.log1p(self.share), PHASE_SPAN) * (0.5 - phase))
         earliest = elapsed + MIN_GAP if elapsed > 0 else 0.0
-        if explore and phase < EXPLORE_SHARE:
+        if explore and phase < self.explore:
             for t in self.ladder:
                 if t > elapsed and t >= earliest:
                     return t
@@ -141,11 +148,16 @@ def _chain(snapshot: Snapshot, low: float, high: float, share: float) -> list[fl
     return times
 
 
+def _explore_share(snapshot: Snapshot) -> float:
+    """The share of songs that explore: more while the estimate rests on few songs."""
+    return max(EXPLORE_SHARE, FIRST_EXPLORE_SHARE * math.exp(-snapshot.songs / EXPLORE_SONGS))
+
+
 def _expected_polls(snapshot: Snapshot, times: list[float]) -> float:
     # At the middle phase, for songs' phases spread evenly around it (see Schedule.after),
     # and with the explorers' ladder.
     ladder = sum(1.0 - snapshot.done_by(t) for t in _ladder(times[0]))
-    polls = 1.0 + EXPLORE_SHARE * ladder
+    polls = 1.0 + _explore_share(snapshot) * ladder
     for t in times:
         running = 1.0 - snapshot.done_by(t)
         if running < NEGLIGIBLE:
@@ -196,12 +208,13 @@ def plan(snapshot: Snapshot, rate: float, target: float) -> Schedule:
     """The schedule with the smallest lag share, no smaller than ``target``, that ``rate``
     pays for (see :func:`_fits`; ``inf``: no budget), or the cheapest schedule, when none
     fits."""
+    explore = _explore_share(snapshot)
     polls, times = _cheapest(snapshot, target)
     if _fits(snapshot, polls, times, rate):
-        return Schedule(tuple(times), target, polls)
+        return Schedule(tuple(times), target, polls, explore)
     polls, times = _cheapest(snapshot, MAX_SHARE)
     if not _fits(snapshot, polls, times, rate):
-        return Schedule(tuple(times), MAX_SHARE, polls)
+        return Schedule(tuple(times), MAX_SHARE, polls, explore)
     fits = (MAX_SHARE, polls, times)
     low, high = math.log(target), math.log(MAX_SHARE)
     for _ in range(SEARCH_STEPS):
@@ -212,4 +225,4 @@ def plan(snapshot: Snapshot, rate: float, target: float) -> Schedule:
         else:
             low = middle
     share, polls, times = fits
-    return Schedule(tuple(times), share, polls)
+    return Schedule(tuple(times), share, polls, explore)

@@ -16,7 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aimlmusic._estimator import CompletionEstimator, Snapshot
-from aimlmusic._planner import MAX_SHARE, MIN_GAP, PHASE_SPAN, Schedule, _time_in_flight, plan
+from aimlmusic._planner import (
+    EXPLORE_SHARE,
+    FIRST_EXPLORE_SHARE,
+    MAX_SHARE,
+    MIN_GAP,
+    PHASE_SPAN,
+    Schedule,
+    _time_in_flight,
+    plan,
+)
 
 
 def learned(
@@ -103,6 +112,18 @@ def test_when_nothing_fits_it_takes_the_cheapest_schedule() -> None:
     schedule = plan(DOCUMENTED, DEFAULT_RATE / 10, 0.025)
     assert schedule.share == MAX_SHARE
     assert schedule.polls < 1.2
+
+
+def test_more_songs_explore_while_the_estimate_rests_on_few_songs() -> None:
+    """Before any song, an eighth of songs (by phase) climb the explorers' ladder; once the
+    estimate rests on two waves of songs (about 40 songs' worth), one in 32 does."""
+    cold = plan(CompletionEstimator().snapshot, math.inf, 0.025)
+    warm = plan(DOCUMENTED, math.inf, 0.025)
+    assert cold.explore == FIRST_EXPLORE_SHARE
+    assert warm.explore == EXPLORE_SHARE
+    first = cold.times[0]
+    assert cold.after(0.0, 0.1) == first / 8  # an explorer: the ladder's first rung
+    assert warm.after(0.0, 0.1) > first / 2  # the same phase no longer explores
 
 
 def test_polls_are_in_order_and_never_closer_than_the_minimum_gap() -> None:
