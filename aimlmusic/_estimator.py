@@ -106,12 +106,14 @@ class Snapshot:
     """An immutable estimate: the completion-time distribution at one ``version``.
 
     ``cdf[k]`` is the probability that a song is done by ``EDGES[k]`` seconds; mass is spread
-    evenly within a bin. ``songs`` is the weight of real observations behind it.
+    evenly within a bin. ``songs`` is the weight of real observations behind it;
+    ``evidence`` adds what an adopted estimate still weighs (the songs it summarises).
     """
 
     version: int
     cdf: tuple[float, ...] = attrs.field(repr=False)
     songs: float
+    evidence: float = attrs.field(default=0.0, repr=False)
 
     def done_by(self, t: float) -> float:
         """P(T <= t): the chance a song is finished ``t`` seconds after its reference."""
@@ -403,7 +405,8 @@ class CompletionEstimator:
         cdf = [0.0, *itertools.accumulate(self._mass)]
         # Bin k ends at EDGES[k + 1]; the open bin's mass never reaches a finite edge.
         done = tuple(min(1.0, value) for value in cdf[:BINS])
-        return Snapshot(version=next(self._versions), cdf=done, songs=songs)
+        evidence = songs + self._adopted_weight()
+        return Snapshot(version=next(self._versions), cdf=done, songs=songs, evidence=evidence)
 
 
 def _sweep(

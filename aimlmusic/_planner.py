@@ -149,8 +149,10 @@ def _chain(snapshot: Snapshot, low: float, high: float, share: float) -> list[fl
 
 
 def _explore_share(snapshot: Snapshot) -> float:
-    """The share of songs that explore: more while the estimate rests on few songs."""
-    return max(EXPLORE_SHARE, FIRST_EXPLORE_SHARE * math.exp(-snapshot.songs / EXPLORE_SONGS))
+    """The share of songs that explore: more while the estimate rests on few songs (its
+    own, or those an adopted estimate summarises)."""
+    decay = math.exp(-snapshot.evidence / EXPLORE_SONGS)
+    return max(EXPLORE_SHARE, FIRST_EXPLORE_SHARE * decay)
 
 
 def _expected_polls(snapshot: Snapshot, times: list[float]) -> float:

@@ -4,12 +4,14 @@ polls well from its first song."""
 from __future__ import annotations
 
 import json
+import math
 
 import httpx
 import pytest
 
 import aimlmusic
 from aimlmusic._estimator import CompletionEstimator
+from aimlmusic._planner import FIRST_EXPLORE_SHARE, plan
 from aimlmusic._shared_redis import SharedStore
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Fixed
 from aimlmusic.testing import VirtualClock
@@ -37,6 +39,21 @@ def test_an_adopted_estimate_replaces_the_prior() -> None:
     assert len(json.dumps(exported)) < 8_000  # small enough to read at every start
     assert fresh.adopt(exported)
     assert abs(fresh.snapshot.quantile(0.5) - SONG_SECONDS) < 2.0
+
+
+def test_a_client_that_adopted_an_estimate_explores_as_one_that_learned_it() -> None:
+    """The adopted estimate's songs count as evidence: a fresh client explores with an
+    eighth of its songs, one that adopted 30 songs' worth as little as the one it learned
+    from."""
+    source = trained(SONG_SECONDS, 30)
+    adopted = CompletionEstimator()
+    assert adopted.adopt(source.export())
+    assert adopted.snapshot.evidence == pytest.approx(source.snapshot.songs, rel=0.01)
+    fresh = plan(CompletionEstimator().snapshot, math.inf, 0.025).explore
+    assert fresh == FIRST_EXPLORE_SHARE
+    learned = plan(source.snapshot, math.inf, 0.025).explore
+    assert plan(adopted.snapshot, math.inf, 0.025).explore == pytest.approx(learned, rel=1e-3)
+    assert learned < fresh / 2
 
 
 def test_own_songs_take_over_from_an_adopted_estimate() -> None:
