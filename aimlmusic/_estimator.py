@@ -113,7 +113,7 @@ class Snapshot:
     version: int
     cdf: tuple[float, ...] = attrs.field(repr=False)
     songs: float
-    evidence: float = attrs.field(default=0.0, repr=False)
+    evidence: float = 0.0
 
     def done_by(self, t: float) -> float:
         """P(T <= t): the chance a song is finished ``t`` seconds after its reference."""
@@ -218,7 +218,8 @@ def _support(intervals: Iterable[_Interval]) -> list[bool]:
             # A song found done at its first poll, with no song seen running below it: the
             # slack below its poll, not every duration down to the grid's start (the
             # floor's share there would put songs at a second or two after a few songs).
-            lo = _position(left)[0] if left > 0 else hi
+            # Not (0, inf], songs seen only queued so far: they say nothing yet.
+            lo = _position(left)[0] if left > 0 or right == math.inf else hi
             lo = max(0, lo - SUPPORT_SLACK)
             touched[lo : hi + 1] = [True] * (hi + 1 - lo)
     return touched

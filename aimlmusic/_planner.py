@@ -50,7 +50,7 @@ MIN_GAP = 1.0
 GAP_MASS = 0.002
 #: Songs' time in flight is counted up to this quantile: past it lies the estimate's thin
 #: floor over every duration (a regulariser, not a prediction) and rare stragglers.
-CYCLE_QUANTILE = 0.99
+IN_FLIGHT_QUANTILE = 0.99
 #: A poll made by fewer than this share of songs adds nothing worth counting.
 NEGLIGIBLE = 1e-4
 #: Polls planned past the covered range; later ones follow ``TAIL_RATIO`` without planning.
@@ -61,10 +61,12 @@ TAIL_POLLS = 8
 #: service) or that they do not (so the estimate cannot drift below where songs are seen
 #: running).
 EXPLORE_SHARE = 1 / 32
-#: Share that explores before any song has finished: while the estimate is mostly the prior,
-#: where songs really finish is worth more polls...
+#: Share that explores while the estimate rests on no song (none seen running or finished,
+#: nothing adopted): while it is mostly the prior, where songs really finish is worth more
+#: polls...
 FIRST_EXPLORE_SHARE = 1 / 8
-#: ... falling by e every this many songs' worth of data (a wave), down to EXPLORE_SHARE.
+#: ... falling by e every this many songs' worth of evidence (``Snapshot.evidence``: a wave),
+#: down to EXPLORE_SHARE.
 EXPLORE_SONGS = 20.0
 #: Rungs of that ladder: the earliest is 2**-LADDER_STEPS of the first planned poll.
 LADDER_STEPS = 3
@@ -85,7 +87,7 @@ class Schedule:
     times: tuple[float, ...]
     share: float
     polls: float  # expected polls per song
-    explore: float = EXPLORE_SHARE  # share of songs (by phase) that climb the ladder
+    explore_share: float = EXPLORE_SHARE  # share of songs (by phase) that climb the ladder
 
     @property
     def ladder(self) -> tuple[float, ...]:
@@ -101,12 +103,12 @@ class Schedule:
         most), earlier or later (the plan is for the middle phase). Songs of different
         phases are polled at different times, so that together they show the estimator
         where songs finish at every time, not only at the planned ones. A song whose phase
-        is below the schedule's ``explore`` share first climbs the explorers' ladder, if
+        is below the schedule's ``explore_share`` first climbs the explorers' ladder, if
         ``explore`` (not after its clock restarted).
         """
         scale = math.exp(min(math.log1p(self.share), PHASE_SPAN) * (0.5 - phase))
         earliest = elapsed + MIN_GAP if elapsed > 0 else 0.0
-        if explore and phase < self.explore:
+        if explore and phase < self.explore_share:
             for t in self.ladder:
                 if t > elapsed and t >= earliest:
                     return t
@@ -170,8 +172,9 @@ def _expected_polls(snapshot: Snapshot, times: list[float]) -> float:
 
 def _time_in_flight(snapshot: Snapshot, times: list[float]) -> float:
     """The mean time until a song is seen finished on ``times`` (at the middle phase), each
-    song counted at most until the ``CYCLE_QUANTILE``."""
-    cap = snapshot.quantile(CYCLE_QUANTILE)
+    song counted at most until the ``IN_FLIGHT_QUANTILE``). Explorers, seen finished a
+    little earlier, are not told apart: that errs on the side of fewer polls."""
+    cap = snapshot.quantile(IN_FLIGHT_QUANTILE)
     total, before = 0.0, 0.0
     for t in times:
         if t >= cap:

@@ -261,7 +261,7 @@ class LearnedPolling:
         """The schedule for songs of a client with this budget rate and songs in flight
         (0: unknown, no budget limit)."""
         rate = math.inf
-        if budget_rate > 0 and in_flight > 0:
+        if 0 < budget_rate < math.inf and in_flight > 0:
             # Requests per second each song in flight may spend.
             rate = self.headroom * budget_rate / 60.0 / in_flight
             rate = _RATE_STEP ** math.floor(math.log(rate, _RATE_STEP))

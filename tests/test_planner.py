@@ -96,14 +96,19 @@ def test_a_tight_budget_gets_the_finest_share_that_fits() -> None:
 
 
 def test_the_budget_counts_songs_until_they_are_seen_finished() -> None:
-    """Songs are paid for over their time in flight, which ends at the poll that sees them
-    finished: on a 50-60 s law, a schedule's time in flight lies between 55 s (no lag) and
-    its last planned poll, and a coarser schedule holds songs longer."""
+    """Songs are paid for until the poll that sees them finished: on a 50-60 s law a
+    schedule's time in flight lies between the mean duration and 2.5 % past the longest, a
+    coarser schedule holds songs longer, and on 20-40 s songs the plan spends more polls
+    than their completion time alone would pay for."""
     fine, coarse = plan(DOCUMENTED, math.inf, 0.025), plan(DOCUMENTED, 0.0, 0.025)
     fine_time = _time_in_flight(DOCUMENTED, list(fine.times))
     coarse_time = _time_in_flight(DOCUMENTED, list(coarse.times))
     assert 55.0 < fine_time < 60.0 * 1.025
     assert fine_time < coarse_time
+    medium = _LAWS[(20.0, 1.0)]
+    schedule = plan(medium, DEFAULT_RATE, 0.025)
+    assert fits(medium, schedule, DEFAULT_RATE)
+    assert 1.0 + schedule.polls > DEFAULT_RATE * medium.mean(0.99) + 0.1
 
 
 def test_when_nothing_fits_it_takes_the_cheapest_schedule() -> None:
@@ -119,11 +124,11 @@ def test_more_songs_explore_while_the_estimate_rests_on_few_songs() -> None:
     estimate rests on two waves of songs (about 40 songs' worth), one in 32 does."""
     cold = plan(CompletionEstimator().snapshot, math.inf, 0.025)
     warm = plan(DOCUMENTED, math.inf, 0.025)
-    assert cold.explore == FIRST_EXPLORE_SHARE
-    assert warm.explore == EXPLORE_SHARE
+    assert cold.explore_share == FIRST_EXPLORE_SHARE
+    assert warm.explore_share == EXPLORE_SHARE
     first = cold.times[0]
     assert cold.after(0.0, 0.1) == first / 8  # an explorer: the ladder's first rung
-    assert warm.after(0.0, 0.1) > first / 2  # the same phase no longer explores
+    assert warm.after(0.0, 0.1) > warm.times[0] / 2  # the same phase no longer explores
 
 
 def test_polls_are_in_order_and_never_closer_than_the_minimum_gap() -> None:

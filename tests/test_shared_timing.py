@@ -49,10 +49,10 @@ def test_a_client_that_adopted_an_estimate_explores_as_one_that_learned_it() -> 
     adopted = CompletionEstimator()
     assert adopted.adopt(source.export())
     assert adopted.snapshot.evidence == pytest.approx(source.snapshot.songs, rel=0.01)
-    fresh = plan(CompletionEstimator().snapshot, math.inf, 0.025).explore
+    fresh = plan(CompletionEstimator().snapshot, math.inf, 0.025).explore_share
     assert fresh == FIRST_EXPLORE_SHARE
-    learned = plan(source.snapshot, math.inf, 0.025).explore
-    assert plan(adopted.snapshot, math.inf, 0.025).explore == pytest.approx(learned, rel=1e-3)
+    learned = plan(source.snapshot, math.inf, 0.025).explore_share
+    assert plan(adopted.snapshot, math.inf, 0.025).explore_share == pytest.approx(learned, rel=1e-3)
     assert learned < fresh / 2
 
 
