@@ -171,7 +171,7 @@ def _expected_polls(snapshot: Snapshot, times: list[float]) -> float:
 
 
 def _time_in_flight(snapshot: Snapshot, times: list[float]) -> float:
-    """The mean time until a song is seen finished on ``times`` (at the middle phase), each
+    """The mean time until a song is seen finished on ``times`` (at the middle phase, each
     song counted at most until the ``IN_FLIGHT_QUANTILE``). Explorers, seen finished a
     little earlier, are not told apart: that errs on the side of fewer polls."""
     cap = snapshot.quantile(IN_FLIGHT_QUANTILE)
