@@ -29,6 +29,7 @@ the song's duration (submission to completion, server side), makespan against th
     python benchmarks/simulate_polling.py --runs 16 --only learned
     python benchmarks/simulate_polling.py --dist lognormal --runs 12 --only learned --head-start
     python benchmarks/simulate_polling.py --dist lognormal --runs 12 --only learned --knows-the-law
+    python benchmarks/simulate_polling.py --dist lognormal --runs 10 --only learned --blocks 40
 
 ``--head-start`` adds a what-if row: the learned policy started from an estimate of the true
 law (built from many draws of ``--dist`` and handed over with ``adopt_estimate``, as a client
@@ -41,7 +42,9 @@ estimate of the true law, learning nothing from its polls. What is left of the l
 the planner's and the scheduler's (its chains, phases, explorers, round trips, the budget);
 the rest of the default row's lag is the estimator's. Against ``benchmarks/_bounds.py``
 (which knows the law too and has none of those costs), it says how close planning alone
-comes to the bound. Not for a shifting service, whose law is not one.
+comes to the bound. Not for a shifting service, whose law is not one. ``--blocks N`` adds,
+for each row, the lag p95 of each block of N songs in submission order: how long the cold
+start lasts.
 
 Trio runs ready tasks in a shuffled order on purpose, so two runs with one seed differ a
 little; lag p95 of one 200-song batch moves by a few tenths of a percent from run to run.
@@ -362,6 +365,7 @@ class Workload:
     burst: int | None = None  # the server's token bucket (None: a sliding minute)
     rtt: float = 0.2
     seed: int = 1
+    block: int = 0  # songs per block of the per-block lag report (0: none)
 
 
 @dataclass
@@ -385,6 +389,9 @@ class Figures:
     #: On a shifting service, lag p95 (% of duration) of the songs submitted a wave (the
     #: songs in flight) after the shift, as the end-to-end benchmark counts them; else NaN.
     after_shift_p95: float = math.nan
+    #: Lag p95 (% of duration) of each block of ``Workload.block`` songs, in submission
+    #: order: how the lag moves from the cold start to the steady state.
+    block_p95: tuple[float, ...] = ()
 
     @property
     def makespan_ratio(self) -> float:
@@ -447,23 +454,20 @@ async def _run(workload: Workload, policy: PollPolicy, name: str) -> Figures:
         async for result in results:
             failed += not result.ok
             last = clock.now()
-    jobs = [job for job in server.order if job.finished is not None and job.seen_terminal]
+    jobs = [job for job in server.order if _noticed(job)]
     lags = [job.seen_terminal - job.finished for job in jobs]  # type: ignore[operator]
-    shares = [
-        (job.seen_terminal - job.finished) / (job.finished - job.submitted)  # type: ignore[operator]
-        for job in jobs
-    ]
+    shares = [_lag_share(job) for job in jobs]
     durations = [job.duration for job in server.order]
     after_shift = math.nan
     if isinstance(workload.durations, Shift):
-        later = [
-            job
-            for job in server.order[workload.durations.switch_after + workload.in_flight :]
-            if job.finished is not None and job.seen_terminal is not None
-        ]
-        after_shift = quantile(
-            [(j.seen_terminal - j.finished) / (j.finished - j.submitted) for j in later],  # type: ignore[operator]
-            0.95,
+        later = server.order[workload.durations.switch_after + workload.in_flight :]
+        after_shift = quantile([_lag_share(job) for job in later if _noticed(job)], 0.95)
+    blocks: tuple[float, ...] = ()
+    if workload.block > 0:
+        order, size = server.order, workload.block
+        blocks = tuple(
+            quantile([_lag_share(job) for job in order[at : at + size] if _noticed(job)], 0.95)
+            for at in range(0, len(order), size)
         )
     return Figures(
         name=name,
@@ -481,7 +485,20 @@ async def _run(workload: Workload, policy: PollPolicy, name: str) -> Figures:
         failed=failed,
         cpu_seconds=time.process_time() - cpu,
         after_shift_p95=after_shift,
+        block_p95=blocks,
     )
+
+
+def _noticed(job: Job) -> bool:
+    """Whether the song finished and a poll saw it finished."""
+    return job.finished is not None and job.seen_terminal is not None
+
+
+def _lag_share(job: Job) -> float:
+    """A finished song's lag as a share of its duration (submission to completion)."""
+    assert job.finished is not None
+    assert job.seen_terminal is not None
+    return (job.seen_terminal - job.finished) / (job.finished - job.submitted)
 
 
 def simulate(workload: Workload, policy: PollPolicy, name: str = "policy") -> Figures:
@@ -514,6 +531,9 @@ def print_table(rows: list[Figures]) -> None:
     for row in rows:
         if not math.isnan(row.after_shift_p95):
             print(f"{row.name}: songs a wave after the shift, lag p95 {row.after_shift_p95:.1%}")
+        if row.block_p95:
+            shares = " ".join(f"{share:.1%}" for share in row.block_p95)
+            print(f"{row.name}: lag p95 by block of songs, in submission order: {shares}")
 
 
 def main() -> None:
@@ -536,6 +556,13 @@ def main() -> None:
         help="add the learned policy started from an estimate of the true law (what-if)",
     )
     parser.add_argument(
+        "--blocks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also report lag p95 for each block of N songs, in submission order",
+    )
+    parser.add_argument(
         "--knows-the-law",
         action="store_true",
         help="add the learned policy planning on the true law and learning nothing (what-if)",
@@ -550,6 +577,7 @@ def main() -> None:
         burst=args.burst if args.burst is not None else _workload_burst(args.dist),
         rtt=args.rtt,
         seed=args.seed,
+        block=args.blocks,
     )
     print(
         f"{args.songs} songs, durations {args.dist}, {args.slots} server slots, "
@@ -586,7 +614,10 @@ def mean_of(runs: list[Figures]) -> Figures:
         return runs[0]
     values: dict[str, Any] = {"name": runs[0].name}
     for spec in dataclasses.fields(Figures):
-        if spec.name != "name":
+        if spec.name == "block_p95":
+            blocks = zip(*(run.block_p95 for run in runs), strict=True)
+            values[spec.name] = tuple(map(statistics.fmean, blocks))
+        elif spec.name != "name":
             mean = statistics.fmean(getattr(run, spec.name) for run in runs)
             values[spec.name] = round(mean) if spec.type == "int" else mean
     return Figures(**values)
