@@ -461,14 +461,11 @@ async def _run(workload: Workload, policy: PollPolicy, name: str) -> Figures:
     after_shift = math.nan
     if isinstance(workload.durations, Shift):
         later = server.order[workload.durations.switch_after + workload.in_flight :]
-        after_shift = quantile([_lag_share(job) for job in later if _noticed(job)], 0.95)
+        after_shift = _p95_share(later)
     blocks: tuple[float, ...] = ()
     if workload.block > 0:
         order, size = server.order, workload.block
-        blocks = tuple(
-            quantile([_lag_share(job) for job in order[at : at + size] if _noticed(job)], 0.95)
-            for at in range(0, len(order), size)
-        )
+        blocks = tuple(_p95_share(order[at : at + size]) for at in range(0, len(order), size))
     return Figures(
         name=name,
         songs=len(server.order),
@@ -487,6 +484,12 @@ async def _run(workload: Workload, policy: PollPolicy, name: str) -> Figures:
         after_shift_p95=after_shift,
         block_p95=blocks,
     )
+
+
+def _p95_share(jobs: list[Job]) -> float:
+    """Lag p95 (share of duration) of those of ``jobs`` a poll saw finished (NaN: none)."""
+    shares = [_lag_share(job) for job in jobs if _noticed(job)]
+    return quantile(shares, 0.95) if shares else math.nan
 
 
 def _noticed(job: Job) -> bool:
@@ -568,6 +571,8 @@ def main() -> None:
         help="add the learned policy planning on the true law and learning nothing (what-if)",
     )
     args = parser.parse_args()
+    if args.blocks < 0:
+        parser.error(f"--blocks must be 0 (no report) or more, got {args.blocks}")
     workload = Workload(
         songs=args.songs,
         durations=parse_distribution(args.dist, args.songs),
