@@ -157,11 +157,11 @@ def _explore_share(snapshot: Snapshot) -> float:
     return max(EXPLORE_SHARE, FIRST_EXPLORE_SHARE * decay)
 
 
-def _expected_polls(snapshot: Snapshot, times: list[float]) -> float:
+def _expected_polls(snapshot: Snapshot, times: list[float], explore: float) -> float:
     # At the middle phase, for songs' phases spread evenly around it (see Schedule.after),
-    # and with the explorers' ladder.
+    # and with the explorers' ladder, climbed by a share ``explore`` of songs.
     ladder = sum(1.0 - snapshot.done_by(t) for t in _ladder(times[0]))
-    polls = 1.0 + _explore_share(snapshot) * ladder
+    polls = 1.0 + explore * ladder
     for t in times:
         running = 1.0 - snapshot.done_by(t)
         if running < NEGLIGIBLE:
@@ -185,8 +185,9 @@ def _time_in_flight(snapshot: Snapshot, times: list[float]) -> float:
     return total + (1.0 - before) * cap
 
 
-def _cheapest(snapshot: Snapshot, share: float) -> tuple[float, list[float]]:
-    """The split with the fewest polls per song for ``share``, and its poll times."""
+def _cheapest(snapshot: Snapshot, share: float, explore: float) -> tuple[float, list[float]]:
+    """The split with the fewest polls per song for ``share`` (a share ``explore`` of songs
+    exploring), and its poll times."""
     best: tuple[float, list[float]] = (math.inf, [])
     uncovered = 1.0 - COVERAGE
     for step in range(SPLITS):
@@ -196,7 +197,7 @@ def _cheapest(snapshot: Snapshot, share: float) -> tuple[float, list[float]]:
         low = snapshot.quantile(skipped_short)
         high = snapshot.quantile(skipped_short + COVERAGE)
         times = _chain(snapshot, low, high, share)
-        polls = _expected_polls(snapshot, times)
+        polls = _expected_polls(snapshot, times, explore)
         if polls < best[0]:
             best = (polls, times)
     return best
@@ -214,17 +215,17 @@ def plan(snapshot: Snapshot, rate: float, target: float) -> Schedule:
     pays for (see :func:`_fits`; ``inf``: no budget), or the cheapest schedule, when none
     fits."""
     explore = _explore_share(snapshot)
-    polls, times = _cheapest(snapshot, target)
+    polls, times = _cheapest(snapshot, target, explore)
     if _fits(snapshot, polls, times, rate):
         return Schedule(tuple(times), target, polls, explore)
-    polls, times = _cheapest(snapshot, MAX_SHARE)
+    polls, times = _cheapest(snapshot, MAX_SHARE, explore)
     if not _fits(snapshot, polls, times, rate):
         return Schedule(tuple(times), MAX_SHARE, polls, explore)
     fits = (MAX_SHARE, polls, times)
     low, high = math.log(target), math.log(MAX_SHARE)
     for _ in range(SEARCH_STEPS):
         middle = (low + high) / 2
-        polls, times = _cheapest(snapshot, math.exp(middle))
+        polls, times = _cheapest(snapshot, math.exp(middle), explore)
         if _fits(snapshot, polls, times, rate):
             fits, high = (math.exp(middle), polls, times), middle
         else:
