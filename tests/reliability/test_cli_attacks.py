@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 
 from aimlmusic.cli._app import cli
 from aimlmusic.cli._display import PlainDisplay
-from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, serving
+from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Uniform, serving
 from aimlmusic.emulator._audio import AudioRenderer, AudioSpec
 
 from ._hostile_server import HostileServer, hostile_server
@@ -214,8 +214,11 @@ def test_generate_keeps_a_song_whose_tags_mutagen_cannot_read(tmp_path: Path) ->
 def test_ctrl_c_after_submitting_prints_the_id_and_how_to_fetch_it(tmp_path: Path) -> None:
     """Ctrl-C while `generate` waits for a submitted song prints its id and the exact
     `aimlmusic status` / `aimlmusic download` commands, never "run the same command again"."""
-    # Songs last minutes of API time at 10x: the process is surely still waiting.
-    emulator = Emulator(EmulatorConfig(time_scale=10, audio_seconds=0.3))
+    # The song lasts ten minutes of API time (a minute at 10x): the process is surely
+    # still waiting when it is interrupted.
+    emulator = Emulator(
+        EmulatorConfig(time_scale=10, audio_seconds=0.3, durations=Uniform(600.0, 600.0))
+    )
     output = tmp_path / "song.mp3"
     with serving(emulator) as base_url:
         env = {**os.environ, "AIML_API_KEY": TEST_API_KEY, "PYTHONUNBUFFERED": "1"}
@@ -227,9 +230,12 @@ def test_ctrl_c_after_submitting_prints_the_id_and_how_to_fetch_it(tmp_path: Pat
             text=True,
             env=env,
         )
+        # Interrupt once the client has polled the song: it then surely holds the id. (The
+        # server counting the submission is not enough: its answer may still be on its way,
+        # and Ctrl-C then rightly says "stopped while submitting".)
         deadline = time.monotonic() + PROCESS_TIMEOUT
-        while emulator.stats().jobs_submitted == 0 and process.poll() is None:
-            assert time.monotonic() < deadline, "the song was never submitted"
+        while emulator.stats().requests.get("poll", 0) == 0 and process.poll() is None:
+            assert time.monotonic() < deadline, "the song was never polled"
             time.sleep(0.05)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=PROCESS_TIMEOUT)
