@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from . import _limits
 from ._clock import Clock, SystemClock
 from ._config import Limits, RetryPolicy, SizeLimits, Timeout
 from ._download import Downloader
@@ -46,10 +47,8 @@ __all__ = ["AsyncMusicClient"]
 
 #: Environment variables read for the API key, in order (the official SDK's names).
 API_KEY_VARIABLES = ("AIML_API_KEY", "AIMLAPI_API_KEY")
-#: Shortest API key accepted (the API's keys have 32 characters): every occurrence of the key
-#: in what the server sends is redacted, and a key of a character or two would mangle
-#: ordinary text, such as the audio URL the client then downloads.
-MIN_API_KEY_LENGTH = 8
+#: Shortest API key accepted (see :data:`aimlmusic._limits.MIN_API_KEY_LENGTH`).
+MIN_API_KEY_LENGTH = _limits.MIN_API_KEY_LENGTH
 BASE_URL_VARIABLE = "AIMLMUSIC_BASE_URL"
 #: The Redis URL that shares the account's budget between processes when shared_url= is not
 #: given (so every worker of a service shares it without code changes).
@@ -543,25 +542,9 @@ def _resolve_api_key(api_key: str | None) -> str:
 def _checked_key(key: str, source: str) -> str:
     """``key`` if it can travel in an ``Authorization`` header; else a ConfigurationError
     naming the problem and where it is, never the key or any character of it."""
-    for index, char in enumerate(key):
-        position = f"at character {index + 1} of {len(key)}"
-        if char in "\r\n":
-            problem = f"a line break {position} (two keys pasted together, or a stray newline?)"
-        elif not char.isascii():
-            problem = f"a non-ASCII character {position} (a mistyped or mis-pasted key?)"
-        elif not char.isprintable() or char.isspace():
-            problem = f"a space or control character {position}"
-        else:
-            continue
-        raise ConfigurationError(
-            f"{source} contains {problem}; an API key is printable ASCII without spaces, "
-            "so it cannot be sent as it is and nothing was sent"
-        )
-    if len(key) < MIN_API_KEY_LENGTH:
-        raise ConfigurationError(
-            f"{source} has {len(key)} characters, fewer than the {MIN_API_KEY_LENGTH} an API "
-            "key has at least (the API's keys have 32); nothing was sent"
-        )
+    problem = _limits.api_key_problem(key)
+    if problem is not None:
+        raise ConfigurationError(f"{source} is unusable: it has {problem}; nothing was sent")
     return key
 
 

@@ -205,23 +205,55 @@ async def test_missing_or_unknown_keys_get_401(api: Harness, headers: dict[str, 
 
 
 async def test_any_key_is_accepted_when_configured(clock: ManualClock) -> None:
-    """``accept_any_key`` lets any non-empty bearer key in; keys are separate accounts."""
+    """``accept_any_key`` lets any key a client could send in; keys are separate accounts."""
     emulator = make_emulator(clock, accept_any_key=True)
     async with client_for(emulator) as client:
-        mine = (await submit(client, headers={"Authorization": "Bearer mine"})).json()["id"]
-        other = await poll(client, mine, headers={"Authorization": "Bearer theirs"})
+        mine = (await submit(client, headers={"Authorization": "Bearer sk-mine-0001"})).json()["id"]
+        other = await poll(client, mine, headers={"Authorization": "Bearer sk-theirs-0002"})
         assert_error_shape(other, 404)  # another account's job does not exist for you
         assert (
-            await poll(client, mine, headers={"Authorization": "Bearer mine"})
+            await poll(client, mine, headers={"Authorization": "Bearer sk-mine-0001"})
         ).status_code == 200
+
+
+@pytest.mark.parametrize("key", ["sk-1234", "sk-12\t34567", "sk-1234567é"])
+async def test_any_key_still_refuses_keys_no_client_could_send(
+    clock: ManualClock, key: str
+) -> None:
+    """With ``accept_any_key``, a key too short, or with a control or non-ASCII character,
+    gets 401: no real key is like that, and the client refuses to send one."""
+    emulator = make_emulator(clock, accept_any_key=True)
+    async with client_for(emulator) as client:
+        headers = {"Authorization": f"Bearer {key}".encode()}
+        assert_error_shape(await submit(client, headers=headers), 401)
+    assert emulator.stats().jobs_submitted == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "keys", "problem"),
+    [
+        ("api_keys", {"test-key", "sk-1234"}, "7 characters, fewer than the 8"),
+        ("no_credit_keys", {"sk-with space"}, "a space or control character at character 8"),
+        ("api_keys", {"sk-ключ-1234"}, "a non-ASCII character at character 4"),
+    ],
+)
+def test_a_configured_key_no_client_could_send_is_refused(
+    field: str, keys: set[str], problem: str
+) -> None:
+    """A configured key the client would refuse is a ValueError naming the field and the
+    problem, never the key."""
+    with pytest.raises(ValueError, match=field) as caught:
+        EmulatorConfig(**{field: keys})
+    assert problem in str(caught.value)
+    assert not any(key in str(caught.value) for key in keys)
 
 
 async def test_a_key_without_credits_gets_403_on_submission(clock: ManualClock) -> None:
     """A ``no_credit_keys`` key authenticates but cannot submit: 403, and no job exists."""
-    emulator = make_emulator(clock, no_credit_keys={"broke"})
+    emulator = make_emulator(clock, no_credit_keys={"sk-broke-0003"})
     async with client_for(emulator) as client:
         body = assert_error_shape(
-            await submit(client, headers={"Authorization": "Bearer broke"}), 403
+            await submit(client, headers={"Authorization": "Bearer sk-broke-0003"}), 403
         )
     assert "credit" in body["message"].lower()
     assert emulator.stats().jobs_submitted == 0

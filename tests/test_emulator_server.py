@@ -148,7 +148,7 @@ def test_the_options_build_the_config() -> None:
             "--fault",
             "error_after=0.25",
             "--no-credit-key",
-            "broke",
+            "sk-broke-0001",
         ]
     )
     config = config_from_args(args)
@@ -156,8 +156,20 @@ def test_the_options_build_the_config() -> None:
     assert config.retry_after == "auto"
     assert (config.durations.low, config.durations.high) == (1.0, 2.0)  # type: ignore[union-attr]
     assert config.faults.error_after == 0.25
-    assert config.no_credit_keys == {"broke"}
+    assert config.no_credit_keys == {"sk-broke-0001"}
     assert config.api_keys == {TEST_API_KEY}
+
+
+def test_a_key_no_client_could_send_is_refused_at_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--api-key`` too short exits 2 before serving, naming the option's field and the
+    limit, not the key."""
+    assert main(["--api-key", "sk-shor"]) == 2
+    error = capsys.readouterr().err
+    assert "api_keys" in error
+    assert "fewer than the 8" in error
+    assert "sk-shor" not in error
 
 
 def test_help_exits_cleanly(capsys: pytest.CaptureFixture[str]) -> None:

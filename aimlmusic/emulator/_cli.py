@@ -87,7 +87,9 @@ def build_parser(prog: str = "python -m aimlmusic.emulator") -> argparse.Argumen
         metavar="KEY",
         help=f"accepted key (repeatable; default: {TEST_API_KEY})",
     )
-    parser.add_argument("--accept-any-key", action="store_true", help="accept any non-empty key")
+    parser.add_argument(
+        "--accept-any-key", action="store_true", help="accept any key a client could send"
+    )
     parser.add_argument(
         "--no-credit-key", action="append", default=[], metavar="KEY", help="key answered 403"
     )

@@ -138,6 +138,15 @@ def _key_set(value: Any) -> frozenset[str]:
     return frozenset(value)
 
 
+def _usable_keys(_: object, attribute: attrs.Attribute[Any], keys: frozenset[str]) -> None:
+    # A key the client would refuse to send is a configuration mistake, not a test of 401s;
+    # the error names the field and the problem, never the key (it may be a real one).
+    for key in keys:
+        problem = _limits.api_key_problem(key) if isinstance(key, str) else "a non-string value"
+        if problem is not None:
+            raise ValueError(f"{attribute.name}: a key has {problem}")
+
+
 def _keys_repr(keys: frozenset[str]) -> str:
     # Keys are credentials as far as a repr is concerned, even if the test key is public.
     return f"<{len(keys)} key{'s' if len(keys) != 1 else ''}>"
@@ -167,8 +176,11 @@ class EmulatorConfig:
     admits a request); ``max_concurrent`` songs generate at once, the rest stay ``queued`` and
     start first-in first-out.
 
-    Auth: ``api_keys`` are accepted (default: :data:`TEST_API_KEY`), or any non-empty key with
-    ``accept_any_key``; ``no_credit_keys`` authenticate but get 403 on submission.
+    Auth: ``api_keys`` are accepted (default: :data:`TEST_API_KEY`), or with
+    ``accept_any_key`` any key a client could send (printable ASCII, no spaces, at least
+    ``MIN_API_KEY_LENGTH`` characters; anything else gets 401, as no real key is like that);
+    ``no_credit_keys`` authenticate but get 403 on submission. A configured key that a client
+    would refuse to send is a ``ValueError`` naming the field.
 
     Responses: a completed song's URL expires ``url_ttl`` seconds after the poll that returned
     it; ``credits_per_song`` is reported in ``meta.usage``; ``include_extra_info`` /
@@ -189,11 +201,14 @@ class EmulatorConfig:
         default=_limits.CONCURRENT_GENERATIONS, validator=_positive
     )
     api_keys: frozenset[str] = attrs.field(
-        default=frozenset({TEST_API_KEY}), converter=_key_set, repr=_keys_repr
+        default=frozenset({TEST_API_KEY}),
+        converter=_key_set,
+        validator=_usable_keys,
+        repr=_keys_repr,
     )
     accept_any_key: bool = False
     no_credit_keys: frozenset[str] = attrs.field(
-        default=frozenset(), converter=_key_set, repr=_keys_repr
+        default=frozenset(), converter=_key_set, validator=_usable_keys, repr=_keys_repr
     )
     url_ttl: float = attrs.field(default=86_400.0, validator=_positive)
     credits_per_song: float = attrs.field(default=100.0, validator=_non_negative)

@@ -272,7 +272,11 @@ class Emulator:
             return self._error(
                 401, "Missing API key: send 'Authorization: Bearer <key>'", request, now
             )
-        known = key in config.api_keys or key in config.no_credit_keys or config.accept_any_key
+        known = (
+            key in config.api_keys
+            or key in config.no_credit_keys
+            or (config.accept_any_key and _limits.api_key_problem(key) is None)
+        )
         if not known:
             return self._error(401, "Invalid API key", request, now)
         return key
