@@ -2,8 +2,10 @@
 docs and ``contract`` (the emulator against the OpenAPI spec, with schemathesis).
 
 Extra sessions, run by name: ``bench``
-(benchmarks, quick mode) and ``reliability`` (the fault-injection soaks at full size,
-``AIMLMUSIC_SOAK=full``).
+(benchmarks, quick mode), ``bench_shared`` and ``bench_workers`` (the benchmarks that need
+Redis and PostgreSQL: several processes on one budget, catalog workers on one journal; quick
+mode, skipped when their server does not answer) and ``reliability`` (the fault-injection
+soaks at full size, ``AIMLMUSIC_SOAK=full``).
 
 Interpreters: a supported Python counts as found when a real ``pythonX.Y`` answers with that
 version, either on ``PATH`` or under ``$(pyenv root)/versions``. pyenv shims do not count (a
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -179,3 +182,30 @@ def bench(session: nox.Session) -> None:
         session.skip("benchmarks/run.py does not exist yet")
     session.install(EXTRAS, *group("bench"))
     session.run("python", "benchmarks/run.py", "--quick", *session.posargs)
+
+
+def _skip_unless_listening(session: nox.Session, what: str, port: int, option: str) -> None:
+    """Skip ``session`` when nothing listens on 127.0.0.1:``port`` (the benchmark's default
+    server) and the arguments do not name another with ``option``."""
+    if any(arg.startswith(option) for arg in session.posargs):
+        return
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2.0).close()
+    except OSError:
+        session.skip(f"no {what} on 127.0.0.1:{port} (name another with {option} URL)")
+
+
+@nox.session
+def bench_shared(session: nox.Session) -> None:
+    """Several client processes on one key, sharing one budget through Redis (quick mode)."""
+    _skip_unless_listening(session, "Redis", 6379, "--redis-url")
+    session.install(EXTRAS, *group("bench"))
+    session.run("python", "benchmarks/shared_budget.py", "--quick", *session.posargs)
+
+
+@nox.session
+def bench_workers(session: nox.Session) -> None:
+    """Catalog workers draining one PostgreSQL journal, with a kill soak (quick mode)."""
+    _skip_unless_listening(session, "PostgreSQL", 5432, "--postgres")
+    session.install(EXTRAS, *group("bench"))
+    session.run("python", "benchmarks/catalog_workers.py", "--quick", *session.posargs)
