@@ -192,6 +192,27 @@ def head_start(durations: Durations) -> Callable[[int], PollPolicy]:
     return _on_the_law(LearnedPolling, durations)
 
 
+#: The batch a second run learned from has seeds this far from the measured batch's: the two
+#: never draw the same durations.
+FIRST_RUN_SEED_OFFSET = 1_000_000
+
+
+def second_run(workload: Workload) -> Callable[[int], PollPolicy]:
+    """The learned policy started from the estimate that a first batch of ``workload`` (on
+    another seed) left behind: what a catalog run adopts from its journal."""
+
+    def make(seed: int) -> PollPolicy:
+        first = LearnedPolling()
+        earlier = dataclasses.replace(workload, seed=seed + FIRST_RUN_SEED_OFFSET, block=0)
+        simulate(earlier, first, "first run")
+        made = LearnedPolling()
+        if not made.adopt_estimate(first.export_estimate()):
+            raise SystemExit("the first run's estimate was refused")
+        return made
+
+    return make
+
+
 # --------------------------------------------------------------------------- the server
 
 
@@ -570,6 +591,11 @@ def main() -> None:
         action="store_true",
         help="add the learned policy planning on the true law and learning nothing (what-if)",
     )
+    parser.add_argument(
+        "--second-run",
+        action="store_true",
+        help="add the learned policy started from a first batch's estimate (a catalog's rerun)",
+    )
     args = parser.parse_args()
     if args.blocks < 0:
         parser.error(f"--blocks must be 0 (no report) or more, got {args.blocks}")
@@ -591,6 +617,8 @@ def main() -> None:
     strategies = dict(STRATEGIES)
     if args.head_start:
         strategies["learned, head start (what-if)"] = head_start(workload.durations)
+    if args.second_run:
+        strategies["learned, second run"] = second_run(workload)
     if args.knows_the_law:
         strategies["learned, knows the law (what-if)"] = knows_the_law(workload.durations)
     rows = []

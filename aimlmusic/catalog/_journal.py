@@ -118,6 +118,9 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
+#: The meta entry that keeps the learned timing between runs (:mod:`._timing`).
+TIMING_ESTIMATE_NAME = "timing_estimate"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
@@ -276,6 +279,22 @@ class Journal:
         """The server this journal's generation ids belong to."""
         row = self._db.execute("SELECT value FROM meta WHERE name = 'endpoint'").fetchone()
         return str(row[0])
+
+    def timing_estimate(self) -> str | None:
+        """The learned timing a run saved (:mod:`aimlmusic.catalog._timing`), or None."""
+        row = self._db.execute(
+            "SELECT value FROM meta WHERE name = ?", (TIMING_ESTIMATE_NAME,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def save_timing_estimate(self, data: str) -> None:
+        """Keep ``data`` as the learned timing, replacing the one saved before."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO meta (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (TIMING_ESTIMATE_NAME, data),
+            )
 
     def _update(self, key: str, allowed: Iterable[SongState], **values: Any) -> None:
         allowed = tuple(allowed)

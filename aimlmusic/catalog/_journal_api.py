@@ -35,6 +35,12 @@ class CatalogJournal(Protocol):
     def close(self) -> None:
         """Release the journal."""
 
+    def timing_estimate(self) -> str | None:
+        """The learned timing a run saved, as it was saved, or None."""
+
+    def save_timing_estimate(self, data: str) -> None:
+        """Keep ``data`` as the learned timing, replacing the one saved before."""
+
     def sync_catalog(self, rows: Iterable[CatalogRow]) -> list[CatalogProblem]:
         """Record the catalog's songs; return the conflicts (then nothing is changed)."""
 

@@ -35,6 +35,7 @@ from .._errors import ConfigurationError
 from .._models import Generation
 from ._journal import (
     SCHEMA_VERSION,
+    TIMING_ESTIMATE_NAME,
     JournalEntry,
     JournalError,
     SongState,
@@ -346,6 +347,24 @@ class PgJournal:
             "SELECT value FROM aimlmusic_meta WHERE name = 'endpoint'"
         ).fetchone()
         return str(row["value"]) if row is not None else ""
+
+    @_database_errors
+    def timing_estimate(self) -> str | None:
+        """The learned timing a worker saved (:mod:`aimlmusic.catalog._timing`), or None."""
+        row = self._db.execute(
+            "SELECT value FROM aimlmusic_meta WHERE name = %s", (TIMING_ESTIMATE_NAME,)
+        ).fetchone()
+        return None if row is None else str(row["value"])
+
+    @_database_errors
+    def save_timing_estimate(self, data: str) -> None:
+        """Keep ``data`` as the learned timing, replacing the one saved before (by any
+        worker: the latest is the freshest)."""
+        self._db.execute(
+            "INSERT INTO aimlmusic_meta (name, value) VALUES (%s, %s) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (TIMING_ESTIMATE_NAME, data),
+        )
 
     def _update(
         self, key: str, allowed: Iterable[SongState], *, release: bool = False, **values: Any

@@ -84,6 +84,7 @@ from ._store import (
     remove_partial,
 )
 from ._tags import mutagen_available
+from ._timing import JournalTiming
 
 if TYPE_CHECKING:
     from .._client import AsyncMusicClient
@@ -497,6 +498,8 @@ class _Run:
         # Resumed waits and new submissions share the account's concurrent generations.
         self.slots = anyio.Semaphore(max_in_flight)
         self.download_limiter = anyio.CapacityLimiter(download_concurrency)
+        #: The learned timing, kept in the journal from one run (or worker) to the next.
+        self.timing = JournalTiming(journal, client.poll_policy)
         self.counts = journal.counts()
         if self.shared is not None:
             # Songs other workers are submitting are theirs: this run waits for none of its
@@ -605,6 +608,7 @@ class _Run:
         # The run is recorded first: from then on other workers of a shared journal see it
         # live and leave its partial directory alone.
         self.journal.start_run()
+        self.timing.adopt()
         clear_partial(self.out, worker=self.worker)
         self._clear_dead_partials()
         to_submit = self._submittable_count()
@@ -635,6 +639,7 @@ class _Run:
                 self.manifest.flush(force=True)
             except OSError as exc:
                 self._cannot_write(exc)  # the journal has it all; the next run rewrites it
+            self.timing.save(force=True)
             # Only now: until the run is recorded as ended, other workers leave this worker's
             # partial directory (the manifest's temporary file) alone.
             self.journal.finish_run(outcome)
@@ -771,6 +776,7 @@ class _Run:
             elif paused and not self.was_throttled:  # a pause seen by a poll outside a batch
                 self.was_throttled = True
                 self.emit("throttled", message="the API asked us to slow down")
+            self.timing.save()
             self.emit("tick")
 
     # ------------------------------------------------------------------ resumed songs
