@@ -90,6 +90,18 @@ ADOPTED_SONGS = MEMORY
 EXPORT_DIGITS = 4
 
 
+def finite_number(value: object) -> float | None:
+    """``value`` as a finite float, or None: a JSON value read from elsewhere may be a bool,
+    a string, infinite, or an integer too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _grid() -> tuple[float, ...]:
     count = math.ceil(math.log(GRID_END / GRID_START) / math.log(GRID_RATIO))
     return (0.0, *(GRID_START * GRID_RATIO**k for k in range(count + 1)))
@@ -297,18 +309,18 @@ class CompletionEstimator:
             return False
         if estimate.get("grid") != [GRID_START, GRID_END, GRID_RATIO]:
             return False
-        mass, songs = estimate.get("mass"), estimate.get("songs")
-        if not isinstance(mass, list) or len(mass) != BINS:
+        raw_mass, songs = estimate.get("mass"), finite_number(estimate.get("songs"))
+        if not isinstance(raw_mass, list) or len(raw_mass) != BINS:
             return False
-        if not all(isinstance(m, int | float) and math.isfinite(m) and m >= 0 for m in mass):
+        mass = [finite_number(m) for m in raw_mass]
+        if any(m is None or m < 0 for m in mass) or songs is None or songs <= 0:
             return False
-        if not isinstance(songs, int | float) or not math.isfinite(songs) or songs <= 0:
+        numbers = [m for m in mass if m is not None]  # all of them, as checked above
+        total = sum(numbers)
+        if not 0 < total < math.inf:
             return False
-        total = float(sum(mass))
-        if total <= 0:
-            return False
-        self._prior = [float(m) / total for m in mass]
-        self._prior_songs = min(float(songs), ADOPTED_SONGS)
+        self._prior = [m / total for m in numbers]
+        self._prior_songs = min(songs, ADOPTED_SONGS)
         self._adopted = True
         self._mass = self._prior_mass()
         self._snapshot = self._publish(self._snapshot.songs)

@@ -101,7 +101,7 @@ class SharedTiming:
             return False
         try:
             estimate = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             logger.debug("the shared timing estimate is not JSON: ignored")
             return False
         if not isinstance(estimate, dict) or not self.policy.adopt_estimate(estimate):

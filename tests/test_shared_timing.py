@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 import aimlmusic
-from aimlmusic._estimator import CompletionEstimator
+from aimlmusic._estimator import BINS, CompletionEstimator
 from aimlmusic._planner import FIRST_EXPLORE_SHARE, plan
 from aimlmusic._shared_redis import SharedStore
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Fixed
@@ -74,6 +74,9 @@ def test_own_songs_take_over_from_an_adopted_estimate() -> None:
         {"mass": "not a list"},
         {"songs": -1},
         {"songs": 0},
+        {"songs": True},
+        {"songs": 10**400},  # a JSON integer too large for a float
+        {"mass": [10**400] + [0.0] * (BINS - 1)},
     ],
 )
 def test_an_estimate_of_another_format_or_shape_is_refused(change: dict[str, object]) -> None:
@@ -156,14 +159,21 @@ async def test_a_new_client_starts_from_the_published_estimate(
     assert published["songs"] >= 3
 
 
+@pytest.mark.parametrize(
+    "unreadable",
+    [
+        json.dumps({"format": 99, "anything": [1, 2]}),
+        "[" * 50_000,  # nested past the JSON parser's depth (and under the size limit)
+    ],
+)
 async def test_an_unreadable_shared_estimate_is_ignored(
-    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch, unreadable: str
 ) -> None:
     """A client finding something it cannot read under the timing key keeps the prior."""
     monkeypatch.setattr("aimlmusic._shared_redis.DEFAULT_KEY_PREFIX", redis_prefix)
     store = SharedStore(redis_url, TEST_API_KEY, key_prefix=redis_prefix, offload=False)
     try:
-        store.redis.set(store.key("timing"), json.dumps({"format": 99, "anything": [1, 2]}))
+        store.redis.set(store.key("timing"), unreadable)
     finally:
         store.close()
     clock = VirtualClock()

@@ -281,20 +281,28 @@ class Journal:
         return str(row[0])
 
     def timing_estimate(self) -> str | None:
-        """The learned timing a run saved (:mod:`aimlmusic.catalog._timing`), or None."""
-        row = self._db.execute(
-            "SELECT value FROM meta WHERE name = ?", (TIMING_ESTIMATE_NAME,)
-        ).fetchone()
+        """The learned timing a run saved (:mod:`aimlmusic.catalog._timing`), or None; a
+        database failure is a :class:`JournalError`."""
+        try:
+            row = self._db.execute(
+                "SELECT value FROM meta WHERE name = ?", (TIMING_ESTIMATE_NAME,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise JournalError(f"reading the timing estimate from {self.path}: {exc}") from None
         return None if row is None else str(row[0])
 
     def save_timing_estimate(self, data: str) -> None:
-        """Keep ``data`` as the learned timing, replacing the one saved before."""
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO meta (name, value) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                (TIMING_ESTIMATE_NAME, data),
-            )
+        """Keep ``data`` as the learned timing, replacing the one saved before; a database
+        failure (a full disk) is a :class:`JournalError`."""
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO meta (name, value) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (TIMING_ESTIMATE_NAME, data),
+                )
+        except sqlite3.Error as exc:
+            raise JournalError(f"saving the timing estimate in {self.path}: {exc}") from None
 
     def _update(self, key: str, allowed: Iterable[SongState], **values: Any) -> None:
         allowed = tuple(allowed)

@@ -639,7 +639,10 @@ class _Run:
                 self.manifest.flush(force=True)
             except OSError as exc:
                 self._cannot_write(exc)  # the journal has it all; the next run rewrites it
-            self.timing.save(force=True)
+            try:
+                self.timing.save(force=True)
+            except Exception:  # optional: must never keep the run from being recorded as ended
+                logger.exception("could not save the timing estimate")
             # Only now: until the run is recorded as ended, other workers leave this worker's
             # partial directory (the manifest's temporary file) alone.
             self.journal.finish_run(outcome)

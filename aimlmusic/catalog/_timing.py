@@ -10,8 +10,10 @@ songs arrive (see :meth:`~aimlmusic.LearnedPolling.adopt_estimate`), so a servic
 changed in between is followed within about a wave.
 
 The saved value is JSON: when it was saved (Unix time) and the exported estimate. One older
-than ``ESTIMATE_LIFETIME``, unreadable, or of another format is ignored, never misread; a
-policy that does not learn (``FixedInterval``, a user's own) is left alone.
+than ``ESTIMATE_LIFETIME`` (or more than ``CLOCK_SKEW`` in the future), unreadable, or of
+another format is ignored, never misread; a policy that does not learn (``FixedInterval``,
+a user's own) is left alone. A journal that fails to read or save it costs the head start,
+never the run.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .._estimator import finite_number
 from .._shared_timing import (
     ESTIMATE_LIFETIME,
     MAX_ESTIMATE_BYTES,
@@ -32,13 +35,16 @@ from .._shared_timing import (
 from ._journal import JournalError
 from ._journal_api import CatalogJournal
 
-__all__ = ["SAVE_EVERY", "JournalTiming"]
+__all__ = ["CLOCK_SKEW", "SAVE_EVERY", "JournalTiming"]
 
 logger = logging.getLogger("aimlmusic")
 
 #: Real seconds between two saves while the estimate changes: a few small writes a minute
 #: at most, and a process killed mid-run loses at most this much learning.
 SAVE_EVERY = 30.0
+#: A saved estimate up to this many seconds in the future is accepted: workers of a shared
+#: journal run on hosts whose clocks may disagree (by far less, under NTP).
+CLOCK_SKEW = 300.0
 
 
 class JournalTiming:
@@ -77,7 +83,11 @@ class JournalTiming:
             logger.debug("the journal's timing estimate is unreadable: ignored")
             return False
         saved_at, estimate = saved
-        if not 0 <= self._wall() - saved_at <= ESTIMATE_LIFETIME:
+        age = self._wall() - saved_at
+        if age < -CLOCK_SKEW:
+            logger.debug("the journal's timing estimate is from the future: ignored")
+            return False
+        if age > ESTIMATE_LIFETIME:
             logger.debug("the journal's timing estimate is stale: ignored")
             return False
         if not self.policy.adopt_estimate(estimate):
@@ -114,13 +124,11 @@ def _parsed(raw: str) -> tuple[float, dict[str, Any]] | None:
     """``(saved_at, estimate)`` from a saved value, or None if it is not one."""
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return None
     if not isinstance(data, dict):
         return None
-    saved_at, estimate = data.get("saved_at"), data.get("estimate")
-    if isinstance(saved_at, bool) or not isinstance(saved_at, int | float):
+    saved_at, estimate = finite_number(data.get("saved_at")), data.get("estimate")
+    if saved_at is None or not isinstance(estimate, dict):
         return None
-    if not math.isfinite(saved_at) or not isinstance(estimate, dict):
-        return None
-    return float(saved_at), estimate
+    return saved_at, estimate
