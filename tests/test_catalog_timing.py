@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -274,7 +275,7 @@ async def test_a_failing_save_at_the_end_still_ends_the_run(
             summary = await run_catalog(client, write_catalog(tmp_path / "a.jsonl", 6), out)
     assert summary.downloaded == 6
     assert "could not save the timing estimate" in caplog.text
-    with sqlite3.connect(out / JOURNAL_NAME) as db:
+    with contextlib.closing(sqlite3.connect(out / JOURNAL_NAME)) as db:
         assert db.execute("SELECT outcome FROM runs").fetchall() == [("finished",)]
         assert db.execute(
             "SELECT count(*) FROM meta WHERE name = 'timing_estimate'"
