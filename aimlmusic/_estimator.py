@@ -312,14 +312,13 @@ class CompletionEstimator:
         raw_mass, songs = estimate.get("mass"), finite_number(estimate.get("songs"))
         if not isinstance(raw_mass, list) or len(raw_mass) != BINS:
             return False
-        mass = [finite_number(m) for m in raw_mass]
-        if any(m is None or m < 0 for m in mass) or songs is None or songs <= 0:
-            return False
-        numbers = [m for m in mass if m is not None]  # all of them, as checked above
-        total = sum(numbers)
+        mass = [m for m in map(finite_number, raw_mass) if m is not None and m >= 0]
+        if len(mass) != BINS or songs is None or songs <= 0:
+            return False  # a bin that is not a finite mass, or no songs behind it
+        total = sum(mass)
         if not 0 < total < math.inf:
             return False
-        self._prior = [m / total for m in numbers]
+        self._prior = [m / total for m in mass]
         self._prior_songs = min(songs, ADOPTED_SONGS)
         self._adopted = True
         self._mass = self._prior_mass()

@@ -17,7 +17,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pytest
 
-__all__ = ["postgres_url", "redis_prefix", "redis_url", "with_search_path"]
+__all__ = ["journal_url", "postgres_url", "redis_prefix", "redis_url", "with_search_path"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -91,3 +91,11 @@ def with_search_path(url: str, schema: str) -> str:
     option = urlencode({"options": f"-csearch_path={schema}"})
     query = f"{parts.query}&{option}" if parts.query else option
     return urlunsplit(parts._replace(query=query))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def journal_url(request: pytest.FixtureRequest) -> str | None:
+    """Run a test with the SQLite journal (``None``) and with the PostgreSQL one."""
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("postgres_url"))

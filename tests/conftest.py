@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from _servers import postgres_url, redis_prefix, redis_url
+from _servers import journal_url, postgres_url, redis_prefix, redis_url
 
-__all__ = ["postgres_url", "redis_prefix", "redis_url"]
+__all__ = ["journal_url", "postgres_url", "redis_prefix", "redis_url"]
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -31,14 +31,6 @@ pytestmark = pytest.mark.anyio
 NO_CREDIT_KEY = "broke-key"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def journal_url(request: pytest.FixtureRequest) -> str | None:
-    """Run a test with the SQLite journal (``None``) and with the PostgreSQL one."""
-    if request.param == "sqlite":
-        return None
-    return str(request.getfixturevalue("postgres_url"))
-
-
 def make_emulator(**config: object) -> Emulator:
     config.setdefault("time_scale", 2000.0)
     config.setdefault("audio_seconds", 0.3)

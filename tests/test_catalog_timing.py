@@ -32,14 +32,6 @@ DAY = 86_400.0
 ENDPOINT = "http://127.0.0.1:1"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def journal_url(request: pytest.FixtureRequest) -> str | None:
-    """Run a test with the SQLite journal (``None``) and with the PostgreSQL one."""
-    if request.param == "sqlite":
-        return None
-    return str(request.getfixturevalue("postgres_url"))
-
-
 def learned(songs: int, low: float = 20.0, high: float = 25.0) -> LearnedPolling:
     """A policy that has seen ``songs`` songs finish between ``low`` and ``high`` seconds."""
     policy = LearnedPolling()
