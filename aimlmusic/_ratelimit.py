@@ -80,6 +80,13 @@ class Budget(Protocol):
         ...
 
     @property
+    def burst(self) -> float:
+        """The most requests the budget lets go at once (a minute's worth, unless the
+        server showed it takes less): with ``effective_rate``, how fast songs may be
+        submitted."""
+        ...
+
+    @property
     def paused_until(self) -> float:
         """Clock time until which no request is sent (``-inf`` when not paused)."""
         ...

@@ -75,6 +75,7 @@ from ._events import (
     emit,
 )
 from ._models import Generation, GenerationStatus, SongRequest, SongResult, SongTimings
+from ._pacing import SubmissionPace
 from ._polling import PollPolicy, PollState, is_waiting
 from ._ratelimit import Budget
 from ._retry import backoff_delay
@@ -295,6 +296,7 @@ class _Batch:
         # Polls handed to a worker that has not yet asked the budget.
         self._launching = 0
         self._next_submit_at = -math.inf
+        self._submission_pace = SubmissionPace(max_in_flight)
         self._sequence = itertools.count()
         # (deadline + grace, sequence, song) for songs whose polls the watchdog may cut.
         self._deadlines: list[tuple[float, int, _Song]] = []
@@ -433,24 +435,31 @@ class _Batch:
             await _close_source(iterator)
 
     async def _pace(self) -> None:
-        """Submit no faster than the budget's sustained rate.
+        """Submit no faster than the budget's sustained rate, nor faster than it can serve
+        songs.
 
         Songs submitted in one burst finish, and are polled, in one burst a minute later,
         and again the minute after: spreading the first ``max_in_flight`` submissions over a
         few seconds keeps their polls from crowding the budget for the rest of the batch.
-        Later submissions follow completions and are spread out already.
+        Against a server that takes only small bursts, the songs' own pace
+        (:class:`~aimlmusic._pacing.SubmissionPace`) spreads later waves too.
         """
-        if self.budget is None:
+        budget = self.budget
+        if budget is None:
             return
         now = self.clock.now()
         if self._next_submit_at > now:
             await self.clock.sleep(self._next_submit_at - now)
             now = self.clock.now()
-        # While the client is paused by a 429, no song is taken from the source at all.
-        while self.budget.paused_until > now:
-            await self.clock.sleep(self.budget.paused_until - now)
+        while True:
+            # While the client is paused by a 429, no song is taken from the source at all.
+            wait = max(budget.paused_until - now, self._submission_pace.delay(budget, now))
+            if wait <= 0:
+                break
+            await self.clock.sleep(wait)
             now = self.clock.now()
-        self._next_submit_at = now + 60.0 / max(1.0, self.budget.effective_rate)
+        self._submission_pace.take(budget, now)
+        self._next_submit_at = now + 60.0 / max(1.0, budget.effective_rate)
 
     def _start(self, key: str, request: SongRequest, lease: str | None = None) -> None:
         song = _Song(key, request)
@@ -829,6 +838,9 @@ class _Batch:
         if song.submitted_at is not None:
             self._generating -= 1
             self._live.discard(song)
+            self._submission_pace.song_ended(
+                1 + song.polls + song.retries, self.clock.now() - song.submitted_at
+            )
             if error is not None and song.generation is not None:
                 self.poll.forget(song.generation_id)
         completed_at = None

@@ -217,6 +217,12 @@ class SharedBudget:
         return self._rate
 
     @property
+    def burst(self) -> float:
+        """A minute's worth of requests: the shared window lets that many go at once (what
+        a client learns of a server's smaller bursts is not shared)."""
+        return self.requests_per_minute
+
+    @property
     def paused_until(self) -> float:
         """Clock time until which no request is sent (``-inf`` when not paused), as Redis
         last said or a 429 this client saw since."""
