@@ -264,7 +264,7 @@ class RequestBudget:
             if retry_after is not None:
                 self._paused_until = max(self._paused_until, now + max(0.0, retry_after))
             return
-        after_burst = self._learn_burst(now)
+        self._learn_burst(now)
         # Only the first episode since a success may show a limit: a second one means the
         # first request after the pause was refused too, as in a storm.
         count = len(self._sent)
@@ -278,16 +278,12 @@ class RequestBudget:
             self._limit_held = self._minute_limit
             hold = max(1.0, _LIMIT_SHARE * count)
             leaving = count - math.floor(hold)  # requests that must leave the minute first
-            soon = leaving < 1 or self._sent[leaving - 1] + _LONG_WINDOW - now <= _HOLD_AT_MOST
-            if soon and not after_burst:
+            if leaving < 1 or self._sent[leaving - 1] + _LONG_WINDOW - now <= _HOLD_AT_MOST:
                 # Held at the limit this would teach until the pause says whether it is
                 # one, so that the first request after it waits for the server's minute
                 # to make room. Not when that takes long (after a burst sent at once, the
                 # minute would hold it all until the burst leaves, up to a minute; a bucket
-                # would have taken it much sooner), nor when a burst came just before the
-                # 429: the smaller burst answers it, and holding the minute would stall a
-                # bucket's server for seconds while its songs finish (a server that counts
-                # a minute refuses again at a steady pace, and that 429 holds).
+                # would have taken it much sooner).
                 self._minute_limit = min(self._minute_limit, hold)
         # Slow down (once per episode) even when told how long to wait: otherwise every
         # request that queued during the pause goes out the moment it ends, and a server
@@ -317,21 +313,19 @@ class RequestBudget:
             self._probe_every = _PROBE_FIRST
         self._minute_limit = min(self._minute_limit, max(1.0, _LIMIT_SHARE * count))
 
-    def _learn_burst(self, now: float) -> bool:
+    def _learn_burst(self, now: float) -> None:
         """Bring the burst allowance down to half the largest excess over the rate among
         the requests sent before this 429 (when there was a burst at all), and empty the
-        bucket (the server's is empty). True when there was a burst."""
+        bucket (the server's is empty)."""
         self._forget_before(now - _LONG_WINDOW)
         per_second = self._rate / 60.0
         excess = 0.0
         for count, sent_at in enumerate(reversed(self._sent), start=1):
             excess = max(excess, count - per_second * (now - sent_at))
-        burst = excess >= _BURST_EVIDENCE
-        if burst:
+        if excess >= _BURST_EVIDENCE:
             self._burst = max(1.0, min(self._burst, excess / 2))
         self._refill(now)  # what grew back until now (the minute's limit) is not lost
         self._tokens, self._tokens_at = 0.0, now
-        return burst
 
     # ------------------------------------------------------------------ waiting
 
