@@ -72,7 +72,8 @@ class SubmissionPace:
 
     def song_ended(self, requests: int, time_in_flight: float) -> None:
         """A submitted song ended (completed, failed or given up) after ``requests``
-        requests (its submission, polls and retries) and ``time_in_flight`` seconds."""
+        requests sent for it (every attempt: its submission, polls and their retries) and
+        ``time_in_flight`` seconds."""
         self._ended += 1
         weight = 1.0 / min(self._ended + 1.0, COST_MEMORY)  # the prior counts as one song
         self._cost += (max(1.0, requests) - self._cost) * weight
@@ -82,6 +83,8 @@ class SubmissionPace:
         """Seconds from ``now`` until the next song may be submitted (0: now)."""
         rate, size = self._shape(budget)
         tokens = self._refilled(now, rate, size)
+        # Within a rounding error of a whole token is a token (as in the request budget):
+        # waiting for the last 1e-15 would be a sleep too short for the clock to move.
         return 0.0 if tokens >= 1.0 - 1e-9 else (1.0 - tokens) / rate
 
     def take(self, budget: Budget, now: float) -> None:

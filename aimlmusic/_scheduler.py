@@ -162,6 +162,7 @@ class _Song:
         "polls",
         "queued_at",
         "request",
+        "requests",
         "retries",
         "started_at",
         "submitted_at",
@@ -193,6 +194,7 @@ class _Song:
         self.unfinished_from: float | None = None
         self.unfinished_to: float | None = None
         self.polls = 0
+        self.requests = 0  # attempts that left, submissions and polls (what it cost)
         self.retries = 0
         self.transient_failures = 0
         self.suspect_polls = 0
@@ -229,6 +231,7 @@ class _Observer:
         )
 
     def on_sending(self) -> None:
+        self.song.requests += 1
         at = self.batch.clock.now()
         emit(self.batch.events, "on_sending", RequestSending(self.song.key, self.kind, at))
 
@@ -838,9 +841,7 @@ class _Batch:
         if song.submitted_at is not None:
             self._generating -= 1
             self._live.discard(song)
-            self._submission_pace.song_ended(
-                1 + song.polls + song.retries, self.clock.now() - song.submitted_at
-            )
+            self._submission_pace.song_ended(song.requests, self.clock.now() - song.submitted_at)
             if error is not None and song.generation is not None:
                 self.poll.forget(song.generation_id)
         completed_at = None

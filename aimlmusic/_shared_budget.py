@@ -169,7 +169,8 @@ class SharedBudget:
     """Paces every request of every client of one API key on one Redis to the account's rate.
 
     Implements the same protocol as the local budget (``acquire``, ``on_success``,
-    ``on_throttled``, ``effective_rate``, ``paused_until``, ``waiting``, ``delay``).
+    ``on_throttled``, ``effective_rate``, ``burst``, ``paused_until``, ``waiting``,
+    ``delay``).
     ``before_first_use`` is awaited before the first call to Redis (the client passes
     what learns a served emulator's time scale).
     Within one client, submissions still go before polls; across clients, whoever asks

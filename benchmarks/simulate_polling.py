@@ -343,6 +343,8 @@ class SimTransport:
     ) -> Generation:
         for attempt in range(1, self.attempts + 1):
             await self.budget.acquire(kind)
+            if observer is not None:
+                observer.on_sending()  # as the library's transport: once per attempt sent
             await anyio.sleep(self.rtt / 2)
             now = anyio.current_time()
             if self.server.admit(now):

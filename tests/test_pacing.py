@@ -77,7 +77,7 @@ async def test_after_429s_show_small_bursts_songs_go_one_at_a_time_at_the_served
 
 async def test_a_song_s_cost_is_learned_from_the_songs_that_ended() -> None:
     """Songs that cost two requests each (a submission and one poll) bring the cost from the
-    prior's five to two within a few of the remembered songs, and the pace follows it: more
+    prior's five to two within three memories' worth of songs, and the pace follows it: more
     songs fit in the burst allowance, and each next one waits for two requests' time."""
     clock = VirtualClock()
     budget = await small_burst_budget(clock)
