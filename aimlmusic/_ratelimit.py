@@ -130,13 +130,17 @@ _BURST_REGROWTH = 1 / 60
 #: request every _PROBE_FIRST seconds; each time the server refuses again near the limit
 #: learned, it grows back half as fast: a limit that holds is probed ever more rarely, one
 #: that was passing is soon left behind. A storm (the first request after the pause refused
-#: too) teaches nothing, nor does a token bucket (it refuses bursts at any count).
+#: too) teaches nothing, nor does a token bucket (it refuses bursts at any count); but after
+#: a 429 to a burst, that refusal is the minute's (a bucket refills during the pause).
 _LIMIT_FROM = 1 / 4
 _LIMIT_SHARE = 0.9
 _PROBE_FIRST = 10.0
 _SAME_LIMIT = 0.1
 #: The longest a 429 may hold requests back for the server's minute to make room.
 _HOLD_AT_MOST = 30.0
+#: A 429 this many seconds or less after a pause ended answers the first requests sent after
+#: it (a round trip or two); a later one starts an episode of its own.
+_REFUSED_AT_ONCE = 5.0
 
 
 class _Waiter:
@@ -184,6 +188,7 @@ class RequestBudget:
         self._probe_every = _PROBE_FIRST  # seconds per request of regrowth of that limit
         self._limit_seen: float | None = None  # the count at the last limit the server showed
         self._limit_candidate: float | None = None  # a 429's count, until the pause tells
+        self._hold_deferred = False  # that 429 followed a burst: held only if refused again
         self._limit_held = self._minute_limit  # the limit before that 429
         self._sent: deque[float] = deque()
         self._paused_until = -math.inf
@@ -264,11 +269,25 @@ class RequestBudget:
             if retry_after is not None:
                 self._paused_until = max(self._paused_until, now + max(0.0, retry_after))
             return
-        self._learn_burst(now)
+        smaller_burst = self._learn_burst(now)
         # Only the first episode since a success may show a limit: a second one means the
-        # first request after the pause was refused too, as in a storm.
+        # first request after the pause was refused too, as in a storm (unless the first
+        # 429 followed a burst, below).
         count = len(self._sent)
         if self._limit_candidate is not None:
+            deferred, self._hold_deferred = self._hold_deferred, False
+            at_once = now - self._paused_until <= _REFUSED_AT_ONCE
+            if deferred and at_once and retry_after is None:
+                # The 429 before the pause was answered with a smaller burst, not a hold;
+                # refused again at once, the server counts a minute after all (a bucket
+                # would have refilled during the pause): hold it now, as that 429 would
+                # have, and wait for the minute to make room rather than slow down.
+                # Nothing goes before then anyway, so refusals still on their way belong
+                # to this episode, not to a storm.
+                hold = max(1.0, _LIMIT_SHARE * self._limit_candidate)
+                self._minute_limit = min(self._minute_limit, hold)
+                self._paused_until = now + self._delay(now)
+                return
             # Refused again right after the pause: a storm, not a limit.
             self._minute_limit = max(self._minute_limit, self._limit_held)
             self._limit_candidate = None
@@ -278,7 +297,14 @@ class RequestBudget:
             self._limit_held = self._minute_limit
             hold = max(1.0, _LIMIT_SHARE * count)
             leaving = count - math.floor(hold)  # requests that must leave the minute first
-            if leaving < 1 or self._sent[leaving - 1] + _LONG_WINDOW - now <= _HOLD_AT_MOST:
+            soon = leaving < 1 or self._sent[leaving - 1] + _LONG_WINDOW - now <= _HOLD_AT_MOST
+            if soon and smaller_burst:
+                # A burst came just before, and the allowance came down: a bucket's 429,
+                # as likely as a minute's. The smaller burst answers a bucket, and holding
+                # would stop every request for seconds while its songs finish; whether it
+                # was the minute, the first request after the pause tells (see above).
+                self._hold_deferred = True
+            elif soon:
                 # Held at the limit this would teach until the pause says whether it is
                 # one, so that the first request after it waits for the server's minute
                 # to make room. Not when that takes long (after a burst sent at once, the
@@ -303,6 +329,7 @@ class RequestBudget:
         about that many a minute (a server counting with a token bucket refuses bursts at
         whatever count the minute holds)."""
         self._limit_candidate = None
+        self._hold_deferred = False
         seen, self._limit_seen = self._limit_seen, count
         if seen is None or abs(count - seen) > _SAME_LIMIT * seen:
             self._minute_limit = max(self._minute_limit, self._limit_held)
@@ -313,19 +340,21 @@ class RequestBudget:
             self._probe_every = _PROBE_FIRST
         self._minute_limit = min(self._minute_limit, max(1.0, _LIMIT_SHARE * count))
 
-    def _learn_burst(self, now: float) -> None:
+    def _learn_burst(self, now: float) -> bool:
         """Bring the burst allowance down to half the largest excess over the rate among
         the requests sent before this 429 (when there was a burst at all), and empty the
-        bucket (the server's is empty)."""
+        bucket (the server's is empty). True when the allowance came down."""
         self._forget_before(now - _LONG_WINDOW)
         per_second = self._rate / 60.0
         excess = 0.0
         for count, sent_at in enumerate(reversed(self._sent), start=1):
             excess = max(excess, count - per_second * (now - sent_at))
-        if excess >= _BURST_EVIDENCE:
-            self._burst = max(1.0, min(self._burst, excess / 2))
+        smaller = excess >= _BURST_EVIDENCE and excess / 2 < self._burst
+        if smaller:
+            self._burst = max(1.0, excess / 2)
         self._refill(now)  # what grew back until now (the minute's limit) is not lost
         self._tokens, self._tokens_at = 0.0, now
+        return smaller
 
     # ------------------------------------------------------------------ waiting
 

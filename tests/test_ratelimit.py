@@ -121,6 +121,83 @@ async def test_a_429_after_a_burst_halves_the_bursts_and_paces_the_rest() -> Non
     assert sent[-1] - throttled_at >= 9.0
 
 
+async def wave_then_burst_then_429(clock: VirtualClock) -> RequestBudget:
+    """A wave's 20 submissions over 10 s, 15 polls at once at 50 s, and a 429 to them."""
+    budget = RequestBudget(120, clock, seed=3)
+    for _ in range(20):
+        await budget.acquire("submit")
+        await clock.sleep(0.5)
+    await clock.sleep(40.0)
+    for _ in range(15):
+        await budget.acquire("poll")
+    budget.on_throttled(None)
+    return budget
+
+
+async def test_a_429_after_a_burst_is_answered_by_a_smaller_burst_not_a_hold() -> None:
+    """A 429 to a burst of polls, as a bucket's server sends: the next request goes after
+    the pause, not when the wave's submissions start leaving the minute (a bucket takes
+    requests again at once, while the wave's songs finish)."""
+    async with VirtualClock() as clock:
+        budget = await wave_then_burst_then_429(clock)
+        assert budget.burst < 120
+        assert budget.minute_limit == 120
+        paused_until = budget.paused_until
+        await budget.acquire("poll")
+        # Held at 90 % of the 35 counted, it would wait for the fourth submission to
+        # leave the minute: until 61.75 s, about 10 s after the pause.
+        assert clock.now() - paused_until < 2.0
+
+
+async def test_refused_again_after_that_pause_the_minute_is_held_after_all() -> None:
+    """The first request after that pause refused too, as a server counting a minute does
+    (a bucket would have refilled): the minute is held at 90 % of the 429's count until
+    room appears, without halving the rate again, and refusals of requests still on their
+    way belong to that episode (not a storm that would undo the hold)."""
+    async with VirtualClock() as clock:
+        budget = await wave_then_burst_then_429(clock)
+        rate = budget.effective_rate
+        await clock.sleep(budget.paused_until - clock.now())
+        await budget.acquire("poll")
+        budget.on_throttled(None)
+        assert budget.minute_limit == pytest.approx(0.9 * 35)
+        assert budget.effective_rate == rate
+        # Nothing goes until the fourth submission (sent at 1.5 s) leaves the minute.
+        assert budget.paused_until >= 1.5 + 60.25
+        budget.on_throttled(None)  # a second request's refusal, on its way meanwhile
+        assert budget.minute_limit == pytest.approx(0.9 * 35)
+        assert budget.effective_rate == rate
+        await budget.acquire("poll")
+        assert clock.now() >= 1.5 + 60.25
+
+
+async def test_a_retry_after_on_that_refusal_is_honoured() -> None:
+    """Refused again after that pause with a Retry-After of 30 s: the next request waits
+    the 30 s the server asked for."""
+    async with VirtualClock() as clock:
+        budget = await wave_then_burst_then_429(clock)
+        await clock.sleep(budget.paused_until - clock.now())
+        await budget.acquire("poll")
+        refused_at = clock.now()
+        budget.on_throttled(30.0)
+        await budget.acquire("poll")
+        assert clock.now() >= refused_at + 30.0
+
+
+async def test_a_deferred_hold_does_not_outlive_its_pause() -> None:
+    """No request after that pause (the batch ended), then a 429 five minutes later: it is
+    an episode of its own, not the old 429's minute held at its old count."""
+    async with VirtualClock() as clock:
+        budget = await wave_then_burst_then_429(clock)
+        await clock.sleep(300.0)
+        await budget.acquire("poll")
+        refused_at = clock.now()
+        budget.on_throttled(None)
+        assert budget.minute_limit == 120
+        await budget.acquire("poll")
+        assert clock.now() - refused_at < 10.0
+
+
 async def test_a_halved_rate_does_not_stall_a_full_minute() -> None:
     """100 requests, then a 429: the next request waits seconds, not until the minute rolls."""
     async with VirtualClock() as clock:
