@@ -31,7 +31,7 @@ async def small_burst_budget(clock: VirtualClock) -> RequestBudget:
     return budget
 
 
-def test_a_minute_s_burst_lets_a_whole_wave_of_songs_go_at_once() -> None:
+async def test_a_minute_s_burst_lets_a_whole_wave_of_songs_go_at_once() -> None:
     """With a minute's burst (120 requests, 5 a song), 24 songs may be submitted at one
     instant, and the 25th waits for one song's worth of the rate (2.5 s)."""
     budget = RequestBudget(120, VirtualClock())
@@ -90,7 +90,7 @@ async def test_a_song_s_cost_is_learned_from_the_songs_that_ended() -> None:
     assert steady_spacing(pace, budget, 0.0) == pytest.approx(expected)
 
 
-def test_a_song_never_counts_as_costing_less_than_its_submission() -> None:
+async def test_a_song_never_counts_as_costing_less_than_its_submission() -> None:
     """A song that ended before any request (0 reported) counts as one request, so the
     pace never runs ahead of the submissions themselves."""
     pace = SubmissionPace(slots=1)
@@ -112,7 +112,7 @@ async def test_songs_never_go_slower_than_the_slots_free_up() -> None:
     assert steady_spacing(pace, budget, 0.0) == pytest.approx(pace.time_in_flight / 20)
 
 
-def test_a_batch_needs_a_slot() -> None:
+async def test_a_batch_needs_a_slot() -> None:
     """A pace for no slots at all is refused, naming the argument."""
     with pytest.raises(ValueError, match="slots"):
         SubmissionPace(slots=0)
