@@ -74,6 +74,8 @@ LADDER_STEPS = 3
 #: a much faster service, this one whether songs finish just below the plan's start (where
 #: the start is decided), a few schedule spacings down.
 NEAR_RUNG = 0.1
+#: The request budget's window (seconds): the API counts requests per minute, in any minute.
+WINDOW = 60.0
 #: The widest spread of songs' phases, in log time (polls move by up to 7 % either way): a
 #: phase moves a song's whole chain, so at the coarse shares of a tight budget half a
 #: spacing later would leave the shortest songs a spacing and a half late.
@@ -203,30 +205,77 @@ def _cheapest(snapshot: Snapshot, share: float, explore: float) -> tuple[float, 
     return best
 
 
-def _fits(snapshot: Snapshot, polls: float, times: list[float], rate: float) -> bool:
+def _busiest_window(snapshot: Snapshot, times: list[float]) -> float:
+    """The expected requests of one song's slot in its busiest ``WINDOW``: the song's polls
+    on ``times`` (each made while it was still running at the poll before), and one
+    submission (the song's own, or the next one in its slot, once the song is seen
+    finished)."""
+    requests: list[tuple[float, float]] = []
+    running = 1.0  # the first poll is always made
+    for t in times:
+        if running < NEGLIGIBLE:
+            break
+        requests.append((t, running))
+        running = 1.0 - snapshot.done_by(t)
+    busiest, load, first = 0.0, 0.0, 0
+    for t, weight in requests:
+        load += weight
+        while requests[first][0] <= t - WINDOW:
+            load -= requests[first][1]
+            first += 1
+        busiest = max(busiest, load)
+    return 1.0 + busiest
+
+
+def _fits(snapshot: Snapshot, polls: float, times: list[float], rate: float, peak: float) -> bool:
     """Whether ``rate`` (requests per second per song in flight) pays for a submission and
-    ``polls`` polls per song over the time songs spend in flight on ``times``."""
-    return rate == math.inf or 1.0 + polls <= rate * _time_in_flight(snapshot, times)
+    ``polls`` polls per song over the time songs spend in flight on ``times`` (Little's
+    law), and ``peak`` (requests per song in any ``WINDOW``) for the requests of a song's
+    busiest window: songs in flight move together (a batch's first wave, songs refilled
+    after a stall), and then their busiest windows coincide, whatever the average."""
+    if rate == math.inf:
+        return True
+    if 1.0 + polls > rate * _time_in_flight(snapshot, times):
+        return False
+    return peak == math.inf or _busiest_window(snapshot, times) <= peak
 
 
 @functools.lru_cache(maxsize=64)
-def plan(snapshot: Snapshot, rate: float, target: float) -> Schedule:
+def plan(snapshot: Snapshot, rate: float, target: float, peak: float = math.inf) -> Schedule:
     """The schedule with the smallest lag share, no smaller than ``target``, that ``rate``
-    pays for (see :func:`_fits`; ``inf``: no budget), or the cheapest schedule, when none
-    fits."""
+    and ``peak`` pay for (see :func:`_fits`; ``inf``: no budget), or the cheapest
+    schedule, when none fits.
+
+    A schedule that fits the busiest window is preferred. When none does (a budget so
+    tight that even songs moving together could not all be polled once a window), the
+    average alone decides: songs rarely move together all the time, and the budget's
+    queue takes the likeliest polls first when they do."""
     explore = _explore_share(snapshot)
+    for limit in dict.fromkeys((peak, math.inf)):  # the busiest window's, then none
+        found = _finest(snapshot, rate, target, explore, limit)
+        if found is not None:
+            return found
+    polls, times = _cheapest(snapshot, MAX_SHARE, explore)
+    return Schedule(tuple(times), MAX_SHARE, polls, explore)
+
+
+def _finest(
+    snapshot: Snapshot, rate: float, target: float, explore: float, peak: float
+) -> Schedule | None:
+    """The finest share (down to ``target``) that fits, by bisection; None when even the
+    coarsest does not."""
     polls, times = _cheapest(snapshot, target, explore)
-    if _fits(snapshot, polls, times, rate):
+    if _fits(snapshot, polls, times, rate, peak):
         return Schedule(tuple(times), target, polls, explore)
     polls, times = _cheapest(snapshot, MAX_SHARE, explore)
-    if not _fits(snapshot, polls, times, rate):
-        return Schedule(tuple(times), MAX_SHARE, polls, explore)
+    if not _fits(snapshot, polls, times, rate, peak):
+        return None
     fits = (MAX_SHARE, polls, times)
     low, high = math.log(target), math.log(MAX_SHARE)
     for _ in range(SEARCH_STEPS):
         middle = (low + high) / 2
         polls, times = _cheapest(snapshot, math.exp(middle), explore)
-        if _fits(snapshot, polls, times, rate):
+        if _fits(snapshot, polls, times, rate, peak):
             fits, high = (math.exp(middle), polls, times), middle
         else:
             low = middle

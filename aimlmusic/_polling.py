@@ -26,7 +26,7 @@ import attrs
 from . import _limits
 from ._estimator import CompletionEstimator, Snapshot
 from ._models import GenerationStatus
-from ._planner import MIN_GAP, Schedule, plan
+from ._planner import MIN_GAP, WINDOW, Schedule, plan
 
 __all__ = [
     "ExponentialBackoff",
@@ -260,12 +260,15 @@ class LearnedPolling:
     def schedule(self, budget_rate: float = 0.0, in_flight: int = 0) -> Schedule:
         """The schedule for songs of a client with this budget rate and songs in flight
         (0: unknown, no budget limit)."""
-        rate = math.inf
+        rate = peak = math.inf
         if 0 < budget_rate < math.inf and in_flight > 0:
             # Requests per second each song in flight may spend.
             rate = self.headroom * budget_rate / 60.0 / in_flight
             rate = _RATE_STEP ** math.floor(math.log(rate, _RATE_STEP))
-        return plan(self._estimator.snapshot, rate, self.lag_target)
+            # At most a window's share of the whole budget, in any window: the headroom is
+            # for the average, where completions bunch; a song's busiest window is that bunch.
+            peak = rate / self.headroom * WINDOW
+        return plan(self._estimator.snapshot, rate, self.lag_target, peak)
 
     def next_delay(self, state: PollState) -> float:
         """Seconds until the schedule's next poll after the last one that saw the song
@@ -292,12 +295,16 @@ class LearnedPolling:
 
     def observe_running(self, song: str, reference_at: float, seen_at: float) -> None:
         """Teach the estimator that ``song`` was running ``seen_at - reference_at`` in."""
-        self._estimator.observe_running(song, max(0.0, seen_at - reference_at), at=seen_at)
+        self._estimator.observe_running(
+            song, max(0.0, seen_at - reference_at), at=seen_at, since=reference_at
+        )
 
     def observe_finished(self, song: str, reference_at: float, after: float, by: float) -> None:
         """Teach the estimator that ``song`` finished in ``(after, by]``."""
         start = max(0.0, after - reference_at)
-        self._estimator.observe_finished(song, start, max(start, by - reference_at), at=by)
+        self._estimator.observe_finished(
+            song, start, max(start, by - reference_at), at=by, since=reference_at
+        )
 
     def forget(self, song: str) -> None:
         """Stop counting ``song`` as running."""

@@ -22,7 +22,9 @@ from aimlmusic._planner import (
     MAX_SHARE,
     MIN_GAP,
     PHASE_SPAN,
+    WINDOW,
     Schedule,
+    _busiest_window,
     _time_in_flight,
     plan,
 )
@@ -117,6 +119,27 @@ def test_when_nothing_fits_it_takes_the_cheapest_schedule() -> None:
     schedule = plan(DOCUMENTED, DEFAULT_RATE / 10, 0.025)
     assert schedule.share == MAX_SHARE
     assert schedule.polls < 1.2
+
+
+def test_songs_longer_than_the_window_are_not_polled_past_it_when_they_move_together() -> None:
+    """On 70-110 s songs, the average alone pays for about 7 polls a song, 8 requests within
+    one minute; with the budget's whole minute per song (``peak``: 6), the schedule's
+    busiest minute fits it, at a coarser share."""
+    slow = learned(70.0, 110.0)
+    peak = DEFAULT_RATE / 0.9 * WINDOW  # a song's share of the budget's whole minute
+    average = plan(slow, DEFAULT_RATE, 0.025)
+    windowed = plan(slow, DEFAULT_RATE, 0.025, peak)
+    assert _busiest_window(slow, list(average.times)) > peak + 1.5
+    assert _busiest_window(slow, list(windowed.times)) <= peak
+    assert windowed.share > average.share
+    assert fits(slow, windowed, DEFAULT_RATE)
+
+
+def test_when_no_schedule_fits_the_window_the_average_decides() -> None:
+    """A minute's share below a submission and a poll fits no schedule: the plan is then
+    the one the average rate pays for, not the coarsest there is."""
+    assert plan(DOCUMENTED, DEFAULT_RATE, 0.025, 1.5) == plan(DOCUMENTED, DEFAULT_RATE, 0.025)
+    assert plan(DOCUMENTED, DEFAULT_RATE, 0.025, 1.5).share < MAX_SHARE
 
 
 def test_more_songs_explore_while_the_estimate_rests_on_few_songs() -> None:
