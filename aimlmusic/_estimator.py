@@ -38,6 +38,7 @@ from typing import Any
 import attrs
 
 from . import _limits
+from ._change import logrank_score, strongest_split
 
 __all__ = ["ESTIMATE_FORMAT", "CompletionEstimator", "Snapshot"]
 
@@ -78,6 +79,14 @@ SURPRISE = 0.5
 #: Songs' worth of data (a wave) below which every completed song refits: learning fast
 #: matters most at first.
 FIRST_SONGS = 20.0
+#: Songs (by when their clocks started) tested against the older ones for a change of pace:
+#: a wave, so that a change is seen within one.
+RECENT_SONGS = 5
+#: Older songs seen finished before a test is made: fewer say too little about the old pace.
+OLDER_SONGS = 10
+#: The log-rank statistic (standard normal when nothing changed) past which the older songs
+#: are dropped: one test in about 16,000 errs while the service is steady.
+CHANGE_Z = 5.0
 #: The version of the exported estimate's layout (``export``/``adopt``): an estimate of
 #: another version, or on another grid, is refused rather than misread.
 ESTIMATE_FORMAT = 1
@@ -172,6 +181,12 @@ class _Interval:
     hi_share: float
     after: float  # the observation itself, in seconds: ``T`` in ``(after, by]``
     by: float
+    since: float = math.nan  # the clock time of the song's reference (NaN: not given)
+
+    def score(self, snapshot: Snapshot) -> float:
+        """This observation's log-rank score under ``snapshot`` (see :mod:`._change`)."""
+        survival_by = None if self.by == math.inf else 1.0 - snapshot.done_by(self.by)
+        return logrank_score(1.0 - snapshot.done_by(self.after), survival_by)
 
 
 def _bin_of(t: float) -> int:
@@ -206,6 +221,10 @@ def _interval(after: float, by: float) -> _Interval:
     if hi == lo:
         return _Interval(lo, hi, max(hi_at - lo_at, 1e-9), 0.0, after, by)
     return _Interval(lo, hi, 1.0 - lo_at, hi_at, after, by)
+
+
+def _with_since(interval: _Interval, since: float | None) -> _Interval:
+    return interval if since is None else attrs.evolve(interval, since=float(since))
 
 
 def _support(intervals: Iterable[_Interval]) -> list[bool]:
@@ -273,9 +292,13 @@ class CompletionEstimator:
         self._floor = _log_uniform()
         self._completed: deque[_Interval] = deque(maxlen=MAX_COMPLETED)
         self._running: dict[str, _Interval] = {}
+        self._finished = 0  # songs seen finished, ever: what ages the prior
+        self._changes = 0  # changes of pace found (older songs dropped)
+        self._tested_from = -math.inf  # songs referenced earlier are not tested (eviction)
         self._fitted_at = -math.inf
         self._versions = itertools.count()
         self._mass = self._prior_mass()
+        self._pooled = self._mass  # the same estimate, every song weighing alike (_change)
         self._snapshot = self._publish(0.0)
 
     def _prior_mass(self) -> list[float]:
@@ -321,7 +344,7 @@ class CompletionEstimator:
         self._prior = [m / total for m in mass]
         self._prior_songs = min(songs, ADOPTED_SONGS)
         self._adopted = True
-        self._mass = self._prior_mass()
+        self._mass = self._pooled = self._prior_mass()
         self._snapshot = self._publish(self._snapshot.songs)
         return True
 
@@ -329,28 +352,44 @@ class CompletionEstimator:
         """What an adopted estimate still weighs (0 with the documented prior)."""
         if not self._adopted:
             return 0.0
-        return self._prior_songs * math.exp(-len(self._completed) / MEMORY)
+        return self._prior_songs * math.exp(-self._finished / MEMORY)
 
     # ------------------------------------------------------------------ observing
 
     def observe_finished(
-        self, song: str, after: float, by: float, *, at: float | None = None
+        self,
+        song: str,
+        after: float,
+        by: float,
+        *,
+        at: float | None = None,
+        since: float | None = None,
     ) -> None:
         """Song ``song`` finished ``(after, by]`` seconds after its reference; ``at`` is the
-        clock time of the observation, which paces refits (``None``: refit now)."""
+        clock time of the observation, which paces refits (``None``: refit now), and
+        ``since`` that of the reference, which orders songs for the change test (``None``:
+        the song is not tested)."""
         if not 0 <= after <= by < math.inf:
             raise ValueError(f"need 0 <= after <= by < inf, got {after!r} and {by!r}")
         self._running.pop(song, None)
-        self._completed.append(_interval(after, by))
+        if len(self._completed) == MAX_COMPLETED:
+            # Songs that finished before this one leaves are gone, and songs that began
+            # with them but finished later are not: only later ones are a fair sample.
+            oldest = self._completed[0]
+            self._tested_from = max(self._tested_from, oldest.since + oldest.by)
+        self._completed.append(_with_since(_interval(after, by), since))
+        self._finished += 1
         if self._snapshot.songs < FIRST_SONGS or self._due(at):
             self._refit(at)
 
-    def observe_running(self, song: str, seen: float, *, at: float | None = None) -> None:
-        """Song ``song`` was still running ``seen`` seconds after its reference (``at``: as
-        for :meth:`observe_finished`)."""
+    def observe_running(
+        self, song: str, seen: float, *, at: float | None = None, since: float | None = None
+    ) -> None:
+        """Song ``song`` was still running ``seen`` seconds after its reference (``at`` and
+        ``since``: as for :meth:`observe_finished`)."""
         if not 0 <= seen < math.inf:
             raise ValueError(f"need 0 <= seen < inf, got {seen!r}")
-        self._running[song] = _interval(seen, math.inf)
+        self._running[song] = _with_since(_interval(seen, math.inf), since)
         if self._snapshot.done_by(seen) >= SURPRISE or self._due(at):
             self._refit(at)
 
@@ -374,6 +413,11 @@ class CompletionEstimator:
         """Songs currently counted as still running."""
         return len(self._running)
 
+    @property
+    def changes(self) -> int:
+        """Changes of pace found so far (each time, the songs before it were dropped)."""
+        return self._changes
+
     def __repr__(self) -> str:
         snap = self._snapshot
         return (
@@ -383,9 +427,37 @@ class CompletionEstimator:
 
     # ------------------------------------------------------------------ fitting
 
+    def _drop_if_changed(self) -> None:
+        """Drop the songs seen finished before the latest ones (by reference) if those take
+        clearly longer or shorter than the older ones (see :mod:`aimlmusic._change`): they
+        describe a service that is no more.
+
+        The songs are scored under an estimate that weighs them all alike (the pooled one
+        the test assumes), kept beside the published one and refitted with it: under the
+        published estimate, which leans to recent songs, the older ones would look changed
+        whenever recent ones strayed a little."""
+        everyone = [*self._completed, *self._running.values()]
+        self._pooled = self._fit(self._pooled, [(interval, 1.0) for interval in everyone])
+        tested = (i for i in everyone if i.since >= self._tested_from)  # NaN: never
+        songs = sorted(tested, key=lambda interval: interval.since)
+        # The older songs must include OLDER_SONGS seen finished, the recent RECENT_SONGS.
+        finished = list(itertools.accumulate(interval.by < math.inf for interval in songs))
+        first = bisect.bisect_left(finished, OLDER_SONGS) + 1
+        pooled = _cdf_of(self._pooled)
+        split, z = strongest_split(
+            [interval.score(pooled) for interval in songs], first, len(songs) - RECENT_SONGS
+        )
+        if abs(z) < CHANGE_Z:
+            return
+        cutoff = songs[split].since
+        kept = [interval for interval in self._completed if not interval.since < cutoff]
+        self._completed = deque(kept, maxlen=MAX_COMPLETED)
+        self._changes += 1
+
     def _refit(self, at: float | None) -> None:
         if at is not None:
             self._fitted_at = at
+        self._drop_if_changed()
         keep = 1.0 - 1.0 / MEMORY
         completed = len(self._completed)
         weighted = [
@@ -393,9 +465,15 @@ class CompletionEstimator:
             for index, interval in enumerate(self._completed)
         ]
         weighted += [(interval, 1.0) for interval in self._running.values()]
+        self._mass = self._fit(self._mass, weighted)
+        self._snapshot = self._publish(sum(weight for _, weight in weighted))
+
+    def _fit(self, mass: list[float], weighted: list[tuple[_Interval, float]]) -> list[float]:
+        """``SWEEPS`` of EM from ``mass`` on the ``weighted`` observations and the
+        pseudo-observations (the prior, as aged, and the floor)."""
         # An adopted estimate summarises real songs: it ages as they do, not as the prior.
         memory = MEMORY if self._adopted else PRIOR_MEMORY
-        prior_weight = self._prior_songs * math.exp(-completed / memory)
+        prior_weight = self._prior_songs * math.exp(-self._finished / memory)
         # Mass stays where the data can put it (and where the prior does); the floor is
         # spread over those bins, so that EM can move mass into any of them.
         support = _support(interval for interval, _ in weighted)
@@ -407,18 +485,21 @@ class CompletionEstimator:
             for p, f in zip(self._prior, floor, strict=True)
         ]
         total = sum(pseudo) + sum(weight for _, weight in weighted)
-        mass = self._mass
         for _ in range(SWEEPS):
             mass = _sweep(mass, weighted, pseudo, total, support)
-        self._mass = mass
-        self._snapshot = self._publish(sum(weight for _, weight in weighted))
+        return mass
 
     def _publish(self, songs: float) -> Snapshot:
-        cdf = [0.0, *itertools.accumulate(self._mass)]
-        # Bin k ends at EDGES[k + 1]; the open bin's mass never reaches a finite edge.
-        done = tuple(min(1.0, value) for value in cdf[:BINS])
         evidence = songs + self._adopted_weight()
-        return Snapshot(version=next(self._versions), cdf=done, songs=songs, evidence=evidence)
+        cdf = _cdf_of(self._mass).cdf
+        return Snapshot(version=next(self._versions), cdf=cdf, songs=songs, evidence=evidence)
+
+
+def _cdf_of(mass: list[float]) -> Snapshot:
+    """The distribution of bin masses ``mass``, to read (its version and songs are 0)."""
+    cdf = [0.0, *itertools.accumulate(mass)]
+    # Bin k ends at EDGES[k + 1]; the open bin's mass never reaches a finite edge.
+    return Snapshot(version=0, cdf=tuple(min(1.0, value) for value in cdf[:BINS]), songs=0.0)
 
 
 def _sweep(

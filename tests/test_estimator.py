@@ -31,15 +31,18 @@ def inspect(
     polls: list[float],
     *,
     start: float = 0.0,
+    ordered: bool = False,
 ) -> None:
     """Report one song submitted at clock time ``start`` and finishing ``duration`` s in,
-    polled at ``polls`` (sorted, seconds after its submission)."""
+    polled at ``polls`` (sorted, seconds after its submission); ``ordered``: with its
+    submission time, which the change test orders songs by."""
     after = 0.0
+    since = start if ordered else None
     for t in polls:
         if t >= duration:
-            estimator.observe_finished(song, after, t, at=start + t)
+            estimator.observe_finished(song, after, t, at=start + t, since=since)
             return
-        estimator.observe_running(song, t, at=start + t)
+        estimator.observe_running(song, t, at=start + t, since=since)
         after = t
     estimator.forget(song)
 
@@ -116,6 +119,71 @@ def test_it_follows_a_service_that_slows_down_within_a_wave_or_two() -> None:
             start=n * 3.0,
         )
     assert 80.0 < estimator.snapshot.quantile(0.5) < 100.0
+
+
+def wave_after_wave(
+    estimator: CompletionEstimator,
+    laws: list[tuple[int, tuple[float, float]]],
+    *,
+    seed: int = 4,
+    ordered: bool = True,
+) -> None:
+    """Songs of each ``(count, (low, high))`` in turn, 20 in flight (a song submitted
+    every twentieth of a song's mean time), each polled 3 % apart from 20 s; what the polls
+    see is reported in the order it is seen, as the scheduler reports it."""
+    rng = random.Random(seed)
+    seen: list[tuple[float, int, float, float, bool]] = []  # (clock, song, after, by, done)
+    start, n = 0.0, 0
+    for count, (low, high) in laws:
+        for _ in range(count):
+            duration, after = rng.uniform(low, high), 0.0
+            for t in geometric_polls(20.0, 1.03, rng.random()):
+                seen.append((start + t, n, after, t, t >= duration))
+                if t >= duration:
+                    break
+                after = t
+            start += (low + high) / 2 / 20
+            n += 1
+    starts = {}
+    for clock, song, after, by, done in sorted(seen):
+        since = clock - by
+        starts.setdefault(song, since)
+        reference = starts[song] if ordered else None
+        if done:
+            estimator.observe_finished(str(song), after, by, at=clock, since=reference)
+        else:
+            estimator.observe_running(str(song), by, at=clock, since=reference)
+
+
+def test_a_service_that_slows_down_at_once_loses_its_old_pace_within_a_wave() -> None:
+    """200 songs of 35-45 s, then 20 of 80-100 s: the older songs are dropped, so next to
+    none are expected before 60 s (forgetting alone leaves most of them there)."""
+    changed, forgetting = CompletionEstimator(), CompletionEstimator()
+    laws = [(200, (35.0, 45.0)), (20, (80.0, 100.0))]
+    wave_after_wave(changed, laws)
+    wave_after_wave(forgetting, laws, ordered=False)
+    assert changed.changes == 1
+    assert changed.snapshot.done_by(60.0) < 0.03
+    assert forgetting.changes == 0
+    assert forgetting.snapshot.done_by(60.0) > 0.3
+
+
+def test_a_service_that_speeds_up_at_once_is_followed_too() -> None:
+    """100 songs of 80-100 s, then 40 of 35-45 s: the older songs are dropped and half the
+    songs are expected done by 50 s."""
+    estimator = CompletionEstimator()
+    wave_after_wave(estimator, [(100, (80.0, 100.0)), (40, (35.0, 45.0))])
+    assert estimator.changes == 1
+    assert estimator.snapshot.quantile(0.5) < 50.0
+
+
+@pytest.mark.parametrize("law", [(50.0, 60.0), (20.0, 40.0), (30.0, 120.0)])
+def test_a_steady_service_keeps_its_songs(law: tuple[float, float]) -> None:
+    """400 songs of one law, in four seeds: no change of pace is ever found."""
+    for seed in range(4):
+        estimator = CompletionEstimator()
+        wave_after_wave(estimator, [(400, law)], seed=seed)
+        assert estimator.changes == 0
 
 
 def test_no_song_is_put_earlier_than_the_innermost_intervals_allow() -> None:

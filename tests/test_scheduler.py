@@ -15,6 +15,7 @@ import gc
 import itertools
 import logging
 import math
+import random
 import statistics
 import tracemalloc
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -916,6 +917,23 @@ async def test_end_to_end_after_small_bursts_are_learned_later_waves_are_spread_
     jobs = sorted(emulator.jobs.values(), key=lambda job: job.submitted_at)
     assert lag_share_p95(jobs[client.limits.max_in_flight :]) <= 0.065
     assert emulator.stats().duplicate_submissions == 0
+
+
+async def test_end_to_end_a_service_that_slows_down_at_once_is_followed_within_a_wave() -> None:
+    """Songs taking 35-45 s, then from the 61st 80-100 s: the songs submitted a wave (20)
+    after the change are noticed within 6 % of their duration at p95 (measured 2.7 %;
+    without the change-of-pace test 14.4 %, without the cap on a minute's polls 13 %)."""
+    drawn = itertools.count()
+
+    def durations(rng: random.Random) -> float:
+        return rng.uniform(35, 45) if next(drawn) < 60 else rng.uniform(80, 100)
+
+    clock, emulator, client = emulated(
+        EmulatorConfig(seed=2, durations=durations), poll=LearnedPolling()
+    )
+    await land_all(clock, client, 140)
+    jobs = sorted(emulator.jobs.values(), key=lambda job: job.submitted_at)
+    assert lag_share_p95(jobs[60 + client.limits.max_in_flight :]) <= 0.06
 
 
 async def test_end_to_end_a_server_counting_fewer_a_minute_than_configured_is_learned() -> None:
