@@ -921,15 +921,15 @@ async def test_end_to_end_after_small_bursts_are_learned_later_waves_are_spread_
 
 async def test_end_to_end_a_service_that_slows_down_at_once_is_followed_within_a_wave() -> None:
     """Songs taking 35-45 s, then from the 61st 80-100 s: the songs submitted a wave (20)
-    after the change are noticed within 6 % of their duration at p95 (measured 2.7 %;
-    without the change-of-pace test 14.4 %, without the cap on a minute's polls 13 %)."""
+    after the change are noticed within 6 % of their duration at p95 (measured 3.3 %;
+    without the change-of-pace test 14.9 %, without the cap on a minute's polls 29.7 %)."""
     drawn = itertools.count()
 
     def durations(rng: random.Random) -> float:
         return rng.uniform(35, 45) if next(drawn) < 60 else rng.uniform(80, 100)
 
     clock, emulator, client = emulated(
-        EmulatorConfig(seed=2, durations=durations), poll=LearnedPolling()
+        EmulatorConfig(seed=6, durations=durations), poll=LearnedPolling()
     )
     await land_all(clock, client, 140)
     jobs = sorted(emulator.jobs.values(), key=lambda job: job.submitted_at)
