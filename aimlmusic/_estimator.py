@@ -195,6 +195,14 @@ class _Interval:
         return logrank_score(1.0 - snapshot.done_by(self.after), survival_by)
 
 
+@attrs.frozen
+class _Pseudo:
+    """What a fit adds to the observations: the bins mass may go in, and pseudo-counts."""
+
+    support: list[bool]
+    counts: list[float]
+
+
 def _bin_of(t: float) -> int:
     """The bin holding ``t`` (> 0), in O(1) from the grid's geometry."""
     if t <= GRID_START:
@@ -438,7 +446,7 @@ class CompletionEstimator:
 
     # ------------------------------------------------------------------ fitting
 
-    def _drop_if_changed(self) -> None:
+    def _drop_if_changed(self, everyone: list[_Interval], pseudo: _Pseudo) -> bool:
         """Drop the songs seen finished before the latest ones (by reference) if those take
         clearly longer or shorter than the older ones (see :mod:`aimlmusic._change`): they
         describe a service that is no more.
@@ -446,9 +454,9 @@ class CompletionEstimator:
         The songs are scored under an estimate that weighs them all alike (the pooled one
         the test assumes), kept beside the published one and refitted with it: under the
         published estimate, which leans to recent songs, the older ones would look changed
-        whenever recent ones strayed a little."""
-        everyone = [*self._completed, *self._running.values()]
-        self._pooled = self._fit(self._pooled, [(interval, 1.0) for interval in everyone])
+        whenever recent ones strayed a little. True when songs were dropped."""
+        unweighted = [(interval, 1.0) for interval in everyone]
+        self._pooled = self._fit(self._pooled, unweighted, pseudo)
         pooled = _cdf_of(self._pooled)
         # A song still running where next to none have finished says nothing (it scores
         # about 0), and many such songs (a batch's first moments, thousands in flight) would
@@ -461,7 +469,7 @@ class CompletionEstimator:
         ]
         songs = sorted(tested, key=lambda interval: interval.since)
         if not songs:
-            return
+            return False
         # The older songs must include OLDER_SONGS seen finished, the recent RECENT_SONGS.
         finished = list(itertools.accumulate(interval.by < math.inf for interval in songs))
         first = bisect.bisect_left(finished, OLDER_SONGS) + 1
@@ -469,7 +477,7 @@ class CompletionEstimator:
             [interval.score(pooled) for interval in songs], first, len(songs) - RECENT_SONGS
         )
         if abs(z) < CHANGE_Z:
-            return
+            return False
         cutoff = songs[split].since
         kept = [interval for interval in self._completed if interval.since >= cutoff]
         self._completed = deque(kept, maxlen=MAX_COMPLETED)
@@ -477,11 +485,17 @@ class CompletionEstimator:
         # (the others were dropped): they stay in the estimate but not in the test.
         self._tested_from = max(self._tested_from, cutoff)
         self._changes += 1
+        return True
 
     def _refit(self, at: float | None) -> None:
         if at is not None:
             self._fitted_at = at
-        self._drop_if_changed()
+        # The pseudo-counts depend on which songs there are, not on their weights: the
+        # change test's pooled fit and the published one share them, unless songs dropped.
+        everyone = [*self._completed, *self._running.values()]
+        pseudo = self._pseudo_counts(everyone)
+        if self._drop_if_changed(everyone, pseudo):
+            pseudo = self._pseudo_counts([*self._completed, *self._running.values()])
         keep = 1.0 - 1.0 / MEMORY
         completed = len(self._completed)
         weighted = [
@@ -489,18 +503,18 @@ class CompletionEstimator:
             for index, interval in enumerate(self._completed)
         ]
         weighted += [(interval, 1.0) for interval in self._running.values()]
-        self._mass = self._fit(self._mass, weighted)
+        self._mass = self._fit(self._mass, weighted, pseudo)
         self._snapshot = self._publish(sum(weight for _, weight in weighted))
 
-    def _fit(self, mass: list[float], weighted: list[tuple[_Interval, float]]) -> list[float]:
-        """``SWEEPS`` of EM from ``mass`` on the ``weighted`` observations and the
-        pseudo-observations (the prior, as aged, and the floor)."""
+    def _pseudo_counts(self, intervals: list[_Interval]) -> _Pseudo:
+        """The bins ``intervals`` let the estimate put mass in, and the pseudo-observations
+        (the prior, as aged, and the floor over those bins)."""
         # An adopted estimate summarises real songs: it ages as they do, not as the prior.
         memory = MEMORY if self._adopted else PRIOR_MEMORY
         prior_weight = self._prior_songs * math.exp(-self._finished / memory)
         # Mass stays where the data can put it (and where the prior does); the floor is
         # spread over those bins, so that EM can move mass into any of them.
-        support = _support(interval for interval, _ in weighted)
+        support = _support(intervals)
         support = [inside or p > 0 for inside, p in zip(support, self._prior, strict=True)]
         floor = [f if inside else 0.0 for f, inside in zip(self._floor, support, strict=True)]
         floor_total = sum(floor) or 1.0  # no floor bin in the support: no floor
@@ -508,9 +522,16 @@ class CompletionEstimator:
             prior_weight * p + FLOOR_SONGS * f / floor_total
             for p, f in zip(self._prior, floor, strict=True)
         ]
-        total = sum(pseudo) + sum(weight for _, weight in weighted)
+        return _Pseudo(support, pseudo)
+
+    @staticmethod
+    def _fit(
+        mass: list[float], weighted: list[tuple[_Interval, float]], pseudo: _Pseudo
+    ) -> list[float]:
+        """``SWEEPS`` of EM from ``mass`` on the ``weighted`` observations and ``pseudo``."""
+        total = sum(pseudo.counts) + sum(weight for _, weight in weighted)
         for _ in range(SWEEPS):
-            mass = _sweep(mass, weighted, pseudo, total, support)
+            mass = _sweep(mass, weighted, pseudo.counts, total, pseudo.support)
         return mass
 
     def _publish(self, songs: float) -> Snapshot:
