@@ -18,7 +18,10 @@ that never ages, so no duration is ever ruled out for good (EM cannot revive a b
 Observations are weighted by exponential forgetting in completed songs, so the estimate
 follows a service that drifts within about one wave of songs. Mass is kept on the bins of
 Turnbull's innermost intervals (the only places the likelihood can want it) and a little
-below them; the smoothing (EMS) shapes the estimate within them, never outside.
+below them; the smoothing (EMS) shapes the estimate within them, never outside. Below the
+earliest song seen done, where the likelihood cannot tell where songs finished, the density
+seen above goes on, falling geometrically (``_tail``): songs found done at their first poll
+are not all put just below it.
 
 Each fit is a few EM sweeps warm-started from the last one, run when an observation arrives
 (never when the estimate is read), and published as an immutable :class:`Snapshot` whose
@@ -68,6 +71,9 @@ SMOOTHING = 0.02
 #: found done at their first poll land just below the latest song seen running, an edge the
 #: polls set rather than the songs, and the slack lets the estimate (so the polls) go lower.
 SUPPORT_SLACK = 7
+#: Bins (23 %) above the earliest song seen done whose mean density the tail below it
+#: continues: about a poll spacing, so one poll's bunch of songs does not set it alone.
+TAIL_WINDOW = 7
 #: A refit (a few milliseconds, and a new plan for every song in flight) is due when an
 #: observation comes this many API seconds after the last refit: a third of a song's time at
 #: the documented pace (refitting at every song replans in flight songs to and fro)...
@@ -201,6 +207,7 @@ class _Pseudo:
 
     support: list[bool]
     counts: list[float]
+    resolved: int = 0  # the bin of the earliest song seen done (see _tail)
 
 
 def _bin_of(t: float) -> int:
@@ -522,7 +529,9 @@ class CompletionEstimator:
             prior_weight * p + FLOOR_SONGS * f / floor_total
             for p, f in zip(self._prior, floor, strict=True)
         ]
-        return _Pseudo(support, pseudo)
+        # Where the data begin to say when songs finish: the earliest song seen done.
+        seen_done = (interval.hi for interval in intervals if interval.by < math.inf)
+        return _Pseudo(support, pseudo, min(seen_done, default=0))
 
     @staticmethod
     def _fit(
@@ -531,6 +540,9 @@ class CompletionEstimator:
         """``SWEEPS`` of EM from ``mass`` on the ``weighted`` observations and ``pseudo``."""
         total = sum(pseudo.counts) + sum(weight for _, weight in weighted)
         for _ in range(SWEEPS):
+            # The tail first: the sweep then spreads songs found done over its shape, and
+            # takes mass back out of it (in part) where songs seen running say none finished.
+            mass = _tail(mass, pseudo.resolved, pseudo.support)
             mass = _sweep(mass, weighted, pseudo.counts, total, pseudo.support)
         return mass
 
@@ -538,6 +550,39 @@ class CompletionEstimator:
         evidence = songs + self._adopted_weight()
         cdf = _cdf_of(self._mass).cdf
         return Snapshot(version=next(self._versions), cdf=cdf, songs=songs, evidence=evidence)
+
+
+def _tail(mass: list[float], resolved: int, support: list[bool]) -> list[float]:
+    """``mass`` with what lies below bin ``resolved`` (that of the earliest song seen done)
+    reshaped as the density just above it continued downwards, falling by a constant ratio
+    per bin so that the tail holds the same mass, on the bins of the ``support`` only.
+
+    Songs found done at a poll above that bin say only "done by then": EM spreads them in
+    proportion to whatever shape the mass had and piles them up just below the polls
+    (Turnbull's innermost intervals), the most hopeful place, so the polls never go lower
+    to find out. A density that goes on as it was is the plainest guess; the ratio
+    ``below / (below + density)`` gives a geometric tail of exactly the mass below. The
+    support still bounds it (``SUPPORT_SLACK`` under the lowest songs seen running): when
+    the mass below far outweighs the density above (songs that all take the same time),
+    the tail is a flat step over those few bins, not a continuation. Songs seen running
+    below the bin take mass back out of the tail in the sweep that follows, in part."""
+    if resolved <= 0 or resolved >= len(mass):
+        return mass
+    below = sum(mass[:resolved])
+    if below <= 0:
+        return mass
+    window = mass[resolved : resolved + TAIL_WINDOW]
+    ratio = below / (below + sum(window) / len(window))
+    shape = [0.0] * resolved
+    weight = 1.0
+    for k in range(resolved - 1, -1, -1):
+        weight *= ratio
+        if support[k]:
+            shape[k] = weight
+    total = sum(shape)
+    if total <= 0:
+        return mass
+    return [w / total * below for w in shape] + mass[resolved:]
 
 
 def _cdf_of(mass: list[float]) -> Snapshot:

@@ -21,6 +21,7 @@ from aimlmusic._estimator import (
     SUPPORT_SLACK,
     CompletionEstimator,
     Snapshot,
+    _tail,
 )
 
 
@@ -241,6 +242,64 @@ def test_songs_found_done_at_their_first_poll_stay_near_it() -> None:
     slack_below = 50.15 / GRID_RATIO ** (SUPPORT_SLACK + 1)
     assert estimator.snapshot.done_by(slack_below) == 0.0
     assert estimator.snapshot.quantile(0.01) > slack_below
+
+
+def test_songs_found_done_below_the_polls_spread_as_the_density_above_them() -> None:
+    """Songs found done at their first polls (41-47 s), others seen running at 32-35 s and
+    two explorers at 25 s (a lognormal service's first wave): the left tail continues the
+    density seen above the polls, its 1.5th percentile under 31 s (the truth: 25.7 s), not
+    piled up at 35 s just below the polls, where EM alone puts it."""
+    estimator = CompletionEstimator()
+    finished = [(0.0, 41.1), (0.0, 44.1), (0.0, 45.5), (0.0, 47.0), (25.2, 42.1), (25.5, 45.8)]
+    finished += [(45.7, 56.0), (48.0, 54.5), (49.9, 53.2), (52.5, 56.0), (53.9, 61.9)]
+    for n, (after, by) in enumerate(finished):
+        estimator.observe_finished(f"done-{n}", after, by)
+    for n, seen in enumerate([32.2, 33.0, 33.9, 34.1, 34.9, 71.7, 74.4, 76.4, 77.9]):
+        estimator.observe_running(f"running-{n}", seen)
+    for _ in range(30):  # refits, as the songs in flight report again
+        estimator.observe_running("running-0", 32.2)
+    assert estimator.snapshot.quantile(0.015) < 31.0
+
+
+def test_the_tail_keeps_its_mass_and_falls_by_the_ratio_of_mass_to_density() -> None:
+    """Below the resolved bin the mass is kept (0.3) but falls per bin by below / (below +
+    density): 0.3 / (0.3 + 0.1); bins outside the support get none; above, nothing moves."""
+    mass = [0.0] * 20 + [0.3] + [0.0] * 9 + [0.1] * 7 + [0.0] * 3
+    support = [k >= 5 for k in range(len(mass))]
+    reshaped = _tail(mass, 30, support)
+    assert sum(reshaped[:30]) == pytest.approx(0.3)
+    assert reshaped[30:] == mass[30:]
+    assert reshaped[:5] == [0.0] * 5
+    ratios = [reshaped[k - 1] / reshaped[k] for k in range(6, 30)]
+    assert ratios == pytest.approx([0.75] * len(ratios))
+
+
+@pytest.mark.parametrize(
+    ("resolved", "supported_from"),
+    [(0, 0), (40, 0), (50, 0), (30, 30), (10, 0)],
+    ids=["none-seen-done", "at-the-end", "past-the-end", "no-support-below", "no-mass-below"],
+)
+def test_the_tail_leaves_the_mass_alone_when_there_is_nothing_to_reshape(
+    resolved: int, supported_from: int
+) -> None:
+    """No song seen done, a bin past the mass, no supported bin below it, or no mass below
+    it: the mass comes back unchanged (no division by zero, nothing lost)."""
+    mass = [0.0] * 10 + [0.05] * 20 + [0.0] * 10
+    support = [k >= supported_from for k in range(len(mass))]
+    assert _tail(mass, resolved, support) == mass
+
+
+def test_a_sharp_lower_edge_seen_by_the_polls_stays_sharp() -> None:
+    """Songs of 50-60 s polled 3 % apart from 30 s (seen running up to the edge): the tail
+    makes up no songs below 50 s, under 0.5 % done by 48 s (a guard for the documented law:
+    it fails if the tail is reshaped after the sweep from a bin above the edge)."""
+    estimator = CompletionEstimator()
+    rng = random.Random(3)
+    for n in range(120):
+        polls = geometric_polls(30.0, 1.03, rng.random(), count=40)
+        inspect(estimator, str(n), rng.uniform(50, 60), polls, start=n * 3.0)
+    assert estimator.snapshot.done_by(48.0) < 0.005
+    assert 49.0 < estimator.snapshot.quantile(0.02) < 52.0
 
 
 def test_songs_seen_only_queued_say_nothing_of_long_durations() -> None:
