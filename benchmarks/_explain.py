@@ -21,9 +21,10 @@ _SLOTS = 20
 def _lag(row: dict[str, Any]) -> str:
     warm = row["warm_lag_p95_pct"]
     cold_start = (
-        "so the cold start accounts for part of the miss"
+        "so the first wave accounts for part of the miss"
         if warm <= 0.8 * row["lag_p95_pct"]
-        else "so the cold start is not what limits it"
+        else "so the first wave alone is not what limits it (learning can last longer "
+        "than a wave: see the head-start rows of 'What learning costs' in docs/polling.md)"
     )
     notes = [
         *_bound(row),
