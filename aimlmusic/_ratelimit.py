@@ -24,7 +24,9 @@ the server's burst, as the 429 came within it), and grows back by one request a 
 without a 429. Against a sliding-window server that the budget mirrors, no 429 comes and
 bursts stay a whole minute's worth. A server that counts fewer requests a minute than
 configured refuses near the same count each time, and lets the first request after the
-pause through: the minute's limit then comes down below that count (``minute_limit``).
+pause through: the minute's limit then comes down below that count (``minute_limit``). That
+limit is an explicit state of its own, in named phases (unknown, suspected, shown, learned:
+:mod:`aimlmusic._server_limit`); the budget reports each 429 and each verdict to it.
 
 Waiting requests are served by priority: a submission before any poll, so polls never
 starve submissions; within a priority, first come first served.
@@ -44,6 +46,7 @@ import anyio
 from ._clock import Clock
 from ._config import RetryPolicy
 from ._retry import backoff_delay
+from ._server_limit import ServerLimit
 
 __all__ = ["Budget", "RequestBudget", "RequestKind"]
 
@@ -122,25 +125,6 @@ _BURST_EVIDENCE = 4.0
 #: How fast a burst allowance cut by a 429 grows back (requests per second without a 429):
 #: one a minute, so that a server's bucket is probed again rarely.
 _BURST_REGROWTH = 1 / 60
-#: Two 429s without Retry-After, each after about the same count of requests in the minute
-#: before it (within _SAME_LIMIT) and each followed by the first request after the pause
-#: getting through, say the server allows fewer requests a minute than configured: about
-#: that many, if it was at least _LIMIT_FROM of the configured rate (fewer say nothing).
-#: The minute's limit then comes down to _LIMIT_SHARE of that count, and grows back by one
-#: request every _PROBE_FIRST seconds; each time the server refuses again near the limit
-#: learned, it grows back half as fast: a limit that holds is probed ever more rarely, one
-#: that was passing is soon left behind. A storm (the first request after the pause refused
-#: too) teaches nothing, nor does a token bucket (it refuses bursts at any count); but after
-#: a 429 to a burst, that refusal is the minute's (a bucket refills during the pause).
-_LIMIT_FROM = 1 / 4
-_LIMIT_SHARE = 0.9
-_PROBE_FIRST = 10.0
-_SAME_LIMIT = 0.1
-#: The longest a 429 may hold requests back for the server's minute to make room.
-_HOLD_AT_MOST = 30.0
-#: A 429 this many seconds or less after a pause ended answers the first requests sent after
-#: it (a round trip or two); a later one starts an episode of its own.
-_REFUSED_AT_ONCE = 5.0
 
 
 class _Waiter:
@@ -183,13 +167,8 @@ class RequestBudget:
         self._tokens = self._burst
         self._tokens_at: float | None = None  # set at first use: a client is made outside a loop
         # The most requests sent in any minute: the configured rate, unless 429s to paced
-        # requests showed that the server counts fewer (see _LIMIT_SHARE).
-        self._minute_limit = self.requests_per_minute
-        self._probe_every = _PROBE_FIRST  # seconds per request of regrowth of that limit
-        self._limit_seen: float | None = None  # the count at the last limit the server showed
-        self._limit_candidate: float | None = None  # a 429's count, until the pause tells
-        self._hold_deferred = False  # that 429 followed a burst: held only if refused again
-        self._limit_held = self._minute_limit  # the limit before that 429
+        # requests showed that the server counts fewer.
+        self._limit = ServerLimit(self.requests_per_minute, _LONG_WINDOW)
         self._sent: deque[float] = deque()
         self._paused_until = -math.inf
         self._streak = 0
@@ -216,7 +195,13 @@ class RequestBudget:
     def minute_limit(self) -> float:
         """The most requests sent in any minute: the configured rate, unless 429s to paced
         requests showed that the server allows fewer."""
-        return self._minute_limit
+        return self._limit.limit
+
+    @property
+    def server_limit(self) -> ServerLimit:
+        """What 429s have shown of the server's minute limit (its phase, and the count a
+        suspect 429 came at), for logs and tests; the budget's own state, not a copy."""
+        return self._limit
 
     @property
     def paused_until(self) -> float:
@@ -242,8 +227,8 @@ class RequestBudget:
 
     def on_success(self) -> None:
         """The server accepted a request: end any back-off streak and recover the rate."""
-        if self._limit_candidate is not None and self._clock.now() >= self._paused_until:
-            self._learn_limit(self._limit_candidate)
+        if self._limit.suspect is not None and self._clock.now() >= self._paused_until:
+            self._limit.passed()
         self._streak = 0
         if self._rate < self.requests_per_minute:
             deep = self._rate < self.requests_per_minute * _SLOW_START_BELOW
@@ -270,47 +255,20 @@ class RequestBudget:
                 self._paused_until = max(self._paused_until, now + max(0.0, retry_after))
             return
         smaller_burst = self._learn_burst(now)
-        # Only the first episode since a success may show a limit: a second one means the
-        # first request after the pause was refused too, as in a storm (unless the first
-        # 429 followed a burst, below).
-        count = len(self._sent)
-        if self._limit_candidate is not None:
-            deferred, self._hold_deferred = self._hold_deferred, False
-            at_once = now - self._paused_until <= _REFUSED_AT_ONCE
-            if deferred and at_once and retry_after is None:
-                # The 429 before the pause was answered with a smaller burst, not a hold;
-                # refused again at once, the server counts a minute after all (a bucket
-                # would have refilled during the pause): hold it now, as that 429 would
-                # have, and wait for the minute to make room rather than slow down.
-                # Nothing goes before then anyway, so refusals still on their way belong
-                # to this episode, not to a storm.
-                hold = max(1.0, _LIMIT_SHARE * self._limit_candidate)
-                self._minute_limit = min(self._minute_limit, hold)
-                self._paused_until = now + self._delay(now)
-                return
-            # Refused again right after the pause: a storm, not a limit.
-            self._minute_limit = max(self._minute_limit, self._limit_held)
-            self._limit_candidate = None
-        limited = retry_after is None and self._streak == 0
-        if limited and count >= self.requests_per_minute * _LIMIT_FROM:
-            self._limit_candidate = float(count)
-            self._limit_held = self._minute_limit
-            hold = max(1.0, _LIMIT_SHARE * count)
-            leaving = count - math.floor(hold)  # requests that must leave the minute first
-            soon = leaving < 1 or self._sent[leaving - 1] + _LONG_WINDOW - now <= _HOLD_AT_MOST
-            if soon and smaller_burst:
-                # A burst came just before, and the allowance came down: a bucket's 429,
-                # as likely as a minute's. The smaller burst answers a bucket, and holding
-                # would stop every request for seconds while its songs finish; whether it
-                # was the minute, the first request after the pause tells (see above).
-                self._hold_deferred = True
-            elif soon:
-                # Held at the limit this would teach until the pause says whether it is
-                # one, so that the first request after it waits for the server's minute
-                # to make room. Not when that takes long (after a burst sent at once, the
-                # minute would hold it all until the burst leaves, up to a minute; a bucket
-                # would have taken it much sooner).
-                self._minute_limit = min(self._minute_limit, hold)
+        self._forget_before(now - _LONG_WINDOW)
+        held = self._limit.refused(
+            now=now,
+            sent=self._sent,
+            paused_until=self._paused_until,
+            retry_after=retry_after,
+            first_of_streak=self._streak == 0,
+            smaller_burst=smaller_burst,
+        )
+        if held:
+            # Refused again where the minute was not held: wait for it to make room, and
+            # do not slow down again (the rate was halved at the first 429).
+            self._paused_until = now + self._delay(now)
+            return
         # Slow down (once per episode) even when told how long to wait: otherwise every
         # request that queued during the pause goes out the moment it ends, and a server
         # still throttling answers the whole burst with 429 again.
@@ -322,23 +280,6 @@ class RequestBudget:
         pause = backoff_delay(self._streak, _PAUSES, rng=self._random, least=0.5)
         self._streak += 1
         self._paused_until = now + pause
-
-    def _learn_limit(self, count: float) -> None:
-        """The first request after a pause got past a server that had refused the
-        ``count``-th request of a minute. Refused twice near the same count, it counts
-        about that many a minute (a server counting with a token bucket refuses bursts at
-        whatever count the minute holds)."""
-        self._limit_candidate = None
-        self._hold_deferred = False
-        seen, self._limit_seen = self._limit_seen, count
-        if seen is None or abs(count - seen) > _SAME_LIMIT * seen:
-            self._minute_limit = max(self._minute_limit, self._limit_held)
-            return
-        if self._limit_held < self.requests_per_minute:
-            self._probe_every *= 2.0  # refused again at the limit it had learned
-        else:
-            self._probe_every = _PROBE_FIRST
-        self._minute_limit = min(self._minute_limit, max(1.0, _LIMIT_SHARE * count))
 
     def _learn_burst(self, now: float) -> bool:
         """Bring the burst allowance down to half the largest excess over the rate among
@@ -400,9 +341,7 @@ class RequestBudget:
         elapsed = 0.0 if self._tokens_at is None else max(0.0, now - self._tokens_at)
         self._tokens_at = now
         self._burst = min(self.requests_per_minute, self._burst + elapsed * _BURST_REGROWTH)
-        self._minute_limit = min(
-            self.requests_per_minute, self._minute_limit + elapsed / self._probe_every
-        )
+        self._limit.regrow(elapsed)
         self._tokens = min(self._burst, self._tokens + elapsed * self._rate / 60.0)
 
     def _delay(self, now: float) -> float:
@@ -413,7 +352,7 @@ class RequestBudget:
         # would be a sleep too short for the clock to move.
         if self._tokens < 1.0 - 1e-9:
             delay = max(delay, (1.0 - self._tokens) * 60.0 / self._rate)
-        long_limit = max(1, math.floor(self._minute_limit))
+        long_limit = max(1, math.floor(self._limit.limit))
         sent = self._sent
         if len(sent) >= long_limit:
             delay = max(delay, sent[len(sent) - long_limit] + _LONG_WINDOW - now)
