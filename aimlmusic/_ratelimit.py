@@ -26,7 +26,9 @@ bursts stay a whole minute's worth. A server that counts fewer requests a minute
 configured refuses near the same count each time, and lets the first request after the
 pause through: the minute's limit then comes down below that count (``minute_limit``). That
 limit is an explicit state of its own, in named phases (unknown, suspected, shown, learned:
-:mod:`aimlmusic._server_limit`); the budget reports each 429 and each verdict to it.
+:mod:`aimlmusic._server_limit`); the budget reports each 429 and each verdict to it. A 429
+near a limit already learned is that limit again: the client pauses until the minute makes
+room, and the rate is not halved.
 
 Waiting requests are served by priority: a submission before any poll, so polls never
 starve submissions; within a priority, first come first served.
@@ -265,8 +267,9 @@ class RequestBudget:
             smaller_burst=smaller_burst,
         )
         if held:
-            # Refused again where the minute was not held: wait for it to make room, and
-            # do not slow down again (the rate was halved at the first 429).
+            # The server's minute, not an overload (near the limit learned, or refused
+            # again right after a burst's pause): wait for the minute to make room, without
+            # slowing down. Refusals to requests already on their way fall in that pause.
             self._paused_until = now + self._delay(now)
             return
         # Slow down (once per episode) even when told how long to wait: otherwise every

@@ -9,6 +9,15 @@ same count *learn* the limit: the minute's window comes down to ``LIMIT_SHARE`` 
 grows back one request every ``probe_every`` seconds, probed ever more rarely while the
 server keeps refusing near it.
 
+While a suspect waits, the minute is held at ``LIMIT_SHARE`` of its count, so that the
+first request after the pause waits for the server's minute to make room. After a burst it
+is not: a bucket's 429 is answered by the budget's smaller burst, and holding would stop
+every request while the burst's songs finish; only a refusal right after the pause (a
+bucket would have refilled) holds it then. Near a limit already learned, a 429 is that
+limit again, burst or not: it is held at once, and the budget waits for the minute to make
+room. Deferring it let the first request after a short pause hit the full minute, a refusal
+then taken for a storm, which halves the rate again.
+
 :class:`ServerLimit` is that state, with its phase named (:class:`LimitPhase`); the request
 budget (:mod:`aimlmusic._ratelimit`) owns one, reads ``limit`` as the most requests it sends
 in any minute, and reports each 429 and each first success after a pause to it.
@@ -38,7 +47,8 @@ PROBE_FIRST = 10.0
 #: Two counts within this share of each other are the same limit.
 SAME_LIMIT = 0.1
 #: The longest a suspect's hold may stop requests for the server's minute to make room
-#: (after a burst sent at once, the minute would hold it all until the burst leaves).
+#: (after a burst sent at once, the minute would hold it all until the burst leaves), but
+#: near a limit already learned, which is held however long it takes.
 HOLD_AT_MOST = 30.0
 #: A 429 this many seconds or less after a pause ended answers the first requests sent after
 #: it (a round trip or two); a later one starts an episode of its own.
@@ -48,15 +58,17 @@ REFUSED_AT_ONCE = 5.0
 class LimitPhase(enum.Enum):
     """Where the server's minute limit stands."""
 
-    #: No verdict has shown a limit: the configured rate (or a limit growing back to it).
+    #: No verdict has shown a limit: the minute holds the configured rate.
     UNKNOWN = "unknown"
     #: A paced 429 came at ``Suspect.count`` requests in the minute; the first request
     #: after the pause says whether that is the server's limit.
     SUSPECTED = "suspected"
     #: One verdict showed a limit at ``shown``: once could be a bucket refusing a burst, so
-    #: the limit is left alone until a second verdict near the same count.
+    #: the minute is left as it was (the configured rate, or a limit learned before and
+    #: growing back) until a second verdict near the same count.
     SHOWN = "shown"
-    #: Two verdicts near one count: the limit came down to ``LIMIT_SHARE`` of it.
+    #: Two verdicts near one count: the limit came down to ``LIMIT_SHARE`` of it, and grows
+    #: back (it stays learned once grown back: a 429 near it again is held at once).
     LEARNED = "learned"
 
 
@@ -108,10 +120,11 @@ class ServerLimit:
         (oldest first); ``first_of_streak`` when no 429 came since the last success, and
         ``smaller_burst`` when the 429 brought the budget's burst allowance down.
 
-        True when this 429 is answered by holding the minute alone: a suspect that followed
-        a burst, refused again right after its pause (a bucket would have refilled), so
-        the server counts a minute after all; the budget then waits for the minute to make
-        room, without slowing down again."""
+        True when this 429 is answered by holding the minute alone, the budget waiting for
+        the minute to make room without slowing down (the server's minute, not an
+        overload): near the limit learned, or a suspect that followed a burst refused again
+        right after its pause (a bucket would have refilled, so the server counts a minute
+        after all)."""
         suspect = self.suspect
         if suspect is not None:
             at_once = now - paused_until <= REFUSED_AT_ONCE
@@ -124,13 +137,21 @@ class ServerLimit:
             # Refused again right after the pause: a storm, not a limit.
             self.limit = max(self.limit, suspect.limit_before)
             self.phase, self.suspect = suspect.phase_before, None
-        count = len(sent)
+        count = float(len(sent))
         if retry_after is None and first_of_streak and count >= self.configured * LIMIT_FROM:
             hold = self._hold(count)
-            leaving = count - math.floor(hold)  # requests that must leave the minute first
+            if self.phase is LimitPhase.LEARNED and self._near_shown(count):
+                # The limit learned, again: held at once, burst or not, for as long as the
+                # minute takes to make room (any request before then would be refused, and
+                # that refusal taken for a storm). The verdict still comes after the pause.
+                self.suspect = Suspect(count, self.limit, self.phase, deferred=False)
+                self.phase = LimitPhase.SUSPECTED
+                self.limit = min(self.limit, hold)
+                return True
+            leaving = int(count - math.floor(hold))  # requests that must leave the minute first
             soon = leaving < 1 or sent[leaving - 1] + self.window - now <= HOLD_AT_MOST
-            # After a burst, the smaller burst answers a bucket, and holding would stop
-            # every request for seconds while its songs finish; the verdict tells.
+            # After a burst, the smaller burst answers a bucket, and holding would stop every
+            # request for seconds while its songs finish: the verdict tells.
             deferred = soon and smaller_burst
             self.suspect = Suspect(count, self.limit, self.phase, deferred)
             self.phase = LimitPhase.SUSPECTED
@@ -147,8 +168,9 @@ class ServerLimit:
         if suspect is None:
             return
         self.suspect = None
-        count, seen, self.shown = suspect.count, self.shown, suspect.count
-        if seen is None or abs(count - seen) > SAME_LIMIT * seen:
+        count, near = suspect.count, self._near_shown(suspect.count)
+        self.shown = count
+        if not near:
             self.limit = max(self.limit, suspect.limit_before)
             self.phase = LimitPhase.SHOWN
             return
@@ -159,12 +181,16 @@ class ServerLimit:
         self.limit = min(self.limit, self._hold(count))
         self.phase = LimitPhase.LEARNED
         logger.info(
-            "the server refused twice near %d requests in a minute: sending at most %d a "
+            "the server refused again near %d requests in a minute: sending at most %d a "
             "minute, one more every %g s while it allows them",
             count,
             math.floor(self.limit),
             self.probe_every,
         )
+
+    def _near_shown(self, count: float) -> bool:
+        """Whether ``count`` is within ``SAME_LIMIT`` of the limit a verdict last showed."""
+        return self.shown is not None and abs(count - self.shown) <= SAME_LIMIT * self.shown
 
     @staticmethod
     def _hold(count: float) -> float:

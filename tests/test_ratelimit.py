@@ -309,6 +309,31 @@ async def test_the_minute_limit_is_probed_ever_more_rarely_while_it_holds() -> N
     assert budget.minute_limit == pytest.approx(second + 2.5, abs=0.5)
 
 
+async def test_a_429_near_the_limit_learned_waits_for_the_minute_and_keeps_the_rate() -> None:
+    """Learned at 60, refused at 60 again: the pause lasts until the minute makes room, the
+    rate is not halved, and a refusal to a request already on its way does not undo it."""
+    clock = RecordingClock()
+    budget = RequestBudget(120, clock, seed=9)
+    for _ in range(2):
+        await paced_then_429(budget, clock, 60)
+        await after_the_pause(budget, clock)
+    await clock.sleep(120.0)  # the rate recovers, the limit grows back towards 120
+    for _ in range(60):
+        await budget.acquire("poll")
+        budget.on_success()
+        await clock.sleep(1.0)
+    rate = budget.effective_rate
+    budget.on_throttled(None)
+    held = budget.minute_limit
+    assert held == pytest.approx(0.9 * 60, abs=1.0)
+    assert budget.effective_rate == rate
+    assert budget.paused_until - clock.now() > 5.0  # the 7th oldest leaves the minute first
+    await clock.sleep(3.0)  # a back-off's pause would have ended by now
+    budget.on_throttled(None)  # a request sent before the first 429, refused late
+    assert budget.minute_limit == pytest.approx(held, abs=0.5)
+    assert budget.effective_rate == rate
+
+
 async def test_a_storm_a_burst_or_a_retry_after_leave_the_minute_limit_alone() -> None:
     """Refused again right after each pause (a storm), refused at different counts (a
     bucket refusing bursts), or told when to come back (Retry-After), twice: none of these

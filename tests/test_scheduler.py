@@ -936,14 +936,18 @@ async def test_end_to_end_a_service_that_slows_down_at_once_is_followed_within_a
     assert lag_share_p95(jobs[60 + client.limits.max_in_flight :]) <= 0.06
 
 
-async def test_end_to_end_a_server_counting_fewer_a_minute_than_configured_is_learned() -> None:
+@pytest.mark.parametrize("seed", [5, 12])
+async def test_end_to_end_a_server_counting_fewer_a_minute_than_configured_is_learned(
+    seed: int,
+) -> None:
     """A server allowing 60 requests a minute to a client configured for the published 120:
     the budget learns the lower limit from its 429s, which stay under 3 % of requests
     (measured 1.5-2 %; before it learned such limits: 7-10 %), every song lands once, and lag
     p95 stays within a third of a song (measured 0.20; taking the first wave's second 429
-    for a storm, which halves the rate twice: 0.50)."""
+    for a storm, which halves the rate twice: 0.50; seed 12, a 429 near the learned limit
+    left unheld and its pause's first request taken for a storm: 0.59)."""
     clock, emulator, client = emulated(
-        EmulatorConfig(seed=5, requests_per_minute=60),
+        EmulatorConfig(seed=seed, requests_per_minute=60),
         poll=LearnedPolling(),
     )
     await land_all(clock, client, 100)

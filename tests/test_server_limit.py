@@ -67,7 +67,7 @@ def test_one_verdict_shows_a_limit_but_leaves_the_minute_alone() -> None:
 
 
 def test_two_verdicts_near_one_count_learn_the_limit(caplog: pytest.LogCaptureFixture) -> None:
-    """Refused at 60 and then at 58 (within 10 %), each passed: learned at 90 % of 58, said once."""
+    """Refused at 60 and then at 58 (within 10 %), each passed: learned at 90 % of 58, and said."""
     limit = ServerLimit(120.0, WINDOW)
     refuse(limit, 60, now=100.0)
     with caplog.at_level(logging.INFO, logger="aimlmusic"):
@@ -76,7 +76,7 @@ def test_two_verdicts_near_one_count_learn_the_limit(caplog: pytest.LogCaptureFi
         refuse(limit, 58, now=200.0)
         limit.passed()
     assert [r.getMessage() for r in caplog.records] == [
-        "the server refused twice near 58 requests in a minute: sending at most 52 a minute, "
+        "the server refused again near 58 requests in a minute: sending at most 52 a minute, "
         "one more every 10 s while it allows them"
     ]
     assert limit.phase is LimitPhase.LEARNED
@@ -166,3 +166,57 @@ def test_the_limit_grows_back_ever_more_slowly_while_it_holds() -> None:
     assert limit.probe_every == 2 * PROBE_FIRST
     limit.regrow(10_000.0)
     assert limit.limit == 120.0  # never past the configured rate
+
+
+def learned_at(count: int) -> ServerLimit:
+    """A limit learned from two verdicts at ``count`` and grown back to the configured 120."""
+    limit = ServerLimit(120.0, WINDOW)
+    for now in (100.0, 200.0):
+        refuse(limit, count, now=now)
+        limit.passed()
+    limit.regrow(1_000.0)
+    return limit
+
+
+def test_a_429_near_the_limit_learned_is_held_at_once_burst_or_not() -> None:
+    """Learned near 40, a 429 to a burst at the 40th request is the minute again: held now."""
+    limit = learned_at(40)
+    assert limit.limit == 120.0
+    held = refuse(limit, 40, now=300.0, sent=[s + 200.0 for s in BURST], smaller_burst=True)
+    assert held is True
+    assert limit.suspect is not None
+    assert not limit.suspect.deferred
+    assert limit.limit == pytest.approx(LIMIT_SHARE * 40)
+    limit.passed()
+    assert limit.phase is LimitPhase.LEARNED
+
+
+def test_the_limit_learned_is_held_however_long_the_minute_takes() -> None:
+    """Learned near 40, 40 requests sent at once then a 429: held, though the burst leaves late."""
+    limit = learned_at(40)
+    assert refuse(limit, 40, now=300.0, sent=[300.0] * 40, smaller_burst=True) is True
+    assert limit.limit == pytest.approx(LIMIT_SHARE * 40)
+
+
+def test_a_429_near_a_limit_shown_only_once_is_still_deferred_after_a_burst() -> None:
+    """Shown once near 40 (could be a bucket), a 429 to a burst at 40 is not held yet."""
+    limit = ServerLimit(120.0, WINDOW)
+    refuse(limit, 40, now=100.0)
+    limit.passed()
+    assert limit.phase is LimitPhase.SHOWN
+    held = refuse(limit, 40, now=300.0, sent=[s + 200.0 for s in BURST], smaller_burst=True)
+    assert held is False
+    assert limit.suspect is not None
+    assert limit.suspect.deferred
+    assert limit.limit == 120.0
+
+
+def test_a_429_after_a_burst_far_from_the_limit_shown_is_still_deferred() -> None:
+    """Shown at 80, a 429 to a burst at the 40th request may be a bucket's: not held yet."""
+    limit = ServerLimit(120.0, WINDOW)
+    refuse(limit, 80, now=100.0)
+    limit.passed()
+    refuse(limit, 40, now=300.0, sent=[s + 200.0 for s in BURST], smaller_burst=True)
+    assert limit.suspect is not None
+    assert limit.suspect.deferred
+    assert limit.limit == 120.0
