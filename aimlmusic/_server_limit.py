@@ -78,7 +78,6 @@ class Suspect:
 
     count: float
     limit_before: float  # the limit to go back to if the verdict is "a storm"
-    phase_before: LimitPhase  # likewise, the phase
     #: The 429 followed a burst: the smaller burst answers it (a bucket's), and the minute is
     #: held only if the first request after the pause is refused too (a minute's).
     deferred: bool
@@ -94,13 +93,20 @@ class ServerLimit:
     #: The budget's window, seconds: how long a request counts against the minute.
     window: float
     limit: float = attrs.field(init=False)
-    phase: LimitPhase = LimitPhase.UNKNOWN
+    #: The phase a verdict left (unknown, shown or learned): a suspect pending does not
+    #: change it, and a storm leaves it as it was.
+    settled: LimitPhase = LimitPhase.UNKNOWN
     probe_every: float = PROBE_FIRST
     shown: float | None = None  # the count at the last limit a verdict showed
     suspect: Suspect | None = None
 
     def __attrs_post_init__(self) -> None:
         self.limit = self.configured
+
+    @property
+    def phase(self) -> LimitPhase:
+        """Suspected while a 429 awaits its verdict, else what the last verdict left."""
+        return LimitPhase.SUSPECTED if self.suspect is not None else self.settled
 
     def regrow(self, elapsed: float) -> None:
         """``elapsed`` seconds went by: the limit grows back towards the configured rate."""
@@ -136,29 +142,26 @@ class ServerLimit:
                 return True
             # Refused again right after the pause: a storm, not a limit.
             self.limit = max(self.limit, suspect.limit_before)
-            self.phase, self.suspect = suspect.phase_before, None
+            self.suspect = None
         count = float(len(sent))
         if retry_after is None and first_of_streak and count >= self.configured * LIMIT_FROM:
             hold = self._hold(count)
-            if self.phase is LimitPhase.LEARNED and self._near_shown(count):
-                # The limit learned, again: held at once, burst or not, for as long as the
-                # minute takes to make room (any request before then would be refused, and
-                # that refusal taken for a storm). The verdict still comes after the pause.
-                self.suspect = Suspect(count, self.limit, self.phase, deferred=False)
-                self.phase = LimitPhase.SUSPECTED
-                self.limit = min(self.limit, hold)
-                return True
+            # The limit learned, again: held at once, burst or not, for as long as the
+            # minute takes to make room (any request before then would be refused, and that
+            # refusal taken for a storm). The verdict still comes after the pause.
+            again = self.settled is LimitPhase.LEARNED and self._near_shown(count)
             leaving = int(count - math.floor(hold))  # requests that must leave the minute first
             soon = leaving < 1 or sent[leaving - 1] + self.window - now <= HOLD_AT_MOST
-            # After a burst, the smaller burst answers a bucket, and holding would stop every
-            # request for seconds while its songs finish: the verdict tells.
-            deferred = soon and smaller_burst
-            self.suspect = Suspect(count, self.limit, self.phase, deferred)
-            self.phase = LimitPhase.SUSPECTED
-            if soon and not deferred:
+            # Otherwise, after a burst, the smaller burst answers a bucket, and holding would
+            # stop every request for seconds while its songs finish: the verdict tells. And
+            # not held when the minute would take long to make room.
+            deferred = soon and smaller_burst and not again
+            self.suspect = Suspect(count, self.limit, deferred)
+            if again or (soon and not deferred):
                 # Held at the suspect until the verdict, so that the first request after the
-                # pause waits for the server's minute to make room. Not when that takes long.
+                # pause waits for the server's minute to make room.
                 self.limit = min(self.limit, hold)
+            return again
         return False
 
     def passed(self) -> None:
@@ -172,14 +175,14 @@ class ServerLimit:
         self.shown = count
         if not near:
             self.limit = max(self.limit, suspect.limit_before)
-            self.phase = LimitPhase.SHOWN
+            self.settled = LimitPhase.SHOWN
             return
         if suspect.limit_before < self.configured:
             self.probe_every *= 2.0  # refused again at the limit it had learned
         else:
             self.probe_every = PROBE_FIRST
         self.limit = min(self.limit, self._hold(count))
-        self.phase = LimitPhase.LEARNED
+        self.settled = LimitPhase.LEARNED
         logger.info(
             "the server refused again near %d requests in a minute: sending at most %d a "
             "minute, one more every %g s while it allows them",
