@@ -78,10 +78,13 @@ TAIL_WINDOW = 7
 #: observation comes this many API seconds after the last refit: a third of a song's time at
 #: the documented pace (refitting at every song replans in flight songs to and fro)...
 REFIT_EVERY = 20.0
-#: ... or at once for a song still running where the estimate has this share of songs done
-#: (the service is slower than believed, and the plan must follow now), or for the first
-#: songs to finish.
+#: ... or sooner for a song still running where the estimate has this share of songs done
+#: (the service is slower than believed, and the plan must follow now), or at once for the
+#: first songs to finish.
 SURPRISE = 0.5
+#: Such a song refits when the last refit is this many API seconds old: every song past the
+#: median is one, in a steady service a refit per poll or two; one per bunch follows as soon.
+SURPRISE_EVERY = 2.0
 #: Songs' worth of data (a wave) below which every completed song refits: learning fast
 #: matters most at first.
 FIRST_SONGS = 20.0
@@ -416,11 +419,12 @@ class CompletionEstimator:
         if not 0 <= seen < math.inf:
             raise ValueError(f"need 0 <= seen < inf, got {seen!r}")
         self._running[song] = _with_since(_interval(seen, math.inf), since)
-        if self._snapshot.done_by(seen) >= SURPRISE or self._due(at):
+        surprising = self._snapshot.done_by(seen) >= SURPRISE
+        if self._due(at, SURPRISE_EVERY if surprising else REFIT_EVERY):
             self._refit(at)
 
-    def _due(self, at: float | None) -> bool:
-        return at is None or at - self._fitted_at >= REFIT_EVERY
+    def _due(self, at: float | None, every: float = REFIT_EVERY) -> bool:
+        return at is None or at - self._fitted_at >= every
 
     def forget(self, song: str) -> None:
         """Song ``song`` ended without telling when it would have finished (failed, timed

@@ -18,7 +18,9 @@ from aimlmusic._estimator import (
     GRID_END,
     GRID_RATIO,
     MAX_COMPLETED,
+    REFIT_EVERY,
     SUPPORT_SLACK,
+    SURPRISE_EVERY,
     CompletionEstimator,
     Snapshot,
     _tail,
@@ -85,6 +87,21 @@ def test_songs_still_running_past_the_prior_move_the_estimate_later() -> None:
     for n in range(20):
         estimator.observe_running(str(n), 90.0)
     assert estimator.snapshot.done_by(80.0) < 0.3
+
+
+def test_songs_running_past_the_median_refit_soon_but_once_per_bunch() -> None:
+    """A song seen running past the estimate's median refits within SURPRISE_EVERY, and the
+    rest of its bunch waits for that; an unsurprising one waits for REFIT_EVERY."""
+    estimator = CompletionEstimator()
+    estimator.observe_running("early", 10.0, at=0.0)  # the clock's first refit
+    version = estimator.snapshot.version
+    estimator.observe_running("early", 20.0, at=REFIT_EVERY / 2)  # 10 s in: not surprising
+    assert estimator.snapshot.version == version
+    for n in range(10):  # a bunch of songs past 55 s, the prior's median, within the gap
+        estimator.observe_running(str(n), 58.0, at=REFIT_EVERY / 2 + n * SURPRISE_EVERY / 20)
+    assert estimator.snapshot.version == version + 1
+    estimator.observe_running("late", 58.0, at=REFIT_EVERY / 2 + 1.01 * SURPRISE_EVERY)
+    assert estimator.snapshot.version == version + 2
 
 
 def test_a_song_that_ends_otherwise_stops_counting_as_running() -> None:
