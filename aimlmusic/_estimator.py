@@ -82,8 +82,9 @@ REFIT_EVERY = 20.0
 #: (the service is slower than believed, and the plan must follow now), or at once for the
 #: first songs to finish.
 SURPRISE = 0.5
-#: Such a song refits when the last refit is this many API seconds old: every song past the
-#: median is one, in a steady service a refit per poll or two; one per bunch follows as soon.
+#: Such a song refits when the last refit is this many API seconds old: in a steady service
+#: half the songs pass the median (a refit for each was most of the estimator's CPU), and one
+#: refit per bunch of them follows a slower service as fast.
 SURPRISE_EVERY = 2.0
 #: Songs' worth of data (a wave) below which every completed song refits: learning fast
 #: matters most at first.

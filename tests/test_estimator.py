@@ -20,6 +20,7 @@ from aimlmusic._estimator import (
     MAX_COMPLETED,
     REFIT_EVERY,
     SUPPORT_SLACK,
+    SURPRISE,
     SURPRISE_EVERY,
     CompletionEstimator,
     Snapshot,
@@ -100,8 +101,14 @@ def test_songs_running_past_the_median_refit_soon_but_once_per_bunch() -> None:
     for n in range(10):  # a bunch of songs past 55 s, the prior's median, within the gap
         estimator.observe_running(str(n), 58.0, at=REFIT_EVERY / 2 + n * SURPRISE_EVERY / 20)
     assert estimator.snapshot.version == version + 1
-    estimator.observe_running("late", 58.0, at=REFIT_EVERY / 2 + 1.01 * SURPRISE_EVERY)
+    assert estimator.snapshot.done_by(58.0) >= SURPRISE  # still surprising after that refit
+    late = REFIT_EVERY / 2 + 1.01 * SURPRISE_EVERY
+    estimator.observe_running("late", 58.0, at=late)
     assert estimator.snapshot.version == version + 2
+    estimator.observe_running("early", 21.0, at=late + 0.99 * REFIT_EVERY)  # not surprising
+    assert estimator.snapshot.version == version + 2
+    estimator.observe_running("early", 22.0, at=late + 1.01 * REFIT_EVERY)  # the timer's
+    assert estimator.snapshot.version == version + 3
 
 
 def test_a_song_that_ends_otherwise_stops_counting_as_running() -> None:
