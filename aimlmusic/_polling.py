@@ -265,9 +265,11 @@ class LearnedPolling:
             # Requests per second each song in flight may spend.
             rate = self.headroom * budget_rate / 60.0 / in_flight
             rate = _RATE_STEP ** math.floor(math.log(rate, _RATE_STEP))
-            # At most a window's share of the whole budget, in any window: the headroom is
-            # for the average, where completions bunch; a song's busiest window is that bunch.
-            peak = rate / self.headroom * WINDOW
+            # In any window, at most the same share of the whole budget: when the songs in
+            # flight move together (a wave after a change of pace), their busiest windows
+            # coincide, and planned to the full minute they would spend it in half of it,
+            # then wait the rest of it for the budget, finished songs unseen.
+            peak = rate * WINDOW
         return plan(self._estimator.snapshot, rate, self.lag_target, peak)
 
     def next_delay(self, state: PollState) -> float:

@@ -123,10 +123,10 @@ def test_when_nothing_fits_it_takes_the_cheapest_schedule() -> None:
 
 def test_songs_longer_than_the_window_are_not_polled_past_it_when_they_move_together() -> None:
     """On 70-110 s songs, the average alone pays for about 7 polls a song, 8 requests within
-    one minute; with the budget's whole minute per song (``peak``: 6), the schedule's
-    busiest minute fits it, at a coarser share."""
+    one minute; with a song's share of 90 % of the budget's minute (``peak``: 5.4), the
+    schedule's busiest minute fits it, at a coarser share."""
     slow = learned(70.0, 110.0)
-    peak = DEFAULT_RATE / 0.9 * WINDOW  # a song's share of the budget's whole minute
+    peak = DEFAULT_RATE * WINDOW  # a song's share of the headroom of the budget's minute
     average = plan(slow, DEFAULT_RATE, 0.025)
     windowed = plan(slow, DEFAULT_RATE, 0.025, peak)
     assert _busiest_window(slow, list(average.times)) > peak + 1.5

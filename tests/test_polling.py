@@ -22,7 +22,7 @@ from aimlmusic import (
     PollPolicy,
     PollState,
 )
-from aimlmusic._planner import _time_in_flight
+from aimlmusic._planner import _busiest_window, _time_in_flight
 from aimlmusic._polling import default_policy, is_waiting
 
 GENERATING = GenerationStatus.GENERATING
@@ -176,6 +176,18 @@ def test_a_tighter_budget_gives_fewer_polls_and_a_coarser_share() -> None:
     in_flight = _time_in_flight(policy.snapshot, list(tight.times))
     assert 55.0 < in_flight < 65.0
     assert 1 + tight.polls <= 0.9 * 120 / 60 / 30 * in_flight
+
+
+def test_songs_moving_together_plan_their_busiest_minute_within_the_headroom() -> None:
+    """On 80-100 s songs, 20 in flight at 120/min: the polls and submissions the songs'
+    busiest minutes expect stay within 90 % of the minute, not all 120."""
+    policy = LearnedPolling()
+    rng = random.Random(5)
+    for n in range(60):
+        drive(policy, rng.uniform(80.0, 100.0), start=n * 200.0, song=str(n), phase=n / 60)
+    schedule = policy.schedule(budget_rate=120.0, in_flight=20)
+    busiest = _busiest_window(policy.snapshot, list(schedule.times))
+    assert 20 * busiest <= 0.9 * 120
 
 
 def test_reading_never_changes_what_it_believes() -> None:
