@@ -59,7 +59,10 @@ PRIOR_SONGS = 3.0
 PRIOR_MEMORY = 10.0
 #: Songs' worth of the log-uniform floor over the grid: keeps every duration possible.
 FLOOR_SONGS = 0.1
-#: Memory, in completed songs: each one multiplies the weight of older ones by 1 - 1/MEMORY.
+#: Memory, in songs: each song seen finished multiplies by 1 - 1/MEMORY the weight of every
+#: song observed before it, finished or running. A song ages from when it was first
+#: observed, not from its own finish: songs that finish later are the longer ones, so
+#: ageing by finish would tilt the estimate long.
 MEMORY = 40.0
 #: Completed songs kept; older ones weigh less than 1 % (exp(-200 / 40)).
 MAX_COMPLETED = 200
@@ -198,6 +201,8 @@ class _Interval:
     after: float  # the observation itself, in seconds: ``T`` in ``(after, by]``
     by: float
     since: float = math.nan  # the clock time of the song's reference (NaN: not given)
+    #: Songs seen finished (by the estimator, ever) before it first heard of this song.
+    first_seen: int = 0
 
     def score(self, snapshot: Snapshot) -> float:
         """This observation's log-rank score under ``snapshot`` (see :mod:`._change`)."""
@@ -248,12 +253,13 @@ def _interval(after: float, by: float) -> _Interval:
     return _Interval(lo, hi, 1.0 - lo_at, hi_at, after, by)
 
 
-def _with_since(interval: _Interval, since: float | None) -> _Interval:
+def _with_since(interval: _Interval, since: float | None, first_seen: int) -> _Interval:
+    """``interval`` with the song's reference time (checked) and its first observation."""
     if since is None:
-        return interval
+        return attrs.evolve(interval, first_seen=first_seen)
     if not math.isfinite(since):
         raise ValueError(f"since must be a finite clock time, got {since!r}")
-    return attrs.evolve(interval, since=float(since))
+    return attrs.evolve(interval, since=float(since), first_seen=first_seen)
 
 
 def _support(intervals: Iterable[_Interval]) -> list[bool]:
@@ -400,7 +406,7 @@ class CompletionEstimator:
         the song is not tested)."""
         if not 0 <= after <= by < math.inf:
             raise ValueError(f"need 0 <= after <= by < inf, got {after!r} and {by!r}")
-        interval = _with_since(_interval(after, by), since)
+        interval = _with_since(_interval(after, by), since, self._first_seen(song))
         self._running.pop(song, None)
         if len(self._completed) == MAX_COMPLETED:
             # Songs that finished before this one leaves are gone, and songs that began
@@ -419,10 +425,16 @@ class CompletionEstimator:
         ``since``: as for :meth:`observe_finished`)."""
         if not 0 <= seen < math.inf:
             raise ValueError(f"need 0 <= seen < inf, got {seen!r}")
-        self._running[song] = _with_since(_interval(seen, math.inf), since)
+        self._running[song] = _with_since(_interval(seen, math.inf), since, self._first_seen(song))
         surprising = self._snapshot.done_by(seen) >= SURPRISE
         if self._due(at, SURPRISE_EVERY if surprising else REFIT_EVERY):
             self._refit(at)
+
+    def _first_seen(self, song: str) -> int:
+        """How many songs had finished when ``song`` was first observed: its age is
+        counted in songs finishing since, not from its own finish (see ``MEMORY``)."""
+        running = self._running.get(song)
+        return running.first_seen if running is not None else self._finished
 
     def _due(self, at: float | None, every: float = REFIT_EVERY) -> bool:
         return at is None or at - self._fitted_at >= every
@@ -509,12 +521,11 @@ class CompletionEstimator:
         if self._drop_if_changed(everyone, pseudo):
             pseudo = self._pseudo_counts([*self._completed, *self._running.values()])
         keep = 1.0 - 1.0 / MEMORY
-        completed = len(self._completed)
         weighted = [
-            (interval, keep ** (completed - 1 - index))
-            for index, interval in enumerate(self._completed)
+            # Other songs finished since it was first seen (a finished one's own not counted).
+            (interval, keep ** (self._finished - interval.first_seen - (interval.by < math.inf)))
+            for interval in [*self._completed, *self._running.values()]
         ]
-        weighted += [(interval, 1.0) for interval in self._running.values()]
         self._mass = self._fit(self._mass, weighted, pseudo)
         self._snapshot = self._publish(sum(weight for _, weight in weighted))
 

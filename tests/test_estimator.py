@@ -122,6 +122,27 @@ def test_a_song_that_ends_otherwise_stops_counting_as_running() -> None:
     assert estimator.running == 0
 
 
+@pytest.mark.parametrize("referenced", [True, False])
+def test_long_songs_still_running_weigh_no_more_than_their_short_cohort(referenced: bool) -> None:
+    """Half 20 s, half 80 s songs, one every 3 s, polled every 5 s: half done by 50 s, with
+    or without reference times."""
+    # Songs aged from their own finish would leave the short ones of a cohort aged by the
+    # time its long ones (still running, or just done) count in full: 40 % by 50 s.
+    estimator = CompletionEstimator()
+    in_flight: dict[str, tuple[float, float]] = {}
+    for now in range(900):
+        if now % 3 == 0:
+            in_flight[f"s{now}"] = (float(now), 20.0 if now % 6 == 0 else 80.0)
+        for song, (start, duration) in list(in_flight.items()):
+            elapsed, since = now - start, start if referenced else None
+            if elapsed >= duration:
+                estimator.observe_finished(song, duration - 1.0, duration, at=now, since=since)
+                del in_flight[song]
+            elif elapsed > 0 and elapsed % 5 == 0:
+                estimator.observe_running(song, elapsed, at=now, since=since)
+    assert estimator.snapshot.done_by(50.0) == pytest.approx(0.5, abs=0.03)
+
+
 def test_it_follows_a_service_that_slows_down_within_a_wave_or_two() -> None:
     """200 songs of 35-45 s, then 40 of 80-100 s: the median moves past 80 s."""
     estimator = CompletionEstimator()
