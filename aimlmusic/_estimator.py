@@ -15,8 +15,10 @@ current mass, and the masses are re-estimated from those shares. Two pseudo-obse
 regularise it (a maximum a posteriori estimate with Dirichlet pseudo-counts): the documented
 50-60 s worth a few songs, which ages like any observation, and a thin log-uniform floor
 that never ages, so no duration is ever ruled out for good (EM cannot revive a bin at zero).
-Observations are weighted by exponential forgetting in completed songs, so the estimate
-follows a service that drifts within about one wave of songs. Mass is kept on the bins of
+Observations are weighted by exponential forgetting: each song seen finished ages every song
+first observed before it, finished or running (not the songs of its own cohort observed
+after it, and not by a song's own finish, which would favour the long songs), so the
+estimate follows a service that drifts within about one wave of songs. Mass is kept on the bins of
 Turnbull's innermost intervals (the only places the likelihood can want it) and a little
 below them; the smoothing (EMS) shapes the estimate within them, never outside. Below the
 earliest song seen done, where the likelihood cannot tell where songs finished, the density
@@ -60,9 +62,8 @@ PRIOR_MEMORY = 10.0
 #: Songs' worth of the log-uniform floor over the grid: keeps every duration possible.
 FLOOR_SONGS = 0.1
 #: Memory, in songs: each song seen finished multiplies by 1 - 1/MEMORY the weight of every
-#: song observed before it, finished or running. A song ages from when it was first
-#: observed, not from its own finish: songs that finish later are the longer ones, so
-#: ageing by finish would tilt the estimate long.
+#: song first observed before it, finished or running. Ageing songs by their own finish
+#: instead would tilt the estimate long: songs that finish later are the longer ones.
 MEMORY = 40.0
 #: Completed songs kept; older ones weigh less than 1 % (exp(-200 / 40)).
 MAX_COMPLETED = 200
@@ -201,7 +202,7 @@ class _Interval:
     after: float  # the observation itself, in seconds: ``T`` in ``(after, by]``
     by: float
     since: float = math.nan  # the clock time of the song's reference (NaN: not given)
-    #: Songs seen finished (by the estimator, ever) before it first heard of this song.
+    #: The song's place in the order the estimator first observed songs.
     first_seen: int = 0
 
     def score(self, snapshot: Snapshot) -> float:
@@ -254,7 +255,8 @@ def _interval(after: float, by: float) -> _Interval:
 
 
 def _with_since(interval: _Interval, since: float | None, first_seen: int) -> _Interval:
-    """``interval`` with the song's reference time (checked) and its first observation."""
+    """``interval`` with the song's reference time (checked) and its place in the order
+    songs were first observed."""
     if since is None:
         return attrs.evolve(interval, first_seen=first_seen)
     if not math.isfinite(since):
@@ -332,6 +334,7 @@ class CompletionEstimator:
         self._tested_from = -math.inf  # songs referenced earlier are not tested (eviction)
         self._fitted_at = -math.inf
         self._versions = itertools.count()
+        self._songs_seen = itertools.count()  # songs first observed, in order
         self._mass = self._prior_mass()
         self._pooled = self._mass  # the same estimate, every song weighing alike (_change)
         self._snapshot = self._publish(0.0)
@@ -431,10 +434,9 @@ class CompletionEstimator:
             self._refit(at)
 
     def _first_seen(self, song: str) -> int:
-        """How many songs had finished when ``song`` was first observed: its age is
-        counted in songs finishing since, not from its own finish (see ``MEMORY``)."""
+        """``song``'s place in the order songs were first observed (see ``MEMORY``)."""
         running = self._running.get(song)
-        return running.first_seen if running is not None else self._finished
+        return running.first_seen if running is not None else next(self._songs_seen)
 
     def _due(self, at: float | None, every: float = REFIT_EVERY) -> bool:
         return at is None or at - self._fitted_at >= every
@@ -521,9 +523,12 @@ class CompletionEstimator:
         if self._drop_if_changed(everyone, pseudo):
             pseudo = self._pseudo_counts([*self._completed, *self._running.values()])
         keep = 1.0 - 1.0 / MEMORY
+        # A song's age: the songs first observed after it that finished since. Its own
+        # cohort's finishes do not age it (with more songs in flight than MEMORY they
+        # would age every cohort away), nor does its own finish.
+        finished = sorted(interval.first_seen for interval in self._completed)
         weighted = [
-            # Other songs finished since it was first seen (a finished one's own not counted).
-            (interval, keep ** (self._finished - interval.first_seen - (interval.by < math.inf)))
+            (interval, keep ** (len(finished) - bisect.bisect_right(finished, interval.first_seen)))
             for interval in [*self._completed, *self._running.values()]
         ]
         self._mass = self._fit(self._mass, weighted, pseudo)

@@ -265,10 +265,10 @@ class LearnedPolling:
             # Requests per second each song in flight may spend.
             rate = self.headroom * budget_rate / 60.0 / in_flight
             rate = _RATE_STEP ** math.floor(math.log(rate, _RATE_STEP))
-            # In any window, at most the same share of the whole budget: when the songs in
-            # flight move together (a wave after a change of pace), their busiest windows
-            # coincide, and planned to the full minute they would spend it in half of it,
-            # then wait the rest of it for the budget, finished songs unseen.
+            # In any window, at most the song's headroom share of the budget's minute, as
+            # for the average: when the songs in flight move together (a wave after a change
+            # of pace), their busiest windows coincide, and planned to the full minute they
+            # would spend it in half of it, then wait out the rest, finished songs unseen.
             peak = rate * WINDOW
         return plan(self._estimator.snapshot, rate, self.lag_target, peak)
 

@@ -18,6 +18,7 @@ from aimlmusic._estimator import (
     GRID_END,
     GRID_RATIO,
     MAX_COMPLETED,
+    MEMORY,
     REFIT_EVERY,
     SUPPORT_SLACK,
     SURPRISE,
@@ -141,6 +142,25 @@ def test_long_songs_still_running_weigh_no_more_than_their_short_cohort(referenc
             elif elapsed > 0 and elapsed % 5 == 0:
                 estimator.observe_running(song, elapsed, at=now, since=since)
     assert estimator.snapshot.done_by(50.0) == pytest.approx(0.5, abs=0.03)
+
+
+def test_more_songs_in_flight_than_its_memory_still_weigh_a_memory_s_worth() -> None:
+    """150 songs of 50-60 s polled together every 2 s from 30 s: once all are seen done, they
+    weigh MEMORY songs' worth (none aged away by its own cohort) and the estimate is theirs."""
+    estimator = CompletionEstimator()
+    rng = random.Random(8)
+    durations = {f"s{n}": rng.uniform(50.0, 60.0) for n in range(150)}
+    for poll in range(30, 62, 2):
+        at = None if poll == 60 else poll  # the last round (all done by then) refits at once
+        for song, duration in durations.items():
+            if duration > poll:
+                estimator.observe_running(song, poll, at=at, since=0.0)
+            elif duration > poll - 2:
+                estimator.observe_finished(song, poll - 2, poll, at=at, since=0.0)
+    snapshot = estimator.snapshot
+    assert snapshot.songs == pytest.approx(MEMORY, rel=0.05)
+    assert 49.0 < snapshot.quantile(0.05) < 52.0
+    assert 58.0 < snapshot.quantile(0.95) < 62.0
 
 
 def test_it_follows_a_service_that_slows_down_within_a_wave_or_two() -> None:
