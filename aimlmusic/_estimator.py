@@ -16,14 +16,13 @@ regularise it (a maximum a posteriori estimate with Dirichlet pseudo-counts): th
 50-60 s worth a few songs, which ages like any observation, and a thin log-uniform floor
 that never ages, so no duration is ever ruled out for good (EM cannot revive a bin at zero).
 Observations are weighted by exponential forgetting: each song seen finished ages every song
-first observed before it, finished or running (not the songs of its own cohort observed
-after it, and not by a song's own finish, which would favour the long songs), so the
-estimate follows a service that drifts within about one wave of songs. Mass is kept on the bins of
-Turnbull's innermost intervals (the only places the likelihood can want it) and a little
-below them; the smoothing (EMS) shapes the estimate within them, never outside. Below the
-earliest song seen done, where the likelihood cannot tell where songs finished, the density
-seen above goes on, falling geometrically (``_tail``): songs found done at their first poll
-are not all put just below it.
+first observed before it, finished or running, and no song is aged by its own finish (that
+would favour the long songs), so the estimate follows a service that drifts within about one
+wave of songs. Mass is kept on the bins of Turnbull's innermost intervals (the only places
+the likelihood can want it) and a little below them; the smoothing (EMS) shapes the estimate
+within them, never outside. Below the earliest song seen done, where the likelihood cannot
+tell where songs finished, the density seen above goes on, falling geometrically
+(``_tail``): songs found done at their first poll are not all put just below it.
 
 Each fit is a few EM sweeps warm-started from the last one, run when an observation arrives
 (never when the estimate is read), and published as an immutable :class:`Snapshot` whose
@@ -523,9 +522,10 @@ class CompletionEstimator:
         if self._drop_if_changed(everyone, pseudo):
             pseudo = self._pseudo_counts([*self._completed, *self._running.values()])
         keep = 1.0 - 1.0 / MEMORY
-        # A song's age: the songs first observed after it that finished since. Its own
-        # cohort's finishes do not age it (with more songs in flight than MEMORY they
-        # would age every cohort away), nor does its own finish.
+        # A song's age: the songs first observed after it that finished since. Songs
+        # observed before it do not age it, so however many are in flight the latest
+        # observed keep their weight (counting every finish would age them all away
+        # with more songs in flight than MEMORY); nor does its own finish.
         finished = sorted(interval.first_seen for interval in self._completed)
         weighted = [
             (interval, keep ** (len(finished) - bisect.bisect_right(finished, interval.first_seen)))
