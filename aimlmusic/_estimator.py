@@ -253,14 +253,13 @@ def _interval(after: float, by: float) -> _Interval:
     return _Interval(lo, hi, 1.0 - lo_at, hi_at, after, by)
 
 
-def _with_since(interval: _Interval, since: float | None, first_seen: int) -> _Interval:
-    """``interval`` with the song's reference time (checked) and its place in the order
-    songs were first observed."""
-    if since is None:
-        return attrs.evolve(interval, first_seen=first_seen)
-    if not math.isfinite(since):
+def _stamped(interval: _Interval, since: float | None, first_seen: int) -> _Interval:
+    """``interval`` with the song's reference time (checked; None: not given) and its place
+    in the order songs were first observed."""
+    if since is not None and not math.isfinite(since):
         raise ValueError(f"since must be a finite clock time, got {since!r}")
-    return attrs.evolve(interval, since=float(since), first_seen=first_seen)
+    since = math.nan if since is None else float(since)
+    return attrs.evolve(interval, since=since, first_seen=first_seen)
 
 
 def _support(intervals: Iterable[_Interval]) -> list[bool]:
@@ -408,7 +407,7 @@ class CompletionEstimator:
         the song is not tested)."""
         if not 0 <= after <= by < math.inf:
             raise ValueError(f"need 0 <= after <= by < inf, got {after!r} and {by!r}")
-        interval = _with_since(_interval(after, by), since, self._first_seen(song))
+        interval = _stamped(_interval(after, by), since, self._first_seen(song))
         self._running.pop(song, None)
         if len(self._completed) == MAX_COMPLETED:
             # Songs that finished before this one leaves are gone, and songs that began
@@ -427,7 +426,7 @@ class CompletionEstimator:
         ``since``: as for :meth:`observe_finished`)."""
         if not 0 <= seen < math.inf:
             raise ValueError(f"need 0 <= seen < inf, got {seen!r}")
-        self._running[song] = _with_since(_interval(seen, math.inf), since, self._first_seen(song))
+        self._running[song] = _stamped(_interval(seen, math.inf), since, self._first_seen(song))
         surprising = self._snapshot.done_by(seen) >= SURPRISE
         if self._due(at, SURPRISE_EVERY if surprising else REFIT_EVERY):
             self._refit(at)
