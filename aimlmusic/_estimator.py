@@ -35,7 +35,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -64,7 +63,8 @@ FLOOR_SONGS = 0.1
 #: song first observed before it, finished or running. Ageing songs by their own finish
 #: instead would tilt the estimate long: songs that finish later are the longer ones.
 MEMORY = 40.0
-#: Completed songs kept; older ones weigh less than 1 % (exp(-200 / 40)).
+#: Completed songs kept, the latest observed (by ``first_seen``); older ones weigh less than
+#: 1 % (exp(-200 / 40)).
 MAX_COMPLETED = 200
 #: EM sweeps per refit, warm-started: the estimate keeps converging across observations.
 SWEEPS = 3
@@ -325,7 +325,7 @@ class CompletionEstimator:
         self._prior_songs = PRIOR_SONGS  # the prior's weight (an adopted estimate's: more)
         self._adopted = False
         self._floor = _log_uniform()
-        self._completed: deque[_Interval] = deque(maxlen=MAX_COMPLETED)
+        self._completed: list[_Interval] = []
         self._running: dict[str, _Interval] = {}
         self._finished = 0  # songs seen finished, ever: what ages the prior
         self._changes = 0  # changes of pace found (older songs dropped)
@@ -409,12 +409,9 @@ class CompletionEstimator:
             raise ValueError(f"need 0 <= after <= by < inf, got {after!r} and {by!r}")
         interval = _stamped(_interval(after, by), since, self._first_seen(song))
         self._running.pop(song, None)
-        if len(self._completed) == MAX_COMPLETED:
-            # Songs that finished before this one leaves are gone, and songs that began
-            # with them but finished later are not: only later ones are a fair sample.
-            oldest = self._completed[0]
-            self._tested_from = max(self._tested_from, oldest.since + oldest.by)
         self._completed.append(interval)
+        if len(self._completed) > MAX_COMPLETED:
+            self._evict_earliest_observed()
         self._finished += 1
         if self._snapshot.songs < FIRST_SONGS or self._due(at):
             self._refit(at)
@@ -435,6 +432,19 @@ class CompletionEstimator:
         """``song``'s place in the order songs were first observed (see ``MEMORY``)."""
         running = self._running.get(song)
         return running.first_seen if running is not None else next(self._songs_seen)
+
+    def _evict_earliest_observed(self) -> None:
+        """Drop the completed song first observed earliest: the one that weighs least.
+
+        Not the one that finished earliest: when more songs than ``MAX_COMPLETED`` finish
+        together (more in flight, a large first wave), that would keep their longest."""
+        completed = self._completed
+        earliest = min(range(len(completed)), key=lambda k: completed[k].first_seen)
+        gone = completed.pop(earliest)
+        # Songs referenced before it finished may have lost finished cohort-mates and kept
+        # the running ones; songs referenced later were first observed after it (unless
+        # seen queued since), so none of them has gone: they are a fair sample to test.
+        self._tested_from = max(self._tested_from, gone.since + gone.by)
 
     def _due(self, at: float | None, every: float = REFIT_EVERY) -> bool:
         return at is None or at - self._fitted_at >= every
@@ -503,8 +513,7 @@ class CompletionEstimator:
         if abs(z) < CHANGE_Z:
             return False
         cutoff = songs[split].since
-        kept = [interval for interval in self._completed if interval.since >= cutoff]
-        self._completed = deque(kept, maxlen=MAX_COMPLETED)
+        self._completed = [interval for interval in self._completed if interval.since >= cutoff]
         # Songs that began before the change and still run are the slow ones of their time
         # (the others were dropped): they stay in the estimate but not in the test.
         self._tested_from = max(self._tested_from, cutoff)

@@ -163,6 +163,24 @@ def test_more_songs_in_flight_than_its_memory_still_weigh_a_memory_s_worth() -> 
     assert 58.0 < snapshot.quantile(0.95) < 62.0
 
 
+def test_more_songs_finishing_together_than_it_keeps_leave_a_fair_sample() -> None:
+    """400 songs of 50-60 s polled together: the MAX_COMPLETED kept are the latest observed,
+    not the latest to finish (the longest), so the estimate still spans 50-60 s."""
+    estimator = CompletionEstimator()
+    rng = random.Random(9)
+    durations = {f"s{n}": rng.uniform(50.0, 60.0) for n in range(2 * MAX_COMPLETED)}
+    for poll in range(30, 62, 2):
+        at = None if poll == 60 else poll  # the last round (all done by then) refits at once
+        for song, duration in durations.items():
+            if duration > poll:
+                estimator.observe_running(song, poll, at=at, since=0.0)
+            elif duration > poll - 2:
+                estimator.observe_finished(song, poll - 2, poll, at=at, since=0.0)
+    snapshot = estimator.snapshot
+    assert 49.0 < snapshot.quantile(0.05) < 52.0
+    assert 53.0 < snapshot.quantile(0.5) < 57.0
+
+
 def test_it_follows_a_service_that_slows_down_within_a_wave_or_two() -> None:
     """200 songs of 35-45 s, then 40 of 80-100 s: the median moves past 80 s."""
     estimator = CompletionEstimator()
