@@ -144,12 +144,10 @@ def test_long_songs_still_running_weigh_no_more_than_their_short_cohort(referenc
     assert estimator.snapshot.done_by(50.0) == pytest.approx(0.5, abs=0.03)
 
 
-def test_more_songs_in_flight_than_its_memory_still_weigh_a_memory_s_worth() -> None:
-    """150 songs of 50-60 s polled together every 2 s from 30 s: once all are seen done, they
-    weigh MEMORY songs' worth (none aged away by its own cohort) and the estimate is theirs."""
-    estimator = CompletionEstimator()
-    rng = random.Random(8)
-    durations = {f"s{n}": rng.uniform(50.0, 60.0) for n in range(150)}
+def poll_together(estimator: CompletionEstimator, songs: int, rng: random.Random) -> None:
+    """``songs`` songs of 50-60 s submitted together, polled every 2 s from 30 s until all
+    are seen done (the last round refits at once)."""
+    durations = {f"s{n}": rng.uniform(50.0, 60.0) for n in range(songs)}
     for poll in range(30, 62, 2):
         at = None if poll == 60 else poll  # the last round (all done by then) refits at once
         for song, duration in durations.items():
@@ -157,6 +155,13 @@ def test_more_songs_in_flight_than_its_memory_still_weigh_a_memory_s_worth() -> 
                 estimator.observe_running(song, poll, at=at, since=0.0)
             elif duration > poll - 2:
                 estimator.observe_finished(song, poll - 2, poll, at=at, since=0.0)
+
+
+def test_more_songs_in_flight_than_its_memory_still_weigh_a_memory_s_worth() -> None:
+    """150 songs of 50-60 s polled together every 2 s from 30 s: once all are seen done, they
+    weigh MEMORY songs' worth (none aged away by its own cohort) and the estimate is theirs."""
+    estimator = CompletionEstimator()
+    poll_together(estimator, 150, random.Random(8))
     snapshot = estimator.snapshot
     assert snapshot.songs == pytest.approx(MEMORY, rel=0.05)
     assert 49.0 < snapshot.quantile(0.05) < 52.0
@@ -167,15 +172,7 @@ def test_more_songs_finishing_together_than_it_keeps_leave_a_fair_sample() -> No
     """400 songs of 50-60 s polled together: the MAX_COMPLETED kept are the latest observed,
     not the latest to finish (the longest), so the estimate still spans 50-60 s."""
     estimator = CompletionEstimator()
-    rng = random.Random(9)
-    durations = {f"s{n}": rng.uniform(50.0, 60.0) for n in range(2 * MAX_COMPLETED)}
-    for poll in range(30, 62, 2):
-        at = None if poll == 60 else poll  # the last round (all done by then) refits at once
-        for song, duration in durations.items():
-            if duration > poll:
-                estimator.observe_running(song, poll, at=at, since=0.0)
-            elif duration > poll - 2:
-                estimator.observe_finished(song, poll - 2, poll, at=at, since=0.0)
+    poll_together(estimator, 2 * MAX_COMPLETED, random.Random(9))
     snapshot = estimator.snapshot
     assert 49.0 < snapshot.quantile(0.05) < 52.0
     assert 53.0 < snapshot.quantile(0.5) < 57.0
