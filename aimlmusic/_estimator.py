@@ -441,10 +441,11 @@ class CompletionEstimator:
         completed = self._completed
         earliest = min(range(len(completed)), key=lambda k: completed[k].first_seen)
         gone = completed.pop(earliest)
-        # Songs referenced before it finished may have lost finished cohort-mates and kept
-        # the running ones; songs referenced later were first observed after it (unless
-        # seen queued since), so none of them has gone: they are a fair sample to test.
-        self._tested_from = max(self._tested_from, gone.since + gone.by)
+        # Songs referenced no later than a song let go may have lost finished cohort-mates
+        # and kept the running ones: only songs referenced after every such song are all
+        # still here, a fair sample to test. (Cutting at its finish instead would follow
+        # the latest long song let go to the present, and leave nothing to test.)
+        self._tested_from = max(self._tested_from, math.nextafter(gone.since, math.inf))
 
     def _due(self, at: float | None, every: float = REFIT_EVERY) -> bool:
         return at is None or at - self._fitted_at >= every

@@ -7,6 +7,7 @@ finished, then finished between the last of those and the next.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 
@@ -208,10 +209,12 @@ def wave_after_wave(
     *,
     seed: int = 4,
     ordered: bool = True,
+    in_flight: int = 20,
 ) -> None:
-    """Songs of each ``(count, (low, high))`` in turn, 20 in flight (a song submitted
-    every twentieth of a song's mean time), each polled 3 % apart from 20 s; what the polls
-    see is reported in the order it is seen, as the scheduler reports it."""
+    """Songs of each ``(count, (low, high))`` in turn, ``in_flight`` at once (a song
+    submitted every ``1 / in_flight`` of a song's mean time), each polled 3 % apart from
+    20 s; what the polls see is reported in the order it is seen, as the scheduler reports
+    it."""
     rng = random.Random(seed)
     seen: list[tuple[float, int, float, float, bool]] = []  # (clock, song, after, by, done)
     start, n = 0.0, 0
@@ -223,7 +226,7 @@ def wave_after_wave(
                 if t >= duration:
                     break
                 after = t
-            start += (low + high) / 2 / 20
+            start += (low + high) / 2 / in_flight
             n += 1
     starts = {}
     for clock, song, after, by, done in sorted(seen):
@@ -247,6 +250,38 @@ def test_a_service_that_slows_down_at_once_loses_its_old_pace_within_a_wave() ->
     assert changed.snapshot.done_by(60.0) < 0.05
     assert forgetting.changes == 0
     assert forgetting.snapshot.done_by(60.0) > 0.3
+
+
+def stream(estimator: CompletionEstimator, durations: list[float], in_flight: int) -> None:
+    """Songs of these ``durations`` through a client keeping ``in_flight`` at once (each
+    submitted when a slot frees), each polled every 3 s from 30 s; what the polls see is
+    reported as it is seen."""
+    polls: list[tuple[float, int, float]] = []  # (clock, song, submitted at)
+    for song in range(min(in_flight, len(durations))):
+        heapq.heappush(polls, (30.0 + song * 0.1, song, song * 0.1))
+    submitted = len(polls)
+    while polls:
+        clock, song, since = heapq.heappop(polls)
+        seen = clock - since
+        if seen < durations[song]:
+            estimator.observe_running(str(song), seen, at=clock, since=since)
+            heapq.heappush(polls, (clock + 3.0, song, since))
+            continue
+        estimator.observe_finished(str(song), seen - 3.0, seen, at=clock, since=since)
+        if submitted < len(durations):
+            heapq.heappush(polls, (clock + 30.0, submitted, clock))
+            submitted += 1
+
+
+def test_a_change_of_pace_is_found_with_more_songs_in_flight_than_it_keeps() -> None:
+    """150 songs in flight, 600 lognormal songs (median 55 s) then 600 taking 1.8 times as
+    long: the songs it lets go (past MAX_COMPLETED) still leave the songs referenced after
+    them to the change test, which finds the change."""
+    rng = random.Random(1)
+    durations = [rng.lognormvariate(math.log(55.0), 0.35) for _ in range(1200)]
+    estimator = CompletionEstimator()
+    stream(estimator, durations[:600] + [d * 1.8 for d in durations[600:]], in_flight=150)
+    assert estimator.changes >= 1
 
 
 def test_a_service_that_speeds_up_at_once_is_followed_too() -> None:
