@@ -209,12 +209,10 @@ def wave_after_wave(
     *,
     seed: int = 4,
     ordered: bool = True,
-    in_flight: int = 20,
 ) -> None:
-    """Songs of each ``(count, (low, high))`` in turn, ``in_flight`` at once (a song
-    submitted every ``1 / in_flight`` of a song's mean time), each polled 3 % apart from
-    20 s; what the polls see is reported in the order it is seen, as the scheduler reports
-    it."""
+    """Songs of each ``(count, (low, high))`` in turn, 20 in flight (a song submitted
+    every twentieth of a song's mean time), each polled 3 % apart from 20 s; what the polls
+    see is reported in the order it is seen, as the scheduler reports it."""
     rng = random.Random(seed)
     seen: list[tuple[float, int, float, float, bool]] = []  # (clock, song, after, by, done)
     start, n = 0.0, 0
@@ -226,7 +224,7 @@ def wave_after_wave(
                 if t >= duration:
                     break
                 after = t
-            start += (low + high) / 2 / in_flight
+            start += (low + high) / 2 / 20
             n += 1
     starts = {}
     for clock, song, after, by, done in sorted(seen):
@@ -267,7 +265,8 @@ def stream(estimator: CompletionEstimator, durations: list[float], in_flight: in
             estimator.observe_running(str(song), seen, at=clock, since=since)
             heapq.heappush(polls, (clock + 3.0, song, since))
             continue
-        estimator.observe_finished(str(song), seen - 3.0, seen, at=clock, since=since)
+        after = seen - 3.0 if seen - 3.0 >= 30.0 else 0.0  # the last poll that saw it running
+        estimator.observe_finished(str(song), after, seen, at=clock, since=since)
         if submitted < len(durations):
             heapq.heappush(polls, (clock + 30.0, submitted, clock))
             submitted += 1
