@@ -52,13 +52,19 @@ def logrank_score(survival_after: float, survival_by: float | None) -> float:
     return (high * math.log(high) - low * math.log(low)) / (high - low)
 
 
-def strongest_split(scores: Sequence[float], first: int, last: int) -> tuple[int, float]:
+def strongest_split(
+    scores: Sequence[float], first: int, last: int, starts: Sequence[float] | None = None
+) -> tuple[int, float]:
     """Where the scores (in the order the songs' clocks started) most clearly change: the
     split ``k`` in ``[first, last]`` whose later songs (``scores[k:]``) sum furthest from
     what the same number of songs drawn at random from all would, and that distance in
     standard deviations of such a draw (the permutation variance): negative when the later
     songs take longer. ``(first, 0.0)`` when there is no such split or the scores do not
-    vary. All splits cost one pass, with prefix sums."""
+    vary. All splits cost one pass, with prefix sums.
+
+    ``starts`` (sorted, one per score): when the songs' clocks started. A change happens at
+    a time, so songs that started together are on one side of it: splits fall only where
+    the start time moves on."""
     count = len(scores)
     first, last = max(first, 1), min(last, count - 1)
     if first > last:
@@ -72,7 +78,8 @@ def strongest_split(scores: Sequence[float], first: int, last: int) -> tuple[int
     for split in range(first, last + 1):
         size = count - split
         z = later / math.sqrt(size * split / (count * (count - 1)) * spread)
-        if abs(z) > abs(best_z):
+        tied = starts is not None and starts[split - 1] == starts[split]
+        if abs(z) > abs(best_z) and not tied:
             best, best_z = split, z
         later -= scores[split] - mean
     return best, best_z

@@ -509,7 +509,10 @@ class CompletionEstimator:
         finished = list(itertools.accumulate(interval.by < math.inf for interval in songs))
         first = bisect.bisect_left(finished, OLDER_SONGS) + 1
         split, z = strongest_split(
-            [interval.score(pooled) for interval in songs], first, len(songs) - RECENT_SONGS
+            [interval.score(pooled) for interval in songs],
+            first,
+            len(songs) - RECENT_SONGS,
+            [interval.since for interval in songs],
         )
         if abs(z) < CHANGE_Z:
             return False

@@ -72,6 +72,18 @@ def test_a_faster_service_gives_a_positive_statistic() -> None:
     assert z > CHANGE_Z
 
 
+def test_songs_that_started_together_stay_on_one_side_of_the_split() -> None:
+    """Two groups of 30 songs, each started at one time, the first scoring +0.5 for 10 songs
+    then -1: the strongest split lies inside the first group, but it can only fall where
+    the start time moves on (song 30)."""
+    scores = [0.5] * 10 + [-1.0] * 50
+    starts = [0.0] * 30 + [100.0] * 30
+    assert strongest_split(scores, 5, 55)[0] == 10
+    split, z = strongest_split(scores, 5, 55, starts)
+    assert split == 30
+    assert z < 0
+
+
 def test_songs_in_random_order_rarely_pass_the_bar() -> None:
     """200 shuffles of 100 scores from one law: the strongest split passes CHANGE_Z in at
     most 1 (a steady service keeps its songs)."""

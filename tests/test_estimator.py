@@ -145,17 +145,20 @@ def test_long_songs_still_running_weigh_no_more_than_their_short_cohort(referenc
     assert estimator.snapshot.done_by(50.0) == pytest.approx(0.5, abs=0.03)
 
 
-def poll_together(estimator: CompletionEstimator, songs: int, rng: random.Random) -> None:
-    """``songs`` songs of 50-60 s submitted together, polled every 2 s from 30 s until all
-    are seen done (the last round refits at once)."""
-    durations = {f"s{n}": rng.uniform(50.0, 60.0) for n in range(songs)}
+def poll_together(
+    estimator: CompletionEstimator, songs: int, rng: random.Random, *, start: float = 0.0
+) -> None:
+    """``songs`` songs of 50-60 s submitted together at ``start`` (one reference time for
+    all), polled every 2 s from 30 s until all are seen done (the last round refits at
+    once)."""
+    durations = {f"{start:g}s{n}": rng.uniform(50.0, 60.0) for n in range(songs)}
     for poll in range(30, 62, 2):
-        at = None if poll == 60 else poll  # the last round (all done by then) refits at once
+        at = None if poll == 60 else start + poll  # the last round (all done) refits at once
         for song, duration in durations.items():
             if duration > poll:
-                estimator.observe_running(song, poll, at=at, since=0.0)
+                estimator.observe_running(song, poll, at=at, since=start)
             elif duration > poll - 2:
-                estimator.observe_finished(song, poll - 2, poll, at=at, since=0.0)
+                estimator.observe_finished(song, poll - 2, poll, at=at, since=start)
 
 
 def test_more_songs_in_flight_than_its_memory_still_weigh_a_memory_s_worth() -> None:
@@ -177,6 +180,16 @@ def test_more_songs_finishing_together_than_it_keeps_leave_a_fair_sample() -> No
     snapshot = estimator.snapshot
     assert 49.0 < snapshot.quantile(0.05) < 52.0
     assert 53.0 < snapshot.quantile(0.5) < 57.0
+
+
+def test_songs_submitted_together_are_never_split_by_the_change_test() -> None:
+    """Five batches of 150 songs of 50-60 s, each sharing one reference time: a change can
+    only fall between reference times, so a steady service keeps its songs."""
+    estimator = CompletionEstimator()
+    rng = random.Random(5)
+    for batch in range(5):
+        poll_together(estimator, 150, rng, start=100.0 * batch)
+    assert estimator.changes == 0
 
 
 def test_it_follows_a_service_that_slows_down_within_a_wave_or_two() -> None:
