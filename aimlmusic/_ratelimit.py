@@ -28,7 +28,8 @@ pause through: the minute's limit then comes down below that count (``minute_lim
 limit is an explicit state of its own, in named phases (unknown, suspected, shown, learned:
 :mod:`aimlmusic._server_limit`); the budget reports each 429 and each verdict to it. A 429
 near a limit already learned is that limit again: the client pauses until the minute makes
-room, and the rate is not halved.
+room, and the rate is not halved. The rate the budget reports as sustained (what polls are
+planned for) is the lower of the paced rate and that limit.
 
 Waiting requests are served by priority: a submission before any poll, so polls never
 starve submissions; within a priority, first come first served.
@@ -185,7 +186,14 @@ class RequestBudget:
 
     @property
     def effective_rate(self) -> float:
-        """The rate (requests/minute) currently allowed, after any slow-down."""
+        """The rate (requests/minute) the budget sustains now: the configured one, after
+        any slow-down, and never more than the server's minute showed it allows."""
+        return min(self._rate, self._limit.limit)
+
+    @property
+    def paced_rate(self) -> float:
+        """The rate (requests/minute) the token bucket refills at: the configured one after
+        any slow-down (halved by each 429 episode, given back by successes)."""
         return self._rate
 
     @property

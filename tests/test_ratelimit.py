@@ -156,17 +156,18 @@ async def test_refused_again_after_that_pause_the_minute_is_held_after_all() -> 
     way belong to that episode (not a storm that would undo the hold)."""
     async with VirtualClock() as clock:
         budget = await wave_then_burst_then_429(clock)
-        rate = budget.effective_rate
+        rate = budget.paced_rate
         await clock.sleep(budget.paused_until - clock.now())
         await budget.acquire("poll")
         budget.on_throttled(None)
         assert budget.minute_limit == pytest.approx(0.9 * 35)
-        assert budget.effective_rate == rate
+        assert budget.paced_rate == rate  # not halved again
+        assert budget.effective_rate == budget.minute_limit  # the minute held caps it
         # Nothing goes until the fourth submission (sent at 1.5 s) leaves the minute.
         assert budget.paused_until >= 1.5 + 60.25
         budget.on_throttled(None)  # a second request's refusal, on its way meanwhile
         assert budget.minute_limit == pytest.approx(0.9 * 35)
-        assert budget.effective_rate == rate
+        assert budget.paced_rate == rate
         await budget.acquire("poll")
         assert clock.now() >= 1.5 + 60.25
 
@@ -289,6 +290,21 @@ async def test_a_server_counting_fewer_a_minute_than_configured_is_learned() -> 
     assert len([t for t in sent if t < start + 60.0]) <= 55 + 6 + 1
 
 
+async def test_the_rate_it_sustains_never_exceeds_the_minute_limit_learned() -> None:
+    """Once the server's 60 a minute is learned and the halved rate has recovered, the rate
+    the budget says it sustains (what polls are planned for) is the limit, not the 120
+    configured."""
+    clock = RecordingClock()
+    budget = RequestBudget(120, clock, seed=7)
+    for _ in range(2):
+        await paced_then_429(budget, clock, 60)
+        await after_the_pause(budget, clock)
+    for _ in range(40):
+        budget.on_success()
+    assert budget.minute_limit < 60
+    assert budget.effective_rate == budget.minute_limit
+
+
 async def test_the_minute_limit_is_probed_ever_more_rarely_while_it_holds() -> None:
     """Learned, it grows back a request every 10 s; refused again near it, every 20 s."""
     clock = RecordingClock()
@@ -322,16 +338,17 @@ async def test_a_429_near_the_limit_learned_waits_for_the_minute_and_keeps_the_r
         await budget.acquire("poll")
         budget.on_success()
         await clock.sleep(1.0)
-    rate = budget.effective_rate
+    rate = budget.paced_rate
     budget.on_throttled(None)
     held = budget.minute_limit
     assert held == pytest.approx(0.9 * 60, abs=1.0)
-    assert budget.effective_rate == rate
+    assert budget.paced_rate == rate  # not halved
+    assert budget.effective_rate == held  # the minute held caps it
     assert budget.paused_until - clock.now() > 5.0  # the 7th oldest leaves the minute first
     await clock.sleep(3.0)  # a back-off's pause would have ended by now
     budget.on_throttled(None)  # a request sent before the first 429, refused late
     assert budget.minute_limit == pytest.approx(held, abs=0.5)
-    assert budget.effective_rate == rate
+    assert budget.paced_rate == rate
 
 
 async def test_a_storm_a_burst_or_a_retry_after_leave_the_minute_limit_alone() -> None:
