@@ -21,8 +21,12 @@ A 429 also says how large a burst the server takes: a server that counts with a 
 refuses a burst that the minute allows. The bucket's size then comes down to half the
 largest excess over the rate among the requests sent just before the 429 (an upper bound on
 the server's burst, as the 429 came within it), and grows back by one request a minute
-without a 429. Against a sliding-window server that the budget mirrors, no 429 comes and
-bursts stay a whole minute's worth. A server that counts fewer requests a minute than
+without a 429. Such a 429 does not halve the rate at once: the smaller burst answers a
+bucket, and halving too would leave the requests queued behind the burst waiting twice as
+long. The first request after the pause says which it was: refused as well, the server's
+minute was at fault (a bucket would have refilled), and the halving is due then. Against a
+sliding-window server that the budget mirrors, no 429 comes and bursts stay a whole
+minute's worth. A server that counts fewer requests a minute than
 configured refuses near the same count each time, and lets the first request after the
 pause through: the minute's limit then comes down below that count (``minute_limit``). That
 limit is an explicit state of its own, in named phases (unknown, suspected, shown, learned:
@@ -175,6 +179,8 @@ class RequestBudget:
         self._sent: deque[float] = deque()
         self._paused_until = -math.inf
         self._streak = 0
+        # A burst's 429 put off halving the rate until the first request after its pause.
+        self._slowdown_owed = False
         self._queue: list[_Waiter] = []
         self._seq = itertools.count()
         self._random = random.Random(seed)
@@ -240,6 +246,8 @@ class RequestBudget:
         if self._limit.suspect is not None and self._clock.now() >= self._paused_until:
             self._limit.passed()
         self._streak = 0
+        if self._clock.now() >= self._paused_until:
+            self._slowdown_owed = False  # the first request after the pause got through
         if self._rate < self.requests_per_minute:
             deep = self._rate < self.requests_per_minute * _SLOW_START_BELOW
             self._rate = min(
@@ -279,11 +287,20 @@ class RequestBudget:
             # again right after a burst's pause): wait for the minute to make room, without
             # slowing down. Refusals to requests already on their way fall in that pause.
             self._paused_until = now + self._delay(now)
+            if self._slowdown_owed:
+                # Refused again right after a burst's pause: the minute, not the burst, was
+                # at fault, and the slow-down the burst's 429 put off is due.
+                self._slow_down()
             return
-        # Slow down (once per episode) even when told how long to wait: otherwise every
-        # request that queued during the pause goes out the moment it ends, and a server
-        # still throttling answers the whole burst with 429 again.
-        self._rate = max(self.requests_per_minute * _MIN_RATE_SHARE, self._rate / 2)
+        suspect = self._limit.suspect
+        self._slowdown_owed = suspect is not None and suspect.deferred
+        if not self._slowdown_owed:
+            # Slow down (once per episode) even when told how long to wait: otherwise every
+            # request that queued during the pause goes out the moment it ends, and a
+            # server still throttling answers the whole burst with 429 again. Not after a
+            # burst (a bucket's 429, which the smaller burst answers), until the first
+            # request after the pause says whether the minute was at fault.
+            self._slow_down()
         if retry_after is not None:
             self._paused_until = now + max(0.0, retry_after)
             return
@@ -291,6 +308,11 @@ class RequestBudget:
         pause = backoff_delay(self._streak, _PAUSES, rng=self._random, least=0.5)
         self._streak += 1
         self._paused_until = now + pause
+
+    def _slow_down(self) -> None:
+        """Halve the paced rate (multiplicative decrease), not below its floor."""
+        self._slowdown_owed = False
+        self._rate = max(self.requests_per_minute * _MIN_RATE_SHARE, self._rate / 2)
 
     def _learn_burst(self, now: float) -> bool:
         """Bring the burst allowance down to half the largest excess over the rate among

@@ -137,7 +137,8 @@ async def wave_then_burst_then_429(clock: VirtualClock) -> RequestBudget:
 async def test_a_429_after_a_burst_is_answered_by_a_smaller_burst_not_a_hold() -> None:
     """A 429 to a burst of polls, as a bucket's server sends: the next request goes after
     the pause, not when the wave's submissions start leaving the minute (a bucket takes
-    requests again at once, while the wave's songs finish)."""
+    requests again at once, while the wave's songs finish), and once it gets through, the
+    rate was never halved (the smaller burst answered the 429)."""
     async with VirtualClock() as clock:
         budget = await wave_then_burst_then_429(clock)
         assert budget.burst < 120
@@ -147,27 +148,30 @@ async def test_a_429_after_a_burst_is_answered_by_a_smaller_burst_not_a_hold() -
         # Held at 90 % of the 35 counted, it would wait for the fourth submission to
         # leave the minute: until 61.75 s, about 10 s after the pause.
         assert clock.now() - paused_until < 2.0
+        budget.on_success()
+        assert budget.paced_rate == 120
 
 
 async def test_refused_again_after_that_pause_the_minute_is_held_after_all() -> None:
     """The first request after that pause refused too, as a server counting a minute does
     (a bucket would have refilled): the minute is held at 90 % of the 429's count until
-    room appears, without halving the rate again, and refusals of requests still on their
-    way belong to that episode (not a storm that would undo the hold)."""
+    room appears, the rate is halved once (the burst's 429 put that off), and refusals of
+    requests still on their way belong to that episode (not a storm that would undo the
+    hold or halve the rate again)."""
     async with VirtualClock() as clock:
         budget = await wave_then_burst_then_429(clock)
-        rate = budget.paced_rate
+        assert budget.paced_rate == 120  # a burst's 429: the smaller burst answers it
         await clock.sleep(budget.paused_until - clock.now())
         await budget.acquire("poll")
         budget.on_throttled(None)
         assert budget.minute_limit == pytest.approx(0.9 * 35)
-        assert budget.paced_rate == rate  # not halved again
+        assert budget.paced_rate == 60  # the minute was at fault: the slow-down is due
         assert budget.effective_rate == budget.minute_limit  # the minute held caps it
         # Nothing goes until the fourth submission (sent at 1.5 s) leaves the minute.
         assert budget.paused_until >= 1.5 + 60.25
         budget.on_throttled(None)  # a second request's refusal, on its way meanwhile
         assert budget.minute_limit == pytest.approx(0.9 * 35)
-        assert budget.paced_rate == rate
+        assert budget.paced_rate == 60
         await budget.acquire("poll")
         assert clock.now() >= 1.5 + 60.25
 
