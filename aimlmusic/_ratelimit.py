@@ -11,11 +11,11 @@ a song's duration). For a server known to count with a small bucket, ``burst_sha
 that cap: never more than this share of the limit in any 10 s. Otherwise 429s tell.
 
 On a 429 the whole client pauses: for the server's ``Retry-After`` when it sends one, else for
-its own growing back-off, and the effective rate is halved once per episode (multiplicative
-decrease). Every success gives back a twentieth of the configured rate (additive increase),
-so throughput returns soon after throttling stops. The rate is paced by a token bucket, not
-by shrinking the minute's window: a window shrunk below what it already holds would stall
-every request for up to a minute.
+its own growing back-off, and the paced rate is halved once per episode (multiplicative
+decrease; for a 429 that a burst may explain, see below). Every success gives back a
+twentieth of the configured rate (additive increase), so throughput returns soon after
+throttling stops. The rate is paced by a token bucket, not by shrinking the minute's window:
+a window shrunk below what it already holds would stall every request for up to a minute.
 
 A 429 also says how large a burst the server takes: a server that counts with a token bucket
 refuses a burst that the minute allows. The bucket's size then comes down to half the
@@ -120,7 +120,7 @@ _SHORT_WINDOW = 10.0
 #: Own back-off after a 429 without Retry-After: the first pause 1-2 s, each next one twice
 #: as long, never over a minute (the longest a server's window lasts).
 _PAUSES = RetryPolicy(base_delay=2.0, max_delay=60.0)
-#: Lowest effective rate, as a share of the configured one.
+#: Lowest paced rate, as a share of the configured one.
 _MIN_RATE_SHARE = 1 / 16
 #: Share of the configured rate given back by each success.
 _RECOVERY_SHARE = 1 / 20
@@ -169,7 +169,7 @@ class RequestBudget:
         self._clock = clock
         self._rate = self.requests_per_minute
         # The token bucket that paces requests: at most ``_burst`` at once, refilled at the
-        # effective rate. A whole minute's worth until a 429 says the server takes less.
+        # paced rate. A whole minute's worth until a 429 says the server takes less.
         self._burst = self.requests_per_minute
         self._tokens = self._burst
         self._tokens_at: float | None = None  # set at first use: a client is made outside a loop
@@ -233,7 +233,7 @@ class RequestBudget:
         """Share of the current long-window allowance already spent (0.0-1.0 and beyond)."""
         now = self._clock.now()
         self._forget_before(now - _LONG_WINDOW)
-        return (len(self._sent) + len(self._queue)) / max(1.0, math.floor(self._rate))
+        return (len(self._sent) + len(self._queue)) / max(1.0, math.floor(self.effective_rate))
 
     def delay(self) -> float:
         """Seconds until one more request could be sent, ignoring anyone already waiting."""
@@ -292,6 +292,10 @@ class RequestBudget:
                 # at fault, and the slow-down the burst's 429 put off is due.
                 self._slow_down()
             return
+        if self._slowdown_owed:
+            # A burst's 429 put its halving off, and this refusal is no minute held: the
+            # burst was not all the server refused (a storm, or a Retry-After), so it is due.
+            self._slow_down()
         suspect = self._limit.suspect
         self._slowdown_owed = suspect is not None and suspect.deferred
         if not self._slowdown_owed:
@@ -399,5 +403,6 @@ class RequestBudget:
     def __repr__(self) -> str:
         return (
             f"RequestBudget(requests_per_minute={self.requests_per_minute:g}, "
-            f"effective_rate={self._rate:g}, waiting={len(self._queue)})"
+            f"effective_rate={self.effective_rate:g}, paced_rate={self._rate:g}, "
+            f"waiting={len(self._queue)})"
         )

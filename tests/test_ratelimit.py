@@ -178,13 +178,15 @@ async def test_refused_again_after_that_pause_the_minute_is_held_after_all() -> 
 
 async def test_a_retry_after_on_that_refusal_is_honoured() -> None:
     """Refused again after that pause with a Retry-After of 30 s: the next request waits
-    the 30 s the server asked for."""
+    the 30 s the server asked for, and the rate is halved twice, once for the burst's 429
+    (put off until now) and once for this one."""
     async with VirtualClock() as clock:
         budget = await wave_then_burst_then_429(clock)
         await clock.sleep(budget.paused_until - clock.now())
         await budget.acquire("poll")
         refused_at = clock.now()
         budget.on_throttled(30.0)
+        assert budget.paced_rate == 30
         await budget.acquire("poll")
         assert clock.now() >= refused_at + 30.0
 
