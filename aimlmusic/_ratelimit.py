@@ -26,10 +26,10 @@ bucket, and halving too would leave the requests queued behind the burst waiting
 long. The first request after the pause says which it was: refused as well, the server's
 minute was at fault (a bucket would have refilled), and the halving is due then. Against a
 sliding-window server that the budget mirrors, no 429 comes and bursts stay a whole
-minute's worth. A server that counts fewer requests a minute than
-configured refuses near the same count each time, and lets the first request after the
-pause through: the minute's limit then comes down below that count (``minute_limit``). That
-limit is an explicit state of its own, in named phases (unknown, suspected, shown, learned:
+minute's worth. A server that counts fewer requests a minute than configured refuses near
+the same count each time, and lets the first request after the pause through: the minute's
+limit then comes down below that count (``minute_limit``). That limit is an explicit state
+of its own, in named phases (unknown, suspected, shown, learned:
 :mod:`aimlmusic._server_limit`); the budget reports each 429 and each verdict to it. A 429
 near a limit already learned is that limit again: the client pauses until the minute makes
 room, and the rate is not halved. The rate the budget reports as sustained (what polls are
