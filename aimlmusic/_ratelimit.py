@@ -179,8 +179,6 @@ class RequestBudget:
         self._sent: deque[float] = deque()
         self._paused_until = -math.inf
         self._streak = 0
-        # A burst's 429 put off halving the rate until the first request after its pause.
-        self._slowdown_owed = False
         self._queue: list[_Waiter] = []
         self._seq = itertools.count()
         self._random = random.Random(seed)
@@ -246,8 +244,6 @@ class RequestBudget:
         if self._limit.suspect is not None and self._clock.now() >= self._paused_until:
             self._limit.passed()
         self._streak = 0
-        if self._clock.now() >= self._paused_until:
-            self._slowdown_owed = False  # the first request after the pause got through
         if self._rate < self.requests_per_minute:
             deep = self._rate < self.requests_per_minute * _SLOW_START_BELOW
             self._rate = min(
@@ -272,6 +268,10 @@ class RequestBudget:
             if retry_after is not None:
                 self._paused_until = max(self._paused_until, now + max(0.0, retry_after))
             return
+        # A burst's 429 that the server limit deferred (a bucket's, until the first request
+        # after its pause says otherwise) put off halving the rate: a refusal now makes it due.
+        before = self._limit.suspect
+        owed = before is not None and before.deferred
         smaller_burst = self._learn_burst(now)
         self._forget_before(now - _LONG_WINDOW)
         held = self._limit.refused(
@@ -287,18 +287,17 @@ class RequestBudget:
             # again right after a burst's pause): wait for the minute to make room, without
             # slowing down. Refusals to requests already on their way fall in that pause.
             self._paused_until = now + self._delay(now)
-            if self._slowdown_owed:
+            if owed:
                 # Refused again right after a burst's pause: the minute, not the burst, was
                 # at fault, and the slow-down the burst's 429 put off is due.
                 self._slow_down()
             return
-        if self._slowdown_owed:
-            # A burst's 429 put its halving off, and this refusal is no minute held: the
-            # burst was not all the server refused (a storm, or a Retry-After), so it is due.
+        if owed:
+            # Refused, and no minute held: the burst was not all the server refused (a
+            # storm, or a Retry-After), so the halving put off is due.
             self._slow_down()
-        suspect = self._limit.suspect
-        self._slowdown_owed = suspect is not None and suspect.deferred
-        if not self._slowdown_owed:
+        after = self._limit.suspect
+        if after is None or not after.deferred:
             # Slow down (once per episode) even when told how long to wait: otherwise every
             # request that queued during the pause goes out the moment it ends, and a
             # server still throttling answers the whole burst with 429 again. Not after a
@@ -315,7 +314,6 @@ class RequestBudget:
 
     def _slow_down(self) -> None:
         """Halve the paced rate (multiplicative decrease), not below its floor."""
-        self._slowdown_owed = False
         self._rate = max(self.requests_per_minute * _MIN_RATE_SHARE, self._rate / 2)
 
     def _learn_burst(self, now: float) -> bool:
