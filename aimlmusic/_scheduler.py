@@ -45,6 +45,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeAlias
 
 import anyio
+import attrs
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -151,12 +152,12 @@ class _Song:
     __slots__ = (
         "deadline_at",
         "due_at",
+        "generating",
         "generation",
         "id",
         "key",
         "learns",
         "lease",
-        "owns_key",
         "phase",
         "poll_scope",
         "polls",
@@ -177,7 +178,7 @@ class _Song:
     def __init__(self, key: str, request: SongRequest) -> None:
         self.key = key
         self.request = request
-        self.owns_key = False
+        self.generating = False  # submitted and not yet seen finished
         self.lease: str | None = None  # its slot of a shared in-flight cap, if any
         self.generation: Generation | None = None
         self.id: str | None = None  # the generation id, once known
@@ -254,6 +255,15 @@ def _van_der_corput(index: int) -> float:
     return point
 
 
+def _sharing_id(generation: Generation, generation_id: str) -> Generation:
+    """``generation`` holding the song's own id string when it is the same id: each answer
+    decodes its own copy, and with thousands of songs in flight a second copy per song is a
+    tenth of the batch's memory."""
+    if generation.id == generation_id and generation.id is not generation_id:
+        return attrs.evolve(generation, id=generation_id)
+    return generation
+
+
 def _is_transient(error: AimlMusicError) -> bool:
     """A poll failure worth retrying until the deadline (the service may come back)."""
     if isinstance(error, ServerError | APIConnectionError):
@@ -309,16 +319,15 @@ class _Batch:
         self._nap_until = math.inf
         self._ready: deque[tuple[_Song, SongResult]] = deque()
         self._ready_event = anyio.Event()
-        self._keys_in_flight: set[str] = set()
+        # Songs started and not yet delivered, by key (keys are unique among them).
+        self._in_flight: dict[str, _Song] = {}
+        # Songs submitted before and followed here (``adopt``), until they end.
+        self._followed: set[_Song] = set()
         self._active = 0
         self._generating = 0  # songs submitted and not yet seen finished
-        self._live: set[_Song] = set()  # those songs: the policy forgets them if cancelled
         self._source_done = False
         self._finished = anyio.Event()
         self._task_group: TaskGroup | None = None
-        # Songs with a poll planned, and when it is due: moved earlier when the policy
-        # learns that songs finish sooner than it thought.
-        self._planned: dict[_Song, float] = {}
         self._version = poll.version
         # How late polls went out after they were due (event loop, workers, budget): the
         # median of recent ones is taken off every planned delay, so that the spacing the
@@ -352,8 +361,8 @@ class _Batch:
                 # the leases expire (the generations may run on: a lease is our count only).
                 await self._give_back_all()
             # Songs left running when the batch was cancelled are no evidence any more.
-            for song in self._live:
-                if song.learns and song.generation is not None:
+            for song in (*self._in_flight.values(), *self._followed):
+                if song.generating and song.learns and song.generation is not None:
                     self.poll.forget(song.generation_id)
 
     async def _take_lease(self) -> str | None:
@@ -469,14 +478,13 @@ class _Batch:
         song.lease = lease
         song.phase = next(self.phases)
         self._active += 1
-        if key in self._keys_in_flight:
+        if key in self._in_flight:
             error = RequestValidationError(
                 "key", "must be unique among the songs of a batch", f"{key!r} again"
             )
             self._finish(song, error=error)
             return
-        song.owns_key = True
-        self._keys_in_flight.add(key)
+        self._in_flight[key] = song
         self._spawn(song)
 
     def adopt(
@@ -505,7 +513,8 @@ class _Batch:
         if deadline is not None:
             song.deadline_at = now + deadline
         self._generating += 1
-        self._live.add(song)
+        song.generating = True
+        self._followed.add(song)
         if last is not None and last.is_finished:
             self._conclude(song, last, now, now)
         elif last is None:
@@ -550,7 +559,7 @@ class _Batch:
         song.id = generation.id
         song.submitted_at = now
         self._generating += 1
-        self._live.add(song)
+        song.generating = True
         if self.deadline is not None:
             song.deadline_at = now + self.deadline
         emit(self.events, "on_submitted", SongSubmitted(song.key, song.request, generation, now))
@@ -573,29 +582,43 @@ class _Batch:
         if len(self._lateness) % LATENESS_REFRESH == 0:
             self._typical_lateness = statistics.median(self._lateness)
 
-    def _schedule(self, song: _Song, due: float) -> float:
+    def _schedule(self, song: _Song, due: float) -> None:
+        """Put ``song`` (not in the heap: new, or just polled) in the heap, due at ``due``."""
         due = min(due, song.deadline_at)
         song.due_at = due
-        self._planned[song] = due
         song.timer = next(self._sequence)
         heapq.heappush(self._heap, (due, song.timer, song))
+        self._wake_for(due)
+
+    def _wake_for(self, due: float) -> None:
         if due < self._nap_until and self._nap_scope is not None:
             self._nap_scope.cancel()  # the dispatcher sleeps past this one: wake it
-        return due
 
     def _replan(self, now: float) -> None:
         """Plan every planned poll again when the policy's ``version`` changed: what it
-        learned may move them either way (songs found finishing sooner, or later)."""
+        learned may move them either way (songs found finishing sooner, or later).
+
+        The heap is rebuilt rather than pushed to: pushing a new entry per song would leave
+        its old one behind, and with thousands of songs in flight and a new version every
+        few seconds those stale entries were most of the batch's memory."""
         version = self.poll.version
         if version == self._version:
             return
         self._version = version
-        for song, due in list(self._planned.items()):
-            if due <= now or song.transient_failures:
-                continue  # due already (waiting for the budget), or backing off after errors
-            again = self._plan(now, self._next_delay(song, now))
-            if again != due:
-                self._schedule(song, again)
+        entries = []
+        for due, timer, song in self._heap:
+            if timer != song.timer:
+                continue  # the song ended: its entry goes
+            # Not one due already (waiting for the budget) or backing off after errors.
+            if due > now and not song.transient_failures:
+                due = song.due_at = min(
+                    self._plan(now, self._next_delay(song, now)), song.deadline_at
+                )
+            entries.append((due, timer, song))
+        heapq.heapify(entries)
+        self._heap[:] = entries  # in place: the dispatcher holds this list
+        if entries:
+            self._wake_for(entries[0][0])
 
     async def _dispatch(self, workers: MemoryObjectSendStream[_Song]) -> None:
         heap, due = self._heap, self._due
@@ -697,7 +720,6 @@ class _Batch:
     async def _poll(self, song: _Song) -> None:
         sent = self.clock.now()
         self._note_lateness(song, sent)
-        self._planned.pop(song, None)
         song.polls += 1
         # The song's deadline bounds its polls in flight too (a GET is safe to cut; a POST
         # never is, so submissions are not cut).
@@ -780,7 +802,8 @@ class _Batch:
             song.unfinished_from, song.unfinished_to = sent, now
             if song.learns:
                 self.poll.observe_running(song.generation_id, reference, sent)
-        song.generation = generation
+        if generation != song.generation:  # else the one kept says the same
+            song.generation = _sharing_id(generation, song.generation_id)
 
     def _poll_state(self, song: _Song, now: float) -> PollState:
         assert song.submitted_at is not None
@@ -832,7 +855,7 @@ class _Batch:
         noticed_at: float | None = None,
         sent: float | None = None,
     ) -> None:
-        self._planned.pop(song, None)
+        song.timer = -1  # an entry it may have left in the heap is stale
         if song.lease is not None:
             # The song ended (or never started): its slot is free for the whole account.
             assert self._task_group is not None
@@ -840,7 +863,8 @@ class _Batch:
             song.lease = None
         if song.submitted_at is not None:
             self._generating -= 1
-            self._live.discard(song)
+            song.generating = False
+            self._followed.discard(song)
             self._submission_pace.song_ended(song.requests, self.clock.now() - song.submitted_at)
             if error is not None and song.generation is not None:
                 self.poll.forget(song.generation_id)
@@ -887,8 +911,8 @@ class _Batch:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._stop()  # nobody reads any more: stop submitting and polling
                 return
-            if song.owns_key:
-                self._keys_in_flight.discard(song.key)
+            if self._in_flight.get(song.key) is song:
+                del self._in_flight[song.key]
             self._active -= 1
             self._slots.release()
             self._maybe_finished()

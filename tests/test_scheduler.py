@@ -485,6 +485,64 @@ async def test_cancelling_the_surrounding_scope_stops_everything(clock: VirtualC
         assert running_tasks() == tasks_before
 
 
+class _Policy:
+    """The parts of the PollPolicy protocol a test policy does not care about."""
+
+    version = 0
+
+    def chance_done(self, state: PollState) -> float:
+        return 0.0
+
+    def observe_running(self, song: str, reference_at: float, seen_at: float) -> None:
+        pass
+
+    def observe_finished(self, song: str, reference_at: float, after: float, by: float) -> None:
+        pass
+
+    def forget(self, song: str) -> None:
+        pass
+
+
+class _RecordsForgotten(_Policy):
+    """Polls every second, learns nothing, and records the songs it is told to forget."""
+
+    def __init__(self) -> None:
+        self.forgotten: list[str] = []
+
+    def next_delay(self, state: PollState) -> float:
+        return 1.0
+
+    def forget(self, song: str) -> None:
+        self.forgotten.append(song)
+
+
+async def test_a_cancelled_batch_has_the_policy_forget_every_song_still_generating(
+    clock: VirtualClock,
+) -> None:
+    """Cancelled, the batch tells the policy to forget each song still generating (planned,
+    due, or in a poll), and none that finished, delivered or not yet."""
+    api = FakeAPI(clock)
+    policy = _RecordsForgotten()
+    delivered: list[str | None] = []
+    # More short songs than the result stream buffers: some finish and wait to be delivered.
+    short = _scheduler.MAX_RESULT_BUFFER + 8
+    requests = [song(f"s{n}", 5) for n in range(short)] + [song(f"l{n}", 500) for n in range(60)]
+    async with clock:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_after, clock, scope, 20.3)  # mid-round-trip for some
+                async with batch(api, requests, poll=policy, max_in_flight=60) as results:
+                    async for result in results:
+                        delivered.append(result.generation_id)
+                        await clock.sleep(100.0)  # the other short songs finish unread
+    generating = {i for i, job in api.jobs.items() if job["end"] > 20.3}
+    # Finished and not yet delivered (the stream is full): such songs still hold a slot.
+    waiting = short - len(delivered) - _scheduler.MAX_RESULT_BUFFER
+    assert waiting > 0
+    assert len(generating) == 60 - waiting
+    assert sorted(policy.forgotten) == sorted(generating)
+
+
 async def test_an_error_in_the_block_comes_out_as_itself(api: FakeAPI) -> None:
     """A ValueError raised while reading results is raised as is, not in an ExceptionGroup."""
 
@@ -536,24 +594,6 @@ class Recorder(BatchEvents):
 
     def of(self, kind: type) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
-
-
-class _Policy:
-    """The parts of the PollPolicy protocol a test policy does not care about."""
-
-    version = 0
-
-    def chance_done(self, state: PollState) -> float:
-        return 0.0
-
-    def observe_running(self, song: str, reference_at: float, seen_at: float) -> None:
-        pass
-
-    def observe_finished(self, song: str, reference_at: float, after: float, by: float) -> None:
-        pass
-
-    def forget(self, song: str) -> None:
-        pass
 
 
 class _LearnsSoonerAfterTheFirstSong(_Policy):
@@ -633,6 +673,41 @@ async def test_polls_planned_far_ahead_move_forward_when_the_policy_learns(api: 
     waited = sorted(r.timings.noticed_at - r.timings.submitted_at for r in results)  # type: ignore[operator]
     assert policy.replanned >= 3
     assert max(waited) < 30.0  # not 200 s: re-planned to 1 s
+
+
+class _NewVersionEveryPoll(_Policy):
+    """Polls every second, and has learned something new after every poll it hears of."""
+
+    def next_delay(self, state: PollState) -> float:
+        return 1.0
+
+    def observe_running(self, song: str, reference_at: float, seen_at: float) -> None:
+        self.version += 1
+
+
+async def test_replanning_keeps_one_timer_entry_per_song(
+    api: FakeAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polls planned again at every new version replace their entries in the timer heap:
+    none is left behind (stale entries once were most of a large batch's memory)."""
+    batches: list[Any] = []
+
+    class Watched(_scheduler._Batch):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            batches.append(self)
+
+    monkeypatch.setattr(_scheduler, "_Batch", Watched)
+    api.hold = True
+    sizes = []
+    songs = [song(str(n), 60) for n in range(30)]
+    async with batch(api, songs, poll=_NewVersionEveryPoll(), max_in_flight=30):
+        for _ in range(60):
+            await api.clock.sleep(0.5)
+            sizes.append(len(batches[0]._heap))
+        polls = sum(job["polls"] for job in api.jobs.values())
+    assert polls > 300  # hundreds of new versions, each replanning every song
+    assert max(sizes) <= 30
 
 
 class _OversleepingClock(VirtualClock):
