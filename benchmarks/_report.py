@@ -38,8 +38,10 @@ __all__ = [
 LAG_P95_DOCUMENTED = Target(3.0, "≤ 3 %")
 MAKESPAN = Target(1.05, "≤ 1.05 × optimum")
 THROTTLED = Target(1.0, "≤ 1 % of requests")
-CPU_RATIO = Target(1.3, "≤ 1.3 × bare httpx")
-RSS_PER_SONG = Target(10.0, "≤ 10 KB")
+#: The polling core's issue: CPU and memory no worse than the page it started from (1.0-1.1x
+#: bare httpx, under 1 KB a song at 10,000 in flight).
+CPU_RATIO = Target(1.1, "≤ 1.1 × bare httpx")
+RSS_PER_SONG = Target(1.0, "< 1 KB", strict=True)
 LOOP_LAG_P99 = Target(50.0, "≤ 50 ms")
 #: How close to the bound of a policy that knew the law the learned policy must come.
 BOUND_FACTOR = 1.25
