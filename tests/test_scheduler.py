@@ -520,7 +520,7 @@ async def test_a_cancelled_batch_has_the_policy_forget_every_song_still_generati
     clock: VirtualClock,
 ) -> None:
     """Cancelled, the batch tells the policy to forget each song still generating (planned,
-    due, or in a poll), and none that finished, delivered or not yet."""
+    or in a poll), and none that finished, delivered or not yet."""
     api = FakeAPI(clock)
     policy = _RecordsForgotten()
     delivered: list[str | None] = []
@@ -708,6 +708,7 @@ async def test_replanning_keeps_one_timer_entry_per_song(
         polls = sum(job["polls"] for job in api.jobs.values())
     assert polls > 300  # hundreds of new versions, each replanning every song
     assert max(sizes) <= 30
+    assert min(job["polls"] for job in api.jobs.values()) >= 20  # and none lost its entry
 
 
 class _OversleepingClock(VirtualClock):
