@@ -17,6 +17,7 @@ from _http_fakes import (
     ok,
     song,
 )
+from _policies import RecordingPolicy
 
 from aimlmusic import (
     AmbiguousSubmissionError,
@@ -28,7 +29,6 @@ from aimlmusic import (
     GenerationStatus,
     GenerationTimeoutError,
     NotFoundError,
-    PollState,
     RetryPolicy,
     Timeout,
 )
@@ -53,34 +53,6 @@ def client_on(api: ScriptedAPI, **kwargs: Any) -> AsyncMusicClient:
     return AsyncMusicClient(
         "sk-test-key", base_url="https://api.test", transport=api.transport, **kwargs
     )  # type: ignore[arg-type]
-
-
-class RecordingPolicy:
-    """A poll policy that polls every second and records what it is told."""
-
-    version = 0
-
-    def __init__(self) -> None:
-        self.states: list[PollState] = []
-        self.running: list[tuple[str, float, float]] = []
-        self.finished: list[tuple[str, float, float, float]] = []
-        self.forgotten: list[str] = []
-
-    def next_delay(self, state: PollState) -> float:
-        self.states.append(state)
-        return 1.0
-
-    def chance_done(self, state: PollState) -> float:
-        return 0.0
-
-    def observe_running(self, song: str, reference_at: float, seen_at: float) -> None:
-        self.running.append((song, reference_at, seen_at))
-
-    def observe_finished(self, song: str, reference_at: float, after: float, by: float) -> None:
-        self.finished.append((song, reference_at, after, by))
-
-    def forget(self, song: str) -> None:
-        self.forgotten.append(song)
 
 
 # ------------------------------------------------------------------ configuration

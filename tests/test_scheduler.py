@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from _policies import RecordingPolicy
 from _timing import list_schedule, max_in_window, virtual_time
 from anyio.streams.memory import MemoryObjectReceiveStream
 
@@ -503,26 +504,13 @@ class _Policy:
         pass
 
 
-class _RecordsForgotten(_Policy):
-    """Polls every second, learns nothing, and records the songs it is told to forget."""
-
-    def __init__(self) -> None:
-        self.forgotten: list[str] = []
-
-    def next_delay(self, state: PollState) -> float:
-        return 1.0
-
-    def forget(self, song: str) -> None:
-        self.forgotten.append(song)
-
-
 async def test_a_cancelled_batch_has_the_policy_forget_every_song_still_generating(
     clock: VirtualClock,
 ) -> None:
     """Cancelled, the batch tells the policy to forget each song still generating (planned,
     or in a poll), and none that finished, delivered or not yet."""
     api = FakeAPI(clock)
-    policy = _RecordsForgotten()
+    policy = RecordingPolicy()
     delivered: list[str | None] = []
     # More short songs than the result stream buffers: some finish and wait to be delivered.
     short = _scheduler.MAX_RESULT_BUFFER + 8
