@@ -86,9 +86,9 @@ REFIT_EVERY = 20.0
 #: first songs to finish.
 SURPRISE = 0.5
 #: Such a song refits when the last refit is this many API seconds old: in a steady service
-#: half the songs pass the median (a refit for each was most of the estimator's CPU), and one
-#: refit per bunch of them follows a slower service as fast.
-SURPRISE_EVERY = 2.0
+#: half the songs pass the median, so these refits were most of the estimator's CPU, and
+#: one per few seconds' bunch of them follows a slower service as fast as one per song.
+SURPRISE_EVERY = 5.0
 #: Songs' worth of data (a wave) below which every completed song refits: learning fast
 #: matters most at first.
 FIRST_SONGS = 20.0
@@ -138,7 +138,6 @@ def _grid() -> tuple[float, ...]:
 #: Bin k spans (EDGES[k], EDGES[k + 1]]; the last bin, past the grid, is open-ended.
 EDGES = _grid()
 BINS = len(EDGES)  # the grid's bins plus the open one past GRID_END
-_LOG_RATIO = math.log(GRID_RATIO)
 
 
 @attrs.frozen(eq=False)  # compared and hashed by identity: one per version of one estimator
@@ -159,11 +158,13 @@ class Snapshot:
         """P(T <= t): the chance a song is finished ``t`` seconds after its reference."""
         if t <= 0:
             return 0.0
-        k = _bin_of(t)
+        # _bin_of, inlined: the planner reads this hundreds of times per plan.
+        k = 0 if t <= GRID_START else bisect.bisect_right(EDGES, t) - 1
+        cdf = self.cdf
         if k >= BINS - 1:
-            return self.cdf[-1]
+            return cdf[-1]
         low, high = EDGES[k], EDGES[k + 1]
-        return self.cdf[k] + (self.cdf[k + 1] - self.cdf[k]) * (t - low) / (high - low)
+        return cdf[k] + (cdf[k + 1] - cdf[k]) * (t - low) / (high - low)
 
     def quantile(self, p: float) -> float:
         """The time by which a share ``p`` of songs is done (``GRID_END`` at most)."""
@@ -220,16 +221,11 @@ class _Pseudo:
 
 
 def _bin_of(t: float) -> int:
-    """The bin holding ``t`` (> 0), in O(1) from the grid's geometry."""
+    """The bin holding ``t`` (> 0): the one with ``EDGES[k] <= t < EDGES[k + 1]`` (a binary
+    search of the edges in C: faster than a logarithm, and exact at the edges)."""
     if t <= GRID_START:
         return 0
-    k = int(math.log(t / GRID_START) / _LOG_RATIO) + 1
-    # Rounding can land one bin off at an edge: step to the bin with EDGES[k] <= t < next.
-    if k < BINS and EDGES[k] > t:
-        k -= 1
-    elif k + 1 < BINS and EDGES[k + 1] <= t:
-        k += 1
-    return min(k, BINS - 1)
+    return min(bisect.bisect_right(EDGES, t) - 1, BINS - 1)
 
 
 def _position(t: float) -> tuple[int, float]:
@@ -621,8 +617,12 @@ def _tail(mass: list[float], resolved: int, support: list[bool]) -> list[float]:
 def _cdf_of(mass: list[float]) -> Snapshot:
     """The distribution of bin masses ``mass``, to read (its version and songs are 0)."""
     cdf = [0.0, *itertools.accumulate(mass)]
-    # Bin k ends at EDGES[k + 1]; the open bin's mass never reaches a finite edge.
-    return Snapshot(version=0, cdf=tuple(min(1.0, value) for value in cdf[:BINS]), songs=0.0)
+    del cdf[BINS:]  # bin k ends at EDGES[k + 1]; the open bin's mass never reaches a finite edge
+    # Rounding can carry the sum a hair past 1; the masses are not negative, so the cdf
+    # rises, and past its first value above 1 every value is.
+    over = bisect.bisect_right(cdf, 1.0)
+    cdf[over:] = [1.0] * (BINS - over)
+    return Snapshot(version=0, cdf=tuple(cdf), songs=0.0)
 
 
 def _sweep(
@@ -661,15 +661,14 @@ def _sweep(
     # found done say nothing of when they finished, and plain EM would keep whatever shape
     # the mass had there for ever; a little diffusion gives it the shape of its neighbours.
     edge, keep = SMOOTHING, 1.0 - 2.0 * SMOOTHING
-    middle = [
-        m * keep + (before + after) * edge
-        for before, m, after in zip(fitted, fitted[1:], fitted[2:], strict=False)
-    ]
-    first = fitted[0] * (1.0 - edge) + fitted[1] * edge
-    last = fitted[-1] * (1.0 - edge) + fitted[-2] * edge
     # The smoothing must not carry mass out of the support.
-    smoothed = [
-        m if inside else 0.0 for m, inside in zip((first, *middle, last), support, strict=True)
+    smoothed = [fitted[0] * (1.0 - edge) + fitted[1] * edge if support[0] else 0.0]
+    smoothed += [
+        m * keep + (before + after) * edge if inside else 0.0
+        for before, m, after, inside in zip(
+            fitted, fitted[1:], fitted[2:], support[1:], strict=False
+        )
     ]
+    smoothed.append(fitted[-1] * (1.0 - edge) + fitted[-2] * edge if support[-1] else 0.0)
     kept = sum(smoothed)
     return [m / kept for m in smoothed] if kept > 0 else fitted

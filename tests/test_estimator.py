@@ -12,12 +12,15 @@ import math
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from aimlmusic._estimator import (
+    BINS,
+    EDGES,
     GRID_END,
     GRID_RATIO,
+    GRID_START,
     MAX_COMPLETED,
     MEMORY,
     REFIT_EVERY,
@@ -26,6 +29,8 @@ from aimlmusic._estimator import (
     SURPRISE_EVERY,
     CompletionEstimator,
     Snapshot,
+    _bin_of,
+    _cdf_of,
     _tail,
 )
 
@@ -508,3 +513,41 @@ def test_a_snapshot_is_a_distribution(times: list[float]) -> None:
     for p in (0.1, 0.5, 0.9):
         if p <= snapshot.done_by(GRID_END):  # past the grid, mass has no place in time
             assert snapshot.done_by(snapshot.quantile(p)) == pytest.approx(p, abs=0.02)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.floats(min_value=1e-6, max_value=4 * GRID_END),
+        st.sampled_from(EDGES[1:]),  # the edges themselves, where rounding would bite
+    )
+)
+def test_every_time_falls_in_the_bin_whose_edges_hold_it(t: float) -> None:
+    """_bin_of(t) is the bin with EDGES[k] <= t < EDGES[k + 1]: the first bin up to the
+    grid's start, the open bin past its end."""
+    k = _bin_of(t)
+    if t <= GRID_START:
+        assert k == 0
+    elif k == BINS - 1:
+        assert t >= EDGES[-1]
+    else:
+        assert EDGES[k] <= t < EDGES[k + 1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=BINS, max_size=BINS))
+def test_a_cdf_never_passes_one_however_its_masses_round(raw: list[float]) -> None:
+    """Masses that sum to 1 give a cdf that rises from 0 and never passes 1, even where
+    rounding carries their running sum a hair past it, and that is exact below there."""
+    total = sum(raw)
+    assume(total > 0)
+    mass = [m / total for m in raw]
+    cdf = _cdf_of(mass).cdf
+    assert len(cdf) == BINS
+    assert cdf[0] == 0.0
+    assert list(cdf) == sorted(cdf)
+    assert max(cdf) <= 1.0
+    running = 0.0
+    for k in range(1, BINS):
+        running += mass[k - 1]
+        assert cdf[k] == min(1.0, running)
