@@ -204,20 +204,35 @@ def generation_from_json(text: str | bytes) -> Generation:
     return structure_generation(data)
 
 
+#: Where a value sits in an answer: ``None`` for the answer itself, else its parent's place
+#: and its key there.
+_Place = tuple[Any, Any] | None
+
+
+def _spelled(place: _Place) -> str:
+    """``place`` as a dotted path (``extra_info.music_duration``), or "the answer"."""
+    keys: list[str] = []
+    while place is not None:
+        place, key = place
+        keys.append(str(key))
+    return ".".join(reversed(keys)) or "the answer"
+
+
 def _number_problem(data: Any) -> str | None:
     """What is wrong with the numbers of an answer, or ``None`` when nothing is."""
-    # Iterative, so a deep answer cannot exhaust the stack.
-    pending: list[tuple[str, Any, int]] = [("", data, 0)]
+    # Iterative, so a deep answer cannot exhaust the stack. Each value carries its place as
+    # a link to its parent's (``(parent, key)``): the dotted path is spelled out only for a
+    # value found wrong, not for every value of every poll's answer.
+    pending: list[tuple[Any, int, _Place]] = [(data, 0, None)]
     while pending:
-        where, value, depth = pending.pop()
+        value, depth, place = pending.pop()
         if isinstance(value, float) and not math.isfinite(value):
-            return f"{where or 'the answer'}: expected a finite number, got {value!r}"
+            return f"{_spelled(place)}: expected a finite number, got {value!r}"
         if isinstance(value, dict | list):
             if depth >= MAX_CHECKED_DEPTH:
-                return f"{where or 'the answer'}: nested more than {MAX_CHECKED_DEPTH} levels deep"
+                return f"{_spelled(place)}: nested more than {MAX_CHECKED_DEPTH} levels deep"
             items = value.items() if isinstance(value, dict) else enumerate(value)
-            for key, item in items:
-                pending.append((f"{where}.{key}" if where else str(key), item, depth + 1))
+            pending.extend((item, depth + 1, (place, key)) for key, item in items)
     if not isinstance(data, Mapping):
         return None
     for path in NON_NEGATIVE_FIELDS:
@@ -235,6 +250,8 @@ def unsendable_id_problem(generation_id: str) -> str | None:
     A lone surrogate cannot be encoded as UTF-8; control characters (a newline, ESC) have no
     business in an id and would garble logs and terminals.
     """
+    if generation_id.isascii() and generation_id.isprintable():
+        return None  # every id the API hands out: no surrogate, no control character
     for index, char in enumerate(generation_id):
         category = unicodedata.category(char)
         if category == "Cs":

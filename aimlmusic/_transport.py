@@ -316,14 +316,15 @@ class Transport:
     ) -> Generation:
         if self._closed:
             raise RuntimeError("this aimlmusic client is closed; create a new one")
-        url = str(httpx.URL(self._endpoint, params=params))
+        target = httpx.URL(self._endpoint, params=params)
+        url = str(target)  # for logs and errors
         retry_on = _POST_RETRIES if method == "POST" else _GET_RETRIES
         attempts = self.retry.attempts
         for attempt in range(1, attempts + 1):
             await self.budget.acquire(kind)
             outcome = await self._attempt(
                 method,
-                url,
+                target,
                 body,
                 attempt,
                 expected_id=(params or {}).get("generation_id"),
@@ -372,20 +373,22 @@ class Transport:
     async def _attempt(
         self,
         method: str,
-        url: str,
+        target: httpx.URL,
         body: dict[str, Any] | None,
         attempt: int,
         *,
         expected_id: str | None = None,
         on_sending: Any = None,
     ) -> Generation | _Failure:
+        url = str(target)  # for logs and errors (spelling a parsed URL out is cheap)
         logger.debug("%s %s (attempt %d of %d)", method, url, attempt, self.retry.attempts)
         started = time.perf_counter()
         http = self._post_http if method == "POST" else self._http
         problem: str | None = None
         try:
+            # The URL as parsed once (a string would be parsed again, every attempt).
             request = http.build_request(
-                method, url, json=body, headers=self._headers(), timeout=self._httpx_timeout
+                method, target, json=body, headers=self._headers(), timeout=self._httpx_timeout
             )
         except (ValueError, httpx.InvalidURL) as exc:  # UnicodeEncodeError is a ValueError
             # Nothing was sent. Say what broke, never how (the text may quote a header).

@@ -33,6 +33,7 @@ from aimlmusic._converter import (
     generation_to_wire,
     request_to_wire,
     structure_generation,
+    unsendable_id_problem,
 )
 
 TESTS = Path(__file__).resolve().parent
@@ -252,6 +253,49 @@ def test_malformed_bodies_raise_a_readable_response_validation_error(
     assert isinstance(error, APIError)
     assert isinstance(error, AimlMusicError)
     assert error.body is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        # 1e400 decodes to infinity (a NaN or Infinity literal is not JSON, refused before).
+        ('{"id": "g", "status": "queued", "x": {"y": [1, {"z": 1e400}]}}', "x.y.1.z: "),
+        ('{"id": "g", "status": "queued", "x": [1e400]}', "x.0: "),
+        ('{"id": "g", "status": "queued", "x": -1e400}', "x: "),
+        ("1e400", "the answer: "),
+        ('{"id": "g", "status": "queued", "x": ' + "[" * 80 + "]" * 80 + "}", "x.0.0.0.0."),
+    ],
+)
+def test_a_wrong_number_or_nesting_is_named_by_its_dotted_path(body: str, reason: str) -> None:
+    """A non-finite number (or nesting too deep) anywhere in an answer is named by the path
+    to it, keys and list indexes joined by dots (the answer itself: "the answer")."""
+    with pytest.raises(ResponseValidationError) as info:
+        generation_from_json(body)
+    assert info.value.reason.startswith(reason)
+
+
+@pytest.mark.parametrize(
+    ("generation_id", "problem"),
+    [
+        ("6b1f3c2e:minimax/music-1.5", None),
+        ("with space and ünïcode ♪", None),
+        ("a\x7fb", "control character (U+007F) at index 1"),  # DEL: ASCII, not printable
+        ("a\tb", "control character (U+0009) at index 1"),
+        ("\x1b[31m", "control character (U+001B) at index 0"),
+        ("ok\ud800", "lone surrogate at index 2"),
+    ],
+)
+def test_ids_that_cannot_be_sent_back_are_told_apart(
+    generation_id: str, problem: str | None
+) -> None:
+    """An id with a control character (DEL and tab included) or a lone surrogate cannot be
+    sent back, and the problem names the character's place; printable text can."""
+    found = unsendable_id_problem(generation_id)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert problem in found
 
 
 @pytest.mark.parametrize(
