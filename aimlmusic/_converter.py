@@ -232,7 +232,8 @@ def _number_problem(data: Any) -> str | None:
             if depth >= MAX_CHECKED_DEPTH:
                 return f"{_spelled(place)}: nested more than {MAX_CHECKED_DEPTH} levels deep"
             items = value.items() if isinstance(value, dict) else enumerate(value)
-            pending.extend((item, depth + 1, (place, key)) for key, item in items)
+            for key, item in items:
+                pending.append((item, depth + 1, (place, key)))
     if not isinstance(data, Mapping):
         return None
     for path in NON_NEGATIVE_FIELDS:

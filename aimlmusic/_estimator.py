@@ -135,7 +135,9 @@ def _grid() -> tuple[float, ...]:
     return (0.0, *(GRID_START * GRID_RATIO**k for k in range(count + 1)))
 
 
-#: Bin k spans (EDGES[k], EDGES[k + 1]]; the last bin, past the grid, is open-ended.
+#: Bin 0 holds (0, GRID_START]; bin k > 0 holds [EDGES[k], EDGES[k + 1]); the last bin, past
+#: the grid, is open-ended. (Mass is spread evenly within a bin, so which bin holds an edge
+#: itself changes no estimate.)
 EDGES = _grid()
 BINS = len(EDGES)  # the grid's bins plus the open one past GRID_END
 
@@ -221,11 +223,11 @@ class _Pseudo:
 
 
 def _bin_of(t: float) -> int:
-    """The bin holding ``t`` (> 0): the one with ``EDGES[k] <= t < EDGES[k + 1]`` (a binary
-    search of the edges in C: faster than a logarithm, and exact at the edges)."""
+    """The bin holding ``t`` (> 0), by a binary search of the edges (in C: faster than a
+    logarithm, and exact at the edges)."""
     if t <= GRID_START:
         return 0
-    return min(bisect.bisect_right(EDGES, t) - 1, BINS - 1)
+    return bisect.bisect_right(EDGES, t) - 1  # at most BINS - 1: EDGES has BINS values
 
 
 def _position(t: float) -> tuple[int, float]:
@@ -666,7 +668,7 @@ def _sweep(
     smoothed += [
         m * keep + (before + after) * edge if inside else 0.0
         for before, m, after, inside in zip(
-            fitted, fitted[1:], fitted[2:], support[1:], strict=False
+            fitted[:-2], fitted[1:-1], fitted[2:], support[1:-1], strict=True
         )
     ]
     smoothed.append(fitted[-1] * (1.0 - edge) + fitted[-2] * edge if support[-1] else 0.0)

@@ -90,6 +90,8 @@ NO_AUTH = httpx.Auth()
 
 #: The POST-only pool keeps no idle connection, so every submission opens a fresh one.
 _FRESH_CONNECTIONS = httpx.Limits(max_keepalive_connections=0)
+#: The longest URL httpx sends (its ``MAX_URL_LENGTH``, checked only when it parses a string).
+MAX_URL_CHARS = 65_536
 
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
@@ -316,7 +318,7 @@ class Transport:
     ) -> Generation:
         if self._closed:
             raise RuntimeError("this aimlmusic client is closed; create a new one")
-        target = httpx.URL(self._endpoint, params=params)
+        target = self._target(params)
         url = str(target)  # for logs and errors
         retry_on = _POST_RETRIES if method == "POST" else _GET_RETRIES
         attempts = self.retry.attempts
@@ -369,6 +371,22 @@ class Transport:
                 observer.on_retry(attempt, failure.error, delay)
             await self.clock.sleep(delay)
         raise AssertionError("unreachable: the last attempt always returns or raises")
+
+    def _target(self, params: dict[str, str] | None) -> httpx.URL:
+        """The request's URL, parsed once; one httpx would refuse is refused here, before
+        anything is sent, naming the parameter that made it (the generation id)."""
+        field = "generation_id" if params and "generation_id" in params else "request"
+        limit = f"must make a valid URL of at most {MAX_URL_CHARS} characters (nothing was sent)"
+        try:
+            target = httpx.URL(self._endpoint, params=params)
+        except httpx.InvalidURL as exc:  # its text names the part, never the API key
+            raise RequestValidationError(field, limit, f"{type(exc).__name__}: {exc}") from None
+        # httpx checks a URL's length only when it parses a string; this one is handed over
+        # parsed, so the check is made here.
+        length = len(str(target))
+        if length > MAX_URL_CHARS:
+            raise RequestValidationError(field, limit, f"a URL of {length} characters")
+        return target
 
     async def _attempt(
         self,

@@ -12,8 +12,8 @@ from workloads import WORKLOADS
 __all__ = ["write"]
 
 PLOT = Path("_static") / "polling.png"
-#: Sections measured by scripts of their own and kept by hand: a rewrite of the page carries
-#: them over from the old page, at the end, in this order.
+#: Sections kept by hand (measured by scripts of their own, or the page's history): a
+#: rewrite of the page carries them over from the old page, at the end, in this order.
 KEPT_SECTIONS = ("## Several processes on one key", "## Several catalog workers", "## History")
 
 _INTRO = """\

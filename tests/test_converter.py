@@ -267,8 +267,7 @@ def test_malformed_bodies_raise_a_readable_response_validation_error(
     ],
 )
 def test_a_wrong_number_or_nesting_is_named_by_its_dotted_path(body: str, reason: str) -> None:
-    """A non-finite number (or nesting too deep) anywhere in an answer is named by the path
-    to it, keys and list indexes joined by dots (the answer itself: "the answer")."""
+    """A non-finite number or too deep a nesting is named by its dotted path in the answer."""
     with pytest.raises(ResponseValidationError) as info:
         generation_from_json(body)
     assert info.value.reason.startswith(reason)
@@ -288,8 +287,7 @@ def test_a_wrong_number_or_nesting_is_named_by_its_dotted_path(body: str, reason
 def test_ids_that_cannot_be_sent_back_are_told_apart(
     generation_id: str, problem: str | None
 ) -> None:
-    """An id with a control character (DEL and tab included) or a lone surrogate cannot be
-    sent back, and the problem names the character's place; printable text can."""
+    """An id with a control character (DEL, tab) or lone surrogate is unsendable, at its index."""
     found = unsendable_id_problem(generation_id)
     if problem is None:
         assert found is None

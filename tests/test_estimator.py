@@ -523,8 +523,7 @@ def test_a_snapshot_is_a_distribution(times: list[float]) -> None:
     )
 )
 def test_every_time_falls_in_the_bin_whose_edges_hold_it(t: float) -> None:
-    """_bin_of(t) is the bin with EDGES[k] <= t < EDGES[k + 1]: the first bin up to the
-    grid's start, the open bin past its end."""
+    """_bin_of(t) is the k with EDGES[k] <= t < EDGES[k + 1] (0 up to GRID_START)."""
     k = _bin_of(t)
     if t <= GRID_START:
         assert k == 0
@@ -537,8 +536,7 @@ def test_every_time_falls_in_the_bin_whose_edges_hold_it(t: float) -> None:
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=BINS, max_size=BINS))
 def test_a_cdf_never_passes_one_however_its_masses_round(raw: list[float]) -> None:
-    """Masses that sum to 1 give a cdf that rises from 0 and never passes 1, even where
-    rounding carries their running sum a hair past it, and that is exact below there."""
+    """A cdf of masses summing to 1 rises from 0, is their exact running sum, and never passes 1."""
     total = sum(raw)
     assume(total > 0)
     mass = [m / total for m in raw]

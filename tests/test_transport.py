@@ -727,3 +727,15 @@ async def test_a_request_that_cannot_be_encoded_is_a_request_validation_error_no
         assert caught.value.__cause__ is None
         assert caught.value.__context__ is None
     assert api.requests == []
+
+
+@pytest.mark.parametrize("length", [65_517, 70_000])
+async def test_an_id_too_long_for_a_url_is_refused_naming_the_limit_not_sent(length: int) -> None:
+    """An id making a URL over 65,536 characters is refused on generation_id, nothing sent."""
+    api = ScriptedAPI(ok())
+    transport = make_transport(api)
+    with pytest.raises(RequestValidationError) as caught:
+        await transport.get("a" * length)
+    assert caught.value.field == "generation_id"
+    assert "65536 characters" in caught.value.limit
+    assert api.requests == []
