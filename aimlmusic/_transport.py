@@ -379,8 +379,9 @@ class Transport:
         limit = f"must make a valid URL of at most {MAX_URL_CHARS} characters (nothing was sent)"
         try:
             target = httpx.URL(self._endpoint, params=params)
-        except httpx.InvalidURL as exc:  # its text names the part, never the API key
-            raise RequestValidationError(field, limit, f"{type(exc).__name__}: {exc}") from None
+        except httpx.InvalidURL as exc:  # its text names the part of the URL that broke
+            problem = self.redactor.text(f"{type(exc).__name__}: {exc}")
+            raise RequestValidationError(field, limit, problem) from None
         # httpx checks a URL's length only when it parses a string; this one is handed over
         # parsed, so the check is made here.
         length = len(str(target))
