@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Protocol
 
 import attrs
 
@@ -126,7 +127,36 @@ def _ladder(first: float) -> tuple[float, ...]:
     return (*halving, first / (1.0 + NEAR_RUNG))
 
 
-def _chain(snapshot: Snapshot, low: float, high: float, share: float) -> list[float]:
+class _Law(Protocol):
+    """What planning reads of a completion-time distribution."""
+
+    def done_by(self, t: float) -> float: ...
+
+    def quantile(self, p: float) -> float: ...
+
+
+class _Remembered:
+    """A snapshot's ``done_by`` with the answers kept, for one plan: a plan reads the same
+    times over and over (a chain's next poll is its following step, and each candidate's
+    polls are read again for its polls per song, its time in flight and its busiest
+    window). Kept only while the plan is made: nothing stays on the snapshot."""
+
+    __slots__ = ("_done", "_read", "quantile")
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._done: dict[float, float] = {}
+        self._read = snapshot.done_by
+        self.quantile = snapshot.quantile
+
+    def done_by(self, t: float) -> float:
+        """The snapshot's ``done_by(t)``, read from it once per ``t``."""
+        done = self._done.get(t)
+        if done is None:
+            done = self._done[t] = self._read(t)
+        return done
+
+
+def _chain(snapshot: _Law, low: float, high: float, share: float) -> list[float]:
     """Polls that notice every song finishing in ``[low, high]`` within ``share``, fewest
     first: the greedy cover of those completion times by windows ``[d, (1 + share) * d]``
     (each poll is one spacing past the earliest completion time not yet covered). Where
@@ -159,7 +189,7 @@ def _explore_share(snapshot: Snapshot) -> float:
     return max(EXPLORE_SHARE, FIRST_EXPLORE_SHARE * decay)
 
 
-def _expected_polls(snapshot: Snapshot, times: list[float], explore: float) -> float:
+def _expected_polls(snapshot: _Law, times: list[float], explore: float) -> float:
     # At the middle phase, for songs' phases spread evenly around it (see Schedule.after),
     # and with the explorers' ladder, climbed by a share ``explore`` of songs.
     ladder = sum(1.0 - snapshot.done_by(t) for t in _ladder(times[0]))
@@ -172,7 +202,7 @@ def _expected_polls(snapshot: Snapshot, times: list[float], explore: float) -> f
     return polls
 
 
-def _time_in_flight(snapshot: Snapshot, times: list[float]) -> float:
+def _time_in_flight(snapshot: _Law, times: list[float]) -> float:
     """The mean time until a song is seen finished on ``times`` (at the middle phase, each
     song counted at most until the ``IN_FLIGHT_QUANTILE``). Explorers, seen finished a
     little earlier, are not told apart: that errs on the side of fewer polls."""
@@ -187,7 +217,7 @@ def _time_in_flight(snapshot: Snapshot, times: list[float]) -> float:
     return total + (1.0 - before) * cap
 
 
-def _cheapest(snapshot: Snapshot, share: float, explore: float) -> tuple[float, list[float]]:
+def _cheapest(snapshot: _Law, share: float, explore: float) -> tuple[float, list[float]]:
     """The split with the fewest polls per song for ``share`` (a share ``explore`` of songs
     exploring), and its poll times."""
     best: tuple[float, list[float]] = (math.inf, [])
@@ -205,7 +235,7 @@ def _cheapest(snapshot: Snapshot, share: float, explore: float) -> tuple[float, 
     return best
 
 
-def _busiest_window(snapshot: Snapshot, times: list[float]) -> float:
+def _busiest_window(snapshot: _Law, times: list[float]) -> float:
     """The expected requests of one song's slot in its busiest ``WINDOW``: the song's polls
     on ``times`` (each made while it was still running at the poll before), and one
     submission (the song's own, or the next one in its slot, once the song is seen
@@ -227,7 +257,7 @@ def _busiest_window(snapshot: Snapshot, times: list[float]) -> float:
     return 1.0 + busiest
 
 
-def _fits(snapshot: Snapshot, polls: float, times: list[float], rate: float, peak: float) -> bool:
+def _fits(snapshot: _Law, polls: float, times: list[float], rate: float, peak: float) -> bool:
     """Whether ``rate`` (requests per second per song in flight) pays for a submission and
     ``polls`` polls per song over the time songs spend in flight on ``times`` (Little's
     law), and ``peak`` (requests per song in any ``WINDOW``) for the requests of a song's
@@ -251,16 +281,17 @@ def plan(snapshot: Snapshot, rate: float, target: float, peak: float = math.inf)
     average alone decides: songs rarely move together all the time, and the budget's
     queue takes the likeliest polls first when they do."""
     explore = _explore_share(snapshot)
+    law = _Remembered(snapshot)
     for limit in dict.fromkeys((peak, math.inf)):  # the busiest window's, then none
-        found = _finest(snapshot, rate, target, explore, limit)
+        found = _finest(law, rate, target, explore, limit)
         if found is not None:
             return found
-    polls, times = _cheapest(snapshot, MAX_SHARE, explore)
+    polls, times = _cheapest(law, MAX_SHARE, explore)
     return Schedule(tuple(times), MAX_SHARE, polls, explore)
 
 
 def _finest(
-    snapshot: Snapshot, rate: float, target: float, explore: float, peak: float
+    snapshot: _Law, rate: float, target: float, explore: float, peak: float
 ) -> Schedule | None:
     """The finest share (down to ``target``) that fits, by bisection; None when even the
     coarsest does not."""

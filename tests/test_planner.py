@@ -25,6 +25,7 @@ from aimlmusic._planner import (
     WINDOW,
     Schedule,
     _busiest_window,
+    _Remembered,
     _time_in_flight,
     plan,
 )
@@ -254,3 +255,22 @@ _LAWS = {
     for low in (5.0, 20.0, 50.0, 120.0)
     for width in (0.1, 0.5, 1.0)
 }
+
+
+def test_a_plan_reads_each_time_from_the_snapshot_once_and_sees_what_it_says() -> None:
+    """_Remembered answers done_by as the snapshot does, reading the snapshot once per time."""
+    reads: list[float] = []
+
+    class Counted(Snapshot):
+        def done_by(self, t: float) -> float:
+            reads.append(t)
+            return super().done_by(t)
+
+    counted = Counted(
+        version=0, cdf=DOCUMENTED.cdf, songs=DOCUMENTED.songs, evidence=DOCUMENTED.evidence
+    )
+    law = _Remembered(counted)
+    times = [0.0, 30.0, 50.0, 55.5, 60.0, 1e4] * 3
+    assert [law.done_by(t) for t in times] == [DOCUMENTED.done_by(t) for t in times]
+    assert sorted(reads) == sorted(set(times))
+    assert law.quantile(0.5) == DOCUMENTED.quantile(0.5)
