@@ -166,13 +166,16 @@ def _chain(snapshot: _Law, low: float, high: float, share: float) -> list[float]
     times: list[float] = []
     t = low
     skipped = False
+    grow, end = 1.0 + share, high * (1.0 + share)  # ``end``: covers ``high`` at any phase
     while True:
-        t = max(t * (1.0 + share), t + MIN_GAP)
+        t = max(t * grow, t + MIN_GAP)
         times.append(t)
-        if t >= high * (1.0 + share):  # covers ``high`` at any phase
+        if t >= end:
             break
+        if skipped:
+            continue
         done = snapshot.done_by(t)
-        if not skipped and snapshot.done_by(t * (1.0 + share)) - done < GAP_MASS:
+        if snapshot.done_by(t * grow) - done < GAP_MASS:
             # Next to no song finishes in the next spacing: go on from where they do again.
             t = max(t, min(high, snapshot.quantile(done + GAP_MASS)))
             skipped = True
