@@ -141,19 +141,11 @@ class _Remembered:
     polls are read again for its polls per song, its time in flight and its busiest
     window). Kept only while the plan is made: nothing stays on the snapshot."""
 
-    __slots__ = ("_done", "_read", "quantile")
+    __slots__ = ("done_by", "quantile")
 
     def __init__(self, snapshot: Snapshot) -> None:
-        self._done: dict[float, float] = {}
-        self._read = snapshot.done_by
+        self.done_by = functools.cache(snapshot.done_by)
         self.quantile = snapshot.quantile
-
-    def done_by(self, t: float) -> float:
-        """The snapshot's ``done_by(t)``, read from it once per ``t``."""
-        done = self._done.get(t)
-        if done is None:
-            done = self._done[t] = self._read(t)
-        return done
 
 
 def _chain(snapshot: _Law, low: float, high: float, share: float) -> list[float]:
