@@ -121,6 +121,12 @@ class Schedule:
         return max(earliest, elapsed * TAIL_RATIO)
 
 
+def _phase_reach(share: float) -> float:
+    """How far a song's phase may move its polls later (as a ratio; as far earlier by its
+    inverse): half a spacing, at most half of ``PHASE_SPAN``."""
+    return math.exp(min(math.log1p(share), PHASE_SPAN) / 2)
+
+
 def _ladder(first: float) -> tuple[float, ...]:
     """The explorers' rungs below a first planned poll at ``first`` (see Schedule.ladder)."""
     halving = (first / 2**k for k in range(LADDER_STEPS, 0, -1))
@@ -158,9 +164,13 @@ def _chain(snapshot: _Law, low: float, high: float, share: float) -> list[float]
     times: list[float] = []
     t = low
     skipped = False
-    grow, end = 1.0 + share, high * (1.0 + share)  # ``end``: covers ``high`` at any phase
+    grow, reach = 1.0 + share, _phase_reach(share)
+    gap = MIN_GAP * reach  # still MIN_GAP apart at the phase that brings polls closest
+    # The last poll lands on ``end``, not up to a spacing past it: no song finishes in
+    # between, and the longest covered ones are noticed sooner for the same polls.
+    end = high * reach  # covers ``high`` at any phase
     while True:
-        t = max(t * grow, t + MIN_GAP)
+        t = min(max(t * grow, t + gap), max(end, t + gap))
         times.append(t)
         if t >= end:
             break
@@ -172,7 +182,7 @@ def _chain(snapshot: _Law, low: float, high: float, share: float) -> list[float]
             t = max(t, min(high, snapshot.quantile(done + GAP_MASS)))
             skipped = True
     for _ in range(TAIL_POLLS):
-        t = max(t * TAIL_RATIO, t + MIN_GAP)
+        t = max(t * TAIL_RATIO, t + gap)
         times.append(t)
     return times
 

@@ -156,10 +156,25 @@ def test_more_songs_explore_while_the_estimate_rests_on_few_songs() -> None:
 
 
 def test_polls_are_in_order_and_never_closer_than_the_minimum_gap() -> None:
-    """A schedule's times increase, at least MIN_GAP apart, even for a 2-3 s service."""
+    """A schedule's times increase, at least MIN_GAP apart at every phase (phases past the
+    middle bring them closer), even for a 2-3 s service."""
     for snapshot in (DOCUMENTED, learned(2.0, 3.0)):
-        times = plan(snapshot, math.inf, 0.025).times
-        assert all(b - a >= MIN_GAP - 1e-9 for a, b in itertools.pairwise(times))
+        schedule = plan(snapshot, math.inf, 0.025)
+        for phase in (0.05, 0.5, 0.95):
+            scale = schedule.after(0.0, phase, explore=False) / schedule.times[0]
+            times = [t * scale for t in schedule.times]
+            assert all(b - a >= MIN_GAP - 1e-9 for a, b in itertools.pairwise(times))
+
+
+def test_a_coarse_schedule_polls_again_just_past_the_longest_songs() -> None:
+    """On 10-20 s songs with the coarsest share (twice the shortest), a song's second poll
+    comes just past 20 s at every phase, not a spacing (twice its first) later."""
+    schedule = plan(learned(10.0, 20.0), 0.0, 0.025)  # nothing fits: the cheapest schedule
+    assert schedule.share == MAX_SHARE
+    for phase in (0.05, 0.25, 0.5, 0.75, 0.95):
+        first = schedule.after(0.0, phase, explore=False)
+        second = schedule.after(first, phase, explore=False)
+        assert first + MIN_GAP <= second < 24.0
 
 
 def test_after_gives_the_next_poll_and_the_tail_past_the_plan() -> None:
