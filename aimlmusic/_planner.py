@@ -109,7 +109,7 @@ class Schedule:
         is below the schedule's ``explore_share`` first climbs the explorers' ladder, if
         ``explore`` (not after its clock restarted).
         """
-        scale = math.exp(min(math.log1p(self.share), PHASE_SPAN) * (0.5 - phase))
+        scale = math.pow(_phase_reach(self.share), 1.0 - 2.0 * phase)
         earliest = elapsed + MIN_GAP if elapsed > 0 else 0.0
         if explore and phase < self.explore_share:
             for t in self.ladder:
@@ -165,9 +165,12 @@ def _chain(snapshot: _Law, low: float, high: float, share: float) -> list[float]
     t = low
     skipped = False
     grow, reach = 1.0 + share, _phase_reach(share)
-    gap = MIN_GAP * reach  # still MIN_GAP apart at the phase that brings polls closest
-    # The last poll lands on ``end``, not up to a spacing past it: no song finishes in
-    # between, and the longest covered ones are noticed sooner for the same polls.
+    # Polls held apart by the gap alone (a service of a few seconds) are ``reach`` further
+    # apart as planned, so that they are still MIN_GAP apart at the phase that brings them
+    # closest.
+    gap = MIN_GAP * reach
+    # The last poll lands on ``end``, not up to a spacing past it: no covered song finishes
+    # after it, and the longest covered ones are noticed sooner for the same polls.
     end = high * reach  # covers ``high`` at any phase
     while True:
         t = min(max(t * grow, t + gap), max(end, t + gap))

@@ -12,6 +12,7 @@ import math
 import random
 from collections.abc import Callable
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -156,25 +157,29 @@ def test_more_songs_explore_while_the_estimate_rests_on_few_songs() -> None:
 
 
 def test_polls_are_in_order_and_never_closer_than_the_minimum_gap() -> None:
-    """A schedule's times increase, at least MIN_GAP apart at every phase (phases past the
-    middle bring them closer), even for a 2-3 s service."""
+    """Planned polls stay at least MIN_GAP apart at every phase, even on a 2-3 s service."""
     for snapshot in (DOCUMENTED, learned(2.0, 3.0)):
         schedule = plan(snapshot, math.inf, 0.025)
-        for phase in (0.05, 0.5, 0.95):
+        for phase in (0.0, 0.5, 0.999):
             scale = schedule.after(0.0, phase, explore=False) / schedule.times[0]
-            times = [t * scale for t in schedule.times]
-            assert all(b - a >= MIN_GAP - 1e-9 for a, b in itertools.pairwise(times))
+            planned = [t * scale for t in schedule.times]
+            assert all(b - a >= MIN_GAP - 1e-9 for a, b in itertools.pairwise(planned))
+            # and a song is polled at every one of them: none is skipped as too close
+            seen = [schedule.after(0.0, phase, explore=False)]
+            while len(seen) < len(planned):
+                seen.append(schedule.after(seen[-1], phase, explore=False))
+            assert seen == pytest.approx(planned, rel=1e-12)
 
 
 def test_a_coarse_schedule_polls_again_just_past_the_longest_songs() -> None:
-    """On 10-20 s songs with the coarsest share (twice the shortest), a song's second poll
-    comes just past 20 s at every phase, not a spacing (twice its first) later."""
-    schedule = plan(learned(10.0, 20.0), 0.0, 0.025)  # nothing fits: the cheapest schedule
-    assert schedule.share == MAX_SHARE
-    for phase in (0.05, 0.25, 0.5, 0.75, 0.95):
-        first = schedule.after(0.0, phase, explore=False)
-        second = schedule.after(first, phase, explore=False)
-        assert first + MIN_GAP <= second < 24.0
+    """At the coarsest share a second poll comes just past the longest songs, not a spacing on."""
+    for low, high, by in ((10.0, 20.0, 24.0), (20.0, 40.0, 48.0)):  # a spacing on: 40, 80
+        schedule = plan(learned(low, high), 0.0, 0.025)  # nothing fits: the cheapest
+        assert schedule.share == MAX_SHARE
+        for phase in (0.0, 0.25, 0.5, 0.75, 0.999):
+            first = schedule.after(0.0, phase, explore=False)
+            second = schedule.after(first, phase, explore=False)
+            assert first + MIN_GAP <= second < by, (low, phase, first, second)
 
 
 def test_after_gives_the_next_poll_and_the_tail_past_the_plan() -> None:
