@@ -126,6 +126,15 @@ class Redactor:
             return [self.data(v, _depth + 1) for v in value]
         return value
 
+    def decoded(self, source: str, value: Any) -> Any:
+        """``value``, decoded from the JSON text ``source``, redacted as :meth:`data` does;
+        ``value`` itself when ``source`` holds no secret and no escape, since then no string
+        decoded from it can (every one is a piece of ``source`` as written): the walk over
+        every string of every answer is spared."""
+        if "\\" in source or any(secret.reveal() in source for secret in self._secrets):
+            return self.data(value)
+        return value
+
     def _replace(self, value: str) -> str:
         for secret in self._secrets:
             raw = secret.reveal()

@@ -478,7 +478,7 @@ class Transport:
                 ResponseValidationError(reason, body=excerpt, method=method, url=url),
             )
         try:
-            generation = structure_generation(self.redactor.data(data))
+            generation = structure_generation(self.redactor.decoded(text, data))
         except ResponseValidationError as exc:
             return _Failure(
                 "bad_response",
@@ -609,7 +609,7 @@ def _read_error_body(
     if not stripped:
         return None, None, None
     try:
-        data = redactor.data(json.loads(stripped))
+        data = redactor.decoded(stripped, json.loads(stripped))
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         data = None
         stripped = redactor.text(stripped)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import pickle
 import traceback
@@ -306,3 +307,14 @@ def test_the_redactor_finds_keys_in_decoded_json_and_behind_escapes() -> None:
     assert redactor.text("key sk-a\\/b \\ud83c\\udfb5") == "key <redacted> \U0001f3b5"
     assert redactor.text("sk-a\\/b \\ud800") == "<redacted> \\ud800"
     assert redactor.text("no secret \\u0041") == "no secret \\u0041"  # unchanged when clean
+
+
+def test_decoded_json_is_walked_only_when_its_text_could_carry_a_key() -> None:
+    """Redactor.decoded returns clean JSON as decoded and cleans a key written plain or escaped."""
+    redactor = Redactor(Secret("sk-a/b"))
+    clean = '{"id": "x", "status": "generating", "meta": {"n": [1, 2]}}'
+    data = json.loads(clean)
+    assert redactor.decoded(clean, data) is data
+    escaped = "".join(f"\\u{ord(c):04x}" for c in "sk-a/b")
+    for text in ('{"k": "sk-a/b"}', '{"k": "' + escaped + '"}', '{"k": "sk-a\\/b"}'):
+        assert redactor.decoded(text, json.loads(text)) == {"k": "<redacted>"}, text
