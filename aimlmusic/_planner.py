@@ -173,7 +173,7 @@ def _chain(snapshot: _Law, low: float, high: float, share: float) -> list[float]
     # after it, and the longest covered ones are noticed sooner for the same polls.
     end = high * reach  # covers ``high`` at any phase
     while True:
-        t = min(max(t * grow, t + gap), max(end, t + gap))
+        t = max(min(t * grow, end), t + gap)
         times.append(t)
         if t >= end:
             break

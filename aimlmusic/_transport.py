@@ -318,8 +318,7 @@ class Transport:
     ) -> Generation:
         if self._closed:
             raise RuntimeError("this aimlmusic client is closed; create a new one")
-        target = self._target(params)
-        url = str(target)  # for logs and errors
+        target, url = self._target(params)  # ``url``: for logs and errors
         retry_on = _POST_RETRIES if method == "POST" else _GET_RETRIES
         attempts = self.retry.attempts
         for attempt in range(1, attempts + 1):
@@ -327,6 +326,7 @@ class Transport:
             outcome = await self._attempt(
                 method,
                 target,
+                url,
                 body,
                 attempt,
                 expected_id=(params or {}).get("generation_id"),
@@ -372,34 +372,33 @@ class Transport:
             await self.clock.sleep(delay)
         raise AssertionError("unreachable: the last attempt always returns or raises")
 
-    def _target(self, params: dict[str, str] | None) -> httpx.URL:
-        """The request's URL, parsed once; one httpx would refuse is refused here, before
-        anything is sent, naming the parameter that made it (the generation id)."""
-        field = "generation_id" if params and "generation_id" in params else "request"
-        limit = f"must make a valid URL of at most {MAX_URL_CHARS} characters (nothing was sent)"
+    def _target(self, params: dict[str, str] | None) -> tuple[httpx.URL, str]:
+        """The request's URL, parsed once, and spelled out; one httpx would refuse is refused
+        here, before anything is sent, naming the parameter that made it (the generation
+        id)."""
         try:
             target = httpx.URL(self._endpoint, params=params)
         except httpx.InvalidURL as exc:  # its text names the part of the URL that broke
             problem = self.redactor.text(f"{type(exc).__name__}: {exc}")
-            raise RequestValidationError(field, limit, problem) from None
+            raise _unsendable_url(params, problem) from None
         # httpx checks a URL's length only when it parses a string; this one is handed over
         # parsed, so the check is made here.
-        length = len(str(target))
-        if length > MAX_URL_CHARS:
-            raise RequestValidationError(field, limit, f"a URL of {length} characters")
-        return target
+        url = str(target)
+        if len(url) > MAX_URL_CHARS:
+            raise _unsendable_url(params, f"a URL of {len(url)} characters")
+        return target, url
 
     async def _attempt(
         self,
         method: str,
         target: httpx.URL,
+        url: str,  # ``target`` spelled out, for logs and errors
         body: dict[str, Any] | None,
         attempt: int,
         *,
         expected_id: str | None = None,
         on_sending: Any = None,
     ) -> Generation | _Failure:
-        url = str(target)  # for logs and errors (spelling a parsed URL out is cheap)
         logger.debug("%s %s (attempt %d of %d)", method, url, attempt, self.retry.attempts)
         started = time.perf_counter()
         http = self._post_http if method == "POST" else self._http
@@ -594,6 +593,13 @@ class Transport:
             method=method,
             url=url,
         )
+
+
+def _unsendable_url(params: dict[str, str] | None, problem: str) -> RequestValidationError:
+    """The error for a request whose URL cannot be sent, on the parameter that made it."""
+    field = "generation_id" if params and "generation_id" in params else "request"
+    limit = f"must make a valid URL of at most {MAX_URL_CHARS} characters (nothing was sent)"
+    return RequestValidationError(field, limit, problem)
 
 
 def _read_error_body(
