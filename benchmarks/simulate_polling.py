@@ -30,6 +30,7 @@ the song's duration (submission to completion, server side), makespan against th
     python benchmarks/simulate_polling.py --dist lognormal --runs 12 --only learned --head-start
     python benchmarks/simulate_polling.py --dist lognormal --runs 12 --only learned --knows-the-law
     python benchmarks/simulate_polling.py --dist lognormal --runs 10 --only learned --blocks 40
+    python benchmarks/simulate_polling.py --dist lognormal --runs 12 --only learned --quantiles
 
 ``--head-start`` adds a what-if row: the learned policy started from an estimate of the true
 law (built from many draws of ``--dist`` and handed over with ``adopt_estimate``, as a client
@@ -44,7 +45,10 @@ the rest of the default row's lag is the estimator's. Against ``benchmarks/_boun
 (which knows the law too and has none of those costs), it says how close planning alone
 comes to the bound. Not for a shifting service, whose law is not one. ``--blocks N`` adds,
 for each row, the lag p95 of each block of N songs in submission order: how long the cold
-start lasts.
+start lasts. ``--quantiles`` prints, for each learned row, what its estimate says of the law
+at the end of each run (the low quantiles its first polls are planned from, and the median)
+beside the law's own, from many draws (for a shifting service, of its law after the shift):
+whether the estimator, learning from the policy's own polls, gets the left tail right.
 
 Trio runs ready tasks in a shuffled order on purpose, so two runs with one seed differ a
 little; lag p95 of one 200-song batch moves by a few tenths of a percent from run to run.
@@ -138,6 +142,41 @@ def parse_distribution(text: str, songs: int = 200) -> Durations:
 HEAD_START_DRAWS = 40_000
 #: What the head-start estimate is worth, in songs: the most an adopted estimate counts for.
 HEAD_START_SONGS = 40.0
+
+
+#: The quantiles ``--quantiles`` compares: those a schedule's first polls are planned from
+#: (the planner's chain starts from a low one) and the median.
+QUANTILES = (0.005, 0.0225, 0.05, 0.1, 0.5)
+
+
+def law_quantiles(durations: Durations, seed: int = 0) -> tuple[float, ...]:
+    """``QUANTILES`` of ``durations`` from ``HEAD_START_DRAWS`` draws; for a drifting service,
+    of its law after the shift (where a run's estimate should end up)."""
+    draw = durations.after if isinstance(durations, Shift) else durations
+    rng = random.Random(seed)
+    drawn = [draw(rng) for _ in range(HEAD_START_DRAWS)]
+    return tuple(quantile(drawn, q) for q in QUANTILES)
+
+
+def estimated_quantiles(policy: PollPolicy) -> tuple[float, ...] | None:
+    """``QUANTILES`` of ``policy``'s estimate as it stands (None: a policy without one)."""
+    if not isinstance(policy, LearnedPolling):
+        return None
+    return tuple(policy.snapshot.quantile(q) for q in QUANTILES)
+
+
+def print_quantiles(law: tuple[float, ...], estimates: dict[str, list[tuple[float, ...]]]) -> None:
+    """The law's ``QUANTILES`` and, per row, its estimates' mean (and range) over runs."""
+    width = 18
+    print("\nquantiles of the completion time at the end of each run, s: mean (min-max)")
+    print(f"{'':<36} " + " ".join(f"{f'{q:.2%}':>{width}}" for q in QUANTILES))
+    print(f"{'the law':<36} " + " ".join(f"{value:>{width}.1f}" for value in law))
+    for name, runs in estimates.items():
+        cells = []
+        for values in zip(*runs, strict=True):
+            mean = statistics.fmean(values)
+            cells.append(f"{f'{mean:.1f} ({min(values):.1f}-{max(values):.1f})':>{width}}")
+        print(f"{name:<36} " + " ".join(cells))
 
 
 def law_estimate(durations: Durations, seed: int = 0) -> dict[str, Any]:
@@ -594,6 +633,11 @@ def main() -> None:
         help="add the learned policy planning on the true law and learning nothing (what-if)",
     )
     parser.add_argument(
+        "--quantiles",
+        action="store_true",
+        help="also compare each learned row's final estimate of the law with the law",
+    )
+    parser.add_argument(
         "--second-run",
         action="store_true",
         help="add the learned policy started from a first batch's estimate (a catalog's rerun)",
@@ -624,18 +668,24 @@ def main() -> None:
     if args.knows_the_law:
         strategies["learned, knows the law (what-if)"] = knows_the_law(workload.durations)
     rows = []
+    estimates: dict[str, list[tuple[float, ...]]] = {}
     for name, make in strategies.items():
         if args.only and args.only not in name:
             continue
-        runs = [
-            simulate(dataclasses.replace(workload, seed=seed), make(seed), name)
-            for seed in range(args.seed, args.seed + args.runs)
-        ]
+        runs = []
+        for seed in range(args.seed, args.seed + args.runs):
+            policy = make(seed)
+            runs.append(simulate(dataclasses.replace(workload, seed=seed), policy, name))
+            estimated = estimated_quantiles(policy)
+            if estimated is not None:
+                estimates.setdefault(name, []).append(estimated)
         rows.append(mean_of(runs))
         if args.runs > 1:
             worst = max(run.lag_share_p95 for run in runs)
             print(f"{name}: worst lag p95 of {args.runs} runs {worst:.1%} of duration")
     print_table(rows)
+    if args.quantiles:
+        print_quantiles(law_quantiles(workload.durations), estimates)
 
 
 def _workload_burst(dist: str) -> int | None:
