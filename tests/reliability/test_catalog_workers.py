@@ -11,8 +11,9 @@ left behind (the workers still running throw those away).
 The workers, the kill loop and the audit are the benchmark's
 (``benchmarks/_catalog_fleet.py``), so the soak and the published figures are one
 experiment at two sizes. Quick by default (30 songs, 3 kills); ``AIMLMUSIC_SOAK=full`` runs
-300 songs and 12 kills. Each kill strands the dead worker's songs for the 60-second lease,
-so the quick soak takes a little over a minute.
+300 songs and 12 kills. Each kill strands the dead worker's songs for the lease: 20 seconds
+at quick size (the heartbeat renews at a third of it, so a live worker would have to stall
+for 13 s to lose a claim), the default 60 at full size.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ TIME_SCALE = 50.0
 #: API seconds between two kills (a fifth of a song's generation at quick size, so kills
 #: land on submissions, polls and downloads alike; real seconds = this / TIME_SCALE).
 KILL_EVERY_API = soak_size(quick=40, full=150)
+#: Real seconds a claim lasts unrenewed (``--lease-seconds``): how long a kill strands the dead
+#: worker's songs. Shorter at quick size so the soak takes seconds, not a minute.
+LEASE_SECONDS = soak_size(quick=20, full=60)
 #: Real seconds the whole soak may take before it counts as hung.
 RUN_LIMIT = 600.0
 SEED = int(os.environ.get("AIMLMUSIC_SOAK_SEED", "20251202"))
@@ -91,6 +95,7 @@ def test_catalog_workers_kill_soak(tmp_path: Path, postgres_url: str) -> None:
         command = [
             sys.executable, "-m", "aimlmusic.cli", "batch", str(tmp_path / "catalog.jsonl"),
             "-o", str(out), "--journal", postgres_url, "--plain",
+            "--lease-seconds", str(LEASE_SECONDS),
         ]  # fmt: skip
         run = fleet.run_fleet(
             command,
