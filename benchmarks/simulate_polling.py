@@ -46,7 +46,7 @@ the rest of the default row's lag is the estimator's. Against ``benchmarks/_boun
 comes to the bound. Not for a shifting service, whose law is not one. ``--blocks N`` adds,
 for each row, the lag p95 of each block of N songs in submission order: how long the cold
 start lasts. ``--quantiles`` prints, for each learned row, what its estimate says of the law
-at the end of each run (the low quantiles its first polls are planned from, and the median)
+at the end of each run (low quantiles, around where its schedules start, and the median)
 beside the law's own, from many draws (for a shifting service, of its law after the shift):
 whether the estimator, learning from the policy's own polls, gets the left tail right.
 
@@ -144,8 +144,9 @@ HEAD_START_DRAWS = 40_000
 HEAD_START_SONGS = 40.0
 
 
-#: The quantiles ``--quantiles`` compares: those a schedule's first polls are planned from
-#: (the planner's chain starts from a low one) and the median.
+#: The quantiles ``--quantiles`` compares: the low ones around a schedule's start (the
+#: planner starts its chains from quantiles of up to 2.25 %, and first polls land near
+#: 5-10 %), and the median.
 QUANTILES = (0.005, 0.0225, 0.05, 0.1, 0.5)
 
 
@@ -167,16 +168,22 @@ def estimated_quantiles(policy: PollPolicy) -> tuple[float, ...] | None:
 
 def print_quantiles(law: tuple[float, ...], estimates: dict[str, list[tuple[float, ...]]]) -> None:
     """The law's ``QUANTILES`` and, per row, its estimates' mean (and range) over runs."""
-    width = 18
     print("\nquantiles of the completion time at the end of each run, s: mean (min-max)")
+    if not estimates:
+        print("no learned row ran: nothing to compare with the law")
+        return
+    rows = {
+        name: [
+            f"{statistics.fmean(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+            for values in zip(*runs, strict=True)
+        ]
+        for name, runs in estimates.items()
+    }
+    width = max(len(cell) for cells in rows.values() for cell in cells)
     print(f"{'':<36} " + " ".join(f"{f'{q:.2%}':>{width}}" for q in QUANTILES))
     print(f"{'the law':<36} " + " ".join(f"{value:>{width}.1f}" for value in law))
-    for name, runs in estimates.items():
-        cells = []
-        for values in zip(*runs, strict=True):
-            mean = statistics.fmean(values)
-            cells.append(f"{f'{mean:.1f} ({min(values):.1f}-{max(values):.1f})':>{width}}")
-        print(f"{name:<36} " + " ".join(cells))
+    for name, cells in rows.items():
+        print(f"{name:<36} " + " ".join(f"{cell:>{width}}" for cell in cells))
 
 
 def law_estimate(durations: Durations, seed: int = 0) -> dict[str, Any]:
@@ -676,7 +683,7 @@ def main() -> None:
         for seed in range(args.seed, args.seed + args.runs):
             policy = make(seed)
             runs.append(simulate(dataclasses.replace(workload, seed=seed), policy, name))
-            estimated = estimated_quantiles(policy)
+            estimated = estimated_quantiles(policy) if args.quantiles else None
             if estimated is not None:
                 estimates.setdefault(name, []).append(estimated)
         rows.append(mean_of(runs))

@@ -12,8 +12,9 @@ The workers, the kill loop and the audit are the benchmark's
 (``benchmarks/_catalog_fleet.py``), so the soak and the published figures are one
 experiment at two sizes. Quick by default (30 songs, 3 kills); ``AIMLMUSIC_SOAK=full`` runs
 300 songs and 12 kills. Each kill strands the dead worker's songs for the lease: 20 seconds
-at quick size (the heartbeat renews at a third of it, so a live worker would have to stall
-for 13 s to lose a claim), the default 60 at full size.
+at quick size, the default 60 at full size. The lease runs on the database's clock and a
+live worker's heartbeat renews it three times a lease on the client's, 50x faster here, so
+only a worker stalled for the whole lease loses a claim.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from aimlmusic.catalog import DEFAULT_LEASE_SECONDS
 from aimlmusic.emulator import Emulator, EmulatorConfig, serving
 
 from ._support import CANARY_KEY, files_under, leaked_in, record_figures, soak_size
@@ -44,8 +46,8 @@ TIME_SCALE = 50.0
 #: land on submissions, polls and downloads alike; real seconds = this / TIME_SCALE).
 KILL_EVERY_API = soak_size(quick=40, full=150)
 #: Real seconds a claim lasts unrenewed (``--lease-seconds``): how long a kill strands the dead
-#: worker's songs. Shorter at quick size so the soak takes seconds, not a minute.
-LEASE_SECONDS = soak_size(quick=20, full=60)
+#: worker's songs. Shorter at quick size, so the soak takes about 25 s, not a minute.
+LEASE_SECONDS = soak_size(quick=20, full=int(DEFAULT_LEASE_SECONDS))
 #: Real seconds the whole soak may take before it counts as hung.
 RUN_LIMIT = 600.0
 SEED = int(os.environ.get("AIMLMUSIC_SOAK_SEED", "20251202"))
@@ -137,6 +139,7 @@ def test_catalog_workers_kill_soak(tmp_path: Path, postgres_url: str) -> None:
         "sigkills": run.kills,
         "processes_started": run.starts,
         "kill_every_api_s": KILL_EVERY_API,
+        "lease_seconds": LEASE_SECONDS,
         "time_scale": TIME_SCALE,
         "real_seconds": round(run.wall_seconds, 1),
         "requests": stats.total_requests,
