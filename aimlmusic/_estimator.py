@@ -359,7 +359,8 @@ class CompletionEstimator:
     def adopt(self, estimate: Mapping[str, Any]) -> bool:
         """Start from another client's exported estimate instead of the documented prior:
         it becomes the prior, worth its songs (at most ``ADOPTED_SONGS``), and fades as this
-        client's own songs arrive, at the pace of real songs (``MEMORY``). Returns False,
+        client's own songs arrive, at the pace of real songs (``MEMORY``), or goes at once
+        with the older songs when the service is found to change pace. Returns False,
         changing nothing, for an estimate of another format or grid, or one that is not a
         distribution."""
         if estimate.get("format") != ESTIMATE_FORMAT:
@@ -487,7 +488,8 @@ class CompletionEstimator:
         The songs are scored under an estimate that weighs them all alike (the pooled one
         the test assumes), kept beside the published one and refitted with it: under the
         published estimate, which leans to recent songs, the older ones would look changed
-        whenever recent ones strayed a little. True when songs were dropped."""
+        whenever recent ones strayed a little. An adopted estimate goes with the older
+        songs. True when songs were dropped."""
         unweighted = [(interval, 1.0) for interval in everyone]
         self._pooled = self._fit(self._pooled, unweighted, pseudo)
         pooled = _cdf_of(self._pooled)
@@ -520,6 +522,9 @@ class CompletionEstimator:
         # (the others were dropped): they stay in the estimate but not in the test.
         self._tested_from = max(self._tested_from, cutoff)
         self._changes += 1
+        if self._adopted:
+            # An adopted estimate summarises songs older still, of the pace that is no more.
+            self._prior_songs = 0.0
         return True
 
     def _refit(self, at: float | None) -> None:

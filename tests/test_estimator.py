@@ -268,6 +268,19 @@ def test_a_service_that_slows_down_at_once_loses_its_old_pace_within_a_wave() ->
     assert forgetting.snapshot.done_by(60.0) > 0.3
 
 
+def test_an_adopted_estimate_of_the_old_pace_goes_with_the_older_songs() -> None:
+    """An adopted estimate of 35-45 s songs goes when the service is found slowed to 80-100 s."""
+    source = CompletionEstimator()
+    wave_after_wave(source, [(100, (35.0, 45.0))])
+    adopted = CompletionEstimator()
+    assert adopted.adopt(source.export())
+    wave_after_wave(adopted, [(40, (35.0, 45.0)), (20, (80.0, 100.0))], seed=5)
+    assert adopted.changes == 1
+    # Kept, the adopted estimate would still hold about a third of the songs before 60 s.
+    assert adopted.snapshot.done_by(60.0) < 0.02
+    assert adopted.export()["songs"] == pytest.approx(adopted.snapshot.songs, abs=1e-3)
+
+
 def stream(estimator: CompletionEstimator, durations: list[float], in_flight: int) -> None:
     """Songs of these ``durations`` through a client keeping ``in_flight`` at once (each
     submitted when a slot frees), each polled every 3 s from 30 s; what the polls see is
