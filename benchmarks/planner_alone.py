@@ -1,12 +1,12 @@
 """The planner alone: its schedule for the true law, judged on that law, nothing learned or run.
 
 ``simulate_polling.py --knows-the-law`` puts the learned policy's planner on an estimate of
-the true law inside the real scheduler: its figures still carry the phases that move each
-song's polls, the explorers, round trips, the budget's queue and the first wave. This
-script strips all of that away. For each request budget it asks the library's planner
-(``LearnedPolling.schedule``, on the same estimate of the law that ``--knows-the-law`` and
-``--head-start`` adopt) for a schedule, then plays that schedule against many durations
-drawn from the law:
+the true law inside the real scheduler: its figures still carry round trips, the budget's
+queue, the first wave and the last (whose songs share the budget the finished ones left).
+This script takes all of that away. For each request budget it asks the library's planner
+(``LearnedPolling.schedule``, after adopting ``simulate_polling.law_estimate`` of the law;
+for a shifting service, of the law after the shift) for a schedule, then plays that schedule
+against many durations drawn from the law:
 
 - **chain**: every song polled at the middle phase, none exploring: the chain the planner
   chose, as :mod:`benchmarks._bounds` would poll it;
@@ -17,44 +17,51 @@ drawn from the law:
 Each gets its polls per song, its lag p95 (as a share of duration) and, beside it, the
 least lag p95 a policy that knew the law reaches with those polls (``_bounds.best_share``)
 and the ratio of the two, the performance page's figure (``_report.BOUND_FACTOR``). The
-chain's ratio is the planner's design (coverage, splits, tail, last poll); the step to the
-as-run ratio is what phases and explorers cost; the rest of the way to the simulator's
+table's ``share`` is the schedule's spacing and ``planned`` the polls per song the planner
+expected of it (explorers included: compare it with the "as run" polls). The chain's ratio
+is the planner's design (coverage, splits, tail, last poll); the step to the as-run ratio
+is what phases and explorers cost; the rest of the way to the simulator's
 ``--knows-the-law --bound`` ratio is execution, and to its default row, learning.
 
-It is deterministic and takes seconds, so it is the loop for changing the planner: with
-``--set NAME=VALUE`` a constant of ``aimlmusic._planner`` is changed for the run::
+It is deterministic and takes seconds, so it is the loop for changing the planner:
+``--set NAME=VALUE`` changes a constant of ``aimlmusic._planner`` (or of
+``aimlmusic._estimator``, which plays no part here) for the run (``_constants.py``)::
 
     python benchmarks/planner_alone.py
     python benchmarks/planner_alone.py --dist lognormal --rpm 60 120 240
     python benchmarks/planner_alone.py --dist lognormal --set COVERAGE=0.96 --set SPLITS=12
 
-A planner change that helps here must still be judged in the simulator (``--bound`` over
-three seed sets) and on the page: there it plans on an estimate, not the law.
+A change that helps here must still be judged in the simulator, where the planner plans on
+its own learned estimate: ``simulate_polling.py --set NAME=VALUE --bound`` over three seed
+sets (``--seed 1``, ``13`` and ``25`` with ``--runs 12``), and then on the page.
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
+import math
 import random
 import statistics
 from collections.abc import Sequence
 
 from _bounds import best_share
+from _constants import apply, parse_setting
 from _report import BOUND_FACTOR
-from simulate_polling import law_estimate, parse_distribution
+from simulate_polling import head_start, parse_distribution, quantile
 from workloads import WORKLOADS
 from workloads import Workload as Law
 
-import aimlmusic._planner as planner
 from aimlmusic import LearnedPolling
 from aimlmusic._planner import Schedule
 
 #: Durations drawn from the law to judge a schedule on: enough that the ratios move by
 #: about 0.01 from one seed of the draws to another.
 DRAWS = 20_000
-#: Phases songs are spread over: a multiple of 32, so that the explore share of 1/32 is
-#: an exact number of phases.
+#: Fewer draws than this would put the 95th percentile on one of the last few.
+MIN_DRAWS = 100
+#: Phases songs are spread over, evenly: a multiple of 1 / EXPLORE_SHARE (32), so that the
+#: explorers are exactly their share (another share, set with --set, is rounded to 1/64).
 PHASES = 64
 #: The seed of the draws (the law's estimate has its own, in ``law_estimate``).
 SEED = 7
@@ -64,12 +71,14 @@ def _polls(
     schedule: Schedule, durations: Sequence[float], phase: float, explore: bool
 ) -> tuple[int, list[float]]:
     """All songs' polls together and each song's lag share, on ``schedule`` at ``phase``;
-    ``durations`` sorted."""
+    ``durations`` sorted and positive."""
     times: list[float] = []
     t = 0.0
     while t < durations[-1]:
-        t = schedule.after(t, phase, explore=explore)
-        times.append(t)
+        later = schedule.after(t, phase, explore=explore)
+        if not later > t:  # only constants changed with --set can make it stall
+            raise SystemExit(f"the schedule does not move on past {t:g} s (see --set)")
+        times.append(t := later)
     polls, lags = 0, []
     for duration in durations:
         seen = bisect.bisect_left(times, duration)  # the first poll at or after it finished
@@ -78,36 +87,28 @@ def _polls(
     return polls, lags
 
 
-def judge(schedule: Schedule, durations: Sequence[float], phases: int) -> tuple[float, float]:
+def judge(schedule: Schedule, durations: Sequence[float], *, as_run: bool) -> tuple[float, float]:
     """Polls per song and lag p95 (share of duration) of ``schedule`` on ``durations``
-    (sorted): at the middle phase without explorers when ``phases`` is 1, else spread
-    evenly over ``phases`` phases, explorers included."""
-    middle = phases == 1
+    (sorted): as a chain (the middle phase, no explorers), or ``as_run`` (spread evenly over
+    ``PHASES`` phases, explorers included)."""
+    phases = [(k + 0.5) / PHASES for k in range(PHASES)] if as_run else [0.5]
     polls, lags = 0, []
-    for k in range(phases):
-        phase = 0.5 if middle else (k + 0.5) / phases
-        count, shares = _polls(schedule, durations, phase, explore=not middle)
+    for phase in phases:
+        count, shares = _polls(schedule, durations, phase, explore=as_run)
         polls += count
         lags += shares
-    lags.sort()
-    return polls / len(lags), lags[int(0.95 * len(lags))]
+    return polls / len(lags), quantile(lags, 0.95)
 
 
-def _setting(text: str) -> tuple[str, float]:
-    """``NAME=VALUE`` for a numeric constant of ``aimlmusic._planner``."""
-    name, sep, value = text.partition("=")
-    current = getattr(planner, name, None)
-    if not sep or not name.isupper() or isinstance(current, bool):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE, NAME a planner constant")
-    if not isinstance(current, int | float):
-        raise argparse.ArgumentTypeError(f"{name} is not a numeric constant of aimlmusic._planner")
+def _budgets(text: str) -> float:
+    """A ``--rpm`` value: a finite, positive number of requests a minute."""
     try:
-        number = type(current)(value)
+        rpm = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{name}={value!r}: not a valid {type(current).__name__}"
-        ) from None
-    return name, number
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(rpm) and rpm > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: requests a minute must be positive")
+    return rpm
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,48 +118,51 @@ def main(argv: list[str] | None = None) -> None:
         "--dist",
         nargs="+",
         default=[name for name in WORKLOADS if WORKLOADS[name].burst is None],
-        help="laws (see simulate_polling.parse_distribution); a shifting one is judged after"
-        " the shift",
+        help="laws (see simulate_polling.parse_distribution; a shifting one is judged after"
+        " the shift); by default every workload's but the token bucket's (the documented law)",
     )
-    parser.add_argument("--rpm", nargs="+", type=float, default=[120.0], help="request budgets")
+    parser.add_argument("--rpm", nargs="+", type=_budgets, default=[120.0], help="budgets")
     parser.add_argument("--in-flight", type=int, default=20, help="songs sharing the budget")
     parser.add_argument("--draws", type=int, default=DRAWS)
-    parser.add_argument("--set", type=_setting, action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--set", type=parse_setting, action="append", default=[], metavar="NAME=VALUE"
+    )
     args = parser.parse_args(argv)
-    if args.draws < 20 or args.in_flight < 1 or min(args.rpm) <= 0:
-        parser.error("--draws must be at least 20, --in-flight at least 1, --rpm positive")
-    for name, value in args.set:
-        setattr(planner, name, value)
-        print(f"aimlmusic._planner.{name} = {value!r}")
+    if args.draws < MIN_DRAWS:
+        parser.error(f"--draws must be at least {MIN_DRAWS}, got {args.draws}")
+    if args.in_flight < 1:
+        parser.error(f"--in-flight must be at least 1, got {args.in_flight}")
+    apply(args.set)
     for dist in args.dist:
         law = Law(dist, "--dist", parse_distribution(dist)).settled()
         rng = random.Random(SEED)
         durations = sorted(law.draw(rng) for _ in range(args.draws))
-        policy = LearnedPolling()
-        if not policy.adopt_estimate(law_estimate(law.draw)):
-            raise SystemExit("the law's estimate was refused: grid or format changed?")
+        if not durations[0] > 0:
+            raise SystemExit(f"{dist}: durations must be positive, drew {durations[0]:g}")
+        policy = head_start(law.draw)(SEED)  # settled: never a shifting law here
+        assert isinstance(policy, LearnedPolling)
         print(f"\n{law.name}: {args.in_flight} songs in flight, {args.draws:,} draws")
         print(
             f"{'req/min':>8} {'share':>6} {'planned':>8} | {'chain: polls':>12} {'lag p95':>8} "
             f"{'bound':>7} {'ratio':>6} | {'as run: polls':>13} {'lag p95':>8} {'bound':>7} "
             f"{'ratio':>6}"
         )
-        ratios = []
+        ratios: dict[bool, list[float]] = {False: [], True: []}
         for rpm in args.rpm:
             schedule = policy.schedule(rpm, args.in_flight)
             row = f"{rpm:>8g} {schedule.share:>6.3f} {schedule.polls:>8.2f}"
-            for phases, width in ((1, 12), (PHASES, 13)):
-                polls, lag = judge(schedule, durations, phases)
+            for as_run, width in ((False, 12), (True, 13)):
+                polls, lag = judge(schedule, durations, as_run=as_run)
                 bound = best_share(law, polls)
-                ratio = lag / bound
-                ratios.append(ratio)
-                row += f" | {polls:>{width}.2f} {lag:>8.1%} {bound:>7.1%} {ratio:>5.2f}x"
+                if math.isinf(bound):  # fewer polls than any schedule that knew the law
+                    row += f" | {polls:>{width}.2f} {lag:>8.1%} {'none':>7} {'-':>6}"
+                    continue
+                ratios[as_run].append(lag / bound)
+                row += f" | {polls:>{width}.2f} {lag:>8.1%} {bound:>7.1%} {lag / bound:>5.2f}x"
             print(row)
-        if len(ratios) > 2:
-            print(
-                f"median ratio, chain / as run: {statistics.median(ratios[::2]):.2f}x / "
-                f"{statistics.median(ratios[1::2]):.2f}x"
-            )
+        if len(args.rpm) > 1 and ratios[False] and ratios[True]:
+            chain, as_run = (statistics.median(ratios[key]) for key in (False, True))
+            print(f"median ratio, chain / as run: {chain:.2f}x / {as_run:.2f}x")
     print(
         f"\n(ratio: lag p95 over the bound at the same polls/song; the page's target is "
         f"{BOUND_FACTOR:g}x)"
