@@ -412,7 +412,7 @@ class CompletionEstimator:
         if len(self._completed) > MAX_COMPLETED:
             self._evict_earliest_observed()
         self._finished += 1
-        if self._snapshot.songs < FIRST_SONGS or self._due(at):
+        if self._snapshot.songs < FIRST_SONGS or self._due(at, REFIT_EVERY):
             self._refit(at)
 
     def observe_running(
@@ -446,7 +446,7 @@ class CompletionEstimator:
         # the latest long song let go to the present, and leave nothing to test.)
         self._tested_from = max(self._tested_from, math.nextafter(gone.since, math.inf))
 
-    def _due(self, at: float | None, every: float = REFIT_EVERY) -> bool:
+    def _due(self, at: float | None, every: float) -> bool:
         return at is None or at - self._fitted_at >= every
 
     def forget(self, song: str) -> None:

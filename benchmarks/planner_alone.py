@@ -24,8 +24,9 @@ is what phases and explorers cost; the rest of the way to the simulator's
 ``--knows-the-law --bound`` ratio is execution, and to its default row, learning.
 
 It is deterministic and takes seconds, so it is the loop for changing the planner:
-``--set NAME=VALUE`` changes a constant of ``aimlmusic._planner`` (or of
-``aimlmusic._estimator``, which plays no part here) for the run (``_constants.py``)::
+``--set NAME=VALUE`` changes a constant of ``aimlmusic._planner`` for the run
+(``_constants.py``; a constant of ``aimlmusic._estimator`` acts here only through the
+adopted estimate, ``FLOOR_SONGS`` and ``ADOPTED_SONGS``)::
 
     python benchmarks/planner_alone.py
     python benchmarks/planner_alone.py --dist lognormal --rpm 60 120 240
@@ -46,7 +47,7 @@ import statistics
 from collections.abc import Sequence
 
 from _bounds import best_share
-from _constants import apply, parse_setting
+from _constants import applied, parse_setting
 from _report import BOUND_FACTOR
 from simulate_polling import head_start, parse_distribution, quantile
 from workloads import WORKLOADS
@@ -132,14 +133,19 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--draws must be at least {MIN_DRAWS}, got {args.draws}")
     if args.in_flight < 1:
         parser.error(f"--in-flight must be at least 1, got {args.in_flight}")
-    apply(args.set)
+    with applied(args.set):
+        _tables(args)
+
+
+def _tables(args: argparse.Namespace) -> None:
+    """One table per law of ``args``, one row per budget."""
     for dist in args.dist:
         law = Law(dist, "--dist", parse_distribution(dist)).settled()
         rng = random.Random(SEED)
         durations = sorted(law.draw(rng) for _ in range(args.draws))
         if not durations[0] > 0:
             raise SystemExit(f"{dist}: durations must be positive, drew {durations[0]:g}")
-        policy = head_start(law.draw)(SEED)  # settled: never a shifting law here
+        policy = head_start(law.draw)(0)  # settled, never a shifting law; no seed is used
         assert isinstance(policy, LearnedPolling)
         print(f"\n{law.name}: {args.in_flight} songs in flight, {args.draws:,} draws")
         print(

@@ -84,7 +84,7 @@ from typing import Any
 
 import anyio
 from _bounds import best_share
-from _constants import apply, parse_setting
+from _constants import applied, parse_setting
 from _report import BOUND_FACTOR
 from trio.testing import MockClock
 from workloads import WORKLOADS, Shift
@@ -716,7 +716,7 @@ def main() -> None:
         type=int,
         default=0,
         metavar="N",
-        help="also report lag p95 for each block of N songs, in submission order",
+        help="also report lag p95 and polls/song for each block of N songs, in submission order",
     )
     parser.add_argument(
         "--knows-the-law",
@@ -749,7 +749,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.blocks < 0:
         parser.error(f"--blocks must be 0 (no report) or more, got {args.blocks}")
-    apply(args.set)
+    with applied(args.set):
+        _run_strategies(args)
+
+
+def _run_strategies(args: argparse.Namespace) -> None:
+    """The rows ``args`` asks for, printed."""
     workload = Workload(
         songs=args.songs,
         durations=parse_distribution(args.dist, args.songs),
