@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import importlib.util
 import math
 import sys
 from collections.abc import Iterator
@@ -69,7 +70,7 @@ def _importers(module_name: str, name: str) -> Iterator[tuple[ModuleType, str]]:
     """Each loaded ``aimlmusic`` module that imports ``name`` from ``module_name`` with a
     ``from ... import``, and the name it binds. Read from the source, not by comparing
     values: small integers are one shared object, so an equal value proves nothing."""
-    package, _, short = module_name.rpartition(".")
+    package = module_name.partition(".")[0]
     for loaded_name, module in list(sys.modules.items()):
         if loaded_name != package and not loaded_name.startswith(package + "."):
             continue
@@ -79,11 +80,12 @@ def _importers(module_name: str, name: str) -> Iterator[tuple[ModuleType, str]]:
         for node in ast.walk(ast.parse(Path(source).read_text(encoding="utf-8"))):
             if not isinstance(node, ast.ImportFrom):
                 continue
-            relative = node.level == 1 and node.module == short
-            if relative or (node.level == 0 and node.module == module_name):
-                for alias in node.names:
-                    if alias.name == name:
-                        yield module, alias.asname or name
+            written = "." * node.level + (node.module or "")
+            if importlib.util.resolve_name(written, module.__package__) != module_name:
+                continue
+            for alias in node.names:
+                if alias.name == name:
+                    yield module, alias.asname or name
 
 
 @contextmanager
