@@ -555,28 +555,17 @@ async def _run(workload: Workload, policy: PollPolicy, name: str) -> Figures:
     after_shift = after_shift_polls = math.nan
     judged = server.order
     if isinstance(workload.durations, Shift):
-        judged = later = server.order[workload.durations.switch_after + workload.in_flight :]
-        after_shift = _p95_share(later)
-        if later:
-            after_shift_polls = statistics.fmean(job.polls for job in later)
+        judged = server.order[workload.durations.switch_after + workload.in_flight :]
+        after_shift, after_shift_polls = _p95_share(judged), _polls_per_song(judged)
     before_last = judged[: max(0, len(judged) - workload.in_flight)]
-    before_last_p95 = _p95_share(before_last)
-    before_last_polls = (
-        statistics.fmean(job.polls for job in before_last) if before_last else math.nan
-    )
-    blocks: tuple[float, ...] = ()
-    block_polls: tuple[float, ...] = ()
+    blocks: list[list[Job]] = []
     if workload.block > 0:
         order, size = server.order, workload.block
-        starts = range(0, len(order), size)
-        blocks = tuple(_p95_share(order[at : at + size]) for at in starts)
-        block_polls = tuple(
-            statistics.fmean(job.polls for job in order[at : at + size]) for at in starts
-        )
+        blocks = [order[at : at + size] for at in range(0, len(order), size)]
     return Figures(
         name=name,
         songs=len(server.order),
-        polls_per_song=statistics.fmean(job.polls for job in server.order),
+        polls_per_song=_polls_per_song(server.order),
         lag_p50=quantile(lags, 0.5),
         lag_p95=quantile(lags, 0.95),
         lag_share_p50=quantile(shares, 0.5),
@@ -590,10 +579,10 @@ async def _run(workload: Workload, policy: PollPolicy, name: str) -> Figures:
         cpu_seconds=time.process_time() - cpu,
         after_shift_p95=after_shift,
         after_shift_polls=after_shift_polls,
-        before_last_p95=before_last_p95,
-        before_last_polls=before_last_polls,
-        block_p95=blocks,
-        block_polls=block_polls,
+        before_last_p95=_p95_share(before_last),
+        before_last_polls=_polls_per_song(before_last),
+        block_p95=tuple(map(_p95_share, blocks)),
+        block_polls=tuple(map(_polls_per_song, blocks)),
     )
 
 
@@ -601,6 +590,11 @@ def _p95_share(jobs: list[Job]) -> float:
     """Lag p95 (share of duration) of those of ``jobs`` a poll saw finished (NaN: none)."""
     shares = [_lag_share(job) for job in jobs if _noticed(job)]
     return quantile(shares, 0.95) if shares else math.nan
+
+
+def _polls_per_song(jobs: list[Job]) -> float:
+    """Mean polls per song of ``jobs`` (NaN: none)."""
+    return statistics.fmean(job.polls for job in jobs) if jobs else math.nan
 
 
 def _noticed(job: Job) -> bool:
@@ -811,7 +805,7 @@ def mean_of(runs: list[Figures]) -> Figures:
         return runs[0]
     values: dict[str, Any] = {"name": runs[0].name}
     for spec in dataclasses.fields(Figures):
-        if spec.name in ("block_p95", "block_polls"):
+        if isinstance(getattr(runs[0], spec.name), tuple):  # per block: block by block
             blocks = zip(*(getattr(run, spec.name) for run in runs), strict=True)
             values[spec.name] = tuple(map(statistics.fmean, blocks))
         elif spec.name != "name":
