@@ -11,10 +11,10 @@ since a finished song's slot is refilled at once, the next wave is as bunched as
 
 :class:`SubmissionPace` is a token bucket of songs derived from the budget's own: refilled
 at the budget's rate divided by a song's cost, holding the budget's burst allowance divided
-by the same. While the budget allows a minute's burst it holds a whole wave of songs, and
-nothing changes; once 429s have shown that the server takes small bursts, songs are
-submitted one at a time at the pace their requests can be served, so that waves spread out
-and their polls go when they are due.
+by the same (``WAVE_SHARE`` of it). While the budget allows a minute's burst it holds a
+whole wave of songs, and nothing changes; once 429s have shown that the server takes small
+bursts, songs are submitted one at a time at the pace their requests can be served, so that
+waves spread out and their polls go when they are due.
 
 Never slower, though, than songs leave the batch's slots (``slots`` per time in flight): a
 policy whose polls do not shrink with the budget (a fixed interval) costs more requests
@@ -42,6 +42,11 @@ PRIOR_TIME_IN_FLIGHT = sum(_limits.DOCUMENTED_DURATION_RANGE) / 2 + 1.0
 #: wave of the default twenty in flight): a policy or a service that changes is followed in
 #: a wave.
 COST_MEMORY = 20.0
+#: Share of the budget's burst allowance that a wave of submissions may take at once: all of
+#: it, so that a freed slot never waits for the pace while the budget allows a burst. A
+#: smaller share spreads waves out (less lag on every law) but leaves slots empty (about 5 %
+#: more makespan at two songs a wave; measured in docs/polling.md, "The request budget").
+WAVE_SHARE = 1.0
 
 
 class SubmissionPace:
@@ -98,7 +103,7 @@ class SubmissionPace:
         served = max(1.0, budget.effective_rate) / 60.0 / self._cost
         # A song stays in flight for a round trip at least: never a division by zero.
         turnover = self._slots / max(1.0, self._time_in_flight)
-        return max(served, turnover), max(1.0, budget.burst / self._cost)
+        return max(served, turnover), max(1.0, WAVE_SHARE * budget.burst / self._cost)
 
     def _refilled(self, now: float, rate: float, size: float) -> float:
         elapsed = 0.0 if self._tokens_at is None else max(0.0, now - self._tokens_at)

@@ -1,12 +1,13 @@
 """``--set NAME=VALUE``: one numeric constant of the learned policy changed for one run.
 
-The planner's and the estimator's constants are globals of ``aimlmusic._planner`` and
-``aimlmusic._estimator``. A few are also imported by name elsewhere (``aimlmusic._polling``
-holds the planner's ``WINDOW`` and ``MIN_GAP``), and one is a copy made at import
-(``ADOPTED_SONGS = MEMORY``), so a setting is made in every module that imports the name and
-in the copies, or it would apply in one place and not the other. It is how
-``simulate_polling.py`` and ``planner_alone.py`` try a change before the library is edited.
-A value the library cannot work with (``SPLITS=0``) fails as the library would.
+The planner's, the estimator's and the submission pace's constants are globals of
+``aimlmusic._planner``, ``aimlmusic._estimator`` and ``aimlmusic._pacing``. A few are also
+imported by name elsewhere (``aimlmusic._polling`` holds the planner's ``WINDOW`` and
+``MIN_GAP``), and one is a copy made at import (``ADOPTED_SONGS = MEMORY``), so a setting is
+made in every module that imports the name and in the copies, or it would apply in one place
+and not the other. It is how ``simulate_polling.py`` and ``planner_alone.py`` try a change
+before the library is edited. A value the library cannot work with (``SPLITS=0``) fails as
+the library would.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from types import ModuleType
 __all__ = ["applied", "parse_setting"]
 
 #: The modules whose constants may be set.
-MODULES = ("aimlmusic._planner", "aimlmusic._estimator")
+MODULES = ("aimlmusic._planner", "aimlmusic._estimator", "aimlmusic._pacing")
 #: Constants that are not tuning: the grid must agree with the bin edges computed from it at
 #: import, and the export's layout with every estimate already written.
 REFUSED = frozenset({"GRID_START", "GRID_END", "GRID_RATIO", "ESTIMATE_FORMAT", "EXPORT_DIGITS"})

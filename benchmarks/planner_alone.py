@@ -26,7 +26,8 @@ is what phases and explorers cost; the rest of the way to the simulator's
 It is deterministic and takes seconds, so it is the loop for changing the planner:
 ``--set NAME=VALUE`` changes a constant of ``aimlmusic._planner`` for the run
 (``_constants.py``; a constant of ``aimlmusic._estimator`` acts here only through the
-adopted estimate, ``FLOOR_SONGS`` and ``ADOPTED_SONGS``)::
+adopted estimate, ``FLOOR_SONGS`` and ``ADOPTED_SONGS``, and one of ``aimlmusic._pacing``
+not at all: nothing is submitted here)::
 
     python benchmarks/planner_alone.py
     python benchmarks/planner_alone.py --dist lognormal --rpm 60 120 240

@@ -57,9 +57,9 @@ prints each row's lag p95 over the bound at the polls per song it spent (what th
 end-to-end benchmark judges; on a shifting service, for the songs a wave after the shift),
 and the same without the batch's last wave (its songs share the budget the finished ones
 left, so they are polled more often: that raises the polls per song, so lowers the bound,
-and hardly moves the lag p95). ``--set NAME=VALUE`` changes a constant of the planner or
-the estimator for the run (``_constants.py``), to try a change before the library is
-edited.
+and hardly moves the lag p95). ``--set NAME=VALUE`` changes a constant of the planner, the
+estimator or the submission pace for the run (``_constants.py``), to try a change before
+the library is edited.
 
 Trio runs ready tasks in a shuffled order on purpose, so two runs with one seed differ a
 little; lag p95 of one 200-song batch moves by a few tenths of a percent from run to run.
@@ -738,7 +738,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="change a constant of aimlmusic._planner or aimlmusic._estimator for the run",
+        help="change a constant of aimlmusic._planner, _estimator or _pacing for the run",
     )
     args = parser.parse_args()
     if args.blocks < 0:

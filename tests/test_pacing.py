@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from aimlmusic import _pacing
 from aimlmusic._pacing import (
     COST_MEMORY,
     PRIOR_REQUESTS_PER_SONG,
@@ -37,6 +38,18 @@ async def test_a_minute_s_burst_lets_a_whole_wave_of_songs_go_at_once() -> None:
     budget = RequestBudget(120, VirtualClock())
     pace = SubmissionPace(slots=1)
     assert submit_while_free(pace, budget, 0.0) == 24
+    assert pace.delay(budget, 0.0) == pytest.approx(PRIOR_REQUESTS_PER_SONG * 60 / 120)
+
+
+async def test_a_smaller_wave_share_lets_fewer_songs_go_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With WAVE_SHARE at a twelfth, a minute's burst (120 requests, 5 a song) lets two
+    songs go at one instant instead of 24; the rate after them is the same."""
+    monkeypatch.setattr(_pacing, "WAVE_SHARE", 1 / 12)
+    budget = RequestBudget(120, VirtualClock())
+    pace = SubmissionPace(slots=1)
+    assert submit_while_free(pace, budget, 0.0) == 2
     assert pace.delay(budget, 0.0) == pytest.approx(PRIOR_REQUESTS_PER_SONG * 60 / 120)
 
 
