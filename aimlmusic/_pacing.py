@@ -11,10 +11,10 @@ since a finished song's slot is refilled at once, the next wave is as bunched as
 
 :class:`SubmissionPace` is a token bucket of songs derived from the budget's own: refilled
 at the budget's rate divided by a song's cost, holding the budget's burst allowance divided
-by the same (``WAVE_SHARE`` of it). While the budget allows a minute's burst it holds a
-whole wave of songs, and nothing changes; once 429s have shown that the server takes small
-bursts, songs are submitted one at a time at the pace their requests can be served, so that
-waves spread out and their polls go when they are due.
+by the same (``WAVE_SHARE`` of it). While the budget allows a minute's burst it holds (at
+the default ``WAVE_SHARE``) a whole wave of songs, and nothing changes; once 429s have shown
+that the server takes small bursts, songs are submitted one at a time at the pace their
+requests can be served, so that waves spread out and their polls go when they are due.
 
 Never slower, though, than songs leave the batch's slots (``slots`` per time in flight): a
 policy whose polls do not shrink with the budget (a fixed interval) costs more requests
@@ -44,8 +44,8 @@ PRIOR_TIME_IN_FLIGHT = sum(_limits.DOCUMENTED_DURATION_RANGE) / 2 + 1.0
 COST_MEMORY = 20.0
 #: Share of the budget's burst allowance that a wave of submissions may take at once: all of
 #: it, so that a freed slot never waits for the pace while the budget allows a burst. A
-#: smaller share spreads waves out (less lag on every law) but leaves slots empty (about 5 %
-#: more makespan at two songs a wave; measured in docs/polling.md, "The request budget").
+#: smaller share spreads waves out (less lag on most laws) but leaves slots empty (about 5 %
+#: more makespan at 0.084, two songs; measured in docs/polling.md, "The request budget").
 WAVE_SHARE = 1.0
 
 

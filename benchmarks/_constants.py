@@ -1,4 +1,4 @@
-"""``--set NAME=VALUE``: one numeric constant of the learned policy changed for one run.
+"""``--set NAME=VALUE``: one numeric constant of the learned policy or the pace changed for a run.
 
 The planner's, the estimator's and the submission pace's constants are globals of
 ``aimlmusic._planner``, ``aimlmusic._estimator`` and ``aimlmusic._pacing``. A few are also
@@ -53,8 +53,8 @@ def parse_setting(text: str) -> Setting:
         raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE")
     module_name = _owner(name) if name.isupper() else None
     if module_name is None:
-        where = " or ".join(MODULES)
-        raise argparse.ArgumentTypeError(f"{name} is not a numeric constant of {where}")
+        where = ", ".join(MODULES)
+        raise argparse.ArgumentTypeError(f"{name} is not a numeric constant of any of {where}")
     if name in REFUSED:
         raise argparse.ArgumentTypeError(f"{name} is not a tuning constant: it cannot be set")
     kind = type(getattr(importlib.import_module(module_name), name))
