@@ -39,6 +39,11 @@ ROOT = Path(__file__).resolve().parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 SUPPORTED = nox.project.python_versions(PYPROJECT)
 EXTRAS = ".[emulator,cli,otel,trio,redis,postgres]"
+# Tests run in parallel worker processes (pytest-xdist), one per core up to four: they
+# halve a session's time on these 2-core machines, and more workers than that would mostly
+# contend for the shared Redis and PostgreSQL. Pass ``-- -n 0`` to run in one process
+# (for ``--pdb``, say); a later ``-n`` overrides this one.
+PARALLEL = ("--numprocesses=auto", "--maxprocesses=4")
 # Wrappers that make each found interpreter the first ``pythonX.Y`` on PATH (see below).
 WRAPPERS = ROOT / ".nox" / "_interpreters"
 
@@ -129,7 +134,7 @@ TEST_PYTHONS = list(INTERPRETERS) or [f"{sys.version_info[0]}.{sys.version_info[
 def tests(session: nox.Session) -> None:
     """Run the test suite on one Python, against the installed package with all extras."""
     session.install(EXTRAS, *group("test"))
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *PARALLEL, *session.posargs)
 
 
 @nox.session
@@ -172,7 +177,9 @@ def reliability(session: nox.Session) -> None:
     if not (ROOT / "tests" / "reliability").is_dir():
         session.skip("tests/reliability does not exist yet")
     session.install(EXTRAS, *group("test"), *group("reliability"))
-    session.run("pytest", "tests/reliability", *session.posargs, env={"AIMLMUSIC_SOAK": "full"})
+    session.run(
+        "pytest", "tests/reliability", *PARALLEL, *session.posargs, env={"AIMLMUSIC_SOAK": "full"}
+    )
 
 
 @nox.session
