@@ -39,10 +39,10 @@ ROOT = Path(__file__).resolve().parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 SUPPORTED = nox.project.python_versions(PYPROJECT)
 EXTRAS = ".[emulator,cli,otel,trio,redis,postgres]"
-# Tests run in parallel worker processes (pytest-xdist), one per core up to four: they
-# halve a session's time on these 2-core machines, and more workers than that would mostly
-# contend for the shared Redis and PostgreSQL. Pass ``-- -n 0`` to run in one process
-# (for ``--pdb``, say); a later ``-n`` overrides this one.
+# Tests run in worker processes (pytest-xdist), one per core: on these 2-core machines that
+# takes about 40 % off a session. At most four, so that a big machine does not start dozens
+# of processes against one Redis and one PostgreSQL. ``-- -n 0`` runs the tests in one
+# process (for ``--pdb``, say): a later ``-n`` overrides this one.
 PARALLEL = ("--numprocesses=auto", "--maxprocesses=4")
 # Wrappers that make each found interpreter the first ``pythonX.Y`` on PATH (see below).
 WRAPPERS = ROOT / ".nox" / "_interpreters"
