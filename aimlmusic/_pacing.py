@@ -47,6 +47,10 @@ COST_MEMORY = 20.0
 #: smaller share spreads waves out (less lag on most laws) but leaves slots empty (about 5 %
 #: more makespan at 0.084, two songs; measured in docs/polling.md, "The request budget").
 WAVE_SHARE = 1.0
+#: Whether the next song waits while polls are due and held for the budget (1) or not (0,
+#: the default). Waiting lowers lag on most laws, but raises it for songs a wave after a
+#: service slowed down (measured in docs/polling.md, "The request budget").
+SONGS_WAIT_FOR_DUE_POLLS = 0
 
 
 class SubmissionPace:

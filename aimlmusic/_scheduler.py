@@ -50,6 +50,7 @@ import attrs
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from . import _pacing
 from ._clock import Clock
 from ._config import RetryPolicy
 from ._errors import (
@@ -104,7 +105,8 @@ URGENCY_CANDIDATES = 64
 #: Recent polls whose lateness (sent after due) is kept, and how often its median is taken.
 LATENESS_SAMPLES = 64
 LATENESS_REFRESH = 8
-#: How soon to look again when submissions are queued at the budget (API seconds).
+#: How soon to look again when submissions are queued at the budget, or when the next song
+#: waits for due polls to go (API seconds).
 GATE_RECHECK = 0.05
 #: Real seconds a source's ``aclose()`` may take when the batch ends.
 SOURCE_CLOSE_TIMEOUT = 1.0
@@ -456,6 +458,11 @@ class _Batch:
         few seconds keeps their polls from crowding the budget for the rest of the batch.
         Against a server that takes only small bursts, the songs' own pace
         (:class:`~aimlmusic._pacing.SubmissionPace`) spreads later waves too.
+
+        With ``SONGS_WAIT_FOR_DUE_POLLS`` set, the next song also waits while polls are due
+        and held for the budget: a due poll may find a finished song, whose lag grows while
+        the poll waits, whereas a new song that waits a moment loses no lag, and little
+        time, since a short budget serves as many requests in either order.
         """
         budget = self.budget
         if budget is None:
@@ -467,6 +474,8 @@ class _Batch:
         while True:
             # While the client is paused by a 429, no song is taken from the source at all.
             wait = max(budget.paused_until - now, self._submission_pace.delay(budget, now))
+            if wait <= 0 and self._due and _pacing.SONGS_WAIT_FOR_DUE_POLLS:
+                wait = GATE_RECHECK  # the dispatcher sends them as the budget makes room
             if wait <= 0:
                 break
             await self.clock.sleep(wait)

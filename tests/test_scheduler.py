@@ -57,6 +57,7 @@ from aimlmusic import (
     SongResult,
     SongStatusChanged,
     SongSubmitted,
+    _pacing,
     _scheduler,
 )
 from aimlmusic._ratelimit import RequestBudget
@@ -779,6 +780,38 @@ async def test_polls_wait_for_the_budget_and_never_exceed_it(clock: VirtualClock
     assert max_in_window(times, 60.0) <= 30
     polls = sorted(r.polls for r in results)
     assert polls[-3] <= 5, polls
+
+
+class _AtTheEnd(_Policy):
+    """Polls each song first when a song of ``seconds`` ends, then every second."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def next_delay(self, state: PollState) -> float:
+        if state.polls == 0:
+            return max(0.0, state.submitted_at + self.seconds - state.now)
+        return 1.0
+
+
+async def test_songs_can_wait_for_due_polls_while_the_budget_is_short(
+    clock: VirtualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With SONGS_WAIT_FOR_DUE_POLLS, 20 requests a minute for 10 songs in flight (30 s, polled
+    as they end) see half the songs within 10 s of their end (without it, 20 s or more)."""
+    monkeypatch.setattr(_pacing, "SONGS_WAIT_FOR_DUE_POLLS", 1)
+    api = FakeAPI(clock, RequestBudget(20, clock))
+    requests = [song(str(n), 30) for n in range(30)]
+    results = await collect(api, requests, max_in_flight=10, poll=_AtTheEnd(30.0))
+    assert all(r.ok for r in results)
+    ends = {job["prompt"]: job["end"] for job in api.jobs.values()}
+    seen: dict[str, float] = {}
+    for sent, kind, prompt in api.log:
+        answered = sent + ROUND_TRIP  # when the poll reads the song's state
+        if kind == "poll" and answered >= ends[prompt]:
+            seen.setdefault(prompt, answered - ends[prompt])
+    assert len(seen) == 30
+    assert statistics.median(seen.values()) <= 10.0, sorted(seen.values())
 
 
 class _RecordsContext(_Policy):
