@@ -42,7 +42,8 @@ EXTRAS = ".[emulator,cli,otel,trio,redis,postgres]"
 # Tests run in worker processes (pytest-xdist), one per core: on these 2-core machines that
 # takes about 40 % off a session. At most four, so that a big machine does not start dozens
 # of processes against one Redis and one PostgreSQL. ``-- -n 0`` runs the tests in one
-# process (for ``--pdb``, say): a later ``-n`` overrides this one.
+# process, so that ``-s`` shows their output (a later ``-n`` overrides this one; ``--pdb``
+# turns the workers off by itself).
 PARALLEL = ("--numprocesses=auto", "--maxprocesses=4")
 # Wrappers that make each found interpreter the first ``pythonX.Y`` on PATH (see below).
 WRAPPERS = ROOT / ".nox" / "_interpreters"

@@ -49,7 +49,8 @@ COST_MEMORY = 20.0
 WAVE_SHARE = 1.0
 #: Whether the next song waits while polls are due and held for the budget (1) or not (0,
 #: the default). Waiting lowers lag on most laws, but raises it for songs a wave after a
-#: service slowed down (measured in docs/polling.md, "The request budget").
+#: service slowed down (measured in docs/polling.md, "The request budget"). An experiment:
+#: nothing bounds the wait, so polls that keep coming due could hold new songs indefinitely.
 SONGS_WAIT_FOR_DUE_POLLS = 0
 
 

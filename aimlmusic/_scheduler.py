@@ -460,9 +460,8 @@ class _Batch:
         (:class:`~aimlmusic._pacing.SubmissionPace`) spreads later waves too.
 
         With ``SONGS_WAIT_FOR_DUE_POLLS`` set, the next song also waits while polls are due
-        and held for the budget: a due poll may find a finished song, whose lag grows while
-        the poll waits, whereas a new song that waits a moment loses no lag, and little
-        time, since a short budget serves as many requests in either order.
+        and held for the budget (docs/polling.md, "The request budget", says why, and what it
+        changes).
         """
         budget = self.budget
         if budget is None:
@@ -474,7 +473,7 @@ class _Batch:
         while True:
             # While the client is paused by a 429, no song is taken from the source at all.
             wait = max(budget.paused_until - now, self._submission_pace.delay(budget, now))
-            if wait <= 0 and self._due and _pacing.SONGS_WAIT_FOR_DUE_POLLS:
+            if wait <= 0 and _pacing.SONGS_WAIT_FOR_DUE_POLLS and self._polls_held():
                 wait = GATE_RECHECK  # the dispatcher sends them as the budget makes room
             if wait <= 0:
                 break
@@ -482,6 +481,10 @@ class _Batch:
             now = self.clock.now()
         self._submission_pace.take(budget, now)
         self._next_submit_at = now + 60.0 / max(1.0, budget.effective_rate)
+
+    def _polls_held(self) -> bool:
+        """Whether due polls are waiting for the budget (not for a free poll worker)."""
+        return bool(self._due) and self._budget_wait() > 0
 
     def _start(self, key: str, request: SongRequest, lease: str | None = None) -> None:
         song = _Song(key, request)

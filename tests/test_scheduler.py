@@ -797,8 +797,8 @@ class _AtTheEnd(_Policy):
 async def test_songs_can_wait_for_due_polls_while_the_budget_is_short(
     clock: VirtualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With SONGS_WAIT_FOR_DUE_POLLS, 20 requests a minute for 10 songs in flight (30 s, polled
-    as they end) see half the songs within 10 s of their end (without it, 20 s or more)."""
+    """With SONGS_WAIT_FOR_DUE_POLLS, 30 songs of 30 s, 10 in flight at 20 requests a minute and
+    polled as they end, are seen within 10 s of their end at the median (without it, 20 s)."""
     monkeypatch.setattr(_pacing, "SONGS_WAIT_FOR_DUE_POLLS", 1)
     api = FakeAPI(clock, RequestBudget(20, clock))
     requests = [song(str(n), 30) for n in range(30)]
