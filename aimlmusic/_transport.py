@@ -28,6 +28,7 @@ ambiguous. ``GET`` keeps the pooled connections (a lost poll is simply retried).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -92,6 +93,14 @@ NO_AUTH = httpx.Auth()
 _FRESH_CONNECTIONS = httpx.Limits(max_keepalive_connections=0)
 #: The longest URL httpx sends (its ``MAX_URL_LENGTH``, checked only when it parses a string).
 MAX_URL_CHARS = 65_536
+#: Request URLs kept parsed, shared by the clients of a process: a song is polled several
+#: times while it generates, and httpx's parse of its URL costs as much CPU as the rest of
+#: the client's own work on a poll. 256 is the default 20 songs in flight many times over,
+#: at about 0.2 MB.
+PARSED_URLS_KEPT = 256
+#: Longer ids (none the API sends: its ids are a UUID and the model name) are parsed every
+#: time rather than kept, so that odd answers cannot fill the memory PARSED_URLS_KEPT bounds.
+KEPT_ID_CHARS = 200
 
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
@@ -376,17 +385,16 @@ class Transport:
         """The request's URL, parsed once, and spelled out; one httpx would refuse is refused
         here, before anything is sent, naming the parameter that made it (the generation
         id)."""
+        generation_id = None if params is None else params["generation_id"]
         try:
-            target = httpx.URL(self._endpoint, params=params)
+            if generation_id is not None and len(generation_id) > KEPT_ID_CHARS:
+                return _parsed_url.__wrapped__(self._endpoint, generation_id)
+            return _parsed_url(self._endpoint, generation_id)
         except httpx.InvalidURL as exc:  # its text names the part of the URL that broke
             problem = self.redactor.text(f"{type(exc).__name__}: {exc}")
             raise _unsendable_url(params, problem) from None
-        # httpx checks a URL's length only when it parses a string; this one is handed over
-        # parsed, so the check is made here.
-        url = str(target)
-        if len(url) > MAX_URL_CHARS:
-            raise _unsendable_url(params, f"a URL of {len(url)} characters")
-        return target, url
+        except _URLTooLong as exc:
+            raise _unsendable_url(params, f"a URL of {exc.args[0]} characters") from None
 
     async def _attempt(
         self,
@@ -593,6 +601,23 @@ class Transport:
             method=method,
             url=url,
         )
+
+
+class _URLTooLong(Exception):
+    """A URL longer than MAX_URL_CHARS (its length in ``args[0]``)."""
+
+
+@functools.lru_cache(maxsize=PARSED_URLS_KEPT)
+def _parsed_url(endpoint: str, generation_id: str | None) -> tuple[httpx.URL, str]:
+    """``endpoint`` with the generation id as its query, parsed, and spelled out."""
+    params = None if generation_id is None else {"generation_id": generation_id}
+    target = httpx.URL(endpoint, params=params)
+    # httpx checks a URL's length only when it parses a string; this one is handed over
+    # parsed, so the check is made here.
+    url = str(target)
+    if len(url) > MAX_URL_CHARS:
+        raise _URLTooLong(len(url))
+    return target, url
 
 
 def _unsendable_url(params: dict[str, str] | None, problem: str) -> RequestValidationError:

@@ -739,3 +739,31 @@ async def test_an_id_too_long_for_a_url_is_refused_naming_the_limit_not_sent(len
     assert caught.value.field == "generation_id"
     assert "65536 characters" in caught.value.limit
     assert api.requests == []
+
+
+async def test_a_poll_url_is_parsed_once_per_id_and_long_ids_are_not_kept() -> None:
+    """Polls of one id reuse its parsed URL (each sent to that id); an id longer than
+    KEPT_ID_CHARS is parsed every time and never kept, so odd ids cannot fill memory."""
+    from aimlmusic._transport import KEPT_ID_CHARS, _parsed_url
+
+    api = ScriptedAPI(
+        lambda request: ok({"id": request.url.params["generation_id"], "status": "queued"})
+    )
+    transport = make_transport(api)
+    _parsed_url.cache_clear()
+    first_id, second_id = f"{GEN_ID}-1", f"{GEN_ID}-2"
+    for generation_id in (first_id, second_id, first_id, first_id):
+        assert (await transport.get(generation_id)).id == generation_id
+    assert [r.url.params["generation_id"] for r in api.requests] == [
+        first_id,
+        second_id,
+        first_id,
+        first_id,
+    ]
+    assert _parsed_url.cache_info().misses == 2
+    assert _parsed_url.cache_info().hits == 2
+    long_id = "g" * (KEPT_ID_CHARS + 1)
+    for _ in range(2):
+        assert (await transport.get(long_id)).id == long_id
+    assert _parsed_url.cache_info().currsize == 2
+    assert api.requests[-1].url.params["generation_id"] == long_id
