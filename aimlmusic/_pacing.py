@@ -10,11 +10,14 @@ every wave: songs that finish together need more polls at once than the bucket h
 since a finished song's slot is refilled at once, the next wave is as bunched as the last.
 
 :class:`SubmissionPace` is a token bucket of songs derived from the budget's own: refilled
-at the budget's rate divided by a song's cost, holding the budget's burst allowance divided
-by the same (``WAVE_SHARE`` of it). While the budget allows a minute's burst it holds (at
-the default ``WAVE_SHARE``) a whole wave of songs, and nothing changes; once 429s have shown
-that the server takes small bursts, songs are submitted one at a time at the pace their
-requests can be served, so that waves spread out and their polls go when they are due.
+at the budget's rate divided by a song's cost, holding a share of the budget's burst
+allowance divided by the same. For a policy that plans its polls within the budget
+(:class:`~aimlmusic.LearnedPolling`) the share is ``WAVE_SHARE``, half: while the budget
+allows a minute's burst, about half a wave of songs goes at once and the rest at the pace
+the budget serves, so that a wave whose slots come free together spreads out. For any other
+policy it is ``UNPLANNED_WAVE_SHARE``, all of it: a whole wave goes at once. Once 429s have
+shown that the server takes small bursts, songs are submitted one at a time at the pace
+their requests can be served, so that waves spread out and their polls go when they are due.
 
 Never slower, though, than songs leave the batch's slots (``slots`` per time in flight): a
 policy whose polls do not shrink with the budget (a fixed interval) costs more requests
@@ -42,16 +45,18 @@ PRIOR_TIME_IN_FLIGHT = sum(_limits.DOCUMENTED_DURATION_RANGE) / 2 + 1.0
 #: wave of the default twenty in flight): a policy or a service that changes is followed in
 #: a wave.
 COST_MEMORY = 20.0
-#: Share of the budget's burst allowance that a wave of submissions may take at once: all of
-#: it, so that a freed slot never waits for the pace while the budget allows a burst. A
-#: smaller share spreads waves out (less lag on most laws) but leaves slots empty (about 5 %
-#: more makespan at 0.084, two songs; measured in docs/polling.md, "The request budget").
-WAVE_SHARE = 1.0
-#: Whether the next song waits while polls are due and held for the budget (1) or not (0,
-#: the default). Waiting lowers lag on most laws, but raises it for songs a wave after a
-#: service slowed down (measured in docs/polling.md, "The request budget"). An experiment:
-#: nothing bounds the wait, so polls that keep coming due could hold new songs indefinitely.
-SONGS_WAIT_FOR_DUE_POLLS = 0
+#: Share of the budget's burst allowance that a wave of submissions may take at once, for a
+#: policy that plans its polls within the budget: half, so that a wave whose slots come free
+#: together leaves over a few seconds and its polls do not crowd one minute (less lag, about
+#: 1 % more makespan; measured in docs/polling.md, "The request budget").
+WAVE_SHARE = 0.5
+#: The same for any other policy: all of it. Its polls do not shrink with the budget, so
+#: a wave held back would only leave slots empty.
+UNPLANNED_WAVE_SHARE = 1.0
+#: Whether, for a policy that plans its polls within the budget, the next song waits while
+#: polls that came due before it wait for the budget (1, the default: first come, first
+#: served) or goes first (0).
+SONGS_WAIT_FOR_EARLIER_POLLS = 1
 
 
 class SubmissionPace:
@@ -59,10 +64,11 @@ class SubmissionPace:
     and refilled from a request budget's burst allowance and rate and what a song has cost
     (see the module's doc)."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, wave_share: float = UNPLANNED_WAVE_SHARE) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots!r}")
         self._slots = slots
+        self._wave_share = wave_share
         self._cost = PRIOR_REQUESTS_PER_SONG
         self._time_in_flight = PRIOR_TIME_IN_FLIGHT
         self._ended = 0
@@ -108,7 +114,7 @@ class SubmissionPace:
         served = max(1.0, budget.effective_rate) / 60.0 / self._cost
         # A song stays in flight for a round trip at least: never a division by zero.
         turnover = self._slots / max(1.0, self._time_in_flight)
-        return max(served, turnover), max(1.0, WAVE_SHARE * budget.burst / self._cost)
+        return max(served, turnover), max(1.0, self._wave_share * budget.burst / self._cost)
 
     def _refilled(self, now: float, rate: float, size: float) -> float:
         elapsed = 0.0 if self._tokens_at is None else max(0.0, now - self._tokens_at)

@@ -33,6 +33,7 @@ __all__ = [
     "FixedInterval",
     "LearnedPolling",
     "PollPolicy",
+    "PlansWithinBudget",
     "PollState",
     "default_policy",
     "is_waiting",
@@ -126,6 +127,25 @@ class PollPolicy(Protocol):
 
     def forget(self, song: str) -> None:
         """Song ``song`` ended without completing (failed, timed out, abandoned)."""
+        ...
+
+
+@runtime_checkable
+class PlansWithinBudget(Protocol):
+    """A policy that fits each song's polls to its share of the request budget: ``headroom``
+    of the rate :attr:`PollState.budget_rate` reports, shared by :attr:`PollState.in_flight`
+    songs (:class:`LearnedPolling`).
+
+    For such a policy a batch holds a new song back while polls that came due before it
+    wait for the budget, and lets only part of a wave go at once (:mod:`aimlmusic._pacing`):
+    the polls it planned then go when planned. A policy whose polls do not shrink with the
+    budget (a fixed interval) would spend what was held on more polls, and leave slots
+    empty meanwhile, so for it submissions go first.
+    """
+
+    @property
+    def headroom(self) -> float:
+        """The share of the request budget its plans use."""
         ...
 
 

@@ -79,7 +79,7 @@ from ._events import (
 )
 from ._models import Generation, GenerationStatus, SongRequest, SongResult, SongTimings
 from ._pacing import SubmissionPace
-from ._polling import PollPolicy, PollState, is_waiting
+from ._polling import PlansWithinBudget, PollPolicy, PollState, is_waiting
 from ._ratelimit import Budget
 from ._retry import backoff_delay
 
@@ -312,7 +312,13 @@ class _Batch:
         # Polls handed to a worker that has not yet asked the budget.
         self._launching = 0
         self._next_submit_at = -math.inf
-        self._submission_pace = SubmissionPace(max_in_flight)
+        # Songs wait for earlier polls, and waves spread, for a policy that plans within the
+        # budget (see PlansWithinBudget).
+        self._plans_within_budget = isinstance(poll, PlansWithinBudget)
+        self._submission_pace = SubmissionPace(
+            max_in_flight,
+            _pacing.WAVE_SHARE if self._plans_within_budget else _pacing.UNPLANNED_WAVE_SHARE,
+        )
         self._sequence = itertools.count()
         # (deadline + grace, sequence, song) for songs whose polls the watchdog may cut.
         self._deadlines: list[tuple[float, int, _Song]] = []
@@ -459,21 +465,22 @@ class _Batch:
         Against a server that takes only small bursts, the songs' own pace
         (:class:`~aimlmusic._pacing.SubmissionPace`) spreads later waves too.
 
-        With ``SONGS_WAIT_FOR_DUE_POLLS`` set, the next song also waits while polls are due
-        and held for the budget (docs/polling.md, "The request budget", says why, and what it
-        changes).
+        For a policy that plans its polls within the budget, the next song also waits while
+        polls that came due before it was ready wait for the budget: first come, first
+        served (docs/polling.md, "The request budget", says why, and what it changes).
         """
         budget = self.budget
         if budget is None:
             return
-        now = self.clock.now()
+        now = ready_at = self.clock.now()
+        waits_for_polls = self._plans_within_budget and _pacing.SONGS_WAIT_FOR_EARLIER_POLLS
         if self._next_submit_at > now:
             await self.clock.sleep(self._next_submit_at - now)
             now = self.clock.now()
         while True:
             # While the client is paused by a 429, no song is taken from the source at all.
             wait = max(budget.paused_until - now, self._submission_pace.delay(budget, now))
-            if wait <= 0 and _pacing.SONGS_WAIT_FOR_DUE_POLLS and self._polls_held():
+            if wait <= 0 and waits_for_polls and self._polls_held(due_by=ready_at):
                 wait = GATE_RECHECK  # the dispatcher sends them as the budget makes room
             if wait <= 0:
                 break
@@ -482,9 +489,10 @@ class _Batch:
         self._submission_pace.take(budget, now)
         self._next_submit_at = now + 60.0 / max(1.0, budget.effective_rate)
 
-    def _polls_held(self) -> bool:
-        """Whether due polls are waiting for the budget (not for a free poll worker)."""
-        return bool(self._due) and self._budget_wait() > 0
+    def _polls_held(self, *, due_by: float) -> bool:
+        """Whether polls due by ``due_by`` are waiting for the budget (not for a free poll
+        worker). ``_due`` is in the order polls came due, so its first is the earliest."""
+        return bool(self._due) and self._due[0].due_at <= due_by and self._budget_wait() > 0
 
     def _start(self, key: str, request: SongRequest, lease: str | None = None) -> None:
         song = _Song(key, request)

@@ -41,19 +41,25 @@ async def test_a_minute_s_burst_lets_a_whole_wave_of_songs_go_at_once() -> None:
     assert pace.delay(budget, 0.0) == pytest.approx(PRIOR_REQUESTS_PER_SONG * 60 / 120)
 
 
-async def test_a_smaller_wave_share_lets_fewer_songs_go_at_once(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """With WAVE_SHARE at 0.084 (the share docs/polling.md measures), a minute's burst (120
+async def test_a_smaller_wave_share_lets_fewer_songs_go_at_once() -> None:
+    """With a wave share of 0.084 (a share docs/polling.md measures), a minute's burst (120
     requests, 5 a song) lets two songs go at one instant instead of 24 (its bucket holds
     2.016), and the next one waits for the rest of a song's worth of the rate (2.46 s)."""
-    monkeypatch.setattr(_pacing, "WAVE_SHARE", 0.084)
     budget = RequestBudget(120, VirtualClock())
-    pace = SubmissionPace(slots=1)
+    pace = SubmissionPace(slots=1, wave_share=0.084)
     assert submit_while_free(pace, budget, 0.0) == 2
     assert pace.delay(budget, 0.0) == pytest.approx(
         (3 - 0.084 * 120 / 5) * PRIOR_REQUESTS_PER_SONG * 60 / 120
     )
+
+
+async def test_a_policy_planning_within_the_budget_sends_half_a_burst_at_once() -> None:
+    """At WAVE_SHARE (for a policy that plans within the budget), a minute's burst (120
+    requests, 5 a song) lets 12 songs go at one instant, half the 24 of any other policy."""
+    budget = RequestBudget(120, VirtualClock())
+    planned = SubmissionPace(slots=1, wave_share=_pacing.WAVE_SHARE)
+    assert submit_while_free(planned, budget, 0.0) == 12
+    assert submit_while_free(SubmissionPace(slots=1), budget, 0.0) == 24
 
 
 def submit_while_free(pace: SubmissionPace, budget: RequestBudget, now: float) -> int:

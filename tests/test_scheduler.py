@@ -57,7 +57,6 @@ from aimlmusic import (
     SongResult,
     SongStatusChanged,
     SongSubmitted,
-    _pacing,
     _scheduler,
 )
 from aimlmusic._ratelimit import RequestBudget
@@ -794,24 +793,55 @@ class _AtTheEnd(_Policy):
         return 1.0
 
 
-async def test_songs_can_wait_for_due_polls_while_the_budget_is_short(
-    clock: VirtualClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With SONGS_WAIT_FOR_DUE_POLLS, 30 songs of 30 s, 10 in flight at 20 requests a minute and
-    polled as they end, are seen within 10 s of their end at the median (without it, 20 s)."""
-    monkeypatch.setattr(_pacing, "SONGS_WAIT_FOR_DUE_POLLS", 1)
-    api = FakeAPI(clock, RequestBudget(20, clock))
-    requests = [song(str(n), 30) for n in range(30)]
-    results = await collect(api, requests, max_in_flight=10, poll=_AtTheEnd(30.0))
-    assert all(r.ok for r in results)
+class _PlannedAtTheEnd(_AtTheEnd):
+    """``_AtTheEnd``, declaring that it plans within the budget (PlansWithinBudget)."""
+
+    headroom = 0.9
+
+
+def _lags(api: FakeAPI) -> list[float]:
+    """How long after its end each song was first seen finished, in the order they ended."""
     ends = {job["prompt"]: job["end"] for job in api.jobs.values()}
     seen: dict[str, float] = {}
     for sent, kind, prompt in api.log:
         answered = sent + ROUND_TRIP  # when the poll reads the song's state
         if kind == "poll" and answered >= ends[prompt]:
             seen.setdefault(prompt, answered - ends[prompt])
-    assert len(seen) == 30
-    assert statistics.median(seen.values()) <= 10.0, sorted(seen.values())
+    return [seen[prompt] for prompt in sorted(seen, key=ends.__getitem__)]
+
+
+@pytest.mark.parametrize(("policy", "planned"), [(_PlannedAtTheEnd, True), (_AtTheEnd, False)])
+async def test_songs_wait_for_due_polls_only_for_a_policy_that_plans_within_the_budget(
+    clock: VirtualClock, policy: type[_AtTheEnd], planned: bool
+) -> None:
+    """30 songs of 30 s, 10 in flight, 20 requests a minute, polled as they end: a policy that
+    plans within the budget has new songs wait for due polls (median lag under 10 s), any
+    other has submissions go first (over 10 s, with the batch done sooner)."""
+    api = FakeAPI(clock, RequestBudget(20, clock))
+    requests = [song(str(n), 30) for n in range(30)]
+    results = await collect(api, requests, max_in_flight=10, poll=policy(30.0))
+    assert all(r.ok for r in results)
+    lags = _lags(api)
+    assert len(lags) == 30
+    assert (statistics.median(lags) <= 10.0) is planned, lags
+
+
+async def test_a_new_song_waits_only_for_the_polls_due_before_it(clock: VirtualClock) -> None:
+    """A song whose slot frees waits for the polls already due, not for those that come due
+    after: beside two 500-s songs polled every second at 6 requests a minute (their polls
+    always due), the third song goes within 90 s of the start and the fourth within a
+    minute of the third's slot coming free, not when the long ones end."""
+    api = FakeAPI(clock, RequestBudget(6, clock))
+    names = ("long", "also-long", "short", "fourth")
+    requests = [song(name, 500 if "long" in name else 30) for name in names]
+    results = await collect(api, requests, max_in_flight=3, poll=_PlannedAtTheEnd(30.0))
+    assert all(r.ok for r in results)
+    ends = {job["prompt"]: job["end"] for job in api.jobs.values()}
+    short = next(prompt for prompt in ends if "short" in prompt)
+    freed = min(t + ROUND_TRIP for t, _, p in api.log if p == short and t >= ends[p])
+    submitted = {p.split()[1]: t for t, kind, p in api.log if kind == "submit"}
+    assert submitted["short"] < 90.0, submitted
+    assert freed < submitted["fourth"] < freed + 60.0, (freed, submitted)
 
 
 class _RecordsContext(_Policy):
