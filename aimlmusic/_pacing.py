@@ -13,11 +13,12 @@ since a finished song's slot is refilled at once, the next wave is as bunched as
 at the budget's rate divided by a song's cost, holding a share of the budget's burst
 allowance divided by the same. For a policy that plans its polls within the budget
 (:class:`~aimlmusic.LearnedPolling`) the share is ``WAVE_SHARE``, half: while the budget
-allows a minute's burst, about half a wave of songs goes at once and the rest at the pace
-the budget serves, so that a wave whose slots come free together spreads out. For any other
-policy it is ``UNPLANNED_WAVE_SHARE``, all of it: a whole wave goes at once. Once 429s have
-shown that the server takes small bursts, songs are submitted one at a time at the pace
-their requests can be served, so that waves spread out and their polls go when they are due.
+allows a minute's burst of 120, 12 songs go at once (at five requests a song) and the rest
+at the pace the budget serves, so that a wave whose slots come free together spreads
+out. For any other policy it is ``UNPLANNED_WAVE_SHARE``, all of it: a whole wave goes at
+once. Once 429s have shown that the server takes small bursts, songs are submitted one at a
+time at the pace their requests can be served, so that waves spread out and their polls go
+when they are due.
 
 Never slower, though, than songs leave the batch's slots (``slots`` per time in flight): a
 policy whose polls do not shrink with the budget (a fixed interval) costs more requests

@@ -311,6 +311,9 @@ class _Batch:
         self._due: deque[_Song] = deque()
         # Polls handed to a worker that has not yet asked the budget.
         self._launching = 0
+        # Polls handed to a worker so far: a song held for the polls waiting when its slot
+        # came free counts them off here.
+        self._polls_dispatched = 0
         self._next_submit_at = -math.inf
         # Songs wait for earlier polls, and waves spread, for a policy that plans within the
         # budget (see PlansWithinBudget).
@@ -465,22 +468,24 @@ class _Batch:
         Against a server that takes only small bursts, the songs' own pace
         (:class:`~aimlmusic._pacing.SubmissionPace`) spreads later waves too.
 
-        For a policy that plans its polls within the budget, the next song also waits while
-        polls that came due before it was ready wait for the budget: first come, first
-        served (docs/polling.md, "The request budget", says why, and what it changes).
+        For a policy that plans its polls within the budget, the next song also lets as many
+        polls go first as were waiting for the budget when it became ready: first come,
+        first served, so its wait is bounded by the polls then due, at most one a song in
+        flight (docs/polling.md, "The request budget", says why, and what it changes).
         """
         budget = self.budget
         if budget is None:
             return
-        now = ready_at = self.clock.now()
+        now = self.clock.now()
         waits_for_polls = self._plans_within_budget and _pacing.SONGS_WAIT_FOR_EARLIER_POLLS
+        owed, dispatched = len(self._due), self._polls_dispatched
         if self._next_submit_at > now:
             await self.clock.sleep(self._next_submit_at - now)
             now = self.clock.now()
         while True:
             # While the client is paused by a 429, no song is taken from the source at all.
             wait = max(budget.paused_until - now, self._submission_pace.delay(budget, now))
-            if wait <= 0 and waits_for_polls and self._polls_held(due_by=ready_at):
+            if wait <= 0 and waits_for_polls and self._owes_polls(owed, dispatched):
                 wait = GATE_RECHECK  # the dispatcher sends them as the budget makes room
             if wait <= 0:
                 break
@@ -489,10 +494,17 @@ class _Batch:
         self._submission_pace.take(budget, now)
         self._next_submit_at = now + 60.0 / max(1.0, budget.effective_rate)
 
-    def _polls_held(self, *, due_by: float) -> bool:
-        """Whether polls due by ``due_by`` are waiting for the budget (not for a free poll
-        worker). ``_due`` is in the order polls came due, so its first is the earliest."""
-        return bool(self._due) and self._due[0].due_at <= due_by and self._budget_wait() > 0
+    def _owes_polls(self, owed: int, dispatched: int) -> bool:
+        """Whether a song that became ready while ``owed`` polls waited, when
+        ``dispatched`` had been dispatched, should let more go first: fewer than ``owed``
+        have gone since, and due polls still wait for the budget. Counted, not matched by
+        due time: the dispatcher sends the likeliest to find a finished song, not the
+        oldest, so the polls that go are not always the ones that were waiting."""
+        return (
+            self._polls_dispatched - dispatched < owed
+            and bool(self._due)
+            and self._budget_wait() > 0
+        )
 
     def _start(self, key: str, request: SongRequest, lease: str | None = None) -> None:
         song = _Song(key, request)
@@ -657,6 +669,7 @@ class _Batch:
                     continue
                 self._launching += 1
                 await workers.send(self._most_urgent(now))  # waits for a free worker
+                self._polls_dispatched += 1
             elif heap:
                 await self._nap(heap[0][0])
             else:

@@ -96,7 +96,8 @@ MAX_URL_CHARS = 65_536
 #: Request URLs kept parsed, shared by the clients of a process: a song is polled several
 #: times while it generates, and httpx's parse of its URL costs as much CPU as the rest of
 #: the client's own work on a poll. 256 is the default 20 songs in flight many times over,
-#: at about 0.2 MB.
+#: at about 0.2 MB for ids like the API's (at most about 1.5 MB, for ids of KEPT_ID_CHARS
+#: characters that all need percent-encoding).
 PARSED_URLS_KEPT = 256
 #: Longer ids (none the API sends: its ids are a UUID and the model name) are parsed every
 #: time rather than kept, so that odd answers cannot fill the memory PARSED_URLS_KEPT bounds.
@@ -327,7 +328,8 @@ class Transport:
     ) -> Generation:
         if self._closed:
             raise RuntimeError("this aimlmusic client is closed; create a new one")
-        target, url = self._target(params)  # ``url``: for logs and errors
+        expected_id = (params or {}).get("generation_id")
+        target, url = self._target(expected_id)  # ``url``: for logs and errors
         retry_on = _POST_RETRIES if method == "POST" else _GET_RETRIES
         attempts = self.retry.attempts
         for attempt in range(1, attempts + 1):
@@ -338,7 +340,7 @@ class Transport:
                 url,
                 body,
                 attempt,
-                expected_id=(params or {}).get("generation_id"),
+                expected_id=expected_id,
                 on_sending=getattr(observer, "on_sending", None),
             )
             if isinstance(outcome, Generation):
@@ -381,20 +383,19 @@ class Transport:
             await self.clock.sleep(delay)
         raise AssertionError("unreachable: the last attempt always returns or raises")
 
-    def _target(self, params: dict[str, str] | None) -> tuple[httpx.URL, str]:
-        """The request's URL, parsed once, and spelled out; one httpx would refuse is refused
-        here, before anything is sent, naming the parameter that made it (the generation
-        id)."""
-        generation_id = None if params is None else params["generation_id"]
+    def _target(self, generation_id: str | None) -> tuple[httpx.URL, str]:
+        """The request's URL (with the generation id as its query, if any), parsed once,
+        and spelled out; one httpx would refuse is refused here, before anything is sent,
+        naming the field that made it (the generation id)."""
         try:
             if generation_id is not None and len(generation_id) > KEPT_ID_CHARS:
                 return _parsed_url.__wrapped__(self._endpoint, generation_id)
             return _parsed_url(self._endpoint, generation_id)
         except httpx.InvalidURL as exc:  # its text names the part of the URL that broke
             problem = self.redactor.text(f"{type(exc).__name__}: {exc}")
-            raise _unsendable_url(params, problem) from None
+            raise _unsendable_url(generation_id, problem) from None
         except _URLTooLong as exc:
-            raise _unsendable_url(params, f"a URL of {exc.args[0]} characters") from None
+            raise _unsendable_url(generation_id, f"a URL of {exc.args[0]} characters") from None
 
     async def _attempt(
         self,
@@ -620,9 +621,9 @@ def _parsed_url(endpoint: str, generation_id: str | None) -> tuple[httpx.URL, st
     return target, url
 
 
-def _unsendable_url(params: dict[str, str] | None, problem: str) -> RequestValidationError:
-    """The error for a request whose URL cannot be sent, on the parameter that made it."""
-    field = "generation_id" if params and "generation_id" in params else "request"
+def _unsendable_url(generation_id: str | None, problem: str) -> RequestValidationError:
+    """The error for a request whose URL cannot be sent, on the field that made it."""
+    field = "request" if generation_id is None else "generation_id"
     limit = f"must make a valid URL of at most {MAX_URL_CHARS} characters (nothing was sent)"
     return RequestValidationError(field, limit, problem)
 

@@ -35,6 +35,7 @@ from aimlmusic import (
     BadRequestError,
     BatchEvents,
     Clock,
+    ExponentialBackoff,
     FixedInterval,
     Generation,
     GenerationError,
@@ -57,8 +58,10 @@ from aimlmusic import (
     SongResult,
     SongStatusChanged,
     SongSubmitted,
+    _pacing,
     _scheduler,
 )
+from aimlmusic._polling import PlansWithinBudget
 from aimlmusic._ratelimit import RequestBudget
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, JobRecord, Uniform
 from aimlmusic.testing import VirtualClock
@@ -810,13 +813,36 @@ def _lags(api: FakeAPI) -> list[float]:
     return [seen[prompt] for prompt in sorted(seen, key=ends.__getitem__)]
 
 
-@pytest.mark.parametrize(("policy", "planned"), [(_PlannedAtTheEnd, True), (_AtTheEnd, False)])
+class _PrefersTheLatest(_PlannedAtTheEnd):
+    """``_PlannedAtTheEnd``, ranking the latest submitted song likeliest to be finished."""
+
+    def chance_done(self, state: PollState) -> float:
+        return min(1.0, state.submitted_at / 1000.0)
+
+
+def test_only_the_learned_policy_plans_within_the_budget() -> None:
+    """LearnedPolling is a PlansWithinBudget (songs wait for its polls); the fixed-interval
+    and backoff policies are not (their submissions go first)."""
+    assert isinstance(LearnedPolling(), PlansWithinBudget)
+    assert not isinstance(FixedInterval(10.0), PlansWithinBudget)
+    assert not isinstance(ExponentialBackoff(), PlansWithinBudget)
+
+
+@pytest.mark.parametrize(
+    ("policy", "waits", "planned"),
+    [(_PlannedAtTheEnd, 1, True), (_PlannedAtTheEnd, 0, False), (_AtTheEnd, 1, False)],
+)
 async def test_songs_wait_for_due_polls_only_for_a_policy_that_plans_within_the_budget(
-    clock: VirtualClock, policy: type[_AtTheEnd], planned: bool
+    clock: VirtualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    policy: type[_AtTheEnd],
+    waits: int,
+    planned: bool,
 ) -> None:
-    """30 songs of 30 s, 10 in flight, 20 requests a minute, polled as they end: a policy that
-    plans within the budget has new songs wait for due polls (median lag under 10 s), any
-    other has submissions go first (over 10 s, with the batch done sooner)."""
+    """30 songs of 30 s, 10 in flight, 20 requests a minute, polled as they end: new songs
+    waiting for due polls keep the median lag under 10 s; they wait only for a policy that
+    plans within the budget and with SONGS_WAIT_FOR_EARLIER_POLLS on (else over 10 s)."""
+    monkeypatch.setattr(_pacing, "SONGS_WAIT_FOR_EARLIER_POLLS", waits)
     api = FakeAPI(clock, RequestBudget(20, clock))
     requests = [song(str(n), 30) for n in range(30)]
     results = await collect(api, requests, max_in_flight=10, poll=policy(30.0))
@@ -826,15 +852,15 @@ async def test_songs_wait_for_due_polls_only_for_a_policy_that_plans_within_the_
     assert (statistics.median(lags) <= 10.0) is planned, lags
 
 
-async def test_a_new_song_waits_only_for_the_polls_due_before_it(clock: VirtualClock) -> None:
-    """A song whose slot frees waits for the polls already due, not for those that come due
-    after: beside two 500-s songs polled every second at 6 requests a minute (their polls
-    always due), the third song goes within 90 s of the start and the fourth within a
-    minute of the third's slot coming free, not when the long ones end."""
+async def test_a_new_song_lets_only_the_polls_then_waiting_go_first(clock: VirtualClock) -> None:
+    """A ready song lets as many polls go as were waiting, then goes, even when the oldest
+    due poll keeps losing to likelier ones: beside two 500-s songs polled every second at 6
+    requests a minute (the later one's poll always due and preferred), the third song goes
+    within 90 s of the start and the fourth within a minute of its slot coming free."""
     api = FakeAPI(clock, RequestBudget(6, clock))
     names = ("long", "also-long", "short", "fourth")
     requests = [song(name, 500 if "long" in name else 30) for name in names]
-    results = await collect(api, requests, max_in_flight=3, poll=_PlannedAtTheEnd(30.0))
+    results = await collect(api, requests, max_in_flight=3, poll=_PrefersTheLatest(30.0))
     assert all(r.ok for r in results)
     ends = {job["prompt"]: job["end"] for job in api.jobs.values()}
     short = next(prompt for prompt in ends if "short" in prompt)
