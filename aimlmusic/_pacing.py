@@ -54,9 +54,9 @@ WAVE_SHARE = 0.5
 #: The same for any other policy: all of it. Its polls do not shrink with the budget, so
 #: a wave held back would only leave slots empty.
 UNPLANNED_WAVE_SHARE = 1.0
-#: Whether, for a policy that plans its polls within the budget, the next song waits while
-#: polls that came due before it wait for the budget (1, the default: first come, first
-#: served) or goes first (0).
+#: Whether, for a policy that plans its polls within the budget, the next song lets as many
+#: polls go first as were waiting for the budget when its slot came free (1, the default:
+#: first come, first served) or goes first (0).
 SONGS_WAIT_FOR_EARLIER_POLLS = 1
 
 

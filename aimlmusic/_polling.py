@@ -32,8 +32,8 @@ __all__ = [
     "ExponentialBackoff",
     "FixedInterval",
     "LearnedPolling",
-    "PollPolicy",
     "PlansWithinBudget",
+    "PollPolicy",
     "PollState",
     "default_policy",
     "is_waiting",
@@ -136,8 +136,8 @@ class PlansWithinBudget(Protocol):
     of the rate :attr:`PollState.budget_rate` reports, shared by :attr:`PollState.in_flight`
     songs (:class:`LearnedPolling`).
 
-    For such a policy a batch holds a new song back while polls that came due before it
-    wait for the budget, and lets only part of a wave go at once (:mod:`aimlmusic._pacing`):
+    For such a policy a batch lets the polls waiting for the budget when a slot came free go
+    before the next song, and lets only part of a wave go at once (:mod:`aimlmusic._pacing`):
     the polls it planned then go when planned. A policy whose polls do not shrink with the
     budget (a fixed interval) would spend what was held on more polls, and leave slots
     empty meanwhile, so for it submissions go first.
