@@ -295,7 +295,7 @@ class Transport:
         return await self._call(
             "poll",
             "GET",
-            params={"generation_id": generation_id},
+            generation_id=generation_id,
             observer=observer,
             retry_throttled=retry_throttled,
         )
@@ -320,7 +320,7 @@ class Transport:
         kind: RequestKind,
         method: Literal["GET", "POST"],
         *,
-        params: dict[str, str] | None = None,
+        generation_id: str | None = None,
         body: dict[str, Any] | None = None,
         request: SongRequest | None = None,
         observer: RequestObserver | None = None,
@@ -328,8 +328,7 @@ class Transport:
     ) -> Generation:
         if self._closed:
             raise RuntimeError("this aimlmusic client is closed; create a new one")
-        expected_id = (params or {}).get("generation_id")
-        target, url = self._target(expected_id)  # ``url``: for logs and errors
+        target, url = self._target(generation_id)  # ``url``: for logs and errors
         retry_on = _POST_RETRIES if method == "POST" else _GET_RETRIES
         attempts = self.retry.attempts
         for attempt in range(1, attempts + 1):
@@ -340,7 +339,7 @@ class Transport:
                 url,
                 body,
                 attempt,
-                expected_id=expected_id,
+                expected_id=generation_id,
                 on_sending=getattr(observer, "on_sending", None),
             )
             if isinstance(outcome, Generation):

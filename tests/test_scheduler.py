@@ -820,7 +820,7 @@ class _PrefersTheLatest(_PlannedAtTheEnd):
         return min(1.0, state.submitted_at / 1000.0)
 
 
-def test_only_the_learned_policy_plans_within_the_budget() -> None:
+async def test_only_the_learned_policy_plans_within_the_budget() -> None:
     """LearnedPolling is a PlansWithinBudget (songs wait for its polls); the fixed-interval
     and backoff policies are not (their submissions go first)."""
     assert isinstance(LearnedPolling(), PlansWithinBudget)
