@@ -31,6 +31,7 @@ the song's duration (submission to completion, server side), makespan against th
     python benchmarks/simulate_polling.py --dist lognormal --runs 12 --only learned --knows-the-law
     python benchmarks/simulate_polling.py --dist lognormal --runs 10 --only learned --blocks 40
     python benchmarks/simulate_polling.py --dist lognormal --runs 12 --only learned --quantiles
+    python benchmarks/simulate_polling.py --dist lognormal --runs 12 --only learned --late
     python benchmarks/simulate_polling.py --dist medium --runs 12 --only learned --bound
     python benchmarks/simulate_polling.py --dist medium --runs 12 --only learned --bound \\
         --set COVERAGE=0.96
@@ -52,7 +53,11 @@ order: how long the cold start lasts, and how much more the last wave is polled.
 ``--quantiles`` prints, for each learned row, what its estimate says of the law at the end
 of each run (low quantiles, around where its schedules start, and the median) beside the
 law's own, from many draws (for a shifting service, of its law after the shift): whether
-the estimator, learning from the policy's own polls, gets the left tail right. ``--bound``
+the estimator, learning from the policy's own polls, gets the left tail right. ``--late``
+describes, for each row, the songs past its lag p95 (the worst 5 %, which set it): their
+median duration beside all songs', and how many of them had already finished when their
+first poll came (and when it came): whether the p95 is the short songs' first poll, or
+later polls spaced too far apart. ``--bound``
 prints each row's lag p95 over the bound at the polls per song it spent (what the
 end-to-end benchmark judges; on a shifting service, for the songs a wave after the shift),
 and the same without the batch's last wave (its songs share the budget the finished ones
@@ -287,6 +292,7 @@ class Job:
     finished: float | None = None
     polls: int = 0
     seen_terminal: float | None = None
+    first_polled: float | None = None
 
 
 class SimServer:
@@ -355,6 +361,8 @@ class SimServer:
         self._advance(now)
         job = self.jobs[job_id]
         job.polls += 1
+        if job.first_polled is None:
+            job.first_polled = now
         view = self._view(job_id, now)
         if view.is_finished and job.seen_terminal is None:
             job.seen_terminal = now
@@ -486,6 +494,16 @@ class Figures:
     block_p95: tuple[float, ...] = ()
     #: Polls per song of each of those blocks.
     block_polls: tuple[float, ...] = ()
+    #: Share of the songs a poll saw finished that their first poll already saw finished.
+    done_at_first_poll: float = math.nan
+    #: The songs past the lag p95 (the worst 5 %, as a share of duration): their median
+    #: duration, the share of them that their first poll saw finished, and for those the
+    #: median time of that first poll after the song began generating (NaN: none).
+    late_duration: float = math.nan
+    late_done_at_first_poll: float = math.nan
+    late_first_poll: float = math.nan
+    #: The median duration of all songs, beside ``late_duration``.
+    duration_p50: float = math.nan
 
     @property
     def makespan_ratio(self) -> float:
@@ -583,7 +601,23 @@ async def _run(workload: Workload, policy: PollPolicy, name: str) -> Figures:
         before_last_polls=_polls_per_song(before_last),
         block_p95=tuple(map(_p95_share, blocks)),
         block_polls=tuple(map(_polls_per_song, blocks)),
+        duration_p50=quantile(durations, 0.5),
+        **_late_songs(jobs, quantile(shares, 0.95)),
     )
+
+
+def _late_songs(jobs: list[Job], p95: float) -> dict[str, float]:
+    """Figures on the songs past the lag p95 (``p95``, a share of duration) among ``jobs``
+    (all noticed): what they have in common (see ``Figures.late_duration``)."""
+    late = [job for job in jobs if _lag_share(job) > p95]
+    found = [job for job in late if job.polls == 1]  # the first poll saw it finished
+    after_start = [job.first_polled - job.started for job in found]  # type: ignore[operator]
+    return {
+        "done_at_first_poll": statistics.fmean(job.polls == 1 for job in jobs),
+        "late_duration": quantile([job.duration for job in late], 0.5) if late else math.nan,
+        "late_done_at_first_poll": len(found) / len(late) if late else math.nan,
+        "late_first_poll": quantile(after_start, 0.5) if after_start else math.nan,
+    }
 
 
 def _p95_share(jobs: list[Job]) -> float:
@@ -723,6 +757,11 @@ def main() -> None:
         help="also compare each learned row's final estimate of the law with the law",
     )
     parser.add_argument(
+        "--late",
+        action="store_true",
+        help="also describe the songs past each row's lag p95 (the ones that set it)",
+    )
+    parser.add_argument(
         "--bound",
         action="store_true",
         help="also print each row's lag p95 over the bound at its polls/song (_bounds.py)",
@@ -792,6 +831,26 @@ def _run_strategies(args: argparse.Namespace) -> None:
         print_bounds(Law(args.dist, "--dist", workload.durations), rows)
     if args.quantiles:
         print_quantiles(law_quantiles(workload.durations), estimates)
+    if args.late:
+        print_late(rows)
+
+
+def print_late(rows: list[Figures]) -> None:
+    """For each row, what the songs that set its lag p95 have in common: how long they
+    took and whether they had finished before their first poll."""
+    print()
+    for row in rows:
+        first = (
+            f", made a median {row.late_first_poll:.1f} s after they began"
+            if not math.isnan(row.late_first_poll)
+            else ""
+        )
+        print(
+            f"{row.name}: the songs past lag p95 took a median {row.late_duration:.1f} s "
+            f"(all songs {row.duration_p50:.1f} s); {row.late_done_at_first_poll:.0%} of them "
+            f"had finished before their first poll{first} "
+            f"(of all songs: {row.done_at_first_poll:.0%})"
+        )
 
 
 def _workload_burst(dist: str) -> int | None:
