@@ -68,6 +68,9 @@ MEMORY = 40.0
 MAX_COMPLETED = 200
 #: EM sweeps per refit, warm-started: the estimate keeps converging across observations.
 SWEEPS = 3
+#: ... and of the pooled estimate the change test scores songs under: one, since it is
+#: warm-started too and the test's threshold is coarse (its fit was half a refit's CPU).
+POOLED_SWEEPS = 1
 #: Share of a bin's mass moved to each neighbour after every sweep (EMS smoothing).
 SMOOTHING = 0.02
 #: Bins (3 % each, 23 % together) the support reaches below each innermost interval: songs
@@ -491,7 +494,7 @@ class CompletionEstimator:
         whenever recent ones strayed a little. An adopted estimate goes with the older
         songs. True when songs were dropped."""
         unweighted = [(interval, 1.0) for interval in everyone]
-        self._pooled = self._fit(self._pooled, unweighted, pseudo)
+        self._pooled = self._fit(self._pooled, unweighted, pseudo, POOLED_SWEEPS)
         pooled = _cdf_of(self._pooled)
         # A song still running where next to none have finished says nothing (it scores
         # about 0), and many such songs (a batch's first moments, thousands in flight) would
@@ -546,7 +549,7 @@ class CompletionEstimator:
             (interval, keep ** (len(finished) - bisect.bisect_right(finished, interval.first_seen)))
             for interval in [*self._completed, *self._running.values()]
         ]
-        self._mass = self._fit(self._mass, weighted, pseudo)
+        self._mass = self._fit(self._mass, weighted, pseudo, SWEEPS)
         self._snapshot = self._publish(sum(weight for _, weight in weighted))
 
     def _pseudo_counts(self, intervals: list[_Interval]) -> _Pseudo:
@@ -571,11 +574,11 @@ class CompletionEstimator:
 
     @staticmethod
     def _fit(
-        mass: list[float], weighted: list[tuple[_Interval, float]], pseudo: _Pseudo
+        mass: list[float], weighted: list[tuple[_Interval, float]], pseudo: _Pseudo, sweeps: int
     ) -> list[float]:
-        """``SWEEPS`` of EM from ``mass`` on the ``weighted`` observations and ``pseudo``."""
+        """``sweeps`` of EM from ``mass`` on the ``weighted`` observations and ``pseudo``."""
         total = sum(pseudo.counts) + sum(weight for _, weight in weighted)
-        for _ in range(SWEEPS):
+        for _ in range(sweeps):
             # The tail first: the sweep then spreads songs found done over its shape, and
             # takes mass back out of it (in part) where songs seen running say none finished.
             mass = _tail(mass, pseudo.resolved, pseudo.support)

@@ -23,10 +23,12 @@ from aimlmusic._estimator import (
     GRID_START,
     MAX_COMPLETED,
     MEMORY,
+    POOLED_SWEEPS,
     REFIT_EVERY,
     SUPPORT_SLACK,
     SURPRISE,
     SURPRISE_EVERY,
+    SWEEPS,
     CompletionEstimator,
     Snapshot,
     _bin_of,
@@ -266,6 +268,25 @@ def test_a_service_that_slows_down_at_once_loses_its_old_pace_within_a_wave() ->
     assert changed.snapshot.done_by(60.0) < 0.05
     assert forgetting.changes == 0
     assert forgetting.snapshot.done_by(60.0) > 0.3
+
+
+@pytest.mark.parametrize("law", [(35.0, 45.0), (50.0, 60.0), (20.0, 120.0)])
+def test_the_change_test_s_pooled_estimate_needs_no_more_sweeps(
+    law: tuple[float, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pooled estimate the change test scores under, at POOLED_SWEEPS a refit, ends
+    within 1 % of where SWEEPS a refit take it (warm starts carry it the rest of the way)."""
+    assert POOLED_SWEEPS < SWEEPS
+    lean = CompletionEstimator()
+    wave_after_wave(lean, [(150, law)])
+    monkeypatch.setattr("aimlmusic._estimator.POOLED_SWEEPS", SWEEPS)
+    full = CompletionEstimator()
+    wave_after_wave(full, [(150, law)])
+    assert lean.changes == full.changes == 0
+    lean_pooled, full_pooled = _cdf_of(lean._pooled), _cdf_of(full._pooled)
+    for p in (0.05, 0.25, 0.5, 0.75, 0.95):
+        assert lean_pooled.quantile(p) == pytest.approx(full_pooled.quantile(p), rel=0.01)
+    assert lean.snapshot.cdf == full.snapshot.cdf  # the published estimate is not touched
 
 
 def test_an_adopted_estimate_of_the_old_pace_goes_with_the_older_songs() -> None:
