@@ -54,10 +54,10 @@ order: how long the cold start lasts, and how much more the last wave is polled.
 of each run (low quantiles, around where its schedules start, and the median) beside the
 law's own, from many draws (for a shifting service, of its law after the shift): whether
 the estimator, learning from the policy's own polls, gets the left tail right. ``--late``
-describes, for each row, the songs past its lag p95 (the worst 5 %, which set it): their
-median duration beside all songs', and how many of them had already finished when their
-first poll came (and when it came): whether the p95 is the short songs' first poll, or
-later polls spaced too far apart. ``--bound``
+describes, for each row, the songs past its lag p95 (its worst 5 %): their median duration
+beside all songs', how many of them had already finished when their first poll came, and
+when that poll came for those: whether the p95 is the short songs' first poll, or later
+polls spaced too far apart. Each is a run's median or share, averaged over the runs. ``--bound``
 prints each row's lag p95 over the bound at the polls per song it spent (what the
 end-to-end benchmark judges; on a shifting service, for the songs a wave after the shift),
 and the same without the batch's last wave (its songs share the budget the finished ones
@@ -83,7 +83,7 @@ import random
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -497,8 +497,8 @@ class Figures:
     #: Share of the songs a poll saw finished that their first poll already saw finished.
     done_at_first_poll: float = math.nan
     #: The songs past the lag p95 (the worst 5 %, as a share of duration): their median
-    #: duration, the share of them that their first poll saw finished, and for those the
-    #: median time of that first poll after the song began generating (NaN: none).
+    #: duration, the share of them that their first poll saw finished, and, of those, the
+    #: median time of that first poll after the song began generating (NaN: no such song).
     late_duration: float = math.nan
     late_done_at_first_poll: float = math.nan
     late_first_poll: float = math.nan
@@ -610,14 +610,23 @@ def _late_songs(jobs: list[Job], p95: float) -> dict[str, float]:
     """Figures on the songs past the lag p95 (``p95``, a share of duration) among ``jobs``
     (all noticed): what they have in common (see ``Figures.late_duration``)."""
     late = [job for job in jobs if _lag_share(job) > p95]
-    found = [job for job in late if job.polls == 1]  # the first poll saw it finished
-    after_start = [job.first_polled - job.started for job in found]  # type: ignore[operator]
+    found = [job for job in late if _found_at_first_poll(job)]
+    after_start = []
+    for job in found:
+        assert job.first_polled is not None
+        assert job.started is not None  # it finished, so it began
+        after_start.append(job.first_polled - job.started)
     return {
-        "done_at_first_poll": statistics.fmean(job.polls == 1 for job in jobs),
+        "done_at_first_poll": statistics.fmean(map(_found_at_first_poll, jobs)),
         "late_duration": quantile([job.duration for job in late], 0.5) if late else math.nan,
         "late_done_at_first_poll": len(found) / len(late) if late else math.nan,
         "late_first_poll": quantile(after_start, 0.5) if after_start else math.nan,
     }
+
+
+def _found_at_first_poll(job: Job) -> bool:
+    """Whether the first poll of a noticed song already saw it finished."""
+    return job.seen_terminal == job.first_polled
 
 
 def _p95_share(jobs: list[Job]) -> float:
@@ -759,7 +768,7 @@ def main() -> None:
     parser.add_argument(
         "--late",
         action="store_true",
-        help="also describe the songs past each row's lag p95 (the ones that set it)",
+        help="also describe the songs past each row's lag p95 (its worst 5 %%)",
     )
     parser.add_argument(
         "--bound",
@@ -836,12 +845,13 @@ def _run_strategies(args: argparse.Namespace) -> None:
 
 
 def print_late(rows: list[Figures]) -> None:
-    """For each row, what the songs that set its lag p95 have in common: how long they
-    took and whether they had finished before their first poll."""
+    """For each row, what its worst 5 % of songs (past its lag p95) have in common: how
+    long they took and whether they had finished before their first poll. Each figure is
+    one run's median or share, averaged over the runs that have one."""
     print()
     for row in rows:
         first = (
-            f", made a median {row.late_first_poll:.1f} s after they began"
+            f", which came a median {row.late_first_poll:.1f} s after they began"
             if not math.isnan(row.late_first_poll)
             else ""
         )
@@ -859,18 +869,26 @@ def _workload_burst(dist: str) -> int | None:
 
 
 def mean_of(runs: list[Figures]) -> Figures:
-    """One row whose every figure is the mean over ``runs`` (the name of the first)."""
+    """One row whose every figure is the mean over ``runs`` (the name of the first), of the
+    runs that have it (a figure that is NaN in a run has no songs to be taken over there:
+    no song found done at its first poll among a run's worst, say)."""
     if len(runs) == 1:
         return runs[0]
     values: dict[str, Any] = {"name": runs[0].name}
     for spec in dataclasses.fields(Figures):
         if isinstance(getattr(runs[0], spec.name), tuple):  # per block: block by block
             blocks = zip(*(getattr(run, spec.name) for run in runs), strict=True)
-            values[spec.name] = tuple(map(statistics.fmean, blocks))
+            values[spec.name] = tuple(map(_mean_of_known, blocks))
         elif spec.name != "name":
-            mean = statistics.fmean(getattr(run, spec.name) for run in runs)
+            mean = _mean_of_known(getattr(run, spec.name) for run in runs)
             values[spec.name] = round(mean) if spec.type == "int" else mean
     return Figures(**values)
+
+
+def _mean_of_known(values: Iterable[float]) -> float:
+    """The mean of those of ``values`` that are not NaN (NaN: none is)."""
+    known = [value for value in values if not math.isnan(value)]
+    return statistics.fmean(known) if known else math.nan
 
 
 if __name__ == "__main__":

@@ -271,7 +271,7 @@ def test_a_service_that_slows_down_at_once_loses_its_old_pace_within_a_wave() ->
 
 
 @pytest.mark.parametrize("law", [(35.0, 45.0), (50.0, 60.0), (20.0, 120.0)])
-def test_the_change_test_s_pooled_estimate_needs_no_more_sweeps(
+def test_the_pooled_estimate_at_one_sweep_ends_within_1_percent_of_three(
     law: tuple[float, float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The pooled estimate the change test scores under, at POOLED_SWEEPS a refit, ends
@@ -287,6 +287,20 @@ def test_the_change_test_s_pooled_estimate_needs_no_more_sweeps(
     for p in (0.05, 0.25, 0.5, 0.75, 0.95):
         assert lean_pooled.quantile(p) == pytest.approx(full_pooled.quantile(p), rel=0.01)
     assert lean.snapshot.cdf == full.snapshot.cdf  # the published estimate is not touched
+
+
+def test_the_pooled_estimate_at_one_sweep_still_finds_a_slowdown_within_a_wave(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With POOLED_SWEEPS a refit, as with SWEEPS, 200 songs of 35-45 s then 20 of 80-100 s
+    show one change, and afterwards under 5 % of songs are expected before 60 s."""
+    laws = [(200, (35.0, 45.0)), (20, (80.0, 100.0))]
+    for sweeps in (POOLED_SWEEPS, SWEEPS):
+        monkeypatch.setattr("aimlmusic._estimator.POOLED_SWEEPS", sweeps)
+        estimator = CompletionEstimator()
+        wave_after_wave(estimator, laws)
+        assert estimator.changes == 1
+        assert estimator.snapshot.done_by(60.0) < 0.05
 
 
 def test_an_adopted_estimate_of_the_old_pace_goes_with_the_older_songs() -> None:
