@@ -57,8 +57,8 @@ the estimator, learning from the policy's own polls, gets the left tail right. `
 describes, for each row, the songs past its lag p95 (its worst 5 %): their median duration
 beside all songs', how many of them had already finished when their first poll came, and
 when that poll came for those: whether the p95 is the short songs' first poll, or later
-polls spaced too far apart. Each is a run's median or share, averaged over the runs. ``--bound``
-prints each row's lag p95 over the bound at the polls per song it spent (what the
+polls spaced too far apart. Each is a run's median or share, averaged over the runs.
+``--bound`` prints each row's lag p95 over the bound at the polls per song it spent (what the
 end-to-end benchmark judges; on a shifting service, for the songs a wave after the shift),
 and the same without the batch's last wave (its songs share the budget the finished ones
 left, so they are polled more often: that raises the polls per song, so lowers the bound,
