@@ -569,6 +569,7 @@ async def _run(workload: Workload, policy: PollPolicy, name: str) -> Figures:
     jobs = [job for job in server.order if _noticed(job)]
     lags = [job.seen_terminal - job.finished for job in jobs]  # type: ignore[operator]
     shares = [_lag_share(job) for job in jobs]
+    share_p95 = quantile(shares, 0.95)
     durations = [job.duration for job in server.order]
     after_shift = after_shift_polls = math.nan
     judged = server.order
@@ -587,7 +588,7 @@ async def _run(workload: Workload, policy: PollPolicy, name: str) -> Figures:
         lag_p50=quantile(lags, 0.5),
         lag_p95=quantile(lags, 0.95),
         lag_share_p50=quantile(shares, 0.5),
-        lag_share_p95=quantile(shares, 0.95),
+        lag_share_p95=share_p95,
         makespan=last - start,
         optimum=list_schedule(durations, min(workload.slots, workload.in_flight)),
         requests=server.requests,
@@ -602,7 +603,7 @@ async def _run(workload: Workload, policy: PollPolicy, name: str) -> Figures:
         block_p95=tuple(map(_p95_share, blocks)),
         block_polls=tuple(map(_polls_per_song, blocks)),
         duration_p50=quantile(durations, 0.5),
-        **_late_songs(jobs, quantile(shares, 0.95)),
+        **_late_songs(jobs, share_p95),
     )
 
 
