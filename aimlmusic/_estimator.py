@@ -27,7 +27,8 @@ tell where songs finished, the density seen above goes on, falling geometrically
 Each fit is a few EM sweeps warm-started from the last one, run when an observation arrives
 (never when the estimate is read), and published as an immutable :class:`Snapshot` whose
 ``version`` says when it changed. One sweep is O(bins + observations): coverage is summed
-with prefix sums and spread with a difference array.
+with prefix sums and spread with a difference array, and the bins below and above those
+with mass or support (most of the grid, usually) are skipped, being and staying empty.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import operator
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -210,11 +212,6 @@ class _Interval:
     #: The song's place in the order the estimator first observed songs.
     first_seen: int = 0
 
-    def score(self, snapshot: Snapshot) -> float:
-        """This observation's log-rank score under ``snapshot`` (see :mod:`._change`)."""
-        survival_by = None if self.by == math.inf else 1.0 - snapshot.done_by(self.by)
-        return logrank_score(1.0 - snapshot.done_by(self.after), survival_by)
-
 
 @attrs.frozen
 class _Pseudo:
@@ -263,7 +260,7 @@ def _stamped(interval: _Interval, since: float | None, first_seen: int) -> _Inte
     return attrs.evolve(interval, since=since, first_seen=first_seen)
 
 
-def _support(intervals: Iterable[_Interval]) -> list[bool]:
+def _support(intervals: list[_Interval]) -> list[bool]:
     """The bins the estimate may put mass in: those of Turnbull's innermost intervals, and
     ``SUPPORT_SLACK`` bins below each.
 
@@ -276,19 +273,24 @@ def _support(intervals: Iterable[_Interval]) -> list[bool]:
     songs really finish), not an estimate of it. An innermost interval starting at 0 (songs
     found done at their first poll, none seen running earlier) gets only the slack below
     its end: nothing in the data reaches further down."""
-    # At one time, right ends sort first: (a, b] and (b, c] do not overlap.
-    ends = sorted(itertools.chain.from_iterable(((i.after, 1), (i.by, 0)) for i in intervals))
+    lefts = sorted({interval.after for interval in intervals})
+    rights = sorted(interval.by for interval in intervals)
     touched = [False] * BINS
-    for (left, left_kind), (right, right_kind) in itertools.pairwise(ends):
-        if left_kind == 1 and right_kind == 0 and right > left:
-            hi = BINS - 1 if right == math.inf else _position(right)[0]
-            # A song found done at its first poll, with no song seen running below it: the
-            # slack below its poll, not every duration down to the grid's start (the
-            # floor's share there would put songs at a second or two after a few songs).
-            # Not (0, inf], songs seen only queued so far: they say nothing yet.
-            lo = _position(left)[0] if left > 0 or right == math.inf else hi
-            lo = max(0, lo - SUPPORT_SLACK)
-            touched[lo : hi + 1] = [True] * (hi + 1 - lo)
+    for k, left in enumerate(lefts):
+        # The first end after ``left`` is a right one (at one time, right ends come first:
+        # (a, b] and (b, c] do not overlap), or ``left`` begins no innermost interval.
+        j = bisect.bisect_right(rights, left)
+        if j == len(rights) or (k + 1 < len(lefts) and lefts[k + 1] < rights[j]):
+            continue
+        right = rights[j]
+        hi = BINS - 1 if right == math.inf else _position(right)[0]
+        # A song found done at its first poll, with no song seen running below it: the
+        # slack below its poll, not every duration down to the grid's start (the floor's
+        # share there would put songs at a second or two after a few songs). Not (0, inf],
+        # songs seen only queued so far: they say nothing yet.
+        lo = _position(left)[0] if left > 0 or right == math.inf else hi
+        lo = max(0, lo - SUPPORT_SLACK)
+        touched[lo : hi + 1] = [True] * (hi + 1 - lo)
     return touched
 
 
@@ -495,31 +497,36 @@ class CompletionEstimator:
         songs. True when songs were dropped."""
         unweighted = [(interval, 1.0) for interval in everyone]
         self._pooled = self._fit(self._pooled, unweighted, pseudo, POOLED_SWEEPS)
-        pooled = _cdf_of(self._pooled)
-        # A song still running where next to none have finished says nothing (it scores
-        # about 0), and many such songs (a batch's first moments, thousands in flight) would
-        # shrink the spread the test expects of the songs that do say something.
-        tested = [
-            interval
-            for interval in everyone
-            if interval.since >= self._tested_from  # NaN: never
-            and (interval.by < math.inf or pooled.done_by(interval.after) >= INFORMATIVE)
-        ]
-        songs = sorted(tested, key=lambda interval: interval.since)
+        done_by = _cdf_of(self._pooled).done_by
+        # Each tested song, by when its clock started: its survival at ``after`` and at
+        # ``by`` (None: still running) under the pooled estimate. A song still running
+        # where next to none have finished says nothing (it scores about 0), and many such
+        # songs (a batch's first moments, thousands in flight) would shrink the spread the
+        # test expects of the songs that do say something.
+        songs: list[tuple[float, float, float | None]] = []
+        for interval in everyone:
+            if not interval.since >= self._tested_from:  # NaN: never tested
+                continue
+            done = done_by(interval.after)
+            if interval.by < math.inf:
+                songs.append((interval.since, 1.0 - done, 1.0 - done_by(interval.by)))
+            elif done >= INFORMATIVE:
+                songs.append((interval.since, 1.0 - done, None))
         if not songs:
             return False
+        songs.sort(key=operator.itemgetter(0))
         # The older songs must include OLDER_SONGS seen finished, the recent RECENT_SONGS.
-        finished = list(itertools.accumulate(interval.by < math.inf for interval in songs))
+        finished = list(itertools.accumulate(by is not None for _, _, by in songs))
         first = bisect.bisect_left(finished, OLDER_SONGS) + 1
         split, z = strongest_split(
-            [interval.score(pooled) for interval in songs],
+            [logrank_score(after, by) for _, after, by in songs],
             first,
             len(songs) - RECENT_SONGS,
-            [interval.since for interval in songs],
+            [since for since, _, _ in songs],
         )
         if abs(z) < CHANGE_Z:
             return False
-        cutoff = songs[split].since
+        cutoff = songs[split][0]
         self._completed = [interval for interval in self._completed if interval.since >= cutoff]
         # Songs that began before the change and still run are the slow ones of their time
         # (the others were dropped): they stay in the estimate but not in the test.
@@ -561,13 +568,21 @@ class CompletionEstimator:
         # Mass stays where the data can put it (and where the prior does); the floor is
         # spread over those bins, so that EM can move mass into any of them.
         support = _support(intervals)
-        support = [inside or p > 0 for inside, p in zip(support, self._prior, strict=True)]
-        floor = [f if inside else 0.0 for f, inside in zip(self._floor, support, strict=True)]
-        floor_total = sum(floor) or 1.0  # no floor bin in the support: no floor
-        pseudo = [
-            prior_weight * p + FLOOR_SONGS * f / floor_total
-            for p, f in zip(self._prior, floor, strict=True)
+        for k in itertools.compress(range(BINS), self._prior):  # the bins with prior mass
+            support[k] = True
+        # Outside the support's first and last bins every pseudo-count is 0.
+        start, end = _first(support), BINS - _first(reversed(support))
+        floor = [
+            f if inside else 0.0
+            for f, inside in zip(self._floor[start:end], support[start:end], strict=True)
         ]
+        floor_total = sum(floor) or 1.0  # no floor bin in the support: no floor
+        pseudo = [0.0] * start
+        pseudo += [
+            prior_weight * p + FLOOR_SONGS * f / floor_total
+            for p, f in zip(self._prior[start:end], floor, strict=True)
+        ]
+        pseudo += [0.0] * (BINS - len(pseudo))
         # Where the data begin to say when songs finish: the earliest song seen done.
         seen_done = (interval.hi for interval in intervals if interval.by < math.inf)
         return _Pseudo(support, pseudo, min(seen_done, default=0))
@@ -578,11 +593,16 @@ class CompletionEstimator:
     ) -> list[float]:
         """``sweeps`` of EM from ``mass`` on the ``weighted`` observations and ``pseudo``."""
         total = sum(pseudo.counts) + sum(weight for _, weight in weighted)
+        # Read once for every sweep: each observation's bins and shares, and its weight.
+        rows = [
+            (interval.lo, interval.hi, interval.lo_share, interval.hi_share, weight)
+            for interval, weight in weighted
+        ]
         for _ in range(sweeps):
             # The tail first: the sweep then spreads songs found done over its shape, and
             # takes mass back out of it (in part) where songs seen running say none finished.
             mass = _tail(mass, pseudo.resolved, pseudo.support)
-            mass = _sweep(mass, weighted, pseudo.counts, total, pseudo.support)
+            mass = _sweep(mass, rows, pseudo.counts, total, pseudo.support)
         return mass
 
     def _publish(self, songs: float) -> Snapshot:
@@ -614,7 +634,7 @@ def _tail(mass: list[float], resolved: int, support: list[bool]) -> list[float]:
     ratio = below / (below + sum(window) / len(window))
     shape = [0.0] * resolved
     weight = 1.0
-    for k in range(resolved - 1, -1, -1):
+    for k in range(resolved - 1, _first(support) - 1, -1):  # below the support: nothing
         weight *= ratio
         if support[k]:
             shape[k] = weight
@@ -637,23 +657,23 @@ def _cdf_of(mass: list[float]) -> Snapshot:
 
 def _sweep(
     mass: list[float],
-    weighted: list[tuple[_Interval, float]],
+    rows: list[tuple[int, int, float, float, float]],
     pseudo: list[float],
     total: float,
     support: list[bool],
 ) -> list[float]:
-    """One EM (self-consistency) sweep: spread each observation over the bins it covers in
-    proportion to ``mass``, then re-estimate the masses with the pseudo-counts."""
+    """One EM (self-consistency) sweep: spread each observation (``rows``: its first and
+    last bins, its shares of them, its weight) over the bins it covers in proportion to
+    ``mass``, then re-estimate the masses with the pseudo-counts."""
     prefix = [0.0, *itertools.accumulate(mass)]
     share = [0.0] * (BINS + 1)  # difference array of weight / coverage, for whole bins
     counts = list(pseudo)
-    for interval, weight in weighted:
-        lo, hi = interval.lo, interval.hi
+    for lo, hi, lo_share, hi_share, weight in rows:
         if lo == hi:
             counts[lo] += weight  # all of its probability is in this one bin
             continue
-        low_part = interval.lo_share * mass[lo]
-        high_part = interval.hi_share * mass[hi]
+        low_part = lo_share * mass[lo]
+        high_part = hi_share * mass[hi]
         covered = low_part + prefix[hi] - prefix[lo + 1] + high_part
         if covered <= 0:
             continue
@@ -662,23 +682,51 @@ def _sweep(
         counts[hi] += ratio * high_part
         share[lo + 1] += ratio
         share[hi] -= ratio
+    # Outside the bins with mass or support, every bin is and stays empty (no mass to
+    # spread there, no pseudo-count, no smoothing into it): the passes below skip them.
+    start, end = _span(support, mass)
+    if start >= end:
+        return [0.0] * BINS
     scale = 1.0 / total
     fitted = [
         (count + spread * m) * scale
-        for count, spread, m in zip(counts, itertools.accumulate(share), mass, strict=False)
+        for count, spread, m in zip(
+            counts[start:end],
+            itertools.islice(itertools.accumulate(share), start, end),
+            mass[start:end],
+            strict=True,
+        )
     ]
     # The smoothing step of EMS (Silverman et al., 1990): below the earliest poll, songs
     # found done say nothing of when they finished, and plain EM would keep whatever shape
     # the mass had there for ever; a little diffusion gives it the shape of its neighbours.
+    # The smoothing must not carry mass out of the support, and the grid's end bins, with
+    # one neighbour, keep what they do not pass on.
     edge, keep = SMOOTHING, 1.0 - 2.0 * SMOOTHING
-    # The smoothing must not carry mass out of the support.
-    smoothed = [fitted[0] * (1.0 - edge) + fitted[1] * edge if support[0] else 0.0]
-    smoothed += [
+    padded = [0.0, *fitted, 0.0]  # the empty bins on either side of the window
+    smoothed = [
         m * keep + (before + after) * edge if inside else 0.0
         for before, m, after, inside in zip(
-            fitted[:-2], fitted[1:-1], fitted[2:], support[1:-1], strict=True
+            padded[:-2], fitted, padded[2:], support[start:end], strict=True
         )
     ]
-    smoothed.append(fitted[-1] * (1.0 - edge) + fitted[-2] * edge if support[-1] else 0.0)
+    if start == 0 and support[0]:
+        smoothed[0] = fitted[0] * (1.0 - edge) + padded[2] * edge
+    if end == BINS and support[-1]:
+        smoothed[-1] = fitted[-1] * (1.0 - edge) + padded[-3] * edge
     kept = sum(smoothed)
-    return [m / kept for m in smoothed] if kept > 0 else fitted
+    window = [m / kept for m in smoothed] if kept > 0 else fitted
+    return [0.0] * start + window + [0.0] * (BINS - end)
+
+
+def _span(support: list[bool], mass: list[float]) -> tuple[int, int]:
+    """The bins ``[start, end)`` from the first to the last that is in the ``support`` or
+    holds mass (masses are never negative)."""
+    start = min(_first(support), _first(mass))
+    end = BINS - min(_first(reversed(support)), _first(reversed(mass)))
+    return start, end
+
+
+def _first(values: Iterable[object]) -> int:
+    """The index of the first true value (``BINS`` if none)."""
+    return next(itertools.compress(itertools.count(), values), BINS)

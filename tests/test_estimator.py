@@ -25,6 +25,7 @@ from aimlmusic._estimator import (
     MEMORY,
     POOLED_SWEEPS,
     REFIT_EVERY,
+    SMOOTHING,
     SUPPORT_SLACK,
     SURPRISE,
     SURPRISE_EVERY,
@@ -33,6 +34,9 @@ from aimlmusic._estimator import (
     Snapshot,
     _bin_of,
     _cdf_of,
+    _interval,
+    _support,
+    _sweep,
     _tail,
 )
 
@@ -597,3 +601,98 @@ def test_a_cdf_never_passes_one_however_its_masses_round(raw: list[float]) -> No
     for k in range(1, BINS):
         running += mass[k - 1]
         assert cdf[k] == min(1.0, running)
+
+
+#: Times observations start and end at in the support and sweep properties: few, so that
+#: ends coincide (the ties the innermost intervals must get right), and spread over the grid.
+_SOME_TIMES = [0.0, 0.3, 5.0, 20.0, 45.0, 50.0, 52.5, 55.0, 60.0, 66.0, 300.0, 7000.0, 9000.0]
+
+
+@st.composite
+def observations(draw: st.DrawFn) -> list[tuple[float, float]]:
+    """Up to 12 observations ``(after, by)``: finished in ``(after, by]`` or, with ``by``
+    infinite, still running at ``after``."""
+    drawn = []
+    for _ in range(draw(st.integers(min_value=0, max_value=12))):
+        after = draw(st.sampled_from(_SOME_TIMES) | st.floats(0.0, 9000.0))
+        by = draw(st.sampled_from([*_SOME_TIMES, math.inf]) | st.floats(0.0, 9000.0))
+        drawn.append((after, max(after, by)))
+    return drawn
+
+
+@settings(max_examples=300, deadline=None)
+@given(observations())
+def test_the_support_is_the_innermost_intervals_and_their_slack(
+    observed: list[tuple[float, float]],
+) -> None:
+    """_support marks exactly the bins of every innermost interval (a left end, then a right
+    end above it with no end strictly between) and SUPPORT_SLACK bins below each."""
+    afters = [after for after, _ in observed]
+    bys = [by for _, by in observed]
+    expected = [False] * BINS
+    for left in afters:
+        for right in bys:
+            between = [t for t in (*afters, *bys) if left < t < right]
+            if right <= left or between:
+                continue
+            hi = BINS - 1 if right == math.inf else _bin_of(right)
+            lo = _bin_of(left) if left > 0 else (0 if right == math.inf else hi)
+            for k in range(max(0, lo - SUPPORT_SLACK), hi + 1):
+                expected[k] = True
+    assert _support([_interval(after, by) for after, by in observed]) == expected
+
+
+def _full_grid_sweep(
+    mass: list[float],
+    rows: list[tuple[int, int, float, float, float]],
+    pseudo: list[float],
+    total: float,
+    support: list[bool],
+) -> list[float]:
+    """One EM sweep written plainly over every bin of the grid, to check _sweep against."""
+    counts = list(pseudo)
+    for first, last, first_share, last_share, weight in rows:
+        # Within one bin, mass is spread evenly: the whole observation falls in it.
+        parts = {first: 1.0}
+        if first < last:
+            parts = {k: mass[k] for k in range(first + 1, last)}
+            parts[first], parts[last] = first_share * mass[first], last_share * mass[last]
+        covered = sum(parts.values())
+        if covered <= 0:
+            continue
+        for k, part in parts.items():
+            counts[k] += weight * part / covered
+    fitted = [count / total for count in counts]
+    smoothed = []
+    for k in range(BINS):
+        neighbours = [fitted[j] for j in (k - 1, k + 1) if 0 <= j < BINS]
+        passed_on = SMOOTHING * len(neighbours)
+        smoothed.append(
+            fitted[k] * (1 - passed_on) + SMOOTHING * sum(neighbours) if support[k] else 0.0
+        )
+    kept = sum(smoothed)
+    return [m / kept for m in smoothed] if kept > 0 else fitted
+
+
+@settings(max_examples=100, deadline=None)
+@given(observations(), st.integers(0, BINS - 1), st.integers(1, 60), st.randoms())
+def test_a_sweep_skips_only_bins_that_stay_empty(
+    observed: list[tuple[float, float]], first: int, width: int, rng: random.Random
+) -> None:
+    """A sweep over the bins with mass or support gives the masses a plain sweep over the
+    whole grid does: the bins it skips are empty before and after. (The support, as in a
+    fit, holds the observations' innermost intervals, here with a band of bins besides.)"""
+    intervals = [_interval(after, by) for after, by in observed]
+    support = [inside or first <= k < first + width for k, inside in enumerate(_support(intervals))]
+    mass = [0.1 + rng.random() if inside else 0.0 for inside in support]
+    total_mass = sum(mass)
+    mass = [m / total_mass for m in mass]
+    pseudo = [0.01 * (0.1 + rng.random()) if inside else 0.0 for inside in support]
+    rows = []
+    for interval in intervals:
+        weight = rng.random()
+        rows.append((interval.lo, interval.hi, interval.lo_share, interval.hi_share, weight))
+    total = sum(pseudo) + sum(row[-1] for row in rows)
+    assert _sweep(mass, rows, pseudo, total, support) == pytest.approx(
+        _full_grid_sweep(mass, rows, pseudo, total, support), rel=1e-9, abs=1e-12
+    )
