@@ -103,6 +103,12 @@ PARSED_URLS_KEPT = 256
 #: time rather than kept, so that odd answers cannot fill the memory PARSED_URLS_KEPT bounds.
 KEPT_ID_CHARS = 200
 
+#: Content-Type values whose charset is kept, read once each: httpx parses the header with
+#: the email package on every answer (about 5 µs), and a server sends one or two values.
+#: Past this many, a value is parsed every time, so odd answers cannot fill the memory.
+CHARSETS_KEPT = 16
+_charsets: dict[str, str | None] = {}
+
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
@@ -469,7 +475,7 @@ class Transport:
             failure = self._transport_failure(exc, method, url)
         if failure is not None:
             return failure
-        return _decode_text(raw, response.charset_encoding)
+        return _decode_text(raw, _charset_of(response))
 
     def _generation_of(
         self, text: str, method: str, url: str, expected_id: str | None
@@ -672,6 +678,20 @@ def _message_of(data: dict[str, Any]) -> str | None:
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _charset_of(response: httpx.Response) -> str | None:
+    """The charset ``response``'s Content-Type names (None: none), as httpx reads it."""
+    content_type = response.headers.get("content-type")
+    if content_type is None:
+        return None
+    try:
+        return _charsets[content_type]
+    except KeyError:
+        charset = response.charset_encoding
+        if len(_charsets) < CHARSETS_KEPT:
+            _charsets[content_type] = charset
+        return charset
 
 
 def _decode_text(raw: bytes, charset: str | None) -> str:

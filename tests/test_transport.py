@@ -42,6 +42,7 @@ from aimlmusic import (
     ServerError,
     SizeLimits,
     Timeout,
+    _transport,
 )
 from aimlmusic._ratelimit import RequestBudget, RequestKind
 from aimlmusic._transport import Transport
@@ -202,6 +203,39 @@ async def test_a_huge_html_error_page_is_kept_only_as_a_bounded_excerpt() -> Non
     assert f"({len(page)} characters)" in error.body
     assert len(error.message) < 300
     assert "\n" not in error.message
+
+
+def _latin1_error(content_type: str) -> httpx.Response:
+    """A 400 whose message, "café", is encoded as ``content_type``'s charset says."""
+    charset = content_type.rpartition("charset=")[2] or "utf-8"
+    body = json.dumps({"message": "café"}, ensure_ascii=False).encode(charset)
+    return httpx.Response(400, content=body, headers={"content-type": content_type})
+
+
+async def test_an_answer_is_decoded_in_the_charset_its_content_type_names_each_time() -> None:
+    """Answers in Latin-1 and UTF-8, in turn, each decode as their own Content-Type says,
+    however often a value was seen before (its charset is read once and kept)."""
+    types = ["application/json; charset=iso-8859-1", "application/json; charset=utf-8"] * 2
+    api = ScriptedAPI(*(_latin1_error(content_type) for content_type in types))
+    transport = make_transport(api)
+    for _ in types:
+        with pytest.raises(BadRequestError) as caught:
+            await transport.get(GEN_ID)
+        assert caught.value.message == "café"
+
+
+async def test_more_content_types_than_are_kept_still_decode_and_keep_memory_bounded() -> None:
+    """A server sending a new Content-Type on every answer gets each decoded as it says,
+    and no more than CHARSETS_KEPT values are kept."""
+    count = _transport.CHARSETS_KEPT + 5
+    types = [f"application/json; v={n}; charset=iso-8859-1" for n in range(count)]
+    api = ScriptedAPI(*(_latin1_error(content_type) for content_type in types))
+    transport = make_transport(api)
+    for _ in types:
+        with pytest.raises(BadRequestError) as caught:
+            await transport.get(GEN_ID)
+        assert caught.value.message == "café"
+    assert len(_transport._charsets) <= _transport.CHARSETS_KEPT
 
 
 async def test_request_id_falls_back_to_the_x_request_id_header() -> None:
