@@ -27,8 +27,9 @@ tell where songs finished, the density seen above goes on, falling geometrically
 Each fit is a few EM sweeps warm-started from the last one, run when an observation arrives
 (never when the estimate is read), and published as an immutable :class:`Snapshot` whose
 ``version`` says when it changed. One sweep is O(bins + observations): coverage is summed
-with prefix sums and spread with a difference array, and the bins below and above those
-with mass or support (most of the grid, usually) are skipped, being and staying empty.
+with prefix sums and spread with a difference array, and the smoothing and normalising
+skip the bins below and above those with mass or support (most of the grid, usually): they
+are empty and stay so.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import bisect
 import itertools
 import math
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -516,10 +517,15 @@ class CompletionEstimator:
             return False
         songs.sort(key=operator.itemgetter(0))
         # The older songs must include OLDER_SONGS seen finished, the recent RECENT_SONGS.
-        finished = list(itertools.accumulate(by is not None for _, _, by in songs))
+        finished = list(
+            itertools.accumulate(survival_by is not None for _, _, survival_by in songs)
+        )
         first = bisect.bisect_left(finished, OLDER_SONGS) + 1
         split, z = strongest_split(
-            [logrank_score(after, by) for _, after, by in songs],
+            [
+                logrank_score(survival_after, survival_by)
+                for _, survival_after, survival_by in songs
+            ],
             first,
             len(songs) - RECENT_SONGS,
             [since for since, _, _ in songs],
@@ -571,18 +577,17 @@ class CompletionEstimator:
         for k in itertools.compress(range(BINS), self._prior):  # the bins with prior mass
             support[k] = True
         # Outside the support's first and last bins every pseudo-count is 0.
-        start, end = _first(support), BINS - _first(reversed(support))
+        start, end = _extent(support)
         floor = [
             f if inside else 0.0
             for f, inside in zip(self._floor[start:end], support[start:end], strict=True)
         ]
         floor_total = sum(floor) or 1.0  # no floor bin in the support: no floor
-        pseudo = [0.0] * start
-        pseudo += [
+        within = [
             prior_weight * p + FLOOR_SONGS * f / floor_total
             for p, f in zip(self._prior[start:end], floor, strict=True)
         ]
-        pseudo += [0.0] * (BINS - len(pseudo))
+        pseudo = _padded(within, start, end)
         # Where the data begin to say when songs finish: the earliest song seen done.
         seen_done = (interval.hi for interval in intervals if interval.by < math.inf)
         return _Pseudo(support, pseudo, min(seen_done, default=0))
@@ -634,7 +639,7 @@ def _tail(mass: list[float], resolved: int, support: list[bool]) -> list[float]:
     ratio = below / (below + sum(window) / len(window))
     shape = [0.0] * resolved
     weight = 1.0
-    for k in range(resolved - 1, _first(support) - 1, -1):  # below the support: nothing
+    for k in range(resolved - 1, _extent(support)[0] - 1, -1):  # below the support: nothing
         weight *= ratio
         if support[k]:
             shape[k] = weight
@@ -682,11 +687,11 @@ def _sweep(
         counts[hi] += ratio * high_part
         share[lo + 1] += ratio
         share[hi] -= ratio
-    # Outside the bins with mass or support, every bin is and stays empty (no mass to
-    # spread there, no pseudo-count, no smoothing into it): the passes below skip them.
+    # Outside the bins with mass or support, and one bin more either way, every bin is and
+    # stays empty: no mass to spread there, no pseudo-count, no smoothing into it. (A song
+    # finished within a single bin counts there whatever its mass, and the smoothing passes
+    # a share of that to the neighbours: the one bin more.) The passes below skip them.
     start, end = _span(support, mass)
-    if start >= end:
-        return [0.0] * BINS
     scale = 1.0 / total
     fitted = [
         (count + spread * m) * scale
@@ -715,18 +720,28 @@ def _sweep(
     if end == BINS and support[-1]:
         smoothed[-1] = fitted[-1] * (1.0 - edge) + padded[-3] * edge
     kept = sum(smoothed)
-    window = [m / kept for m in smoothed] if kept > 0 else fitted
-    return [0.0] * start + window + [0.0] * (BINS - end)
+    if kept > 0:
+        return _padded([m / kept for m in smoothed], start, end)
+    # Nothing left in the support (no fit ever gets here: the prior's bins are in it).
+    spread = itertools.accumulate(share)
+    return [(c + s * m) * scale for c, s, m in zip(counts, spread, mass, strict=False)]
 
 
 def _span(support: list[bool], mass: list[float]) -> tuple[int, int]:
-    """The bins ``[start, end)`` from the first to the last that is in the ``support`` or
-    holds mass (masses are never negative)."""
-    start = min(_first(support), _first(mass))
-    end = BINS - min(_first(reversed(support)), _first(reversed(mass)))
+    """The bins ``[start, end)`` from one before the first to one past the last bin that
+    is in the ``support`` or holds mass (masses are never negative)."""
+    (first_in, end_in), (first_held, end_held) = _extent(support), _extent(mass)
+    return max(0, min(first_in, first_held) - 1), min(BINS, max(end_in, end_held) + 1)
+
+
+def _extent(values: Sequence[object]) -> tuple[int, int]:
+    """The bins ``[start, end)`` from the first to the last true value of ``values``, one
+    per bin (``(BINS, 0)``: none)."""
+    start = next(itertools.compress(itertools.count(), values), BINS)
+    end = BINS - next(itertools.compress(itertools.count(), reversed(values)), BINS)
     return start, end
 
 
-def _first(values: Iterable[object]) -> int:
-    """The index of the first true value (``BINS`` if none)."""
-    return next(itertools.compress(itertools.count(), values), BINS)
+def _padded(window: list[float], start: int, end: int) -> list[float]:
+    """The values of bins ``[start, end)``, with zeros for every other bin."""
+    return [0.0] * start + window + [0.0] * (BINS - end)

@@ -105,8 +105,12 @@ KEPT_ID_CHARS = 200
 
 #: Content-Type values whose charset is kept, read once each: httpx parses the header with
 #: the email package on every answer (about 5 µs), and a server sends one or two values.
-#: Past this many, a value is parsed every time, so odd answers cannot fill the memory.
+#: Past this many (the first kept, for the process's life), a value is parsed every time.
 CHARSETS_KEPT = 16
+#: Longer values (a JSON answer's is about 30 characters) are parsed every time rather than
+#: kept, so that odd answers cannot pin more than CHARSETS_KEPT short strings.
+KEPT_CONTENT_TYPE_CHARS = 100
+#: Content-Type value -> the charset it names (None: none), shared by every client.
 _charsets: dict[str, str | None] = {}
 
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
@@ -685,13 +689,12 @@ def _charset_of(response: httpx.Response) -> str | None:
     content_type = response.headers.get("content-type")
     if content_type is None:
         return None
-    try:
+    if content_type in _charsets:
         return _charsets[content_type]
-    except KeyError:
-        charset = response.charset_encoding
-        if len(_charsets) < CHARSETS_KEPT:
-            _charsets[content_type] = charset
-        return charset
+    charset = response.charset_encoding
+    if len(_charsets) < CHARSETS_KEPT and len(content_type) <= KEPT_CONTENT_TYPE_CHARS:
+        _charsets[content_type] = charset
+    return charset
 
 
 def _decode_text(raw: bytes, charset: str | None) -> str:

@@ -12,7 +12,7 @@ import math
 import random
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from aimlmusic._estimator import (
@@ -674,17 +674,35 @@ def _full_grid_sweep(
     return [m / kept for m in smoothed] if kept > 0 else fitted
 
 
-@settings(max_examples=100, deadline=None)
-@given(observations(), st.integers(0, BINS - 1), st.integers(1, 60), st.randoms())
+@settings(max_examples=200, deadline=None)
+@example(  # a song finished in an instant, in the bin just below the support and the mass
+    observed=[(EDGES[149] * 1.001, EDGES[149] * 1.001)],
+    supported=(150, 5),
+    massive=(150, 5),
+    rng=random.Random(0),
+)
+@given(
+    observations(),
+    st.tuples(st.integers(0, BINS - 1), st.integers(1, 60)),
+    st.tuples(st.integers(0, BINS - 1), st.integers(1, 60)),
+    st.randoms(),
+)
 def test_a_sweep_skips_only_bins_that_stay_empty(
-    observed: list[tuple[float, float]], first: int, width: int, rng: random.Random
+    observed: list[tuple[float, float]],
+    supported: tuple[int, int],
+    massive: tuple[int, int],
+    rng: random.Random,
 ) -> None:
     """A sweep over the bins with mass or support gives the masses a plain sweep over the
     whole grid does: the bins it skips are empty before and after. (The support, as in a
-    fit, holds the observations' innermost intervals, here with a band of bins besides.)"""
+    fit, holds the observations' innermost intervals, here with a band of bins besides; the
+    mass lies on a band of its own, inside or outside the support, as the prior's does and
+    as it may when the support shrinks; songs may finish in a single instant.)"""
     intervals = [_interval(after, by) for after, by in observed]
+    first, width = supported
     support = [inside or first <= k < first + width for k, inside in enumerate(_support(intervals))]
-    mass = [0.1 + rng.random() if inside else 0.0 for inside in support]
+    first, width = massive
+    mass = [0.1 + rng.random() if first <= k < first + width else 0.0 for k in range(BINS)]
     total_mass = sum(mass)
     mass = [m / total_mass for m in mass]
     pseudo = [0.01 * (0.1 + rng.random()) if inside else 0.0 for inside in support]

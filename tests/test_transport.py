@@ -205,37 +205,68 @@ async def test_a_huge_html_error_page_is_kept_only_as_a_bounded_excerpt() -> Non
     assert "\n" not in error.message
 
 
-def _latin1_error(content_type: str) -> httpx.Response:
-    """A 400 whose message, "café", is encoded as ``content_type``'s charset says."""
-    charset = content_type.rpartition("charset=")[2] or "utf-8"
+def _error_in(charset: str, content_type: str) -> httpx.Response:
+    """A 400 whose message, "café", is encoded in ``charset``, sent as ``content_type``."""
     body = json.dumps({"message": "café"}, ensure_ascii=False).encode(charset)
     return httpx.Response(400, content=body, headers={"content-type": content_type})
 
 
-async def test_an_answer_is_decoded_in_the_charset_its_content_type_names_each_time() -> None:
+def _counting_charset_reads(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """Start from no kept charsets, and list every charset httpx parses from a header."""
+    monkeypatch.setattr(_transport, "_charsets", {})
+    reads: list[str | None] = []
+    parse = httpx.Response.charset_encoding
+
+    def counted(response: httpx.Response) -> str | None:
+        charset = parse.fget(response)
+        reads.append(charset)
+        return charset
+
+    monkeypatch.setattr(httpx.Response, "charset_encoding", property(counted))
+    return reads
+
+
+async def test_an_answer_is_decoded_in_the_charset_its_content_type_names_each_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Answers in Latin-1 and UTF-8, in turn, each decode as their own Content-Type says,
-    however often a value was seen before (its charset is read once and kept)."""
-    types = ["application/json; charset=iso-8859-1", "application/json; charset=utf-8"] * 2
-    api = ScriptedAPI(*(_latin1_error(content_type) for content_type in types))
+    and each Content-Type value is parsed once, however often it comes."""
+    reads = _counting_charset_reads(monkeypatch)
+    sent = [("iso-8859-1", "application/json; charset=iso-8859-1")]
+    sent += [("utf-8", "application/json; charset=utf-8")]
+    api = ScriptedAPI(*(_error_in(*answer) for answer in sent * 2))
     transport = make_transport(api)
-    for _ in types:
+    for _ in sent * 2:
         with pytest.raises(BadRequestError) as caught:
             await transport.get(GEN_ID)
         assert caught.value.message == "café"
+    assert reads == ["iso-8859-1", "utf-8"]
 
 
-async def test_more_content_types_than_are_kept_still_decode_and_keep_memory_bounded() -> None:
-    """A server sending a new Content-Type on every answer gets each decoded as it says,
-    and no more than CHARSETS_KEPT values are kept."""
-    count = _transport.CHARSETS_KEPT + 5
-    types = [f"application/json; v={n}; charset=iso-8859-1" for n in range(count)]
-    api = ScriptedAPI(*(_latin1_error(content_type) for content_type in types))
+async def test_more_content_types_than_are_kept_still_decode_and_keep_memory_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server sending a new Content-Type on every answer, some of them long, gets each
+    decoded as it says; CHARSETS_KEPT values are kept, none longer than
+    KEPT_CONTENT_TYPE_CHARS."""
+    reads = _counting_charset_reads(monkeypatch)
+    long_one = "application/json; charset=iso-8859-1; x=" + "y" * _transport.KEPT_CONTENT_TYPE_CHARS
+    content_types = [long_one]
+    content_types += [
+        f"application/json; v={n}; charset=iso-8859-1" for n in range(_transport.CHARSETS_KEPT + 5)
+    ]
+    api = ScriptedAPI(*(_error_in("iso-8859-1", value) for value in content_types * 2))
     transport = make_transport(api)
-    for _ in types:
+    for _ in content_types * 2:
         with pytest.raises(BadRequestError) as caught:
             await transport.get(GEN_ID)
         assert caught.value.message == "café"
-    assert len(_transport._charsets) <= _transport.CHARSETS_KEPT
+    assert len(_transport._charsets) == _transport.CHARSETS_KEPT
+    assert long_one not in _transport._charsets
+    # The kept values are parsed once; the long one and those past the limit every time.
+    assert len(reads) == _transport.CHARSETS_KEPT + 2 * (
+        len(content_types) - _transport.CHARSETS_KEPT
+    )
 
 
 async def test_request_id_falls_back_to_the_x_request_id_header() -> None:
