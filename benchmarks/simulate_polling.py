@@ -32,6 +32,7 @@ the song's duration (submission to completion, server side), makespan against th
     python benchmarks/simulate_polling.py --dist lognormal --runs 10 --only learned --blocks 40
     python benchmarks/simulate_polling.py --dist lognormal --runs 12 --only learned --quantiles
     python benchmarks/simulate_polling.py --dist lognormal --runs 12 --only learned --late
+    python benchmarks/simulate_polling.py --runs 12 --only learned --knows-the-law --plans
     python benchmarks/simulate_polling.py --dist medium --runs 12 --only learned --bound
     python benchmarks/simulate_polling.py --dist medium --runs 12 --only learned --bound \\
         --set COVERAGE=0.96
@@ -53,7 +54,10 @@ order: how long the cold start lasts, and how much more the last wave is polled.
 ``--quantiles`` prints, for each learned row, what its estimate says of the law at the end
 of each run (low quantiles, around where its schedules start, and the median) beside the
 law's own, from many draws (for a shifting service, of its law after the shift): whether
-the estimator, learning from the policy's own polls, gets the left tail right. ``--late``
+the estimator, learning from the policy's own polls, gets the left tail right. ``--plans``
+prints, for each learned row, the spread of the schedules it polled on (their lag share,
+expected polls per song and first planned poll; 10th, 50th and 90th percentiles over every
+poll it planned): beside ``--knows-the-law``, whether its plans are off or waver. ``--late``
 describes, for each row, the songs past its lag p95 (its worst 5 %): their median duration
 beside all songs', how many of them had already finished when their first poll came, and
 when that poll came for those: whether the p95 is the short songs' first poll, or later
@@ -114,6 +118,7 @@ from aimlmusic._estimator import (
     GRID_START,
     _bin_of,
 )
+from aimlmusic._planner import Schedule
 from aimlmusic._ratelimit import RequestBudget
 from aimlmusic._scheduler import generate_many
 from aimlmusic.emulator._ratelimit import SlidingWindow, TokenBucket
@@ -204,6 +209,59 @@ def print_quantiles(law: tuple[float, ...], estimates: dict[str, list[tuple[floa
     print(f"{'the law':<36} " + " ".join(f"{value:>{width}.1f}" for value in law))
     for name, cells in rows.items():
         print(f"{name:<36} " + " ".join(f"{cell:>{width}}" for cell in cells))
+
+
+#: The spread ``--plans`` prints of the plans a row handed out: their 10th, 50th and 90th
+#: percentiles.
+PLAN_PERCENTILES = (0.1, 0.5, 0.9)
+
+
+@dataclass
+class Plans:
+    """The schedules a learned row handed out, one per poll planned (its ``next_delay``
+    calls): each one's lag share, expected polls per song and first planned poll (s)."""
+
+    shares: list[float] = field(default_factory=list)
+    polls: list[float] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)
+
+
+def record_plans(policy: PollPolicy, plans: Plans) -> None:
+    """Have ``policy``, if it is a learned one, note in ``plans`` every schedule it plans a
+    poll with (a policy without a planner notes nothing)."""
+    if not isinstance(policy, LearnedPolling):
+        return
+    schedule = policy.schedule
+
+    def noted(budget_rate: float = 0.0, in_flight: int = 0) -> Schedule:
+        made = schedule(budget_rate, in_flight)
+        plans.shares.append(made.share)
+        plans.polls.append(made.polls)
+        plans.starts.append(made.times[0])
+        return made
+
+    policy.schedule = noted  # type: ignore[method-assign]
+
+
+def print_plans(plans: dict[str, Plans]) -> None:
+    """Per learned row, the spread of the plans it polled on, over all its runs: a plan
+    that wavers with the estimate costs lag p95 even when its middle is right."""
+    named = " / ".join(f"p{round(100 * p)}" for p in PLAN_PERCENTILES)
+    print(f"\nthe plans each learned row polled on, over all its runs: {named}")
+    if not plans:
+        print("no learned row ran: no plan to show")
+        return
+    for name, noted in plans.items():
+        print(
+            f"{name}: {len(noted.shares)} plans; lag share {_spread(noted.shares, '.2%')}, "
+            f"expected polls/song {_spread(noted.polls, '.2f')}, "
+            f"first planned poll {_spread(noted.starts, '.1f')} s"
+        )
+
+
+def _spread(values: list[float], form: str) -> str:
+    """``PLAN_PERCENTILES`` of ``values``, each formatted with ``form``."""
+    return " / ".join(format(quantile(values, p), form) for p in PLAN_PERCENTILES)
 
 
 def law_estimate(durations: Durations, seed: int = 0) -> dict[str, Any]:
@@ -767,6 +825,11 @@ def main() -> None:
         help="also compare each learned row's final estimate of the law with the law",
     )
     parser.add_argument(
+        "--plans",
+        action="store_true",
+        help="also print the spread of the plans each learned row polled on (share, polls, start)",
+    )
+    parser.add_argument(
         "--late",
         action="store_true",
         help="also describe the songs past each row's lag p95 (its worst 5 %%)",
@@ -822,12 +885,15 @@ def _run_strategies(args: argparse.Namespace) -> None:
         strategies["learned, knows the law (what-if)"] = knows_the_law(workload.durations)
     rows = []
     estimates: dict[str, list[tuple[float, ...]]] = {}
+    plans: dict[str, Plans] = {}
     for name, make in strategies.items():
         if args.only and args.only not in name:
             continue
         runs = []
         for seed in range(args.seed, args.seed + args.runs):
             policy = make(seed)
+            if args.plans:
+                record_plans(policy, plans.setdefault(name, Plans()))
             runs.append(simulate(dataclasses.replace(workload, seed=seed), policy, name))
             estimated = estimated_quantiles(policy) if args.quantiles else None
             if estimated is not None:
@@ -841,6 +907,8 @@ def _run_strategies(args: argparse.Namespace) -> None:
         print_bounds(Law(args.dist, "--dist", workload.durations), rows)
     if args.quantiles:
         print_quantiles(law_quantiles(workload.durations), estimates)
+    if args.plans:
+        print_plans({name: noted for name, noted in plans.items() if noted.shares})
     if args.late:
         print_late(rows)
 
