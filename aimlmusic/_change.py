@@ -38,6 +38,9 @@ __all__ = ["logrank_score", "strongest_split"]
 MIN_SURVIVAL = 1e-3
 #: Survivals closer than this are one point: the score is its limit there.
 _POINT = 1e-9
+#: A spread at most this share of the scores' sum of squares is rounding, not variation:
+#: equal scores leave about 1e-31 of it, a change of pace far more than 1e-12.
+_FLAT = 1e-12
 
 
 def logrank_score(survival_after: float, survival_by: float | None) -> float:
@@ -60,7 +63,7 @@ def strongest_split(
     what the same number of songs drawn at random from all would, and that distance in
     standard deviations of such a draw (the permutation variance): negative when the later
     songs take longer. ``(first, 0.0)`` when there is no such split or the scores do not
-    vary. All splits cost one pass, with prefix sums.
+    vary (beyond rounding). All splits cost one pass, with prefix sums.
 
     ``starts`` (sorted, one per score): when the songs' clocks started. A change happens at
     a time, so songs that started together are on one side of it: splits fall only where
@@ -71,7 +74,7 @@ def strongest_split(
         return first, 0.0
     mean = math.fsum(scores) / count
     spread = math.fsum((score - mean) ** 2 for score in scores)
-    if spread <= 0:
+    if spread <= _FLAT * sum(score * score for score in scores):  # inf, not an error, past 1e154
         return first, 0.0
     best, best_z = first, 0.0
     later = math.fsum(score - mean for score in scores[first:])  # the songs from ``first`` on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -15,6 +16,12 @@ __all__ = ["Limits", "RetryPolicy", "SizeLimits", "Timeout"]
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise ConfigurationError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _positive_finite(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{attribute.name} must be finite, got {value!r}")
+    _positive(_, attribute, value)
 
 
 def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -94,11 +101,11 @@ class Limits:
     ``requests_per_minute`` is one budget for submissions and polls together;
     ``max_in_flight`` caps generations submitted and not yet finished. The defaults are the
     published paid-tier limits (120 requests/minute, 20 generations at once); the free tier
-    is 6 and 3.
+    is 6 and 3. A rate below one request a minute sends one request at a time, at that rate.
     """
 
     requests_per_minute: float = attrs.field(
-        default=_limits.REQUESTS_PER_MINUTE, validator=_positive
+        default=_limits.REQUESTS_PER_MINUTE, validator=_positive_finite
     )
     max_in_flight: int = attrs.field(
         default=_limits.CONCURRENT_GENERATIONS, validator=_at_least_one

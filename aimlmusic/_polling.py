@@ -108,7 +108,11 @@ class PollPolicy(Protocol):
         ...
 
     def next_delay(self, state: PollState) -> float:
-        """Seconds from ``state.now`` until the next poll of this song (0: now)."""
+        """Seconds from ``state.now`` until the next poll of this song (0, or less: now).
+
+        A delay that is not a finite number (NaN, infinity), or an exception, ends the
+        song with a :class:`~aimlmusic.ConfigurationError` naming its generation: it is
+        never polled "never"."""
         ...
 
     def chance_done(self, state: PollState) -> float:
@@ -182,10 +186,11 @@ class FixedInterval(_LearnsNothing):
     first: float = 0.0
 
     def __attrs_post_init__(self) -> None:
-        if not self.interval > 0:
-            raise ValueError(f"interval must be positive, got {self.interval!r}")
-        if not self.first >= 0:
-            raise ValueError(f"first must not be negative, got {self.first!r}")
+        # Finite: a song polled "never again" would keep its caller waiting for ever.
+        if not 0 < self.interval < math.inf:
+            raise ValueError(f"interval must be positive and finite, got {self.interval!r}")
+        if not 0 <= self.first < math.inf:
+            raise ValueError(f"first must be finite and not negative, got {self.first!r}")
 
     def next_delay(self, state: PollState) -> float:
         """``first`` before the first poll, ``interval`` after every other."""
@@ -203,12 +208,12 @@ class ExponentialBackoff(_LearnsNothing):
     maximum: float = 20.0
 
     def __attrs_post_init__(self) -> None:
-        if not self.initial > 0:
-            raise ValueError(f"initial must be positive, got {self.initial!r}")
-        if not self.factor >= 1:
-            raise ValueError(f"factor must be at least 1, got {self.factor!r}")
-        if not self.maximum >= self.initial:
-            raise ValueError(f"maximum must be at least initial, got {self.maximum!r}")
+        if not 0 < self.initial < math.inf:
+            raise ValueError(f"initial must be positive and finite, got {self.initial!r}")
+        if not 1 <= self.factor < math.inf:
+            raise ValueError(f"factor must be at least 1 and finite, got {self.factor!r}")
+        if not self.initial <= self.maximum < math.inf:
+            raise ValueError(f"maximum must be finite and at least initial, got {self.maximum!r}")
 
     def next_delay(self, state: PollState) -> float:
         """``min(maximum, initial * factor ** polls)``."""

@@ -8,7 +8,8 @@ within that minute, because a batch needs them: songs submitted together finish 
 and are polled together (measured with ``benchmarks/simulate_polling.py``: also capping any
 10 s at a sixth of the limit raises the default batch's lag p95 from about 3.5 % to 13 % of
 a song's duration). For a server known to count with a small bucket, ``burst_share`` adds
-that cap: never more than this share of the limit in any 10 s. Otherwise 429s tell.
+that cap: never more than this share of the limit in any 10 s. Otherwise 429s tell. A rate
+below one request a minute sends one request at a time, each once the rate has made room.
 
 On a 429 the whole client pauses: for the server's ``Retry-After`` when it sends one, else for
 its own growing back-off, and the paced rate is halved once per episode (multiplicative
@@ -129,6 +130,9 @@ _SLOW_START_BELOW = 1 / 2
 #: A 429 that came after fewer requests than this above the rate says nothing about bursts
 #: (a storm, or a rate lower than configured, which the rate's halving answers).
 _BURST_EVIDENCE = 4.0
+#: The bucket holds at least one whole request: capped at a rate below one a minute, it
+#: would never fill to a request, and nothing would be sent.
+_LEAST_BURST = 1.0
 #: How fast a burst allowance cut by a 429 grows back (requests per second without a 429):
 #: one a minute, so that a server's bucket is probed again rarely.
 _BURST_REGROWTH = 1 / 60
@@ -160,6 +164,8 @@ class RequestBudget:
         seed: int | None = None,
         burst_share: float | None = None,
     ) -> None:
+        if not math.isfinite(requests_per_minute):
+            raise ValueError(f"requests_per_minute must be finite, got {requests_per_minute!r}")
         if requests_per_minute <= 0:
             raise ValueError(f"requests_per_minute must be positive, got {requests_per_minute!r}")
         if burst_share is not None and not 0 < burst_share <= 1:
@@ -169,8 +175,10 @@ class RequestBudget:
         self._clock = clock
         self._rate = self.requests_per_minute
         # The token bucket that paces requests: at most ``_burst`` at once, refilled at the
-        # paced rate. A whole minute's worth until a 429 says the server takes less.
-        self._burst = self.requests_per_minute
+        # paced rate. A whole minute's worth (at least one request) until a 429 says the
+        # server takes less.
+        self._most_burst = max(_LEAST_BURST, self.requests_per_minute)
+        self._burst = self._most_burst
         self._tokens = self._burst
         self._tokens_at: float | None = None  # set at first use: a client is made outside a loop
         # The most requests sent in any minute: the configured rate, unless 429s to paced
@@ -202,7 +210,8 @@ class RequestBudget:
 
     @property
     def burst(self) -> float:
-        """The most requests sent at once: the configured rate, unless 429s showed less."""
+        """The most requests sent at once: the configured rate (at least one), unless 429s
+        showed less."""
         return self._burst
 
     @property
@@ -327,7 +336,7 @@ class RequestBudget:
             excess = max(excess, count - per_second * (now - sent_at))
         smaller = excess >= _BURST_EVIDENCE and excess / 2 < self._burst
         if smaller:
-            self._burst = max(1.0, excess / 2)
+            self._burst = max(_LEAST_BURST, excess / 2)
         self._refill(now)  # what grew back until now (the minute's limit) is not lost
         self._tokens, self._tokens_at = 0.0, now
         return smaller
@@ -375,7 +384,7 @@ class RequestBudget:
     def _refill(self, now: float) -> None:
         elapsed = 0.0 if self._tokens_at is None else max(0.0, now - self._tokens_at)
         self._tokens_at = now
-        self._burst = min(self.requests_per_minute, self._burst + elapsed * _BURST_REGROWTH)
+        self._burst = min(self._most_burst, self._burst + elapsed * _BURST_REGROWTH)
         self._limit.regrow(elapsed)
         self._tokens = min(self._burst, self._tokens + elapsed * self._rate / 60.0)
 

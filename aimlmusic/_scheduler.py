@@ -57,6 +57,7 @@ from ._errors import (
     AimlMusicError,
     APIConnectionError,
     APIStatusError,
+    ConfigurationError,
     GenerationFailedError,
     GenerationTimeoutError,
     NotFoundError,
@@ -168,6 +169,7 @@ class _Song:
         "request",
         "requests",
         "retries",
+        "sent_at",
         "started_at",
         "submitted_at",
         "suspect_polls",
@@ -197,6 +199,9 @@ class _Song:
         # Sending and arrival time of the last poll that saw the song unfinished.
         self.unfinished_from: float | None = None
         self.unfinished_to: float | None = None
+        # When its latest request attempt left (the transport's on_sending): the poll that
+        # answered went out then, however long the budget or retries held it before.
+        self.sent_at: float | None = None
         self.polls = 0
         self.requests = 0  # attempts that left, submissions and polls (what it cost)
         self.retries = 0
@@ -236,7 +241,7 @@ class _Observer:
 
     def on_sending(self) -> None:
         self.song.requests += 1
-        at = self.batch.clock.now()
+        at = self.song.sent_at = self.batch.clock.now()
         emit(self.batch.events, "on_sending", RequestSending(self.song.key, self.kind, at))
 
 
@@ -338,6 +343,11 @@ class _Batch:
         self._active = 0
         self._generating = 0  # songs submitted and not yet seen finished
         self._source_done = False
+        # When the feed began waiting for the source's next song (None: not waiting), and
+        # whether the last one came later than the budget's pace would have taken it: a
+        # source that slow (a queue fed slowly, say) leaves slots empty.
+        self._source_asked_at: float | None = None
+        self._source_lagged = False
         self._finished = anyio.Event()
         self._task_group: TaskGroup | None = None
         self._version = poll.version
@@ -437,7 +447,12 @@ class _Batch:
                     self.source_error = exc
                     return
                 try:
-                    item = await _next_item(iterator)
+                    self._source_asked_at = asked = self.clock.now()
+                    try:
+                        item = await _next_item(iterator)
+                    finally:
+                        self._source_asked_at = None
+                    self._source_lagged = self.clock.now() - asked > self._submission_gap()
                     if item is _END:
                         self._slots.release()
                         if lease is not None:
@@ -492,7 +507,14 @@ class _Batch:
             await self.clock.sleep(wait)
             now = self.clock.now()
         self._submission_pace.take(budget, now)
-        self._next_submit_at = now + 60.0 / max(1.0, budget.effective_rate)
+        self._next_submit_at = now + self._submission_gap()
+
+    def _submission_gap(self) -> float:
+        """The least time between two submissions at the budget's sustained rate (0: no
+        budget)."""
+        if self.budget is None:
+            return 0.0
+        return 60.0 / max(1.0, self.budget.effective_rate)
 
     def _owes_polls(self, owed: int, dispatched: int) -> bool:
         """Whether a song that became ready while ``owed`` polls waited, when
@@ -545,6 +567,7 @@ class _Batch:
         song.submitted_at = submitted_at if submitted_at is not None else now
         if deadline is not None:
             song.deadline_at = now + deadline
+            self._watch_deadline(song)
         self._generating += 1
         song.generating = True
         self._followed.add(song)
@@ -553,7 +576,7 @@ class _Batch:
         elif last is None:
             self._schedule(song, now)
         else:
-            self._schedule(song, self._plan(now, self._next_delay(song, now)))
+            self._schedule_next(song, now)
 
     # ------------------------------------------------------------------ submitting
 
@@ -595,11 +618,12 @@ class _Batch:
         song.generating = True
         if self.deadline is not None:
             song.deadline_at = now + self.deadline
+            self._watch_deadline(song)
         emit(self.events, "on_submitted", SongSubmitted(song.key, song.request, generation, now))
         if generation.is_finished:
             self._conclude(song, generation, now, now)
         else:
-            self._schedule(song, self._plan(now, self._next_delay(song, now)))
+            self._schedule_next(song, now)
 
     # ------------------------------------------------------------------ the timer heap
 
@@ -614,6 +638,12 @@ class _Batch:
         self._lateness.append(max(0.0, sent - song.due_at))
         if len(self._lateness) % LATENESS_REFRESH == 0:
             self._typical_lateness = statistics.median(self._lateness)
+
+    def _schedule_next(self, song: _Song, start: float) -> None:
+        """Put ``song`` in the heap for the poll its policy plans after ``start``."""
+        delay = self._next_delay(song, start)
+        if delay is not None:
+            self._schedule(song, self._plan(start, delay))
 
     def _schedule(self, song: _Song, due: float) -> None:
         """Put ``song`` (not in the heap: new, or just polled) in the heap, due at ``due``."""
@@ -645,9 +675,10 @@ class _Batch:
             # Entries due already (waiting for the budget) and songs backing off after
             # errors stay as they are.
             if due > now and not song.transient_failures:
-                due = song.due_at = min(
-                    self._plan(now, self._next_delay(song, now)), song.deadline_at
-                )
+                delay = self._next_delay(song, now)
+                if delay is None:
+                    continue  # the policy failed: the song ended with that failure
+                due = song.due_at = min(self._plan(now, delay), song.deadline_at)
             entries.append((due, timer, song))
         heapq.heapify(entries)
         self._heap[:] = entries  # in place: the dispatcher holds this list
@@ -665,7 +696,9 @@ class _Batch:
             if due:
                 wait = self._budget_wait()
                 if wait > 0:
-                    await self._nap(now + wait)
+                    # Woken for polls falling due meanwhile too: a poll the budget holds
+                    # waits in ``_due``, where the watchdog ends it at its deadline.
+                    await self._nap(min(now + wait, heap[0][0]) if heap else now + wait)
                     continue
                 self._launching += 1
                 await workers.send(self._most_urgent(now))  # waits for a free worker
@@ -676,7 +709,8 @@ class _Batch:
                 await self._nap(math.inf)
 
     def _watch_deadline(self, song: _Song) -> None:
-        """Have the watchdog cut ``song``'s polls in flight at its deadline (and a grace)."""
+        """Have the watchdog end ``song`` at its deadline (and a grace): cut its poll in
+        flight, or time it out while its poll waits for the budget."""
         if song.deadline_at == math.inf or song.watched:
             return
         song.watched = True
@@ -695,6 +729,14 @@ class _Batch:
                 _, _, song = heapq.heappop(deadlines)
                 if song.poll_scope is not None:
                     song.poll_scope.cancel()
+                elif song.generating and song in self._due and self._budget_holds():
+                    # Its poll is held by the budget (a 429's pause, say) past its
+                    # deadline: the caller is not kept waiting for a poll the budget may
+                    # hold for longer still. (Queued for a moment only, behind others or
+                    # a worker just handed one, or on its way to a worker, its poll is
+                    # its last.)
+                    self._due.remove(song)
+                    self._time_out(song)
             with anyio.CancelScope() as scope:
                 self._watchdog_scope = scope
                 self._watchdog_until = deadlines[0][0] if deadlines else math.inf
@@ -703,6 +745,10 @@ class _Batch:
                 else:
                     await anyio.sleep_forever()
             self._watchdog_scope, self._watchdog_until = None, math.inf
+
+    def _budget_holds(self) -> bool:
+        """Whether the budget lets no request go now (paused, or out of room)."""
+        return self.budget is not None and self.budget.delay() > 0
 
     def _budget_wait(self) -> float:
         """How long due polls should stay here rather than queue inside the budget.
@@ -753,9 +799,12 @@ class _Batch:
             await self._poll(song)
 
     async def _poll(self, song: _Song) -> None:
-        sent = self.clock.now()
-        self._note_lateness(song, sent)
+        if not song.generating:
+            return  # timed out by the watchdog while it was handed to this worker
+        dispatched = self.clock.now()
+        self._note_lateness(song, dispatched)
         song.polls += 1
+        song.sent_at = None
         # The song's deadline bounds its polls in flight too (a GET is safe to cut; a POST
         # never is, so submissions are not cut).
         with anyio.CancelScope() as scope:
@@ -776,6 +825,10 @@ class _Batch:
             self._time_out(song)
             return
         now = self.clock.now()
+        # What the poll saw, it saw when its answered attempt left, not when it was
+        # dispatched: the budget or a retry after a 5xx may have held it since (a transport
+        # that does not report sending leaves the dispatch time).
+        sent = song.sent_at if song.sent_at is not None else dispatched
         song.transient_failures = song.suspect_polls = 0
         self._record(song, generation, sent, now)
         self._replan(now)
@@ -786,11 +839,14 @@ class _Batch:
         else:
             # Spaced from when this poll went out, not from when its answer came back: the
             # server saw the two polls that far apart, whatever the round trip took.
-            self._schedule(song, self._plan(sent, self._next_delay(song, sent)))
+            self._schedule_next(song, sent)
 
     def _poll_failed(self, song: _Song, error: AimlMusicError) -> None:
         now = self.clock.now()
-        if isinstance(error, RateLimitError) and now < song.deadline_at:
+        if isinstance(error, RateLimitError):
+            if now >= song.deadline_at:
+                self._time_out(song)  # what the caller waited for is the song, not the 429
+                return
             # Refused by the server: due again at once; the dispatcher holds it until the
             # budget's pause (started by the transport for every request) is over.
             self._schedule(song, now)
@@ -806,7 +862,10 @@ class _Batch:
         if now >= song.deadline_at:
             self._time_out(song)
             return
-        delay = max(backoff_delay(song.transient_failures, self.retry), self._next_delay(song, now))
+        planned = self._next_delay(song, now)
+        if planned is None:
+            return
+        delay = max(backoff_delay(song.transient_failures, self.retry), planned)
         song.transient_failures += 1
         logger.debug("poll of %s failed (%s); again in %.1f s", song.key, error, delay)
         song.retries += 1
@@ -855,17 +914,47 @@ class _Batch:
         )
 
     def _kept_in_flight(self) -> int:
-        """How many songs this batch keeps generating: all its slots while the source has
-        more songs, then those left."""
-        if self._source_done:
+        """How many songs this batch keeps generating: all its slots while the source
+        hands songs over as fast as the budget's pace takes them; once the source has
+        ended, or while it is slower than that, those generating (the budget of slots
+        nobody fills goes to the songs there are)."""
+        if self._source_done or self._source_lags():
             return self._generating
         return max(self._generating, self.max_in_flight)
 
-    def _next_delay(self, song: _Song, now: float) -> float:
-        delay = self.poll.next_delay(self._poll_state(song, now))
-        if not delay >= 0:  # also catches NaN from a user policy
-            raise ValueError(f"{type(self.poll).__name__}.next_delay returned {delay!r}")
-        return delay
+    def _source_lags(self) -> bool:
+        """Whether the source leaves slots empty: its last song came later than the
+        budget's pace of submissions would have taken it, or the feed has been waiting for
+        the next one for longer than that."""
+        if self._source_lagged:
+            return True
+        asked = self._source_asked_at
+        return asked is not None and self.clock.now() - asked > self._submission_gap()
+
+    def _next_delay(self, song: _Song, now: float) -> float | None:
+        """The policy's delay before ``song``'s next poll (one already past: 0, now).
+
+        None when the policy failed (raised, or gave no finite delay: NaN, or never),
+        after ending the song with a :class:`ConfigurationError` saying so: the song was
+        paid for, so its result names its generation (to follow with ``wait()``) rather
+        than the failure ending every song of the batch."""
+        try:
+            delay = float(self.poll.next_delay(self._poll_state(song, now)))
+        except Exception as exc:
+            self._policy_failed(song, exc)
+            return None
+        if not math.isfinite(delay):
+            self._policy_failed(song, ValueError(f"returned {delay!r}, not a finite delay"))
+            return None
+        return max(0.0, delay)
+
+    def _policy_failed(self, song: _Song, cause: Exception) -> None:
+        error = ConfigurationError(
+            f"{type(self.poll).__name__}.next_delay failed for generation "
+            f"{song.generation_id}: {cause}"
+        )
+        error.__cause__ = cause
+        self._finish(song, error=error)
 
     # ------------------------------------------------------------------ finishing
 

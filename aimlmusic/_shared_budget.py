@@ -188,6 +188,8 @@ class SharedBudget:
         seed: int | None = None,
         before_first_use: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        if not math.isfinite(requests_per_minute):
+            raise ValueError(f"requests_per_minute must be finite, got {requests_per_minute!r}")
         if requests_per_minute <= 0:
             raise ValueError(f"requests_per_minute must be positive, got {requests_per_minute!r}")
         self.requests_per_minute = float(requests_per_minute)

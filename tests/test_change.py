@@ -101,3 +101,13 @@ def test_no_split_or_no_spread_says_nothing() -> None:
     assert strongest_split([0.1, 0.2, 0.3], 3, 2) == (3, 0.0)
     assert strongest_split([0.4] * 20, 2, 18)[1] == 0.0
     assert strongest_split([], 0, 0)[1] == 0.0
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    score=st.floats(min_value=-1e150, max_value=1e150),  # scores lie in [-7, 1]; squares fit
+    count=st.integers(min_value=1, max_value=1000),
+)
+def test_equal_scores_never_make_a_change_whatever_the_rounding(score: float, count: int) -> None:
+    """Any number of equal scores give z = 0, though their mean may be off by rounding."""
+    assert strongest_split([score] * count, 1, count - 1)[1] == 0.0

@@ -9,6 +9,7 @@ their own tests (``test_estimator.py``, ``test_planner.py``).
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -89,9 +90,12 @@ def test_exponential_backoff_grows_and_caps_without_overflow() -> None:
     ("factory", "message"),
     [
         (lambda: FixedInterval(0.0), "interval must be positive"),
-        (lambda: FixedInterval(1.0, first=-1.0), "first must not be negative"),
+        (lambda: FixedInterval(math.inf), "interval must be positive and finite"),
+        (lambda: FixedInterval(1.0, first=-1.0), "first must be finite and not negative"),
+        (lambda: FixedInterval(1.0, first=math.nan), "first must be finite"),
         (lambda: ExponentialBackoff(initial=0.0), "initial must be positive"),
         (lambda: ExponentialBackoff(factor=0.5), "factor must be at least 1"),
+        (lambda: ExponentialBackoff(maximum=math.inf), "maximum must be finite"),
         (lambda: LearnedPolling(lag_target=0.0), "lag_target must be in"),
         (lambda: LearnedPolling(headroom=1.5), "headroom must be in"),
         (lambda: LearnedPolling(prior=(60.0, 50.0)), "prior must be"),

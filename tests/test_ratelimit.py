@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import anyio
 import pytest
 from _http_fakes import RecordingClock
 from _timing import max_in_window
 
+from aimlmusic import ConfigurationError, Limits
 from aimlmusic._ratelimit import RequestBudget
 from aimlmusic.testing import VirtualClock
 
@@ -413,3 +416,32 @@ async def test_rejects_a_non_positive_rate() -> None:
     """A budget of zero requests per minute is refused with the value in the message."""
     with pytest.raises(ValueError, match="requests_per_minute must be positive, got 0"):
         RequestBudget(0, VirtualClock())
+
+
+async def test_a_rate_below_one_a_minute_sends_one_request_each_time_the_rate_allows() -> None:
+    """At 0.5 requests/minute the budget sends at once, then one request every 120 s."""
+    clock = VirtualClock()
+    budget = RequestBudget(0.5, clock)
+    sent: list[float] = []
+
+    async def three() -> None:
+        for _ in range(3):
+            await budget.acquire("poll")
+            sent.append(clock.now())
+
+    async with clock:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(three)
+                await clock.sleep(400.0)  # far past the third request's due time
+                scope.cancel()
+    assert sent == pytest.approx([0.0, 120.0, 240.0])
+
+
+@pytest.mark.parametrize("rate", [math.inf, -math.inf, math.nan])
+async def test_a_non_finite_rate_is_refused_naming_the_field(rate: float) -> None:
+    """An infinite or NaN requests_per_minute is refused by Limits and by the budget alike."""
+    with pytest.raises(ConfigurationError, match="requests_per_minute must be finite, got"):
+        Limits(requests_per_minute=rate)
+    with pytest.raises(ValueError, match="requests_per_minute must be finite, got"):
+        RequestBudget(rate, VirtualClock())

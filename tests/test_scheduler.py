@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from _http_fakes import API, completed_json, generation_json
 from _policies import RecordingPolicy
 from _timing import list_schedule, max_in_window, virtual_time
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -35,6 +36,7 @@ from aimlmusic import (
     BadRequestError,
     BatchEvents,
     Clock,
+    ConfigurationError,
     ExponentialBackoff,
     FixedInterval,
     Generation,
@@ -47,6 +49,7 @@ from aimlmusic import (
     NotFoundError,
     PollPolicy,
     PollState,
+    RateLimitError,
     RequestRetried,
     RequestThrottled,
     RequestValidationError,
@@ -61,8 +64,10 @@ from aimlmusic import (
     _pacing,
     _scheduler,
 )
+from aimlmusic._config import RetryPolicy, Timeout
 from aimlmusic._polling import PlansWithinBudget
 from aimlmusic._ratelimit import RequestBudget
+from aimlmusic._transport import Transport
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, JobRecord, Uniform
 from aimlmusic.testing import VirtualClock
 
@@ -71,6 +76,10 @@ pytestmark = pytest.mark.anyio
 #: FakeAPI's answer time in API seconds: requests overlap the way real round trips do.
 ROUND_TRIP = 0.2
 QUICK = FixedInterval(interval=1.0, first=1.0)
+#: A ``paused`` song's Retry-After: the transport's cap, far past any deadline of the tests.
+PAUSE = 120.0
+#: From this time on, a ``late429`` song's polls all meet a 429.
+LATE_429_AT = 29.0
 
 
 def song(name: str, seconds: float = 10.0, *flags: str) -> SongRequest:
@@ -84,7 +93,9 @@ class FakeAPI:
     Flags in a song's prompt: ``fail`` (ends in status error), ``reject`` (400 on submit),
     ``ambiguous`` (the POST may have been accepted), ``flaky`` (the first two polls fail with
     a 502), ``garbled`` (every poll answer is unreadable), ``gone`` (every poll is a 404),
-    ``throttled`` (the submission meets one 429 first), ``queued`` (waits 20 s in the queue).
+    ``throttled`` (the submission meets one 429 first), ``queued`` (waits 20 s in the queue),
+    ``paused`` (the first poll meets a 429 whose Retry-After pauses the budget for
+    ``PAUSE`` s), ``late429`` (every poll from ``LATE_429_AT`` s on meets a 429).
     """
 
     def __init__(self, clock: Clock, budget: RequestBudget | None = None) -> None:
@@ -150,6 +161,12 @@ class FakeAPI:
                 raise NotFoundError("no such generation", status_code=404)
             if "garbled" in flags:
                 raise ResponseValidationError("body is not valid JSON", body="{")
+            if "paused" in flags and job["polls"] == 1:
+                assert self.budget is not None
+                self.budget.on_throttled(PAUSE)
+                raise RateLimitError("Too Many Requests", status_code=429, retry_after=PAUSE)
+            if "late429" in flags and self.clock.now() >= LATE_429_AT:
+                raise RateLimitError("Too Many Requests", status_code=429)
             if "flaky" in flags and self.poll_failures.get(generation_id, 0) < 2:
                 self.poll_failures[generation_id] = self.poll_failures.get(generation_id, 0) + 1
                 if observer is not None:
@@ -213,6 +230,24 @@ async def batch(
 async def collect(api: FakeAPI, requests: Any, **kwargs: Any) -> list[SongResult]:
     async with batch(api, requests, **kwargs) as results:
         return [result async for result in results]
+
+
+class _Policy:
+    """The parts of the PollPolicy protocol a test policy does not care about."""
+
+    version = 0
+
+    def chance_done(self, state: PollState) -> float:
+        return 0.0
+
+    def observe_running(self, song: str, reference_at: float, seen_at: float) -> None:
+        pass
+
+    def observe_finished(self, song: str, reference_at: float, after: float, by: float) -> None:
+        pass
+
+    def forget(self, song: str) -> None:
+        pass
 
 
 # --------------------------------------------------------------------------- basics
@@ -282,6 +317,130 @@ async def test_a_deadline_ends_the_song_with_its_id_and_last_status(api: FakeAPI
     assert error.last_seen.status == GenerationStatus.GENERATING
     assert by_key["ok"].ok
     assert [r.key for r in results] == ["ok", "slow"]
+
+
+async def test_a_poll_held_by_a_429_pause_still_ends_at_the_deadline(clock: VirtualClock) -> None:
+    """A 429 pausing the budget for 120 s: songs with a 30 s deadline end timed out by the
+    deadline and its grace, not when the pause is over."""
+    api = FakeAPI(clock, RequestBudget(120, clock))
+    delivered: dict[str, tuple[SongResult, float]] = {}
+    async with batch(
+        api,
+        [("slow", song("slow", 1000, "paused")), ("short", song("short", 20))],
+        deadline=30,
+        poll=FixedInterval(interval=5.0, first=5.0),
+    ) as results:
+        async for result in results:
+            delivered[result.key] = (result, clock.now())
+    for key, (result, at) in delivered.items():
+        assert isinstance(result.error, GenerationTimeoutError), key
+        assert result.error.generation_id == result.generation_id
+        assert result.timings.submitted_at is not None
+        assert at <= result.timings.submitted_at + 30 + _scheduler.DEADLINE_POLL_GRACE + 0.5
+
+
+async def test_a_429_at_the_deadline_ends_the_song_as_timed_out(api: FakeAPI) -> None:
+    """A song whose polls meet 429s from 29 s on, with a 30 s deadline: the result is the
+    timeout the caller asked for, not the last 429."""
+    (result,) = await collect(api, [("x", song("x", 1000, "late429"))], deadline=30)
+    assert isinstance(result.error, GenerationTimeoutError)
+    assert not isinstance(result.error, RateLimitError)
+
+
+class _FailsFirstSong(_Policy):
+    """Polls every second; for the song of phase 0 (the batch's first), from its second
+    decision on, gives ``bad`` (or raises it, an exception)."""
+
+    def __init__(self, bad: object) -> None:
+        self.bad = bad
+
+    def next_delay(self, state: PollState) -> float:
+        if state.phase == 0.0 and state.polls >= 1:
+            if isinstance(self.bad, Exception):
+                raise self.bad
+            return self.bad  # type: ignore[return-value]
+        return 1.0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, ZeroDivisionError("my bug")])
+async def test_a_policy_without_a_finite_delay_ends_only_that_song(
+    api: FakeAPI, bad: object
+) -> None:
+    """A policy giving NaN or infinity, or raising, for one song ends that song with a
+    ConfigurationError naming its generation; the other songs complete."""
+    results = {
+        r.key: r
+        for r in await collect(
+            api, [(k, song(k, 5)) for k in "abc"], poll=_FailsFirstSong(bad), deadline=None
+        )
+    }
+    failed = results["a"]
+    assert isinstance(failed.error, ConfigurationError)
+    assert failed.generation_id is not None
+    assert failed.generation_id in str(failed.error)
+    assert results["b"].ok
+    assert results["c"].ok
+
+
+async def test_a_negative_delay_means_poll_now(api: FakeAPI) -> None:
+    """A delay already past (a policy computing ``target - now`` late) polls at once."""
+    (result,) = await collect(api, [("x", song("x", 2))], poll=_FailsFirstSong(-3.0))
+    assert result.ok
+    assert result.polls >= 3  # a poll every round trip once the delays went negative
+
+
+async def test_a_poll_is_dated_by_the_attempt_that_was_answered(clock: VirtualClock) -> None:
+    """A poll whose first attempt meets a 503 (Retry-After 8 s) and whose retry sees the
+    8 s song done tells the policy it finished by the retry, not by the first attempt,
+    and its completion is estimated between the two polls that saw it change."""
+    duration = 8.0
+    submitted: list[float] = []
+    failed: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        now = clock.now()
+        if request.method == "POST":
+            submitted.append(now)
+            return httpx.Response(200, json=generation_json("queued"))
+        elapsed = now - submitted[0]
+        if elapsed >= 5.0 and not failed:
+            failed.append(now)
+            return httpx.Response(503, headers={"Retry-After": "8"}, json={"message": "busy"})
+        return httpx.Response(
+            200, json=completed_json() if elapsed >= duration else generation_json("generating")
+        )
+
+    transport = Transport(
+        api_key="sk-test-key",
+        base_url=API,
+        timeout=Timeout(),
+        retry=RetryPolicy(),
+        clock=clock,
+        budget=RequestBudget(120, clock),
+        transport=httpx.MockTransport(handler),
+    )
+    policy = RecordingPolicy()
+    async with (
+        virtual_time(clock),
+        _scheduler.generate_many(
+            transport,
+            [("x", song("x", duration))],
+            clock=clock,
+            max_in_flight=1,
+            deadline=None,
+            poll=policy,
+            events=None,
+            budget=transport.budget,
+        ) as results,
+    ):
+        (result,) = [r async for r in results]
+    await transport.aclose()
+    assert result.ok
+    ((_, reference, after, by),) = policy.finished
+    assert after - reference < duration <= by - reference
+    assert by - reference >= failed[0] - submitted[0] + 8.0  # the retry, 8 s after the 503
+    assert result.timings.completed_at is not None
+    assert after <= result.timings.completed_at <= by
 
 
 async def test_a_queued_song_is_followed_until_it_finishes(api: FakeAPI) -> None:
@@ -487,24 +646,6 @@ async def test_cancelling_the_surrounding_scope_stops_everything(clock: VirtualC
         assert clock.now() == 20.0  # unwound without waiting for anything
         assert api.calls_in_flight == 0
         assert running_tasks() == tasks_before
-
-
-class _Policy:
-    """The parts of the PollPolicy protocol a test policy does not care about."""
-
-    version = 0
-
-    def chance_done(self, state: PollState) -> float:
-        return 0.0
-
-    def observe_running(self, song: str, reference_at: float, seen_at: float) -> None:
-        pass
-
-    def observe_finished(self, song: str, reference_at: float, after: float, by: float) -> None:
-        pass
-
-    def forget(self, song: str) -> None:
-        pass
 
 
 async def test_a_cancelled_batch_has_the_policy_forget_every_song_still_generating(
@@ -874,10 +1015,10 @@ class _RecordsContext(_Policy):
     """Polls every second, noting what each decision was told about the batch."""
 
     def __init__(self) -> None:
-        self.seen: list[tuple[int, float]] = []
+        self.seen: list[tuple[int, float, float]] = []  # in flight, budget rate, now
 
     def next_delay(self, state: PollState) -> float:
-        self.seen.append((state.in_flight, state.budget_rate))
+        self.seen.append((state.in_flight, state.budget_rate, state.now))
         return 1.0
 
 
@@ -889,10 +1030,32 @@ async def test_the_policy_is_told_the_budget_rate_and_the_songs_in_flight(
     policy = _RecordsContext()
     results = await collect(api, [song(str(n), 5) for n in range(6)], max_in_flight=3, poll=policy)
     assert all(r.ok for r in results)
-    in_flight = {n for n, _ in policy.seen}
-    assert {rate for _, rate in policy.seen} == {90.0}
+    in_flight = {n for n, _, _ in policy.seen}
+    assert {rate for _, rate, _ in policy.seen} == {90.0}
     assert max(in_flight) == 3
     assert min(in_flight) >= 1
+
+
+async def test_a_slow_source_shares_the_budget_among_the_songs_generating(
+    clock: VirtualClock,
+) -> None:
+    """A source handing over a song every 30 s to a batch of 50 slots: once it has kept
+    the batch waiting longer than the budget's pace of submissions, decisions see the
+    songs generating (one or two) in flight, not 50 slots nobody fills."""
+    api = FakeAPI(clock, RequestBudget(120, clock))
+    policy = _RecordsContext()
+
+    async def source() -> Any:
+        for n in range(4):
+            if n:
+                await clock.sleep(30.0)
+            yield song(str(n), 50)
+
+    results = await collect(api, source(), max_in_flight=50, poll=policy)
+    assert all(r.ok for r in results)
+    waited = [in_flight for in_flight, _, at in policy.seen if at > 1.0]
+    assert waited
+    assert max(waited) <= 2
 
 
 async def test_no_song_is_taken_from_the_source_while_a_429_pauses_the_client(

@@ -335,3 +335,12 @@ async def test_a_batch_on_an_unreachable_redis_raises_the_error_itself() -> None
             await drain()
     assert "s3cret" not in str(caught.value)
     assert requests == []
+
+
+@pytest.mark.parametrize("rate", [math.inf, math.nan, 0.0])
+async def test_a_rate_that_is_not_a_positive_number_is_refused(
+    redis_url: str, redis_prefix: str, rate: float
+) -> None:
+    """An infinite, NaN or zero requests_per_minute is refused, naming the field."""
+    with pytest.raises(ValueError, match="requests_per_minute must be"):
+        SharedBudget(rate, VirtualClock(), store(redis_url, redis_prefix))
