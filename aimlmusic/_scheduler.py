@@ -385,7 +385,7 @@ class _Batch:
             # Songs left running when the batch was cancelled are no evidence any more.
             for song in (*self._in_flight.values(), *self._followed):
                 if song.generating and song.learns and song.generation is not None:
-                    self.poll.forget(song.generation_id)
+                    self._teach("forget", song.generation_id)
 
     async def _take_lease(self) -> str | None:
         if self.leases is None:
@@ -700,8 +700,11 @@ class _Batch:
                     # waits in ``_due``, where the watchdog ends it at its deadline.
                     await self._nap(min(now + wait, heap[0][0]) if heap else now + wait)
                     continue
+                urgent = self._most_urgent(now)
+                if urgent is None:
+                    continue  # the policy failed for every candidate: they ended
                 self._launching += 1
-                await workers.send(self._most_urgent(now))  # waits for a free worker
+                await workers.send(urgent)  # waits for a free worker
                 self._polls_dispatched += 1
             elif heap:
                 await self._nap(heap[0][0])
@@ -767,19 +770,31 @@ class _Batch:
             wait = max(wait, GATE_RECHECK)
         return wait
 
-    def _most_urgent(self, now: float) -> _Song:
-        """Take the due song whose poll is likeliest to find it finished (oldest on ties)."""
+    def _most_urgent(self, now: float) -> _Song | None:
+        """Take the due song whose poll is likeliest to find it finished (oldest on ties);
+        None if the policy failed for every song it was asked about (they ended)."""
         due = self._due
         if len(due) == 1:
             return due.popleft()
-        best, best_chance = 0, -1.0
-        for index in range(min(len(due), URGENCY_CANDIDATES)):
-            chance = self.poll.chance_done(self._poll_state(due[index], now))
-            if chance > best_chance:
-                best, best_chance = index, chance
-        song = due[best]
-        del due[best]
-        return song
+        best: _Song | None = None
+        best_chance = 0.0
+        failed: list[tuple[_Song, Exception]] = []
+        for song in itertools.islice(due, URGENCY_CANDIDATES):
+            try:
+                chance = float(self.poll.chance_done(self._poll_state(song, now)))
+            except Exception as exc:
+                failed.append((song, exc))
+                continue
+            if math.isnan(chance):
+                chance = 0.0  # unknown
+            if best is None or chance > best_chance:
+                best, best_chance = song, chance
+        for song, cause in failed:
+            due.remove(song)
+            self._policy_failed(song, "chance_done", cause)
+        if best is not None:
+            due.remove(best)
+        return best
 
     async def _nap(self, until: float) -> None:
         with anyio.CancelScope() as scope:
@@ -891,11 +906,13 @@ class _Batch:
             song.started_at = now
         if status == GenerationStatus.COMPLETED and song.learns:
             after = song.unfinished_from if song.unfinished_from is not None else reference
-            self.poll.observe_finished(song.generation_id, reference, max(after, reference), sent)
+            self._teach(
+                "observe_finished", song.generation_id, reference, max(after, reference), sent
+            )
         if not status.is_terminal:
             song.unfinished_from, song.unfinished_to = sent, now
             if song.learns:
-                self.poll.observe_running(song.generation_id, reference, sent)
+                self._teach("observe_running", song.generation_id, reference, sent)
         if generation != song.generation:  # else the one kept says the same
             song.generation = _sharing_id(generation, song.generation_id)
 
@@ -941,20 +958,32 @@ class _Batch:
         try:
             delay = float(self.poll.next_delay(self._poll_state(song, now)))
         except Exception as exc:
-            self._policy_failed(song, exc)
+            self._policy_failed(song, "next_delay", exc)
             return None
         if not math.isfinite(delay):
-            self._policy_failed(song, ValueError(f"returned {delay!r}, not a finite delay"))
+            cause = ValueError(f"returned {delay!r}, not a finite delay")
+            self._policy_failed(song, "next_delay", cause)
             return None
         return max(0.0, delay)
 
-    def _policy_failed(self, song: _Song, cause: Exception) -> None:
+    def _policy_failed(self, song: _Song, method: str, cause: Exception) -> None:
+        """End ``song`` because the policy's ``method`` failed for it (see _next_delay)."""
         error = ConfigurationError(
-            f"{type(self.poll).__name__}.next_delay failed for generation "
+            f"{type(self.poll).__name__}.{method} failed for generation "
             f"{song.generation_id}: {cause}"
         )
         error.__cause__ = cause
         self._finish(song, error=error)
+
+    def _teach(self, method: str, *args: Any) -> None:
+        """Tell the policy what a poll saw (``observe_*``, ``forget``). A policy that fails
+        to learn is logged, not fatal: what the poll saw stands, and the song goes on."""
+        try:
+            getattr(self.poll, method)(*args)
+        except Exception:
+            logger.warning(
+                "%s.%s failed; the song goes on", type(self.poll).__name__, method, exc_info=True
+            )
 
     # ------------------------------------------------------------------ finishing
 
@@ -991,7 +1020,7 @@ class _Batch:
             self._followed.discard(song)
             self._submission_pace.song_ended(song.requests, self.clock.now() - song.submitted_at)
             if error is not None and song.generation is not None:
-                self.poll.forget(song.generation_id)
+                self._teach("forget", song.generation_id)
         completed_at = None
         if noticed_at is not None and sent is not None:
             # Midway between the last poll that saw it unfinished and the one that saw it

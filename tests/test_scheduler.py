@@ -382,6 +382,63 @@ async def test_a_policy_without_a_finite_delay_ends_only_that_song(
     assert results["c"].ok
 
 
+class _UrgencyFailsFirstSong(_Policy):
+    """Polls every second; asked how likely the song of phase 0 (the batch's first) is to
+    be finished, raises."""
+
+    def next_delay(self, state: PollState) -> float:
+        return 1.0
+
+    def chance_done(self, state: PollState) -> float:
+        if state.phase == 0.0:
+            raise ZeroDivisionError("my bug")
+        return 0.5
+
+
+async def test_a_policy_failing_to_rank_songs_ends_only_that_song(clock: VirtualClock) -> None:
+    """With polls queued for a tight budget (so the policy ranks them), a chance_done that
+    raises for one song ends that song with a ConfigurationError; the others complete."""
+    api = FakeAPI(clock, RequestBudget(30, clock))
+    results = {
+        r.key: r
+        for r in await collect(
+            api, [(k, song(k, 8)) for k in "abcdef"], poll=_UrgencyFailsFirstSong(), deadline=None
+        )
+    }
+    failed = results["a"]
+    assert isinstance(failed.error, ConfigurationError)
+    assert "chance_done" in str(failed.error)
+    assert failed.generation_id is not None
+    assert failed.generation_id in str(failed.error)
+    assert all(results[k].ok for k in "bcdef")
+
+
+class _CannotLearn(_Policy):
+    """Polls every second; every observe_* raises."""
+
+    def next_delay(self, state: PollState) -> float:
+        return 1.0
+
+    def observe_running(self, song: str, reference_at: float, seen_at: float) -> None:
+        raise ZeroDivisionError("cannot learn")
+
+    def observe_finished(self, song: str, reference_at: float, after: float, by: float) -> None:
+        raise ZeroDivisionError("cannot learn")
+
+
+async def test_a_policy_that_fails_to_learn_is_logged_and_the_songs_go_on(
+    api: FakeAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """observe_running and observe_finished raising: every song still completes, and the
+    failure is logged as a warning naming the method."""
+    caplog.set_level(logging.WARNING, logger="aimlmusic")
+    results = await collect(api, [(k, song(k, 3)) for k in "ab"], poll=_CannotLearn())
+    assert all(r.ok for r in results)
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("_CannotLearn.observe_running failed" in m for m in logged)
+    assert any("_CannotLearn.observe_finished failed" in m for m in logged)
+
+
 async def test_a_negative_delay_means_poll_now(api: FakeAPI) -> None:
     """A delay already past (a policy computing ``target - now`` late) polls at once."""
     (result,) = await collect(api, [("x", song("x", 2))], poll=_FailsFirstSong(-3.0))
