@@ -159,6 +159,7 @@ class _Song:
         "generating",
         "generation",
         "id",
+        "in_due",
         "key",
         "learns",
         "lease",
@@ -196,6 +197,7 @@ class _Song:
         self.queued_at: float | None = None
         self.poll_scope: anyio.CancelScope | None = None  # the poll in flight, if any
         self.watched = False  # whether the watchdog knows its deadline
+        self.in_due = False  # due, waiting in the batch's ``_due`` for the budget or a worker
         # Sending and arrival time of the last poll that saw the song unfinished.
         self.unfinished_from: float | None = None
         self.unfinished_to: float | None = None
@@ -240,8 +242,12 @@ class _Observer:
         )
 
     def on_sending(self) -> None:
-        self.song.requests += 1
-        at = self.song.sent_at = self.batch.clock.now()
+        song = self.song
+        song.requests += 1
+        at = self.batch.clock.now()
+        if self.kind == "poll" and song.sent_at is None:
+            self.batch.note_lateness(song, at)  # its first attempt: how late the poll left
+        song.sent_at = at
         emit(self.batch.events, "on_sending", RequestSending(self.song.key, self.kind, at))
 
 
@@ -330,6 +336,9 @@ class _Batch:
         self._sequence = itertools.count()
         # (deadline + grace, sequence, song) for songs whose polls the watchdog may cut.
         self._deadlines: list[tuple[float, int, _Song]] = []
+        # Due songs past their deadline whose watch found the budget with room: watched
+        # again if the budget holds them after all.
+        self._unwatched_due: list[_Song] = []
         self._watchdog_scope: anyio.CancelScope | None = None
         self._watchdog_until = math.inf
         self._nap_scope: anyio.CancelScope | None = None
@@ -567,7 +576,6 @@ class _Batch:
         song.submitted_at = submitted_at if submitted_at is not None else now
         if deadline is not None:
             song.deadline_at = now + deadline
-            self._watch_deadline(song)
         self._generating += 1
         song.generating = True
         self._followed.add(song)
@@ -618,7 +626,6 @@ class _Batch:
         song.generating = True
         if self.deadline is not None:
             song.deadline_at = now + self.deadline
-            self._watch_deadline(song)
         emit(self.events, "on_submitted", SongSubmitted(song.key, song.request, generation, now))
         if generation.is_finished:
             self._conclude(song, generation, now, now)
@@ -632,7 +639,11 @@ class _Batch:
         more than half the delay)."""
         return start + delay - min(self._typical_lateness, delay / 2)
 
-    def _note_lateness(self, song: _Song, sent: float) -> None:
+    def note_lateness(self, song: _Song, sent: float) -> None:
+        """Count how late ``song``'s poll, due at ``song.due_at``, left at ``sent``: the
+        event loop, the workers, the budget and the connection all delay it, and the next
+        plans go early by the typical delay, so that polls reach the server when planned
+        (and the times polls are dated by, those they left at, agree with the plans)."""
         if song.due_at == math.inf:
             return
         self._lateness.append(max(0.0, sent - song.due_at))
@@ -644,6 +655,11 @@ class _Batch:
         delay = self._next_delay(song, start)
         if delay is not None:
             self._schedule(song, self._plan(start, delay))
+
+    def _note_unreported(self, song: _Song, dispatched: float) -> None:
+        """A transport that never reported sending the poll: it left when dispatched."""
+        if song.sent_at is None:
+            self.note_lateness(song, dispatched)
 
     def _schedule(self, song: _Song, due: float) -> None:
         """Put ``song`` (not in the heap: new, or just polled) in the heap, due at ``due``."""
@@ -692,10 +708,17 @@ class _Batch:
             while heap and heap[0][0] <= now:
                 _, timer, song = heapq.heappop(heap)
                 if timer == song.timer:  # else rescheduled since: a stale entry
+                    song.in_due = True
                     due.append(song)
+                    # Watched from now, not from its poll: the budget may hold it long.
+                    self._watch_deadline(song)
             if due:
                 wait = self._budget_wait()
                 if wait > 0:
+                    for song in self._unwatched_due:  # held now: their deadline ends them
+                        if song.in_due:
+                            self._watch_deadline(song)
+                    self._unwatched_due.clear()
                     # Woken for polls falling due meanwhile too: a poll the budget holds
                     # waits in ``_due``, where the watchdog ends it at its deadline.
                     await self._nap(min(now + wait, heap[0][0]) if heap else now + wait)
@@ -717,7 +740,9 @@ class _Batch:
         if song.deadline_at == math.inf or song.watched:
             return
         song.watched = True
-        at = song.deadline_at + DEADLINE_POLL_GRACE
+        # A last poll that goes out after the deadline (the loop, the workers or the
+        # budget were late) still has the grace to be answered.
+        at = max(song.deadline_at, self.clock.now()) + DEADLINE_POLL_GRACE
         heapq.heappush(self._deadlines, (at, next(self._sequence), song))
         if at < self._watchdog_until and self._watchdog_scope is not None:
             self._watchdog_scope.cancel()  # it sleeps past this one: wake it
@@ -732,14 +757,19 @@ class _Batch:
                 _, _, song = heapq.heappop(deadlines)
                 if song.poll_scope is not None:
                     song.poll_scope.cancel()
-                elif song.generating and song in self._due and self._budget_holds():
-                    # Its poll is held by the budget (a 429's pause, say) past its
-                    # deadline: the caller is not kept waiting for a poll the budget may
-                    # hold for longer still. (Queued for a moment only, behind others or
-                    # a worker just handed one, or on its way to a worker, its poll is
-                    # its last.)
-                    self._due.remove(song)
+                elif not song.generating:
+                    pass  # it ended meanwhile
+                elif song.in_due and self._budget_holds():
+                    # Its last poll is held by the budget (a 429's pause, say): the caller
+                    # is not kept waiting for a poll the budget may hold for longer still.
+                    # The dispatcher drops it from ``_due`` (it ended).
                     self._time_out(song)
+                else:
+                    # Queued a moment (the budget has room), or on its way to a worker: its
+                    # last poll, when it starts or is held again, is watched afresh.
+                    song.watched = False
+                    if song.in_due:
+                        self._unwatched_due.append(song)
             with anyio.CancelScope() as scope:
                 self._watchdog_scope = scope
                 self._watchdog_until = deadlines[0][0] if deadlines else math.inf
@@ -772,10 +802,15 @@ class _Batch:
 
     def _most_urgent(self, now: float) -> _Song | None:
         """Take the due song whose poll is likeliest to find it finished (oldest on ties);
-        None if the policy failed for every song it was asked about (they ended)."""
+        None if none is left to poll (those the watchdog ended, or for which the policy
+        failed, are dropped)."""
         due = self._due
-        if len(due) == 1:
-            return due.popleft()
+        if any(not song.generating for song in itertools.islice(due, URGENCY_CANDIDATES)):
+            kept = [song for song in due if song.generating]  # in place: _dispatch holds it
+            due.clear()
+            due.extend(kept)
+        if len(due) <= 1:
+            return self._take(due.popleft()) if due else None
         best: _Song | None = None
         best_chance = 0.0
         failed: list[tuple[_Song, Exception]] = []
@@ -791,10 +826,17 @@ class _Batch:
                 best, best_chance = song, chance
         for song, cause in failed:
             due.remove(song)
+            self._take(song)
             self._policy_failed(song, "chance_done", cause)
-        if best is not None:
-            due.remove(best)
-        return best
+        if best is None:
+            return None
+        due.remove(best)
+        return self._take(best)
+
+    @staticmethod
+    def _take(song: _Song) -> _Song:
+        song.in_due = False
+        return song
 
     async def _nap(self, until: float) -> None:
         with anyio.CancelScope() as scope:
@@ -814,10 +856,7 @@ class _Batch:
             await self._poll(song)
 
     async def _poll(self, song: _Song) -> None:
-        if not song.generating:
-            return  # timed out by the watchdog while it was handed to this worker
         dispatched = self.clock.now()
-        self._note_lateness(song, dispatched)
         song.polls += 1
         song.sent_at = None
         # The song's deadline bounds its polls in flight too (a GET is safe to cut; a POST
@@ -833,16 +872,20 @@ class _Batch:
                 )
             except AimlMusicError as exc:
                 song.poll_scope = None
+                self._note_unreported(song, dispatched)
                 self._poll_failed(song, exc)
                 return
         song.poll_scope = None
+        self._note_unreported(song, dispatched)
         if scope.cancelled_caught:
             self._time_out(song)
             return
         now = self.clock.now()
         # What the poll saw, it saw when its answered attempt left, not when it was
-        # dispatched: the budget or a retry after a 5xx may have held it since (a transport
-        # that does not report sending leaves the dispatch time).
+        # dispatched: the budget or a retry after a 5xx may have held it since. (Without
+        # httpcore's trace, as with httpx.MockTransport or ASGITransport, the transport
+        # reports sending when the answer comes: dated by the answer, then. A transport
+        # that reports nothing leaves the dispatch time.)
         sent = song.sent_at if song.sent_at is not None else dispatched
         song.transient_failures = song.suspect_polls = 0
         self._record(song, generation, sent, now)

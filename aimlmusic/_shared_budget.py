@@ -95,14 +95,16 @@ local min_rate = limit * tonumber(ARGV[10])
 local recovery = limit * tonumber(ARGV[11])
 local lifetime_ms = math.ceil(tonumber(ARGV[12]) / scale * 1000)
 
+-- The bucket holds at least one whole request: below one a minute, it would never fill.
+local most = math.max(1, limit)
 local s = redis.call('HMGET', state, 'rate', 'tokens', 'tokens_at', 'paused_until', 'streak')
 local rate = tonumber(s[1]) or limit
-local tokens = tonumber(s[2]) or limit
+local tokens = tonumber(s[2]) or most
 local tokens_at = tonumber(s[3]) or now
 local paused_until = tonumber(s[4]) or 0
 local streak = tonumber(s[5]) or 0
 if now > tokens_at then
-  tokens = math.min(limit, tokens + (now - tokens_at) * scale * rate / 60)
+  tokens = math.min(most, tokens + (now - tokens_at) * scale * rate / 60)
   tokens_at = now
 end
 

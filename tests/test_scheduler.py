@@ -339,6 +339,32 @@ async def test_a_poll_held_by_a_429_pause_still_ends_at_the_deadline(clock: Virt
         assert at <= result.timings.submitted_at + 30 + _scheduler.DEADLINE_POLL_GRACE + 0.5
 
 
+async def test_polls_waiting_for_a_worker_past_the_deadline_are_still_cut(
+    clock: VirtualClock,
+) -> None:
+    """40 songs, 32 poll workers, polls that hang for 100 s, a 10 s deadline: the songs
+    whose last poll waited for a worker get it with the grace, and every song ends by
+    then, not when the hung polls would have come back."""
+
+    class Hanging(FakeAPI):
+        async def get(
+            self, generation_id: str, *, observer: Any = None, retry_throttled: bool = True
+        ) -> Generation:
+            await self.clock.sleep(100.0)
+            return Generation(id=generation_id, status=GenerationStatus.GENERATING)
+
+    api = Hanging(clock)
+    delivered: list[float] = []
+    async with batch(
+        api, [song(str(n), 1000) for n in range(40)], max_in_flight=40, deadline=10
+    ) as results:
+        async for result in results:
+            assert isinstance(result.error, GenerationTimeoutError)
+            delivered.append(clock.now())
+    assert len(delivered) == 40
+    assert max(delivered) <= 10 + ROUND_TRIP + 2 * _scheduler.DEADLINE_POLL_GRACE + 0.5
+
+
 async def test_a_429_at_the_deadline_ends_the_song_as_timed_out(api: FakeAPI) -> None:
     """A song whose polls meet 429s from 29 s on, with a 30 s deadline: the result is the
     timeout the caller asked for, not the last 429."""
@@ -437,6 +463,34 @@ async def test_a_policy_that_fails_to_learn_is_logged_and_the_songs_go_on(
     logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("_CannotLearn.observe_running failed" in m for m in logged)
     assert any("_CannotLearn.observe_finished failed" in m for m in logged)
+
+
+async def test_following_with_a_policy_that_gives_no_delay_ends_the_song_at_once(
+    api: FakeAPI,
+) -> None:
+    """wait()'s engine (``follow``) on a policy whose every delay is NaN: the song ends
+    with a ConfigurationError naming its generation, without a poll, rather than an error
+    escaping the engine."""
+
+    class NeverFinite(_Policy):
+        def next_delay(self, state: PollState) -> float:
+            return math.nan
+
+    async with virtual_time(api.clock):
+        generation = await api.submit(song("x", 5))
+        result = await _scheduler.follow(
+            api,
+            generation.id,
+            last=generation,
+            submitted_at=api.clock.now(),
+            clock=api.clock,
+            poll=NeverFinite(),
+            budget=None,
+            deadline=None,
+        )
+    assert isinstance(result.error, ConfigurationError)
+    assert generation.id in str(result.error)
+    assert result.polls == 0
 
 
 async def test_a_negative_delay_means_poll_now(api: FakeAPI) -> None:

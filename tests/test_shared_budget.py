@@ -344,3 +344,24 @@ async def test_a_rate_that_is_not_a_positive_number_is_refused(
     """An infinite, NaN or zero requests_per_minute is refused, naming the field."""
     with pytest.raises(ValueError, match="requests_per_minute must be"):
         SharedBudget(rate, VirtualClock(), store(redis_url, redis_prefix))
+
+
+async def test_a_shared_rate_below_one_a_minute_sends_at_that_rate(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Two budgets at 0.5 requests/minute send their three requests one every 120 s."""
+    clock = VirtualClock()
+    shared = budgets(2, 0.5, clock, redis_url, redis_prefix)
+    sent: list[float] = []
+
+    async def one(budget: SharedBudget, requests: int) -> None:
+        for _ in range(requests):
+            await budget.acquire("poll")
+            sent.append(clock.now())
+
+    with anyio.fail_after(30):  # real seconds: a bucket that never fills would spin
+        async with clock, anyio.create_task_group() as tg:
+            tg.start_soon(one, shared[0], 2)
+            tg.start_soon(one, shared[1], 1)
+    assert len(sent) == 3
+    assert sorted(sent) == pytest.approx([0.0, 120.0, 240.0], abs=1.0)
