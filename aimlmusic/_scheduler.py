@@ -114,6 +114,11 @@ SOURCE_CLOSE_TIMEOUT = 1.0
 #: How long past a song's deadline its poll may still run (API seconds): one normal round
 #: trip, so the last look taken at the deadline can come back; a slower answer is cut.
 DEADLINE_POLL_GRACE = 2.0
+#: ``_Song.timer`` of a song with no live entry in the timer heap (sequence numbers are
+#: never negative)...
+NO_TIMER = -1
+#: ... and of one waiting in the batch's ``_due`` for the budget or a worker.
+IN_DUE = -2
 
 
 class SchedulerTransport(Protocol):
@@ -159,7 +164,6 @@ class _Song:
         "generating",
         "generation",
         "id",
-        "in_due",
         "key",
         "learns",
         "lease",
@@ -170,7 +174,6 @@ class _Song:
         "request",
         "requests",
         "retries",
-        "sent_at",
         "started_at",
         "submitted_at",
         "suspect_polls",
@@ -197,20 +200,17 @@ class _Song:
         self.queued_at: float | None = None
         self.poll_scope: anyio.CancelScope | None = None  # the poll in flight, if any
         self.watched = False  # whether the watchdog knows its deadline
-        self.in_due = False  # due, waiting in the batch's ``_due`` for the budget or a worker
         # Sending and arrival time of the last poll that saw the song unfinished.
         self.unfinished_from: float | None = None
         self.unfinished_to: float | None = None
-        # When its latest request attempt left (the transport's on_sending): the poll that
-        # answered went out then, however long the budget or retries held it before.
-        self.sent_at: float | None = None
         self.polls = 0
         self.requests = 0  # attempts that left, submissions and polls (what it cost)
         self.retries = 0
         self.transient_failures = 0
         self.suspect_polls = 0
-        # Sequence number of this song's live entry in the timer heap (others are stale).
-        self.timer = -1
+        # Sequence number of this song's live entry in the timer heap (others are stale);
+        # NO_TIMER when it has none, IN_DUE when it waits in the batch's ``_due`` instead.
+        self.timer = NO_TIMER
 
     @property
     def generation_id(self) -> str:
@@ -219,14 +219,17 @@ class _Song:
 
 
 class _Observer:
-    """Per-request observer handed to the transport: counts retries, reports events."""
+    """Per-request observer handed to the transport: counts retries, reports events, and
+    notes when the latest attempt left (``sent_at``): what the answer says, it said then,
+    however long the budget or retries held the request before."""
 
-    __slots__ = ("batch", "kind", "song")
+    __slots__ = ("batch", "kind", "sent_at", "song")
 
     def __init__(self, batch: _Batch, song: _Song, kind: RequestKind) -> None:
         self.batch = batch
         self.song = song
         self.kind = kind
+        self.sent_at: float | None = None
 
     def on_retry(self, attempt: int, error: AimlMusicError, delay: float) -> None:
         self.song.retries += 1
@@ -245,9 +248,9 @@ class _Observer:
         song = self.song
         song.requests += 1
         at = self.batch.clock.now()
-        if self.kind == "poll" and song.sent_at is None:
+        if self.kind == "poll" and self.sent_at is None:
             self.batch.note_lateness(song, at)  # its first attempt: how late the poll left
-        song.sent_at = at
+        self.sent_at = at
         emit(self.batch.events, "on_sending", RequestSending(self.song.key, self.kind, at))
 
 
@@ -656,9 +659,9 @@ class _Batch:
         if delay is not None:
             self._schedule(song, self._plan(start, delay))
 
-    def _note_unreported(self, song: _Song, dispatched: float) -> None:
+    def _note_unreported(self, song: _Song, observer: _Observer, dispatched: float) -> None:
         """A transport that never reported sending the poll: it left when dispatched."""
-        if song.sent_at is None:
+        if observer.sent_at is None:
             self.note_lateness(song, dispatched)
 
     def _schedule(self, song: _Song, due: float) -> None:
@@ -708,7 +711,7 @@ class _Batch:
             while heap and heap[0][0] <= now:
                 _, timer, song = heapq.heappop(heap)
                 if timer == song.timer:  # else rescheduled since: a stale entry
-                    song.in_due = True
+                    song.timer = IN_DUE
                     due.append(song)
                     # Watched from now, not from its poll: the budget may hold it long.
                     self._watch_deadline(song)
@@ -716,7 +719,7 @@ class _Batch:
                 wait = self._budget_wait()
                 if wait > 0:
                     for song in self._unwatched_due:  # held now: their deadline ends them
-                        if song.in_due:
+                        if song.timer == IN_DUE:
                             self._watch_deadline(song)
                     self._unwatched_due.clear()
                     # Woken for polls falling due meanwhile too: a poll the budget holds
@@ -759,7 +762,7 @@ class _Batch:
                     song.poll_scope.cancel()
                 elif not song.generating:
                     pass  # it ended meanwhile
-                elif song.in_due and self._budget_holds():
+                elif song.timer == IN_DUE and self._budget_holds():
                     # Its last poll is held by the budget (a 429's pause, say): the caller
                     # is not kept waiting for a poll the budget may hold for longer still.
                     # The dispatcher drops it from ``_due`` (it ended).
@@ -768,7 +771,7 @@ class _Batch:
                     # Queued a moment (the budget has room), or on its way to a worker: its
                     # last poll, when it starts or is held again, is watched afresh.
                     song.watched = False
-                    if song.in_due:
+                    if song.timer == IN_DUE:
                         self._unwatched_due.append(song)
             with anyio.CancelScope() as scope:
                 self._watchdog_scope = scope
@@ -835,7 +838,7 @@ class _Batch:
 
     @staticmethod
     def _take(song: _Song) -> _Song:
-        song.in_due = False
+        song.timer = NO_TIMER  # out of ``_due``, to a worker or ended
         return song
 
     async def _nap(self, until: float) -> None:
@@ -858,7 +861,7 @@ class _Batch:
     async def _poll(self, song: _Song) -> None:
         dispatched = self.clock.now()
         song.polls += 1
-        song.sent_at = None
+        observer = _Observer(self, song, "poll")
         # The song's deadline bounds its polls in flight too (a GET is safe to cut; a POST
         # never is, so submissions are not cut).
         with anyio.CancelScope() as scope:
@@ -867,16 +870,16 @@ class _Batch:
             try:
                 generation = await self.transport.get(
                     song.generation_id,
-                    observer=_Observer(self, song, "poll"),
+                    observer=observer,
                     retry_throttled=False,
                 )
             except AimlMusicError as exc:
                 song.poll_scope = None
-                self._note_unreported(song, dispatched)
+                self._note_unreported(song, observer, dispatched)
                 self._poll_failed(song, exc)
                 return
         song.poll_scope = None
-        self._note_unreported(song, dispatched)
+        self._note_unreported(song, observer, dispatched)
         if scope.cancelled_caught:
             self._time_out(song)
             return
@@ -886,7 +889,7 @@ class _Batch:
         # httpcore's trace, as with httpx.MockTransport or ASGITransport, the transport
         # reports sending when the answer comes: dated by the answer, then. A transport
         # that reports nothing leaves the dispatch time.)
-        sent = song.sent_at if song.sent_at is not None else dispatched
+        sent = observer.sent_at if observer.sent_at is not None else dispatched
         song.transient_failures = song.suspect_polls = 0
         self._record(song, generation, sent, now)
         self._replan(now)
@@ -1051,7 +1054,7 @@ class _Batch:
         noticed_at: float | None = None,
         sent: float | None = None,
     ) -> None:
-        song.timer = -1  # an entry it may have left in the heap is stale
+        song.timer = NO_TIMER  # an entry it may have left in the heap is stale
         if song.lease is not None:
             # The song ended (or never started): its slot is free for the whole account.
             assert self._task_group is not None
