@@ -864,6 +864,7 @@ class _Batch:
         observer = _Observer(self, song, "poll")
         # The song's deadline bounds its polls in flight too (a GET is safe to cut; a POST
         # never is, so submissions are not cut).
+        failure: AimlMusicError | None = None
         with anyio.CancelScope() as scope:
             song.poll_scope = scope
             self._watch_deadline(song)
@@ -874,12 +875,13 @@ class _Batch:
                     retry_throttled=False,
                 )
             except AimlMusicError as exc:
+                failure = exc
+            finally:
                 song.poll_scope = None
                 self._note_unreported(song, observer, dispatched)
-                self._poll_failed(song, exc)
-                return
-        song.poll_scope = None
-        self._note_unreported(song, observer, dispatched)
+        if failure is not None:
+            self._poll_failed(song, failure)
+            return
         if scope.cancelled_caught:
             self._time_out(song)
             return

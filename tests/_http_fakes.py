@@ -17,6 +17,7 @@ import anyio.lowlevel
 import httpx
 
 from aimlmusic import SongRequest
+from aimlmusic._clock import Clock
 from aimlmusic._config import RetryPolicy, Timeout
 from aimlmusic._ratelimit import RequestBudget
 from aimlmusic._transport import Transport
@@ -122,13 +123,14 @@ class RecordingObserver:
 
 def make_transport(
     api: ScriptedAPI,
-    clock: RecordingClock | None = None,
+    clock: Clock | None = None,
     *,
     retry: RetryPolicy | None = None,
     api_key: str = "sk-test-key",
     requests_per_minute: float = 1_000_000,
 ) -> Transport:
-    """A Transport on ``api`` with a real (generous) request budget on ``clock``."""
+    """A Transport on ``api`` with a real (generous) request budget on ``clock`` (a
+    :class:`RecordingClock` when none is given)."""
     clock = clock or RecordingClock()
     return Transport(
         api_key=api_key,

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from _http_fakes import API, completed_json, generation_json
+from _http_fakes import ScriptedAPI, completed_json, generation_json, make_transport
 from _policies import RecordingPolicy
 from _timing import list_schedule, max_in_window, virtual_time
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -64,10 +64,9 @@ from aimlmusic import (
     _pacing,
     _scheduler,
 )
-from aimlmusic._config import RetryPolicy, Timeout
+from aimlmusic._config import RetryPolicy
 from aimlmusic._polling import PlansWithinBudget
 from aimlmusic._ratelimit import RequestBudget
-from aimlmusic._transport import Transport
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, JobRecord, Uniform
 from aimlmusic.testing import VirtualClock
 
@@ -408,6 +407,46 @@ async def test_a_policy_without_a_finite_delay_ends_only_that_song(
     assert results["c"].ok
 
 
+class _FailsWhenReplanning(_Policy):
+    """Plans the song of phase 0 (the batch's first) 100 s out and every other song 1 s
+    out; the first poll that sees a song running changes its ``version``, and asked again
+    about the first song after that, it gives NaN."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.failed_at: list[float] = []
+
+    def next_delay(self, state: PollState) -> float:
+        if state.phase != 0.0:
+            return 1.0
+        if self.version:
+            self.failed_at.append(state.now - state.submitted_at)
+            return math.nan
+        return 100.0
+
+    def observe_running(self, song: str, reference_at: float, seen_at: float) -> None:
+        self.version += 1
+
+
+async def test_a_policy_failing_while_replanning_ends_only_that_song(api: FakeAPI) -> None:
+    """A policy whose new version gives NaN for a song planned far ahead ends that song at
+    the replan, unpolled, with a ConfigurationError naming its generation; the rest complete."""
+    policy = _FailsWhenReplanning()
+    results = {
+        r.key: r
+        for r in await collect(api, [(k, song(k, 5)) for k in "abc"], poll=policy, deadline=None)
+    }
+    failed = results["a"]
+    assert isinstance(failed.error, ConfigurationError)
+    assert failed.generation_id is not None
+    assert failed.generation_id in str(failed.error)
+    assert failed.polls == 0
+    assert len(policy.failed_at) == 1
+    assert policy.failed_at[0] < 100.0  # at the replan, not when its poll fell due
+    assert results["b"].ok
+    assert results["c"].ok
+
+
 class _UrgencyFailsFirstSong(_Policy):
     """Polls every second; asked how likely the song of phase 0 (the batch's first) is to
     be finished, raises."""
@@ -521,14 +560,8 @@ async def test_a_poll_is_dated_by_the_attempt_that_was_answered(clock: VirtualCl
             200, json=completed_json() if elapsed >= duration else generation_json("generating")
         )
 
-    transport = Transport(
-        api_key="sk-test-key",
-        base_url=API,
-        timeout=Timeout(),
-        retry=RetryPolicy(),
-        clock=clock,
-        budget=RequestBudget(120, clock),
-        transport=httpx.MockTransport(handler),
+    transport = make_transport(
+        ScriptedAPI(handler), clock, retry=RetryPolicy(), requests_per_minute=120
     )
     policy = RecordingPolicy()
     async with (
