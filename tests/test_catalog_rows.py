@@ -259,6 +259,37 @@ def test_hostile_titles_and_keys(tmp_path: Path) -> None:
     assert "U+202E" in str(problems[1])
 
 
+def test_rows_that_would_break_the_parser_or_the_files_are_problems(tmp_path: Path) -> None:
+    """JSON nested too deeply, a number past Python's 4,300 digits and lone surrogates (JSON
+    escapes no file or request can hold) are reported as problems on their lines, not
+    raised."""
+    good = {"key": "fine", "prompt": PROMPT, "lyrics": LYRICS}
+    rows = [
+        {"key": "digits", "prompt": PROMPT, "lyrics": LYRICS, "sample_rate": "1" * 5000},
+        {"key": "bad\ud800", "prompt": PROMPT, "lyrics": LYRICS},
+        {"key": "t", "title": "x\udfff", "prompt": PROMPT, "lyrics": LYRICS},
+        {"key": "p", "prompt": "Synth\ud800 pads", "lyrics": LYRICS},
+        {"key": "l", "prompt": PROMPT, "lyrics": "[Verse]\n\udc00"},
+    ]
+    # json.dumps writes a lone surrogate as its escape, as a hostile catalog would.
+    lines = [json.dumps(good), "[" * 100_000, *(json.dumps(row) for row in rows)]
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    items = list(iter_catalog(path))
+    assert isinstance(items[0], CatalogRow)
+    problems = [i for i in items if isinstance(i, CatalogProblem)]
+    assert [(p.line, p.field) for p in problems] == [
+        (2, None),
+        (3, "audio_setting.sample_rate"),
+        (4, "key"),
+        (5, "title"),
+        (6, "prompt"),
+        (7, "lyrics"),
+    ]
+    assert "nested too deeply" in str(problems[0])
+    assert "U+D800" in str(problems[2])
+
+
 def test_lyrics_file_relative_to_the_catalog(tmp_path: Path) -> None:
     """lyrics_file is read relative to the catalog, BOM and CRLF normalised."""
     (tmp_path / "lyrics").mkdir()

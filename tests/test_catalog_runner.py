@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -24,7 +25,9 @@ from aimlmusic.catalog import (
     read_summary,
     run_catalog,
 )
-from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Faults
+from aimlmusic.catalog._journal import Journal
+from aimlmusic.catalog._pg_journal import PgJournal
+from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Faults, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -140,6 +143,44 @@ async def test_songs_rejected_by_the_api_are_retried_by_the_next_run(
         summary = await run_catalog(client, catalog, out, journal_url=journal_url)
     assert summary.all_done
     assert_all_downloaded_once(out, 3, emulator)
+
+
+async def test_a_journal_that_cannot_record_a_sending_stops_the_run_unpaid(
+    tmp_path: Path, journal_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journal failing to record a song as being sent stops the run (reason "journal")
+    with that song's POST cancelled before it left, the song still pending; the next run
+    generates every song and pays for none twice."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 4)
+    out = tmp_path / "out"
+    broken = {"song-01"}
+    for journal in (Journal, PgJournal):
+
+        def failing(self: Any, key: str, original: Any = journal.mark_submitting) -> None:
+            if key in broken:
+                raise JournalError("the journal's database went away")
+            original(self, key)
+
+        monkeypatch.setattr(journal, "mark_submitting", failing)
+    # Real sockets: the transport reports a request as sending before its first byte.
+    with serving(emulator) as base_url:
+        async with aimlmusic.AsyncMusicClient(
+            TEST_API_KEY, base_url=base_url, clock=emulator.clock
+        ) as client:
+            with pytest.raises(_runner.RunStopped) as stopped:
+                # One song at a time: no other song's POST is on its way to be cut.
+                await run_catalog(client, catalog, out, journal_url=journal_url, max_in_flight=1)
+            assert stopped.value.reason == "journal"
+            assert "song-01" in str(stopped.value)
+            middle = read_summary(out, journal_url=journal_url)
+            assert middle.counts[SongState.PENDING] == 3  # song-01 and the two after it
+            assert not middle.ambiguous
+            assert emulator.stats().jobs_submitted == 1  # song-00's only
+            broken.clear()
+            summary = await run_catalog(client, catalog, out, journal_url=journal_url)
+    assert summary.all_done
+    assert_all_downloaded_once(out, 4, emulator)
 
 
 async def test_failed_generations_are_resubmitted_only_when_asked(

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from aimlmusic import SongRequest
+from aimlmusic import ConfigurationError, SongRequest
 from aimlmusic.catalog import CatalogRow, JournalError, PgJournal, SongState
 from aimlmusic.catalog._pg_journal import LeaseLost
 
@@ -105,6 +105,21 @@ def test_an_expired_lease_is_taken_over_and_a_live_one_is_not(postgres_url: str)
         entry = b.entry("k0")
         assert entry is not None
         assert entry.state is SongState.PENDING
+
+
+def test_a_worker_restarted_under_its_name_takes_back_its_songs(postgres_url: str) -> None:
+    """A worker that claimed songs in one run (and left them unfinished) claims them again
+    in its next run under the same worker_id, where within one run it never would."""
+    clock = Clock()
+    with worker(postgres_url, "fixed", clock) as first:
+        first.start_run()
+        claimed = [claim(first) for _ in CATALOG]
+        first.release_all()
+        assert claim(first) is None  # each song at most once per run
+        first.finish_run("finished")
+    with worker(postgres_url, "fixed", clock) as again:
+        again.start_run()
+        assert [claim(again) for _ in CATALOG] == claimed
 
 
 def test_takeover_turns_submitting_into_ambiguous_and_keeps_ids(postgres_url: str) -> None:
@@ -274,6 +289,21 @@ def test_the_password_never_shows(postgres_url: str, tmp_path: Path) -> None:
     assert secret not in str(caught.value)
     assert caught.value.__cause__ is None
     assert "cannot open the journal" in str(caught.value)
+
+
+def test_a_key_value_connection_string_is_refused_without_showing_it(postgres_url: str) -> None:
+    """A libpq key=value string, whose password the journal could not keep out of logs and
+    reprs, is refused before connecting, with a message that does not quote it."""
+    secret = "pw-Key-Value-456"
+    parts = urlsplit(postgres_url)
+    conninfo = (
+        f"host={parts.hostname} port={parts.port or 5432} dbname={parts.path.lstrip('/')} "
+        f"user={parts.username or 'postgres'} password={secret}"
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        PgJournal(conninfo, endpoint=ENDPOINT)
+    assert "postgresql://" in str(caught.value)
+    assert secret not in str(caught.value)
 
 
 def test_a_lost_database_is_a_journal_error_without_the_password(postgres_url: str) -> None:

@@ -163,6 +163,10 @@ class LeaseLost(JournalError):
     longer than the lease): this worker must not drive the song any more."""
 
 
+#: The URL schemes libpq reads.
+_URL_SCHEMES = frozenset({"postgresql", "postgres"})
+
+
 def new_worker_id() -> str:
     """A worker's name: host, process id and a random part (a restarted process on the same
     host, even with the same pid, is a new worker)."""
@@ -181,6 +185,21 @@ def shown_url(url: str) -> str:
         return "<a PostgreSQL URL>"
     netloc = f"{user}@{host}" if user else host
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
+
+
+def _require_url(url: str) -> None:
+    """Refuse anything but a ``postgresql://`` URL: libpq also reads ``key=value`` strings,
+    whose password nothing here would know to keep out of logs, reprs and messages (the
+    message never quotes what was given)."""
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:
+        scheme = ""
+    if scheme not in _URL_SCHEMES:
+        raise ConfigurationError(
+            "the journal must be given as a postgresql:// URL "
+            "(postgresql://user:password@host/database); libpq's key=value form is not accepted"
+        )
 
 
 def _secrets_of(url: str) -> list[str]:
@@ -220,6 +239,7 @@ class PgJournal:
     ) -> None:
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+        _require_url(url)
         self._shown = shown_url(url)
         self._secrets = _secrets_of(url)
         self._worker_id = worker_id or new_worker_id()
@@ -879,12 +899,22 @@ class PgJournal:
 
     @_database_errors
     def start_run(self) -> int:
-        """Record the start of this worker's run; return its id."""
-        row = self._db.execute(
-            "INSERT INTO aimlmusic_runs (worker, started_at, alive_until)"
-            " VALUES (%(me)s, %(started)s, aimlmusic_now(%(now)s) + %(lease)s) RETURNING id",
-            self._params(started=_now()),
-        ).fetchone()
+        """Record the start of this worker's run; return its id.
+
+        The songs this worker claimed in an earlier run become claimable by it again: "at
+        most once per run" is per run, and a worker restarted under the same ``worker_id``
+        must pick up what its last run left (songs past their deadline, failed downloads,
+        or everything, if it was killed)."""
+        with self._db.transaction():
+            self._db.execute(
+                "UPDATE aimlmusic_songs SET last_claimed_by = NULL WHERE last_claimed_by = %(me)s",
+                self._params(),
+            )
+            row = self._db.execute(
+                "INSERT INTO aimlmusic_runs (worker, started_at, alive_until)"
+                " VALUES (%(me)s, %(started)s, aimlmusic_now(%(now)s) + %(lease)s) RETURNING id",
+                self._params(started=_now()),
+            ).fetchone()
         self._run_id = int(row["id"]) if row is not None else 0
         return self._run_id
 

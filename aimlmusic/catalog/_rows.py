@@ -275,6 +275,10 @@ def _jsonl_records(lines: Iterable[_Line]) -> Iterator[_Record]:
         except ValueError as exc:
             yield line.number, {}, [CatalogProblem(line.number, f"not valid JSON ({exc})")]
             continue
+        except RecursionError:  # arrays or objects nested thousands deep
+            problem = CatalogProblem(line.number, "not valid JSON (nested too deeply)")
+            yield line.number, {}, [problem]
+            continue
         if not isinstance(value, dict):
             yield (
                 line.number,
@@ -419,6 +423,16 @@ def _text(row: _RowChecker, fields: Mapping[str, Any], name: str) -> str | None:
     if not isinstance(value, str):
         row.add(name, f"must be a string; got {_json_type(value)}")
         return None
+    return _unicode(row, name, value)
+
+
+def _unicode(row: _RowChecker, name: str, value: str) -> str | None:
+    """``value`` if it is text that can be written out (UTF-8): JSON's ``\\ud800`` escapes
+    make lone surrogates, which no file, journal or request can hold."""
+    lone = sorted({f"U+{ord(c):04X}" for c in value if unicodedata.category(c) == "Cs"})
+    if lone:
+        row.add(name, f"must be valid Unicode text; got lone surrogates {', '.join(lone)}")
+        return None
     return value
 
 
@@ -444,7 +458,7 @@ def _label(row: _RowChecker, fields: Mapping[str, Any], name: str, limit: int) -
     if odd:
         row.add(name, f"must not contain control characters; got {', '.join(odd)}")
         return None
-    return value
+    return _unicode(row, name, value)
 
 
 def _lyrics(row: _RowChecker, fields: Mapping[str, Any], base_dir: Path) -> str | None:
@@ -535,7 +549,8 @@ def _integer(row: _RowChecker, fields: Mapping[str, Any], name: str) -> int | No
     if isinstance(value, str) and value.strip().isascii():
         text = value.strip()
         if text.isdigit():
-            return int(text)
+            with contextlib.suppress(ValueError):  # past Python's 4,300 digits
+                return int(text)
         with contextlib.suppress(ValueError):
             number = float(text)
             if number.is_integer():

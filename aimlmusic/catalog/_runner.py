@@ -143,8 +143,9 @@ class RunStopped(AimlMusicError):
     output directory cannot take more: full, over quota, read-only; every generation id
     received is in the journal) or ``"lease"`` (a worker of a shared journal stalled longer
     than a lease and another worker took over a song it was about to send; that POST was
-    cancelled before its first byte); ``cause`` is the error that decided it and ``summary`` how
-    the directory stands.
+    cancelled before its first byte) or ``"journal"`` (the journal could not record a song as
+    being sent: a full disk, a database gone; that POST was cancelled before its first byte);
+    ``cause`` is the error that decided it and ``summary`` how the directory stands.
     """
 
     def __init__(self, message: str, *, reason: str, cause: Exception, summary: RunSummary) -> None:
@@ -734,6 +735,18 @@ class _Run:
             if self._work is not None:
                 self._work.cancel()
             return
+        except Exception as exc:  # whatever failed (a full disk, the database gone, a bug)
+            # Unrecorded, a POST that leaves could have its id lost and the song paid for
+            # again by the next run: it is cancelled before its first byte, and the run stops.
+            self.stop(
+                "journal",
+                f"cannot record song {key!r} as being sent in the journal ({exc}); its "
+                "request was cancelled before it left, and the song is still pending",
+                exc,
+            )
+            if self._work is not None:
+                self._work.cancel()
+            return
         self._moved(entry, entry.state, _S.SUBMITTING)
 
     def note_failed_attempt(self, key: str, kind: str, error: AimlMusicError) -> None:
@@ -929,10 +942,10 @@ class _Run:
             self.record_sending(key, "submit")
             entry = self.journal.entry(key)
         if entry is None or entry.state is not _S.SUBMITTING:
-            if self.shared is not None and key in self.handed:
+            if key in self.handed:
                 # The journal refused ``submitting`` (this worker's lease on the song was
-                # lost), yet the POST went out: the id is all that keeps it from being paid
-                # for again.
+                # lost, or the write failed), yet the POST went out: the id is all that
+                # keeps it from being paid for again.
                 logger.error(
                     "song %r was submitted as generation %s but the shared journal did not "
                     "record it; adopt it with --adopt %s=%s",
