@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
@@ -20,6 +21,7 @@ from ._config import Limits, RetryPolicy, SizeLimits, Timeout
 from ._download import Downloader
 from ._emulator_time import TimeScaleProbe, follow_emulator_time
 from ._errors import (
+    AimlMusicError,
     ConfigurationError,
     DownloadError,
     GenerationFailedError,
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream
 
 __all__ = ["AsyncMusicClient"]
+
+logger = logging.getLogger("aimlmusic")
 
 #: Environment variables read for the API key, in order (the official SDK's names).
 API_KEY_VARIABLES = ("AIML_API_KEY", "AIMLAPI_API_KEY")
@@ -316,7 +320,11 @@ class AsyncMusicClient:
                 task_group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await leases.release(lease)
+                try:
+                    await leases.release(lease)
+                except AimlMusicError as exc:
+                    # Not given back: the lease expires instead; the song's outcome stands.
+                    logger.warning("could not give a shared in-flight slot back: %s", exc)
         if error is not None:
             raise error
         assert outcome is not None
@@ -511,6 +519,9 @@ class AsyncMusicClient:
             if isinstance(result.error, GenerationTimeoutError) and reported_timeout is not None:
                 raise GenerationTimeoutError(generation_id, reported_timeout, result.generation)
             if result.error is not None and not isinstance(result.error, GenerationFailedError):
+                if result.error.generation_id is None:
+                    # The song exists (and was paid for): the caller can follow it by this.
+                    result.error.generation_id = generation_id
                 raise result.error
             last = result.generation
         assert last is not None  # finished implies seen

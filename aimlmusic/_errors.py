@@ -59,7 +59,15 @@ __all__ = [
 
 
 class AimlMusicError(Exception):
-    """Base class of every exception raised by aimlmusic."""
+    """Base class of every exception raised by aimlmusic.
+
+    ``generation_id`` names the generation the error concerns, when one was created: an
+    error that ``generate()`` or ``wait()`` raises after the submission was accepted (a
+    403 or a lost Redis while polling, say) carries it, so that the song, paid for, can
+    still be followed with ``wait()``. ``None`` when no generation is known.
+    """
+
+    generation_id: str | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The subclasses take keyword-only arguments, which pickle's default (calling the

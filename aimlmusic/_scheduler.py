@@ -65,6 +65,7 @@ from ._errors import (
     RequestValidationError,
     ResponseValidationError,
     ServerError,
+    SharedStateError,
 )
 from ._events import (
     BatchEvents,
@@ -152,6 +153,10 @@ class InFlightLeases(Protocol):
 
     async def keep_alive(self) -> None:
         """Renew the leases held, until cancelled."""
+        ...
+
+    def abandon(self, leases: Iterable[str]) -> None:
+        """Stop renewing ``leases`` without giving them back: they expire by themselves."""
         ...
 
 
@@ -282,8 +287,9 @@ def _sharing_id(generation: Generation, generation_id: str) -> Generation:
 
 
 def _is_transient(error: AimlMusicError) -> bool:
-    """A poll failure worth retrying until the deadline (the service may come back)."""
-    if isinstance(error, ServerError | APIConnectionError):
+    """A poll failure worth retrying until the deadline (the service may come back). A
+    shared Redis that failed held the poll back unsent: retrying cannot exceed the limit."""
+    if isinstance(error, ServerError | APIConnectionError | SharedStateError):
         return True
     return isinstance(error, APIStatusError) and error.status_code in (408, 409, 425)
 
@@ -421,11 +427,14 @@ class _Batch:
         assert self.leases is not None
         held, self._leases_held = list(self._leases_held), set()
         with anyio.CancelScope(shield=True):
-            for lease in held:
+            for index, lease in enumerate(held):
                 try:
                     await self.leases.release(lease)
-                except AimlMusicError as exc:  # the leases expire instead
-                    logger.warning("could not give a shared in-flight slot back: %s", exc)
+                except AimlMusicError as exc:
+                    # Redis failing: rather than wait on it for each slot (the cancellation
+                    # waits too), the rest are no longer renewed, so they expire.
+                    logger.warning("could not give shared in-flight slots back: %s", exc)
+                    self.leases.abandon(held[index + 1 :])
                     return
 
     def _spawn(self, song: _Song) -> None:

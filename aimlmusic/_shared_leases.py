@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
@@ -165,6 +165,11 @@ class SharedLeases:
                 # The next renewal may get through before the leases expire; submissions
                 # meanwhile fail loudly at acquire() if Redis stays away.
                 logger.warning("could not renew shared in-flight leases: %s", exc)
+
+    def abandon(self, leases: Iterable[str]) -> None:
+        """Stop renewing ``leases`` without giving them back (Redis cannot be reached): they
+        expire by themselves after ``LEASE_LENGTH``."""
+        self._held.difference_update(leases)
 
     async def release_all(self) -> None:
         """Give back every lease this object holds (shielded: runs during cancellation)."""

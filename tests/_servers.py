@@ -1,4 +1,5 @@
-"""Real Redis and PostgreSQL servers for the tests of the shared budget and journal.
+"""Real Redis and PostgreSQL servers for the tests of the shared budget and journal (and a
+Redis outage, and a client sharing one, for those of the shared budget).
 
 Each test gets its own namespace on the one server: a Redis key prefix (every key it made is
 deleted afterwards) and a PostgreSQL schema (dropped afterwards). The servers are found at
@@ -10,14 +11,29 @@ under CI (``CI`` set) they fail instead, so a missing server is never a silent p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pytest
 
-__all__ = ["journal_url", "postgres_url", "redis_prefix", "redis_url", "with_search_path"]
+if TYPE_CHECKING:
+    import aimlmusic
+    from aimlmusic.emulator import Emulator
+    from aimlmusic.testing import VirtualClock
+
+__all__ = [
+    "journal_url",
+    "postgres_url",
+    "redis_down",
+    "redis_prefix",
+    "redis_url",
+    "shared_client",
+    "with_search_path",
+]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -99,3 +115,42 @@ def journal_url(request: pytest.FixtureRequest) -> str | None:
     if request.param == "sqlite":
         return None
     return str(request.getfixturevalue("postgres_url"))
+
+
+@contextlib.contextmanager
+def redis_down(client: aimlmusic.AsyncMusicClient) -> Iterator[None]:
+    """The client's Redis unreachable for the block: its store's connection points at a
+    closed port (each call fails at once with a connection refused)."""
+    store = client._shared
+    assert store is not None
+    reachable = store._redis
+    import redis  # only the tests of the shared budget need it installed
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # No retries: redis-py's own back-off would sleep for real on every refused call.
+    store._redis = redis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    try:
+        yield
+    finally:
+        store._redis = reachable
+
+
+def shared_client(
+    emulator: Emulator, clock: VirtualClock, redis_url: str, max_in_flight: int
+) -> aimlmusic.AsyncMusicClient:
+    """A client of the in-process ``emulator``, on ``clock``, sharing its account's budget
+    and in-flight cap (``max_in_flight``) through the Redis at ``redis_url``."""
+    import httpx
+
+    import aimlmusic
+    from aimlmusic.emulator import TEST_API_KEY
+
+    return aimlmusic.AsyncMusicClient(
+        TEST_API_KEY,
+        base_url="http://127.0.0.1",
+        transport=httpx.ASGITransport(app=emulator.app),
+        clock=clock,
+        limits=aimlmusic.Limits(max_in_flight=max_in_flight),
+        shared_url=redis_url,
+    )

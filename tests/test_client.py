@@ -29,6 +29,7 @@ from aimlmusic import (
     GenerationStatus,
     GenerationTimeoutError,
     NotFoundError,
+    PermissionDeniedError,
     RetryPolicy,
     Timeout,
 )
@@ -462,6 +463,19 @@ async def test_generate_reports_an_ambiguous_submission_without_resending() -> N
         with pytest.raises(AmbiguousSubmissionError):
             await client.generate(song())
     assert api.methods() == ["POST"]
+
+
+@pytest.mark.anyio
+async def test_an_error_after_the_submission_names_the_generation() -> None:
+    """A poll refused with 403 after the POST was accepted raises PermissionDeniedError
+    carrying the paid generation's id, so the caller can still follow it with wait()."""
+    api = ScriptedAPI(ok(generation_json("queued")), error_body(403))
+    clock = VirtualClock()
+    async with clock, client_on(api, clock=clock) as client:
+        with pytest.raises(PermissionDeniedError) as caught:
+            await client.generate(song())
+    assert caught.value.generation_id == GEN_ID
+    assert api.methods() == ["POST", "GET"]
 
 
 @pytest.mark.anyio

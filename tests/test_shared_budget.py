@@ -15,6 +15,7 @@ import anyio
 import httpx
 import pytest
 import redis
+from _servers import redis_down, shared_client
 from _timing import max_in_window
 
 import aimlmusic
@@ -365,3 +366,29 @@ async def test_a_shared_rate_below_one_a_minute_sends_at_that_rate(
             tg.start_soon(one, shared[1], 1)
     assert len(sent) == 3
     assert sorted(sent) == pytest.approx([0.0, 120.0, 240.0], abs=1.0)
+
+
+async def test_polls_held_back_by_a_redis_outage_are_retried_and_the_songs_finish(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three songs in flight whose polls meet a Redis that cannot be reached for 3 s (at
+    49 s, as 50-60 s songs near their end) are polled again once it is back and complete,
+    rather than ending with SharedStateError."""
+    monkeypatch.setattr("aimlmusic._shared_redis.DEFAULT_KEY_PREFIX", redis_prefix)
+    clock = VirtualClock()
+    emulator = Emulator(EmulatorConfig(requests_per_minute=None), clock=clock)
+    songs = [aimlmusic.SongRequest(f"Outage song number {i}", LYRICS) for i in range(3)]
+    results: list[aimlmusic.SongResult] = []
+    async with clock, shared_client(emulator, clock, redis_url, 3) as client:
+
+        async def outage() -> None:
+            await clock.sleep(49.0)
+            with redis_down(client):
+                await clock.sleep(3.0)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outage)
+            async with client.generate_many(songs) as stream:
+                results = [result async for result in stream]
+    assert [r.ok for r in results] == [True, True, True], [r.error for r in results]
+    assert emulator.stats().jobs["completed"] == 3

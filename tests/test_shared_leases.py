@@ -7,9 +7,13 @@ milliseconds.
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
+from _servers import redis_down, shared_client
 
 import aimlmusic
 from aimlmusic._shared_leases import LEASE_LENGTH, SharedLeases
@@ -200,3 +204,62 @@ async def test_the_time_scale_is_learned_before_the_first_lease(
         await holder.acquire()
     assert calls == [0.0]
     assert holder.held == 2
+
+
+async def test_a_slot_that_cannot_be_given_back_keeps_the_song(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """generate() whose song completed, then whose slot cannot be given back (Redis gone),
+    returns the completed song; the slot is left to expire."""
+    monkeypatch.setattr("aimlmusic._shared_redis.DEFAULT_KEY_PREFIX", redis_prefix)
+    clock = VirtualClock()
+    emulator = Emulator(EmulatorConfig(requests_per_minute=None), clock=clock)
+    song = aimlmusic.SongRequest(
+        "A song that completes", LYRICS, aimlmusic.AudioSetting(format="wav", sample_rate=16000)
+    )
+    async with clock, shared_client(emulator, clock, redis_url, 2) as client:
+        leases = client._leases
+        assert leases is not None
+        give_back = leases.release
+
+        async def release_while_down(lease: str) -> None:
+            with redis_down(client):
+                await give_back(lease)
+
+        monkeypatch.setattr(leases, "release", release_while_down)
+        generation = await client.generate(song)
+    assert generation.status is aimlmusic.GenerationStatus.COMPLETED
+    assert emulator.stats().jobs["completed"] == 1
+
+
+async def test_a_batch_cancelled_while_redis_fails_renews_none_of_its_slots(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch holding three slots, cancelled while Redis cannot be reached, leaves none of
+    them to its client's renewals: once Redis is back they expire, and later batches of the
+    client get every slot."""
+    monkeypatch.setattr("aimlmusic._shared_redis.DEFAULT_KEY_PREFIX", redis_prefix)
+    clock = VirtualClock()
+    emulator = Emulator(EmulatorConfig(requests_per_minute=None), clock=clock)
+    songs = [aimlmusic.SongRequest(f"Cancelled song number {i}", LYRICS) for i in range(3)]
+    async with clock, shared_client(emulator, clock, redis_url, 3) as client:
+        assert client._leases is not None
+
+        async def batch() -> None:
+            async with client.generate_many(songs) as results:
+                async for _ in results:
+                    pass
+
+        with contextlib.ExitStack() as outage:  # until the batch has given up its slots
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(batch)
+                await clock.sleep(20.0)
+                assert client._leases.held == 3
+                outage.enter_context(redis_down(client))
+                tg.cancel_scope.cancel()
+        assert client._leases.held == 0  # nothing renews them: they expire
+        await clock.sleep(LEASE_LENGTH + 1.0)
+        free_from = clock.now()
+        for _ in songs:
+            await client._leases.acquire()
+        assert clock.now() == free_from  # every slot free again, none waited for
