@@ -29,6 +29,7 @@ from ._errors import (
     ResponseValidationError,
     ServerError,
     SharedStateError,
+    SubmissionTimeoutError,
 )
 from ._events import (
     BatchEvents,
@@ -98,6 +99,7 @@ __all__ = [
     "ServerError",
     "SharedBudget",
     "SharedStateError",
+    "SubmissionTimeoutError",
     "SizeLimits",
     "SongCompleted",
     "SongFailed",

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from . import _limits
-from ._clock import Clock, SystemClock
+from ._clock import Clock, SystemClock, finished_by
 from ._config import Limits, RetryPolicy, SizeLimits, Timeout
 from ._download import Downloader
 from ._emulator_time import TimeScaleProbe, follow_emulator_time
@@ -26,6 +26,7 @@ from ._errors import (
     DownloadError,
     GenerationFailedError,
     GenerationTimeoutError,
+    SubmissionTimeoutError,
 )
 from ._events import BatchEvents
 from ._models import Generation, GenerationStatus, SongRequest, SongResult
@@ -238,11 +239,14 @@ class AsyncMusicClient:
         Raises :class:`AmbiguousSubmissionError` rather than resending when the submission
         may have reached the server.
         """
+        return await self._submit(request)
+
+    async def _submit(self, request: SongRequest, send_by: float | None = None) -> Generation:
         self._check_open()
         if not isinstance(request, SongRequest):
             # A dict would fail deep in the converter; say what is expected instead.
             raise TypeError(f"submit() takes a SongRequest, got {type(request).__name__}")
-        generation = await self._transport.submit(request)
+        generation = await self._transport.submit(request, send_by=send_by)
         self._remember_submission(generation)
         return generation
 
@@ -284,37 +288,55 @@ class AsyncMusicClient:
     ) -> Generation:
         """Submit ``request`` and wait for it: :meth:`submit` then :meth:`wait`.
 
-        ``timeout`` covers both; the submission itself is never cut short (an interrupted
-        POST could be paid for and lost), so the deadline is checked once it returns. With
-        ``shared_url`` it first waits for one of the account's in-flight slots, shared with
-        every client of the key, and holds it until the song ends.
+        ``timeout`` covers both, and the waits before the submission: with ``shared_url``
+        for one of the account's in-flight slots (shared with every client of the key, and
+        held until the song ends), and for the request budget. Still waiting for them when
+        the time runs out, it raises :class:`SubmissionTimeoutError`, nothing sent. The
+        submission itself is never cut short (an interrupted POST could be paid for and
+        lost), so the deadline is checked again once it returns.
         """
-        if self._timing is None:
-            return await self._generate_in_slot(request, timeout)
-        await self._timing.load()
+        send_by = None if timeout is None else self._clock.now() + timeout
         try:
-            return await self._generate_in_slot(request, timeout)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._timing.publish()
+            if self._timing is None:
+                return await self._generate_in_slot(request, timeout, send_by)
+            await self._timing.load()
+            try:
+                return await self._generate_in_slot(request, timeout, send_by)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._timing.publish()
+        except SubmissionTimeoutError as exc:
+            assert timeout is not None
+            raise SubmissionTimeoutError(timeout, exc.waiting_for) from None
 
     async def _generate_in_slot(
         self,
         request: SongRequest,
         timeout: float | None,  # noqa: ASYNC109  (on the client's clock, as in wait)
+        send_by: float | None,
     ) -> Generation:
         """:meth:`_generate` holding one of the account's shared in-flight slots, if any."""
         if self._leases is None:
-            return await self._generate(request, timeout)
+            return await self._generate(request, timeout, send_by)
         leases = self._leases
-        lease = await leases.acquire()
+        taken: list[str] = []
+
+        async def take() -> None:
+            taken.append(await leases.acquire())
+
+        if send_by is None:
+            await take()
+        elif not await finished_by(self._clock, send_by, take):
+            # Nothing was sent. (A slot taken in Redis as the alarm rang expires by itself.)
+            raise SubmissionTimeoutError(0.0, "one of the account's in-flight slots")
+        (lease,) = taken
         outcome: Generation | None = None
         error: BaseException | None = None
         try:
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(leases.keep_alive)
                 try:
-                    outcome = await self._generate(request, timeout)
+                    outcome = await self._generate(request, timeout, send_by)
                 except Exception as exc:
                     error = exc  # raised below as itself, not in an ExceptionGroup
                 task_group.cancel_scope.cancel()
@@ -334,12 +356,12 @@ class AsyncMusicClient:
         self,
         request: SongRequest,
         timeout: float | None,  # noqa: ASYNC109  (on the client's clock, as in wait)
+        send_by: float | None,
     ) -> Generation:
-        started = self._clock.now()
-        generation = await self.submit(request)
-        if timeout is None:
+        generation = await self._submit(request, send_by)
+        if timeout is None or send_by is None:
             return await self._follow(generation.id, generation, None)
-        remaining = timeout - (self._clock.now() - started)
+        remaining = send_by - self._clock.now()
         if remaining <= 0 and not generation.is_finished:
             raise GenerationTimeoutError(generation.id, timeout, generation)
         return await self._follow(generation.id, generation, max(remaining, 1e-9), timeout)

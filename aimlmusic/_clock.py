@@ -8,11 +8,12 @@ with an emulator using the same scale, a 55-second song takes 55 ms.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 import anyio
 
-__all__ = ["Clock", "ScaledClock", "SystemClock"]
+__all__ = ["Clock", "ScaledClock", "SystemClock", "finished_by"]
 
 
 @runtime_checkable
@@ -66,3 +67,21 @@ class ScaledClock:
 
     def __repr__(self) -> str:
         return f"ScaledClock(scale={self.scale:g})"
+
+
+async def finished_by(clock: Clock, at: float, wait: Callable[[], Awaitable[None]]) -> bool:
+    """Run ``wait()`` until it returns or ``clock`` reaches ``at``, whichever comes first;
+    True when it returned. The event loop's deadlines (``anyio.move_on_after``) cannot
+    follow a compressed or virtual clock, so the clock itself rings the alarm."""
+    finished = False
+    async with anyio.create_task_group() as task_group:
+
+        async def alarm() -> None:
+            await clock.sleep(at - clock.now())
+            task_group.cancel_scope.cancel()
+
+        task_group.start_soon(alarm)
+        await wait()
+        finished = True
+        task_group.cancel_scope.cancel()
+    return finished

@@ -55,6 +55,7 @@ __all__ = [
     "ResponseValidationError",
     "ServerError",
     "SharedStateError",
+    "SubmissionTimeoutError",
 ]
 
 
@@ -247,6 +248,21 @@ class GenerationFailedError(AimlMusicError):
             f"{self.error_name}: {self.error_message}" if err is not None else "no detail given"
         )
         super().__init__(f"generation {self.generation_id} failed ({detail})")
+
+
+class SubmissionTimeoutError(AimlMusicError, TimeoutError):
+    """A song was not submitted within its time limit: it waited for one of the account's
+    in-flight slots, or for the request budget, until the time ran out. Nothing was sent,
+    so nothing was created or paid for. ``timeout`` is the limit (seconds) and
+    ``waiting_for`` what held the song back."""
+
+    def __init__(self, timeout: float, waiting_for: str) -> None:
+        self.timeout = timeout
+        self.waiting_for = waiting_for
+        super().__init__(
+            f"the song was not submitted within {timeout:g} s: it waited for {waiting_for}; "
+            "nothing was sent"
+        )
 
 
 class GenerationTimeoutError(AimlMusicError, TimeoutError):

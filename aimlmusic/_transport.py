@@ -39,7 +39,7 @@ import httpx
 
 from . import _limits
 from ._bodies import ACCEPTED_ENCODINGS, BodyProblem, read_body
-from ._clock import Clock
+from ._clock import Clock, finished_by
 from ._config import RetryPolicy, SizeLimits, Timeout
 from ._converter import (
     decode_json,
@@ -62,6 +62,7 @@ from ._errors import (
     RequestValidationError,
     ResponseValidationError,
     ServerError,
+    SubmissionTimeoutError,
 )
 from ._models import Generation, SongRequest
 from ._ratelimit import Budget, RequestKind
@@ -264,11 +265,15 @@ class Transport:
         *,
         observer: RequestObserver | None = None,
         retry_throttled: bool = True,
+        send_by: float | None = None,
     ) -> Generation:
         """POST one song. Never resent once it may have reached the server.
 
         With ``retry_throttled=False`` a 429 is reported to the budget and raised at once
         (the scheduler, which has a queue of its own, retries it; nothing retries twice).
+        ``send_by`` (clock time) bounds the waits before each attempt (the budget, a
+        retry's back-off): one still waiting then raises :class:`SubmissionTimeoutError`,
+        nothing sent (an earlier attempt, if any, surely did not arrive).
         """
         return await self._call(
             "submit",
@@ -277,6 +282,7 @@ class Transport:
             request=request,
             observer=observer,
             retry_throttled=retry_throttled,
+            send_by=send_by,
         )
 
     async def get(
@@ -335,14 +341,19 @@ class Transport:
         request: SongRequest | None = None,
         observer: RequestObserver | None = None,
         retry_throttled: bool = True,
+        send_by: float | None = None,
     ) -> Generation:
         if self._closed:
             raise RuntimeError("this aimlmusic client is closed; create a new one")
         target, url = self._target(generation_id)  # ``url``: for logs and errors
         retry_on = _POST_RETRIES if method == "POST" else _GET_RETRIES
         attempts = self.retry.attempts
+        started = self.clock.now()
         for attempt in range(1, attempts + 1):
-            await self.budget.acquire(kind)
+            if send_by is None:
+                await self.budget.acquire(kind)
+            elif not await finished_by(self.clock, send_by, lambda: self.budget.acquire(kind)):
+                raise SubmissionTimeoutError(send_by - started, "the request budget")
             outcome = await self._attempt(
                 method,
                 target,
@@ -389,6 +400,8 @@ class Transport:
             )
             if observer is not None:
                 observer.on_retry(attempt, failure.error, delay)
+            if send_by is not None and self.clock.now() + delay > send_by:
+                raise SubmissionTimeoutError(send_by - started, "a retry's back-off")
             await self.clock.sleep(delay)
         raise AssertionError("unreachable: the last attempt always returns or raises")
 

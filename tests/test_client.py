@@ -28,9 +28,11 @@ from aimlmusic import (
     GenerationFailedError,
     GenerationStatus,
     GenerationTimeoutError,
+    Limits,
     NotFoundError,
     PermissionDeniedError,
     RetryPolicy,
+    SubmissionTimeoutError,
     Timeout,
 )
 from aimlmusic._converter import structure_generation
@@ -463,6 +465,25 @@ async def test_generate_reports_an_ambiguous_submission_without_resending() -> N
         with pytest.raises(AmbiguousSubmissionError):
             await client.generate(song())
     assert api.methods() == ["POST"]
+
+
+@pytest.mark.anyio
+async def test_generate_timeout_covers_the_wait_for_the_budget_and_sends_nothing() -> None:
+    """With the minute's two requests spent, generate(timeout=5) gives up when the time
+    runs out, waiting for the budget, with SubmissionTimeoutError and no POST sent (it
+    would have been sent a minute later, paid for after the caller stopped waiting)."""
+    api = ScriptedAPI(ok(generation_json("queued")))
+    clock = VirtualClock()
+    limits = Limits(requests_per_minute=2)
+    async with clock, client_on(api, clock=clock, limits=limits) as client:
+        await client.get(GEN_ID)
+        await client.get(GEN_ID)
+        with pytest.raises(SubmissionTimeoutError) as caught:
+            await client.generate(song(), timeout=5)
+        assert clock.now() == 5.0
+    assert caught.value.timeout == 5
+    assert "request budget" in str(caught.value)
+    assert api.methods() == ["GET", "GET"]
 
 
 @pytest.mark.anyio

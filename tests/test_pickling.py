@@ -46,6 +46,7 @@ def test_a_generation_with_extras_pickles_and_deep_copies() -> None:
         aimlmusic.RateLimitError("slow down", status_code=429, retry_after=2.0),
         aimlmusic.RequestValidationError("prompt", "must be 10-300 characters long", "3"),
         aimlmusic.GenerationTimeoutError("gen-1", 600.0),
+        aimlmusic.SubmissionTimeoutError(10.0, "the request budget"),
         aimlmusic.AmbiguousSubmissionError(
             "read timeout after sending",
             request=aimlmusic.SongRequest(prompt="a prompt long enough", lyrics="la la la la"),

@@ -263,3 +263,31 @@ async def test_a_batch_cancelled_while_redis_fails_renews_none_of_its_slots(
         for _ in songs:
             await client._leases.acquire()
         assert clock.now() == free_from  # every slot free again, none waited for
+
+
+async def test_generate_timeout_covers_the_wait_for_a_slot_and_sends_nothing(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """generate(timeout=10) while another holder keeps the account's only slot gives up
+    at 10 s with SubmissionTimeoutError, nothing sent, rather than waiting for the slot."""
+    monkeypatch.setattr("aimlmusic._shared_redis.DEFAULT_KEY_PREFIX", redis_prefix)
+    clock = VirtualClock()
+    emulator = Emulator(EmulatorConfig(requests_per_minute=None), clock=clock)
+    other = SharedLeases(
+        1,
+        clock,
+        SharedStore(redis_url, TEST_API_KEY, key_prefix=redis_prefix, offload=False),
+        use_clock_time=True,
+    )
+    song = aimlmusic.SongRequest("A song that never gets a slot", LYRICS)
+    async with clock, shared_client(emulator, clock, redis_url, 1) as client:
+        await other.acquire()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(other.keep_alive)
+            with pytest.raises(aimlmusic.SubmissionTimeoutError) as caught:
+                await client.generate(song, timeout=10)
+            assert clock.now() == pytest.approx(10.0)
+            tg.cancel_scope.cancel()
+    assert "in-flight slots" in str(caught.value)
+    assert caught.value.timeout == 10
+    assert emulator.stats().requests.get("submit", 0) == 0
