@@ -27,9 +27,12 @@ KEY = "sk-test-shared-leases-0123456789"
 LYRICS = "[Verse]\nA line to sing\n[Chorus]\nAnother line"
 
 
-def leases(cap: int, clock: VirtualClock, redis_url: str, prefix: str) -> SharedLeases:
-    """Leases of one account under the test's own prefix, with a connection of their own."""
-    store = SharedStore(redis_url, KEY, key_prefix=prefix, offload=False)
+def leases(
+    cap: int, clock: VirtualClock, redis_url: str, prefix: str, key: str = KEY
+) -> SharedLeases:
+    """Leases of one account (``key``) under the test's own prefix, with a connection of
+    their own: another process of the account."""
+    store = SharedStore(redis_url, key, key_prefix=prefix, offload=False)
     return SharedLeases(cap, clock, store, use_clock_time=True)
 
 
@@ -156,12 +159,7 @@ async def test_generate_holds_a_slot_of_the_account(
     monkeypatch.setattr("aimlmusic._shared_redis.DEFAULT_KEY_PREFIX", redis_prefix)
     clock = VirtualClock()
     emulator = Emulator(EmulatorConfig(requests_per_minute=None), clock=clock)
-    other = SharedLeases(
-        1,
-        clock,
-        SharedStore(redis_url, TEST_API_KEY, key_prefix=redis_prefix, offload=False),
-        use_clock_time=True,
-    )
+    other = leases(1, clock, redis_url, redis_prefix, key=TEST_API_KEY)
     song = aimlmusic.SongRequest(
         "A song that waits", LYRICS, aimlmusic.AudioSetting(format="wav", sample_rate=16000)
     )
@@ -273,12 +271,7 @@ async def test_generate_timeout_covers_the_wait_for_a_slot_and_sends_nothing(
     monkeypatch.setattr("aimlmusic._shared_redis.DEFAULT_KEY_PREFIX", redis_prefix)
     clock = VirtualClock()
     emulator = Emulator(EmulatorConfig(requests_per_minute=None), clock=clock)
-    other = SharedLeases(
-        1,
-        clock,
-        SharedStore(redis_url, TEST_API_KEY, key_prefix=redis_prefix, offload=False),
-        use_clock_time=True,
-    )
+    other = leases(1, clock, redis_url, redis_prefix, key=TEST_API_KEY)
     song = aimlmusic.SongRequest("A song that never gets a slot", LYRICS)
     async with clock, shared_client(emulator, clock, redis_url, 1) as client:
         await other.acquire()
