@@ -238,6 +238,8 @@ class AmbiguousSubmissionError(APIError):
 class GenerationFailedError(AimlMusicError):
     """The generation ended with status ``error``; carries its id and the API's error."""
 
+    generation_id: str  # always known here
+
     def __init__(self, generation: Generation) -> None:
         self.generation = generation
         self.generation_id = generation.id
@@ -271,6 +273,8 @@ class GenerationTimeoutError(AimlMusicError, TimeoutError):
     It may still finish: ``generation_id`` lets you fetch it later with ``get`` or ``wait``.
     ``last_seen`` is the last status the client saw, if any.
     """
+
+    generation_id: str  # always known here
 
     def __init__(
         self, generation_id: str, timeout: float, last_seen: Generation | None = None
