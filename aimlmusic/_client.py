@@ -324,9 +324,18 @@ class AsyncMusicClient:
         async def take() -> None:
             taken.append(await leases.acquire())
 
-        if send_by is None:
-            await take()
-        elif not await finished_by(self._clock, send_by, take):
+        try:
+            if send_by is None:
+                await take()
+            else:
+                await finished_by(self._clock, send_by, take)
+        except BaseException:
+            # Cancelled (or failed) after the slot was taken: give it back, or it would be
+            # renewed with the client's other slots for as long as the client runs.
+            for lease in taken:
+                await self._give_back(leases, lease)
+            raise
+        if not taken:
             # Nothing was sent. (A slot taken in Redis as the alarm rang expires by itself.)
             raise SubmissionTimeoutError(0.0, "one of the account's in-flight slots")
         (lease,) = taken
@@ -341,16 +350,21 @@ class AsyncMusicClient:
                     error = exc  # raised below as itself, not in an ExceptionGroup
                 task_group.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await leases.release(lease)
-                except AimlMusicError as exc:
-                    # Not given back: the lease expires instead; the song's outcome stands.
-                    logger.warning("could not give a shared in-flight slot back: %s", exc)
+            await self._give_back(leases, lease)
         if error is not None:
             raise error
         assert outcome is not None
         return outcome
+
+    @staticmethod
+    async def _give_back(leases: SharedLeases, lease: str) -> None:
+        """Give ``lease`` back, even while cancelled; when Redis fails, stop renewing it
+        (it expires): the song's outcome stands either way."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await leases.release(lease)
+            except AimlMusicError as exc:
+                logger.warning("could not give a shared in-flight slot back: %s", exc)
 
     async def _generate(
         self,

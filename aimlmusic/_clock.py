@@ -74,6 +74,7 @@ async def finished_by(clock: Clock, at: float, wait: Callable[[], Awaitable[None
     True when it returned. The event loop's deadlines (``anyio.move_on_after``) cannot
     follow a compressed or virtual clock, so the clock itself rings the alarm."""
     finished = False
+    error: Exception | None = None
     async with anyio.create_task_group() as task_group:
 
         async def alarm() -> None:
@@ -81,7 +82,12 @@ async def finished_by(clock: Clock, at: float, wait: Callable[[], Awaitable[None
             task_group.cancel_scope.cancel()
 
         task_group.start_soon(alarm)
-        await wait()
-        finished = True
+        try:
+            await wait()
+            finished = True
+        except Exception as exc:
+            error = exc  # raised below as itself, not in an ExceptionGroup
         task_group.cancel_scope.cancel()
+    if error is not None:
+        raise error
     return finished

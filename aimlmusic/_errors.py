@@ -299,8 +299,11 @@ class DownloadError(AimlMusicError):
 
 class SharedStateError(AimlMusicError):
     """The Redis that shares the account's budget (``shared_url``) could not be reached or
-    failed; ``url`` names it without its password. Requests are held, never sent unshared."""
+    failed; ``url`` names it without its password. Requests are held, never sent unshared.
+    ``unreachable`` is true for a connection that failed or timed out (it may come back),
+    false for an error Redis answered with (a wrong type, a refused command, a script)."""
 
-    def __init__(self, message: str, *, url: str) -> None:
+    def __init__(self, message: str, *, url: str, unreachable: bool = False) -> None:
         self.url = url
+        self.unreachable = unreachable
         super().__init__(message)

@@ -248,6 +248,7 @@ class SharedStore:
             f"the shared Redis at {self.redacted_url} failed ({detail}); nothing is sent "
             "around it (unshared, the account's limits could be exceeded)",
             url=self.redacted_url,
+            unreachable=isinstance(exc, redis.ConnectionError | redis.TimeoutError),
         )
 
     def close(self) -> None:

@@ -271,9 +271,10 @@ class Transport:
 
         With ``retry_throttled=False`` a 429 is reported to the budget and raised at once
         (the scheduler, which has a queue of its own, retries it; nothing retries twice).
-        ``send_by`` (clock time) bounds the waits before each attempt (the budget, a
-        retry's back-off): one still waiting then raises :class:`SubmissionTimeoutError`,
-        nothing sent (an earlier attempt, if any, surely did not arrive).
+        ``send_by`` (clock time) bounds the waits before each attempt: one still waiting
+        for the budget then raises :class:`SubmissionTimeoutError`, and a retry whose
+        back-off would end past it is not made (its failure is raised). Either way nothing
+        was sent: a POST is retried only after an attempt that surely did not arrive.
         """
         return await self._call(
             "submit",
@@ -398,10 +399,12 @@ class Transport:
                 attempts,
                 failure.error,
             )
+            if send_by is not None and self.clock.now() + delay > send_by:
+                # No time left to try again: the failure is the answer (a POST backs off
+                # only after an attempt that surely did not arrive: nothing was sent).
+                raise failure.error
             if observer is not None:
                 observer.on_retry(attempt, failure.error, delay)
-            if send_by is not None and self.clock.now() + delay > send_by:
-                raise SubmissionTimeoutError(send_by - started, "a retry's back-off")
             await self.clock.sleep(delay)
         raise AssertionError("unreachable: the last attempt always returns or raises")
 

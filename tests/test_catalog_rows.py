@@ -270,6 +270,7 @@ def test_rows_that_would_break_the_parser_or_the_files_are_problems(tmp_path: Pa
         {"key": "t", "title": "x\udfff", "prompt": PROMPT, "lyrics": LYRICS},
         {"key": "p", "prompt": "Synth\ud800 pads", "lyrics": LYRICS},
         {"key": "l", "prompt": PROMPT, "lyrics": "[Verse]\n\udc00"},
+        {"key": "f", "prompt": PROMPT, "lyrics_file": "a\ud800.txt"},
     ]
     # json.dumps writes a lone surrogate as its escape, as a hostile catalog would.
     lines = [json.dumps(good), "[" * 100_000, *(json.dumps(row) for row in rows)]
@@ -285,6 +286,7 @@ def test_rows_that_would_break_the_parser_or_the_files_are_problems(tmp_path: Pa
         (5, "title"),
         (6, "prompt"),
         (7, "lyrics"),
+        (8, "lyrics_file"),
     ]
     assert "nested too deeply" in str(problems[0])
     assert "U+D800" in str(problems[2])

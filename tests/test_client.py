@@ -21,6 +21,7 @@ from _policies import RecordingPolicy
 
 from aimlmusic import (
     AmbiguousSubmissionError,
+    APIConnectionError,
     AsyncMusicClient,
     ConfigurationError,
     FixedInterval,
@@ -484,6 +485,25 @@ async def test_generate_timeout_covers_the_wait_for_the_budget_and_sends_nothing
     assert caught.value.timeout == 5
     assert "request budget" in str(caught.value)
     assert api.methods() == ["GET", "GET"]
+
+
+@pytest.mark.anyio
+async def test_generate_timeout_shorter_than_a_retry_raises_the_failure_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A POST that cannot connect, under generate(timeout=1) with a 5 s back-off, raises the
+    connection error itself (nothing was sent) rather than a timeout hiding it, and makes
+    no retry it has no time for."""
+    # The back-off's jitter at the top of its window: 5 s, past the timeout.
+    monkeypatch.setattr("aimlmusic._retry.random.uniform", lambda low, high: high)
+    api = ScriptedAPI(httpx.ConnectError("connection refused"))
+    clock = VirtualClock()
+    retry = RetryPolicy(attempts=3, base_delay=5.0, max_delay=5.0)
+    async with clock, client_on(api, clock=clock, retry=retry) as client:
+        with pytest.raises(APIConnectionError):
+            await client.generate(song(), timeout=1)
+        assert clock.now() < 1.0
+    assert api.methods() == ["POST"]
 
 
 @pytest.mark.anyio

@@ -122,6 +122,27 @@ def test_a_worker_restarted_under_its_name_takes_back_its_songs(postgres_url: st
         assert [claim(again) for _ in CATALOG] == claimed
 
 
+def test_a_killed_worker_restarted_under_its_name_waits_out_its_old_leases(
+    postgres_url: str,
+) -> None:
+    """A worker killed holding songs and restarted at once under the same worker_id counts
+    its old leases as another worker's (so its run does not end) and takes those songs
+    over once the leases run out."""
+    clock = Clock()
+    with worker(postgres_url, "fixed", clock) as killed:
+        killed.start_run()
+        held = [claim(killed), claim(killed)]  # then killed: nothing given back
+    with worker(postgres_url, "fixed", clock) as again:
+        again.start_run()
+        rest = [claim(again) for _ in CATALOG[len(held) :]]
+        assert claim(again) is None
+        assert again.others_working() == len(held)
+        clock.now += LEASE + 1
+        assert again.others_working() == 0
+        assert [claim(again) for _ in held] == held
+        assert sorted(held + rest) == sorted(r.key for r in CATALOG)
+
+
 def test_takeover_turns_submitting_into_ambiguous_and_keeps_ids(postgres_url: str) -> None:
     """A dead worker's submitted song is claimed with its id; its submitting one is ambiguous
     and not claimable unless resubmitting is asked for."""

@@ -210,6 +210,46 @@ async def test_an_unreachable_redis_is_a_clear_error_without_the_password() -> N
     assert requests == []
 
 
+async def test_generate_with_a_timeout_on_an_unreachable_redis_raises_the_error_itself() -> None:
+    """generate(timeout=60) on a Redis that refuses connections raises SharedStateError
+    itself, as without a timeout, not wrapped in an ExceptionGroup; nothing is sent."""
+    requests: list[httpx.Request] = []
+    transport = httpx.MockTransport(lambda request: requests.append(request) or httpx.Response(500))
+    async with aimlmusic.AsyncMusicClient(
+        KEY,
+        base_url="https://api.example",
+        transport=transport,
+        shared_url="redis://127.0.0.1:1/0",
+        limits=aimlmusic.Limits(max_in_flight=1),
+    ) as client:
+        with anyio.fail_after(30), pytest.raises(SharedStateError):
+            await client.generate(aimlmusic.SongRequest("A prompt long enough", LYRICS), timeout=60)
+    assert requests == []
+
+
+async def test_a_redis_that_answers_with_an_error_ends_a_wait_rather_than_retrying_it(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis that answers every budget call with an error (its keys of the wrong type)
+    ends wait() with SharedStateError at its first poll: retried, as a Redis out of reach
+    is, it would fail the same way for ever."""
+    monkeypatch.setattr("aimlmusic._shared_redis.DEFAULT_KEY_PREFIX", redis_prefix)
+    clock = VirtualClock()
+    emulator = Emulator(EmulatorConfig(requests_per_minute=None), clock=clock)
+    async with clock, shared_client(emulator, clock, redis_url, 1) as client:
+        generation = await client.submit(aimlmusic.SongRequest("A song for a broken Redis", LYRICS))
+        shared = client._shared
+        assert shared is not None
+        for name in ("window", "budget"):
+            shared.redis.delete(shared.key(name))
+            shared.redis.rpush(shared.key(name), "not what the script expects")
+        with anyio.fail_after(30), pytest.raises(SharedStateError) as caught:  # real seconds
+            await client.wait(generation.id)
+        assert clock.now() < 60.0
+    assert not caught.value.unreachable
+    assert caught.value.generation_id == generation.id
+
+
 def test_a_url_that_is_not_redis_is_refused_at_construction() -> None:
     """shared_url must be a Redis URL: anything else is a ConfigurationError naming it."""
     with pytest.raises(aimlmusic.ConfigurationError, match="must be a Redis URL"):

@@ -284,3 +284,31 @@ async def test_generate_timeout_covers_the_wait_for_a_slot_and_sends_nothing(
     assert "in-flight slots" in str(caught.value)
     assert caught.value.timeout == 10
     assert emulator.stats().requests.get("submit", 0) == 0
+
+
+async def test_generate_cancelled_as_it_takes_its_slot_gives_the_slot_back(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """generate(timeout=600) whose caller cancels it the moment its slot is taken gives the
+    slot back: the client's other work would otherwise renew it for ever."""
+    monkeypatch.setattr("aimlmusic._shared_redis.DEFAULT_KEY_PREFIX", redis_prefix)
+    clock = VirtualClock()
+    emulator = Emulator(EmulatorConfig(requests_per_minute=None), clock=clock)
+    song = aimlmusic.SongRequest("A song cancelled at once", LYRICS)
+    async with clock, shared_client(emulator, clock, redis_url, 2) as client:
+        slots = client._leases
+        assert slots is not None
+        take = slots.acquire
+        with anyio.CancelScope() as scope:
+
+            async def take_then_cancel() -> str:
+                lease = await take()
+                scope.cancel()
+                return lease
+
+            monkeypatch.setattr(slots, "acquire", take_then_cancel)
+            await client.generate(song, timeout=600)
+        assert scope.cancelled_caught
+        assert slots.held == 0
+        assert slots.store.redis.zcard(slots.store.key("leases")) == 0
+    assert emulator.stats().requests.get("submit", 0) == 0

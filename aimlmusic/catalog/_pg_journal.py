@@ -904,11 +904,18 @@ class PgJournal:
         The songs this worker claimed in an earlier run become claimable by it again: "at
         most once per run" is per run, and a worker restarted under the same ``worker_id``
         must pick up what its last run left (songs past their deadline, failed downloads,
-        or everything, if it was killed)."""
+        or everything, if it was killed). Leases an earlier run still holds (it was killed,
+        or, by mistake, it still runs under the same id) are that run's, not this one's:
+        this run waits for them like another worker's, and takes the songs over when they
+        run out."""
         with self._db.transaction():
             self._db.execute(
                 "UPDATE aimlmusic_songs SET last_claimed_by = NULL WHERE last_claimed_by = %(me)s",
                 self._params(),
+            )
+            self._db.execute(
+                "UPDATE aimlmusic_songs SET owner = %(earlier)s WHERE owner = %(me)s",
+                self._params(earlier=f"{self._worker_id} (an earlier run)"),
             )
             row = self._db.execute(
                 "INSERT INTO aimlmusic_runs (worker, started_at, alive_until)"

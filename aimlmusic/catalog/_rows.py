@@ -472,6 +472,8 @@ def _lyrics(row: _RowChecker, fields: Mapping[str, Any], base_dir: Path) -> str 
     if not isinstance(file_name, str):
         row.add("lyrics_file", f"must be a string; got {_json_type(file_name)}")
         return None
+    if _unicode(row, "lyrics_file", file_name) is None:
+        return None  # no file system takes such a name
     return _read_lyrics_file(row, file_name, base_dir)
 
 

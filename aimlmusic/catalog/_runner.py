@@ -741,7 +741,9 @@ class _Run:
             self.stop(
                 "journal",
                 f"cannot record song {key!r} as being sent in the journal ({exc}); its "
-                "request was cancelled before it left, and the song is still pending",
+                "request was cancelled before it left, and the song is still pending (an "
+                "in-process transport, which reports sending only once answered, had sent "
+                "it: then its generation id is logged with an --adopt hint)",
                 exc,
             )
             if self._work is not None:
