@@ -358,8 +358,9 @@ class AsyncMusicClient:
 
     @staticmethod
     async def _give_back(leases: SharedLeases, lease: str) -> None:
-        """Give ``lease`` back, even while cancelled; when Redis fails, stop renewing it
-        (it expires): the song's outcome stands either way."""
+        """Give ``lease`` back, shielded from the caller's cancel scopes; when Redis fails
+        (or a second native cancel interrupts it), the lease is no longer renewed and
+        expires: the song's outcome stands either way."""
         with anyio.CancelScope(shield=True):
             try:
                 await leases.release(lease)

@@ -300,10 +300,12 @@ class DownloadError(AimlMusicError):
 class SharedStateError(AimlMusicError):
     """The Redis that shares the account's budget (``shared_url``) could not be reached or
     failed; ``url`` names it without its password. Requests are held, never sent unshared.
-    ``unreachable`` is true for a connection that failed or timed out (it may come back),
-    false for an error Redis answered with (a wrong type, a refused command, a script)."""
+    ``transient`` is true for a failure that may pass (a connection refused or timed out, a
+    replica read-only after a failover, Redis loading or busy), false for one Redis would
+    answer the same way again (a wrong password, a refused command, a key of the wrong
+    type)."""
 
-    def __init__(self, message: str, *, url: str, unreachable: bool = False) -> None:
+    def __init__(self, message: str, *, url: str, transient: bool = False) -> None:
         self.url = url
-        self.unreachable = unreachable
+        self.transient = transient
         super().__init__(message)

@@ -288,12 +288,12 @@ def _sharing_id(generation: Generation, generation_id: str) -> Generation:
 
 def _is_transient(error: AimlMusicError) -> bool:
     """A poll failure worth retrying until the deadline (the service may come back). A
-    shared Redis out of reach held the poll back unsent: retrying cannot exceed the limit
-    (one that answered with an error would answer the same again)."""
+    shared Redis whose failure may pass held the poll back unsent: retrying cannot exceed
+    the limit (one that refused for good would refuse the same again)."""
     if isinstance(error, ServerError | APIConnectionError):
         return True
     if isinstance(error, SharedStateError):
-        return error.unreachable
+        return error.transient
     return isinstance(error, APIStatusError) and error.status_code in (408, 409, 425)
 
 

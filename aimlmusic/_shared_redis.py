@@ -248,7 +248,7 @@ class SharedStore:
             f"the shared Redis at {self.redacted_url} failed ({detail}); nothing is sent "
             "around it (unshared, the account's limits could be exceeded)",
             url=self.redacted_url,
-            unreachable=isinstance(exc, redis.ConnectionError | redis.TimeoutError),
+            transient=_may_pass(exc),
         )
 
     def close(self) -> None:
@@ -270,3 +270,25 @@ class SharedStore:
 
     def __repr__(self) -> str:
         return f"SharedStore({self.redacted_url!r}, namespace={self.namespace!r})"
+
+
+def _may_pass(exc: Exception) -> bool:
+    """Whether a Redis failure may pass if the request is made again later: the connection
+    (but not a refused password or permission, which redis-py counts as connection errors
+    too) or a state Redis leaves (a replica made read-only by a failover, loading, busy
+    with a script, out of memory, a cluster re-sharding)."""
+    from redis import exceptions as failed
+
+    if isinstance(exc, failed.AuthenticationError | failed.AuthorizationError):
+        return False
+    if isinstance(
+        exc,
+        failed.ConnectionError
+        | failed.TimeoutError
+        | failed.ReadOnlyError
+        | failed.TryAgainError
+        | failed.ClusterDownError
+        | failed.OutOfMemoryError,
+    ):
+        return True
+    return isinstance(exc, failed.ResponseError) and str(exc).startswith(("BUSY", "LOADING"))

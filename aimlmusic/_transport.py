@@ -390,6 +390,10 @@ class Transport:
                 )
                 continue
             delay = retry_delay(attempt - 1, self.retry, failure.retry_after)
+            if send_by is not None and self.clock.now() + delay > send_by:
+                # No time left to try again: the failure is the answer (a POST backs off
+                # only after an attempt that surely did not arrive: nothing was sent).
+                raise failure.error
             logger.debug(
                 "retrying %s %s in %.3f s (attempt %d of %d failed: %s)",
                 method,
@@ -399,10 +403,6 @@ class Transport:
                 attempts,
                 failure.error,
             )
-            if send_by is not None and self.clock.now() + delay > send_by:
-                # No time left to try again: the failure is the answer (a POST backs off
-                # only after an attempt that surely did not arrive: nothing was sent).
-                raise failure.error
             if observer is not None:
                 observer.on_retry(attempt, failure.error, delay)
             await self.clock.sleep(delay)

@@ -122,25 +122,26 @@ def test_a_worker_restarted_under_its_name_takes_back_its_songs(postgres_url: st
         assert [claim(again) for _ in CATALOG] == claimed
 
 
-def test_a_killed_worker_restarted_under_its_name_waits_out_its_old_leases(
+def test_a_run_under_the_id_of_a_live_one_is_refused_until_it_is_gone(
     postgres_url: str,
 ) -> None:
-    """A worker killed holding songs and restarted at once under the same worker_id counts
-    its old leases as another worker's (so its run does not end) and takes those songs
-    over once the leases run out."""
+    """A worker restarted at once under the id of a run killed holding songs (or of one
+    still running) is refused, saying how long to wait, since the two would renew and
+    release each other's leases; once that run's heartbeat is overdue it starts and takes
+    the songs over."""
     clock = Clock()
     with worker(postgres_url, "fixed", clock) as killed:
         killed.start_run()
         held = [claim(killed), claim(killed)]  # then killed: nothing given back
     with worker(postgres_url, "fixed", clock) as again:
-        again.start_run()
-        rest = [claim(again) for _ in CATALOG[len(held) :]]
-        assert claim(again) is None
-        assert again.others_working() == len(held)
+        with pytest.raises(JournalError, match="another worker id") as refused:
+            again.start_run()
+        assert f"{int(LEASE)} s more" in str(refused.value)
         clock.now += LEASE + 1
-        assert again.others_working() == 0
-        assert [claim(again) for _ in held] == held
-        assert sorted(held + rest) == sorted(r.key for r in CATALOG)
+        again.start_run()
+        claimed = [claim(again) for _ in CATALOG]
+        assert claimed[: len(held)] == held
+        assert sorted(claimed) == sorted(r.key for r in CATALOG)
 
 
 def test_takeover_turns_submitting_into_ambiguous_and_keeps_ids(postgres_url: str) -> None:

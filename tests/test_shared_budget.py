@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import httpx
@@ -207,7 +208,21 @@ async def test_an_unreachable_redis_is_a_clear_error_without_the_password() -> N
     assert "127.0.0.1:1" in message
     assert "s3cret" not in message
     assert caught.value.url == "redis://worker:<redacted>@127.0.0.1:1/0"
+    assert caught.value.transient  # it may come back
     assert requests == []
+
+
+async def test_a_refused_password_is_a_failure_that_will_not_pass(redis_url: str) -> None:
+    """A Redis that refuses the password (redis-py calls that a connection error) fails
+    with a SharedStateError that is not transient: asked again, it refuses again."""
+    parts = urlsplit(redis_url)
+    refused = urlunsplit(parts._replace(netloc=f"nobody:wrong-pass@{parts.hostname}:{parts.port}"))
+    shared = SharedStore(refused, KEY, offload=False)
+    with pytest.raises(SharedStateError) as caught:
+        await shared.run(lambda client: client.ping())
+    shared.close()
+    assert not caught.value.transient
+    assert "wrong-pass" not in str(caught.value)
 
 
 async def test_generate_with_a_timeout_on_an_unreachable_redis_raises_the_error_itself() -> None:
@@ -246,7 +261,7 @@ async def test_a_redis_that_answers_with_an_error_ends_a_wait_rather_than_retryi
         with anyio.fail_after(30), pytest.raises(SharedStateError) as caught:  # real seconds
             await client.wait(generation.id)
         assert clock.now() < 60.0
-    assert not caught.value.unreachable
+    assert not caught.value.transient
     assert caught.value.generation_id == generation.id
 
 

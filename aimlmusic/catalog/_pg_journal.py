@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import secrets
 import socket
@@ -904,18 +905,27 @@ class PgJournal:
         The songs this worker claimed in an earlier run become claimable by it again: "at
         most once per run" is per run, and a worker restarted under the same ``worker_id``
         must pick up what its last run left (songs past their deadline, failed downloads,
-        or everything, if it was killed). Leases an earlier run still holds (it was killed,
-        or, by mistake, it still runs under the same id) are that run's, not this one's:
-        this run waits for them like another worker's, and takes the songs over when they
-        run out."""
+        or everything, if it was killed). Two runs cannot hold songs under one id (they
+        would renew and release each other's leases), so while an earlier run of this id
+        is live (its heartbeat current: it still runs, or was killed less than a lease ago)
+        this one is refused with a :class:`JournalError` saying how long to wait."""
         with self._db.transaction():
+            live = self._db.execute(
+                "SELECT MAX(alive_until) - aimlmusic_now(%(now)s) AS left_s FROM aimlmusic_runs"
+                " WHERE worker = %(me)s AND finished_at IS NULL"
+                " AND alive_until >= aimlmusic_now(%(now)s)",
+                self._params(),
+            ).fetchone()
+            if live is not None and live["left_s"] is not None:
+                raise JournalError(
+                    f"an earlier run of worker {self._worker_id!r} is live: it still runs, or "
+                    f"was killed less than a lease ago (its heartbeat lasts "
+                    f"{math.ceil(live['left_s'])} s more). Start this one under another "
+                    "worker id, or again once that time has passed, when its songs are free"
+                )
             self._db.execute(
                 "UPDATE aimlmusic_songs SET last_claimed_by = NULL WHERE last_claimed_by = %(me)s",
                 self._params(),
-            )
-            self._db.execute(
-                "UPDATE aimlmusic_songs SET owner = %(earlier)s WHERE owner = %(me)s",
-                self._params(earlier=f"{self._worker_id} (an earlier run)"),
             )
             row = self._db.execute(
                 "INSERT INTO aimlmusic_runs (worker, started_at, alive_until)"
