@@ -337,7 +337,8 @@ class AsyncMusicClient:
             raise
         if not taken:
             # Nothing was sent. (A slot taken in Redis as the alarm rang expires by itself.)
-            raise SubmissionTimeoutError(0.0, "one of the account's in-flight slots")
+            assert timeout is not None  # the alarm rings only with a timeout
+            raise SubmissionTimeoutError(timeout, "one of the account's in-flight slots")
         (lease,) = taken
         outcome: Generation | None = None
         error: BaseException | None = None

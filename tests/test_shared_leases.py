@@ -163,17 +163,7 @@ async def test_generate_holds_a_slot_of_the_account(
     song = aimlmusic.SongRequest(
         "A song that waits", LYRICS, aimlmusic.AudioSetting(format="wav", sample_rate=16000)
     )
-    async with (
-        clock,
-        aimlmusic.AsyncMusicClient(
-            TEST_API_KEY,
-            base_url="http://127.0.0.1",
-            transport=httpx.ASGITransport(app=emulator.app),
-            clock=clock,
-            limits=aimlmusic.Limits(max_in_flight=1),
-            shared_url=redis_url,
-        ) as client,
-    ):
+    async with clock, shared_client(emulator, clock, redis_url, 1) as client:
         held = await other.acquire()
         async with anyio.create_task_group() as tg:
             tg.start_soon(client.generate, song)
