@@ -95,6 +95,7 @@ import anyio
 from _bounds import best_share
 from _constants import applied, parse_setting
 from _report import BOUND_FACTOR
+from trio._core._run import _r as trio_scheduling_order
 from trio.testing import MockClock
 from workloads import WORKLOADS, Shift
 from workloads import Workload as Law
@@ -713,6 +714,11 @@ def _lag_share(job: Job) -> float:
 
 def simulate(workload: Workload, policy: PollPolicy, name: str = "policy") -> Figures:
     """Run one strategy on one workload in virtual time and return its figures."""
+    # Trio runs ready tasks in an order it draws at random (so that no code relies on one),
+    # from a generator of its own seeded by the OS: seeded here from the workload, a run's
+    # figures repeat from one process to the next, and a change is compared with the code
+    # before it on the same task orders, not on another draw of them.
+    trio_scheduling_order.seed(workload.seed)
     return anyio.run(
         _run,
         workload,
