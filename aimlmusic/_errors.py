@@ -267,6 +267,20 @@ class SubmissionTimeoutError(AimlMusicError, TimeoutError):
         )
 
 
+class SendingRefused(AimlMusicError):
+    """An ``on_sending`` hook refused a request before its first byte: nothing was sent.
+
+    Internal (not exported): the catalog runner raises it when its journal cannot record a
+    submission as being sent, so that this one POST stays home and no other is cut. Only a
+    transport that reports sending before the first byte (httpcore's trace, over a socket)
+    can be stopped so; one that reports it once answered has already sent the request, and
+    the refusal is dropped there."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"not sent: {reason}")
+
+
 class GenerationTimeoutError(AimlMusicError, TimeoutError):
     """The generation did not finish before its deadline.
 

@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 
 import attrs
 
-from ._errors import AimlMusicError
+from ._errors import AimlMusicError, SendingRefused
 from ._models import Generation, GenerationStatus, SongRequest, SongResult
 
 __all__ = [
@@ -173,7 +173,9 @@ class BatchEvents(Protocol):
 
 
 def emit(hook: object | None, method: str, event: object) -> None:
-    """Call ``hook.<method>(event)`` if the hook has it; log and swallow what it raises."""
+    """Call ``hook.<method>(event)`` if the hook has it; log and swallow what it raises,
+    but for an ``on_sending`` hook's :class:`SendingRefused`, which keeps the request from
+    leaving (the transport stops it before its first byte)."""
     if hook is None:
         return
     handler = getattr(hook, method, None)
@@ -181,7 +183,9 @@ def emit(hook: object | None, method: str, event: object) -> None:
         return
     try:
         outcome = handler(event)
-    except Exception:
+    except Exception as exc:
+        if method == "on_sending" and isinstance(exc, SendingRefused):
+            raise
         logger.exception("event hook %s.%s raised; the batch goes on", type(hook).__name__, method)
         return
     if inspect.iscoroutine(outcome):

@@ -251,12 +251,13 @@ class _Observer:
 
     def on_sending(self) -> None:
         song = self.song
-        song.requests += 1
         at = self.batch.clock.now()
+        # First, for the hook may refuse the request (SendingRefused): then it never left.
+        emit(self.batch.events, "on_sending", RequestSending(self.song.key, self.kind, at))
+        song.requests += 1
         if self.kind == "poll" and self.sent_at is None:
             self.batch.note_lateness(song, at)  # its first attempt: how late the poll left
         self.sent_at = at
-        emit(self.batch.events, "on_sending", RequestSending(self.song.key, self.kind, at))
 
 
 def phases() -> Iterator[float]:

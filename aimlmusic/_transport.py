@@ -61,6 +61,7 @@ from ._errors import (
     RateLimitError,
     RequestValidationError,
     ResponseValidationError,
+    SendingRefused,
     ServerError,
     SubmissionTimeoutError,
 )
@@ -177,9 +178,21 @@ class _SendingNotice:
         self.fired = False
 
     def fire(self) -> None:
+        """The request is about to leave (from the trace, before its first byte): a hook's
+        :class:`SendingRefused` goes up from here and stops it."""
         if not self.fired:
             self.fired = True
             self._callback()
+
+    def fire_after(self) -> None:
+        """The request has left (an answer, or a failure after connecting, shows it; a
+        transport without the trace): a refusal comes too late to stop it and is dropped,
+        since the answer must still reach the caller (the hook knows it refused, and that
+        such a transport reports sending only once answered)."""
+        try:
+            self.fire()
+        except SendingRefused as refused:
+            logger.debug("a hook refused a request that had already left: %s", refused.reason)
 
     async def trace(self, name: str, info: dict[str, Any]) -> None:
         if name in _SENDING_EVENTS:
@@ -459,10 +472,10 @@ class Transport:
             failure = self._transport_failure(exc, method, url)
             request_logger.debug("%s %s failed: %s", method, url, failure.error)
             if notice is not None and failure.kind != "never_sent":
-                notice.fire()  # it may have left, traced or not
+                notice.fire_after()  # it may have left, traced or not
             return failure
         if notice is not None:
-            notice.fire()  # answered, so it left (transports without httpcore's trace)
+            notice.fire_after()  # answered, so it left (transports without httpcore's trace)
         try:
             outcome = await self._read(response, method, url)
         finally:

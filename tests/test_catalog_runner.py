@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from _catalog_support import LYRICS, client_for, manifest, write_catalog
 
@@ -26,7 +28,7 @@ from aimlmusic.catalog import (
     run_catalog,
 )
 from aimlmusic.catalog._journal import Journal
-from aimlmusic.catalog._pg_journal import PgJournal
+from aimlmusic.catalog._pg_journal import LeaseLost, PgJournal
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Faults, serving
 
 pytestmark = pytest.mark.anyio
@@ -181,6 +183,105 @@ async def test_a_journal_that_cannot_record_a_sending_stops_the_run_unpaid(
             summary = await run_catalog(client, catalog, out, journal_url=journal_url)
     assert summary.all_done
     assert_all_downloaded_once(out, 4, emulator)
+
+
+class _HeldAnswers(httpx.AsyncBaseTransport):
+    """A real socket whose POST answers reach the client only once ``release`` is set: the
+    POSTs sent before it are on their way, unanswered, when it is set."""
+
+    def __init__(self, release: anyio.Event) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._release = release
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        if request.method == "POST":
+            await self._release.wait()
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (JournalError("the journal's database went away"), "journal"),
+        (LeaseLost("song-01: another worker took it over"), "lease"),
+    ],
+    ids=["journal", "lease"],
+)
+async def test_a_journal_failing_at_one_sending_leaves_other_posts_on_their_way(
+    tmp_path: Path,
+    journal_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: JournalError,
+    reason: str,
+) -> None:
+    """A journal failing to record the second POST (or finding its song taken over) keeps
+    that one home and lets the first, already sent and unanswered, finish with its id
+    recorded: nothing ambiguous, nothing paid twice by the rerun."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 4)
+    out = tmp_path / "out"
+    release = anyio.Event()
+    recorded: list[str] = []
+    for journal in (Journal, PgJournal):
+
+        def failing(self: Any, key: str, original: Any = journal.mark_submitting) -> None:
+            if len(recorded) == 1 and not release.is_set():
+                release.set()  # the first POST's answer may come now, after this failure
+                raise failure
+            original(self, key)
+            recorded.append(key)
+
+        monkeypatch.setattr(journal, "mark_submitting", failing)
+    with serving(emulator) as base_url:
+        async with aimlmusic.AsyncMusicClient(
+            TEST_API_KEY, base_url=base_url, clock=emulator.clock, transport=_HeldAnswers(release)
+        ) as client:
+            with pytest.raises(_runner.RunStopped) as stopped:
+                await run_catalog(client, catalog, out, journal_url=journal_url, max_in_flight=4)
+        assert stopped.value.reason == reason
+        middle = read_summary(out, journal_url=journal_url)
+        assert not middle.ambiguous, middle.ambiguous
+        assert middle.counts[SongState.PENDING] == 3, middle.counts
+        assert emulator.stats().jobs_submitted == 1
+        (first,) = recorded
+        assert [r["key"] for r in manifest(out) if r.get("generation_id")] == [first]
+        async with aimlmusic.AsyncMusicClient(
+            TEST_API_KEY, base_url=base_url, clock=emulator.clock
+        ) as client:
+            summary = await run_catalog(client, catalog, out, journal_url=journal_url)
+    assert summary.all_done
+    assert_all_downloaded_once(out, 4, emulator)
+
+
+async def test_a_journal_failing_as_a_result_comes_stops_the_run_with_the_id_logged(
+    tmp_path: Path,
+    journal_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A journal that fails as a finished song's result is recorded stops the run (reason
+    "journal", not a crash) and logs that song's generation id with an --adopt hint."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 2)
+    out = tmp_path / "out"
+    for journal in (Journal, PgJournal):
+
+        def failing(self: Any, key: str, *args: Any, **kwargs: Any) -> None:
+            raise JournalError("the journal's database went away")
+
+        monkeypatch.setattr(journal, "mark_completed", failing)
+    with caplog.at_level(logging.ERROR, logger="aimlmusic"):
+        async with client_for(emulator) as client:
+            with pytest.raises(_runner.RunStopped) as stopped:
+                await run_catalog(client, catalog, out, journal_url=journal_url, max_in_flight=1)
+    assert stopped.value.reason == "journal"
+    (generation_id,) = emulator.jobs
+    assert f"--adopt song-00={generation_id}" in caplog.text
+    assert f"--adopt song-00={generation_id}" in str(stopped.value)
 
 
 async def test_failed_generations_are_resubmitted_only_when_asked(

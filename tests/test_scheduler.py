@@ -51,6 +51,7 @@ from aimlmusic import (
     PollState,
     RateLimitError,
     RequestRetried,
+    RequestSending,
     RequestThrottled,
     RequestValidationError,
     ResponseValidationError,
@@ -65,6 +66,7 @@ from aimlmusic import (
     _scheduler,
 )
 from aimlmusic._config import RetryPolicy
+from aimlmusic._errors import SendingRefused
 from aimlmusic._polling import PlansWithinBudget
 from aimlmusic._ratelimit import RequestBudget
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, JobRecord, Uniform
@@ -94,7 +96,9 @@ class FakeAPI:
     a 502), ``garbled`` (every poll answer is unreadable), ``gone`` (every poll is a 404),
     ``throttled`` (the submission meets one 429 first), ``queued`` (waits 20 s in the queue),
     ``paused`` (the first poll meets a 429 whose Retry-After pauses the budget for
-    ``PAUSE`` s), ``late429`` (every poll from ``LATE_429_AT`` s on meets a 429).
+    ``PAUSE`` s), ``late429`` (every poll from ``LATE_429_AT`` s on meets a 429),
+    ``reports`` (the submission tells the observer it is sending, as a socket's trace does,
+    and is not sent if that raises).
     """
 
     def __init__(self, clock: Clock, budget: RequestBudget | None = None) -> None:
@@ -127,6 +131,8 @@ class FakeAPI:
             flags = request.prompt.split()
             if "throttled" in flags and observer is not None:
                 observer.on_throttled(None)
+            if "reports" in flags and observer is not None:
+                observer.on_sending()
             await self._enter("submit", request.prompt)
             if "reject" in flags:
                 raise BadRequestError("Body validation error!", status_code=400)
@@ -1047,6 +1053,28 @@ async def test_a_hook_that_raises_is_logged_and_ignored(
     assert all(r.ok for r in results)
     assert "progress bar crashed" in caplog.text
     assert "coroutine function" in caplog.text
+
+
+async def test_a_sending_hook_may_keep_one_submission_home(
+    api: FakeAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An on_sending hook raising SendingRefused ends that song unsent, without an id; any
+    other exception from it is logged and the request goes."""
+
+    class Gate(BatchEvents):
+        def on_sending(self, event: RequestSending) -> None:
+            if event.key == "kept":
+                raise SendingRefused("the journal cannot record it")
+            raise RuntimeError("progress bar crashed")
+
+    songs = [("kept", song("kept", 3, "reports")), ("sent", song("sent", 3, "reports"))]
+    with caplog.at_level(logging.ERROR, logger="aimlmusic"):
+        results = {r.key: r for r in await collect(api, songs, events=Gate())}
+    assert isinstance(results["kept"].error, SendingRefused)
+    assert results["kept"].generation_id is None
+    assert results["sent"].ok
+    assert (api.submissions("kept"), api.submissions("sent")) == (0, 1)
+    assert "progress bar crashed" in caplog.text
 
 
 # --------------------------------------------------------------------------- budget and scale

@@ -7,6 +7,7 @@ import email.utils
 import json
 import time
 import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 import httpx
@@ -44,6 +45,7 @@ from aimlmusic import (
     Timeout,
     _transport,
 )
+from aimlmusic._errors import SendingRefused
 from aimlmusic._ratelimit import RequestBudget, RequestKind
 from aimlmusic._transport import Transport
 
@@ -683,26 +685,91 @@ def real_transport(port: int, clock: RecordingClock, attempts: int = 3) -> Trans
     )
 
 
-async def test_real_socket_dropped_after_sending_post_is_ambiguous_and_get_is_retried() -> None:
-    """Over a real socket, a hang-up after the request: POST sent once, GET retried."""
-    server = CountingServer()
+@contextlib.asynccontextmanager
+async def served_transport(
+    handle: Callable[[SocketStream], Awaitable[None]], clock: RecordingClock
+) -> AsyncIterator[Transport]:
+    """A Transport talking over a real socket to a TCP server on 127.0.0.1 run by ``handle``
+    (one call per connection), closed with the server."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(SocketAttribute.local_port)
-    clock = RecordingClock()
     async with listener, anyio.create_task_group() as group:
-        group.start_soon(listener.serve, server.handle)
+        group.start_soon(listener.serve, handle)
         transport = real_transport(port, clock)
         try:
-            with anyio.fail_after(10):
-                with pytest.raises(AmbiguousSubmissionError):
-                    await transport.submit(song())
-                assert server.connections == 1
-                with pytest.raises(APIConnectionError):
-                    await transport.get(GEN_ID)
-                assert server.connections == 1 + 3
+            yield transport
         finally:
             await transport.aclose()
             group.cancel_scope.cancel()
+
+
+async def test_real_socket_dropped_after_sending_post_is_ambiguous_and_get_is_retried() -> None:
+    """Over a real socket, a hang-up after the request: POST sent once, GET retried."""
+    server = CountingServer()
+    async with served_transport(server.handle, RecordingClock()) as transport:
+        with anyio.fail_after(10):
+            with pytest.raises(AmbiguousSubmissionError):
+                await transport.submit(song())
+            assert server.connections == 1
+            with pytest.raises(APIConnectionError):
+                await transport.get(GEN_ID)
+            assert server.connections == 1 + 3
+
+
+class _RefusingObserver(RecordingObserver):
+    """An observer whose ``on_sending`` refuses every request, counting the refusals."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = 0
+
+    def on_sending(self) -> None:
+        self.refused += 1
+        raise SendingRefused("the journal cannot record it")
+
+
+class _ByteCountingServer:
+    """A TCP server on 127.0.0.1 that counts the bytes it receives until the client hangs
+    up (then ``closed`` is set), and never answers."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.closed = anyio.Event()
+
+    async def handle(self, stream: SocketStream) -> None:
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    self.received += len(await stream.receive(65536))
+        self.closed.set()
+
+
+async def test_a_sending_hook_refusal_keeps_the_post_off_a_real_socket() -> None:
+    """Over a real socket, an on_sending hook raising SendingRefused stops the POST before
+    its first byte: the server receives nothing, and the refusal is raised, not retried."""
+    server = _ByteCountingServer()
+    clock = RecordingClock()
+    observer = _RefusingObserver()
+    async with served_transport(server.handle, clock) as transport:
+        with anyio.fail_after(10):
+            with pytest.raises(SendingRefused):
+                await transport.submit(song(), observer=observer)
+            await transport.aclose()
+            await server.closed.wait()  # the connection is closed: all it got is read
+    assert observer.refused == 1
+    assert server.received == 0
+    assert clock.sleeps == []
+
+
+async def test_a_sending_hook_refusal_after_an_in_process_answer_is_dropped() -> None:
+    """An in-process transport reports sending only once answered: a refusal then comes
+    too late to keep the POST home, and the answer still reaches the caller."""
+    api = ScriptedAPI(ok())
+    observer = _RefusingObserver()
+    generation = await make_transport(api).submit(song(), observer=observer)
+    assert generation.id == GEN_ID
+    assert observer.refused == 1
+    assert api.methods() == ["POST"]
 
 
 async def test_real_refused_connection_post_is_retried_then_connection_error() -> None:

@@ -31,6 +31,7 @@ writes the whole manifest from the journal.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -57,6 +58,7 @@ from .._errors import (
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
+    SendingRefused,
     ServerError,
 )
 from .._events import (
@@ -523,6 +525,9 @@ class _Run:
         self.handed: dict[str, SongState] = {}
         #: (key, kind) of requests whose current attempt left (cleared when it fails).
         self._left: set[tuple[str, str]] = set()
+        #: Songs whose POST this run recorded as ``submitting`` and has not seen end (its
+        #: answer, or its failure): cut, such a POST would be ambiguous.
+        self._posting: set[str] = set()
         #: Requests in a row that never reached the API.
         self.connect_failures = 0
         #: Why the run stops early, once decided.
@@ -707,17 +712,29 @@ class _Run:
 
     def _cancel_when_quiet(self) -> None:
         # A submission whose bytes left is let finish: cut, it would be ambiguous.
-        quiet = self.counts[_S.SUBMITTING] == 0
-        if self.stop_reason is not None and quiet and self._work is not None:
+        if self.stop_reason is not None and not self._posting and self._work is not None:
             self._work.cancel()
+
+    def _posted(self, key: str) -> None:
+        """``key``'s POST has ended (answered, or failed): the run may stop without it."""
+        if key in self._posting:
+            self._posting.discard(key)
+            self._cancel_when_quiet()
 
     def record_sending(self, key: str, kind: str) -> None:
         """A request is leaving: the API is reachable; a submission is now ``submitting``,
-        committed before its first byte is written."""
+        committed before its first byte is written.
+
+        Raises :class:`SendingRefused` to keep a submission from leaving (the transport
+        stops it before its first byte): once the run is stopping, and when the journal
+        cannot record it. That POST alone stays home; those already on their way finish
+        and have their ids recorded before the run stops."""
         if self._work is not None and self._work.cancel_called:
             # The run is stopping: this request is cancelled at its next await, before any
             # byte is written (anyio and trio check for cancellation before writing).
             return
+        if kind == "submit" and key in self.handed and self.stop_reason is not None:
+            raise SendingRefused("the run is stopping")
         self._left.add((key, kind))
         self.connect_failures = 0
         if kind != "submit" or key not in self.handed:
@@ -728,27 +745,23 @@ class _Run:
         try:
             self.journal.mark_submitting(key)
         except LeaseLost as exc:
-            # Another worker has the song: this POST must not leave. Cancelling the work now
-            # cancels it before its first byte; this worker stalled longer than a lease, so
-            # it stops (its other songs are given back).
+            # Another worker has the song: this POST must not leave. This worker stalled
+            # longer than a lease, so it stops (its other songs are given back).
             self.stop("lease", f"{exc}; this worker stalled longer than a lease and stops", exc)
-            if self._work is not None:
-                self._work.cancel()
-            return
+            raise SendingRefused(f"song {key!r} is another worker's now") from exc
         except Exception as exc:  # whatever failed (a full disk, the database gone, a bug)
             # Unrecorded, a POST that leaves could have its id lost and the song paid for
-            # again by the next run: it is cancelled before its first byte, and the run stops.
+            # again by the next run: it stays home, and the run stops.
             self.stop(
                 "journal",
                 f"cannot record song {key!r} as being sent in the journal ({exc}); its "
-                "request was cancelled before it left, and the song is still pending (an "
-                "in-process transport, which reports sending only once answered, had sent "
-                "it: then its generation id is logged with an --adopt hint)",
+                "request was not sent, and the song is still pending (an in-process "
+                "transport, which reports sending only once answered, had sent it: then its "
+                "generation id is logged with an --adopt hint)",
                 exc,
             )
-            if self._work is not None:
-                self._work.cancel()
-            return
+            raise SendingRefused(f"the journal cannot record song {key!r} as being sent") from exc
+        self._posting.add(key)
         self._moved(entry, entry.state, _S.SUBMITTING)
 
     def note_failed_attempt(self, key: str, kind: str, error: AimlMusicError) -> None:
@@ -935,13 +948,39 @@ class _Run:
                     self._result(result, work)
                 except LeaseLost as exc:
                     self._taken_over(exc)
+                except (JournalError, sqlite3.Error) as exc:  # its database gone, its disk full
+                    self._result_unrecorded(result, exc)
 
     def record_submitted(self, key: str, generation_id: str) -> None:
         """Commit a generation id the moment its POST returns."""
+        try:
+            self._commit_id(key, generation_id)
+        except Exception as exc:  # the journal cannot be read (its database is gone)
+            # The song is paid for: its id must reach the user, whatever else fails.
+            logger.error(  # noqa: TRY400 - one line for the user, not a traceback
+                "could not record generation id %s of song %r in the journal (%s); adopt it "
+                "with --adopt %s=%s",
+                generation_id,
+                key,
+                exc,
+                key,
+                generation_id,
+            )
+            self.stop(
+                "journal",
+                f"cannot use the journal ({exc}); song {key!r} was submitted as generation "
+                f"{generation_id}: adopt it with --adopt {key}={generation_id}",
+                exc,
+            )
+        finally:
+            self._posted(key)  # answered: no longer on its way
+
+    def _commit_id(self, key: str, generation_id: str) -> None:
         entry = self.journal.entry(key)
         if entry is not None and entry.state is not _S.SUBMITTING and key in self.handed:
             # The sending event did not come (a transport that reports none): it left.
-            self.record_sending(key, "submit")
+            with contextlib.suppress(SendingRefused):  # too late: answered, id logged below
+                self.record_sending(key, "submit")
             entry = self.journal.entry(key)
         if entry is None or entry.state is not _S.SUBMITTING:
             if key in self.handed:
@@ -1006,10 +1045,47 @@ class _Run:
         self._stuck(entry, entry.state, error)
         self._stop_if_refused(error)
 
+    def _result_unrecorded(self, result: SongResult, error: Exception) -> None:
+        """The journal failed as a song's result came: the run stops, and the generation id,
+        if there is one, is logged with an --adopt hint (the song may be paid for)."""
+        generation = result.generation
+        adopt = ""
+        if generation is not None:
+            adopt = f": adopt it with --adopt {result.key}={generation.id}"
+            logger.error(
+                "could not record song %r (generation %s) in the journal (%s)%s",
+                result.key,
+                generation.id,
+                error,
+                adopt,
+            )
+        self.stop(
+            "journal",
+            f"cannot use the journal ({error}) for the result of song {result.key!r}{adopt}",
+            error,
+        )
+        self._posted(result.key)
+
     def _not_submitted(self, entry: JournalEntry, error: AimlMusicError) -> None:
         """A song's submission ended without a generation id."""
         key = entry.key
         self._left.discard((key, "submit"))
+        try:
+            self._not_sent(entry, error)
+        finally:
+            self._posted(key)
+
+    def _not_sent(self, entry: JournalEntry, error: AimlMusicError) -> None:
+        key = entry.key
+        if isinstance(error, SendingRefused):
+            # Kept home by ``record_sending``: the run is stopping. A song it had recorded
+            # as submitting was being sent again (after a 429, or an attempt that never
+            # arrived): nothing of it was accepted, so it is pending again. Any other is as
+            # it was, and the journal (which may be what failed) is not written.
+            if entry.state is _S.SUBMITTING:
+                self.journal.mark_pending(key, error)
+                self._moved(entry, _S.SUBMITTING, _S.PENDING, str(error))
+            return
         if entry.state is not _S.SUBMITTING:
             # Its POST never left: the song is exactly as before, safe to send again.
             if isinstance(error, APIConnectionError):
