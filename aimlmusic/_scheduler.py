@@ -378,6 +378,11 @@ class _Batch:
         # server sees is the policy's, not the policy's plus this.
         self._lateness: deque[float] = deque(maxlen=LATENESS_SAMPLES)
         self._typical_lateness = 0.0
+        #: Since when polls have failed for a transient reason with none answered (None:
+        #: they are answered), and how many: an outage (the API's 5xx, a Redis out of reach)
+        #: is logged once as it begins and once as it ends, however many songs it holds.
+        self._polls_failing_since: float | None = None
+        self._failed_polls = 0
 
     # ------------------------------------------------------------------ running
 
@@ -906,6 +911,13 @@ class _Batch:
         # that reports nothing leaves the dispatch time.)
         sent = observer.sent_at if observer.sent_at is not None else dispatched
         song.transient_failures = song.suspect_polls = 0
+        if self._polls_failing_since is not None:
+            logger.info(
+                "polls are answered again, after %d failed over %.0f s",
+                self._failed_polls,
+                now - self._polls_failing_since,
+            )
+            self._polls_failing_since, self._failed_polls = None, 0
         self._record(song, generation, sent, now)
         self._replan(now)
         if generation.is_finished:
@@ -943,6 +955,14 @@ class _Batch:
             return
         delay = max(backoff_delay(song.transient_failures, self.retry), planned)
         song.transient_failures += 1
+        self._failed_polls += 1
+        if self._polls_failing_since is None:
+            self._polls_failing_since = now
+            logger.warning(
+                "polls are failing (%s); every song is polled again, backing off, until "
+                "they are answered",
+                error,
+            )
         logger.debug("poll of %s failed (%s); again in %.1f s", song.key, error, delay)
         song.retries += 1
         self.emit_retried(song, "poll", song.transient_failures, error, delay)

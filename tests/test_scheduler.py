@@ -304,6 +304,20 @@ async def test_one_songs_failure_never_touches_the_others(api: FakeAPI) -> None:
     assert results["gone"].polls == 3  # a few tries: a new job may take a moment to appear
 
 
+async def test_an_outage_of_polls_is_logged_once_as_it_begins_and_once_as_it_ends(
+    api: FakeAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Polls failing for a transient reason log one WARNING as the failures begin and one
+    INFO with their count once a poll is answered again."""
+    with caplog.at_level(logging.INFO, logger="aimlmusic"):
+        (result,) = await collect(api, [song("a", 3, "flaky")])
+    assert result.ok
+    records = [(r.levelname, r.getMessage()) for r in caplog.records if "polls are" in r.message]
+    assert [level for level, _ in records] == ["WARNING", "INFO"]
+    assert "bad gateway" in records[0][1]
+    assert "after 2 failed" in records[1][1]
+
+
 async def test_a_transient_poll_failure_is_retried_not_fatal(api: FakeAPI) -> None:
     """Two 502s on polls are ridden out: the song completes, with its retries counted."""
     (result,) = await collect(api, [("f", song("f", 3, "flaky"))])
