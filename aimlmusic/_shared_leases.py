@@ -13,6 +13,7 @@ ones by the client's time scale, as in the shared budget.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -133,7 +134,16 @@ class SharedLeases:
         while True:
             now, scale = self._now_and_scale()
             args: list[Any] = [now, repr(scale), self.max_in_flight, lease, repr(LEASE_LENGTH)]
-            answer = await self.store.run_script(self._take, self._keys, args)
+            try:
+                answer = await self.store.run_script(self._take, self._keys, args)
+            except anyio.get_cancelled_exc_class():
+                # Cut while the take ran (a caller's timeout, a cancelled batch): Redis may
+                # have taken the slot, and untracked it would be neither renewed nor given
+                # back. Removing a lease never taken changes nothing; a Redis out of reach
+                # lets it expire (the cut, not the lost Redis, is what the caller hears).
+                with anyio.CancelScope(shield=True), contextlib.suppress(SharedStateError):
+                    await self.release(lease)
+                raise
             if int(answer[0]):
                 self._held.add(lease)
                 return lease

@@ -302,3 +302,28 @@ async def test_generate_cancelled_as_it_takes_its_slot_gives_the_slot_back(
         assert slots.held == 0
         assert slots.store.redis.zcard(slots.store.key("leases")) == 0
     assert emulator.stats().requests.get("submit", 0) == 0
+
+
+async def test_a_take_cut_while_its_script_runs_gives_the_slot_back(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """acquire() cancelled after Redis ran the take but before its answer was read gives
+    that slot back: untracked, nothing would renew or release it, and it would keep one of
+    the account's slots until its lease ran out."""
+    clock = VirtualClock()
+    holder = leases(1, clock, redis_url, redis_prefix)
+    run_script = holder.store.run_script
+    async with clock:
+        with anyio.CancelScope() as scope:
+
+            async def taken_then_cut(*args: object) -> object:
+                answer = await run_script(*args)  # type: ignore[arg-type]
+                scope.cancel()
+                await anyio.lowlevel.checkpoint()  # the cut lands before the answer is read
+                return answer
+
+            monkeypatch.setattr(holder.store, "run_script", taken_then_cut)
+            await holder.acquire()
+    assert scope.cancelled_caught
+    assert holder.held == 0
+    assert holder.store.redis.zcard(holder.store.key("leases")) == 0
