@@ -21,7 +21,6 @@ from ._config import Limits, RetryPolicy, SizeLimits, Timeout
 from ._download import Downloader
 from ._emulator_time import TimeScaleProbe, follow_emulator_time
 from ._errors import (
-    AimlMusicError,
     ConfigurationError,
     DownloadError,
     GenerationFailedError,
@@ -35,7 +34,7 @@ from ._polling import PollPolicy, default_policy
 from ._ratelimit import Budget, RequestBudget
 from ._redact import install_httpx_log_filter, key_fingerprint
 from ._shared_budget import SharedBudget
-from ._shared_leases import SharedLeases
+from ._shared_leases import SharedLeases, give_back
 from ._shared_redis import SharedStore
 from ._shared_timing import SharedTiming, SharesEstimate
 from ._telemetry import telemetry_if_configured
@@ -333,10 +332,11 @@ class AsyncMusicClient:
             # Cancelled (or failed) after the slot was taken: give it back, or it would be
             # renewed with the client's other slots for as long as the client runs.
             for lease in taken:
-                await self._give_back(leases, lease)
+                await give_back(leases, lease)
             raise
         if not taken:
-            # Nothing was sent. (A slot taken in Redis as the alarm rang expires by itself.)
+            # Nothing was sent. (A slot taken in Redis as the alarm rang is given back by
+            # acquire itself.)
             assert timeout is not None  # the alarm rings only with a timeout
             raise SubmissionTimeoutError(timeout, "one of the account's in-flight slots")
         (lease,) = taken
@@ -351,22 +351,11 @@ class AsyncMusicClient:
                     error = exc  # raised below as itself, not in an ExceptionGroup
                 task_group.cancel_scope.cancel()
         finally:
-            await self._give_back(leases, lease)
+            await give_back(leases, lease)
         if error is not None:
             raise error
         assert outcome is not None
         return outcome
-
-    @staticmethod
-    async def _give_back(leases: SharedLeases, lease: str) -> None:
-        """Give ``lease`` back, shielded from the caller's cancel scopes; when Redis fails
-        (or a second native cancel interrupts it), the lease is no longer renewed and
-        expires: the song's outcome stands either way."""
-        with anyio.CancelScope(shield=True):
-            try:
-                await leases.release(lease)
-            except AimlMusicError as exc:
-                logger.warning("could not give a shared in-flight slot back: %s", exc)
 
     async def _generate(
         self,

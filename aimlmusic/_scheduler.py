@@ -84,6 +84,7 @@ from ._pacing import SubmissionPace
 from ._polling import PlansWithinBudget, PollPolicy, PollState, is_waiting
 from ._ratelimit import Budget
 from ._retry import backoff_delay
+from ._shared_leases import give_back
 
 __all__ = ["InFlightLeases", "SongSource", "follow", "generate_many", "phases"]
 
@@ -425,12 +426,7 @@ class _Batch:
         if lease in self._leases_held:
             self._leases_held.discard(lease)
             assert self.leases is not None
-            with anyio.CancelScope(shield=True):  # a slot is never kept by a cancellation
-                try:
-                    await self.leases.release(lease)
-                except AimlMusicError as exc:
-                    # Not given back: the lease expires instead; the song's result stands.
-                    logger.warning("could not give a shared in-flight slot back: %s", exc)
+            await give_back(self.leases, lease)
 
     async def _give_back_all(self) -> None:
         assert self.leases is not None

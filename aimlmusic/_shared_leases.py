@@ -17,15 +17,15 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
 from ._clock import Clock
-from ._errors import SharedStateError
+from ._errors import AimlMusicError, SharedStateError
 from ._shared_redis import LUA_NOW, SharedStore
 
-__all__ = ["LEASE_LENGTH", "RENEW_EVERY", "SharedLeases"]
+__all__ = ["LEASE_LENGTH", "RENEW_EVERY", "SharedLeases", "give_back"]
 
 logger = logging.getLogger("aimlmusic")
 
@@ -194,3 +194,18 @@ class SharedLeases:
             f"SharedLeases(max_in_flight={self.max_in_flight}, held={len(self._held)}, "
             f"store={self.store!r})"
         )
+
+
+class _Releasing(Protocol):
+    async def release(self, lease: str) -> None: ...
+
+
+async def give_back(leases: _Releasing, lease: str) -> None:
+    """Give ``lease`` back, shielded from the caller's cancel scopes (a slot is never kept by
+    a cancellation). When Redis fails (or a second native cancel interrupts it), the lease is
+    no longer renewed and expires: logged, not raised, for the song's outcome stands."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await leases.release(lease)
+        except AimlMusicError as exc:
+            logger.warning("could not give a shared in-flight slot back: %s", exc)
