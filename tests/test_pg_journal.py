@@ -144,6 +144,47 @@ def test_a_run_under_the_id_of_a_live_one_is_refused_until_it_is_gone(
         assert sorted(claimed) == sorted(r.key for r in CATALOG)
 
 
+def test_a_run_starting_while_another_worker_sets_up_the_schema_waits_its_turn(
+    postgres_url: str,
+) -> None:
+    """A worker starting its run while another opens the journal (whose schema script holds
+    the songs table and then wants the runs table) waits for it, rather than deadlocking
+    with it (PostgreSQL's "deadlock detected" failed one of three workers started at once)."""
+    clock = Clock()
+    errors: list[Exception] = []
+    with worker(postgres_url, "starting", clock) as starting:
+        pid = starting._db.info.backend_pid
+
+        def start() -> None:
+            try:
+                starting.start_run()
+            except Exception as exc:  # noqa: BLE001 - any failure is the test's finding
+                errors.append(exc)
+
+        with psycopg.connect(postgres_url, autocommit=True) as opening, opening.transaction():
+            # What the schema script does, as far as locks go, under the schema's lock.
+            opening.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.aimlmusic'))"
+            )
+            opening.execute("ALTER TABLE aimlmusic_songs ADD COLUMN IF NOT EXISTS account TEXT")
+            thread = threading.Thread(target=start)
+            thread.start()
+            with psycopg.connect(postgres_url, autocommit=True) as watcher:
+                for _ in range(1000):  # until start_run waits for a lock (10 s at most)
+                    waiting = watcher.execute(
+                        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+                    ).fetchone()
+                    if waiting is not None and waiting[0] == "Lock":
+                        break
+                    time.sleep(0.01)
+            opening.execute(
+                "ALTER TABLE aimlmusic_runs ADD COLUMN IF NOT EXISTS alive_until DOUBLE PRECISION"
+            )
+        thread.join(10)
+    assert not thread.is_alive()
+    assert errors == []
+
+
 def test_takeover_turns_submitting_into_ambiguous_and_keeps_ids(postgres_url: str) -> None:
     """A dead worker's submitted song is claimed with its id; its submitting one is ambiguous
     and not claimable unless resubmitting is asked for."""

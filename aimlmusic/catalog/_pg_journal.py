@@ -910,6 +910,10 @@ class PgJournal:
         is live (its heartbeat current: it still runs, or was killed less than a lease ago)
         this one is refused with a :class:`JournalError` saying how long to wait."""
         with self._db.transaction():
+            # The schema's lock first: a worker opening the journal meanwhile runs the schema
+            # script under it, which locks the songs table, then the runs one; this reads
+            # runs, then writes songs, and the two orders together deadlock.
+            self._lock()
             live = self._db.execute(
                 "SELECT MAX(alive_until) - aimlmusic_now(%(now)s) AS left_s FROM aimlmusic_runs"
                 " WHERE worker = %(me)s AND finished_at IS NULL"
