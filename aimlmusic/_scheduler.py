@@ -102,6 +102,9 @@ MAX_RESULT_BUFFER = 32
 #: Consecutive 404s / unreadable responses after which a song is given up. A job can take
 #: a moment to become visible after it is created, and a body can be garbled once.
 MAX_CONSECUTIVE_SUSPECT_POLLS = 3
+#: One song's polls failing this many times in a row for a transient reason, each after the
+#: transport's own retries, is an outage worth a WARNING; once is a blip, logged at DEBUG.
+OUTAGE_POLLS = 2
 #: When the budget is busy, due polls wait here and the likeliest to find its song done goes
 #: first; this many of the longest-waiting are compared each time (bounded work).
 URGENCY_CANDIDATES = 64
@@ -379,11 +382,12 @@ class _Batch:
         # server sees is the policy's, not the policy's plus this.
         self._lateness: deque[float] = deque(maxlen=LATENESS_SAMPLES)
         self._typical_lateness = 0.0
-        #: Since when polls have failed for a transient reason with none answered (None:
-        #: they are answered), and how many: an outage (the API's 5xx, a Redis out of reach)
-        #: is logged once as it begins and once as it ends, however many songs it holds.
-        self._polls_failing_since: float | None = None
+        #: Polls failed for a transient reason since one was last answered, and since when
+        #: an outage (a song's ``OUTAGE_POLLS`` failures in a row: the API's 5xx, a Redis
+        #: out of reach) was reported (None: none is): it is logged once as it begins and
+        #: once as it ends, however many songs it holds.
         self._failed_polls = 0
+        self._outage_since: float | None = None
 
     # ------------------------------------------------------------------ running
 
@@ -907,13 +911,14 @@ class _Batch:
         # that reports nothing leaves the dispatch time.)
         sent = observer.sent_at if observer.sent_at is not None else dispatched
         song.transient_failures = song.suspect_polls = 0
-        if self._polls_failing_since is not None:
+        if self._outage_since is not None:
             logger.info(
                 "polls are answered again, after %d failed over %.0f s",
                 self._failed_polls,
-                now - self._polls_failing_since,
+                now - self._outage_since,
             )
-            self._polls_failing_since, self._failed_polls = None, 0
+            self._outage_since = None
+        self._failed_polls = 0
         self._record(song, generation, sent, now)
         self._replan(now)
         if generation.is_finished:
@@ -951,18 +956,24 @@ class _Batch:
             return
         delay = max(backoff_delay(song.transient_failures, self.retry), planned)
         song.transient_failures += 1
-        self._failed_polls += 1
-        if self._polls_failing_since is None:
-            self._polls_failing_since = now
-            logger.warning(
-                "polls are failing (%s); every song is polled again, backing off, until "
-                "they are answered",
-                error,
-            )
+        if not suspect:
+            self._note_failed_poll(song, error, now)
         logger.debug("poll of %s failed (%s); again in %.1f s", song.key, error, delay)
         song.retries += 1
         self.emit_retried(song, "poll", song.transient_failures, error, delay)
         self._schedule(song, now + delay)
+
+    def _note_failed_poll(self, song: _Song, error: AimlMusicError, now: float) -> None:
+        """Count a poll failed for a transient reason; the first song to fail
+        ``OUTAGE_POLLS`` times in a row while none is reported begins an outage."""
+        self._failed_polls += 1
+        if self._outage_since is None and song.transient_failures >= OUTAGE_POLLS:
+            self._outage_since = now
+            logger.warning(
+                "polls are failing (%s); the songs are polled again, backing off, until "
+                "they are answered",
+                error,
+            )
 
     def _record(self, song: _Song, generation: Generation, sent: float, now: float) -> None:
         """Take in what a poll sent at ``sent`` saw: status changes, and what the policy

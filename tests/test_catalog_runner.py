@@ -18,18 +18,21 @@ import pytest
 from _catalog_support import LYRICS, client_for, manifest, write_catalog
 
 import aimlmusic
+from aimlmusic._errors import SendingRefused
 from aimlmusic.catalog import (
     CatalogError,
     CatalogEvent,
     JournalError,
     SongState,
     _runner,
+    load_catalog,
     read_summary,
     run_catalog,
 )
 from aimlmusic.catalog._journal import Journal
 from aimlmusic.catalog._pg_journal import LeaseLost, PgJournal
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Faults, serving
+from aimlmusic.testing import VirtualClock
 
 pytestmark = pytest.mark.anyio
 
@@ -257,14 +260,17 @@ async def test_a_journal_failing_at_one_sending_leaves_other_posts_on_their_way(
     assert_all_downloaded_once(out, 4, emulator)
 
 
-async def test_a_journal_failing_as_a_result_comes_stops_the_run_with_the_id_logged(
+@pytest.mark.parametrize("step", ["mark_completed", "note_download_attempt", "mark_downloaded"])
+async def test_a_journal_failing_as_a_song_goes_on_stops_the_run_with_the_id_logged(
     tmp_path: Path,
     journal_url: str | None,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    step: str,
 ) -> None:
-    """A journal that fails as a finished song's result is recorded stops the run (reason
-    "journal", not a crash) and logs that song's generation id with an --adopt hint."""
+    """A journal that fails as a finished song's result is recorded, or as it is downloaded,
+    stops the run (reason "journal", not a crash) and logs that song's generation id with
+    an --adopt hint: every song paid for is in the journal or in the log."""
     emulator = make_emulator()
     catalog = write_catalog(tmp_path / "songs.jsonl", 2)
     out = tmp_path / "out"
@@ -273,15 +279,79 @@ async def test_a_journal_failing_as_a_result_comes_stops_the_run_with_the_id_log
         def failing(self: Any, key: str, *args: Any, **kwargs: Any) -> None:
             raise JournalError("the journal's database went away")
 
-        monkeypatch.setattr(journal, "mark_completed", failing)
+        monkeypatch.setattr(journal, step, failing)
     with caplog.at_level(logging.ERROR, logger="aimlmusic"):
         async with client_for(emulator) as client:
             with pytest.raises(_runner.RunStopped) as stopped:
                 await run_catalog(client, catalog, out, journal_url=journal_url, max_in_flight=1)
     assert stopped.value.reason == "journal"
-    (generation_id,) = emulator.jobs
-    assert f"--adopt song-00={generation_id}" in caplog.text
-    assert f"--adopt song-00={generation_id}" in str(stopped.value)
+    recorded = {r["generation_id"] for r in manifest(out) if r.get("generation_id")}
+    for generation_id in emulator.jobs:  # every song paid for is in the journal, or logged
+        assert generation_id in recorded or f"={generation_id}" in caplog.text
+    assert "--adopt song-0" in str(stopped.value)
+
+
+async def test_a_run_stopping_while_a_song_waits_to_be_sent_again_ends_with_it_pending(
+    tmp_path: Path,
+) -> None:
+    """A POST answered 429, then an API that cannot be reached: the run stops
+    ("unreachable") without waiting for the song's deadline (none here; it used to retry
+    for ever), and the song is pending again, not left submitting."""
+    answered_429 = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and not answered_429:
+            answered_429.append(request)
+            return httpx.Response(429, headers={"Retry-After": "1"}, json={"message": "slow"})
+        raise httpx.ConnectError("nothing listens there now", request=request)
+
+    clock = VirtualClock()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    out = tmp_path / "out"
+    async with (
+        clock,
+        aimlmusic.AsyncMusicClient(
+            TEST_API_KEY,
+            base_url="http://127.0.0.1",
+            transport=httpx.MockTransport(api),
+            clock=clock,
+            retry=aimlmusic.RetryPolicy(attempts=2, base_delay=0.5, max_delay=2.0),
+        ) as client,
+    ):
+        with anyio.fail_after(60), pytest.raises(_runner.RunStopped) as stopped:
+            await run_catalog(client, catalog, out, journal_url=None, deadline=None)
+    assert stopped.value.reason == "unreachable"
+    assert stopped.value.summary.counts[SongState.PENDING] == 1
+    assert len(answered_429) == 1
+
+
+async def test_a_post_answered_while_the_run_stops_is_recorded_with_its_id(
+    tmp_path: Path,
+) -> None:
+    """A submission answered after the run began to stop, whose sending was reported only
+    with its answer (an in-process transport), is recorded with its id: refusing it then
+    comes too late, and the rerun would pay for it again."""
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    async with client_for(make_emulator()) as client:
+        endpoint = _runner._endpoint(client.base_url)
+        with Journal.in_directory(out, endpoint=endpoint) as journal:
+            journal.sync_catalog(load_catalog(catalog))
+            run = _runner._Run(
+                client, journal, out, max_in_flight=1, deadline=None,
+                resubmit_ambiguous=False, retry_failed=False, tag=False,
+                download_concurrency=1, on_event=None,
+            )  # fmt: skip
+            run.handed["song-00"] = SongState.PENDING
+            run.stop("auth", "the API refused the key", RuntimeError("refused"))
+            with pytest.raises(SendingRefused):
+                run.record_sending("song-00", "submit")  # told once answered: too late
+            run.record_submitted("song-00", "gen-answered-while-stopping")
+            entry = journal.entry("song-00")
+    assert entry is not None
+    assert entry.state is SongState.SUBMITTED
+    assert entry.generation_id == "gen-answered-while-stopping"
 
 
 async def test_failed_generations_are_resubmitted_only_when_asked(

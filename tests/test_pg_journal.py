@@ -158,7 +158,7 @@ def test_a_run_starting_while_another_worker_sets_up_the_schema_waits_its_turn(
         def start() -> None:
             try:
                 starting.start_run()
-            except Exception as exc:  # noqa: BLE001 - any failure is the test's finding
+            except Exception as exc:  # any failure is the test's finding
                 errors.append(exc)
 
         with psycopg.connect(postgres_url, autocommit=True) as opening, opening.transaction():
@@ -183,6 +183,48 @@ def test_a_run_starting_while_another_worker_sets_up_the_schema_waits_its_turn(
         thread.join(10)
     assert not thread.is_alive()
     assert errors == []
+
+
+def test_opening_a_current_journal_locks_no_table(postgres_url: str) -> None:
+    """A worker opens a journal whose schema is current while another worker's transaction
+    holds both tables: its schema script asks the catalog first and locks neither (ALTER
+    TABLE and CREATE INDEX ... IF NOT EXISTS locked them, and waited or deadlocked)."""
+    clock = Clock()
+    worker(postgres_url, "first", clock).close()
+    opened: list[PgJournal] = []
+    with psycopg.connect(postgres_url, autocommit=True) as busy, busy.transaction():
+        busy.execute("UPDATE aimlmusic_songs SET owner = owner WHERE false")
+        busy.execute("UPDATE aimlmusic_runs SET outcome = outcome WHERE false")
+        thread = threading.Thread(target=lambda: opened.append(worker(postgres_url, "b", clock)))
+        thread.start()
+        thread.join(10)
+        alive = thread.is_alive()
+    thread.join(10)
+    for journal in opened:
+        journal.close()
+    assert not alive, "opening the journal waited for another worker's transaction"
+    assert len(opened) == 1
+
+
+def test_opening_an_older_journal_adds_what_it_lacks(postgres_url: str) -> None:
+    """A journal made before songs recorded their account and runs their heartbeat, and
+    without its indexes, gets them when opened."""
+    clock = Clock()
+    worker(postgres_url, "first", clock).close()
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("ALTER TABLE aimlmusic_songs DROP COLUMN account")
+        db.execute("ALTER TABLE aimlmusic_runs DROP COLUMN alive_until")
+        db.execute("DROP INDEX aimlmusic_songs_submitting")
+    worker(postgres_url, "again", clock).close()
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        columns = db.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND column_name IN ('account', 'alive_until')"
+        ).fetchall()
+        index = db.execute("SELECT to_regclass('aimlmusic_songs_submitting')").fetchone()
+    assert sorted(columns) == [("aimlmusic_runs", "alive_until"), ("aimlmusic_songs", "account")]
+    assert index is not None
+    assert index[0] is not None
 
 
 def test_takeover_turns_submitting_into_ambiguous_and_keeps_ids(postgres_url: str) -> None:

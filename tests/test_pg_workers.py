@@ -18,7 +18,8 @@ from _catalog_support import client_for, manifest
 from _catalog_support import write_catalog as write_any_catalog
 
 import aimlmusic
-from aimlmusic.catalog import CatalogEvent, PgJournal, SongState, load_catalog, run_catalog
+from aimlmusic._errors import SendingRefused
+from aimlmusic.catalog import CatalogEvent, PgJournal, SongState, _runner, load_catalog, run_catalog
 from aimlmusic.catalog._runner import _endpoint
 from aimlmusic.catalog._store import PARTIAL_DIR, partial_dir
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig
@@ -367,3 +368,46 @@ async def test_heartbeats_keep_a_live_workers_songs_its_own(
 def write_catalog(path: Path, count: int) -> Path:
     """Numbered songs alternating WAV and MP3."""
     return write_any_catalog(path, count, formats=("wav", "mp3"))
+
+
+@pytest.mark.parametrize("taken_to", ["claimed", "submitting", "submitted"])
+async def test_a_stalled_worker_never_sends_a_song_another_worker_took_over(
+    tmp_path: Path, postgres_url: str, taken_to: str
+) -> None:
+    """A worker that stalled past its lease with a song handed to its scheduler keeps that
+    POST home (and stops, reason "lease") however far the worker that took the song over
+    has gone with it: claimed, being sent, or sent. Sent, it used to go out again."""
+    now = [0.0]
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    async with client_for(make_emulator()) as client:
+        endpoint = _endpoint(client.base_url)
+
+        def journal(name: str) -> PgJournal:
+            return PgJournal(
+                postgres_url,
+                endpoint=endpoint,
+                worker_id=name,
+                lease_seconds=60,
+                now=lambda: now[0],
+            )
+
+        with journal("stalled") as stalled, journal("other") as other:
+            stalled.sync_catalog(load_catalog(catalog))
+            song = stalled.claim(resubmit_ambiguous=False, retry_failed=False)
+            assert song is not None
+            run = _runner._Run(
+                client, stalled, tmp_path / "out", max_in_flight=1, deadline=None,
+                resubmit_ambiguous=False, retry_failed=False, tag=False,
+                download_concurrency=1, on_event=None,
+            )  # fmt: skip
+            run.handed[song.key] = song.state  # handed to the scheduler, not sent yet
+            now[0] = 1000.0  # the worker stalls past its lease; the other takes the song
+            assert other.claim(resubmit_ambiguous=False, retry_failed=False) is not None
+            if taken_to != "claimed":
+                other.mark_submitting(song.key)
+            if taken_to == "submitted":
+                other.mark_submitted(song.key, "the-other-workers-generation")
+            with pytest.raises(SendingRefused):
+                run.record_sending(song.key, "submit")
+            assert run.stop_reason is not None
+            assert run.stop_reason[0] == "lease"

@@ -93,7 +93,8 @@ class FakeAPI:
 
     Flags in a song's prompt: ``fail`` (ends in status error), ``reject`` (400 on submit),
     ``ambiguous`` (the POST may have been accepted), ``flaky`` (the first two polls fail with
-    a 502), ``garbled`` (every poll answer is unreadable), ``gone`` (every poll is a 404),
+    a 502), ``blip`` (the first poll fails with a 502), ``garbled`` (every poll answer is
+    unreadable), ``gone`` (every poll is a 404),
     ``throttled`` (the submission meets one 429 first), ``queued`` (waits 20 s in the queue),
     ``paused`` (the first poll meets a 429 whose Retry-After pauses the budget for
     ``PAUSE`` s), ``late429`` (every poll from ``LATE_429_AT`` s on meets a 429),
@@ -172,7 +173,8 @@ class FakeAPI:
                 raise RateLimitError("Too Many Requests", status_code=429, retry_after=PAUSE)
             if "late429" in flags and self.clock.now() >= LATE_429_AT:
                 raise RateLimitError("Too Many Requests", status_code=429)
-            if "flaky" in flags and self.poll_failures.get(generation_id, 0) < 2:
+            failures = 2 if "flaky" in flags else 1 if "blip" in flags else 0
+            if self.poll_failures.get(generation_id, 0) < failures:
                 self.poll_failures[generation_id] = self.poll_failures.get(generation_id, 0) + 1
                 if observer is not None:
                     observer.on_retry(1, ServerError("bad gateway", status_code=502), 0.1)
@@ -307,9 +309,15 @@ async def test_one_songs_failure_never_touches_the_others(api: FakeAPI) -> None:
 async def test_an_outage_of_polls_is_logged_once_as_it_begins_and_once_as_it_ends(
     api: FakeAPI, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Polls failing for a transient reason log one WARNING as the failures begin and one
-    INFO with their count once a poll is answered again."""
+    """A song's polls failing twice in a row for a transient reason log one WARNING, and
+    one INFO with the count once a poll is answered again; single failures (blips) and
+    404s of jobs not yet visible log nothing above DEBUG."""
     with caplog.at_level(logging.INFO, logger="aimlmusic"):
+        blips = await collect(api, [song(f"b{n}", 3, "blip") for n in range(5)])
+        (gone,) = await collect(api, [song("g", 3, "gone")])
+        assert all(r.ok for r in blips)
+        assert isinstance(gone.error, NotFoundError)
+        assert not [r for r in caplog.records if "polls are" in r.message]
         (result,) = await collect(api, [song("a", 3, "flaky")])
     assert result.ok
     records = [(r.levelname, r.getMessage()) for r in caplog.records if "polls are" in r.message]

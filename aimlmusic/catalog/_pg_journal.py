@@ -127,17 +127,33 @@ CREATE TABLE IF NOT EXISTS aimlmusic_songs (
     account TEXT,
     seq BIGSERIAL
 );
--- Journals made before songs recorded their account.
-ALTER TABLE aimlmusic_songs ADD COLUMN IF NOT EXISTS account TEXT;
-CREATE INDEX IF NOT EXISTS aimlmusic_songs_by_position ON aimlmusic_songs (position);
-CREATE INDEX IF NOT EXISTS aimlmusic_songs_by_owner ON aimlmusic_songs (owner);
--- Claims walk the catalog in order past finished songs: index only the unfinished ones, so a
--- claim stays cheap however much of a huge catalog is done.
-CREATE INDEX IF NOT EXISTS aimlmusic_songs_unfinished ON aimlmusic_songs (position)
-    WHERE state <> 'downloaded';
--- Every claim first looks for songs a dead worker left submitting.
-CREATE INDEX IF NOT EXISTS aimlmusic_songs_submitting ON aimlmusic_songs (key)
-    WHERE state = 'submitting';
+-- ALTER TABLE and CREATE INDEX lock their table even when IF NOT EXISTS finds nothing to
+-- do: every worker that opened the journal locked out the others' claims, and deadlocked
+-- with a transaction holding one table and wanting the other. So the catalog is asked first.
+DO $$ BEGIN
+    -- Journals made before songs recorded their account.
+    IF NOT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'aimlmusic_songs' AND column_name = 'account') THEN
+        ALTER TABLE aimlmusic_songs ADD COLUMN account TEXT;
+    END IF;
+    IF to_regclass('aimlmusic_songs_by_position') IS NULL THEN
+        CREATE INDEX aimlmusic_songs_by_position ON aimlmusic_songs (position);
+    END IF;
+    IF to_regclass('aimlmusic_songs_by_owner') IS NULL THEN
+        CREATE INDEX aimlmusic_songs_by_owner ON aimlmusic_songs (owner);
+    END IF;
+    -- Claims walk the catalog in order past finished songs: index only the unfinished ones,
+    -- so a claim stays cheap however much of a huge catalog is done.
+    IF to_regclass('aimlmusic_songs_unfinished') IS NULL THEN
+        CREATE INDEX aimlmusic_songs_unfinished ON aimlmusic_songs (position)
+            WHERE state <> 'downloaded';
+    END IF;
+    -- Every claim first looks for songs a dead worker left submitting.
+    IF to_regclass('aimlmusic_songs_submitting') IS NULL THEN
+        CREATE INDEX aimlmusic_songs_submitting ON aimlmusic_songs (key)
+            WHERE state = 'submitting';
+    END IF;
+END $$;
 -- The lease clock: the injected time when there is one (tests), else the server's, so hosts
 -- whose clocks disagree still agree on leases.
 CREATE OR REPLACE FUNCTION aimlmusic_now(injected DOUBLE PRECISION) RETURNS DOUBLE PRECISION
@@ -152,7 +168,12 @@ CREATE TABLE IF NOT EXISTS aimlmusic_runs (
 );
 -- A run is live while its heartbeat keeps this ahead of the lease clock (NULL once it ends):
 -- a worker holding no lease for a moment still owns its partial directory.
-ALTER TABLE aimlmusic_runs ADD COLUMN IF NOT EXISTS alive_until DOUBLE PRECISION;
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'aimlmusic_runs' AND column_name = 'alive_until') THEN
+        ALTER TABLE aimlmusic_runs ADD COLUMN alive_until DOUBLE PRECISION;
+    END IF;
+END $$;
 """
 
 #: States a claim may pick whatever the options (the others need one).
@@ -743,15 +764,16 @@ class PgJournal:
             ).fetchone()
             if row is None:
                 raise JournalError(f"no song with key {key!r} in the journal")
-            if SongState(row["state"]) not in (_S.PENDING, _S.FAILED, _S.AMBIGUOUS):
-                raise JournalError(f"song {key!r}: cannot go from {row['state']} to submitting")
             # Still the owner (locked, so nobody can claim it meanwhile): nobody took it over,
-            # even if the lease ran out while this worker stalled; the lease is renewed.
+            # even if the lease ran out while this worker stalled; the lease is renewed. Asked
+            # first: a song taken over may be further on by now (sent, even finished).
             if row["owner"] != self._worker_id:
                 raise LeaseLost(
                     f"song {key!r}: another worker took it over (this worker's lease ran "
                     "out); not submitting it"
                 )
+            if SongState(row["state"]) not in (_S.PENDING, _S.FAILED, _S.AMBIGUOUS):
+                raise JournalError(f"song {key!r}: cannot go from {row['state']} to submitting")
             self._set(
                 key,
                 state=_S.SUBMITTING,

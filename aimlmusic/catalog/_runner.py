@@ -445,6 +445,8 @@ class _SchedulerEvents(BatchEvents):
 
     def on_throttled(self, event: RequestThrottled) -> None:
         self._run.note_throttled()
+        if event.kind == "submit":
+            self._run.attempt_ended(event.key)  # answered (refused): no longer on its way
 
     def on_retried(self, event: RequestRetried) -> None:
         self._run.note_failed_attempt(event.key, event.kind, event.error)
@@ -525,8 +527,12 @@ class _Run:
         self.handed: dict[str, SongState] = {}
         #: (key, kind) of requests whose current attempt left (cleared when it fails).
         self._left: set[tuple[str, str]] = set()
-        #: Songs whose POST this run recorded as ``submitting`` and has not seen end (its
-        #: answer, or its failure): cut, such a POST would be ambiguous.
+        #: Songs this run recorded as ``submitting`` whose submission has not ended (no id,
+        #: no final failure yet): sending one again (after a 429, or an attempt that never
+        #: arrived) needs no new record.
+        self._marked: set[str] = set()
+        #: Those of them whose latest attempt may be on its way (sent, not yet answered or
+        #: failed): cut, such a POST would be ambiguous, so a stopping run waits for them.
         self._posting: set[str] = set()
         #: Requests in a row that never reached the API.
         self.connect_failures = 0
@@ -639,6 +645,7 @@ class _Run:
             outcome = "finished" if self.stop_reason is None else "stopped early"
         finally:
             # Synchronous and quick: runs even while the run is being cancelled.
+            self._unsent_back_to_pending()
             if self.shared is not None:
                 self.shared.release_all()  # other workers need not wait for the leases
             try:
@@ -715,11 +722,28 @@ class _Run:
         if self.stop_reason is not None and not self._posting and self._work is not None:
             self._work.cancel()
 
-    def _posted(self, key: str) -> None:
-        """``key``'s POST has ended (answered, or failed): the run may stop without it."""
+    def attempt_ended(self, key: str) -> None:
+        """``key``'s latest POST attempt has ended (answered, or failed): the run may stop
+        without waiting for it."""
         if key in self._posting:
             self._posting.discard(key)
             self._cancel_when_quiet()
+
+    def _submission_ended(self, key: str) -> None:
+        """``key``'s submission is over (an id, or a final failure): nothing more is sent."""
+        self._marked.discard(key)
+        self.attempt_ended(key)
+
+    def _unsent_back_to_pending(self) -> None:
+        """Songs recorded as ``submitting`` whose latest attempt had ended when the run
+        stopped (answered 429, or never arrived) were not accepted: pending again, not left
+        ``submitting`` (which the next run would take for ambiguous)."""
+        for key in sorted(self._marked - self._posting):
+            try:
+                self.journal.mark_pending(key, "the run stopped before it was sent again")
+            except Exception as exc:  # the journal may be what failed
+                logger.warning("could not record song %r as pending again: %s", key, exc)
+        self._marked.clear()
 
     def record_sending(self, key: str, kind: str) -> None:
         """A request is leaving: the API is reachable; a submission is now ``submitting``,
@@ -739,9 +763,17 @@ class _Run:
         self.connect_failures = 0
         if kind != "submit" or key not in self.handed:
             return
+        if key in self._marked:
+            self._posting.add(key)  # sent again after a 429: recorded as submitting already
+            return
+        self._mark_submitting(key)
+
+    def _mark_submitting(self, key: str) -> None:
+        """Record ``key`` as ``submitting``, or raise :class:`SendingRefused` (and stop the
+        run) when the journal cannot: its database is gone, or the song is another
+        worker's (the journal checks the owner and the state, so a song another worker took
+        over, even one it sent already, is refused here)."""
         entry = self.journal.entry(key)
-        if entry is None or entry.state not in (_S.PENDING, _S.FAILED, _S.AMBIGUOUS):
-            return  # sent again after a 429: already submitting
         try:
             self.journal.mark_submitting(key)
         except LeaseLost as exc:
@@ -761,11 +793,15 @@ class _Run:
                 exc,
             )
             raise SendingRefused(f"the journal cannot record song {key!r} as being sent") from exc
+        self._marked.add(key)
         self._posting.add(key)
-        self._moved(entry, entry.state, _S.SUBMITTING)
+        if entry is not None:
+            self._moved(entry, entry.state, _S.SUBMITTING)
 
     def note_failed_attempt(self, key: str, kind: str, error: AimlMusicError) -> None:
         """One attempt of a request failed; count it when it never reached the API."""
+        if kind == "submit":
+            self.attempt_ended(key)  # retried only after an attempt that never arrived
         if (key, kind) in self._left:
             self._left.discard((key, kind))
             return
@@ -836,6 +872,8 @@ class _Run:
             await self._resume_wait_now(entry, work)
         except LeaseLost as exc:
             self._taken_over(exc)
+        except (JournalError, sqlite3.Error) as exc:  # its database gone, its disk full
+            self._journal_failed(entry.key, entry.generation_id, exc)
 
     async def _resume_wait_now(self, entry: JournalEntry, work: anyio.abc.TaskGroup) -> None:
         assert entry.generation_id is not None
@@ -949,7 +987,9 @@ class _Run:
                 except LeaseLost as exc:
                     self._taken_over(exc)
                 except (JournalError, sqlite3.Error) as exc:  # its database gone, its disk full
-                    self._result_unrecorded(result, exc)
+                    generation_id = result.generation.id if result.generation else None
+                    self._journal_failed(result.key, generation_id, exc)
+                    self._submission_ended(result.key)
 
     def record_submitted(self, key: str, generation_id: str) -> None:
         """Commit a generation id the moment its POST returns."""
@@ -973,14 +1013,21 @@ class _Run:
                 exc,
             )
         finally:
-            self._posted(key)  # answered: no longer on its way
+            self._submission_ended(key)  # answered with an id: nothing more is sent
 
     def _commit_id(self, key: str, generation_id: str) -> None:
         entry = self.journal.entry(key)
-        if entry is not None and entry.state is not _S.SUBMITTING and key in self.handed:
-            # The sending event did not come (a transport that reports none): it left.
-            with contextlib.suppress(SendingRefused):  # too late: answered, id logged below
-                self.record_sending(key, "submit")
+        if (
+            entry is not None
+            and entry.state is not _S.SUBMITTING
+            and key in self.handed
+            and key not in self._marked
+        ):
+            # Its sending was not recorded before it left (a transport that reports sending
+            # only once answered, and perhaps refused it then, too late): record it now,
+            # stopping or not, for it was sent.
+            with contextlib.suppress(SendingRefused):  # the journal failed: id logged below
+                self._mark_submitting(key)
             entry = self.journal.entry(key)
         if entry is None or entry.state is not _S.SUBMITTING:
             if key in self.handed:
@@ -988,8 +1035,8 @@ class _Run:
                 # lost, or the write failed), yet the POST went out: the id is all that
                 # keeps it from being paid for again.
                 logger.error(
-                    "song %r was submitted as generation %s but the shared journal did not "
-                    "record it; adopt it with --adopt %s=%s",
+                    "song %r was submitted as generation %s but the journal did not record "
+                    "it; adopt it with --adopt %s=%s",
                     key,
                     generation_id,
                     key,
@@ -1045,26 +1092,21 @@ class _Run:
         self._stuck(entry, entry.state, error)
         self._stop_if_refused(error)
 
-    def _result_unrecorded(self, result: SongResult, error: Exception) -> None:
-        """The journal failed as a song's result came: the run stops, and the generation id,
-        if there is one, is logged with an --adopt hint (the song may be paid for)."""
-        generation = result.generation
+    def _journal_failed(self, key: str, generation_id: str | None, error: Exception) -> None:
+        """The journal failed while a song went on (its result, its wait, its download):
+        the run stops, and the song's generation id, if it has one, is logged with an
+        --adopt hint (the song may be paid for, and the journal may not say so)."""
         adopt = ""
-        if generation is not None:
-            adopt = f": adopt it with --adopt {result.key}={generation.id}"
+        if generation_id is not None:
+            adopt = f": adopt it with --adopt {key}={generation_id}"
             logger.error(
                 "could not record song %r (generation %s) in the journal (%s)%s",
-                result.key,
-                generation.id,
+                key,
+                generation_id,
                 error,
                 adopt,
             )
-        self.stop(
-            "journal",
-            f"cannot use the journal ({error}) for the result of song {result.key!r}{adopt}",
-            error,
-        )
-        self._posted(result.key)
+        self.stop("journal", f"cannot use the journal ({error}) for song {key!r}{adopt}", error)
 
     def _not_submitted(self, entry: JournalEntry, error: AimlMusicError) -> None:
         """A song's submission ended without a generation id."""
@@ -1073,7 +1115,7 @@ class _Run:
         try:
             self._not_sent(entry, error)
         finally:
-            self._posted(key)
+            self._submission_ended(key)
 
     def _not_sent(self, entry: JournalEntry, error: AimlMusicError) -> None:
         key = entry.key
@@ -1155,6 +1197,8 @@ class _Run:
                 await self._download_now(entry)
             except LeaseLost as exc:
                 self._taken_over(exc)
+            except (JournalError, sqlite3.Error) as exc:  # its database gone, its disk full
+                self._journal_failed(entry.key, entry.generation_id, exc)
 
     def _taken_over(self, error: LeaseLost) -> None:
         """Another worker took a song over while this one stalled past its lease: the song is
