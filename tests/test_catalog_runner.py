@@ -291,12 +291,14 @@ async def test_a_journal_failing_as_a_song_goes_on_stops_the_run_with_the_id_log
     assert "--adopt song-0" in str(stopped.value)
 
 
-async def test_a_run_stopping_while_a_song_waits_to_be_sent_again_ends_with_it_pending(
+async def test_a_run_stopping_while_a_song_waits_to_be_sent_again_stops_at_once(
     tmp_path: Path,
 ) -> None:
     """A POST answered 429, then an API that cannot be reached: the run stops
     ("unreachable") without waiting for the song's deadline (none here; it used to retry
-    for ever), and the song is pending again, not left submitting."""
+    for ever). The song stays submitting, reported ambiguous, as when a run is interrupted
+    in a 429 pause: with a transport that reports sending only once answered, a later
+    attempt could have left unseen."""
     answered_429 = []
 
     def api(request: httpx.Request) -> httpx.Response:
@@ -321,7 +323,7 @@ async def test_a_run_stopping_while_a_song_waits_to_be_sent_again_ends_with_it_p
         with anyio.fail_after(60), pytest.raises(_runner.RunStopped) as stopped:
             await run_catalog(client, catalog, out, journal_url=None, deadline=None)
     assert stopped.value.reason == "unreachable"
-    assert stopped.value.summary.counts[SongState.PENDING] == 1
+    assert stopped.value.summary.ambiguous == ("song-00",)
     assert len(answered_429) == 1
 
 
@@ -352,6 +354,56 @@ async def test_a_post_answered_while_the_run_stops_is_recorded_with_its_id(
     assert entry is not None
     assert entry.state is SongState.SUBMITTED
     assert entry.generation_id == "gen-answered-while-stopping"
+
+
+async def test_a_journal_that_cannot_be_read_as_a_post_leaves_keeps_it_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journal failing to read the song as its POST is about to leave refuses that POST
+    and stops the run (reason "journal"); the failed read used to be logged as a broken
+    hook and the POST left unrecorded."""
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    async with client_for(make_emulator()) as client:
+        endpoint = _runner._endpoint(client.base_url)
+        with Journal.in_directory(out, endpoint=endpoint) as journal:
+            journal.sync_catalog(load_catalog(catalog))
+            run = _runner._Run(
+                client, journal, out, max_in_flight=1, deadline=None,
+                resubmit_ambiguous=False, retry_failed=False, tag=False,
+                download_concurrency=1, on_event=None,
+            )  # fmt: skip
+            run.handed["song-00"] = SongState.PENDING
+
+            def unreadable(key: str) -> None:
+                raise JournalError("the journal's database went away")
+
+            monkeypatch.setattr(journal, "entry", unreadable)
+            with pytest.raises(SendingRefused):
+                run.record_sending("song-00", "submit")
+    assert run.stop_reason is not None
+    assert run.stop_reason[0] == "journal"
+
+
+async def test_leases_that_cannot_be_renewed_stop_the_run_without_a_crash(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared journal whose heartbeat cannot renew the leases (its database gone) stops
+    the run with reason "journal"; it used to crash it (an ExceptionGroup), cutting the
+    POSTs on their way."""
+
+    def failing(self: Any) -> int:
+        raise JournalError("the journal's database went away")
+
+    monkeypatch.setattr(PgJournal, "renew", failing)
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 2)
+    async with client_for(emulator) as client:
+        with pytest.raises(_runner.RunStopped) as stopped:
+            await run_catalog(client, catalog, tmp_path / "out", journal_url=postgres_url)
+    assert stopped.value.reason == "journal"
+    assert "cannot renew" in str(stopped.value)
 
 
 async def test_failed_generations_are_resubmitted_only_when_asked(

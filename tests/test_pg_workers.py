@@ -10,6 +10,7 @@ and the workers' sleeps run on the emulator's compressed clock.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from pathlib import Path
 
 import anyio
@@ -411,3 +412,72 @@ async def test_a_stalled_worker_never_sends_a_song_another_worker_took_over(
                 run.record_sending(song.key, "submit")
             assert run.stop_reason is not None
             assert run.stop_reason[0] == "lease"
+
+
+async def test_a_worker_resending_after_a_429_asks_whether_the_song_is_still_its_own(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A worker whose POST was answered 429, and which then stalled past its lease while
+    another worker took the song over and sent it, keeps its resend home (reason
+    "lease"); it used to send the song again, and both were paid."""
+    now = [0.0]
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    async with client_for(make_emulator()) as client:
+        endpoint = _endpoint(client.base_url)
+
+        def journal(name: str) -> PgJournal:
+            return PgJournal(
+                postgres_url,
+                endpoint=endpoint,
+                worker_id=name,
+                lease_seconds=60,
+                now=lambda: now[0],
+            )
+
+        with journal("stalled") as stalled, journal("other") as other:
+            stalled.sync_catalog(load_catalog(catalog))
+            song = stalled.claim(resubmit_ambiguous=False, retry_failed=False)
+            assert song is not None
+            run = _runner._Run(
+                client, stalled, tmp_path / "out", max_in_flight=1, deadline=None,
+                resubmit_ambiguous=False, retry_failed=False, tag=False,
+                download_concurrency=1, on_event=None,
+            )  # fmt: skip
+            run.handed[song.key] = song.state
+            run.record_sending(song.key, "submit")  # the first POST leaves...
+            run.attempt_ended(song.key)  # ... and is answered 429
+            now[0] = 1000.0  # the worker stalls past its lease; the other takes the song
+            assert other.recover_interrupted() == [song.key]
+            taken = other.claim(resubmit_ambiguous=True, retry_failed=False)
+            assert taken is not None
+            other.mark_submitting(song.key)
+            with pytest.raises(SendingRefused):
+                run.record_sending(song.key, "submit")  # the resend, once the pause is over
+            assert run.stop_reason is not None
+            assert run.stop_reason[0] == "lease"
+
+
+def test_a_journal_on_a_search_path_after_another_gets_its_own_indexes(
+    postgres_url: str,
+) -> None:
+    """A journal made in a schema listed before another schema holding a journal gets its
+    own indexes (asked about by unqualified name, the other schema's were found)."""
+    import psycopg
+    from _servers import with_search_path
+
+    base, _, _ = postgres_url.partition("?")
+    first = f"aimlmusic_test_first_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        older = admin.execute("SELECT current_schema()").fetchone()
+        assert older is not None
+        PgJournal(postgres_url, endpoint="https://api.example").close()  # the other journal
+        admin.execute(f'CREATE SCHEMA "{first}"')
+        try:
+            url = with_search_path(base, f"{first},{older[0]}")
+            PgJournal(url, endpoint="https://api.example").close()
+            indexes = admin.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (first,)
+            ).fetchall()
+        finally:
+            admin.execute(f'DROP SCHEMA "{first}" CASCADE')
+    assert {"aimlmusic_songs_by_owner", "aimlmusic_songs_submitting"} <= {i[0] for i in indexes}

@@ -137,6 +137,11 @@ class SharedJournal(CatalogJournal, Protocol):
         """Claim the next song this worker may drive (never one another live worker holds,
         nor one this worker already had in this run), or ``None``."""
 
+    def still_sending(self, key: str) -> None:
+        """``key``, which this worker recorded as ``submitting``, is sent again (after a 429,
+        or an attempt that never arrived): :class:`LeaseLost` if another worker took it over
+        meanwhile; its lease is renewed."""
+
     def renew(self) -> int:
         """Extend this worker's leases; return how many it holds."""
 

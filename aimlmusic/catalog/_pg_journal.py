@@ -129,27 +129,28 @@ CREATE TABLE IF NOT EXISTS aimlmusic_songs (
 );
 -- ALTER TABLE and CREATE INDEX lock their table even when IF NOT EXISTS finds nothing to
 -- do: every worker that opened the journal locked out the others' claims, and deadlocked
--- with a transaction holding one table and wanting the other. So the catalog is asked first.
+-- with a transaction holding one table and wanting the other. So the catalog is asked first
+-- (in this schema: another on the search_path may hold a journal too).
 DO $$ BEGIN
     -- Journals made before songs recorded their account.
     IF NOT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = current_schema()
                    AND table_name = 'aimlmusic_songs' AND column_name = 'account') THEN
         ALTER TABLE aimlmusic_songs ADD COLUMN account TEXT;
     END IF;
-    IF to_regclass('aimlmusic_songs_by_position') IS NULL THEN
+    IF to_regclass(format('%I.aimlmusic_songs_by_position', current_schema())) IS NULL THEN
         CREATE INDEX aimlmusic_songs_by_position ON aimlmusic_songs (position);
     END IF;
-    IF to_regclass('aimlmusic_songs_by_owner') IS NULL THEN
+    IF to_regclass(format('%I.aimlmusic_songs_by_owner', current_schema())) IS NULL THEN
         CREATE INDEX aimlmusic_songs_by_owner ON aimlmusic_songs (owner);
     END IF;
     -- Claims walk the catalog in order past finished songs: index only the unfinished ones,
     -- so a claim stays cheap however much of a huge catalog is done.
-    IF to_regclass('aimlmusic_songs_unfinished') IS NULL THEN
+    IF to_regclass(format('%I.aimlmusic_songs_unfinished', current_schema())) IS NULL THEN
         CREATE INDEX aimlmusic_songs_unfinished ON aimlmusic_songs (position)
             WHERE state <> 'downloaded';
     END IF;
     -- Every claim first looks for songs a dead worker left submitting.
-    IF to_regclass('aimlmusic_songs_submitting') IS NULL THEN
+    IF to_regclass(format('%I.aimlmusic_songs_submitting', current_schema())) IS NULL THEN
         CREATE INDEX aimlmusic_songs_submitting ON aimlmusic_songs (key)
             WHERE state = 'submitting';
     END IF;
@@ -783,6 +784,28 @@ class PgJournal:
                 error=None,
                 error_type=None,
             )
+
+    @_database_errors
+    def still_sending(self, key: str) -> None:
+        """``key``, which this worker recorded as ``submitting``, is sent again (after a 429,
+        or an attempt that never arrived): :class:`LeaseLost` if another worker took it over
+        meanwhile (a stall past the lease, between the attempts); its lease is renewed."""
+        with self._db.transaction():
+            row = self._db.execute(
+                "SELECT state, owner, aimlmusic_now(%(now)s) + %(lease)s AS until"
+                " FROM aimlmusic_songs WHERE key = %(key)s FOR UPDATE",
+                self._params(key=key),
+            ).fetchone()
+            if row is None:
+                raise JournalError(f"no song with key {key!r} in the journal")
+            if row["owner"] != self._worker_id:
+                raise LeaseLost(
+                    f"song {key!r}: another worker took it over (this worker's lease ran "
+                    "out); not sending it again"
+                )
+            if SongState(row["state"]) is not _S.SUBMITTING:
+                raise JournalError(f"song {key!r} is {row['state']}, not being sent")
+            self._set(key, lease_until=row["until"])
 
     def mark_submitted(self, key: str, generation_id: str) -> None:
         """The POST returned this generation id (a database error comes out as

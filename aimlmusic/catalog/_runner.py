@@ -529,7 +529,7 @@ class _Run:
         self._left: set[tuple[str, str]] = set()
         #: Songs this run recorded as ``submitting`` whose submission has not ended (no id,
         #: no final failure yet): sending one again (after a 429, or an attempt that never
-        #: arrived) needs no new record.
+        #: arrived) needs no new record, only a shared journal's word that it is still ours.
         self._marked: set[str] = set()
         #: Those of them whose latest attempt may be on its way (sent, not yet answered or
         #: failed): cut, such a POST would be ambiguous, so a stopping run waits for them.
@@ -645,9 +645,11 @@ class _Run:
             outcome = "finished" if self.stop_reason is None else "stopped early"
         finally:
             # Synchronous and quick: runs even while the run is being cancelled.
-            self._unsent_back_to_pending()
             if self.shared is not None:
-                self.shared.release_all()  # other workers need not wait for the leases
+                try:
+                    self.shared.release_all()  # other workers need not wait for the leases
+                except JournalError as exc:  # the database gone: the leases expire instead
+                    logger.warning("could not give this worker's songs back: %s", exc)
             try:
                 self.manifest.flush(force=True)
             except OSError as exc:
@@ -734,17 +736,6 @@ class _Run:
         self._marked.discard(key)
         self.attempt_ended(key)
 
-    def _unsent_back_to_pending(self) -> None:
-        """Songs recorded as ``submitting`` whose latest attempt had ended when the run
-        stopped (answered 429, or never arrived) were not accepted: pending again, not left
-        ``submitting`` (which the next run would take for ambiguous)."""
-        for key in sorted(self._marked - self._posting):
-            try:
-                self.journal.mark_pending(key, "the run stopped before it was sent again")
-            except Exception as exc:  # the journal may be what failed
-                logger.warning("could not record song %r as pending again: %s", key, exc)
-        self._marked.clear()
-
     def record_sending(self, key: str, kind: str) -> None:
         """A request is leaving: the API is reachable; a submission is now ``submitting``,
         committed before its first byte is written.
@@ -763,19 +754,22 @@ class _Run:
         self.connect_failures = 0
         if kind != "submit" or key not in self.handed:
             return
-        if key in self._marked:
-            self._posting.add(key)  # sent again after a 429: recorded as submitting already
-            return
-        self._mark_submitting(key)
+        self._mark_submitting(key, again=key in self._marked)
 
-    def _mark_submitting(self, key: str) -> None:
+    def _mark_submitting(self, key: str, *, again: bool = False) -> None:
         """Record ``key`` as ``submitting``, or raise :class:`SendingRefused` (and stop the
         run) when the journal cannot: its database is gone, or the song is another
-        worker's (the journal checks the owner and the state, so a song another worker took
-        over, even one it sent already, is refused here)."""
-        entry = self.journal.entry(key)
+        worker's (the journal checks the owner first, so a song another worker took over,
+        even one it sent already, is refused here). Sent ``again`` (after a 429, or an
+        attempt that never arrived), it is recorded already; a shared journal is asked
+        whether it is still this worker's (a stall past the lease between the attempts)."""
+        entry = None
         try:
-            self.journal.mark_submitting(key)
+            if not again:
+                entry = self.journal.entry(key)
+                self.journal.mark_submitting(key)
+            elif self.shared is not None:
+                self.shared.still_sending(key)
         except LeaseLost as exc:
             # Another worker has the song: this POST must not leave. This worker stalled
             # longer than a lease, so it stops (its other songs are given back).
@@ -908,7 +902,11 @@ class _Run:
         in tests)."""
         while True:
             await self.client.clock.sleep(shared.lease_seconds / RENEWALS_PER_LEASE)
-            shared.renew()
+            try:
+                shared.renew()
+            except JournalError as exc:  # the database gone: the run stops, POSTs on their
+                # way finish (their ids recorded, or logged), and the renewals go on trying
+                self.stop("journal", f"cannot renew this worker's leases ({exc})", exc)
 
     async def _claimed_requests(
         self, shared: SharedJournal, work: anyio.abc.TaskGroup
