@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 import aimlmusic
+from aimlmusic.catalog import CatalogJournal, _runner
 from aimlmusic.emulator import TEST_API_KEY, Emulator
 
 LYRICS = "[Verse]\nNeon rain on empty streets\n[Chorus]\nWe keep on walking home"
@@ -52,3 +53,19 @@ def manifest(out: Path) -> list[dict[str, object]]:
     """The records of ``out``'s manifest, in file order."""
     text = (out / "manifest.jsonl").read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines()]
+
+
+def handed_run(
+    client: aimlmusic.AsyncMusicClient, journal: CatalogJournal, out: Path, key: str
+) -> _runner._Run:
+    """A catalog run on ``journal`` with no task running, and song ``key`` handed to its
+    scheduler, not sent yet: a test calls its hooks itself, as the scheduler and the
+    transport would."""
+    entry = journal.entry(key)
+    assert entry is not None
+    run = _runner._Run(
+        client, journal, out, max_in_flight=1, deadline=None, resubmit_ambiguous=False,
+        retry_failed=False, tag=False, download_concurrency=1, on_event=None,
+    )  # fmt: skip
+    run.handed[key] = entry.state
+    return run

@@ -6,16 +6,18 @@ output directory, and PostgreSQL as one worker of a shared catalog sees it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-from _catalog_support import LYRICS, client_for, manifest, write_catalog
+from _catalog_support import LYRICS, client_for, handed_run, manifest, write_catalog
 
 import aimlmusic
 from aimlmusic._errors import SendingRefused
@@ -327,25 +329,26 @@ async def test_a_run_stopping_while_a_song_waits_to_be_sent_again_stops_at_once(
     assert len(answered_429) == 1
 
 
+@contextlib.contextmanager
+def one_song_journal(client: aimlmusic.AsyncMusicClient, tmp_path: Path) -> Iterator[Journal]:
+    """A SQLite journal in ``tmp_path / "out"`` holding one song, ``song-00``, pending."""
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    with Journal.in_directory(out, endpoint=_runner._endpoint(client.base_url)) as journal:
+        journal.sync_catalog(load_catalog(catalog))
+        yield journal
+
+
 async def test_a_post_answered_while_the_run_stops_is_recorded_with_its_id(
     tmp_path: Path,
 ) -> None:
     """A submission answered after the run began to stop, whose sending was reported only
     with its answer (an in-process transport), is recorded with its id: refusing it then
     comes too late, and the rerun would pay for it again."""
-    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
-    out = tmp_path / "out"
-    out.mkdir()
     async with client_for(make_emulator()) as client:
-        endpoint = _runner._endpoint(client.base_url)
-        with Journal.in_directory(out, endpoint=endpoint) as journal:
-            journal.sync_catalog(load_catalog(catalog))
-            run = _runner._Run(
-                client, journal, out, max_in_flight=1, deadline=None,
-                resubmit_ambiguous=False, retry_failed=False, tag=False,
-                download_concurrency=1, on_event=None,
-            )  # fmt: skip
-            run.handed["song-00"] = SongState.PENDING
+        with one_song_journal(client, tmp_path) as journal:
+            run = handed_run(client, journal, tmp_path / "out", "song-00")
             run.stop("auth", "the API refused the key", RuntimeError("refused"))
             with pytest.raises(SendingRefused):
                 run.record_sending("song-00", "submit")  # told once answered: too late
@@ -362,19 +365,9 @@ async def test_a_journal_that_cannot_be_read_as_a_post_leaves_keeps_it_home(
     """A journal failing to read the song as its POST is about to leave refuses that POST
     and stops the run (reason "journal"); the failed read used to be logged as a broken
     hook and the POST left unrecorded."""
-    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
-    out = tmp_path / "out"
-    out.mkdir()
     async with client_for(make_emulator()) as client:
-        endpoint = _runner._endpoint(client.base_url)
-        with Journal.in_directory(out, endpoint=endpoint) as journal:
-            journal.sync_catalog(load_catalog(catalog))
-            run = _runner._Run(
-                client, journal, out, max_in_flight=1, deadline=None,
-                resubmit_ambiguous=False, retry_failed=False, tag=False,
-                download_concurrency=1, on_event=None,
-            )  # fmt: skip
-            run.handed["song-00"] = SongState.PENDING
+        with one_song_journal(client, tmp_path) as journal:
+            run = handed_run(client, journal, tmp_path / "out", "song-00")
 
             def unreadable(key: str) -> None:
                 raise JournalError("the journal's database went away")

@@ -9,13 +9,15 @@ and the workers' sleeps run on the emulator's compressed clock.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
-from _catalog_support import client_for, manifest
+from _catalog_support import client_for, handed_run, manifest
 from _catalog_support import write_catalog as write_any_catalog
 
 import aimlmusic
@@ -371,6 +373,32 @@ def write_catalog(path: Path, count: int) -> Path:
     return write_any_catalog(path, count, formats=("wav", "mp3"))
 
 
+@contextlib.asynccontextmanager
+async def stalled_and_other(
+    tmp_path: Path, postgres_url: str, now: list[float]
+) -> AsyncIterator[tuple[PgJournal, PgJournal, str, _runner._Run]]:
+    """Two workers of one shared journal on the lease clock ``now``: ``stalled`` has
+    claimed the catalog's one song and handed it to its run's scheduler (not sent yet);
+    ``other`` is ready to take it over once ``now`` passes the lease."""
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    async with client_for(make_emulator()) as client:
+        endpoint = _endpoint(client.base_url)
+        with (
+            PgJournal(
+                postgres_url, endpoint=endpoint, worker_id="stalled", lease_seconds=60,
+                now=lambda: now[0],
+            ) as stalled,
+            PgJournal(
+                postgres_url, endpoint=endpoint, worker_id="other", lease_seconds=60,
+                now=lambda: now[0],
+            ) as other,
+        ):  # fmt: skip
+            stalled.sync_catalog(load_catalog(catalog))
+            song = stalled.claim(resubmit_ambiguous=False, retry_failed=False)
+            assert song is not None
+            yield stalled, other, song.key, handed_run(client, stalled, tmp_path / "out", song.key)
+
+
 @pytest.mark.parametrize("taken_to", ["claimed", "submitting", "submitted"])
 async def test_a_stalled_worker_never_sends_a_song_another_worker_took_over(
     tmp_path: Path, postgres_url: str, taken_to: str
@@ -379,39 +407,17 @@ async def test_a_stalled_worker_never_sends_a_song_another_worker_took_over(
     POST home (and stops, reason "lease") however far the worker that took the song over
     has gone with it: claimed, being sent, or sent. Sent, it used to go out again."""
     now = [0.0]
-    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
-    async with client_for(make_emulator()) as client:
-        endpoint = _endpoint(client.base_url)
-
-        def journal(name: str) -> PgJournal:
-            return PgJournal(
-                postgres_url,
-                endpoint=endpoint,
-                worker_id=name,
-                lease_seconds=60,
-                now=lambda: now[0],
-            )
-
-        with journal("stalled") as stalled, journal("other") as other:
-            stalled.sync_catalog(load_catalog(catalog))
-            song = stalled.claim(resubmit_ambiguous=False, retry_failed=False)
-            assert song is not None
-            run = _runner._Run(
-                client, stalled, tmp_path / "out", max_in_flight=1, deadline=None,
-                resubmit_ambiguous=False, retry_failed=False, tag=False,
-                download_concurrency=1, on_event=None,
-            )  # fmt: skip
-            run.handed[song.key] = song.state  # handed to the scheduler, not sent yet
-            now[0] = 1000.0  # the worker stalls past its lease; the other takes the song
-            assert other.claim(resubmit_ambiguous=False, retry_failed=False) is not None
-            if taken_to != "claimed":
-                other.mark_submitting(song.key)
-            if taken_to == "submitted":
-                other.mark_submitted(song.key, "the-other-workers-generation")
-            with pytest.raises(SendingRefused):
-                run.record_sending(song.key, "submit")
-            assert run.stop_reason is not None
-            assert run.stop_reason[0] == "lease"
+    async with stalled_and_other(tmp_path, postgres_url, now) as (_, other, key, run):
+        now[0] = 1000.0  # the worker stalls past its lease; the other takes the song
+        assert other.claim(resubmit_ambiguous=False, retry_failed=False) is not None
+        if taken_to != "claimed":
+            other.mark_submitting(key)
+        if taken_to == "submitted":
+            other.mark_submitted(key, "the-other-workers-generation")
+        with pytest.raises(SendingRefused):
+            run.record_sending(key, "submit")
+        assert run.stop_reason is not None
+        assert run.stop_reason[0] == "lease"
 
 
 async def test_a_worker_resending_after_a_429_asks_whether_the_song_is_still_its_own(
@@ -421,40 +427,17 @@ async def test_a_worker_resending_after_a_429_asks_whether_the_song_is_still_its
     another worker took the song over and sent it, keeps its resend home (reason
     "lease"); it used to send the song again, and both were paid."""
     now = [0.0]
-    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
-    async with client_for(make_emulator()) as client:
-        endpoint = _endpoint(client.base_url)
-
-        def journal(name: str) -> PgJournal:
-            return PgJournal(
-                postgres_url,
-                endpoint=endpoint,
-                worker_id=name,
-                lease_seconds=60,
-                now=lambda: now[0],
-            )
-
-        with journal("stalled") as stalled, journal("other") as other:
-            stalled.sync_catalog(load_catalog(catalog))
-            song = stalled.claim(resubmit_ambiguous=False, retry_failed=False)
-            assert song is not None
-            run = _runner._Run(
-                client, stalled, tmp_path / "out", max_in_flight=1, deadline=None,
-                resubmit_ambiguous=False, retry_failed=False, tag=False,
-                download_concurrency=1, on_event=None,
-            )  # fmt: skip
-            run.handed[song.key] = song.state
-            run.record_sending(song.key, "submit")  # the first POST leaves...
-            run.attempt_ended(song.key)  # ... and is answered 429
-            now[0] = 1000.0  # the worker stalls past its lease; the other takes the song
-            assert other.recover_interrupted() == [song.key]
-            taken = other.claim(resubmit_ambiguous=True, retry_failed=False)
-            assert taken is not None
-            other.mark_submitting(song.key)
-            with pytest.raises(SendingRefused):
-                run.record_sending(song.key, "submit")  # the resend, once the pause is over
-            assert run.stop_reason is not None
-            assert run.stop_reason[0] == "lease"
+    async with stalled_and_other(tmp_path, postgres_url, now) as (_, other, key, run):
+        run.record_sending(key, "submit")  # the first POST leaves...
+        run.attempt_ended(key)  # ... and is answered 429
+        now[0] = 1000.0  # the worker stalls past its lease; the other takes the song
+        assert other.recover_interrupted() == [key]
+        assert other.claim(resubmit_ambiguous=True, retry_failed=False) is not None
+        other.mark_submitting(key)
+        with pytest.raises(SendingRefused):
+            run.record_sending(key, "submit")  # the resend, once the pause is over
+        assert run.stop_reason is not None
+        assert run.stop_reason[0] == "lease"
 
 
 def test_a_journal_on_a_search_path_after_another_gets_its_own_indexes(
