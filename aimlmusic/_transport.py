@@ -598,6 +598,10 @@ class Transport:
             return _Failure("never_sent", error)
         if isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.UnsupportedProtocol):
             return _Failure("maybe_sent", error)
+        if isinstance(exc, httpx.HTTPStatusError):
+            # Raised by a response hook of the caller's http_client (``raise_for_status``):
+            # an answer came, so the request arrived; a POST may have been accepted.
+            return _Failure("maybe_sent", error)
         return _Failure("unusable", error)
 
     def _status_failure(

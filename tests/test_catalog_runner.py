@@ -298,9 +298,8 @@ async def test_a_run_stopping_while_a_song_waits_to_be_sent_again_stops_at_once(
 ) -> None:
     """A POST answered 429, then an API that cannot be reached: the run stops
     ("unreachable") without waiting for the song's deadline (none here; it used to retry
-    for ever). The song stays submitting, reported ambiguous, as when a run is interrupted
-    in a 429 pause: with a transport that reports sending only once answered, a later
-    attempt could have left unseen."""
+    for ever), and the song is pending: a 429 makes it so until its next attempt leaves
+    (it stayed submitting, and a run interrupted in the pause left it ambiguous)."""
     answered_429 = []
 
     def api(request: httpx.Request) -> httpx.Response:
@@ -325,7 +324,8 @@ async def test_a_run_stopping_while_a_song_waits_to_be_sent_again_stops_at_once(
         with anyio.fail_after(60), pytest.raises(_runner.RunStopped) as stopped:
             await run_catalog(client, catalog, out, journal_url=None, deadline=None)
     assert stopped.value.reason == "unreachable"
-    assert stopped.value.summary.ambiguous == ("song-00",)
+    assert stopped.value.summary.counts[SongState.PENDING] == 1
+    assert not stopped.value.summary.ambiguous
     assert len(answered_429) == 1
 
 
@@ -397,6 +397,28 @@ async def test_leases_that_cannot_be_renewed_stop_the_run_without_a_crash(
             await run_catalog(client, catalog, tmp_path / "out", journal_url=postgres_url)
     assert stopped.value.reason == "journal"
     assert "cannot renew" in str(stopped.value)
+
+
+@pytest.mark.parametrize("before", [SongState.PENDING, SongState.AMBIGUOUS])
+async def test_a_submission_answered_429_goes_back_to_the_state_it_was_sent_from(
+    tmp_path: Path, before: SongState
+) -> None:
+    """A POST answered 429 leaves the song as it was before that attempt until the next
+    one leaves: pending stays pending (not ambiguous if the run ends in the pause), and an
+    ambiguous song sent again stays ambiguous (its first POST may have been accepted; made
+    pending, the next run would pay again)."""
+    async with client_for(make_emulator()) as client:
+        with one_song_journal(client, tmp_path) as journal:
+            if before is SongState.AMBIGUOUS:
+                journal.mark_submitting("song-00")
+                journal.mark_ambiguous("song-00", "a 500 after the job was made")
+            run = handed_run(client, journal, tmp_path / "out", "song-00")
+            run.record_sending("song-00", "submit")
+            assert journal.entry("song-00").state is SongState.SUBMITTING  # type: ignore[union-attr]
+            run.attempt_refused("song-00", "answered 429 Too Many Requests")
+            entry = journal.entry("song-00")
+    assert entry is not None
+    assert entry.state is before
 
 
 async def test_failed_generations_are_resubmitted_only_when_asked(

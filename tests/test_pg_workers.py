@@ -429,10 +429,9 @@ async def test_a_worker_resending_after_a_429_asks_whether_the_song_is_still_its
     now = [0.0]
     async with stalled_and_other(tmp_path, postgres_url, now) as (_, other, key, run):
         run.record_sending(key, "submit")  # the first POST leaves...
-        run.attempt_ended(key)  # ... and is answered 429
+        run.attempt_refused(key, "answered 429")  # ... and is answered 429: pending again
         now[0] = 1000.0  # the worker stalls past its lease; the other takes the song
-        assert other.recover_interrupted() == [key]
-        assert other.claim(resubmit_ambiguous=True, retry_failed=False) is not None
+        assert other.claim(resubmit_ambiguous=False, retry_failed=False) is not None
         other.mark_submitting(key)
         with pytest.raises(SendingRefused):
             run.record_sending(key, "submit")  # the resend, once the pause is over

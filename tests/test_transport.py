@@ -594,6 +594,31 @@ async def test_post_that_never_connected_is_retried(failure: Exception) -> None:
     assert len(clock.sleeps) == 2
 
 
+async def test_a_post_failed_by_a_response_hook_is_ambiguous_and_sent_once() -> None:
+    """A caller's http_client whose response hook raises (``raise_for_status`` on a 500):
+    an answer came, so the POST arrived and may have been accepted; it is ambiguous, not
+    a connection error sent again."""
+    api = ScriptedAPI(error_body(500))
+
+    async def raise_for_status(response: httpx.Response) -> None:
+        response.raise_for_status()
+
+    http = httpx.AsyncClient(transport=api.transport, event_hooks={"response": [raise_for_status]})
+    transport = Transport(
+        api_key="sk-test-key",
+        base_url=API,
+        timeout=Timeout(),
+        retry=RetryPolicy(attempts=4, base_delay=0.5, max_delay=8.0),
+        clock=RecordingClock(),
+        budget=RequestBudget(1e6, RecordingClock()),
+        http_client=http,
+    )
+    async with http:
+        with pytest.raises(AmbiguousSubmissionError):
+            await transport.submit(song())
+    assert api.methods() == ["POST"]
+
+
 async def test_post_that_never_connects_ends_in_a_connection_error_not_an_ambiguous_one() -> None:
     """Exhausted connect failures are APIConnectionError: nothing can have been created."""
     api = ScriptedAPI(httpx.ConnectError("refused", request=REQUEST))

@@ -592,6 +592,19 @@ class Journal:
             error_type=_type_name(error),
         )
 
+    def mark_not_sent(self, key: str, state: SongState, error: BaseException | str) -> None:
+        """An attempt of a song being sent was refused (a 429) or never arrived: the song
+        goes back to ``state``, the one it had before (``pending``, ``failed`` or
+        ``ambiguous``: an earlier attempt may still have been accepted) until its next
+        attempt leaves."""
+        self._update(
+            key,
+            (SongState.SUBMITTING,),
+            state=state,
+            error=_describe(error),
+            error_type=_type_name(error),
+        )
+
     def mark_pending(self, key: str, error: BaseException | str | None = None) -> None:
         """The song provably never reached the server: it can be sent again safely."""
         self._update(

@@ -95,6 +95,12 @@ class CatalogJournal(Protocol):
     def mark_pending(self, key: str, error: BaseException | str | None = None) -> None:
         """The song provably never reached the server."""
 
+    def mark_not_sent(self, key: str, state: SongState, error: BaseException | str) -> None:
+        """An attempt of a song being sent was refused (a 429) or never arrived: the song
+        goes back to ``state``, the one it had before (``pending``, ``failed`` or
+        ``ambiguous``: an earlier attempt may still have been accepted) until its next
+        attempt leaves; a shared journal keeps it this worker's."""
+
     def note_error(self, key: str, error: BaseException | str) -> None:
         """A problem that leaves the state as it is; the song is done for this run."""
 
@@ -136,11 +142,6 @@ class SharedJournal(CatalogJournal, Protocol):
     def claim(self, *, resubmit_ambiguous: bool, retry_failed: bool) -> JournalEntry | None:
         """Claim the next song this worker may drive (never one another live worker holds,
         nor one this worker already had in this run), or ``None``."""
-
-    def still_sending(self, key: str) -> None:
-        """``key``, which this worker recorded as ``submitting``, is sent again (after a 429,
-        or an attempt that never arrived): :class:`LeaseLost` if another worker took it over
-        meanwhile; its lease is renewed."""
 
     def renew(self) -> int:
         """Extend this worker's leases; return how many it holds."""

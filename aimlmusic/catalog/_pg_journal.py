@@ -753,32 +753,26 @@ class PgJournal:
 
     # ------------------------------------------------------------------ transitions
 
-    def _owned_row(self, key: str, sending: str) -> dict[str, Any]:
-        """``key``'s row, locked for this transaction, with its lease renewed to ``until``;
-        :class:`LeaseLost` unless this worker still owns it (locked, nobody can claim it
-        meanwhile: nobody took it over, even if the lease ran out while this worker
-        stalled). Asked before any state: a song taken over may be further on by now
-        (sent, even finished). ``sending`` names what is refused, for the message."""
-        row = self._db.execute(
-            "SELECT state, submit_attempts, owner, aimlmusic_now(%(now)s) + %(lease)s AS until"
-            " FROM aimlmusic_songs WHERE key = %(key)s FOR UPDATE",
-            self._params(key=key),
-        ).fetchone()
-        if row is None:
-            raise JournalError(f"no song with key {key!r} in the journal")
-        if row["owner"] != self._worker_id:
-            raise LeaseLost(
-                f"song {key!r}: another worker took it over (this worker's lease ran out); "
-                f"not {sending}"
-            )
-        return row
-
     @_database_errors
     def mark_submitting(self, key: str) -> None:
         """The intent to submit, committed before the POST is sent; only by the worker that
         holds the song's live lease (so two workers can never both send it)."""
         with self._db.transaction():
-            row = self._owned_row(key, "submitting it")
+            row = self._db.execute(
+                "SELECT state, submit_attempts, owner, aimlmusic_now(%(now)s) + %(lease)s AS until"
+                " FROM aimlmusic_songs WHERE key = %(key)s FOR UPDATE",
+                self._params(key=key),
+            ).fetchone()
+            if row is None:
+                raise JournalError(f"no song with key {key!r} in the journal")
+            # Still the owner (locked, so nobody can claim it meanwhile): nobody took it over,
+            # even if the lease ran out while this worker stalled; the lease is renewed. Asked
+            # first: a song taken over may be further on by now (sent, even finished).
+            if row["owner"] != self._worker_id:
+                raise LeaseLost(
+                    f"song {key!r}: another worker took it over (this worker's lease ran "
+                    "out); not submitting it"
+                )
             if SongState(row["state"]) not in (_S.PENDING, _S.FAILED, _S.AMBIGUOUS):
                 raise JournalError(f"song {key!r}: cannot go from {row['state']} to submitting")
             self._set(
@@ -790,17 +784,6 @@ class PgJournal:
                 error=None,
                 error_type=None,
             )
-
-    @_database_errors
-    def still_sending(self, key: str) -> None:
-        """``key``, which this worker recorded as ``submitting``, is sent again (after a 429,
-        or an attempt that never arrived): :class:`LeaseLost` if another worker took it over
-        meanwhile (a stall past the lease, between the attempts); its lease is renewed."""
-        with self._db.transaction():
-            row = self._owned_row(key, "sending it again")
-            if SongState(row["state"]) is not _S.SUBMITTING:
-                raise JournalError(f"song {key!r} is {row['state']}, not being sent")
-            self._set(key, lease_until=row["until"])
 
     def mark_submitted(self, key: str, generation_id: str) -> None:
         """The POST returned this generation id (a database error comes out as
@@ -908,6 +891,20 @@ class PgJournal:
             (_S.SUBMITTING,),
             release=True,
             state=_S.AMBIGUOUS,
+            error=_describe(error),
+            error_type=_type_name(error),
+        )
+
+    @_database_errors
+    def mark_not_sent(self, key: str, state: SongState, error: BaseException | str) -> None:
+        """An attempt of a song being sent was refused (a 429) or never arrived: the song
+        goes back to ``state``, the one it had before (``pending``, ``failed`` or
+        ``ambiguous``: an earlier attempt may still have been accepted) until its next
+        attempt leaves; it stays this worker's."""
+        self._update(
+            key,
+            (_S.SUBMITTING,),
+            state=state,
             error=_describe(error),
             error_type=_type_name(error),
         )

@@ -446,7 +446,7 @@ class _SchedulerEvents(BatchEvents):
     def on_throttled(self, event: RequestThrottled) -> None:
         self._run.note_throttled()
         if event.kind == "submit":
-            self._run.attempt_ended(event.key)  # answered (refused): no longer on its way
+            self._run.attempt_refused(event.key, "answered 429 Too Many Requests")
 
     def on_retried(self, event: RequestRetried) -> None:
         self._run.note_failed_attempt(event.key, event.kind, event.error)
@@ -527,12 +527,10 @@ class _Run:
         self.handed: dict[str, SongState] = {}
         #: (key, kind) of requests whose current attempt left (cleared when it fails).
         self._left: set[tuple[str, str]] = set()
-        #: Songs this run recorded as ``submitting`` whose submission has not ended (no id,
-        #: no final failure yet): sending one again (after a 429, or an attempt that never
-        #: arrived) needs no new record, only a shared journal's word that it is still ours.
-        self._marked: set[str] = set()
-        #: Those of them whose latest attempt may be on its way (sent, not yet answered or
-        #: failed): cut, such a POST would be ambiguous, so a stopping run waits for them.
+        #: Songs this run recorded as ``submitting``: their latest attempt may be on its way
+        #: (sent, not yet answered). A song is ``submitting`` only then: a 429, or an attempt
+        #: that never arrived, makes it ``pending`` again until its next attempt leaves. Cut,
+        #: such a POST would be ambiguous, so a stopping run waits for them.
         self._posting: set[str] = set()
         #: Requests in a row that never reached the API.
         self.connect_failures = 0
@@ -724,17 +722,34 @@ class _Run:
         if self.stop_reason is not None and not self._posting and self._work is not None:
             self._work.cancel()
 
-    def attempt_ended(self, key: str) -> None:
-        """``key``'s latest POST attempt has ended (answered, or failed): the run may stop
-        without waiting for it."""
+    def _submission_ended(self, key: str) -> None:
+        """``key``'s POST has ended (an id, or a final failure): the run may stop without
+        waiting for it."""
         if key in self._posting:
             self._posting.discard(key)
             self._cancel_when_quiet()
 
-    def _submission_ended(self, key: str) -> None:
-        """``key``'s submission is over (an id, or a final failure): nothing more is sent."""
-        self._marked.discard(key)
-        self.attempt_ended(key)
+    def attempt_refused(self, key: str, reason: str) -> None:
+        """``key``'s POST was answered 429, or its attempt never arrived: this attempt was
+        not accepted, so the song goes back to the state it was handed over in (``pending``;
+        or ``ambiguous`` or ``failed``, whose earlier attempt may have been) until its next
+        attempt leaves and is recorded, its lease checked, anew. Interrupted in a 429
+        pause, a pending song is not made ambiguous; and a worker that stalled past its
+        lease meanwhile finds its song taken over when it sends it again."""
+        if key not in self._posting:
+            return  # never recorded as sent (it never connected)
+        before = self.handed.get(key, _S.PENDING)
+        try:
+            self.journal.mark_not_sent(key, before, reason)
+        except LeaseLost as exc:
+            self.counts[_S.SUBMITTING] -= 1
+            self._taken_over(exc)
+        except Exception as exc:  # the journal failed: no attempt leaves a stopping run
+            self.stop("journal", f"cannot record song {key!r} as not sent ({exc})", exc)
+        else:
+            self.counts[_S.SUBMITTING] -= 1
+            self.counts[before] += 1
+        self._submission_ended(key)
 
     def record_sending(self, key: str, kind: str) -> None:
         """A request is leaving: the API is reachable; a submission is now ``submitting``,
@@ -754,22 +769,16 @@ class _Run:
         self.connect_failures = 0
         if kind != "submit" or key not in self.handed:
             return
-        self._mark_submitting(key, again=key in self._marked)
+        self._mark_submitting(key)
 
-    def _mark_submitting(self, key: str, *, again: bool = False) -> None:
+    def _mark_submitting(self, key: str) -> None:
         """Record ``key`` as ``submitting``, or raise :class:`SendingRefused` (and stop the
         run) when the journal cannot: its database is gone, or the song is another
         worker's (the journal checks the owner first, so a song another worker took over,
-        even one it sent already, is refused here). Sent ``again`` (after a 429, or an
-        attempt that never arrived), it is recorded already; a shared journal is asked
-        whether it is still this worker's (a stall past the lease between the attempts)."""
-        entry = None
+        even one it sent already, is refused here)."""
         try:
-            if not again:
-                entry = self.journal.entry(key)
-                self.journal.mark_submitting(key)
-            elif self.shared is not None:
-                self.shared.still_sending(key)
+            entry = self.journal.entry(key)
+            self.journal.mark_submitting(key)
         except LeaseLost as exc:
             # Another worker has the song: this POST must not leave. This worker stalled
             # longer than a lease, so it stops (its other songs are given back).
@@ -787,15 +796,14 @@ class _Run:
                 exc,
             )
             raise SendingRefused(f"the journal cannot record song {key!r} as being sent") from exc
-        self._marked.add(key)
         self._posting.add(key)
         if entry is not None:
             self._moved(entry, entry.state, _S.SUBMITTING)
 
     def note_failed_attempt(self, key: str, kind: str, error: AimlMusicError) -> None:
         """One attempt of a request failed; count it when it never reached the API."""
-        if kind == "submit":
-            self.attempt_ended(key)  # retried only after an attempt that never arrived
+        if kind == "submit":  # retried only after an attempt that never arrived
+            self.attempt_refused(key, f"not received ({error})")
         if (key, kind) in self._left:
             self._left.discard((key, kind))
             return
@@ -1015,12 +1023,7 @@ class _Run:
 
     def _commit_id(self, key: str, generation_id: str) -> None:
         entry = self.journal.entry(key)
-        if (
-            entry is not None
-            and entry.state is not _S.SUBMITTING
-            and key in self.handed
-            and key not in self._marked
-        ):
+        if entry is not None and entry.state is not _S.SUBMITTING and key in self.handed:
             # Its sending was not recorded before it left (a transport that reports sending
             # only once answered, and perhaps refused it then, too late): record it now,
             # stopping or not, for it was sent.
