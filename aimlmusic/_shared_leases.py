@@ -13,7 +13,6 @@ ones by the client's time scale, as in the shared budget.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -141,8 +140,7 @@ class SharedLeases:
                 # have taken the slot, and untracked it would be neither renewed nor given
                 # back. Removing a lease never taken changes nothing; a Redis out of reach
                 # lets it expire (the cut, not the lost Redis, is what the caller hears).
-                with anyio.CancelScope(shield=True), contextlib.suppress(SharedStateError):
-                    await self.release(lease)
+                await give_back(self, lease)
                 raise
             if int(answer[0]):
                 self._held.add(lease)

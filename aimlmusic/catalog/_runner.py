@@ -1121,13 +1121,9 @@ class _Run:
     def _not_sent(self, entry: JournalEntry, error: AimlMusicError) -> None:
         key = entry.key
         if isinstance(error, SendingRefused):
-            # Kept home by ``record_sending``: the run is stopping. A song it had recorded
-            # as submitting was being sent again (after a 429, or an attempt that never
-            # arrived): nothing of it was accepted, so it is pending again. Any other is as
-            # it was, and the journal (which may be what failed) is not written.
-            if entry.state is _S.SUBMITTING:
-                self.journal.mark_pending(key, error)
-                self._moved(entry, _S.SUBMITTING, _S.PENDING, str(error))
+            # Kept home by ``record_sending``: the song is as its last attempt left it
+            # (``attempt_refused`` put it back in the state it was sent from), and the
+            # journal, which may be what failed, is not written.
             return
         if entry.state is not _S.SUBMITTING:
             # Its POST never left: the song is exactly as before, safe to send again.
