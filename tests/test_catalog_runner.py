@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -397,6 +398,81 @@ async def test_leases_that_cannot_be_renewed_stop_the_run_without_a_crash(
             await run_catalog(client, catalog, tmp_path / "out", journal_url=postgres_url)
     assert stopped.value.reason == "journal"
     assert "cannot renew" in str(stopped.value)
+
+
+async def test_a_claim_that_fails_stops_the_run_and_keeps_the_songs_sent(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared journal whose claim fails (its database gone) after one song was sent stops
+    the run with reason "journal"; the song sent keeps its generation id. The failure used
+    to crash the run (an ExceptionGroup) out of the scheduler's song source."""
+    claim = PgJournal.claim
+    claims = 0
+
+    def failing_after_one(self: PgJournal, **options: bool) -> Any:
+        nonlocal claims
+        claims += 1
+        if claims > 1:
+            raise JournalError("the journal's database went away")
+        return claim(self, **options)
+
+    monkeypatch.setattr(PgJournal, "claim", failing_after_one)
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
+    async with client_for(emulator) as client:
+        with pytest.raises(_runner.RunStopped) as stopped:
+            await run_catalog(client, catalog, tmp_path / "out", journal_url=postgres_url)
+    assert stopped.value.reason == "journal"
+    assert "cannot claim" in str(stopped.value)
+    monkeypatch.undo()
+    with PgJournal(postgres_url, endpoint=None) as journal:
+        states = {entry.key: (entry.state, entry.generation_id) for entry in journal.entries()}
+    sent = [key for key, (_, generation_id) in states.items() if generation_id]
+    assert len(sent) == emulator.stats().jobs_submitted == 1, states
+    assert states[sent[0]][0] in (SongState.SUBMITTED, SongState.COMPLETED, SongState.DOWNLOADED)
+
+
+async def test_a_journal_that_cannot_say_who_else_works_stops_the_run(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that finds nothing to claim and cannot ask whether other workers still hold
+    songs (its database gone) stops with reason "journal", its songs done; it used to
+    crash."""
+
+    def failing(self: PgJournal) -> int:
+        raise JournalError("the journal's database went away")
+
+    monkeypatch.setattr(PgJournal, "others_working", failing)
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 2)
+    async with client_for(emulator) as client:
+        with pytest.raises(_runner.RunStopped) as stopped:
+            await run_catalog(client, catalog, tmp_path / "out", journal_url=postgres_url)
+    assert stopped.value.reason == "journal"
+    assert emulator.stats().jobs_submitted == 2
+
+
+async def test_a_journal_that_cannot_be_read_before_a_song_is_handed_over_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SQLite journal whose read of the next song to send fails (its disk gone) stops the
+    run with reason "journal" after the songs already sent are recorded; it used to crash
+    it out of the scheduler's song source."""
+    entry = Journal.entry
+
+    def failing_for_the_second(self: Journal, key: str) -> Any:
+        if key == "song-01":
+            raise sqlite3.OperationalError("disk I/O error")
+        return entry(self, key)
+
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
+    async with client_for(emulator) as client:
+        monkeypatch.setattr(Journal, "entry", failing_for_the_second)
+        with pytest.raises(_runner.RunStopped) as stopped:
+            await run_catalog(client, catalog, tmp_path / "out", max_in_flight=1)
+    assert stopped.value.reason == "journal"
+    assert emulator.stats().jobs_submitted == 1
 
 
 @pytest.mark.parametrize("before", [SongState.PENDING, SongState.AMBIGUOUS])

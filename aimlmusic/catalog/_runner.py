@@ -928,12 +928,19 @@ class _Run:
             if self._stopping():  # decided while this waited for a slot
                 self.slots.release()
                 return
-            entry = shared.claim(
-                resubmit_ambiguous=self.resubmit_ambiguous, retry_failed=self.retry_failed
-            )
+            try:
+                entry = shared.claim(
+                    resubmit_ambiguous=self.resubmit_ambiguous, retry_failed=self.retry_failed
+                )
+                # Nothing to claim: done, unless other live workers hold songs.
+                finished = entry is None and shared.others_working() == 0
+            except JournalError as exc:  # the database gone: stop as for any journal failure
+                self.slots.release()
+                self.stop("journal", f"cannot claim a song from the journal ({exc})", exc)
+                return
             if entry is None:
                 self.slots.release()
-                if shared.others_working() == 0:
+                if finished:
                     return
                 await self.client.clock.sleep(self.recheck_seconds)
                 continue
@@ -951,13 +958,24 @@ class _Run:
     async def _requests(self) -> AsyncIterator[tuple[str, Any]]:
         """Songs to submit, each committed as ``submitting`` just before it is handed over."""
         await self.resume_listed.wait()
-        for entry in self._to_submit():
-            if self.stop_reason is not None:
+        songs = iter(self._to_submit())
+        while self.stop_reason is None:
+            try:
+                entry = next(songs, None)
+            except (JournalError, sqlite3.Error) as exc:
+                self._unreadable(exc)
+                return
+            if entry is None:
                 return
             if entry.key in self.attempted:
                 continue
             await self.slots.acquire()
-            old = self.journal.entry(entry.key)
+            try:
+                old = self.journal.entry(entry.key)
+            except (JournalError, sqlite3.Error) as exc:
+                self.slots.release()
+                self._unreadable(exc)
+                return
             if (
                 old is None
                 or old.state not in (_S.PENDING, _S.FAILED, _S.AMBIGUOUS)
@@ -969,6 +987,13 @@ class _Run:
             # Not marked yet: ``submitting`` is committed when its bytes go out.
             self.handed[entry.key] = old.state
             yield entry.key, entry.request
+
+    def _unreadable(self, exc: Exception) -> None:
+        """The journal cannot say which song to send next (its database gone, its disk
+        failing): the run stops as for any journal failure, the POSTs on their way
+        finishing with their ids recorded (an exception out of the song source would
+        cancel them)."""
+        self.stop("journal", f"cannot read the next song to send from the journal ({exc})", exc)
 
     def _to_submit(self) -> Iterable[JournalEntry]:
         yield from self.journal.entries([_S.PENDING])
