@@ -179,6 +179,7 @@ class AsyncMusicClient:
             redactor=self._transport.redactor,
             user_agent=USER_AGENT,
             max_bytes=self._size_limits.download_bytes,
+            api_host=urlsplit(self._base_url).hostname or "",
         )
         # id -> when this client submitted it, for wait() after submit(): only songs whose
         # submission time is known may teach the poll policy.

@@ -22,9 +22,11 @@ download fails and its partial file is removed.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
@@ -61,6 +63,41 @@ SIZE_MARGIN = 0.25
 SIZE_SLACK_BYTES = 1024 * 1024
 
 
+def _host_of(url: str) -> str:
+    """The host of ``url`` ("" when it has none or cannot be read)."""
+    try:
+        return httpx.URL(url).host
+    except (httpx.InvalidURL, ValueError, UnicodeError):
+        return ""
+
+
+def not_public(host: str) -> bool:
+    """Whether ``host`` names an address that is not a public one: ``localhost``, or an IP
+    address (in any form the resolver takes: ``2852039166`` and ``0xA9FEA9FE`` are
+    169.254.169.254) that is loopback, private, link-local, reserved, multicast or
+    unspecified. A name that resolves to such an address is not caught (that would need a
+    lookup per download)."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:  # the shorthands inet_aton reads: decimal, hexadecimal, octal, dotted or not
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except (OSError, ValueError):
+            return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not address.is_global or address.is_multicast
+
+
+#: The most characters of a URL an error or a log line shows: a hostile redirect may be
+#: tens of kilobytes long.
+SHOWN_URL_CHARS = 300
+
+
 class _ExpiredURL(Exception):
     def __init__(self, status: int) -> None:
         self.status = status
@@ -84,8 +121,12 @@ class Downloader:
         redactor: Redactor,
         user_agent: str,
         max_bytes: int = DEFAULT_DOWNLOAD_BYTES,
+        api_host: str = "",
     ) -> None:
         self._http = http
+        # Audio on a host that is no public address (a cloud's metadata service, a local
+        # admin port) is refused, unless the API itself is on one (an emulator, a test).
+        self._private_allowed = not_public(api_host)
         self._retry = retry
         self._clock = clock
         self._redactor = redactor
@@ -167,7 +208,7 @@ class Downloader:
             return target
         raise DownloadError(
             f"the audio URL of generation {gid} was refused (HTTP {first_status}), and so was a "
-            f"fresh one (HTTP {status}): {redact_url(fresh_url)}",
+            f"fresh one (HTTP {status}): {self._shown(fresh_url)}",
             generation_id=gid,
         )
 
@@ -201,7 +242,7 @@ class Downloader:
             else:
                 return
         raise DownloadError(
-            f"could not download the audio of generation {gid} from {redact_url(url)} "
+            f"could not download the audio of generation {gid} from {self._shown(url)} "
             f"after {attempts} attempts: {reason}",
             generation_id=gid,
         )
@@ -217,7 +258,7 @@ class Downloader:
             if not response.is_success:
                 raise DownloadError(
                     f"the audio of generation {gid} could not be downloaded: HTTP {status} "
-                    f"from {redact_url(url)}",
+                    f"from {self._shown(url)}",
                     generation_id=gid,
                 )
             declared = response.headers.get("content-length", "").strip()
@@ -235,7 +276,14 @@ class Downloader:
             scheme = current.partition(":")[0].lower()
             if scheme not in ("http", "https"):
                 raise DownloadError(
-                    f"the audio URL of generation {gid} is not http(s): {redact_url(current)}",
+                    f"the audio URL of generation {gid} is not http(s): {self._shown(current)}",
+                    generation_id=gid,
+                )
+            host = _host_of(current)
+            if not self._private_allowed and not_public(host):
+                raise DownloadError(
+                    f"the audio URL of generation {gid} is on an address that is not public "
+                    f"({self._shown(current)}): refused, since the API is not on one",
                     generation_id=gid,
                 )
             # Built from scratch rather than with build_request(): a caller's http client
@@ -251,20 +299,26 @@ class Downloader:
                 )
             except (httpx.InvalidURL, ValueError, UnicodeError):
                 raise DownloadError(
-                    f"the audio URL of generation {gid} is not a valid URL: {redact_url(current)}",
+                    f"the audio URL of generation {gid} is not a valid URL: {self._shown(current)}",
                     generation_id=gid,
                 ) from None
-            logger.debug("GET %s (audio of generation %s)", redact_url(current), gid)
+            logger.debug("GET %s (audio of generation %s)", self._shown(current), gid)
             outcome = await self._send(request, gid)
             if isinstance(outcome, Exception):
                 raise outcome  # raised here, not in httpx's except block: no httpx context
             response = outcome
-            request_logger.debug("GET %s -> %d", redact_url(current), response.status_code)
+            request_logger.debug("GET %s -> %d", self._shown(current), response.status_code)
             location = response.headers.get("location")
             if not response.is_redirect or location is None:
                 return response
             await response.aclose()
-            current = str(response.url.join(location))
+            try:
+                current = str(response.url.join(location))
+            except (httpx.InvalidURL, ValueError, UnicodeError):  # too long, or not a URL
+                raise DownloadError(
+                    f"the audio URL of generation {gid} redirected to an invalid URL",
+                    generation_id=gid,
+                ) from None
         raise DownloadError(
             f"the audio URL of generation {gid} redirected more than {MAX_REDIRECTS} times",
             generation_id=gid,
@@ -275,10 +329,18 @@ class Downloader:
             return await self._http.send(request, stream=True, auth=NO_AUTH, follow_redirects=False)
         except httpx.TransportError as exc:
             return _TransientFailure(self._describe(exc))
+        except httpx.InvalidURL:
+            # Raised once answered: httpx builds a redirect's URL from its Location even
+            # when it does not follow it, and refuses one too long.
+            return DownloadError(
+                f"the audio of generation {gid} could not be downloaded from "
+                f"{self._shown(str(request.url))}: it redirected to an invalid URL",
+                generation_id=gid,
+            )
         except httpx.HTTPError as exc:
             return DownloadError(
                 f"the audio of generation {gid} could not be downloaded from "
-                f"{redact_url(str(request.url))}: {self._describe(exc)}",
+                f"{self._shown(str(request.url))}: {self._describe(exc)}",
                 generation_id=gid,
             )
 
@@ -372,6 +434,15 @@ class Downloader:
             "it, else SizeLimits.download_bytes); nothing was saved",
             generation_id=gid,
         )
+
+    def _shown(self, url: str) -> str:
+        """``url`` as logs and errors show it: its query values hidden (presigned
+        signatures), and the client's key hidden wherever a server put it (in a redirect's
+        path, say: a hostile host has the key from the POST)."""
+        shown = self._redactor.text(redact_url(url))
+        if len(shown) <= SHOWN_URL_CHARS:
+            return shown
+        return f"{shown[:SHOWN_URL_CHARS]}... ({len(shown)} characters)"
 
     def _describe(self, exc: BaseException) -> str:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

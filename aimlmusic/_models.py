@@ -7,6 +7,7 @@ bad song raises before any credit is spent; responses are built leniently by the
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
@@ -239,13 +240,20 @@ class MusicInfo:
         return self.duration_ms / 1000 if self.duration_ms is not None else None
 
 
+#: The largest figure ``extra_info`` may report (2**53, the largest integer a JSON number
+#: holds exactly): a larger one is no real duration, rate or size, and it would overflow a
+#: float or a SQLite integer downstream.
+MAX_INFO_VALUE = 2**53
+
+
 def _int_or_none(value: object) -> int | None:
+    """``value`` as a whole number in ``[0, MAX_INFO_VALUE]``, or None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and 0 <= value <= MAX_INFO_VALUE:
         return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
     return None
 
 

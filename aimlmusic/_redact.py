@@ -221,17 +221,31 @@ _FILTER_LOCK = threading.Lock()
 _LIVE_REDACTORS: weakref.WeakSet[Redactor] = weakref.WeakSet()
 
 
+#: The loggers that write what a server answered, each filtered itself (a logger's filters
+#: do not apply to its children's records): httpx's request line at INFO, and httpcore's
+#: status line and headers at DEBUG, where a server may echo a key.
+HTTP_LOGGERS = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+
+
 def install_httpx_log_filter(redactor: Redactor | None = None) -> None:
-    """Add (once) a filter to the ``httpx`` logger that hides URL query values, and the
-    secrets of ``redactor`` from then on.
+    """Add (once) a filter to the ``httpx`` and ``httpcore`` loggers (``HTTP_LOGGERS``) that
+    hides URL query values, and the secrets of ``redactor`` from then on.
 
     httpx logs ``HTTP Request: GET <url> "HTTP/1.1 401 <reason>"`` at INFO, which under
     ``logging.basicConfig(level=logging.INFO)`` would print a presigned URL's signature, or
     a key that a server echoed in its reason phrase.
     """
-    logger = logging.getLogger("httpx")
     with _FILTER_LOCK:
         if redactor is not None:
             _LIVE_REDACTORS.add(redactor)
-        if not any(isinstance(f, _URLQueryFilter) for f in logger.filters):
-            logger.addFilter(_URLQueryFilter())
+        for name in HTTP_LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _URLQueryFilter) for f in logger.filters):
+                logger.addFilter(_URLQueryFilter())

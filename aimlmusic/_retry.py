@@ -104,9 +104,10 @@ def _number(raw: str | None) -> float | None:
 def _seconds_until_http_date(raw: str, now: float) -> float | None:
     try:
         when = email.utils.parsedate_to_datetime(raw.strip())
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            # RFC 9110 dates are always GMT; a "-0000" (zone-less) date is read the same way.
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        return max(0.0, when.timestamp() - now)
+    # OverflowError: a year too large for a datetime (a 20-digit one), or its timestamp.
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        # RFC 9110 dates are always GMT; a "-0000" (zone-less) date is read the same way.
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, when.timestamp() - now)

@@ -55,6 +55,7 @@ from ._clock import Clock
 from ._config import RetryPolicy
 from ._errors import (
     AimlMusicError,
+    AmbiguousSubmissionError,
     APIConnectionError,
     APIStatusError,
     ConfigurationError,
@@ -639,6 +640,9 @@ class _Batch:
             except AimlMusicError as exc:
                 self._finish(song, error=exc)
                 return
+            except Exception as exc:  # one song's failure, whatever it is
+                self._finish(song, error=_unforeseen_submission(song, exc))
+                return
         now = self.clock.now()
         song.generation = generation
         song.id = generation.id
@@ -894,6 +898,8 @@ class _Batch:
                 )
             except AimlMusicError as exc:
                 failure = exc
+            except Exception as exc:  # one song's failure, whatever it is
+                failure = _unforeseen_poll(song, exc)
             finally:
                 song.poll_scope = None
                 self._note_unreported(song, observer, dispatched)
@@ -1349,3 +1355,27 @@ async def follow(
             result = await receive.receive()
             task_group.cancel_scope.cancel()
     return result
+
+
+def _unforeseen_submission(song: _Song, exc: Exception) -> AmbiguousSubmissionError:
+    """The error of a submission that failed with an exception none of the library's (a
+    transport's bug, or an answer nothing foresaw): it may have reached the server, so it
+    is ambiguous, never resent. Only the exception's type is told (its text could quote
+    what a server sent, a key echoed); it is logged, so the cause can be found."""
+    logger.warning("the submission of %s failed with %s", song.key, type(exc).__name__)
+    return AmbiguousSubmissionError(
+        f"the submission failed with {type(exc).__name__}, which nothing foresaw; it may have "
+        "reached the server, so it was not resent: a generation may exist and cost credits, "
+        "look for it before submitting again",
+        request=song.request,
+    )
+
+
+def _unforeseen_poll(song: _Song, exc: Exception) -> ResponseValidationError:
+    """The error of a poll that failed with an exception none of the library's: an answer
+    that could not be read, retried like one a few times, then the song's error."""
+    logger.warning("a poll of %s failed with %s", song.key, type(exc).__name__)
+    return ResponseValidationError(
+        f"the poll failed with {type(exc).__name__}, which nothing foresaw",
+        generation_id=song.id,
+    )

@@ -129,7 +129,8 @@ FailureKind = Literal[
     "maybe_sent",  # a transport failure after the request may have been sent
     "throttled",  # 429
     "server_error",  # 5xx
-    "rejected",  # any other non-2xx: the server refused it, nothing was created
+    "rejected",  # a 4xx that refuses the request as sent (_REFUSALS): nothing was created
+    "unclear",  # any other non-2xx (a redirect, a 408, a 409): a POST may have created one
     "bad_response",  # a 2xx whose body we could not understand
     "unusable",  # retrying cannot help (an unsupported URL scheme...)
     "unusable_answer",  # a readable answer naming a generation we cannot use: never resent
@@ -138,7 +139,14 @@ _GET_RETRIES: frozenset[FailureKind] = frozenset(
     {"never_sent", "maybe_sent", "throttled", "server_error"}
 )
 _POST_RETRIES: frozenset[FailureKind] = frozenset({"never_sent", "throttled"})
-_POST_AMBIGUOUS: frozenset[FailureKind] = frozenset({"maybe_sent", "server_error", "bad_response"})
+_POST_AMBIGUOUS: frozenset[FailureKind] = frozenset(
+    {"maybe_sent", "server_error", "bad_response", "unclear"}
+)
+#: Statuses that refuse a request as it was sent (malformed, unauthorised, unpaid, not
+#: found, the wrong method or media type, too large, invalid): a POST so answered created
+#: nothing. Any other non-2xx is no such proof: a 303 is the usual answer to a POST that
+#: created something, and a proxy answers 408 or 409 whatever the server behind it did.
+_REFUSALS = frozenset({400, 401, 402, 403, 404, 405, 406, 411, 413, 414, 415, 422, 431})
 
 
 class RequestObserver(Protocol):
@@ -468,6 +476,21 @@ class Transport:
             request.extensions["trace"] = notice.trace
         try:
             response = await http.send(request, stream=True, auth=NO_AUTH, follow_redirects=False)
+        except httpx.InvalidURL as exc:
+            # Raised once an answer came: httpx builds a redirect's URL from its Location
+            # even when it does not follow it, and refuses one too long. A POST was received.
+            failure = _Failure(
+                "maybe_sent",
+                APIConnectionError(
+                    f"the answer could not be read ({type(exc).__name__}: a redirect "
+                    "httpx cannot follow)",
+                    method=method,
+                    url=url,
+                ),
+            )
+            if notice is not None:
+                notice.fire_after()
+            return failure
         except httpx.HTTPError as exc:
             failure = self._transport_failure(exc, method, url)
             request_logger.debug("%s %s failed: %s", method, url, failure.error)
@@ -631,7 +654,7 @@ class Transport:
                 "server_error", ServerError(message, **common), parse_retry_after(response.headers)
             )
         cls = _STATUS_ERRORS.get(status, APIStatusError)
-        return _Failure("rejected", cls(message, **common))
+        return _Failure("rejected" if status in _REFUSALS else "unclear", cls(message, **common))
 
     def _ambiguous(
         self, request: SongRequest, cause: APIError, method: str, url: str
@@ -733,7 +756,9 @@ def _charset_of(response: httpx.Response) -> str | None:
 def _decode_text(raw: bytes, charset: str | None) -> str:
     try:
         return raw.decode(charset or "utf-8", errors="replace")
-    except LookupError:  # a charset nobody knows
+    # A charset nobody knows (LookupError), or a codec that is not one for text and fails
+    # even with errors="replace" ("idna", "undefined": a UnicodeError, a ValueError).
+    except (LookupError, ValueError):
         return raw.decode("utf-8", errors="replace")
 
 

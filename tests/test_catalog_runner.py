@@ -475,6 +475,50 @@ async def test_a_journal_that_cannot_be_read_before_a_song_is_handed_over_stops_
     assert emulator.stats().jobs_submitted == 1
 
 
+class _RedirectsOneSubmission(httpx.AsyncBaseTransport):
+    """The emulator in process, behind a proxy that answers the first POST of song 1 with
+    ``status`` once the emulator has created (and charged for) its job."""
+
+    def __init__(self, emulator: Emulator, status: int) -> None:
+        self.inner = httpx.ASGITransport(app=emulator.app)
+        self.status = status
+        self.done = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method == "POST" and not self.done and b"number 1," in request.content:
+            self.done = True
+            await response.aread()
+            job = json.loads(response.content)["id"]
+            location = f"/v2/generate/audio?generation_id={job}"
+            return httpx.Response(self.status, headers={"location": location})
+        return response
+
+
+@pytest.mark.parametrize("status", [303, 408])
+async def test_a_submission_answered_by_a_redirect_is_ambiguous_and_never_paid_twice(
+    tmp_path: Path, status: int
+) -> None:
+    """A POST whose job was created but which is answered 303 (the usual answer to a POST
+    that created something) or 408 by whatever stands in front of the API leaves its song
+    ambiguous, and a plain rerun sends it no second time. It was marked failed, and the
+    rerun paid for it again."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
+    out = tmp_path / "out"
+    proxy = _RedirectsOneSubmission(emulator, status)
+    for _ in range(2):
+        async with aimlmusic.AsyncMusicClient(
+            TEST_API_KEY, base_url="http://127.0.0.1", transport=proxy, clock=emulator.clock
+        ) as client:
+            summary = await run_catalog(client, catalog, out)
+        assert summary.ambiguous == ("song-01",)
+        assert summary.failed == ()
+    stats = emulator.stats()
+    assert stats.jobs_submitted == 3
+    assert stats.duplicate_submissions == 0
+
+
 @pytest.mark.parametrize("before", [SongState.PENDING, SongState.AMBIGUOUS])
 async def test_a_submission_answered_429_goes_back_to_the_state_it_was_sent_from(
     tmp_path: Path, before: SongState

@@ -362,3 +362,67 @@ async def test_a_song_result_can_be_downloaded_directly(tmp_path: Path) -> None:
         with pytest.raises(DownloadError, match="nothing to download"):
             await client.download(None, tmp_path / "c.mp3")
     assert not (tmp_path / "b.mp3").exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/role",
+        "http://2852039166/latest/meta-data/",  # the same address, as a resolver reads it
+        "http://[::ffff:169.254.169.254]/latest/meta-data/",
+        "http://127.0.0.1:8080/admin",
+        "http://10.0.0.7/internal.mp3",
+        "http://localhost/a.mp3",
+    ],
+)
+async def test_audio_on_an_address_that_is_not_public_is_refused(tmp_path: Path, url: str) -> None:
+    """An audio URL on a loopback, private or link-local address (a cloud's metadata
+    service, a local admin port) is refused before any request, when the API is on a public
+    host: a hostile answer used to have whatever such a host answered saved as the song."""
+    hosts = Hosts()
+    hosts.store = [audio()]
+    async with make_client(hosts) as client:
+        with pytest.raises(DownloadError, match="not public"):
+            await client.download(completed(url), tmp_path / "a.mp3")
+    assert hosts.storage_requests() == []
+    assert files_in(tmp_path) == []
+
+
+async def test_a_redirect_to_an_address_that_is_not_public_is_refused(tmp_path: Path) -> None:
+    """A storage host redirecting to a link-local address is refused at that hop."""
+    hosts = Hosts()
+    hosts.store = [httpx.Response(302, headers={"location": "http://169.254.169.254/x"})]
+    async with make_client(hosts) as client:
+        with pytest.raises(DownloadError, match="not public"):
+            await client.download(completed(), tmp_path / "a.mp3")
+    assert [r.url.host for r in hosts.storage_requests()] == ["store.test"]
+
+
+async def test_audio_on_a_private_address_is_fetched_when_the_api_is_on_one(
+    tmp_path: Path,
+) -> None:
+    """With the API itself on a private or loopback address (an emulator, a test server),
+    audio on such addresses is fetched as any other."""
+    hosts = Hosts()
+    hosts.store = [audio()]
+    client = AsyncMusicClient(
+        "sk-download-test",
+        base_url="http://127.0.0.1:9",
+        transport=httpx.MockTransport(hosts.handler),
+        clock=RecordingClock(),
+    )
+    async with client:
+        path = await client.download(completed("http://127.0.0.1:9/a.mp3"), tmp_path / "a.mp3")
+    assert path.read_bytes() == AUDIO
+
+
+async def test_a_redirect_to_a_url_too_long_for_httpx_is_a_download_error(tmp_path: Path) -> None:
+    """A storage redirect whose Location, joined to the URL, passes httpx's length limit is a
+    DownloadError with the URL shown bounded; httpx.InvalidURL, which is no httpx.HTTPError,
+    came out of client.download() raw."""
+    hosts = Hosts()
+    hosts.store = [httpx.Response(302, headers={"location": "a" * 65_520})]
+    async with make_client(hosts) as client:
+        with pytest.raises(DownloadError, match="invalid URL") as caught:
+            await client.download(completed(), tmp_path / "a.mp3")
+    assert len(str(caught.value)) < 1_000

@@ -321,6 +321,20 @@ def test_generation_properties() -> None:
 
 
 @pytest.mark.parametrize(
+    "value", [10**19, 10**400, 2**53 + 1, -1, 1e300, float("nan"), float("inf")]
+)
+def test_an_absurd_figure_in_extra_info_reads_as_none(value: object) -> None:
+    """A figure of ``extra_info`` no real song has (past 2**53, negative, not finite) reads
+    as None: 10**19 overflowed the SQLite journal and 10**400 the duration in seconds,
+    crashing every catalog run that polled the song."""
+    raw = {"music_duration": value, "music_sample_rate": value, "music_size": value}
+    generation = Generation(id="g", status=GenerationStatus.COMPLETED, extra={"extra_info": raw})
+    info = generation.music_info
+    assert info is not None
+    assert (info.duration_ms, info.sample_rate, info.size, info.duration) == (None,) * 4
+
+
+@pytest.mark.parametrize(
     "extra",
     [
         {},

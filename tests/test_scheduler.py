@@ -99,7 +99,9 @@ class FakeAPI:
     ``paused`` (the first poll meets a 429 whose Retry-After pauses the budget for
     ``PAUSE`` s), ``late429`` (every poll from ``LATE_429_AT`` s on meets a 429),
     ``reports`` (the submission tells the observer it is sending, as a socket's trace does,
-    and is not sent if that raises).
+    and is not sent if that raises), ``broken_submit`` and ``broken_poll`` (the transport
+    raises an exception that is none of the library's, as a bug or an answer nothing
+    foresaw would).
     """
 
     def __init__(self, clock: Clock, budget: RequestBudget | None = None) -> None:
@@ -135,6 +137,8 @@ class FakeAPI:
             if "reports" in flags and observer is not None:
                 observer.on_sending()
             await self._enter("submit", request.prompt)
+            if "broken_submit" in flags:
+                raise UnicodeError("a codec nobody foresaw")
             if "reject" in flags:
                 raise BadRequestError("Body validation error!", status_code=400)
             if "ambiguous" in flags:
@@ -163,6 +167,8 @@ class FakeAPI:
             await self._enter("poll", job["prompt"])
             job["polls"] += 1
             flags = job["flags"]
+            if "broken_poll" in flags:
+                raise OverflowError("a date nobody foresaw")
             if "gone" in flags:
                 raise NotFoundError("no such generation", status_code=404)
             if "garbled" in flags:
@@ -304,6 +310,25 @@ async def test_one_songs_failure_never_touches_the_others(api: FakeAPI) -> None:
     assert isinstance(results["garbled"].error, ResponseValidationError)
     assert isinstance(results["gone"].error, NotFoundError)
     assert results["gone"].polls == 3  # a few tries: a new job may take a moment to appear
+
+
+async def test_an_exception_no_one_foresaw_ends_only_its_song(api: FakeAPI) -> None:
+    """A transport raising an exception that is none of the library's (a bug, or an answer
+    nothing foresaw) ends that song alone: a submission as ambiguous, sent once (it may
+    have reached the server), a poll after a few tries. It used to crash the whole batch."""
+    songs = [
+        ("ok", song("ok", 5)),
+        ("post", song("post", 5, "broken_submit")),
+        ("poll", song("poll", 5, "broken_poll")),
+    ]
+    results = {r.key: r for r in await collect(api, songs)}
+    assert results["ok"].ok
+    assert isinstance(results["post"].error, AmbiguousSubmissionError)
+    assert "UnicodeError" in str(results["post"].error)
+    assert api.submissions("post") == 1
+    assert isinstance(results["poll"].error, ResponseValidationError)
+    assert "OverflowError" in str(results["poll"].error)
+    assert results["poll"].generation_id is not None
 
 
 async def test_an_outage_of_polls_is_logged_once_as_it_begins_and_once_as_it_ends(

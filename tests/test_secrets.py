@@ -229,7 +229,11 @@ def test_configuration_errors_do_not_show_a_key_from_the_environment(
 
 
 class EchoServer:
-    """A real HTTP server on 127.0.0.1 answering 401 with the request's headers in the body."""
+    """A real HTTP server on 127.0.0.1 answering 401 with the request's headers in the body
+    (and, with ``in_head``, its Authorization in the reason phrase and a header too)."""
+
+    def __init__(self, *, in_head: bool = False) -> None:
+        self.in_head = in_head
 
     async def handle(self, stream: SocketStream) -> None:
         async with stream:
@@ -240,23 +244,37 @@ class EchoServer:
             head = data.split(b"\r\n\r\n", 1)[0]
             body = b'{"message": "rejected: ' + head.replace(b"\r\n", b" | ").replace(b'"', b"'")
             body += b'", "statusCode": 401}'
+            reason, echoed = b"Unauthorized", b""
+            if self.in_head:
+                lines = head.split(b"\r\n")
+                # The emulator-time probe comes first, with no Authorization.
+                sent = [v for v in lines if v.lower().startswith(b"authorization:")]
+                key = sent[0].split(b":", 1)[1].strip() if sent else b"none"
+                reason, echoed = b"Bad key " + key, b"X-Echo: " + key + b"\r\n"
             response = (
-                b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n"
-                b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+                b"HTTP/1.1 401 "
+                + reason
+                + b"\r\nContent-Type: application/json\r\n"
+                + echoed
+                + b"Connection: close\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
             )
             with contextlib.suppress(anyio.BrokenResourceError):
                 await stream.send(response + body)
 
 
+@pytest.mark.parametrize("in_head", [False, True])
 async def test_over_a_real_socket_nothing_logged_or_raised_shows_the_key(
-    debug_logs: pytest.LogCaptureFixture,
+    debug_logs: pytest.LogCaptureFixture, in_head: bool
 ) -> None:
-    """With httpx and httpcore logging at DEBUG and a server echoing our headers, the key
+    """With httpx and httpcore logging at DEBUG and a server echoing our headers (in its
+    body, or in its reason phrase and a header, which httpcore logs at DEBUG), the key
     appears nowhere."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(SocketAttribute.local_port)
     async with listener, anyio.create_task_group() as group:
-        group.start_soon(listener.serve, EchoServer().handle)
+        group.start_soon(listener.serve, EchoServer(in_head=in_head).handle)
         client = AsyncMusicClient(CANARY, base_url=f"http://127.0.0.1:{port}", timeout=5)
         try:
             with anyio.fail_after(10), pytest.raises(AuthenticationError) as caught:
@@ -268,6 +286,29 @@ async def test_over_a_real_socket_nothing_logged_or_raised_shows_the_key(
     assert_clean(caught.value)
     assert CANARY not in debug_logs.text
     assert any(r.name.startswith("httpcore") for r in debug_logs.records)
+    if in_head:  # httpcore logged the echoed head, redacted
+        assert "X-Echo" in debug_logs.text
+        assert "<redacted>" in debug_logs.text
+
+
+async def test_a_download_redirected_to_a_url_carrying_the_key_never_shows_it(
+    tmp_path: Path, debug_logs: pytest.LogCaptureFixture
+) -> None:
+    """A storage host (a hostile one has the key from the POST) redirecting to a URL with
+    the key in its path: the error, and every log line, show it redacted. Hop URLs used to
+    lose only their query, and the key reached logs, the error, and so the manifest."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "api.test":
+            return httpx.Response(200, json=completed_json())
+        return httpx.Response(302, headers={"location": f"ftp://store.test/{CANARY}/a.mp3"})
+
+    async with client_with(httpx.MockTransport(handler)) as client:
+        with pytest.raises(DownloadError) as caught:
+            await client.download(structure_generation(completed_json(AUDIO_URL)), tmp_path / "a")
+    assert "store.test/<redacted>/a.mp3" in str(caught.value)
+    assert_clean(caught.value)
+    assert CANARY not in debug_logs.text
 
 
 def _json_escaped(text: str) -> str:

@@ -924,3 +924,71 @@ async def test_a_poll_url_is_parsed_once_per_id_and_long_ids_are_not_kept() -> N
         assert (await transport.get(long_id)).id == long_id
     assert _parsed_url.cache_info().currsize == 2
     assert api.requests[-1].url.params["generation_id"] == long_id
+
+
+# ------------------------------------------------------------------ hostile answers (review 45)
+
+
+@pytest.mark.parametrize("charset", ["idna", "undefined"])
+async def test_an_answer_in_a_charset_that_is_no_text_codec_still_decodes(charset: str) -> None:
+    """A Content-Type naming a codec that fails even with errors="replace" ("idna",
+    "undefined") is read as UTF-8; it raised a bare UnicodeError that crashed a batch."""
+    body = json.dumps({"id": GEN_ID, "status": "queued"}).encode()
+    answer = httpx.Response(
+        200, content=body, headers={"content-type": f"application/json; charset={charset}"}
+    )
+    generation = await make_transport(ScriptedAPI(answer)).submit(song())
+    assert generation.id == GEN_ID
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_retry_after_date_with_an_absurd_year_is_ignored(status: int) -> None:
+    """A Retry-After date whose year overflows a datetime is no hint (the usual back-off
+    applies); it raised a bare OverflowError that crashed a batch."""
+    hint = "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"
+    api = ScriptedAPI(httpx.Response(status, headers={"Retry-After": hint}), ok())
+    clock = RecordingClock()
+    generation = await make_transport(api, clock).get(GEN_ID)
+    assert generation.id == GEN_ID
+    assert api.methods() == ["GET", "GET"]
+
+
+async def test_a_post_redirected_to_a_url_httpx_refuses_is_ambiguous_and_sent_once() -> None:
+    """A 303 to a POST whose Location makes a URL too long for httpx (which builds it even
+    when it follows no redirect) is ambiguous, sent once: the answer came, so the POST
+    arrived. httpx.InvalidURL is no httpx.HTTPError, and it crashed the batch."""
+    # Short enough for the Location to parse, long enough that joined to the request's
+    # URL it passes httpx's 65,536 characters.
+    api = ScriptedAPI(httpx.Response(303, headers={"location": "a" * 65_520}), ok())
+    with pytest.raises(AmbiguousSubmissionError) as caught:
+        await make_transport(api).submit(song())
+    assert api.methods() == ["POST"]
+    assert "InvalidURL" in str(caught.value)
+    assert_no_httpx_in_chain(caught.value)
+
+
+@pytest.mark.parametrize("status", [303, 307, 408, 409, 410, 499])
+async def test_a_post_answered_by_a_status_that_proves_no_refusal_is_ambiguous(
+    status: int,
+) -> None:
+    """A redirect, a 408 or another status that does not refuse the request as sent may
+    follow a created generation (303 is the usual answer to a POST that created one): the
+    submission is ambiguous, sent once. It was "rejected", the catalog marked the song
+    failed, and the next run paid for it again."""
+    api = ScriptedAPI(httpx.Response(status, headers={"location": "/elsewhere"}), ok())
+    with pytest.raises(AmbiguousSubmissionError) as caught:
+        await make_transport(api).submit(song())
+    assert api.methods() == ["POST"]
+    assert isinstance(caught.value.cause, APIStatusError)
+    assert caught.value.cause.status_code == status
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
+async def test_a_post_refused_as_sent_is_not_ambiguous(status: int) -> None:
+    """Statuses that refuse the request as it was sent raise their error, not an
+    ambiguous one: nothing was created, and the song may be sent again later."""
+    api = ScriptedAPI(error_body(status))
+    with pytest.raises(APIStatusError) as caught:
+        await make_transport(api).submit(song())
+    assert not isinstance(caught.value, AmbiguousSubmissionError)
+    assert caught.value.status_code == status
