@@ -9,7 +9,7 @@ stops as soon as the decoded body passes the cap, whatever the compression ratio
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Protocol
 
@@ -148,16 +148,30 @@ async def decoded_chunks(
                 await _abandon(response, source)
 
 
-async def read_body(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
+class SlowBody(Exception):
+    """A body still arriving when the reader's deadline passed (see :func:`read_body`)."""
+
+
+async def read_body(
+    response: httpx.Response,
+    limit: int,
+    *,
+    truncate: bool = False,
+    late: Callable[[], bool] | None = None,
+) -> bytes:
     """The decoded body of ``response`` (opened with ``stream=True``), at most ``limit`` bytes.
 
     Over the limit: raises :class:`BodyProblem` with ``too_large`` set, or with ``truncate``
-    returns the first ``limit`` bytes and stops reading.
+    returns the first ``limit`` bytes and stops reading. Raises :class:`SlowBody` when
+    ``late()`` is true as a piece arrives: a server dripping a body a byte at a time, each
+    within the read timeout, would otherwise hold the reader for ever.
     """
     parts: list[bytes] = []
     try:
         async with aclosing(decoded_chunks(response, limit)) as chunks:
             async for piece in chunks:
+                if late is not None and late():
+                    raise SlowBody
                 parts.append(piece)
     except BodyProblem as problem:
         if not (truncate and problem.too_large):

@@ -40,7 +40,9 @@ class Timeout:
 
     ``connect``, ``read``, ``write`` and ``pool`` are HTTP timeouts in real time: connecting,
     waiting for the next bytes of a response, writing a request body and waiting for a free
-    connection from the pool. ``download`` bounds one whole :meth:`download` (every attempt,
+    connection from the pool. ``read`` also bounds the whole body of an API answer, so a
+    server that drips one byte at a time cannot hold a song for ever (a submission so cut is
+    ambiguous, a poll is retried). ``download`` bounds one whole :meth:`download` (every attempt,
     redirect and refresh together), so a storage host that drips one byte at a time cannot
     hold it for ever; it is measured on the client's clock, in real seconds too (on a
     :class:`ScaledClock` it spans ``scale`` times as many API seconds).

@@ -38,8 +38,8 @@ import anyio
 import httpx
 
 from . import _limits
-from ._bodies import ACCEPTED_ENCODINGS, BodyProblem, read_body
-from ._clock import Clock, finished_by
+from ._bodies import ACCEPTED_ENCODINGS, BodyProblem, SlowBody, read_body
+from ._clock import Clock, ScaledClock, finished_by
 from ._config import RetryPolicy, SizeLimits, Timeout
 from ._converter import (
     decode_json,
@@ -252,6 +252,11 @@ class Transport:
         self.retry = retry
         self.clock = clock
         self.budget = budget
+        # The whole body of an answer must arrive within one read timeout, as it does in
+        # one piece from an honest server (a few hundred bytes); each wait for the next bytes
+        # is bounded by httpx, but a body dripped a byte at a time would hold a song for ever.
+        # On the client's clock, in real seconds (a ScaledClock's API seconds are shorter).
+        self._body_span = timeout.read * (clock.scale if isinstance(clock, ScaledClock) else 1.0)
         self._httpx_timeout = httpx.Timeout(
             connect=timeout.connect, read=timeout.read, write=timeout.write, pool=timeout.pool
         )
@@ -518,9 +523,25 @@ class Transport:
         """The body as text, at most ``size_limits.response_bytes`` of it decoded."""
         limit = self.size_limits.response_bytes
         failure: _Failure | None = None
+        read_by = self.clock.now() + self._body_span
         try:
             # An error body over the cap is cut, not refused: its status says what happened.
-            raw = await read_body(response, limit, truncate=not response.is_success)
+            raw = await read_body(
+                response,
+                limit,
+                truncate=not response.is_success,
+                late=lambda: self.clock.now() > read_by,
+            )
+        except SlowBody:
+            failure = _Failure(
+                "maybe_sent",
+                APITimeoutError(
+                    f"the answer's body took longer than {self.timeout.read:g} s (Timeout.read) "
+                    "in all",
+                    method=method,
+                    url=url,
+                ),
+            )
         except BodyProblem as problem:
             hint = " (see SizeLimits.response_bytes)" if problem.too_large else ""
             failure = _Failure(

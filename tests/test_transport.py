@@ -10,6 +10,7 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from _http_fakes import (
@@ -992,3 +993,53 @@ async def test_a_post_refused_as_sent_is_not_ambiguous(status: int) -> None:
         await make_transport(api).submit(song())
     assert not isinstance(caught.value, AmbiguousSubmissionError)
     assert caught.value.status_code == status
+
+
+class _Drip(httpx.AsyncByteStream):
+    """A body of ``pieces`` bytes sent one at a time, ``gap`` seconds of ``clock`` apart
+    (each gap within any read timeout: only the whole body's time is too long)."""
+
+    def __init__(self, clock: RecordingClock, pieces: int, gap: float) -> None:
+        self.clock, self.pieces, self.gap = clock, pieces, gap
+        self.closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True  # as a socket's stream ends once its connection is closed
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for _ in range(self.pieces):
+            if self.closed:
+                return
+            self.clock.time += self.gap
+            await anyio.lowlevel.checkpoint()
+            yield b" "
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+async def test_an_answer_dripped_a_byte_at_a_time_is_cut_after_one_read_timeout(
+    method: str,
+) -> None:
+    """An answer whose body comes a byte at a time, each within the read timeout, is cut
+    once it has taken longer than one read timeout (30 s) in all: a submission is then
+    ambiguous (sent once), a poll is retried. Nothing bounded it, and one song's POST could
+    hold a batch for months."""
+    clock = RecordingClock()
+
+    def drip(request: httpx.Request) -> httpx.Response:
+        stream = _Drip(clock, 100_000, 1.0)
+        return httpx.Response(200, headers={"content-length": "100000"}, stream=stream)
+
+    api = ScriptedAPI(drip, ok())
+    transport = make_transport(api, clock)
+    started = clock.time
+    if method == "POST":
+        with pytest.raises(AmbiguousSubmissionError) as caught:
+            await transport.submit(song())
+        assert isinstance(caught.value.cause, APITimeoutError)
+        assert "Timeout.read" in str(caught.value)
+        assert api.methods() == ["POST"]
+    else:
+        generation = await transport.get(GEN_ID)
+        assert generation.id == GEN_ID
+        assert api.methods() == ["GET", "GET"]
+    assert clock.time - started <= 32 + 8  # one read timeout, and a back-off for the GET
