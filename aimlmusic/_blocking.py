@@ -342,7 +342,7 @@ class MusicClient:
         batch = self._client.generate_many(
             requests, max_in_flight=max_in_flight, deadline=deadline, poll=poll, events=events
         )
-        results = SongResults(self._loop, batch)
+        results = SongResults(self._loop, batch, self)
         self._batches.add(results)
         return results
 
@@ -394,9 +394,16 @@ class SongResults(Iterator[SongResult]):
         self,
         loop: _LoopThread,
         batch: Any,  # AbstractAsyncContextManager[MemoryObjectReceiveStream[SongResult]]
+        client: MusicClient,
     ) -> None:
         self._loop = loop
         self._batch = batch
+        # Keeps the client alive while its results are read: dropped, its finalizer would
+        # close the loop under them (``for r in MusicClient(...).generate_many(...)``).
+        self._client = client
+        # One thread at a time enters the batch or leaves it; results may be read from
+        # several (the loop's stream serves them one each).
+        self._lock = threading.Lock()
         self._stream: MemoryObjectReceiveStream[SongResult] | None = None
         # Filled on the loop with the event that lets the batch's block exit.
         self._leave: list[anyio.Event] = []
@@ -425,6 +432,10 @@ class SongResults(Iterator[SongResult]):
     def close(self) -> None:
         """Cancel the songs still running (those already delivered are kept) and end the
         iteration. Safe to call twice."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._done:
             return
         self._done = True
@@ -465,6 +476,14 @@ class SongResults(Iterator[SongResult]):
     def _start(self) -> MemoryObjectReceiveStream[SongResult]:
         """Enter the batch on the loop, where a task keeps it open until :meth:`close`."""
         if self._stream is not None:
+            return self._stream
+        with self._lock:
+            if self._done:
+                raise StopIteration  # closed meanwhile (by another thread)
+            return self._enter()
+
+    def _enter(self) -> MemoryObjectReceiveStream[SongResult]:
+        if self._stream is not None:  # entered by another thread while this one waited
             return self._stream
         if self._loop.stopped:
             raise RuntimeError("this MusicClient is closed; create a new one")

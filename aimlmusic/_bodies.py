@@ -93,8 +93,16 @@ def _decoder_for(encoding: str) -> _Decoder:
     raise BodyProblem(f"the body uses a content encoding that was not asked for: {encoding!r}")
 
 
+class SlowBody(Exception):
+    """A body still arriving when the reader's deadline passed (see :func:`read_body`)."""
+
+
 async def decoded_chunks(
-    response: httpx.Response, limit: int, *, what: str = "the body"
+    response: httpx.Response,
+    limit: int,
+    *,
+    what: str = "the body",
+    late: Callable[[], bool] | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The decoded body of ``response`` (opened with ``stream=True``), piece by piece.
 
@@ -117,6 +125,10 @@ async def decoded_chunks(
     exhausted = False
     try:
         async for raw in source:
+            # As raw bytes arrive, not decoded pieces: bytes that decode to nothing (empty
+            # compressed blocks) are a drip too.
+            if late is not None and late():
+                raise SlowBody
             raw_size += len(raw)
             data = raw
             while data:
@@ -148,10 +160,6 @@ async def decoded_chunks(
                 await _abandon(response, source)
 
 
-class SlowBody(Exception):
-    """A body still arriving when the reader's deadline passed (see :func:`read_body`)."""
-
-
 async def read_body(
     response: httpx.Response,
     limit: int,
@@ -163,15 +171,13 @@ async def read_body(
 
     Over the limit: raises :class:`BodyProblem` with ``too_large`` set, or with ``truncate``
     returns the first ``limit`` bytes and stops reading. Raises :class:`SlowBody` when
-    ``late()`` is true as a piece arrives: a server dripping a body a byte at a time, each
+    ``late()`` is true as bytes arrive: a server dripping a body a byte at a time, each
     within the read timeout, would otherwise hold the reader for ever.
     """
     parts: list[bytes] = []
     try:
-        async with aclosing(decoded_chunks(response, limit)) as chunks:
+        async with aclosing(decoded_chunks(response, limit, late=late)) as chunks:
             async for piece in chunks:
-                if late is not None and late():
-                    raise SlowBody
                 parts.append(piece)
     except BodyProblem as problem:
         if not (truncate and problem.too_large):

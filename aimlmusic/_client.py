@@ -32,7 +32,7 @@ from ._models import Generation, GenerationStatus, SongRequest, SongResult
 from ._network import OwnNetwork
 from ._polling import PollPolicy, default_policy
 from ._ratelimit import Budget, RequestBudget
-from ._redact import install_httpx_log_filter, key_fingerprint
+from ._redact import Redactor, Secret, install_httpx_log_filter, key_fingerprint
 from ._shared_budget import SharedBudget
 from ._shared_leases import SharedLeases, give_back
 from ._shared_redis import SharedStore
@@ -125,7 +125,9 @@ class AsyncMusicClient:
         self._telemetry = telemetry_if_configured()
         if self._telemetry is not None and http_client is None:
             # Spans and counts per request (a caller's http_client is left as it is).
-            transport = self._telemetry.wrap(transport if transport is not None else OwnNetwork())
+            transport = self._telemetry.wrap(
+                transport if transport is not None else OwnNetwork(), Redactor(Secret(key))
+            )
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._poll: PollPolicy = poll if poll is not None else default_policy()
         self._shared = _shared_state(shared_url, key, self._clock)

@@ -7,13 +7,14 @@ with an emulator using the same scale, a 55-second song takes 55 ms.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 import anyio
 
-__all__ = ["Clock", "ScaledClock", "SystemClock", "finished_by"]
+__all__ = ["Clock", "ScaledClock", "SystemClock", "api_seconds", "finished_by"]
 
 
 @runtime_checkable
@@ -91,3 +92,14 @@ async def finished_by(clock: Clock, at: float, wait: Callable[[], Awaitable[None
     if error is not None:
         raise error
     return finished
+
+
+def api_seconds(clock: Clock, real_seconds: float) -> float:
+    """The API seconds ``clock`` counts while ``real_seconds`` of real time pass: as many on
+    a clock of real time, ``scale`` times as many on one that runs API time faster (a
+    :class:`ScaledClock`, or the clock that follows an emulator's pace, whose scale is known
+    only once learned: so ask at the moment it is needed)."""
+    scale = getattr(clock, "scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < math.inf:
+        scale = 1.0
+    return real_seconds * scale

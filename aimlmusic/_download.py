@@ -38,7 +38,7 @@ import anyio.to_thread
 import httpx
 
 from ._bodies import BodyProblem, decoded_chunks
-from ._clock import Clock, ScaledClock
+from ._clock import Clock, api_seconds
 from ._config import DEFAULT_DOWNLOAD_BYTES, RetryPolicy, Timeout
 from ._errors import AimlMusicError, DownloadError
 from ._filemode import file_mode_from_umask
@@ -71,12 +71,26 @@ def _host_of(url: str) -> str:
         return ""
 
 
+def _peer_of(response: httpx.Response) -> str:
+    """The address ``response`` came from ("" when the transport does not say: an
+    in-process one). Checked once connected, before any of the body is read: a host name
+    that resolves to an address that is not public is caught with no lookup of our own."""
+    stream = response.extensions.get("network_stream")
+    if stream is None:
+        return ""
+    try:
+        peer = stream.get_extra_info("server_addr")
+    except Exception:  # a transport of the caller's that answers oddly: nothing known
+        return ""
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+
 def not_public(host: str) -> bool:
     """Whether ``host`` names an address that is not a public one: ``localhost``, or an IP
     address (in any form the resolver takes: ``2852039166`` and ``0xA9FEA9FE`` are
     169.254.169.254) that is loopback, private, link-local, reserved, multicast or
-    unspecified. A name that resolves to such an address is not caught (that would need a
-    lookup per download)."""
+    unspecified. (A name that resolves to such an address is caught once connected, by the
+    address the connection reached: see ``_peer_of``.)"""
     host = host.strip("[]").lower().rstrip(".")
     if host == "localhost" or host.endswith(".localhost"):
         return True
@@ -127,17 +141,16 @@ class Downloader:
         # Audio on a host that is no public address (a cloud's metadata service, a local
         # admin port) is refused, unless the API itself is on one (an emulator, a test).
         self._private_allowed = not_public(api_host)
+        # The address a connection reached is checked too, unless a proxy makes it the
+        # proxy's (httpx mounts a transport per proxy, from the environment or the caller):
+        # a proxy on a private address is no internal service, and resolves names itself.
+        self._check_peers = not self._private_allowed and not getattr(http, "_mounts", None)
         self._retry = retry
         self._clock = clock
         self._redactor = redactor
         self._user_agent = user_agent
         self._max_bytes = max_bytes
         self._deadline = timeout.download
-        # A transfer takes real time: on a compressed clock the deadline spans as many API
-        # seconds as the real seconds it stands for (like the HTTP timeouts, which are real).
-        self._deadline_span = timeout.download * (
-            clock.scale if isinstance(clock, ScaledClock) else 1.0
-        )
         self._timeout = httpx.Timeout(
             connect=timeout.connect, read=timeout.read, write=timeout.write, pool=timeout.pool
         )
@@ -154,7 +167,10 @@ class Downloader:
         ``refresh(generation_id)`` is called at most once, when the URL turns out expired.
         The whole of it runs within ``Timeout.download`` seconds of the client's clock.
         """
-        until = self._clock.now() + self._deadline_span
+        # A transfer takes real time: on a compressed clock the deadline spans as many API
+        # seconds as the real seconds it stands for (like the HTTP timeouts, which are real),
+        # at the scale of the moment (a clock following an emulator learns it late).
+        until = self._clock.now() + api_seconds(self._clock, self._deadline)
         return await self._download(generation, target, refresh=refresh, until=until)
 
     async def _download(
@@ -307,6 +323,14 @@ class Downloader:
             if isinstance(outcome, Exception):
                 raise outcome  # raised here, not in httpx's except block: no httpx context
             response = outcome
+            if self._check_peers and not_public(_peer_of(response)):
+                await response.aclose()
+                raise DownloadError(
+                    f"the audio URL of generation {gid} led to an address that is not public "
+                    f"({self._shown(current)} resolved to one): refused, since the API is not "
+                    "on one",
+                    generation_id=gid,
+                )
             request_logger.debug("GET %s -> %d", self._shown(current), response.status_code)
             location = response.headers.get("location")
             if not response.is_redirect or location is None:
@@ -446,8 +470,12 @@ class Downloader:
 
     def _describe(self, exc: BaseException) -> str:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        # httpx messages may quote the URL, signature included.
-        return self._redactor.text(_strip_queries(text))
+        # httpx messages may quote the URL, signature included; h11's a whole illegal
+        # status line, however long.
+        text = self._redactor.text(_strip_queries(text))
+        if len(text) <= SHOWN_URL_CHARS:
+            return text
+        return f"{text[:SHOWN_URL_CHARS]}... ({len(text)} characters)"
 
 
 def audio_url(generation: Generation) -> str:

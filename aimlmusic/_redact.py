@@ -17,6 +17,7 @@ import hashlib
 import logging
 import re
 import threading
+import urllib.parse
 import weakref
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -106,6 +107,13 @@ class Redactor:
         returned, redacted.
         """
         value = self._replace(value)
+        if "%" in value and self._secrets:
+            # A URL may carry the key percent-encoded (``%73k-...``), one unquote away.
+            unquoted = urllib.parse.unquote(value)
+            if unquoted != value:
+                cleaned = self._replace(unquoted)
+                if cleaned != unquoted:
+                    value = cleaned
         if "\\" in value and self._secrets:
             unescaped = _unescape_json(value)
             if unescaped != value:

@@ -16,8 +16,9 @@ No URL query (presigned signatures) and no header is ever recorded.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ import httpx
 
 from . import _limits
 from ._events import SongCompleted, SongFailed, SongStatusChanged, SongSubmitted, emit
+from ._redact import Redactor
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -36,6 +38,45 @@ __all__ = ["Telemetry", "telemetry_if_configured"]
 
 #: The instrumentation scope: the name spans and metrics are filed under.
 SCOPE = "aimlmusic"
+
+logger = logging.getLogger("aimlmusic")
+
+
+def _quietly(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``, or None if it raised: telemetry must never fail what it
+    describes (a POST's span ends after the API has billed it; a raising span processor
+    would lose the song's id). OpenTelemetry's SDK does not catch a processor's errors."""
+    try:
+        return call(*args, **kwargs)
+    except Exception as exc:
+        logger.debug("OpenTelemetry failed (%s); the client goes on", type(exc).__name__)
+        return None
+
+
+class _Span:
+    """A span whose every call is made :func:`_quietly` (``None``: one that failed to start,
+    and does nothing)."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Any) -> None:
+        self._span = span
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if self._span is not None:
+            _quietly(self._span.set_attribute, key, value)
+
+    def set_status(self, status: Any) -> None:
+        if self._span is not None:
+            _quietly(self._span.set_status, status)
+
+    def add_event(self, name: str, attributes: dict[str, Any]) -> None:
+        if self._span is not None:
+            _quietly(self._span.add_event, name, attributes)
+
+    def end(self, **kwargs: Any) -> None:
+        if self._span is not None:
+            _quietly(self._span.end, **kwargs)
 
 
 def telemetry_if_configured() -> Telemetry | None:
@@ -51,7 +92,11 @@ def telemetry_if_configured() -> Telemetry | None:
     metering = type(meter_provider).__name__ not in ("_ProxyMeterProvider", "NoOpMeterProvider")
     if not (tracing or metering):
         return None
-    return Telemetry(tracer_provider, meter_provider)
+    try:
+        return Telemetry(tracer_provider, meter_provider)
+    except Exception as exc:  # a provider that cannot give a tracer or instruments
+        logger.warning("OpenTelemetry is configured but failed (%s): no telemetry", exc)
+        return None
 
 
 class Telemetry:
@@ -83,9 +128,23 @@ class Telemetry:
 
     # ------------------------------------------------------------------ requests
 
-    def wrap(self, transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
-        """``transport`` with a span and a count for every request."""
-        return _TracedTransport(transport, self)
+    def wrap(
+        self, transport: httpx.AsyncBaseTransport, redactor: Redactor
+    ) -> httpx.AsyncBaseTransport:
+        """``transport`` with a span and a count for every request, the client's key
+        redacted from what they record (a hostile host may put it in a redirect)."""
+        return _TracedTransport(transport, self, redactor)
+
+    def start_span(self, name: str, **kwargs: Any) -> _Span:
+        """A new span (one that does nothing if the tracer failed to start it)."""
+        return _Span(_quietly(self.tracer.start_span, name, **kwargs))
+
+    def count(
+        self, instrument: Any, value: float, attributes: dict[str, Any] | None = None
+    ) -> None:
+        """Add to a counter or record in a histogram, quietly."""
+        method = instrument.record if hasattr(instrument, "record") else instrument.add
+        _quietly(method, value, attributes)
 
     # ------------------------------------------------------------------ songs
 
@@ -120,26 +179,30 @@ def _kind(request: httpx.Request) -> str:
 class _TracedTransport(httpx.AsyncBaseTransport):
     """A span from sending a request to closing its response body, and a count."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, telemetry: Telemetry) -> None:
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport, telemetry: Telemetry, redactor: Redactor
+    ) -> None:
         self._inner = inner
         self._telemetry = telemetry
+        self._redactor = redactor
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         telemetry = self._telemetry
         trace = telemetry._trace
         kind = _kind(request)
         url = request.url
+        redact = self._redactor.text
         attributes: dict[str, Any] = {
             "http.request.method": request.method,
-            "server.address": url.host,
-            "url.path": url.path,  # never the query: presigned signatures live there
+            "server.address": redact(url.host),
+            "url.path": redact(url.path),  # never the query: presigned signatures live there
             "aimlmusic.request.kind": kind,
         }
         if url.port is not None:
             attributes["server.port"] = url.port
         if kind == "poll" and "generation_id" in url.params:
-            attributes["aimlmusic.generation_id"] = url.params["generation_id"]
-        span = telemetry.tracer.start_span(
+            attributes["aimlmusic.generation_id"] = redact(url.params["generation_id"])
+        span = telemetry.start_span(
             request.method, kind=trace.SpanKind.CLIENT, attributes=attributes
         )
         try:
@@ -149,18 +212,22 @@ class _TracedTransport(httpx.AsyncBaseTransport):
             span.set_attribute("error.type", error)
             span.set_status(trace.Status(trace.StatusCode.ERROR, error))
             span.end()
-            telemetry.requests.add(1, {"aimlmusic.request.kind": kind, "error.type": error})
+            telemetry.count(
+                telemetry.requests, 1, {"aimlmusic.request.kind": kind, "error.type": error}
+            )
             raise
         status = response.status_code
         span.set_attribute("http.response.status_code", status)
         if status >= 400:
             span.set_attribute("error.type", str(status))
             span.set_status(trace.Status(trace.StatusCode.ERROR))
-        telemetry.requests.add(
-            1, {"aimlmusic.request.kind": kind, "http.response.status_code": status}
+        telemetry.count(
+            telemetry.requests,
+            1,
+            {"aimlmusic.request.kind": kind, "http.response.status_code": status},
         )
         if status == 429:
-            telemetry.throttled.add(1, {"aimlmusic.request.kind": kind})
+            telemetry.count(telemetry.throttled, 1, {"aimlmusic.request.kind": kind})
         return httpx.Response(
             status,
             headers=response.headers,
@@ -176,7 +243,7 @@ class _TracedTransport(httpx.AsyncBaseTransport):
 class _EndSpanOnClose(httpx.AsyncByteStream):
     """A response body that ends its request's span when closed (read or not)."""
 
-    def __init__(self, inner: Any, span: Any) -> None:
+    def __init__(self, inner: Any, span: _Span) -> None:
         self._inner = inner
         self._span = span
 
@@ -197,11 +264,11 @@ class _SongSpans:
     def __init__(self, telemetry: Telemetry, forward: object | None) -> None:
         self._telemetry = telemetry
         self._forward = forward
-        self._open: dict[str, Any] = {}  # key -> span
+        self._open: dict[str, _Span] = {}  # key -> span
 
     def on_submitted(self, event: SongSubmitted) -> None:
         telemetry = self._telemetry
-        span = telemetry.tracer.start_span(
+        span = telemetry.start_span(
             "aimlmusic.song",
             attributes={
                 "aimlmusic.song.key": event.key,
@@ -210,7 +277,7 @@ class _SongSpans:
             },
         )
         self._open[event.key] = span
-        telemetry.in_flight.add(1)
+        telemetry.count(telemetry.in_flight, 1)
         emit(self._forward, "on_submitted", event)
 
     def on_status_changed(self, event: SongStatusChanged) -> None:
@@ -242,23 +309,23 @@ class _SongSpans:
         trace = telemetry._trace
         span = self._open.pop(result.key, None)
         if span is None:  # failed before any submission was accepted
-            span = telemetry.tracer.start_span(
+            span = telemetry.start_span(
                 "aimlmusic.song", attributes={"aimlmusic.song.key": result.key}
             )
         else:
-            telemetry.in_flight.add(-1)
+            telemetry.count(telemetry.in_flight, -1)
         status = result.generation.status.value if result.generation is not None else "none"
         span.set_attribute("aimlmusic.song.status", status)
         span.set_attribute("aimlmusic.song.polls", result.polls)
         if result.generation_id is not None:
             span.set_attribute("aimlmusic.generation_id", result.generation_id)
         outcome = {"aimlmusic.song.outcome": "failed" if error else "completed"}
-        telemetry.polls.record(result.polls, outcome)
+        telemetry.count(telemetry.polls, result.polls, outcome)
         timings = result.timings
         if error is None and timings.noticed_at is not None and timings.completed_at is not None:
             lag = max(0.0, timings.noticed_at - timings.completed_at)
             span.set_attribute("aimlmusic.song.lag", lag)
-            telemetry.lag.record(lag)
+            telemetry.count(telemetry.lag, lag)
         if error is not None:
             span.set_attribute("error.type", error)
             span.set_status(trace.Status(trace.StatusCode.ERROR, error))
@@ -272,5 +339,5 @@ class _SongSpans:
             span.set_attribute("error.type", "cancelled")
             span.set_status(trace.Status(trace.StatusCode.ERROR, "cancelled"))
             span.end(end_time=time.time_ns())
-            telemetry.in_flight.add(-1)
+            telemetry.count(telemetry.in_flight, -1)
         self._open.clear()

@@ -39,7 +39,7 @@ import httpx
 
 from . import _limits
 from ._bodies import ACCEPTED_ENCODINGS, BodyProblem, SlowBody, read_body
-from ._clock import Clock, ScaledClock, finished_by
+from ._clock import Clock, api_seconds, finished_by
 from ._config import RetryPolicy, SizeLimits, Timeout
 from ._converter import (
     decode_json,
@@ -142,11 +142,16 @@ _POST_RETRIES: frozenset[FailureKind] = frozenset({"never_sent", "throttled"})
 _POST_AMBIGUOUS: frozenset[FailureKind] = frozenset(
     {"maybe_sent", "server_error", "bad_response", "unclear"}
 )
-#: Statuses that refuse a request as it was sent (malformed, unauthorised, unpaid, not
-#: found, the wrong method or media type, too large, invalid): a POST so answered created
+#: Statuses that refuse a request as it was sent: malformed, unauthorised, unpaid, not
+#: found, the wrong method or media type, too large, invalid, a precondition or expectation
+#: unmet; or that send it elsewhere to be repeated (301, 302, 307, 308), or never forwarded
+#: it (a proxy's 407, a misdirected 421, an upgrade required). A POST so answered created
 #: nothing. Any other non-2xx is no such proof: a 303 is the usual answer to a POST that
 #: created something, and a proxy answers 408 or 409 whatever the server behind it did.
-_REFUSALS = frozenset({400, 401, 402, 403, 404, 405, 406, 411, 413, 414, 415, 422, 431})
+_REFUSALS = frozenset(
+    {301, 302, 307, 308, 400, 401, 402, 403, 404, 405, 406, 407, 411, 412, 413, 414, 415}
+    | {417, 421, 422, 426, 431}
+)
 
 
 class RequestObserver(Protocol):
@@ -252,11 +257,11 @@ class Transport:
         self.retry = retry
         self.clock = clock
         self.budget = budget
-        # The whole body of an answer must arrive within one read timeout, as it does in
-        # one piece from an honest server (a few hundred bytes); each wait for the next bytes
-        # is bounded by httpx, but a body dripped a byte at a time would hold a song for ever.
-        # On the client's clock, in real seconds (a ScaledClock's API seconds are shorter).
-        self._body_span = timeout.read * (clock.scale if isinstance(clock, ScaledClock) else 1.0)
+        # What one attempt may take to be answered (its status line and headers): each phase
+        # at its own limit, one after the other. httpx bounds each wait for bytes, but an
+        # answer dripped a byte at a time within the read timeout would hold a song for ever.
+        # (Its body is bounded on the client's clock, as it is read: see _read.)
+        self._answer_seconds = timeout.connect + timeout.write + timeout.pool + timeout.read
         self._httpx_timeout = httpx.Timeout(
             connect=timeout.connect, read=timeout.read, write=timeout.write, pool=timeout.pool
         )
@@ -479,8 +484,12 @@ class Transport:
         if on_sending is not None:
             notice = _SendingNotice(on_sending, request.extensions.get("trace"))
             request.extensions["trace"] = notice.trace
+        response = None
         try:
-            response = await http.send(request, stream=True, auth=NO_AUTH, follow_redirects=False)
+            with anyio.move_on_after(self._answer_seconds):
+                response = await http.send(
+                    request, stream=True, auth=NO_AUTH, follow_redirects=False
+                )
         except httpx.InvalidURL as exc:
             # Raised once an answer came: httpx builds a redirect's URL from its Location
             # even when it does not follow it, and refuses one too long. A POST was received.
@@ -503,7 +512,16 @@ class Transport:
                 notice.fire_after()  # it may have left, traced or not
             return failure
         if notice is not None:
-            notice.fire_after()  # answered, so it left (transports without httpcore's trace)
+            notice.fire_after()  # answered (or cut waiting for it), so it left
+        if response is None:  # its status line and headers dripped past _answer_seconds
+            error = APITimeoutError(
+                f"no answer within {self._answer_seconds:g} s (the connect, write, pool and "
+                "read timeouts together)",
+                method=method,
+                url=url,
+            )
+            request_logger.debug("%s %s failed: %s", method, url, error)
+            return _Failure("maybe_sent", error)
         try:
             outcome = await self._read(response, method, url)
         finally:
@@ -523,7 +541,9 @@ class Transport:
         """The body as text, at most ``size_limits.response_bytes`` of it decoded."""
         limit = self.size_limits.response_bytes
         failure: _Failure | None = None
-        read_by = self.clock.now() + self._body_span
+        # The whole body must arrive within one read timeout, as it does in one piece from an
+        # honest server (a few hundred bytes). On the client's clock, in real seconds.
+        read_by = self.clock.now() + api_seconds(self.clock, self.timeout.read)
         try:
             # An error body over the cap is cut, not refused: its status says what happened.
             raw = await read_body(
@@ -624,8 +644,9 @@ class Transport:
     # ------------------------------------------------------------------ failure mapping
 
     def _transport_failure(self, exc: httpx.HTTPError, method: str, url: str) -> _Failure:
-        detail = self.redactor.text(
-            f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        detail = _bounded(
+            self.redactor.text(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__),
+            ERROR_BODY_EXCERPT_CHARS,  # h11 quotes a whole illegal status line, however long
         )
         if isinstance(exc, httpx.DecodingError):
             # The server answered, but its body was not decodable.

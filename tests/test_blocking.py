@@ -240,6 +240,46 @@ def test_generate_many_yields_every_song_in_completion_order(
     assert emulator.stats().duplicate_submissions == 0
 
 
+def test_the_results_of_a_client_nobody_keeps_still_arrive(
+    emulator: Emulator, backend: str
+) -> None:
+    """``for r in MusicClient(...).generate_many(...)`` gets every song: the results keep
+    their client alive. Its finalizer closed the loop under them ("this MusicClient is
+    closed", or songs paid for and lost mid-batch)."""
+    results = _client(emulator, backend).generate_many([_song(n) for n in range(3)])
+    gc.collect()  # the client is unreachable but through its results
+    assert [r.ok for r in results] == [True, True, True]
+    assert emulator.stats().jobs_submitted == 3
+
+
+def test_one_batch_read_from_two_threads_gives_each_song_once(
+    emulator: Emulator, backend: str
+) -> None:
+    """Two threads iterating one SongResults (a pool of consumers) share its songs, each
+    once. Both entered the batch, the second entry crashed, and neither got a result."""
+    with _client(emulator, backend) as client:
+        results = client.generate_many([_song(n) for n in range(6)], deadline=None)
+        got: list[str | None] = []
+        errors: list[BaseException] = []
+        start = threading.Barrier(2)
+
+        def consume() -> None:
+            start.wait()
+            try:
+                got.extend(r.generation_id for r in results)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=consume) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(REACH_TIMEOUT)
+    assert errors == []
+    assert len(got) == len(set(got)) == 6
+    assert emulator.stats().jobs_submitted == 6
+
+
 def test_generate_many_raises_the_source_error_at_the_end(emulator: Emulator, backend: str) -> None:
     """An error of the request source surfaces after the songs already started are in."""
 

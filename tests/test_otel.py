@@ -218,3 +218,93 @@ def test_off_without_the_package(monkeypatch: pytest.MonkeyPatch, recorded: Reco
     assert telemetry_if_configured() is None
     client = aimlmusic.AsyncMusicClient(TEST_API_KEY, base_url="https://api.example.com")
     assert client._telemetry is None
+
+
+class _RaisingProcessor:
+    """A span processor that raises when spans of ``name`` start or end (``where``)."""
+
+    def __init__(self, where: str, name: str | None = None) -> None:
+        self.where, self.name = where, name
+
+    def _maybe_raise(self, span: Any, moment: str) -> None:
+        if moment == self.where and (self.name is None or span.name == self.name):
+            raise RuntimeError("a processor's bug")
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self._maybe_raise(span, "start")
+
+    def on_end(self, span: Any) -> None:
+        self._maybe_raise(span, "end")
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("where", "name"), [("start", None), ("end", None), ("start", "aimlmusic.song")]
+)
+async def test_a_span_processor_that_raises_never_fails_a_song(
+    monkeypatch: pytest.MonkeyPatch, where: str, name: str | None
+) -> None:
+    """A span processor raising as spans start or end (OpenTelemetry's SDK lets it through)
+    fails no request and hides no event: every song completes with its id, once each, and
+    the caller's hook sees each one. A POST's span ending after the API billed it used to
+    raise out of the submission (its id lost, the song ambiguous), and a song span's hid
+    the caller's on_submitted."""
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(_RaisingProcessor(where, name))  # type: ignore[arg-type]
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: tracer_provider)
+    seen: list[str] = []
+
+    class Hook:
+        def on_submitted(self, event: aimlmusic.SongSubmitted) -> None:
+            seen.append(event.generation_id)
+
+    emulator = Emulator(EmulatorConfig(time_scale=TIME_SCALE, requests_per_minute=None))
+    async with (
+        _client(emulator) as client,
+        client.generate_many([_song(0), _song(1)], events=Hook(), deadline=None) as rs,
+    ):
+        results = [r async for r in rs]
+    assert all(r.ok for r in results)
+    assert sorted(seen) == sorted(r.generation_id for r in results)
+    assert emulator.stats().jobs_submitted == 2
+
+
+async def test_a_key_a_storage_host_puts_in_a_redirect_reaches_no_span(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    """A storage host redirecting to a path, or a host name, made of the key (a hostile one
+    has it from the POST): the download's request spans record it redacted. They recorded
+    the path and the host as they were."""
+    key = "0123456789abcdef0123456789abcdef"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "api.test":
+            body = {
+                "id": "g-1",
+                "status": "completed",
+                "audio_file": {"url": "https://store.test/a"},
+            }
+            return httpx.Response(200, json=body)
+        if request.url.host == "store.test" and request.url.path == "/a":
+            return httpx.Response(302, headers={"location": f"https://store.test/{key}/b.mp3"})
+        if request.url.host == "store.test":
+            return httpx.Response(302, headers={"location": f"https://{key}.store.test/c.mp3"})
+        return httpx.Response(404)
+
+    client = aimlmusic.AsyncMusicClient(
+        key, base_url="https://api.test", transport=httpx.MockTransport(handler)
+    )
+    async with client:
+        with pytest.raises(aimlmusic.DownloadError):
+            await client.download("g-1", tmp_path / "song.mp3")
+    downloads = [
+        s for s in recorded.spans("GET") if s.attributes["aimlmusic.request.kind"] == "download"
+    ]
+    assert any(s.attributes["url.path"] == "/<redacted>/b.mp3" for s in downloads)
+    assert any(s.attributes["server.address"] == "<redacted>.store.test" for s in downloads)
+    assert key not in repr([dict(span.attributes) for span in recorded.spans()])

@@ -8,6 +8,7 @@ import json
 import logging
 import pickle
 import traceback
+import urllib.parse
 from pathlib import Path
 
 import anyio
@@ -291,24 +292,27 @@ async def test_over_a_real_socket_nothing_logged_or_raised_shows_the_key(
         assert "<redacted>" in debug_logs.text
 
 
+@pytest.mark.parametrize("written", [CANARY, "%73" + CANARY[1:]])
 async def test_a_download_redirected_to_a_url_carrying_the_key_never_shows_it(
-    tmp_path: Path, debug_logs: pytest.LogCaptureFixture
+    tmp_path: Path, debug_logs: pytest.LogCaptureFixture, written: str
 ) -> None:
     """A storage host (a hostile one has the key from the POST) redirecting to a URL with
-    the key in its path: the error, and every log line, show it redacted. Hop URLs used to
-    lose only their query, and the key reached logs, the error, and so the manifest."""
+    the key in its path, as it is or percent-encoded: the error, and every log line, show
+    it redacted, even once unquoted. Hop URLs used to lose only their query, and the key
+    reached logs, the error, and so the manifest."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.host == "api.test":
             return httpx.Response(200, json=completed_json())
-        return httpx.Response(302, headers={"location": f"ftp://store.test/{CANARY}/a.mp3"})
+        return httpx.Response(302, headers={"location": f"ftp://store.test/{written}/a.mp3"})
 
     async with client_with(httpx.MockTransport(handler)) as client:
         with pytest.raises(DownloadError) as caught:
             await client.download(structure_generation(completed_json(AUDIO_URL)), tmp_path / "a")
     assert "store.test/<redacted>/a.mp3" in str(caught.value)
     assert_clean(caught.value)
-    assert CANARY not in debug_logs.text
+    assert CANARY not in urllib.parse.unquote(str(caught.value))
+    assert CANARY not in urllib.parse.unquote(debug_logs.text)
 
 
 def _json_escaped(text: str) -> str:

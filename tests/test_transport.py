@@ -20,6 +20,7 @@ from _http_fakes import (
     RecordingObserver,
     ScriptedAPI,
     error_body,
+    generation_json,
     make_transport,
     ok,
     song,
@@ -968,7 +969,7 @@ async def test_a_post_redirected_to_a_url_httpx_refuses_is_ambiguous_and_sent_on
     assert_no_httpx_in_chain(caught.value)
 
 
-@pytest.mark.parametrize("status", [303, 307, 408, 409, 410, 499])
+@pytest.mark.parametrize("status", [303, 408, 409, 410, 499])
 async def test_a_post_answered_by_a_status_that_proves_no_refusal_is_ambiguous(
     status: int,
 ) -> None:
@@ -984,10 +985,11 @@ async def test_a_post_answered_by_a_status_that_proves_no_refusal_is_ambiguous(
     assert caught.value.cause.status_code == status
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
+@pytest.mark.parametrize("status", [307, 308, 400, 401, 403, 404, 407, 413, 421, 422])
 async def test_a_post_refused_as_sent_is_not_ambiguous(status: int) -> None:
-    """Statuses that refuse the request as it was sent raise their error, not an
-    ambiguous one: nothing was created, and the song may be sent again later."""
+    """Statuses that refuse the request as it was sent, send it elsewhere to be repeated
+    (307, 308) or never forwarded it (a proxy's 407) raise their error, not an ambiguous
+    one: nothing was created, and the song may be sent again later."""
     api = ScriptedAPI(error_body(status))
     with pytest.raises(APIStatusError) as caught:
         await make_transport(api).submit(song())
@@ -999,20 +1001,24 @@ class _Drip(httpx.AsyncByteStream):
     """A body of ``pieces`` bytes sent one at a time, ``gap`` seconds of ``clock`` apart
     (each gap within any read timeout: only the whole body's time is too long)."""
 
-    def __init__(self, clock: RecordingClock, pieces: int, gap: float) -> None:
+    def __init__(
+        self, clock: RecordingClock, pieces: int, gap: float, body: bytes | None = None
+    ) -> None:
         self.clock, self.pieces, self.gap = clock, pieces, gap
+        self.body = body  # sent a byte at a time, then ends (None: spaces, ``pieces`` of them)
         self.closed = False
 
     async def aclose(self) -> None:
         self.closed = True  # as a socket's stream ends once its connection is closed
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        for _ in range(self.pieces):
+        body = self.body if self.body is not None else b" " * self.pieces
+        for at in range(len(body)):
             if self.closed:
                 return
             self.clock.time += self.gap
             await anyio.lowlevel.checkpoint()
-            yield b" "
+            yield body[at : at + 1]
 
 
 @pytest.mark.parametrize("method", ["POST", "GET"])
@@ -1043,3 +1049,79 @@ async def test_an_answer_dripped_a_byte_at_a_time_is_cut_after_one_read_timeout(
         assert generation.id == GEN_ID
         assert api.methods() == ["GET", "GET"]
     assert clock.time - started <= 32 + 8  # one read timeout, and a back-off for the GET
+
+
+class _Clocked(RecordingClock):
+    """A RecordingClock running API time ``scale`` times faster than real time, as the
+    clock following an emulator's pace does once it learned it."""
+
+    scale = 1000.0
+
+
+async def test_a_body_read_in_a_tenth_of_a_real_second_is_not_cut_on_a_fast_clock() -> None:
+    """On a clock running 1,000 times faster than real time, a body that takes 100 API
+    seconds (a tenth of a real second) is within one read timeout (30 real seconds): the
+    bound is in real time. It was taken in API seconds on any clock but a ScaledClock (the
+    one following an emulator's pace among them), and such a POST was made ambiguous."""
+    clock = _Clocked()
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        stream = _Drip(clock, 100, 1.0, body=json.dumps(generation_json()).encode())
+        return httpx.Response(200, headers={"content-type": "application/json"}, stream=stream)
+
+    generation = await make_transport(ScriptedAPI(slow), clock).submit(song())
+    assert generation.id == GEN_ID
+
+
+async def test_a_compressed_body_dripping_bytes_that_decode_to_nothing_is_cut() -> None:
+    """A gzip body whose dripped bytes decode to nothing (empty stored blocks) is cut after
+    one read timeout too: the bound is checked as raw bytes arrive, not decoded pieces."""
+    clock = RecordingClock()
+
+    def drip(request: httpx.Request) -> httpx.Response:
+        empty_blocks = (
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + b"\x00\x00\x00\xff\xff" * 10_000
+        )
+        stream = _Drip(clock, len(empty_blocks), 1.0, body=empty_blocks)
+        return httpx.Response(200, headers={"content-encoding": "gzip"}, stream=stream)
+
+    api = ScriptedAPI(drip)
+    with pytest.raises(AmbiguousSubmissionError) as caught:
+        await make_transport(api, clock).submit(song())
+    assert "Timeout.read" in str(caught.value)
+    assert api.methods() == ["POST"]
+
+
+async def test_an_answer_whose_head_never_completes_is_cut() -> None:
+    """A server that never finishes its status line and headers (dripping them, each byte
+    within the read timeout) is cut once the connect, write, pool and read timeouts have
+    passed together: the POST is ambiguous, sent once. Here with timeouts of 10 ms, so the
+    test waits 40 ms of real time whatever the machine's load (it asserts no timing)."""
+
+    async def never_answers(request: httpx.Request) -> httpx.Response:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    transport = Transport(
+        api_key="sk-test-key",
+        base_url=API,
+        timeout=aimlmusic.Timeout(connect=0.01, read=0.01, write=0.01, pool=0.01),
+        retry=RetryPolicy(attempts=2),
+        clock=RecordingClock(),
+        budget=RequestBudget(1_000_000, RecordingClock(), seed=1),
+        transport=httpx.MockTransport(never_answers),
+    )
+    with anyio.fail_after(30):  # real seconds, only if the bound failed
+        with pytest.raises(AmbiguousSubmissionError) as caught:
+            await transport.submit(song())
+    assert isinstance(caught.value.cause, APITimeoutError)
+
+
+async def test_an_endless_error_text_from_the_connection_is_bounded() -> None:
+    """A connection error quoting a 90 KB illegal status line (h11 quotes it whole) gives an
+    error a few hundred characters long: it reaches the journal and the manifest."""
+    line = "illegal status line: " + "x" * 90_000
+    api = ScriptedAPI(httpx.RemoteProtocolError(line, request=REQUEST))
+    with pytest.raises(AmbiguousSubmissionError) as caught:
+        await make_transport(api).submit(song())
+    assert len(str(caught.value)) < 2_000
