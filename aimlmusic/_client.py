@@ -21,6 +21,7 @@ from ._config import Limits, RetryPolicy, SizeLimits, Timeout
 from ._download import Downloader
 from ._emulator_time import TimeScaleProbe, follow_emulator_time
 from ._errors import (
+    AimlMusicError,
     ConfigurationError,
     DownloadError,
     GenerationFailedError,
@@ -367,6 +368,32 @@ class AsyncMusicClient:
         send_by: float | None,
     ) -> Generation:
         generation = await self._submit(request, send_by)
+        try:
+            return await self._follow_submitted(generation, timeout, send_by)
+        except AimlMusicError:
+            raise  # each carries the generation's id, or says why there is none
+        except BaseException as exc:  # cancelled, interrupted (Ctrl-C), or a bug
+            # The song is submitted (and may be paid for) and goes on without us: its id
+            # must reach the caller, who holds nothing else to find it by.
+            logger.warning(
+                "generation %s was submitted and may still finish; %s interrupted waiting "
+                "for it: fetch it later with wait(%r)",
+                generation.id,
+                type(exc).__name__,
+                generation.id,
+            )
+            add_note = getattr(exc, "add_note", None)  # Python 3.11 on
+            if add_note is not None:
+                add_note(f"generation {generation.id} was submitted and may still finish")
+            raise
+
+    async def _follow_submitted(
+        self,
+        generation: Generation,
+        timeout: float | None,  # noqa: ASYNC109  (on the client's clock, as in wait)
+        send_by: float | None,
+    ) -> Generation:
+        """Follow a song :meth:`generate` has just submitted until ``send_by``."""
         if timeout is None or send_by is None:
             return await self._follow(generation.id, generation, None)
         remaining = send_by - self._clock.now()

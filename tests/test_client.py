@@ -591,3 +591,25 @@ async def test_generate_many_refuses_zero_in_flight_instead_of_using_the_default
             async with client.generate_many([], max_in_flight=0):
                 pass
     assert api.requests == []
+
+
+@pytest.mark.anyio
+async def test_a_generate_cancelled_while_waiting_names_the_submitted_generation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """generate() cancelled after its POST was answered (a service's timeout, Ctrl-C in the
+    blocking client) logs a WARNING naming the generation, which may still finish and be
+    paid for: the caller held nothing else to find it by."""
+    scope = anyio.CancelScope()
+
+    def poll_then_give_up(request: httpx.Request) -> httpx.Response:
+        scope.cancel()  # the caller gives up while the song generates
+        return ok(generation_json("generating"))
+
+    api = ScriptedAPI(ok(), poll_then_give_up)
+    async with client_on(api) as client:
+        with scope:
+            await client.generate(song())
+    assert scope.cancelled_caught
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(GEN_ID in message and "may still finish" in message for message in warnings)
