@@ -157,11 +157,7 @@ class _LoopThread:
     def call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await func(*args)`` on the loop; on any interruption of the wait (Ctrl-C),
         cancel it there and wait for it to unwind before re-raising."""
-        if threading.current_thread() is self.thread:
-            raise RuntimeError(
-                "a MusicClient cannot be called from its own event loop (for example from a "
-                "batch's event hook); use the AsyncMusicClient there"
-            )
+        _refuse_the_loop_thread(self)
         task: _Spawned[T] = _Spawned(func, *args)
         try:
             task.start(self.portal)
@@ -180,10 +176,28 @@ class _LoopThread:
             self.thread.join(_THREAD_TIMEOUT)
 
 
+def _refuse_the_loop_thread(loop: _LoopThread) -> None:
+    """Raise if called on ``loop``'s own thread (from a batch's event hook, say), which
+    cannot wait for the loop it runs."""
+    if threading.current_thread() is loop.thread:
+        raise RuntimeError(
+            "a MusicClient cannot be called from its own event loop (for example from a "
+            "batch's event hook); use the AsyncMusicClient there"
+        )
+
+
 def _shut_down(loop: _LoopThread, client: AsyncMusicClient) -> None:
     """Close ``client`` on ``loop`` and stop it (also run when a client is garbage
     collected unclosed)."""
     if loop.stopped:
+        return
+    if threading.current_thread() is loop.thread:
+        # The garbage collector ran on the loop's own thread, which cannot wait for itself:
+        # a short-lived thread closes the client and stops the loop instead (skipping it
+        # left the loop, its thread and the connections running until the process ended).
+        threading.Thread(
+            target=_shut_down, args=(loop, client), name="aimlmusic-close", daemon=True
+        ).start()
         return
     try:
         if threading.current_thread() is not loop.thread and loop.thread.is_alive():
@@ -351,6 +365,7 @@ class MusicClient:
     def close(self) -> None:
         """Cancel open batches, release the connection pool and stop the background
         thread. Safe to call twice."""
+        _refuse_the_loop_thread(self._loop)
         for results in list(self._batches):
             results.close()
         self._finalizer()
@@ -432,6 +447,7 @@ class SongResults(Iterator[SongResult]):
     def close(self) -> None:
         """Cancel the songs still running (those already delivered are kept) and end the
         iteration. Safe to call twice."""
+        _refuse_the_loop_thread(self._loop)  # before any state changes: it must be retried
         with self._lock:
             self._close()
 

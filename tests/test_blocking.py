@@ -523,6 +523,51 @@ def test_event_hook_calling_the_client_is_refused(emulator: Emulator) -> None:
     assert "AsyncMusicClient" in str(errors[0])
 
 
+def test_closing_from_an_event_hook_is_refused_and_changes_nothing(
+    emulator: Emulator, backend: str
+) -> None:
+    """close() of the batch or of the client, from a hook on the client's own loop, raises
+    a clear error before changing anything: the batch still gives every song, and closing
+    later from the caller's thread stops the loop's thread. The batch's close() used to mark
+    it done first (its results ended after one), and the client's to mark it closed while
+    its loop and thread ran on."""
+    errors: list[BaseException] = []
+
+    class Hook:
+        def on_submitted(self, event: aimlmusic.SongSubmitted) -> None:
+            for close in (results.close, client.close):
+                try:
+                    close()
+                except RuntimeError as exc:
+                    errors.append(exc)
+
+    client = _client(emulator, backend)
+    results = client.generate_many([_song(n) for n in range(2)], events=Hook(), deadline=None)
+    assert [r.ok for r in results] == [True, True]
+    assert len(errors) == 4
+    assert not client.closed
+    loop_thread = client._loop.thread
+    client.close()
+    assert client.closed
+    loop_thread.join(REACH_TIMEOUT)
+    assert not loop_thread.is_alive()
+
+
+def test_a_client_collected_on_its_own_loop_thread_still_stops_it(
+    emulator: Emulator, backend: str
+) -> None:
+    """A client whose finalizer runs on its loop's own thread (the garbage collector met it
+    there, in a reference cycle) still closes and stops that thread: it cannot wait for
+    itself, so another thread does. It used to mark the client closed and leave the loop
+    and its thread running until the process ended."""
+    client = _client(emulator, backend)
+    loop_thread = client._loop.thread
+    client._loop.portal.call(client._finalizer)  # the finalizer, run on the loop's thread
+    loop_thread.join(REACH_TIMEOUT)
+    assert not loop_thread.is_alive()
+    assert client.closed
+
+
 def test_takes_the_async_clients_arguments() -> None:
     """MusicClient's constructor and methods take every argument AsyncMusicClient's do, so
     the two cannot drift apart."""
