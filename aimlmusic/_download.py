@@ -71,26 +71,13 @@ def _host_of(url: str) -> str:
         return ""
 
 
-def _peer_of(response: httpx.Response) -> str:
-    """The address ``response`` came from ("" when the transport does not say: an
-    in-process one). Checked once connected, before any of the body is read: a host name
-    that resolves to an address that is not public is caught with no lookup of our own."""
-    stream = response.extensions.get("network_stream")
-    if stream is None:
-        return ""
-    try:
-        peer = stream.get_extra_info("server_addr")
-    except Exception:  # a transport of the caller's that answers oddly: nothing known
-        return ""
-    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
-
-
 def not_public(host: str) -> bool:
     """Whether ``host`` names an address that is not a public one: ``localhost``, or an IP
     address (in any form the resolver takes: ``2852039166`` and ``0xA9FEA9FE`` are
     169.254.169.254) that is loopback, private, link-local, reserved, multicast or
-    unspecified. (A name that resolves to such an address is caught once connected, by the
-    address the connection reached: see ``_peer_of``.)"""
+    unspecified. A name that resolves to such an address is not caught: checking the
+    address a connection reached refuses too much (a proxy's, a VPN's fake-ip range, the
+    API's own private name), so only the URL is read."""
     host = host.strip("[]").lower().rstrip(".")
     if host == "localhost" or host.endswith(".localhost"):
         return True
@@ -141,10 +128,6 @@ class Downloader:
         # Audio on a host that is no public address (a cloud's metadata service, a local
         # admin port) is refused, unless the API itself is on one (an emulator, a test).
         self._private_allowed = not_public(api_host)
-        # The address a connection reached is checked too, unless a proxy makes it the
-        # proxy's (httpx mounts a transport per proxy, from the environment or the caller):
-        # a proxy on a private address is no internal service, and resolves names itself.
-        self._check_peers = not self._private_allowed and not getattr(http, "_mounts", None)
         self._retry = retry
         self._clock = clock
         self._redactor = redactor
@@ -323,14 +306,6 @@ class Downloader:
             if isinstance(outcome, Exception):
                 raise outcome  # raised here, not in httpx's except block: no httpx context
             response = outcome
-            if self._check_peers and not_public(_peer_of(response)):
-                await response.aclose()
-                raise DownloadError(
-                    f"the audio URL of generation {gid} led to an address that is not public "
-                    f"({self._shown(current)} resolved to one): refused, since the API is not "
-                    "on one",
-                    generation_id=gid,
-                )
             request_logger.debug("GET %s -> %d", self._shown(current), response.status_code)
             location = response.headers.get("location")
             if not response.is_redirect or location is None:

@@ -136,10 +136,15 @@ class Redactor:
 
     def decoded(self, source: str, value: Any) -> Any:
         """``value``, decoded from the JSON text ``source``, redacted as :meth:`data` does;
-        ``value`` itself when ``source`` holds no secret and no escape, since then no string
+        ``value`` itself when ``source`` holds no secret and no escape (JSON's, or a URL's
+        percent-encoding, which :meth:`text` also reads through), since then no string
         decoded from it can (every one is a piece of ``source`` as written): the walk over
         every string of every answer is spared."""
-        if "\\" in source or any(secret.reveal() in source for secret in self._secrets):
+        if (
+            "\\" in source
+            or "%" in source
+            or any(secret.reveal() in source for secret in self._secrets)
+        ):
             return self.data(value)
         return value
 

@@ -39,7 +39,7 @@ import httpx
 
 from . import _limits
 from ._bodies import ACCEPTED_ENCODINGS, BodyProblem, SlowBody, read_body
-from ._clock import Clock, api_seconds, finished_by
+from ._clock import Clock, finished_by
 from ._config import RetryPolicy, SizeLimits, Timeout
 from ._converter import (
     decode_json,
@@ -144,13 +144,14 @@ _POST_AMBIGUOUS: frozenset[FailureKind] = frozenset(
 )
 #: Statuses that refuse a request as it was sent: malformed, unauthorised, unpaid, not
 #: found, the wrong method or media type, too large, invalid, a precondition or expectation
-#: unmet; or that send it elsewhere to be repeated (301, 302, 307, 308), or never forwarded
+#: unmet; or that send it elsewhere to be repeated as it is (307, 308), or never forwarded
 #: it (a proxy's 407, a misdirected 421, an upgrade required). A POST so answered created
-#: nothing. Any other non-2xx is no such proof: a 303 is the usual answer to a POST that
-#: created something, and a proxy answers 408 or 409 whatever the server behind it did.
+#: nothing. Any other non-2xx is no such proof: a 303, or a 301 or 302 (Post/Redirect/Get),
+#: is the usual answer to a POST that created something, and a proxy answers 408 or 409
+#: whatever the server behind it did.
 _REFUSALS = frozenset(
-    {301, 302, 307, 308, 400, 401, 402, 403, 404, 405, 406, 407, 411, 412, 413, 414, 415}
-    | {417, 421, 422, 426, 431}
+    {307, 308, 400, 401, 402, 403, 404, 405, 406, 407, 411, 412, 413, 414, 415, 417, 421}
+    | {422, 426, 431}
 )
 
 
@@ -260,7 +261,7 @@ class Transport:
         # What one attempt may take to be answered (its status line and headers): each phase
         # at its own limit, one after the other. httpx bounds each wait for bytes, but an
         # answer dripped a byte at a time within the read timeout would hold a song for ever.
-        # (Its body is bounded on the client's clock, as it is read: see _read.)
+        # (Its body is bounded as it is read: see _read.)
         self._answer_seconds = timeout.connect + timeout.write + timeout.pool + timeout.read
         self._httpx_timeout = httpx.Timeout(
             connect=timeout.connect, read=timeout.read, write=timeout.write, pool=timeout.pool
@@ -542,15 +543,16 @@ class Transport:
         limit = self.size_limits.response_bytes
         failure: _Failure | None = None
         # The whole body must arrive within one read timeout, as it does in one piece from an
-        # honest server (a few hundred bytes). On the client's clock, in real seconds.
-        read_by = self.clock.now() + api_seconds(self.clock, self.timeout.read)
+        # honest server (a few hundred bytes): in real time, on the event loop's clock, like
+        # the HTTP timeouts (the client's clock may run API time at any pace).
+        read_by = anyio.current_time() + self.timeout.read
         try:
             # An error body over the cap is cut, not refused: its status says what happened.
             raw = await read_body(
                 response,
                 limit,
                 truncate=not response.is_success,
-                late=lambda: self.clock.now() > read_by,
+                late=lambda: anyio.current_time() > read_by,
             )
         except SlowBody:
             failure = _Failure(

@@ -363,3 +363,17 @@ def test_decoded_json_is_walked_only_when_its_text_could_carry_a_key() -> None:
     escaped = "".join(f"\\u{ord(c):04x}" for c in "sk-a/b")
     for text in ('{"k": "sk-a/b"}', '{"k": "' + escaped + '"}', '{"k": "sk-a\\/b"}'):
         assert redactor.decoded(text, json.loads(text)) == {"k": "<redacted>"}, text
+
+
+async def test_a_generation_id_carrying_the_key_percent_encoded_is_redacted() -> None:
+    """An answer whose generation id carries the key percent-encoded (a hostile server has
+    it) gives an id with the key redacted, so the warnings and notes that name the id do not
+    show it: answers without a backslash or the key as written were not walked at all."""
+    hidden = "job/" + "".join(f"%{ord(c):02x}" for c in CANARY)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"id": hidden, "status": "queued"})
+
+    async with client_with(httpx.MockTransport(answer)) as client:
+        generation = await client.submit(song())
+    assert CANARY not in urllib.parse.unquote(generation.id)

@@ -27,6 +27,11 @@ class _CallableClock:
         self._now = now
         self._scale = scale
 
+    @property
+    def scale(self) -> float:
+        """API seconds per real second (the client's bounds in real time read it)."""
+        return self._scale
+
     def now(self) -> float:
         return self._now()
 
