@@ -171,14 +171,18 @@ async def read_body(
 
     Over the limit: raises :class:`BodyProblem` with ``too_large`` set, or with ``truncate``
     returns the first ``limit`` bytes and stops reading. Raises :class:`SlowBody` when
-    ``late()`` is true as bytes arrive: a server dripping a body a byte at a time, each
-    within the read timeout, would otherwise hold the reader for ever.
+    ``late()`` is true as bytes arrive (a server dripping a body a byte at a time, each
+    within the read timeout, would otherwise hold the reader for ever), or with
+    ``truncate`` returns what arrived until then.
     """
     parts: list[bytes] = []
     try:
         async with aclosing(decoded_chunks(response, limit, late=late)) as chunks:
             async for piece in chunks:
                 parts.append(piece)
+    except SlowBody:
+        if not truncate:
+            raise
     except BodyProblem as problem:
         if not (truncate and problem.too_large):
             raise

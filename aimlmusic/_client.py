@@ -123,6 +123,7 @@ class AsyncMusicClient:
             # Most likely an emulator: run at its speed (see _emulator_time).
             clock, scale_probe = follow_emulator_time(self._base_url)
             transport = scale_probe
+        self._scale_probe = scale_probe
         self._telemetry = telemetry_if_configured()
         if self._telemetry is not None and http_client is None:
             # Spans and counts per request (a caller's http_client is left as it is).
@@ -427,6 +428,10 @@ class AsyncMusicClient:
             raise DownloadError("nothing to download: the generation is None")
         if not isinstance(generation, Generation):
             generation = await self.get(generation)
+        if self._scale_probe is not None:
+            # The deadline spans API seconds at the emulator's pace: learn it first (a
+            # download as a client's first request would count 600 s at a pace of 1).
+            await self._scale_probe.learn_scale()
         return await self._downloader.download(generation, Path(path), refresh=self.get)
 
     def generate_many(

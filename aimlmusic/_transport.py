@@ -184,12 +184,13 @@ class _SendingNotice:
     trace when the transport has one, else (a mock or ASGI transport) once an answer or a
     failure after connecting shows it left."""
 
-    __slots__ = ("_callback", "_inner", "fired")
+    __slots__ = ("_callback", "_inner", "fired", "traced")
 
     def __init__(self, callback: Any, inner: Any) -> None:
         self._callback = callback
         self._inner = inner  # a trace callback already on the request, kept working
         self.fired = False
+        self.traced = False  # httpcore's trace ran: whether the request left is known
 
     def fire(self) -> None:
         """The request is about to leave (from the trace, before its first byte): a hook's
@@ -209,10 +210,15 @@ class _SendingNotice:
             logger.debug("a hook refused a request that had already left: %s", refused.reason)
 
     async def trace(self, name: str, info: dict[str, Any]) -> None:
+        self.traced = True
         if name in _SENDING_EVENTS:
             self.fire()
         if self._inner is not None:
             await self._inner(name, info)
+
+
+def _no_one() -> None:
+    """The sending notice's callback when no observer asked to be told."""
 
 
 class _Failure:
@@ -481,10 +487,9 @@ class Transport:
             raise RequestValidationError(
                 "request", "must be encodable as an HTTP request (nothing was sent)", problem
             )
-        notice = None
-        if on_sending is not None:
-            notice = _SendingNotice(on_sending, request.extensions.get("trace"))
-            request.extensions["trace"] = notice.trace
+        # Always traced: a request cut before its first byte was never sent, whoever asks.
+        notice = _SendingNotice(on_sending or _no_one, request.extensions.get("trace"))
+        request.extensions["trace"] = notice.trace
         response = None
         try:
             with anyio.move_on_after(self._answer_seconds):
@@ -503,18 +508,18 @@ class Transport:
                     url=url,
                 ),
             )
-            if notice is not None:
-                notice.fire_after()
+            notice.fire_after()
             return failure
         except httpx.HTTPError as exc:
             failure = self._transport_failure(exc, method, url)
             request_logger.debug("%s %s failed: %s", method, url, failure.error)
-            if notice is not None and failure.kind != "never_sent":
+            if failure.kind != "never_sent":
                 notice.fire_after()  # it may have left, traced or not
             return failure
-        if notice is not None:
-            notice.fire_after()  # answered (or cut waiting for it), so it left
-        if response is None:  # its status line and headers dripped past _answer_seconds
+        if response is None:  # cut after _answer_seconds: its head dripped, or never came
+            # Cut before its first byte (the pool, connecting, httpx's connect retries), it
+            # was never sent; without httpcore's trace that is unknown, so it may have left.
+            sent = notice.fired or not notice.traced
             error = APITimeoutError(
                 f"no answer within {self._answer_seconds:g} s (the connect, write, pool and "
                 "read timeouts together)",
@@ -522,7 +527,11 @@ class Transport:
                 url=url,
             )
             request_logger.debug("%s %s failed: %s", method, url, error)
+            if not sent:
+                return _Failure("never_sent", error)
+            notice.fire_after()
             return _Failure("maybe_sent", error)
+        notice.fire_after()  # answered, so it left (transports without httpcore's trace)
         try:
             outcome = await self._read(response, method, url)
         finally:

@@ -377,3 +377,13 @@ async def test_a_generation_id_carrying_the_key_percent_encoded_is_redacted() ->
     async with client_with(httpx.MockTransport(answer)) as client:
         generation = await client.submit(song())
     assert CANARY not in urllib.parse.unquote(generation.id)
+
+
+def test_the_redactor_reads_through_percent_encoding_and_leaves_other_percents() -> None:
+    """A key with some characters percent-encoded, in either case of hex, is redacted; text
+    with other percent signs (escapes, "100%") is left as it is."""
+    redactor = Redactor(Secret(CANARY))
+    encoded = "".join(f"%{ord(c):02X}" if n % 2 else c for n, c in enumerate(CANARY))
+    assert CANARY not in urllib.parse.unquote(redactor.text(f"https://x.test/{encoded}/a"))
+    plain = "https://x.test/a%20b.mp3 is 100% done"
+    assert redactor.text(plain) == plain

@@ -1153,3 +1153,47 @@ async def test_an_endless_error_text_from_the_connection_is_bounded() -> None:
     with pytest.raises(AmbiguousSubmissionError) as caught:
         await make_transport(api).submit(song())
     assert len(str(caught.value)) < 2_000
+
+
+@pytest.mark.parametrize("status", [401, 422])
+async def test_a_refusal_whose_error_page_is_slow_keeps_its_status(status: int) -> None:
+    """A refusal whose error page takes longer than the read timeout in all (a proxy's
+    large page on a slow link) keeps its status: the page is cut, not the answer. It was
+    made an ambiguous submission, its status lost (a 429 was not even retried)."""
+    clock = RecordingClock()
+
+    def refusal(request: httpx.Request) -> httpx.Response:
+        page = b"<html>" + b"x" * 1_000 + b"</html>"
+        stream = _Drip(clock, 0, 0.0, body=page, real_gap=DRIP_GAP)
+        return httpx.Response(status, headers={"content-type": "text/html"}, stream=stream)
+
+    api = ScriptedAPI(refusal)
+    with anyio.fail_after(30), pytest.raises(APIStatusError) as caught:
+        await short_read_transport(api, clock).submit(song())
+    assert not isinstance(caught.value, AmbiguousSubmissionError)
+    assert caught.value.status_code == status
+
+
+async def test_a_request_cut_before_its_first_byte_is_never_sent_not_ambiguous() -> None:
+    """A submission cut by the bound on its answer while still connecting (httpcore's trace
+    shows no byte left: the pool, slow connects, httpx's own connect retries) was never
+    sent: it fails as a connection that never arrived, not as an ambiguous submission."""
+
+    async def stuck_connecting(request: httpx.Request) -> httpx.Response:
+        trace = request.extensions["trace"]
+        await trace("connection.connect_tcp.started", {})  # as httpcore reports it
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    transport = Transport(
+        api_key="sk-test-key",
+        base_url=API,
+        timeout=aimlmusic.Timeout(connect=0.01, read=0.01, write=0.01, pool=0.01),
+        retry=RetryPolicy(attempts=2),
+        clock=RecordingClock(),
+        budget=RequestBudget(1_000_000, RecordingClock(), seed=1),
+        transport=httpx.MockTransport(stuck_connecting),
+    )
+    with anyio.fail_after(30), pytest.raises(APIConnectionError) as caught:
+        await transport.submit(song())
+    assert not isinstance(caught.value, AmbiguousSubmissionError)
