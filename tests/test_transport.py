@@ -1036,6 +1036,22 @@ class _Drip(httpx.AsyncByteStream):
             yield body[at : at + 1]
 
 
+def tiny_timeouts_transport(
+    handler: Callable[[httpx.Request], Awaitable[httpx.Response]],
+) -> Transport:
+    """A Transport on ``handler`` whose HTTP timeouts are 10 ms each (its answer's head is
+    bounded at 40 ms of real time), two attempts a request."""
+    return Transport(
+        api_key="sk-test-key",
+        base_url=API,
+        timeout=aimlmusic.Timeout(connect=0.01, read=0.01, write=0.01, pool=0.01),
+        retry=RetryPolicy(attempts=2),
+        clock=RecordingClock(),
+        budget=RequestBudget(1_000_000, RecordingClock(), seed=1),
+        transport=httpx.MockTransport(handler),
+    )
+
+
 def short_read_transport(api: ScriptedAPI, clock: RecordingClock) -> Transport:
     """A Transport on ``api`` whose read timeout is ``SHORT_READ`` real seconds."""
     return Transport(
@@ -1130,15 +1146,7 @@ async def test_an_answer_whose_head_never_completes_is_cut() -> None:
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
-    transport = Transport(
-        api_key="sk-test-key",
-        base_url=API,
-        timeout=aimlmusic.Timeout(connect=0.01, read=0.01, write=0.01, pool=0.01),
-        retry=RetryPolicy(attempts=2),
-        clock=RecordingClock(),
-        budget=RequestBudget(1_000_000, RecordingClock(), seed=1),
-        transport=httpx.MockTransport(never_answers),
-    )
+    transport = tiny_timeouts_transport(never_answers)
     with anyio.fail_after(30):  # real seconds, only if the bound failed
         with pytest.raises(AmbiguousSubmissionError) as caught:
             await transport.submit(song())
@@ -1185,15 +1193,7 @@ async def test_a_request_cut_before_its_first_byte_is_never_sent_not_ambiguous()
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
-    transport = Transport(
-        api_key="sk-test-key",
-        base_url=API,
-        timeout=aimlmusic.Timeout(connect=0.01, read=0.01, write=0.01, pool=0.01),
-        retry=RetryPolicy(attempts=2),
-        clock=RecordingClock(),
-        budget=RequestBudget(1_000_000, RecordingClock(), seed=1),
-        transport=httpx.MockTransport(stuck_connecting),
-    )
+    transport = tiny_timeouts_transport(stuck_connecting)
     with anyio.fail_after(30), pytest.raises(APIConnectionError) as caught:
         await transport.submit(song())
     assert not isinstance(caught.value, AmbiguousSubmissionError)
