@@ -45,7 +45,7 @@ from ._filemode import file_mode_from_umask
 from ._models import Generation, GenerationStatus
 from ._redact import Redactor, redact_url
 from ._retry import backoff_delay
-from ._transport import NO_AUTH
+from ._transport import NO_AUTH, bounded
 
 __all__ = ["Downloader"]
 
@@ -439,18 +439,14 @@ class Downloader:
         signatures), and the client's key hidden wherever a server put it (in a redirect's
         path, say: a hostile host has the key from the POST)."""
         shown = self._redactor.text(redact_url(url))
-        if len(shown) <= SHOWN_URL_CHARS:
-            return shown
-        return f"{shown[:SHOWN_URL_CHARS]}... ({len(shown)} characters)"
+        return bounded(shown, SHOWN_URL_CHARS)
 
     def _describe(self, exc: BaseException) -> str:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         # httpx messages may quote the URL, signature included; h11's a whole illegal
         # status line, however long.
         text = self._redactor.text(_strip_queries(text))
-        if len(text) <= SHOWN_URL_CHARS:
-            return text
-        return f"{text[:SHOWN_URL_CHARS]}... ({len(text)} characters)"
+        return bounded(text, SHOWN_URL_CHARS)
 
 
 def audio_url(generation: Generation) -> str:

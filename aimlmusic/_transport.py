@@ -593,7 +593,7 @@ class Transport:
             data = decode_json(text)
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             reason = self.redactor.text(f"body is not valid JSON ({exc})")
-            excerpt = _bounded(self.redactor.text(text), ERROR_BODY_EXCERPT_CHARS)
+            excerpt = bounded(self.redactor.text(text), ERROR_BODY_EXCERPT_CHARS)
             return _Failure(
                 "bad_response",
                 ResponseValidationError(reason, body=excerpt, method=method, url=url),
@@ -613,7 +613,7 @@ class Transport:
                 "bad_response",
                 ResponseValidationError(
                     "the generation id is empty",
-                    body=_bounded(self.redactor.text(text), ERROR_BODY_EXCERPT_CHARS),
+                    body=bounded(self.redactor.text(text), ERROR_BODY_EXCERPT_CHARS),
                     method=method,
                     url=url,
                 ),
@@ -655,7 +655,7 @@ class Transport:
     # ------------------------------------------------------------------ failure mapping
 
     def _transport_failure(self, exc: httpx.HTTPError, method: str, url: str) -> _Failure:
-        detail = _bounded(
+        detail = bounded(
             self.redactor.text(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__),
             ERROR_BODY_EXCERPT_CHARS,  # h11 quotes a whole illegal status line, however long
         )
@@ -687,7 +687,7 @@ class Transport:
         body, message, request_id = _read_error_body(text, self.redactor)
         if message is None:
             message = self.redactor.text(response.reason_phrase or "no error message")
-        message = _bounded(message, ERROR_BODY_EXCERPT_CHARS)  # a JSON message can be huge too
+        message = bounded(message, ERROR_BODY_EXCERPT_CHARS)  # a JSON message can be huge too
         request_id = request_id or self.redactor.text(response.headers.get("x-request-id", ""))
         common: dict[str, Any] = {
             "status_code": status,
@@ -771,8 +771,8 @@ def _read_error_body(
         )
     if isinstance(data, list):
         return data, None, None
-    excerpt = _bounded(stripped, ERROR_BODY_EXCERPT_CHARS)
-    return excerpt, _bounded(" ".join(stripped.split()), ERROR_MESSAGE_CHARS), None
+    excerpt = bounded(stripped, ERROR_BODY_EXCERPT_CHARS)
+    return excerpt, bounded(" ".join(stripped.split()), ERROR_MESSAGE_CHARS), None
 
 
 def _message_of(data: dict[str, Any]) -> str | None:
@@ -815,5 +815,6 @@ def _decode_text(raw: bytes, charset: str | None) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
-def _bounded(text: str, limit: int) -> str:
+def bounded(text: str, limit: int) -> str:
+    """``text``, cut to ``limit`` characters with its length said (a server's text, a URL)."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

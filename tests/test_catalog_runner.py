@@ -13,7 +13,7 @@ import logging
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import httpx
@@ -341,6 +341,23 @@ def one_song_journal(client: aimlmusic.AsyncMusicClient, tmp_path: Path) -> Iter
         yield journal
 
 
+def database_gone(*args: object, **kwargs: object) -> NoReturn:
+    """A journal method standing in for one whose database went away."""
+    raise JournalError("the journal's database went away")
+
+
+async def stopped_run(
+    emulator: Emulator, tmp_path: Path, songs: int, journal_url: str | None = None, **options: Any
+) -> _runner.RunStopped:
+    """Run a catalog of ``songs`` songs against ``emulator`` in process, and return how it
+    stopped (the test fails if it did not)."""
+    catalog = write_catalog(tmp_path / "songs.jsonl", songs)
+    async with client_for(emulator) as client:
+        with pytest.raises(_runner.RunStopped) as stopped:
+            await run_catalog(client, catalog, tmp_path / "out", journal_url=journal_url, **options)
+    return stopped.value
+
+
 async def test_a_post_answered_while_the_run_stops_is_recorded_with_its_id(
     tmp_path: Path,
 ) -> None:
@@ -387,17 +404,10 @@ async def test_leases_that_cannot_be_renewed_stop_the_run_without_a_crash(
     the run with reason "journal"; it used to crash it (an ExceptionGroup), cutting the
     POSTs on their way."""
 
-    def failing(self: Any) -> int:
-        raise JournalError("the journal's database went away")
-
-    monkeypatch.setattr(PgJournal, "renew", failing)
-    emulator = make_emulator()
-    catalog = write_catalog(tmp_path / "songs.jsonl", 2)
-    async with client_for(emulator) as client:
-        with pytest.raises(_runner.RunStopped) as stopped:
-            await run_catalog(client, catalog, tmp_path / "out", journal_url=postgres_url)
-    assert stopped.value.reason == "journal"
-    assert "cannot renew" in str(stopped.value)
+    monkeypatch.setattr(PgJournal, "renew", database_gone)
+    stopped = await stopped_run(make_emulator(), tmp_path, 2, postgres_url)
+    assert stopped.reason == "journal"
+    assert "cannot renew" in str(stopped)
 
 
 async def test_a_claim_that_fails_stops_the_run_and_keeps_the_songs_sent(
@@ -413,17 +423,14 @@ async def test_a_claim_that_fails_stops_the_run_and_keeps_the_songs_sent(
         nonlocal claims
         claims += 1
         if claims > 1:
-            raise JournalError("the journal's database went away")
+            database_gone()
         return claim(self, **options)
 
     monkeypatch.setattr(PgJournal, "claim", failing_after_one)
     emulator = make_emulator()
-    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
-    async with client_for(emulator) as client:
-        with pytest.raises(_runner.RunStopped) as stopped:
-            await run_catalog(client, catalog, tmp_path / "out", journal_url=postgres_url)
-    assert stopped.value.reason == "journal"
-    assert "cannot claim" in str(stopped.value)
+    stopped = await stopped_run(emulator, tmp_path, 3, postgres_url)
+    assert stopped.reason == "journal"
+    assert "cannot claim" in str(stopped)
     monkeypatch.undo()
     with PgJournal(postgres_url, endpoint=None) as journal:
         states = {entry.key: (entry.state, entry.generation_id) for entry in journal.entries()}
@@ -439,16 +446,10 @@ async def test_a_journal_that_cannot_say_who_else_works_stops_the_run(
     songs (its database gone) stops with reason "journal", its songs done; it used to
     crash."""
 
-    def failing(self: PgJournal) -> int:
-        raise JournalError("the journal's database went away")
-
-    monkeypatch.setattr(PgJournal, "others_working", failing)
+    monkeypatch.setattr(PgJournal, "others_working", database_gone)
     emulator = make_emulator()
-    catalog = write_catalog(tmp_path / "songs.jsonl", 2)
-    async with client_for(emulator) as client:
-        with pytest.raises(_runner.RunStopped) as stopped:
-            await run_catalog(client, catalog, tmp_path / "out", journal_url=postgres_url)
-    assert stopped.value.reason == "journal"
+    stopped = await stopped_run(emulator, tmp_path, 2, postgres_url)
+    assert stopped.reason == "journal"
     assert emulator.stats().jobs_submitted == 2
 
 
