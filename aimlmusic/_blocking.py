@@ -8,11 +8,14 @@ two never meet.
 
 Ctrl-C: a ``KeyboardInterrupt`` arrives in the calling thread while it waits. The call in
 flight on the background loop is then cancelled, and the interrupt propagates only once that
-call has unwound (so a download's temporary file is gone, a batch's polls have stopped).
+call has unwound (so a download's temporary file is gone, a batch's polls have stopped). A
+submission on its way is let land first (cut, it could be paid for with no id to find it
+by), and its generation id is logged; a second Ctrl-C stops waiting for it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
@@ -26,10 +29,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from ._client import AsyncMusicClient
+from ._client import AsyncMusicClient, tell_submitted
 from ._config import Limits, RetryPolicy, SizeLimits, Timeout
+from ._errors import AimlMusicError
 from ._events import BatchEvents
 from ._models import Generation, SongRequest, SongResult
+from ._transport import SUBMISSION_WATCH
 
 if TYPE_CHECKING:
     import httpx
@@ -40,6 +45,8 @@ if TYPE_CHECKING:
     from ._ratelimit import Budget
 
 __all__ = ["MusicClient", "SongResults"]
+
+logger = logging.getLogger("aimlmusic")
 
 T = TypeVar("T")
 
@@ -89,6 +96,12 @@ class _Spawned(Generic[T]):
         self.unwound = threading.Event()
         self._scope: anyio.CancelScope | None = None
         self._abandoned = False
+        self._posts = 0  # submissions on their way (changed on the loop's thread only)
+        self.notes: list[str] = []  # notes on the exception the call unwound with
+        # What the call returned, set before ``unwound`` (the future is set after it).
+        self.returned: list[T] = []
+        self.landed = threading.Event()  # set while no submission is on its way
+        self.landed.set()
 
     def start(self, portal: BlockingPortal) -> None:
         self.future = portal.start_task_soon(self._run)
@@ -108,6 +121,32 @@ class _Spawned(Generic[T]):
             _call_on(portal, scope.cancel)
         self.unwound.wait(_CANCEL_TIMEOUT)
 
+    def raised(self, error: BaseException) -> bool:
+        """Whether the call itself ended with ``error``."""
+        future = self.future
+        if future is None or not future.done() or future.cancelled():
+            return False
+        return future.exception() is error
+
+    def let_submissions_land(self) -> None:
+        """Wait until no submission of the task is on its way (a second Ctrl-C stops the
+        wait)."""
+        if self.landed.is_set():
+            return
+        logger.warning(
+            "a submission is on its way: waiting for its answer so that its generation id "
+            "is not lost (press Ctrl-C again to stop waiting)"
+        )
+        while not self.landed.wait(_SIGNAL_CHECK_INTERVAL):
+            pass
+
+    def _watch(self, leaving: bool) -> None:
+        self._posts += 1 if leaving else -1
+        if self._posts:
+            self.landed.clear()
+        else:
+            self.landed.set()
+
     def cancel_soon(self) -> None:
         """Ask for the cancellation without waiting (for finalizers, which must not block)."""
         self._abandoned = True
@@ -116,12 +155,20 @@ class _Spawned(Generic[T]):
 
     async def _run(self) -> T | None:
         func, args = self._call
+        SUBMISSION_WATCH.set(self._watch)  # this task's context only
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope
                 if self._abandoned:
                     scope.cancel()
-                return await func(*args)
+                try:
+                    self.returned = [await func(*args)]
+                    return self.returned[0]
+                except BaseException as exc:
+                    self.notes = list(getattr(exc, "__notes__", ()))
+                    if isinstance(exc, AimlMusicError):  # its text is redacted and bounded
+                        self.notes.append(f"the call ended with {type(exc).__name__}: {exc}")
+                    raise
             return None  # cancelled through our own scope: nobody reads the result
         finally:
             self.unwound.set()
@@ -154,16 +201,36 @@ class _LoopThread:
         self.portal = ready.result(timeout=_THREAD_TIMEOUT)
         self.stopped = False
 
-    def call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+    def call(
+        self,
+        func: Callable[..., Awaitable[T]],
+        *args: Any,
+        landed: Callable[[T, BaseException], None] | None = None,
+    ) -> T:
         """``await func(*args)`` on the loop; on any interruption of the wait (Ctrl-C),
-        cancel it there and wait for it to unwind before re-raising."""
+        let a submission on its way land, cancel the call there and wait for it to unwind
+        before re-raising. ``landed(result, interruption)`` is told of a call that
+        finished all the same."""
         _refuse_the_loop_thread(self)
         task: _Spawned[T] = _Spawned(func, *args)
         try:
             task.start(self.portal)
             return task.result()
-        except BaseException:
-            task.cancel(self.portal)
+        except BaseException as interruption:
+            if task.raised(interruption):
+                raise  # the call's own error, not an interruption of the wait
+            try:
+                if isinstance(interruption, KeyboardInterrupt):
+                    task.let_submissions_land()
+            finally:
+                task.cancel(self.portal)
+            add_note = getattr(interruption, "add_note", None)  # Python 3.11 on
+            if add_note is not None:  # what the call said as it unwound (a generation's id)
+                for note in task.notes:
+                    add_note(note)
+            if landed is not None and task.unwound.is_set():
+                for result in task.returned:  # it finished after all
+                    landed(result, interruption)
             raise
 
     def stop(self) -> None:
@@ -303,7 +370,7 @@ class MusicClient:
     def submit(self, request: SongRequest) -> Generation:
         """Submit one song and return the new generation (see
         :meth:`AsyncMusicClient.submit`)."""
-        return self._call(self._client.submit, request)
+        return self._call(self._client.submit, request, landed=_submitted_anyway)
 
     def get(self, generation_id: str) -> Generation:
         """Fetch a generation's current state (see :meth:`AsyncMusicClient.get`)."""
@@ -390,9 +457,19 @@ class MusicClient:
         if self._loop.stopped:
             raise RuntimeError("this MusicClient is closed; create a new one")
 
-    def _call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+    def _call(
+        self,
+        func: Callable[..., Awaitable[T]],
+        *args: Any,
+        landed: Callable[[T, BaseException], None] | None = None,
+    ) -> T:
         self._check_open()
-        return self._loop.call(func, *args)
+        return self._loop.call(func, *args, landed=landed)
+
+
+def _submitted_anyway(generation: Generation, interruption: BaseException) -> None:
+    """A submission that was answered as a Ctrl-C came: the caller never sees its id."""
+    tell_submitted(generation.id, interruption)
 
 
 class SongResults(Iterator[SongResult]):

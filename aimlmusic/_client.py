@@ -63,6 +63,22 @@ DEFAULT_BASE_URL = "https://api.aimlapi.com"
 _REMEMBERED_SUBMISSIONS = 1024
 
 
+def tell_submitted(generation_id: str, interruption: BaseException) -> None:
+    """Say that ``interruption`` stopped a call after it submitted ``generation_id``: the
+    song may be paid for and goes on without the caller, who holds nothing else to find it
+    by. A WARNING names it, and so does a note on the exception (Python 3.11 on)."""
+    logger.warning(
+        "generation %s was submitted and may still finish; %s interrupted waiting for it: "
+        "fetch it later with wait(%r)",
+        generation_id,
+        type(interruption).__name__,
+        generation_id,
+    )
+    add_note = getattr(interruption, "add_note", None)  # Python 3.11 on
+    if add_note is not None:
+        add_note(f"generation {generation_id} was submitted and may still finish")
+
+
 class AsyncMusicClient:
     """An async client for the AI/ML API music endpoint (``minimax/music-1.5``).
 
@@ -374,18 +390,7 @@ class AsyncMusicClient:
         except AimlMusicError:
             raise  # each carries the generation's id, or says why there is none
         except BaseException as exc:  # cancelled, interrupted (Ctrl-C), or a bug
-            # The song is submitted (and may be paid for) and goes on without us: its id
-            # must reach the caller, who holds nothing else to find it by.
-            logger.warning(
-                "generation %s was submitted and may still finish; %s interrupted waiting "
-                "for it: fetch it later with wait(%r)",
-                generation.id,
-                type(exc).__name__,
-                generation.id,
-            )
-            add_note = getattr(exc, "add_note", None)  # Python 3.11 on
-            if add_note is not None:
-                add_note(f"generation {generation.id} was submitted and may still finish")
+            tell_submitted(generation.id, exc)
             raise
 
     async def _follow_submitted(

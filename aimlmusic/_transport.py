@@ -28,10 +28,13 @@ ambiguous. ``GET`` keeps the pooled connections (a lost poll is simply retried).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, Literal, Protocol
 
 import anyio
@@ -76,6 +79,28 @@ __all__ = ["USER_AGENT", "RequestObserver", "Transport"]
 logger = logging.getLogger("aimlmusic")
 #: Each request's outcome, on its own logger so that a CLI's -v can show just these.
 request_logger = logging.getLogger("aimlmusic.http")
+
+#: Told ``True`` when a POST is handed to the network and ``False`` when its attempt ends,
+#: in the task that sends it: the blocking client sets it so that a Ctrl-C waits for a
+#: submission on its way (cut, it could be paid for and leave no id to find it by).
+SUBMISSION_WATCH: ContextVar[Callable[[bool], None] | None] = ContextVar(
+    "aimlmusic_submission_watch", default=None
+)
+
+
+@contextlib.contextmanager
+def _watched(method: str) -> Iterator[None]:
+    """Tell :data:`SUBMISSION_WATCH`, if set, that a POST is on its way until the block ends."""
+    watch = SUBMISSION_WATCH.get() if method == "POST" else None
+    if watch is None:
+        yield
+        return
+    watch(True)
+    try:
+        yield
+    finally:
+        watch(False)
+
 
 USER_AGENT = f"aimlmusic/{__version__}"
 
@@ -393,15 +418,16 @@ class Transport:
                 await self.budget.acquire(kind)
             elif not await finished_by(self.clock, send_by, lambda: self.budget.acquire(kind)):
                 raise SubmissionTimeoutError(send_by - started, "the request budget")
-            outcome = await self._attempt(
-                method,
-                target,
-                url,
-                body,
-                attempt,
-                expected_id=generation_id,
-                on_sending=getattr(observer, "on_sending", None),
-            )
+            with _watched(method):
+                outcome = await self._attempt(
+                    method,
+                    target,
+                    url,
+                    body,
+                    attempt,
+                    expected_id=generation_id,
+                    on_sending=getattr(observer, "on_sending", None),
+                )
             if isinstance(outcome, Generation):
                 return outcome
             failure = outcome

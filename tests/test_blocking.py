@@ -9,8 +9,10 @@ from __future__ import annotations
 import _thread
 import asyncio
 import gc
+import logging
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -76,7 +78,7 @@ def _client(emulator: Emulator, backend: str, **options: object) -> MusicClient:
     return MusicClient(
         TEST_API_KEY,
         base_url=EMULATED_BASE_URL,
-        transport=httpx.ASGITransport(app=emulator.app),
+        transport=options.pop("transport", httpx.ASGITransport(app=emulator.app)),  # type: ignore[arg-type]
         clock=options.pop("clock", emulator.clock),  # type: ignore[arg-type]
         backend=backend,
         **options,  # type: ignore[arg-type]
@@ -491,6 +493,139 @@ def test_ctrl_c_inside_the_hand_over_of_a_batch_still_cancels_it(
                 pass
         time.sleep(SETTLE)
         assert clock.active == 0  # a batch left running would be parked in its polls' sleeps
+
+
+class _HeldSubmissions(httpx.AsyncBaseTransport):
+    """The emulator over ASGI, with each POST's answer held back (its job already created)
+    until ``release`` is set, as a slow network holds a submission on its way."""
+
+    def __init__(self, emulator: Emulator, status: int | None = None) -> None:
+        self.inner = httpx.ASGITransport(app=emulator.app)
+        self.status = status  # answer the POST with this status instead of the emulator's
+        self.reached = threading.Event()  # a POST's job exists, its answer is held
+        self.release = threading.Event()
+        self.cut = threading.Event()  # a held answer was cancelled
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method == "POST":
+            self.reached.set()
+            try:
+                deadline = time.monotonic() + REACH_TIMEOUT
+                # Set from another thread, so not an anyio.Event: looked at every millisecond.
+                while not self.release.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await anyio.sleep(0.001)
+            except anyio.get_cancelled_exc_class():
+                self.cut.set()
+                raise
+            if self.status is not None:
+                await response.aclose()
+                return httpx.Response(self.status, request=request)
+        return response
+
+
+class _Told(logging.Handler):
+    """The aimlmusic logger's records while installed; ``waiting`` is set once the client
+    says it waits for a submission on its way."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+        self.waiting = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.messages.append(message)
+        if "submission is on its way" in message:
+            self.waiting.set()
+
+
+@pytest.fixture
+def told() -> Iterator[_Told]:
+    """What the client logs at WARNING, from any thread."""
+    handler = _Told()
+    logger = logging.getLogger("aimlmusic")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+def _release_once_waiting(held: _HeldSubmissions, told: _Told) -> threading.Thread:
+    """Release the held POST once the client waits for it (or once it was cut)."""
+
+    def release() -> None:
+        deadline = time.monotonic() + REACH_TIMEOUT
+        while not (told.waiting.is_set() or held.cut.is_set()) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        held.release.set()
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    return thread
+
+
+def _the_one_job(emulator: Emulator) -> str:
+    (generation_id,) = emulator.jobs
+    return generation_id
+
+
+@pytest.mark.usefixtures("no_leaked_threads", "sigint_raises")
+@pytest.mark.parametrize("call", ["submit", "generate"])
+def test_ctrl_c_during_a_submission_lets_it_land_and_names_the_song(
+    emulator: Emulator, backend: str, told: _Told, call: str
+) -> None:
+    """Ctrl-C while a POST is on its way waits for its answer, then names the song it made."""
+    held = _HeldSubmissions(emulator)
+    clock = WatchedClock(emulator)
+    with _client(emulator, backend, clock=clock, poll=PARKED_POLLS, transport=held) as client:
+        presser = _ctrl_c_when(held.reached.is_set)
+        releaser = _release_once_waiting(held, told)
+        with pytest.raises(KeyboardInterrupt) as caught:
+            getattr(client, call)(_song())
+        presser.join(REACH_TIMEOUT)
+        releaser.join(REACH_TIMEOUT)
+    generation_id = _the_one_job(emulator)
+    assert not held.cut.is_set()
+    assert any(generation_id in message for message in told.messages)
+    if sys.version_info >= (3, 11):
+        assert any(generation_id in note for note in caught.value.__notes__)
+    assert emulator.stats().requests["submit"] == 1
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes came in 3.11")
+@pytest.mark.usefixtures("no_leaked_threads", "sigint_raises")
+def test_ctrl_c_during_a_submission_that_ends_ambiguous_says_so(
+    emulator: Emulator, backend: str, told: _Told
+) -> None:
+    """A submission let land that ends ambiguous says so in a note on the KeyboardInterrupt."""
+    held = _HeldSubmissions(emulator, status=502)
+    with _client(emulator, backend, transport=held) as client:
+        presser = _ctrl_c_when(held.reached.is_set)
+        releaser = _release_once_waiting(held, told)
+        with pytest.raises(KeyboardInterrupt) as caught:
+            client.submit(_song())
+        presser.join(REACH_TIMEOUT)
+        releaser.join(REACH_TIMEOUT)
+    assert any("AmbiguousSubmissionError" in note for note in caught.value.__notes__)
+
+
+@pytest.mark.usefixtures("no_leaked_threads", "sigint_raises")
+def test_a_second_ctrl_c_stops_waiting_for_the_submission(
+    emulator: Emulator, backend: str, told: _Told
+) -> None:
+    """A second Ctrl-C while the client waits for a submission's answer cuts it at once."""
+    held = _HeldSubmissions(emulator)
+    with _client(emulator, backend, transport=held) as client:
+        first = _ctrl_c_when(held.reached.is_set)
+        second = _ctrl_c_when(told.waiting.is_set)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                client.submit(_song())
+            assert held.cut.is_set()  # cut, not answered: the wait did stop
+        finally:
+            held.release.set()
+            first.join(REACH_TIMEOUT)
+            second.join(REACH_TIMEOUT)
 
 
 def test_works_under_a_running_event_loop(emulator: Emulator) -> None:
