@@ -60,9 +60,11 @@ return {0, tostring(tonumber(first[2]) - now)}
 """
 )
 
-# KEYS: the lease set. ARGV: now, scale, lease length, then the ids to renew. Only leases
-# still held are renewed (XX): an expired one is gone, its slot maybe taken by another.
-# Returns how many were renewed.
+# KEYS: the lease set. ARGV: now, scale, lease length, then the ids to renew. A lease held
+# here is a generation running on the server, so one missing from Redis (expired while
+# renewals failed, or lost by a Redis that restarted, was flushed or evicted the set) is put
+# back: the count then says how many run, even past the cap, and others wait for it to fall.
+# Returns how many were missing.
 _RENEW = (
     """
 local leases = KEYS[1]
@@ -71,12 +73,12 @@ local leases = KEYS[1]
     + """
 local length = tonumber(ARGV[3]) / tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-local renewed = 0
+local missing = 0
 for i = 4, #ARGV do
-  renewed = renewed + redis.call('ZADD', leases, 'XX', 'CH', now + length, ARGV[i])
+  missing = missing + redis.call('ZADD', leases, now + length, ARGV[i])
 end
 redis.call('PEXPIRE', leases, math.ceil(length * 1000))
-return renewed
+return missing
 """
 )
 
@@ -155,13 +157,22 @@ class SharedLeases:
         await self.store.run(lambda client: client.zrem(key, lease))
 
     async def renew(self) -> int:
-        """Extend every lease this object holds by a lease length; return how many were
-        still held in Redis."""
+        """Extend every lease this object holds by a lease length, putting back any that
+        Redis no longer had; return how many were still there."""
         if not self._held:
             return 0
         now, scale = self._now_and_scale()
         args: list[Any] = [now, repr(scale), repr(LEASE_LENGTH), *sorted(self._held)]
-        return int(await self.store.run_script(self._renew, self._keys, args))
+        missing = int(await self.store.run_script(self._renew, self._keys, args))
+        if missing:
+            logger.warning(
+                "%d of this client's %d shared in-flight leases were missing in Redis (they "
+                "expired while renewals failed, or Redis lost its data): put back, as their "
+                "songs still run",
+                missing,
+                len(self._held),
+            )
+        return len(self._held) - missing
 
     async def keep_alive(self) -> None:
         """Renew the leases held every ``RENEW_EVERY`` API seconds, until cancelled."""

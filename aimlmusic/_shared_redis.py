@@ -23,7 +23,7 @@ import asyncio
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.to_thread
@@ -83,20 +83,32 @@ def account_namespace(api_key: str, key_prefix: str = DEFAULT_KEY_PREFIX) -> str
     return f"{key_prefix}{key_fingerprint(api_key)}"
 
 
+def _split_credentials(url: str) -> tuple[str, str | None, str | None, str]:
+    """``url`` as its scheme, user, password (None: none given) and what follows the
+    credentials.
+
+    The credentials end at the *last* ``@``: a password holding an unencoded ``/``, ``?``
+    or ``#`` ends the authority early for a URL parser, which would put the rest of the
+    password in the path, query or fragment (and show it)."""
+    scheme, _, rest = url.partition("://")
+    credentials, at, after = rest.rpartition("@")
+    if not at:
+        return scheme, None, None, rest
+    user, colon, password = credentials.partition(":")
+    return scheme, user, (unquote(password) if colon else None), after
+
+
 def redact_redis_url(url: str) -> str:
     """``url`` with any password (and query string) replaced, for messages and reprs."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
+    if "://" not in url:
         return REDACTED
-    netloc = parts.netloc
-    if password is not None:
-        user, _, host = netloc.rpartition("@")
-        name = user.partition(":")[0]
-        netloc = f"{name}:{REDACTED}@{host}"
-    query = f"?{REDACTED}" if parts.query else ""
-    return f"{parts.scheme}://{netloc}{parts.path}{query}"
+    scheme, user, password, rest = _split_credentials(url)
+    place, question, _ = rest.partition("#")[0].partition("?")
+    query = f"?{REDACTED}" if question else ""
+    if user is None:
+        return f"{scheme}://{place}{query}"
+    secret = f":{REDACTED}" if password is not None else ""
+    return f"{scheme}://{user}{secret}@{place}{query}"
 
 
 def _running_on_asyncio() -> bool:
@@ -164,7 +176,7 @@ class SharedStore:
             raise ConfigurationError(
                 "shared_url needs redis-py: pip install 'aimlmusic[redis]'"
             ) from None
-        password = urlsplit(url).password
+        password = _split_credentials(url)[2]
         self._redactor = Redactor(Secret(password)) if password else None
         if scheme.startswith("valkey"):
             url = "redis" + url[len("valkey") :]  # redis-py speaks to Valkey as to Redis
@@ -173,7 +185,14 @@ class SharedStore:
         )
         self.offload = offload
         self._url = url
-        self._redis: redis.Redis = redis.Redis.from_url(url, **_client_options())
+        try:
+            self._redis: redis.Redis = redis.Redis.from_url(url, **_client_options())
+        except (ValueError, TypeError):
+            # redis-py's own text may quote the URL, password and all: not shown.
+            raise ConfigurationError(
+                f"shared_url {self.redacted_url!r} is not a valid Redis URL (percent-encode "
+                "any '/', '?', '#' or '@' in the user name or password)"
+            ) from None
         # Made at the first call on asyncio, and remade on a new loop (see _async_client).
         self._async_redis: AsyncRedis | None = None
         self._async_loop: Callable[[], asyncio.AbstractEventLoop | None] = lambda: None

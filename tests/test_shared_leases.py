@@ -98,6 +98,30 @@ async def test_renewed_leases_do_not_expire(redis_url: str, redis_prefix: str) -
         tg.cancel_scope.cancel()
 
 
+async def test_leases_redis_lost_are_put_back_at_the_next_renewal(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Leases a Redis lost (restarted, flushed, evicted) come back at their holder's next
+    renewal, so the count says how many songs run and a newcomer waits for it to fall."""
+    clock = VirtualClock()
+    holder = leases(2, clock, redis_url, redis_prefix)
+    newcomer = leases(2, clock, redis_url, redis_prefix)
+    key = holder.store.key("leases")
+    async with clock:
+        await holder.acquire()
+        await holder.acquire()
+        holder.store.redis.delete(key)  # Redis lost its data: the cap looks free
+        await newcomer.acquire()
+        await newcomer.acquire()
+        assert await holder.renew() == 0  # none was still there
+        assert holder.store.redis.zcard(key) == 4  # the four songs that run
+        await newcomer.release(next(iter(newcomer._held)))
+        started = clock.now()
+        await newcomer.acquire()  # waits for the holder's songs, not the count Redis lost
+        waited = clock.now() - started
+    assert waited >= LEASE_LENGTH - 1.0
+
+
 async def test_two_clients_together_keep_to_the_accounts_in_flight_cap(
     redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

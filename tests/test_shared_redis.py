@@ -11,7 +11,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from aimlmusic import LearnedPolling, ScaledClock, SharedStateError
+from aimlmusic import ConfigurationError, LearnedPolling, ScaledClock, SharedStateError
 from aimlmusic._shared_budget import SharedBudget
 from aimlmusic._shared_leases import SharedLeases
 from aimlmusic._shared_redis import SharedStore
@@ -109,6 +109,24 @@ async def test_a_failure_on_either_path_names_the_url_without_the_password() -> 
         await store.aclose()
     assert "redis://worker:<redacted>@127.0.0.1:1/0" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("mark", ["/", "?", "#", "@"])
+async def test_a_password_with_an_unencoded_delimiter_is_never_shown(mark: str) -> None:
+    """A password holding '/', '?', '#' or '@' unencoded is hidden from the shown URL, and a
+    URL redis-py cannot read is refused without quoting it."""
+    url = f"redis://worker:s3cret{mark}tail-part@127.0.0.1:1/0"
+    try:
+        store = SharedStore(url, KEY)
+    except ConfigurationError as exc:  # redis-py's own parse fails on most of them
+        shown = str(exc)
+        assert "percent-encode" in shown
+    else:
+        shown = f"{store.redacted_url} {store!r}"
+        await store.aclose()
+    assert "s3cret" not in shown
+    assert "tail-part" not in shown
+    assert "worker:<redacted>@127.0.0.1:1/0" in shown
 
 
 # The first loop's connections are abandoned unclosed (nothing can close them once their loop
