@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -318,6 +319,31 @@ def test_a_changed_catalog_is_refused_once_sent(postgres_url: str) -> None:
         problems = a.sync_catalog(changed)
         assert [(p.line, p.key) for p in problems] == [(3, "k0")]
         assert a.entry("new") is None
+
+
+def test_a_sync_never_makes_a_song_sent_meanwhile_pending_again(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync that read a song unsent, when another worker commits it submitting before the
+    sync writes, reports it as changed since sent and changes nothing (no second POST)."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a, worker(postgres_url, "B", clock) as b:
+        assert claim(a) == "k0"
+        apply_sync = PgJournal._apply_sync
+
+        def a_sends_first(self: PgJournal, *args: Any, **kwargs: Any) -> Any:
+            a.mark_submitting("k0")  # committed between B's read of the rows and its writes
+            return apply_sync(self, *args, **kwargs)
+
+        monkeypatch.setattr(PgJournal, "_apply_sync", a_sends_first)
+        changed = [row("k0", prompt=PROMPT + " with strings", line=3), row("new", line=4)]
+        problems = b.sync_catalog(changed)
+        assert [(p.line, p.key) for p in problems] == [(3, "k0")]
+        assert "submitting" in problems[0].message
+        entry = b.entry("k0")
+        assert entry is not None
+        assert (entry.state, entry.request.prompt) == (SongState.SUBMITTING, PROMPT)
+        assert b.entry("new") is None
 
 
 def test_tables_live_in_the_connections_schema(postgres_url: str) -> None:

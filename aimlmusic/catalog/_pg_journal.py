@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import attrs
+
 from .._converter import generation_to_wire, request_to_wire
 from .._errors import ConfigurationError
 from .._models import Generation
@@ -179,6 +181,31 @@ END $$;
 
 #: States a claim may pick whatever the options (the others need one).
 _ALWAYS_CLAIMABLE = (_S.PENDING.value, _S.SUBMITTED.value, _S.COMPLETED.value)
+
+
+@attrs.frozen
+class _Rewrite:
+    """An unsent song the catalog gave new content: ``values`` to write, if the row is still
+    in ``read_state`` with ``read_hash`` and no generation id (catalog ``line``)."""
+
+    key: str
+    line: int
+    read_state: SongState
+    read_hash: str
+    values: dict[str, Any]
+
+
+def _changed_since_sent(
+    line: int, key: str, state: SongState, generation_id: str | None
+) -> CatalogProblem:
+    """The conflict of a song whose content changed after it was (or may have been) sent."""
+    ident = f", generation {generation_id}" if generation_id else ""
+    return CatalogProblem(
+        line,
+        f"song {key!r} changed since it was sent (journal state {state.value}{ident}); "
+        "restore its content or give it a new key",
+        key=key,
+    )
 
 
 class LeaseLost(JournalError):
@@ -471,16 +498,18 @@ class PgJournal:
             folded = {fold_name(r["file_name"]) for r in known.values()}
             inserts: list[tuple[Any, ...]] = []
             updates: list[dict[str, Any]] = []
+            rewrites: list[_Rewrite] = []
             seen: set[str] = set()
             for position, row in enumerate(rows):
                 seen.add(row.key)
-                problem = self._sync_row(position, row, known, folded, inserts, updates)
+                problem = self._sync_row(position, row, known, folded, inserts, updates, rewrites)
                 if problem is not None:
                     problems.append(problem)
+            if not problems:
+                problems = self._apply_sync(seen, inserts, updates, rewrites, known)
             if problems:
                 # Rolled back (and swallowed) by the transaction block: nothing changes.
                 raise self._rollback(tx)
-            self._apply_sync(seen, inserts, updates, known)
         return problems
 
     def _sync_row(
@@ -491,6 +520,7 @@ class PgJournal:
         folded: set[str],
         inserts: list[tuple[Any, ...]],
         updates: list[dict[str, Any]],
+        rewrites: list[_Rewrite],
     ) -> CatalogProblem | None:
         digest = request_hash(row.request)
         existing = known.get(row.key)
@@ -517,36 +547,41 @@ class PgJournal:
                     row.key, row.title, row.request.format
                 )
                 folded.add(fold_name(name))
-            updates.append(
-                {
-                    "key": row.key,
-                    "position": position,
-                    "title": row.title,
-                    "request_json": request_json,
-                    "request_hash": digest,
-                    "file_name": name,
-                    "file_name_folded": fold_name(name),
-                    "state": _S.PENDING,
-                    "error": None,
-                    "error_type": None,
-                }
+            rewrites.append(
+                _Rewrite(
+                    key=row.key,
+                    line=row.line,
+                    read_state=state,
+                    read_hash=existing["request_hash"],
+                    values={
+                        "position": position,
+                        "title": row.title,
+                        "request_json": request_json,
+                        "request_hash": digest,
+                        "file_name": name,
+                        "file_name_folded": fold_name(name),
+                        "state": _S.PENDING,
+                        "error": None,
+                        "error_type": None,
+                    },
+                )
             )
             return None
-        ident = f", generation {existing['generation_id']}" if existing["generation_id"] else ""
-        return CatalogProblem(
-            row.line,
-            f"song {row.key!r} changed since it was sent (journal state {state.value}{ident}); "
-            "restore its content or give it a new key",
-            key=row.key,
-        )
+        return _changed_since_sent(row.line, row.key, state, existing["generation_id"])
 
     def _apply_sync(
         self,
         seen: set[str],
         inserts: list[tuple[Any, ...]],
         updates: list[dict[str, Any]],
+        rewrites: list[_Rewrite],
         known: dict[str, dict[str, Any]],
-    ) -> None:
+    ) -> list[CatalogProblem]:
+        """Write what the sync decided; return the songs sent meanwhile (then the caller
+        rolls everything back, as for any conflict)."""
+        taken = [p for p in map(self._rewrite, rewrites) if p is not None]
+        if taken:
+            return taken
         gone = [k for k, r in known.items() if k not in seen and r["position"] is not None]
         if gone:
             self._db.execute(
@@ -566,6 +601,38 @@ class PgJournal:
                     "ON CONFLICT DO NOTHING",
                     inserts,
                 )
+        return []
+
+    def _rewrite(self, rewrite: _Rewrite) -> CatalogProblem | None:
+        """Give an unsent song its new content, only if it is still as the sync read it: the
+        rows are read unlocked (locking them would stall every worker's transitions for the
+        whole sync), so another worker may have sent it since, and a song sent must never be
+        made ``pending`` again (the next claim would pay for it twice). Returns the problem
+        when it was sent meanwhile."""
+        values = {
+            k: (v.value if isinstance(v, SongState) else v) for k, v in rewrite.values.items()
+        }
+        values["updated_at"] = _now()
+        assignments = ", ".join(f"{name} = %({name})s" for name in values)
+        cursor = self._db.execute(
+            f"UPDATE aimlmusic_songs SET {assignments} WHERE key = %(key)s"  # noqa: S608
+            " AND state = %(read_state)s AND request_hash = %(read_hash)s"
+            " AND generation_id IS NULL",
+            {
+                **values,
+                "key": rewrite.key,
+                "read_state": rewrite.read_state.value,
+                "read_hash": rewrite.read_hash,
+            },
+        )
+        if cursor.rowcount == 1:
+            return None
+        now = self._db.execute(
+            "SELECT state, generation_id FROM aimlmusic_songs WHERE key = %s", (rewrite.key,)
+        ).fetchone()
+        state = SongState(now["state"]) if now is not None else rewrite.read_state
+        ident = now["generation_id"] if now is not None else None
+        return _changed_since_sent(rewrite.line, rewrite.key, state, ident)
 
     # ------------------------------------------------------------------ recovery
 
