@@ -11,6 +11,10 @@ script, so that reading, deciding and recording happen in one atomic round trip:
   halves the rate they pace to (a token bucket refilled at that rate); each success gives a
   twentieth of the configured rate back.
 
+A Redis that loses the log (a restart, a flush, an eviction) would let the fleet send a
+second minute's worth at once: each client keeps its own requests of the last minute, and
+when the script finds the client's latest one gone, the client puts them all back first.
+
 Why a script rather than the ``limits`` library: ``limits`` counts whole seconds (a minute
 of a 50x emulator is 1.2 real seconds), only answers "yes/no now" (a waiting request needs
 "how long"), and has no pause or AIMD state to keep with the window in one step.
@@ -32,8 +36,10 @@ local to each client: it is not shared.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
+import logging
 import math
 import random
 import uuid
@@ -47,6 +53,8 @@ from ._ratelimit import RequestKind
 from ._shared_redis import LUA_NOW, SharedStore
 
 __all__ = ["SharedBudget"]
+
+logger = logging.getLogger("aimlmusic")
 
 _PRIORITY: dict[str, int] = {"submit": 0, "poll": 1}
 
@@ -76,9 +84,11 @@ _RECHECK_AT_MOST = 1.0
 # KEYS: window log, state hash. ARGV: now ('' = Redis TIME), time scale, configured rate,
 # window, member to add ('' = only apply the feedback), feedback ("s:N" successes, "t:R"
 # a 429 with Retry-After R API seconds, R < 0: none), uniform random in [0, 1), pause base,
-# pause max, min rate share, recovery share, state lifetime (API seconds), real margin.
-# Returns {granted 0/1, wait (real s), rate (per API minute), pause left (real s)}; numbers
-# as strings, since Redis would truncate Lua numbers to integers.
+# pause max, min rate share, recovery share, state lifetime (API seconds), real margin,
+# this client's latest request still in the window ('' = none) and its score.
+# Returns {granted 0/1 (-1: that request is missing, nothing done), wait (real s), rate (per
+# API minute), pause left (real s), now (real s)}; numbers as strings, since Redis would
+# truncate Lua numbers to integers.
 _ACQUIRE = (
     """
 local log, state = KEYS[1], KEYS[2]
@@ -94,6 +104,13 @@ local pause_base, pause_max = tonumber(ARGV[8]), tonumber(ARGV[9])
 local min_rate = limit * tonumber(ARGV[10])
 local recovery = limit * tonumber(ARGV[11])
 local lifetime_ms = math.ceil(tonumber(ARGV[12]) / scale * 1000)
+
+-- The client's latest request must still be in the log: gone, the log was lost (a restart,
+-- a flush, an eviction), and the client puts its own requests back before anyone goes on.
+if ARGV[14] ~= '' and tonumber(ARGV[15]) > now - window
+    and not redis.call('ZSCORE', log, ARGV[14]) then
+  return {-1, '0', '0', '0', string.format('%.17g', now)}
+end
 
 -- The bucket holds at least one whole request: below one a minute, it would never fill.
 local most = math.max(1, limit)
@@ -151,9 +168,21 @@ redis.call('PEXPIRE', state, lifetime_ms)
 redis.call('PEXPIRE', log, lifetime_ms)
 local left = 0
 if paused_until > now then left = paused_until - now end
-return {granted, tostring(wait), tostring(rate), tostring(left)}
+return {granted, tostring(wait), tostring(rate), tostring(left), string.format('%.17g', now)}
 """
 )
+
+# KEYS: window log. ARGV: state lifetime (real ms), then score and member pairs: requests of
+# one client put back into a log that lost them (ZADD of a member already there changes
+# nothing but its score, which is the same).
+_RESTORE = """
+local log = KEYS[1]
+for i = 2, #ARGV, 2 do
+  redis.call('ZADD', log, ARGV[i], ARGV[i + 1])
+end
+redis.call('PEXPIRE', log, tonumber(ARGV[1]))
+return 0
+"""
 
 
 class _Waiter:
@@ -201,6 +230,10 @@ class SharedBudget:
         # Learns the clock's time scale (from a served emulator) before the first call.
         self._before_first_use = before_first_use
         self._script = store.script(_ACQUIRE)
+        self._restore = store.script(_RESTORE)
+        # This client's requests still in the window, as (score, member): what it puts back
+        # into a log Redis lost. At most a window's worth: requests_per_minute or so.
+        self._mine: collections.deque[tuple[float, str]] = collections.deque()
         self._keys = [store.key("window"), store.key("budget")]
         self._rate = self.requests_per_minute
         self._paused_until = -math.inf
@@ -303,28 +336,19 @@ class SharedBudget:
         events, successes = self._events, self._successes
         self._events, self._successes = [], 0
         feedback = " ".join(events + ([f"s:{successes}"] if successes else []))
-        args: list[Any] = [
-            repr(self._clock.now()) if self._use_clock_time else "",
-            repr(scale),
-            repr(self.requests_per_minute),
-            repr(WINDOW),
-            uuid.uuid4().hex if take else "",
-            feedback,
-            repr(self._random.random()),
-            repr(PAUSE_BASE),
-            repr(PAUSE_MAX),
-            repr(MIN_RATE_SHARE),
-            repr(RECOVERY_SHARE),
-            repr(STATE_LIFETIME),
-            repr(REAL_MARGIN),
-        ]
+        member = uuid.uuid4().hex if take else ""
         try:
-            answer = await self.store.run_script(self._script, self._keys, args)
+            answer = await self._call(scale, member, feedback)
+            if int(answer[0]) < 0:  # the log lost this client's requests: put them back
+                await self._put_back(scale, float(answer[4]))
+                answer = await self._call(scale, member, feedback)
         except BaseException:
             # Not applied (or not known to be): sent again with the next call.
             self._events = events + ([f"s:{successes}"] if successes else []) + self._events
             raise
         granted, wait, rate, left = int(answer[0]), float(answer[1]), float(answer[2]), answer[3]
+        if granted > 0:
+            self._remember(member, float(answer[4]), scale)
         now = self._clock.now()
         self._rate = rate
         pause = float(left) * scale
@@ -335,6 +359,52 @@ class SharedBudget:
         wait_api = max(wait * scale, 1e-6)  # a wait too short for the clock is still a wait
         self._free_at = now + wait_api
         return wait_api
+
+    async def _call(self, scale: float, member: str, feedback: str) -> Any:
+        """One call of the acquire script (see ``_ACQUIRE`` for its arguments)."""
+        latest_score, latest = self._mine[-1] if self._mine else (0.0, "")
+        args: list[Any] = [
+            repr(self._clock.now()) if self._use_clock_time else "",
+            repr(scale),
+            repr(self.requests_per_minute),
+            repr(WINDOW),
+            member,
+            feedback,
+            repr(self._random.random()),
+            repr(PAUSE_BASE),
+            repr(PAUSE_MAX),
+            repr(MIN_RATE_SHARE),
+            repr(RECOVERY_SHARE),
+            repr(STATE_LIFETIME),
+            repr(REAL_MARGIN),
+            latest,
+            repr(latest_score),
+        ]
+        return await self.store.run_script(self._script, self._keys, args)
+
+    def _remember(self, member: str, score: float, scale: float) -> None:
+        """Keep request ``member``, let through at ``score``, and forget those out of the
+        window."""
+        self._mine.append((score, member))
+        self._forget_before(score, scale)
+
+    def _forget_before(self, now: float, scale: float) -> None:
+        window = WINDOW / scale + REAL_MARGIN
+        while self._mine and self._mine[0][0] <= now - window:
+            self._mine.popleft()
+
+    async def _put_back(self, scale: float, now: float) -> None:
+        """Put this client's requests of the last window back into a log that lost them
+        (``now``: the script's time, real seconds)."""
+        self._forget_before(now, scale)
+        logger.warning(
+            "the shared request log in Redis lost this client's %d requests of the last "
+            "minute (a restart, a flush or an eviction): put back",
+            len(self._mine),
+        )
+        pairs = [part for score, member in self._mine for part in (repr(score), member)]
+        lifetime_ms = math.ceil(STATE_LIFETIME / scale * 1000)
+        await self.store.run_script(self._restore, self._keys[:1], [lifetime_ms, *pairs])
 
     def _leave(self, waiter: _Waiter) -> None:
         # Not always the head: a submission that arrived while this waiter was asking Redis

@@ -71,6 +71,28 @@ async def test_several_budgets_never_exceed_the_limit_in_any_window(
     assert sum(budget.sent_total for budget in shared) == 45
 
 
+async def test_requests_a_lost_log_forgot_are_put_back_by_their_clients(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """After Redis loses the budget's keys (a restart, a flush), the next call of a client
+    that sent in the last minute puts its requests back: no window holds more than the
+    limit, for that client or another."""
+    clock = VirtualClock()
+    first, second = budgets(2, 10, clock, redis_url, redis_prefix)
+    sent: list[float] = []
+    async with clock:
+        for _ in range(10):
+            await first.acquire("poll")
+            sent.append(clock.now())
+        first.store.redis.delete(*first._keys)  # Redis lost every key of the budget
+        await first.acquire("poll")  # puts its ten back, then waits for room
+        sent.append(clock.now())
+        await second.acquire("poll")
+        sent.append(clock.now())
+    assert max_in_window(sent, 60.0) <= 10
+    assert sent[10] >= 60.0
+
+
 async def test_a_429_seen_by_one_pauses_the_other(redis_url: str, redis_prefix: str) -> None:
     """A 429 with Retry-After 30 s reported to one budget holds the other's next request 30 s."""
     clock = VirtualClock()
