@@ -254,6 +254,52 @@ def test_takeover_turns_submitting_into_ambiguous_and_keeps_ids(postgres_url: st
         assert claim(c, resubmit_ambiguous=True) == "k1"
 
 
+def test_an_id_for_a_song_recovered_as_interrupted_is_recorded(postgres_url: str) -> None:
+    """A worker whose submitting song another worker's claim made ambiguous (its lease ran
+    out, nobody took it) records the id it then gets: submitted, and its own again."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a, worker(postgres_url, "B", clock) as b:
+        assert claim(a) == "k0"
+        a.mark_submitting("k0")
+        clock.now += LEASE + 1
+        assert claim(b) == "k1"  # its claim recovers k0 as interrupted, and takes another
+        recovered = b.entry("k0")
+        assert recovered is not None
+        assert recovered.state is SongState.AMBIGUOUS
+        assert "A" not in {w["worker"] for w in b.workers()}  # it holds nothing now
+        a.mark_submitted("k0", "gen-0")
+        entry = b.entry("k0")
+        assert entry is not None
+        assert (entry.state, entry.generation_id, entry.error) == (
+            SongState.SUBMITTED,
+            "gen-0",
+            None,
+        )
+        held = {w["worker"]: (w["held"], w["alive"]) for w in b.workers()}
+        assert held["A"] == ({"submitted": 1}, 1)  # A's again, under a live lease
+
+
+def test_an_id_for_a_recovered_song_another_worker_holds_is_refused(postgres_url: str) -> None:
+    """The id of a song recovered as interrupted is refused (LeaseLost) once another worker
+    claimed it, and refused when the song already has another id."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a, worker(postgres_url, "B", clock) as b:
+        assert claim(a) == "k0"
+        assert claim(a) == "k1"
+        a.mark_submitting("k0")
+        a.mark_submitting("k1")
+        clock.now += LEASE + 1
+        assert claim(b, resubmit_ambiguous=True) == "k0"  # recovered, then taken
+        with pytest.raises(LeaseLost):
+            a.mark_submitted("k0", "gen-0")
+        b.adopt("k1", "gen-found")  # the user adopted the id found in the account
+        with pytest.raises(JournalError, match="cannot go from submitted"):
+            a.mark_submitted("k1", "gen-1")
+        k1 = b.entry("k1")
+        assert k1 is not None
+        assert k1.generation_id == "gen-found"
+
+
 def test_only_the_lease_holder_may_submit(postgres_url: str) -> None:
     """mark_submitting refuses a song another worker holds or took over; a worker whose
     lease ran out but whose song nobody took may still submit it (and the lease renews)."""

@@ -439,6 +439,29 @@ async def test_a_worker_resending_after_a_429_asks_whether_the_song_is_still_its
         assert run.stop_reason[0] == "lease"
 
 
+async def test_a_worker_stalled_with_its_post_on_the_way_records_the_id(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A worker that stalled past its lease while its POST was on its way, the song made
+    ambiguous by another worker's claim but not taken, records the id that POST returns
+    and goes on (no stop); the id was only logged, and the run stopped for "lease"."""
+    now = [0.0]
+    async with stalled_and_other(tmp_path, postgres_url, now) as (_, other, key, run):
+        run.record_sending(key, "submit")  # the POST's first byte goes out
+        now[0] = 1000.0  # the worker stalls past its lease
+        assert other.claim(resubmit_ambiguous=False, retry_failed=False) is None
+        recovered = other.entry(key)
+        assert recovered is not None
+        assert recovered.state is SongState.AMBIGUOUS
+        run.record_submitted(key, "gen-paid")  # the POST returns
+        entry = other.entry(key)
+        assert entry is not None
+        assert (entry.state, entry.generation_id) == (SongState.SUBMITTED, "gen-paid")
+        assert other.others_working() == 1  # the stalled worker's again, under a live lease
+        assert run.stop_reason is None
+        assert run.counts[SongState.SUBMITTED] == 1
+
+
 def test_a_journal_on_a_search_path_after_another_gets_its_own_indexes(
     postgres_url: str,
 ) -> None:

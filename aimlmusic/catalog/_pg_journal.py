@@ -854,19 +854,41 @@ class PgJournal:
 
     def mark_submitted(self, key: str, generation_id: str) -> None:
         """The POST returned this generation id (a database error comes out as
-        :class:`JournalError`, so the caller can still show the id to the user)."""
+        :class:`JournalError`, so the caller can still show the id to the user).
+
+        A song this worker left ``submitting`` may meanwhile have been recovered as
+        ``ambiguous`` by another worker's claim (this one stalled past its lease with the
+        POST on its way); if nobody took it since, the id is recorded all the same and the
+        song is this worker's again: a real id is what keeps it from being paid twice."""
         try:
-            self._update(
-                key,
-                (_S.SUBMITTING,),
-                state=_S.SUBMITTED,
-                generation_id=generation_id,
-                submitted_at=_now(),
-            )
+            if not self._record_recovered_id(key, generation_id):
+                self._update(
+                    key,
+                    (_S.SUBMITTING,),
+                    state=_S.SUBMITTED,
+                    generation_id=generation_id,
+                    submitted_at=_now(),
+                )
         except self._db_error as exc:
             raise JournalError(
                 f"cannot write the journal {self._shown}: {self._clean(exc)}"
             ) from None
+
+    def _record_recovered_id(self, key: str, generation_id: str) -> bool:
+        """Record ``generation_id`` for an ``ambiguous`` song that has none and that no other
+        worker holds (one recovered as interrupted); it becomes ``submitted`` under this
+        worker's lease. False when the song is not such a one."""
+        at = _now()
+        cursor = self._db.execute(
+            "UPDATE aimlmusic_songs SET state = 'submitted', generation_id = %(id)s,"
+            " submitted_at = %(at)s, updated_at = %(at)s, error = NULL, error_type = NULL,"
+            " account = %(account)s, owner = %(me)s, last_claimed_by = %(me)s,"
+            " lease_until = aimlmusic_now(%(now)s) + %(lease)s"
+            " WHERE key = %(key)s AND state = 'ambiguous' AND generation_id IS NULL"
+            " AND (owner IS NULL OR owner = %(me)s)",
+            self._params(key=key, id=generation_id, at=at),
+        )
+        return cursor.rowcount == 1
 
     @_database_errors
     def mark_completed(

@@ -1048,6 +1048,12 @@ class _Run:
 
     def _commit_id(self, key: str, generation_id: str) -> None:
         entry = self.journal.entry(key)
+        if entry is not None and self._interrupted_meanwhile(entry):
+            # This worker sent it, then stalled past its lease with the POST on its way, and
+            # another worker's claim recovered it as interrupted (ambiguous) without taking
+            # it: the id is real, and recording it is what keeps the song from being lost.
+            self._store_id(entry, generation_id)
+            return
         if entry is not None and entry.state is not _S.SUBMITTING and key in self.handed:
             # Its sending was not recorded before it left (a transport that reports sending
             # only once answered, and perhaps refused it then, too late): record it now,
@@ -1069,8 +1075,42 @@ class _Run:
                     generation_id,
                 )
             return
+        self._store_id(entry, generation_id)
+
+    def _interrupted_meanwhile(self, entry: JournalEntry) -> bool:
+        """``entry``, which this worker recorded as ``submitting``, was made ``ambiguous``
+        with no id by another worker of a shared journal (this one's lease ran out)."""
+        return (
+            self.shared is not None
+            and entry.key in self._posting
+            and entry.state is _S.AMBIGUOUS
+            and entry.generation_id is None
+        )
+
+    def _store_id(self, entry: JournalEntry, generation_id: str) -> None:
+        """Record the id of ``entry``, which this run counts as ``submitting``; when the
+        journal refuses, the id is logged with an --adopt hint and the run stops."""
+        key = entry.key
         try:
             self.journal.mark_submitted(key, generation_id)
+        except LeaseLost as exc:  # another worker holds it now, and may send it again
+            logger.error(  # noqa: TRY400 - one line for the user, not a traceback
+                "song %r was submitted as generation %s but the journal did not record it "
+                "(%s); adopt it with --adopt %s=%s",
+                key,
+                generation_id,
+                exc,
+                key,
+                generation_id,
+            )
+            self.stop(
+                "lease",
+                f"{exc}; this worker stalled longer than a lease and stops (song {key!r} was "
+                f"submitted as generation {generation_id}: adopt it with "
+                f"--adopt {key}={generation_id})",
+                exc,
+            )
+            return
         except (sqlite3.OperationalError, JournalError) as exc:  # the journal's disk is full
             # The song is paid for: its id must reach the user, whatever else fails.
             logger.error(  # noqa: TRY400 - one line for the user, not a traceback
