@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -408,6 +409,61 @@ async def test_leases_that_cannot_be_renewed_stop_the_run_without_a_crash(
     stopped = await stopped_run(make_emulator(), tmp_path, 2, postgres_url)
     assert stopped.reason == "journal"
     assert "cannot renew" in str(stopped)
+
+
+async def test_a_run_whose_end_cannot_be_recorded_stops_for_the_journal(
+    tmp_path: Path, journal_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journal that fails as the run records its end stops the run with reason "journal"
+    and its summary, its songs done; the JournalError used to escape run_catalog."""
+    for journal in (Journal, PgJournal):
+        monkeypatch.setattr(journal, "finish_run", database_gone)
+    stopped = await stopped_run(make_emulator(), tmp_path, 2, journal_url)
+    assert stopped.reason == "journal"
+    assert "cannot record the end of this run" in str(stopped)
+    assert stopped.summary.all_done
+
+
+async def test_a_database_lost_mid_run_stops_it_with_a_summary_from_memory(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A shared journal whose connection the server drops after the first download stops
+    the run with reason "journal" and a summary of what the run counted; the driver's
+    error used to escape run_catalog out of the last manifest write."""
+    import psycopg
+
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
+    name = f"lost-mid-run-{uuid.uuid4().hex[:8]}"  # its own: tests run side by side
+    backends: list[bool] = []
+
+    def drop_the_connection(event: CatalogEvent) -> None:
+        if event.state is SongState.DOWNLOADED and not backends:
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                backends.extend(
+                    row[0]
+                    for row in admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE application_name = %s",
+                        (name,),
+                    )
+                )
+
+    url = f"{postgres_url}&application_name={name}"
+    async with client_for(emulator) as client:
+        with pytest.raises(_runner.RunStopped) as stopped:
+            await run_catalog(
+                client,
+                catalog,
+                tmp_path / "out",
+                journal_url=url,
+                max_in_flight=1,
+                on_event=drop_the_connection,
+            )
+    assert backends == [True]
+    assert stopped.value.reason == "journal"
+    summary = stopped.value.summary
+    assert (summary.total, summary.counts[SongState.DOWNLOADED]) == (3, 1)
 
 
 async def test_a_claim_that_fails_stops_the_run_and_keeps_the_songs_sent(

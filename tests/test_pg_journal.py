@@ -496,6 +496,19 @@ def test_a_lost_database_is_a_journal_error_without_the_password(postgres_url: s
     assert secret not in str(caught.value)
 
 
+def test_reading_the_songs_of_a_lost_database_is_a_journal_error(postgres_url: str) -> None:
+    """entries() on a connection the server dropped raises JournalError without the
+    password (a generator, it let the driver's OperationalError through)."""
+    secret = "pw-Lost-Entries-654"
+    with worker(with_password(postgres_url, secret), "A", Clock()) as journal:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (journal._db.info.backend_pid,))
+        with pytest.raises(JournalError, match="failed") as caught:
+            list(journal.entries())
+    assert secret not in str(caught.value)
+    assert caught.value.__cause__ is None
+
+
 def test_a_stalled_worker_cannot_record_over_the_worker_that_took_over(
     postgres_url: str,
 ) -> None:

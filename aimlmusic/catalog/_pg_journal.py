@@ -84,7 +84,7 @@ def _database_errors(
         try:
             return method(self, *args, **kwargs)
         except self._db_error as exc:
-            raise JournalError(f"the journal {self._shown} failed: {self._clean(exc)}") from None
+            raise self._failed(exc) from None
 
     return wrapper
 
@@ -359,6 +359,11 @@ class PgJournal:
         return f"PgJournal({self._shown!r}, worker={self._worker_id!r})"
 
     # ------------------------------------------------------------------ plumbing
+
+    def _failed(self, error: BaseException) -> JournalError:
+        """The :class:`JournalError` for a database failure: the journal named without its
+        password, so the command line reports it in one line."""
+        return JournalError(f"the journal {self._shown} failed: {self._clean(error)}")
 
     def _clean(self, error: BaseException) -> str:
         text = str(error).strip() or type(error).__name__
@@ -1098,11 +1103,14 @@ class PgJournal:
         where.append(f"{order} > %(last)s")
         last = -1
         while True:
-            page = self._db.execute(
-                f"SELECT * FROM aimlmusic_songs WHERE {' AND '.join(where)} "  # noqa: S608
-                f"ORDER BY {order} LIMIT {_PAGE}",
-                {**params, "last": last},
-            ).fetchall()
+            try:
+                page = self._db.execute(
+                    f"SELECT * FROM aimlmusic_songs WHERE {' AND '.join(where)} "  # noqa: S608
+                    f"ORDER BY {order} LIMIT {_PAGE}",
+                    {**params, "last": last},
+                ).fetchall()
+            except self._db_error as exc:  # a generator: _database_errors cannot wrap it
+                raise self._failed(exc) from None
             if not page:
                 return
             for row in page:

@@ -135,6 +135,10 @@ _DISK_ERRNOS = frozenset(
 
 _S = SongState
 
+#: What a journal raises when its storage fails (its database gone, its disk full): the
+#: SQLite journal lets sqlite3's own errors through, the PostgreSQL one wraps psycopg's.
+_JOURNAL_ERRORS = (JournalError, sqlite3.Error)
+
 
 class RunStopped(AimlMusicError):
     """The run stopped early because going on could not help; the journal is consistent and
@@ -648,25 +652,63 @@ class _Run:
                     self.shared.release_all()  # other workers need not wait for the leases
                 except JournalError as exc:  # the database gone: the leases expire instead
                     logger.warning("could not give this worker's songs back: %s", exc)
-            try:
-                self.manifest.flush(force=True)
-            except OSError as exc:
-                self._cannot_write(exc)  # the journal has it all; the next run rewrites it
+            self._flush_manifest()
             try:
                 self.timing.save(force=True)
             except Exception:  # optional: must never keep the run from being recorded as ended
                 logger.exception("could not save the timing estimate")
             # Only now: until the run is recorded as ended, other workers leave this worker's
             # partial directory (the manifest's temporary file) alone.
-            self.journal.finish_run(outcome)
+            self._finish_run(outcome)
             self._clear_dead_partials()
             remove_partial(self.out, worker=self.worker)
-        summary = _summary(self.journal, self.out, interrupted=False)
+        summary = self._final_summary()
         self.emit("finished")
         if self.stop_reason is not None:
             reason, message, cause = self.stop_reason
             raise RunStopped(message, reason=reason, cause=cause, summary=summary)
         return summary
+
+    def _flush_manifest(self) -> None:
+        """Write the manifest a last time; a journal that cannot be read for it (its
+        database gone) stops the run, reason "journal", instead of ending it in a traceback."""
+        try:
+            self.manifest.flush(force=True)
+        except OSError as exc:
+            self._cannot_write(exc)  # the journal has it all; the next run rewrites it
+        except _JOURNAL_ERRORS as exc:
+            self._journal_lost_at_end(f"cannot read the journal to write the manifest ({exc})", exc)
+
+    def _finish_run(self, outcome: str) -> None:
+        """Record the end of the run. Unrecorded (the database gone), a shared journal's run
+        still ends for the others once its heartbeat is a lease overdue."""
+        try:
+            self.journal.finish_run(outcome)
+        except _JOURNAL_ERRORS as exc:
+            self._journal_lost_at_end(f"cannot record the end of this run ({exc})", exc)
+
+    def _final_summary(self) -> RunSummary:
+        """How the run ends, read from the journal; when it cannot be read, from what this
+        run counted (its lists of keys needing attention then empty)."""
+        try:
+            return _summary(self.journal, self.out, interrupted=False)
+        except _JOURNAL_ERRORS as exc:
+            self._journal_lost_at_end(f"cannot read the journal for the summary ({exc})", exc)
+        return RunSummary(
+            output_dir=self.out,
+            journal_path=self.journal.location,
+            manifest_path=self.out / MANIFEST_NAME,
+            total=self.total,
+            counts=self.counts,
+            credits_used=self.credits,
+        )
+
+    def _journal_lost_at_end(self, message: str, error: Exception) -> None:
+        """The journal failed once the work was over: the run ends as stopped for "journal"
+        (unless it already stopped for another reason). Nothing is left to cancel."""
+        logger.warning("%s", message)
+        if self.stop_reason is None:
+            self.stop_reason = ("journal", message, error)
 
     def _clear_dead_partials(self) -> None:
         """A shared journal's worker throws away the partial downloads of workers that are
@@ -690,6 +732,8 @@ class _Run:
             self.manifest.changed()
         except OSError as exc:
             self._cannot_write(exc)
+        except _JOURNAL_ERRORS as exc:  # its database gone: a song's move cannot be shown
+            self.stop("journal", f"cannot read the journal to write the manifest ({exc})", exc)
 
     def _cannot_write(self, error: OSError) -> None:
         """Writing into the output directory failed. A full (or read-only) disk stops the
