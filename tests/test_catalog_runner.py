@@ -20,6 +20,7 @@ import anyio
 import httpx
 import pytest
 from _catalog_support import LYRICS, client_for, handed_run, manifest, write_catalog
+from _servers import redis_down, shared_client
 
 import aimlmusic
 from aimlmusic._errors import SendingRefused
@@ -530,6 +531,45 @@ async def test_a_journal_that_cannot_be_read_before_a_song_is_handed_over_stops_
             await run_catalog(client, catalog, tmp_path / "out", max_in_flight=1)
     assert stopped.value.reason == "journal"
     assert emulator.stats().jobs_submitted == 1
+
+
+async def test_a_shared_budget_failing_mid_batch_stops_the_run_cleanly(
+    tmp_path: Path,
+    journal_url: str | None,
+    redis_url: str,
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis failing as the batch takes the account's slot for its second song stops the
+    run with reason "shared" and its summary: the first song keeps its id, the others
+    stay pending. The SharedStateError used to crash the run (an ExceptionGroup)."""
+    monkeypatch.setattr("aimlmusic._shared_redis.DEFAULT_KEY_PREFIX", redis_prefix)
+    clock = VirtualClock()
+    emulator = Emulator(EmulatorConfig(requests_per_minute=None, audio_seconds=0.3), clock=clock)
+    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
+    async with clock, shared_client(emulator, clock, redis_url, 1) as client:
+        leases = client._leases
+        assert leases is not None
+        acquire = leases.acquire
+        taken = 0
+
+        async def redis_gone_after_one() -> str:
+            nonlocal taken
+            taken += 1
+            if taken == 1:
+                return await acquire()
+            with redis_down(client):
+                return await acquire()
+
+        monkeypatch.setattr(leases, "acquire", redis_gone_after_one)
+        with anyio.fail_after(60), pytest.raises(_runner.RunStopped) as stopped:
+            await run_catalog(client, catalog, tmp_path / "out", journal_url=journal_url)
+    assert stopped.value.reason == "shared"
+    assert isinstance(stopped.value.cause, aimlmusic.SharedStateError)
+    summary = stopped.value.summary
+    assert summary.counts[SongState.PENDING] == 2
+    assert summary.counts[SongState.COMPLETED] + summary.counts[SongState.DOWNLOADED] == 1
+    assert emulator.stats().requests["submit"] == 1
 
 
 class _RedirectsOneSubmission(httpx.AsyncBaseTransport):

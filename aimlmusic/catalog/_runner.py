@@ -60,6 +60,7 @@ from .._errors import (
     RateLimitError,
     SendingRefused,
     ServerError,
+    SharedStateError,
 )
 from .._events import (
     BatchEvents,
@@ -150,8 +151,10 @@ class RunStopped(AimlMusicError):
     received is in the journal) or ``"lease"`` (a worker of a shared journal stalled longer
     than a lease and another worker took over a song it was about to send; that POST was
     cancelled before its first byte) or ``"journal"`` (the journal could not record a song as
-    being sent: a full disk, a database gone; that POST was cancelled before its first byte);
-    ``cause`` is the error that decided it and ``summary`` how the directory stands.
+    being sent: a full disk, a database gone; that POST was cancelled before its first byte)
+    or ``"shared"`` (the Redis sharing the account's request budget, ``shared_url``, failed:
+    no new song was sent, those already sent finished); ``cause`` is the error that decided
+    it and ``summary`` how the directory stands.
     """
 
     def __init__(self, message: str, *, reason: str, cause: Exception, summary: RunSummary) -> None:
@@ -1046,6 +1049,20 @@ class _Run:
         yield from self._retryable_failures()
 
     async def _submit_all(self, work: anyio.abc.TaskGroup) -> None:
+        try:
+            await self._submit_all_now(work)
+        except SharedStateError as exc:
+            # The Redis sharing the account's budget failed: the scheduler took no new song
+            # and let those on their way finish (their ids recorded) before raising it.
+            self.stop(
+                "shared",
+                f"the shared request budget failed ({exc}); no new song was sent, the songs "
+                "already sent kept their generation ids, and the songs not sent are still "
+                "pending",
+                exc,
+            )
+
+    async def _submit_all_now(self, work: anyio.abc.TaskGroup) -> None:
         events = _SchedulerEvents(self)
         async with self.client.generate_many(
             # One generator, never one nested in another: the scheduler closes the one it
