@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from aimlmusic import ConfigurationError, SongRequest
+from aimlmusic import ConfigurationError, Generation, GenerationStatus, SongRequest
 from aimlmusic.catalog import CatalogRow, JournalError, PgJournal, SongState
 from aimlmusic.catalog._pg_journal import LeaseLost
 
@@ -530,3 +530,42 @@ def test_a_stalled_worker_cannot_record_over_the_worker_that_took_over(
         assert entry is not None
         assert (entry.state, entry.error) == (SongState.SUBMITTED, None)
         assert a.others_working() == 1  # still B's
+
+
+def test_a_stalled_worker_cannot_record_over_a_song_the_other_worker_finished(
+    postgres_url: str,
+) -> None:
+    """A stalled worker whose song another worker took over, downloaded and so let go gets
+    LeaseLost for what it records next (it got "cannot go from downloaded to completed",
+    taken for a failed journal), and its error notes leave the finished song alone."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a, worker(postgres_url, "B", clock) as b:
+        assert claim(a) == "k0"
+        a.mark_submitting("k0")
+        a.mark_submitted("k0", "gen-0")
+        clock.now += LEASE + 1
+        assert claim(b) == "k0"
+        b.mark_completed("k0", Generation(id="gen-0", status=GenerationStatus.COMPLETED))
+        b.mark_downloaded("k0", sha256="0" * 64, size=1, tagged=False)
+        with pytest.raises(LeaseLost):
+            a.mark_completed("k0", Generation(id="gen-0", status=GenerationStatus.COMPLETED))
+        with pytest.raises(LeaseLost):
+            a.mark_failed("k0", "too late")
+        a.note_error("k0", "timed out")
+        entry = b.entry("k0")
+        assert entry is not None
+        assert (entry.state, entry.error) == (SongState.DOWNLOADED, None)
+
+
+def test_a_song_another_worker_let_go_can_still_be_adopted(postgres_url: str) -> None:
+    """An ambiguous song last claimed by another worker, which let it go, is adopted by the
+    user's id: an adoption is no claim, so the song's last claim does not refuse it."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a, worker(postgres_url, "B", clock) as b:
+        assert claim(a) == "k0"
+        a.mark_submitting("k0")
+        a.mark_ambiguous("k0", "the connection dropped after sending")
+        b.adopt("k0", "gen-found")
+        entry = b.entry("k0")
+        assert entry is not None
+        assert (entry.state, entry.generation_id) == (SongState.SUBMITTED, "gen-found")

@@ -462,6 +462,33 @@ async def test_a_worker_stalled_with_its_post_on_the_way_records_the_id(
         assert run.counts[SongState.SUBMITTED] == 1
 
 
+async def test_a_stalled_worker_leaves_a_song_the_other_worker_finished(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A worker that stalled past its lease while another worker took its song over and
+    downloaded it leaves the song when its own download ends (LeaseLost): no stop for a
+    failed journal, no --adopt hint for a song already downloaded (both happened)."""
+    now = [0.0]
+    async with stalled_and_other(tmp_path, postgres_url, now) as (stalled, other, key, run):
+        song = stalled.entry(key)
+        assert song is not None
+        generation = await run.client.generate(song.request)
+        run.record_sending(key, "submit")
+        run.record_submitted(key, generation.id)
+        now[0] = 1000.0  # the worker stalls past its lease; the other takes the song
+        assert other.claim(resubmit_ambiguous=False, retry_failed=False) is not None
+        other.mark_completed(key, generation)
+        completed = other.entry(key)  # as the stalled worker's download sees it
+        assert completed is not None
+        other.mark_downloaded(key, sha256="0" * 64, size=1, tagged=False)
+        (tmp_path / "out").mkdir()
+        await run._download(completed)
+        assert run.stop_reason is None
+        entry = other.entry(key)
+        assert entry is not None
+        assert (entry.state, entry.sha256) == (SongState.DOWNLOADED, "0" * 64)
+
+
 def test_a_journal_on_a_search_path_after_another_gets_its_own_indexes(
     postgres_url: str,
 ) -> None:

@@ -442,18 +442,29 @@ class PgJournal:
         )
 
     def _update(
-        self, key: str, allowed: Iterable[SongState], *, release: bool = False, **values: Any
+        self,
+        key: str,
+        allowed: Iterable[SongState],
+        *,
+        release: bool = False,
+        claimed: bool = True,
+        **values: Any,
     ) -> None:
+        """Move song ``key`` from one of the ``allowed`` states, setting ``values``; only
+        while the song is this worker's (see :meth:`_taken_over`). ``claimed=False`` for a
+        change not made under a claim (an adoption): then only a live owner refuses it."""
         allowed = tuple(allowed)
         with self._db.transaction():
             row = self._db.execute(
-                "SELECT state, owner FROM aimlmusic_songs WHERE key = %s FOR UPDATE", (key,)
+                "SELECT state, owner, last_claimed_by FROM aimlmusic_songs"
+                " WHERE key = %s FOR UPDATE",
+                (key,),
             ).fetchone()
             if row is None:
                 raise JournalError(f"no song with key {key!r} in the journal")
-            if row["owner"] is not None and row["owner"] != self._worker_id:
+            if self._taken_over(row, claimed=claimed):
                 # Taken over while this worker stalled past its lease: the song is the other
-                # worker's now, whatever this one was about to record.
+                # worker's now (perhaps finished by it), whatever this one was about to record.
                 raise LeaseLost(
                     f"song {key!r}: another worker took it over (this worker's lease ran out)"
                 )
@@ -467,6 +478,16 @@ class PgJournal:
                 values["owner"] = None
                 values["lease_until"] = None
             self._set(key, **values)
+
+    def _taken_over(self, row: dict[str, Any], *, claimed: bool) -> bool:
+        """Whether another worker has the song of ``row``: it holds it, or (for a change
+        made under a claim) it claimed the song after this worker did and has let it go
+        since (finished, failed, or given back: then ``owner`` is empty, but the last claim,
+        which a claim always records, is not this worker's)."""
+        if row["owner"] is not None:
+            return bool(row["owner"] != self._worker_id)
+        last = row["last_claimed_by"]
+        return claimed and last is not None and last != self._worker_id
 
     def _set(self, key: str, **values: Any) -> None:
         values["updated_at"] = _now()
@@ -685,6 +706,7 @@ class PgJournal:
         self._update(
             key,
             (_S.AMBIGUOUS, _S.FAILED, _S.PENDING),
+            claimed=False,  # the user's own act, on a song another worker may have let go
             state=_S.SUBMITTED,
             generation_id=generation_id,
             generation_json=None,
@@ -1023,7 +1045,9 @@ class PgJournal:
             self._db.execute(
                 "UPDATE aimlmusic_songs SET error = %(error)s, error_type = %(type)s,"
                 " owner = NULL, lease_until = NULL, updated_at = %(at)s"
-                " WHERE key = %(key)s AND (owner IS NULL OR owner = %(me)s)",
+                " WHERE key = %(key)s AND (owner = %(me)s OR (owner IS NULL"
+                # Not a song another worker claimed since (and perhaps finished).
+                " AND (last_claimed_by IS NULL OR last_claimed_by = %(me)s)))",
                 self._params(key=key, error=_describe(error), type=_type_name(error), at=_now()),
             )
 
