@@ -10,14 +10,19 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
 from aimlmusic import ConfigurationError, Generation, GenerationStatus, SongRequest
 from aimlmusic.catalog import CatalogRow, JournalError, PgJournal, SongState
-from aimlmusic.catalog._pg_journal import LeaseLost
+from aimlmusic.catalog._pg_journal import (
+    LeaseLost,
+    _secrets_of,
+    _userinfo_misread,
+    shown_url,
+)
 
 PROMPT = "Warm lo-fi ballad with soft piano"
 LYRICS = "[Verse]\nStreetlights flicker\n[Chorus]\nHome again"
@@ -466,6 +471,51 @@ def test_the_password_never_shows(postgres_url: str, tmp_path: Path) -> None:
     assert secret not in str(caught.value)
     assert caught.value.__cause__ is None
     assert "cannot open the journal" in str(caught.value)
+
+
+@pytest.mark.parametrize("mark", ["#", "?"])
+def test_a_password_with_an_unencoded_hash_or_question_mark_never_shows(
+    postgres_url: str, mark: str
+) -> None:
+    """A URL whose password holds an unencoded '#' or '?' (libpq reads it whole, Python's
+    URL parsing cut it there and showed the first part) is refused without showing any of
+    it; percent-encoded, it is accepted and hidden."""
+    head, tail = "pwHead-Secret", "Tail-Secret"
+    url = with_password(postgres_url, f"{head}{mark}{tail}")
+    assert head not in shown_url(url)
+    assert tail not in shown_url(url)
+    with pytest.raises(ConfigurationError, match="percent-encode") as caught:
+        PgJournal(url, endpoint=ENDPOINT)
+    assert head not in str(caught.value)
+    assert tail not in str(caught.value)
+    encoded = with_password(postgres_url, f"{head}{quote(mark, safe='')}{tail}")
+    with PgJournal(encoded, endpoint=ENDPOINT) as journal:
+        assert head not in journal.location
+        assert head not in repr(journal)
+
+
+@pytest.mark.parametrize(
+    "userinfo",
+    ["u:p#w", "u:p?w", "u#x:pw", "u:p%23w", "u:p%3Fw", "u:pw", "u", "u:p/w", "u:p:w"],
+)
+def test_the_misread_password_check_agrees_with_libpq(userinfo: str) -> None:
+    """A URL is refused exactly when Python's URL parsing and libpq's disagree on its user
+    or password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    url = f"postgresql://{userinfo}@db.example:5432/catalogs"
+    parts = urlsplit(url)
+    libpq = conninfo_to_dict(url)
+    ours = (unquote(parts.username or ""), unquote(parts.password or ""))
+    disagree = ours != (libpq.get("user", ""), libpq.get("password", ""))
+    assert _userinfo_misread(url) == disagree
+
+
+def test_secrets_are_scrubbed_as_written_and_as_libpq_decodes_them() -> None:
+    """A percent-encoded password is scrubbed from messages both as written in the URL and
+    as libpq decodes and sends it."""
+    secrets = _secrets_of("postgresql://u:pw%23One@db.example/c?sslpassword=key%3FTwo")
+    assert {"pw%23One", "pw#One", "key?Two"} <= set(secrets)
 
 
 def test_a_key_value_connection_string_is_refused_without_showing_it(postgres_url: str) -> None:

@@ -216,6 +216,9 @@ class LeaseLost(JournalError):
 #: The URL schemes libpq reads.
 _URL_SCHEMES = frozenset({"postgresql", "postgres"})
 
+#: Shown for a URL that cannot be shown without risking its password.
+_UNSHOWABLE_URL = "<a PostgreSQL URL>"
+
 
 def new_worker_id() -> str:
     """A worker's name: host, process id and a random part (a restarted process on the same
@@ -226,13 +229,15 @@ def new_worker_id() -> str:
 
 def shown_url(url: str) -> str:
     """``url`` fit to show: without its password (in the authority or the query)."""
+    if _userinfo_misread(url):
+        return _UNSHOWABLE_URL
     try:
         parts = urlsplit(url)
         host = parts.netloc.rpartition("@")[2]
         user = parts.username
         query = [(k, v) for k, v in parse_qsl(parts.query) if k.lower() not in _SECRET_PARAMETERS]
     except ValueError:
-        return "<a PostgreSQL URL>"
+        return _UNSHOWABLE_URL
     netloc = f"{user}@{host}" if user else host
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
 
@@ -250,10 +255,30 @@ def _require_url(url: str) -> None:
             "the journal must be given as a postgresql:// URL "
             "(postgresql://user:password@host/database); libpq's key=value form is not accepted"
         )
+    if _userinfo_misread(url):
+        raise ConfigurationError(
+            "the journal URL's user name or password holds a '?' or '#' that is not "
+            "percent-encoded: part of the password could be shown in messages and logs. "
+            "Percent-encode it ('?' as %3F, '#' as %23), or keep the password in ~/.pgpass "
+            "or PGPASSWORD"
+        )
+
+
+def _userinfo_misread(url: str) -> bool:
+    """Whether Python's URL parsing misreads the ``user:password@`` part of ``url``: libpq
+    ends it only at the first ``@`` (met before any ``/``), ``urlsplit`` already at a ``?``
+    or ``#``, so it would show (the first part of) an unencoded password and not know to
+    scrub it."""
+    rest = url.partition("://")[2]
+    ends = [i for i in (rest.find("@"), rest.find("/")) if i >= 0]
+    if not ends or rest[min(ends)] != "@":
+        return False  # no user:password part
+    return any(c in rest[: min(ends)] for c in "?#")
 
 
 def _secrets_of(url: str) -> list[str]:
-    """The secret strings of ``url``, to scrub from error messages."""
+    """The secret strings of ``url``, to scrub from error messages: as Python's URL parsing
+    reads them, and as libpq does (decoded; the one it sends)."""
     found: list[str] = []
     try:
         parts = urlsplit(url)
@@ -262,7 +287,18 @@ def _secrets_of(url: str) -> list[str]:
         found += [v for k, v in parse_qsl(parts.query) if k.lower() in _SECRET_PARAMETERS and v]
     except ValueError:
         pass
+    found += [v for k, v in _libpq_parameters(url).items() if k in _SECRET_PARAMETERS and v]
     return found
+
+
+def _libpq_parameters(url: str) -> dict[str, Any]:
+    """``url`` as libpq reads it (empty when psycopg is missing or libpq cannot read it)."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        return conninfo_to_dict(url)
+    except Exception:  # no psycopg, or a URL libpq refuses: connecting says so, scrubbed
+        return {}
 
 
 class PgJournal:
