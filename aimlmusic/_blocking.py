@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from ._client import AsyncMusicClient, tell_submitted
+from ._client import AsyncMusicClient, submitted_note, warn_submitted
 from ._config import Limits, RetryPolicy, SizeLimits, Timeout
 from ._errors import AimlMusicError
 from ._events import BatchEvents
@@ -88,6 +88,11 @@ class _Spawned(Generic[T]):
     KeyboardInterrupt can land inside it, before any future is returned: the task then runs
     on unseen. Here the task publishes its own cancel scope as its first step, and checks a
     flag the canceller sets first; whichever of the two comes second sees the other.
+
+    It is also the task's :class:`~aimlmusic._transport.SubmissionWatch`: a cancellation
+    asked for while a POST is on its way waits for it to land. Whether one is on its way is
+    decided on the loop's thread, where POSTs start, so none can start between the look and
+    the cancellation.
     """
 
     def __init__(self, func: Callable[..., Awaitable[T]], *args: Any) -> None:
@@ -96,12 +101,15 @@ class _Spawned(Generic[T]):
         self.unwound = threading.Event()
         self._scope: anyio.CancelScope | None = None
         self._abandoned = False
-        self._posts = 0  # submissions on their way (changed on the loop's thread only)
-        self.notes: list[str] = []  # notes on the exception the call unwound with
+        # Changed on the loop's thread only:
+        self._posts = 0  # POSTs on their way
+        self._cancel_when_landed = False
+        self.landed = threading.Event()  # set while no POST is on its way
+        self.landed.set()
+        self.submitted_ids: list[str] = []  # what the call's submissions were answered with
+        self.notes: list[str] = []  # what the call's own error says, for the interruption
         # What the call returned, set before ``unwound`` (the future is set after it).
         self.returned: list[T] = []
-        self.landed = threading.Event()  # set while no submission is on its way
-        self.landed.set()
 
     def start(self, portal: BlockingPortal) -> None:
         self.future = portal.start_task_soon(self._run)
@@ -121,6 +129,21 @@ class _Spawned(Generic[T]):
             _call_on(portal, scope.cancel)
         self.unwound.wait(_CANCEL_TIMEOUT)
 
+    def cancel_once_landed(self, portal: BlockingPortal) -> None:
+        """Cancel the task once no POST of it is on its way, waiting for that (a second
+        Ctrl-C stops the wait); then :meth:`cancel`."""
+        self._abandoned = True
+        if not self.unwound.is_set():
+            _call_on(portal, self._cancel_unless_posting)
+            if not self.landed.is_set():
+                logger.warning(
+                    "a submission is on its way: waiting for its answer so that its "
+                    "generation id is not lost (press Ctrl-C again to stop waiting)"
+                )
+                while not self.landed.wait(_SIGNAL_CHECK_INTERVAL):
+                    pass
+        self.cancel(portal)
+
     def raised(self, error: BaseException) -> bool:
         """Whether the call itself ended with ``error``."""
         future = self.future
@@ -128,34 +151,34 @@ class _Spawned(Generic[T]):
             return False
         return future.exception() is error
 
-    def let_submissions_land(self) -> None:
-        """Wait until no submission of the task is on its way (a second Ctrl-C stops the
-        wait)."""
-        if self.landed.is_set():
-            return
-        logger.warning(
-            "a submission is on its way: waiting for its answer so that its generation id "
-            "is not lost (press Ctrl-C again to stop waiting)"
-        )
-        while not self.landed.wait(_SIGNAL_CHECK_INTERVAL):
-            pass
-
-    def _watch(self, leaving: bool) -> None:
-        self._posts += 1 if leaving else -1
-        if self._posts:
-            self.landed.clear()
-        else:
-            self.landed.set()
-
     def cancel_soon(self) -> None:
         """Ask for the cancellation without waiting (for finalizers, which must not block)."""
         self._abandoned = True
         if self.future is not None and not self.future.done():
             self.future.cancel()
 
+    # ------------------------------------------------------------------ on the loop
+
+    def _cancel_unless_posting(self) -> None:
+        self._cancel_when_landed = True
+        if not self._posts and self._scope is not None:
+            self._scope.cancel()
+
+    def on_its_way(self, leaving: bool) -> None:
+        self._posts += 1 if leaving else -1
+        if self._posts:
+            self.landed.clear()
+            return
+        if self._cancel_when_landed and self._scope is not None:
+            self._scope.cancel()  # before the next POST can start
+        self.landed.set()
+
+    def submitted(self, generation_id: str) -> None:
+        self.submitted_ids.append(generation_id)
+
     async def _run(self) -> T | None:
         func, args = self._call
-        SUBMISSION_WATCH.set(self._watch)  # this task's context only
+        SUBMISSION_WATCH.set(self)  # this task's context only
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope
@@ -164,10 +187,8 @@ class _Spawned(Generic[T]):
                 try:
                     self.returned = [await func(*args)]
                     return self.returned[0]
-                except BaseException as exc:
-                    self.notes = list(getattr(exc, "__notes__", ()))
-                    if isinstance(exc, AimlMusicError):  # its text is redacted and bounded
-                        self.notes.append(f"the call ended with {type(exc).__name__}: {exc}")
+                except AimlMusicError as exc:  # its text is redacted and bounded
+                    self.notes = [f"the call ended with {type(exc).__name__}: {exc}"]
                     raise
             return None  # cancelled through our own scope: nobody reads the result
         finally:
@@ -221,11 +242,13 @@ class _LoopThread:
                 raise  # the call's own error, not an interruption of the wait
             try:
                 if isinstance(interruption, KeyboardInterrupt):
-                    task.let_submissions_land()
+                    task.cancel_once_landed(self.portal)
             finally:
                 task.cancel(self.portal)
             add_note = getattr(interruption, "add_note", None)  # Python 3.11 on
-            if add_note is not None:  # what the call said as it unwound (a generation's id)
+            if add_note is not None:
+                for generation_id in task.submitted_ids:
+                    add_note(submitted_note(generation_id))
                 for note in task.notes:
                     add_note(note)
             if landed is not None and task.unwound.is_set():
@@ -468,8 +491,9 @@ class MusicClient:
 
 
 def _submitted_anyway(generation: Generation, interruption: BaseException) -> None:
-    """A submission that was answered as a Ctrl-C came: the caller never sees its id."""
-    tell_submitted(generation.id, interruption)
+    """A submission that was answered as a Ctrl-C came: the caller never sees its id (the
+    note on the interruption is added from the task's watch)."""
+    warn_submitted(generation.id, interruption)
 
 
 class SongResults(Iterator[SongResult]):

@@ -39,7 +39,7 @@ from ._shared_leases import SharedLeases, give_back
 from ._shared_redis import SharedStore
 from ._shared_timing import SharedTiming, SharesEstimate
 from ._telemetry import telemetry_if_configured
-from ._transport import USER_AGENT, Transport
+from ._transport import SUBMISSION_WATCH, USER_AGENT, Transport
 from ._virtual_clock import VirtualClock
 
 if TYPE_CHECKING:
@@ -63,10 +63,10 @@ DEFAULT_BASE_URL = "https://api.aimlapi.com"
 _REMEMBERED_SUBMISSIONS = 1024
 
 
-def tell_submitted(generation_id: str, interruption: BaseException) -> None:
+def warn_submitted(generation_id: str, interruption: BaseException) -> None:
     """Say that ``interruption`` stopped a call after it submitted ``generation_id``: the
     song may be paid for and goes on without the caller, who holds nothing else to find it
-    by. A WARNING names it, and so does a note on the exception (Python 3.11 on)."""
+    by."""
     logger.warning(
         "generation %s was submitted and may still finish; %s interrupted waiting for it: "
         "fetch it later with wait(%r)",
@@ -74,9 +74,20 @@ def tell_submitted(generation_id: str, interruption: BaseException) -> None:
         type(interruption).__name__,
         generation_id,
     )
+
+
+def submitted_note(generation_id: str) -> str:
+    """The note added to an exception that interrupted a call after it submitted
+    ``generation_id``."""
+    return f"generation {generation_id} was submitted and may still finish"
+
+
+def tell_submitted(generation_id: str, interruption: BaseException) -> None:
+    """:func:`warn_submitted`, and the same as a note on the exception (Python 3.11 on)."""
+    warn_submitted(generation_id, interruption)
     add_note = getattr(interruption, "add_note", None)  # Python 3.11 on
     if add_note is not None:
-        add_note(f"generation {generation_id} was submitted and may still finish")
+        add_note(submitted_note(generation_id))
 
 
 class AsyncMusicClient:
@@ -267,6 +278,9 @@ class AsyncMusicClient:
             # A dict would fail deep in the converter; say what is expected instead.
             raise TypeError(f"submit() takes a SongRequest, got {type(request).__name__}")
         generation = await self._transport.submit(request, send_by=send_by)
+        watch = SUBMISSION_WATCH.get()
+        if watch is not None:  # the blocking client: the id must reach an interrupted caller
+            watch.submitted(generation.id)
         self._remember_submission(generation)
         return generation
 

@@ -33,7 +33,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any, Literal, Protocol
 
@@ -80,26 +80,55 @@ logger = logging.getLogger("aimlmusic")
 #: Each request's outcome, on its own logger so that a CLI's -v can show just these.
 request_logger = logging.getLogger("aimlmusic.http")
 
-#: Told ``True`` when a POST is handed to the network and ``False`` when its attempt ends,
-#: in the task that sends it: the blocking client sets it so that a Ctrl-C waits for a
-#: submission on its way (cut, it could be paid for and leave no id to find it by).
-SUBMISSION_WATCH: ContextVar[Callable[[bool], None] | None] = ContextVar(
+
+class SubmissionWatch(Protocol):
+    """Told of the submissions made in one task (the blocking client's Ctrl-C waits for a
+    submission on its way: cut, it could be paid for and leave no id to find it by)."""
+
+    def on_its_way(self, leaving: bool) -> None:
+        """A POST of the task is on its way (True), or no longer (False)."""
+        ...
+
+    def submitted(self, generation_id: str) -> None:
+        """A submission of the task was answered with ``generation_id``."""
+        ...
+
+
+#: The watch of the task running now, if any (the blocking client sets it in each call's).
+SUBMISSION_WATCH: ContextVar[SubmissionWatch | None] = ContextVar(
     "aimlmusic_submission_watch", default=None
 )
 
 
+class _PostWatch:
+    """Whether one POST attempt is on its way, told to the task's :class:`SubmissionWatch`
+    on each change."""
+
+    __slots__ = ("_on", "_watch")
+
+    def __init__(self, watch: SubmissionWatch) -> None:
+        self._watch = watch
+        self._on = False
+
+    def set(self, on: bool) -> None:
+        if on != self._on:
+            self._on = on
+            self._watch.on_its_way(on)
+
+
 @contextlib.contextmanager
-def _watched(method: str) -> Iterator[None]:
-    """Tell :data:`SUBMISSION_WATCH`, if set, that a POST is on its way until the block ends."""
+def _watched(method: str) -> Iterator[_PostWatch | None]:
+    """The watch of one attempt, if it is a POST and its task has a
+    :data:`SUBMISSION_WATCH`; off again when the block ends."""
     watch = SUBMISSION_WATCH.get() if method == "POST" else None
     if watch is None:
-        yield
+        yield None
         return
-    watch(True)
+    post = _PostWatch(watch)
     try:
-        yield
+        yield post
     finally:
-        watch(False)
+        post.set(False)
 
 
 USER_AGENT = f"aimlmusic/{__version__}"
@@ -209,11 +238,12 @@ class _SendingNotice:
     trace when the transport has one, else (a mock or ASGI transport) once an answer or a
     failure after connecting shows it left."""
 
-    __slots__ = ("_callback", "_inner", "fired", "traced")
+    __slots__ = ("_callback", "_inner", "_watch", "fired", "traced")
 
-    def __init__(self, callback: Any, inner: Any) -> None:
+    def __init__(self, callback: Any, inner: Any, watch: _PostWatch | None = None) -> None:
         self._callback = callback
         self._inner = inner  # a trace callback already on the request, kept working
+        self._watch = watch  # told whether a POST is on its way
         self.fired = False
         self.traced = False  # httpcore's trace ran: whether the request left is known
 
@@ -236,7 +266,10 @@ class _SendingNotice:
 
     async def trace(self, name: str, info: dict[str, Any]) -> None:
         self.traced = True
-        if name in _SENDING_EVENTS:
+        sending = name in _SENDING_EVENTS
+        if self._watch is not None and (sending or not self.fired):
+            self._watch.set(sending)  # connecting (or waiting for the pool) is not on its way
+        if sending:
             self.fire()
         if self._inner is not None:
             await self._inner(name, info)
@@ -418,7 +451,7 @@ class Transport:
                 await self.budget.acquire(kind)
             elif not await finished_by(self.clock, send_by, lambda: self.budget.acquire(kind)):
                 raise SubmissionTimeoutError(send_by - started, "the request budget")
-            with _watched(method):
+            with _watched(method) as watch:
                 outcome = await self._attempt(
                     method,
                     target,
@@ -427,6 +460,7 @@ class Transport:
                     attempt,
                     expected_id=generation_id,
                     on_sending=getattr(observer, "on_sending", None),
+                    watch=watch,
                 )
             if isinstance(outcome, Generation):
                 return outcome
@@ -496,6 +530,7 @@ class Transport:
         *,
         expected_id: str | None = None,
         on_sending: Any = None,
+        watch: _PostWatch | None = None,
     ) -> Generation | _Failure:
         logger.debug("%s %s (attempt %d of %d)", method, url, attempt, self.retry.attempts)
         started = time.perf_counter()
@@ -514,8 +549,12 @@ class Transport:
                 "request", "must be encodable as an HTTP request (nothing was sent)", problem
             )
         # Always traced: a request cut before its first byte was never sent, whoever asks.
-        notice = _SendingNotice(on_sending or _no_one, request.extensions.get("trace"))
+        notice = _SendingNotice(on_sending or _no_one, request.extensions.get("trace"), watch)
         request.extensions["trace"] = notice.trace
+        if watch is not None:
+            # On its way until the trace, if any, says it is still connecting: a transport
+            # without it (a mock, ASGI) tells nothing until the answer.
+            watch.set(True)
         response = None
         try:
             with anyio.move_on_after(self._answer_seconds):

@@ -12,9 +12,11 @@ import gc
 import logging
 import random
 import signal
+import socket
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,8 @@ REACH_TIMEOUT = 30.0
 #: Real seconds (hundreds of API seconds at TIME_SCALE) after which a call that should have
 #: been cancelled but was not has visibly gone on (checks of absence only: never flaky).
 SETTLE = 0.3
+#: Real seconds the loop is held up just after a Ctrl-C, to widen a race on purpose.
+RACE_WINDOW = 0.05
 #: Name prefixes of the threads anyio and trio keep in their thread pools.
 POOL_THREADS = ("AnyIO worker thread", "Trio thread")
 
@@ -570,14 +574,29 @@ def _the_one_job(emulator: Emulator) -> str:
 
 
 @pytest.mark.usefixtures("no_leaked_threads", "sigint_raises")
-@pytest.mark.parametrize("call", ["submit", "generate"])
+@pytest.mark.parametrize("call", ["submit", "generate", "generate, shared"])
 def test_ctrl_c_during_a_submission_lets_it_land_and_names_the_song(
-    emulator: Emulator, backend: str, told: _Told, call: str
+    emulator: Emulator,
+    backend: str,
+    told: _Told,
+    call: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Ctrl-C while a POST is on its way waits for its answer, then names the song it made."""
+    """Ctrl-C while a POST is on its way waits for its answer, then names the song it made
+    (also holding a slot of a shared Redis, whose task group replaces the cancellation)."""
     held = _HeldSubmissions(emulator)
     clock = WatchedClock(emulator)
-    with _client(emulator, backend, clock=clock, poll=PARKED_POLLS, transport=held) as client:
+    options: dict[str, Any] = {}
+    if call.endswith("shared"):
+        monkeypatch.setattr(
+            "aimlmusic._shared_redis.DEFAULT_KEY_PREFIX", request.getfixturevalue("redis_prefix")
+        )
+        options["shared_url"] = request.getfixturevalue("redis_url")
+        call = call.partition(",")[0]
+    with _client(
+        emulator, backend, clock=clock, poll=PARKED_POLLS, transport=held, **options
+    ) as client:
         presser = _ctrl_c_when(held.reached.is_set)
         releaser = _release_once_waiting(held, told)
         with pytest.raises(KeyboardInterrupt) as caught:
@@ -607,6 +626,116 @@ def test_ctrl_c_during_a_submission_that_ends_ambiguous_says_so(
         presser.join(REACH_TIMEOUT)
         releaser.join(REACH_TIMEOUT)
     assert any("AmbiguousSubmissionError" in note for note in caught.value.__notes__)
+
+
+class _SilentTLS:
+    """A TCP server on 127.0.0.1 that accepts and never answers: a TLS handshake with it
+    never ends, so no byte of an HTTP request ever leaves the client."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.connected = threading.Event()
+        self.received = bytearray()
+        self.connection: socket.socket | None = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self.connection, _ = self.server.accept()
+        except OSError:  # closed before anyone came
+            return
+        self.connected.set()
+        self.connection.settimeout(REACH_TIMEOUT)
+        try:
+            while chunk := self.connection.recv(65536):
+                self.received += chunk
+        except OSError:  # closed by close()
+            return
+
+    def close(self) -> None:
+        self.server.close()
+        connection = self.connection
+        if connection is not None:
+            connection.shutdown(socket.SHUT_RDWR)  # ends the recv() the thread waits in
+            connection.close()
+
+
+@pytest.mark.usefixtures("no_leaked_threads", "sigint_raises")
+def test_ctrl_c_while_a_submission_is_still_connecting_cuts_it_at_once(
+    backend: str, told: _Told
+) -> None:
+    """Ctrl-C while a POST's connection is still being made (nothing sent) does not wait."""
+    server = _SilentTLS()
+    try:
+        client = MusicClient(
+            TEST_API_KEY,
+            base_url=f"https://127.0.0.1:{server.port}/v2",
+            timeout=aimlmusic.Timeout(connect=NEVER),
+            clock=aimlmusic.SystemClock(),
+            backend=backend,
+        )
+        with client:
+            presser = _ctrl_c_when(server.connected.is_set)
+            with pytest.raises(KeyboardInterrupt):
+                client.submit(_song())
+            presser.join(REACH_TIMEOUT)
+    finally:
+        server.close()
+        server.thread.join(REACH_TIMEOUT)
+        # httpcore leaves the socket of a TLS handshake cut by a cancellation to the garbage
+        # collector (it closes it on Exception, and a cancellation is not one): collected
+        # here, quietly, rather than warned about in whichever test runs next.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+    assert not told.waiting.is_set()
+    assert b"POST" not in server.received  # the handshake's first bytes, at most
+
+
+class _CtrlCAsTheBudgetLetsGo(aimlmusic.Clock):
+    """``inner``, pressing Ctrl-C as a sleep ends once ``armed``: just before a request the
+    budget held goes out."""
+
+    def __init__(self, inner: aimlmusic.Clock) -> None:
+        self.inner = inner
+        self.armed = False
+
+    def now(self) -> float:
+        return self.inner.now()
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+        if self.armed:
+            self.armed = False
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+            # The loop held up a moment (a GC pause, say): the calling thread takes the
+            # interrupt and decides before the POST starts. Only widens the race; whatever
+            # the order, no song may go unnamed.
+            time.sleep(RACE_WINDOW)  # noqa: ASYNC251  (holding the loop up is the point)
+
+
+@pytest.mark.usefixtures("no_leaked_threads", "sigint_raises")
+def test_ctrl_c_just_before_a_submission_leaves_never_loses_its_song(
+    emulator: Emulator, backend: str, told: _Told
+) -> None:
+    """A Ctrl-C that comes as the budget lets a POST go either stops it or names its song."""
+    held = _HeldSubmissions(emulator)
+    held.release.set()
+    clock = _CtrlCAsTheBudgetLetsGo(emulator.clock)
+    limits = aimlmusic.Limits(requests_per_minute=1)
+    with _client(emulator, backend, clock=clock, transport=held, limits=limits) as client:
+        client.submit(_song(0))
+        held.release.clear()  # the next answer waits until the client waits for it (or cut)
+        releaser = _release_once_waiting(held, told)
+        clock.armed = True
+        with pytest.raises(KeyboardInterrupt) as caught:
+            client.submit(_song(1))
+        releaser.join(REACH_TIMEOUT)
+    named = "\n".join([*told.messages, *getattr(caught.value, "__notes__", [])])
+    for generation_id in list(emulator.jobs)[1:]:
+        assert generation_id in named
 
 
 @pytest.mark.usefixtures("no_leaked_threads", "sigint_raises")
