@@ -33,7 +33,7 @@ from ._models import Generation, GenerationStatus, SongRequest, SongResult
 from ._network import OwnNetwork
 from ._polling import PollPolicy, default_policy
 from ._ratelimit import Budget, RequestBudget
-from ._redact import Redactor, Secret, install_httpx_log_filter, key_fingerprint
+from ._redact import REDACTED, Redactor, Secret, install_httpx_log_filter, key_fingerprint
 from ._shared_budget import SharedBudget
 from ._shared_leases import SharedLeases, give_back
 from ._shared_redis import SharedStore
@@ -648,16 +648,22 @@ def _resolve_base_url(base_url: str | None, *, allow_insecure_http: bool) -> str
     try:
         parts = urlsplit(url)
         host = parts.hostname
-    except ValueError as exc:
-        raise ConfigurationError(f"base URL {url!r} is not a valid URL ({exc})") from None
+        parts.port  # noqa: B018  (raises for a port that is no number: read, not used)
+    except ValueError:
+        # Not quoted, nor is the parser's text (it can quote the host): the URL may hold
+        # credentials.
+        raise ConfigurationError(
+            f"base URL is not a valid URL (such as {DEFAULT_BASE_URL!r})"
+        ) from None
+    shown = _shown_base_url(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not host:
         raise ConfigurationError(
-            f"base URL {url!r} must be an http(s) URL with a host, such as {DEFAULT_BASE_URL!r}"
+            f"base URL {shown!r} must be an http(s) URL with a host, such as {DEFAULT_BASE_URL!r}"
         )
     if parts.username or parts.password or parts.query or parts.fragment:
         raise ConfigurationError(
-            f"base URL {url!r} must not contain credentials, a query or a fragment"
+            f"base URL {shown!r} must not contain credentials, a query or a fragment"
         )
     if scheme == "http" and not (allow_insecure_http or _is_loopback(host)):
         raise ConfigurationError(
@@ -665,6 +671,19 @@ def _resolve_base_url(base_url: str | None, *, allow_insecure_http: bool) -> str
             "send the API key in clear text; use https, or pass allow_insecure_http=True"
         )
     return url.rstrip("/")
+
+
+def _shown_base_url(url: str) -> str:
+    """``url`` for a message: whatever stands before its last ``@`` (a user and password,
+    which may hold an unencoded ``/``, ``?`` or ``#``), its query and its fragment masked."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    _, at, rest = rest.rpartition("@")
+    rest, hash_mark, _ = rest.partition("#")
+    rest, question, _ = rest.partition("?")
+    shown = f"{scheme}{separator}{REDACTED + '@' if at else ''}{rest}"
+    return shown + (f"?{REDACTED}" if question else "") + (f"#{REDACTED}" if hash_mark else "")
 
 
 def _is_loopback(host: str) -> bool:

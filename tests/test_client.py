@@ -171,6 +171,26 @@ def test_malformed_base_urls_are_refused(url: str) -> None:
         AsyncMusicClient("test-key", base_url=url, allow_insecure_http=True)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:sk-SECRET-part@api.aimlapi.com",
+        "https://api.aimlapi.com/v2?key=sk-SECRET-part",
+        "https://api.aimlapi.com/v2#sk-SECRET-part",
+        "https://user:pw?sk-SECRET-part@api.aimlapi.com",  # a '?' in the password
+        "https://user:pw/sk-SECRET-part@api.aimlapi.com",  # a '/' in the password
+        "ftp://user:sk-SECRET-part@api.aimlapi.com",
+        "https://[::1:sk-SECRET-part/v2",  # no valid URL: the parser's text quotes it
+    ],
+)
+def test_a_refused_base_url_is_never_quoted_with_its_secrets(url: str) -> None:
+    """The error refusing a base URL masks its user, password, query and fragment."""
+    with pytest.raises(ConfigurationError) as caught:
+        AsyncMusicClient("test-key", base_url=url, allow_insecure_http=True)
+    assert "SECRET" not in str(caught.value)
+    assert "base URL" in str(caught.value)
+
+
 def test_a_number_timeout_becomes_a_timeout_with_connect_at_most_ten_seconds() -> None:
     """timeout=t means read/write/pool t and connect min(10, t)."""
     assert AsyncMusicClient("test-key", timeout=60)._timeout == Timeout(10, 60, 60, 60)
