@@ -307,3 +307,39 @@ def test_the_recorded_server_has_no_credentials() -> None:
 
     assert _endpoint("HTTP://user:secret@LocalHost:8000/api/") == "http://localhost:8000/api"
     assert _endpoint("https://api.aimlapi.com/") == _endpoint("https://api.aimlapi.com")
+
+
+def test_lone_surrogates_from_the_server_are_stored_escaped(
+    backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    """A lone surrogate in an answer (an extra field, an error message, an unusable id) is
+    written as an escape instead of failing the write; the JSON keeps it as sent."""
+    if backend.kind == "postgres":
+        # _pg_journal.py (not this change's) still writes raw text and non-ASCII JSON.
+        request.applymarker(pytest.mark.xfail(raises=UnicodeEncodeError, strict=True))
+    odd = structure_generation(
+        {
+            "id": "gen-1",
+            "status": "completed",
+            "audio_file": {"url": "http://127.0.0.1/a\ud800.mp3"},
+            "note": "\ud800",
+        }
+    )
+    with open_journal(backend) as j:
+        j.mark_submitting("a")
+        j.mark_submitted("a", "gen-1")
+        j.mark_completed("a", odd)
+        j.note_error("a", RuntimeError("download of \ud800 failed"))
+        entry = j.entry("a")
+        assert entry is not None
+        assert entry.generation == odd
+        assert entry.error == "download of \\ud800 failed"
+        j.mark_submitting("b")
+        j.mark_failed("b", "bad \udfff input", generation_id="gen-\ud800")
+        b = j.entry("b")
+        assert b is not None
+        assert (b.state, b.error, b.generation_id) == (
+            SongState.FAILED,
+            "bad \\udfff input",
+            "gen-\\ud800",
+        )

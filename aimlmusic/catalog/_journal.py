@@ -114,6 +114,25 @@ def request_hash(request: SongRequest) -> str:
     return hashlib.sha256(wire.encode("utf-8")).hexdigest()
 
 
+def storable(text: str) -> str:
+    """``text`` as the journal can hold it: UTF-8 text. A server answer can carry a lone
+    surrogate (JSON's ``"\\ud800"``), which SQLite and PostgreSQL refuse to encode; such
+    characters are kept as backslash escapes (``\\ud800``) instead of failing the write."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _storable_value(value: Any) -> Any:
+    if isinstance(value, SongState):
+        return value.value
+    return storable(value) if isinstance(value, str) else value
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -324,10 +343,9 @@ class Journal:
         assignments = ", ".join(f"{name} = :{name}" for name in values)
         db.execute(
             f"UPDATE songs SET {assignments} WHERE key = :key",  # noqa: S608 - names are ours
-            {
-                **{k: (v.value if isinstance(v, SongState) else v) for k, v in values.items()},
-                "key": key,
-            },
+            # Every text is made storable here: server answers reach the journal through
+            # this one place, and a lone surrogate in one must not crash the run.
+            {**{k: _storable_value(v) for k, v in values.items()}, "key": key},
         )
 
     # ------------------------------------------------------------------ the catalog
@@ -376,17 +394,20 @@ class Journal:
             db.execute(
                 "INSERT INTO songs (key, position, title, request_json, request_hash, file_name,"
                 " file_name_folded, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    row.key,
-                    position,
-                    row.title,
-                    request_json,
-                    digest,
-                    name,
-                    fold_name(name),
-                    SongState.PENDING.value,
-                    _now(),
-                ),
+                [
+                    _storable_value(v)
+                    for v in (
+                        row.key,
+                        position,
+                        row.title,
+                        request_json,
+                        digest,
+                        name,
+                        fold_name(name),
+                        SongState.PENDING,
+                        _now(),
+                    )
+                ],
             )
             return None
         state = SongState(existing["state"])
@@ -520,7 +541,8 @@ class Journal:
             (SongState.SUBMITTED, SongState.SUBMITTING),
             state=SongState.COMPLETED,
             generation_id=generation.id,
-            generation_json=json.dumps(generation_to_wire(generation), ensure_ascii=False),
+            # ASCII JSON: a lone surrogate in the answer is kept as its \\u escape.
+            generation_json=json.dumps(generation_to_wire(generation), ensure_ascii=True),
             polls=polls,
             credits_used=generation.credits_used,
             duration=info.duration if info is not None else None,
@@ -700,7 +722,8 @@ class Journal:
 
 
 def _describe(error: BaseException | str) -> str:
-    return error if isinstance(error, str) else (str(error) or type(error).__name__)
+    text = error if isinstance(error, str) else (str(error) or type(error).__name__)
+    return storable(text)
 
 
 def _type_name(error: BaseException | str) -> str | None:

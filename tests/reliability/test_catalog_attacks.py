@@ -22,6 +22,7 @@ from aimlmusic import (
     RetryPolicy,
     ScaledClock,
     SongRequest,
+    Timeout,
 )
 from aimlmusic._converter import structure_generation
 from aimlmusic.catalog import CatalogEvent, JournalError, RunStopped, SongState, run_catalog
@@ -314,3 +315,87 @@ async def test_a_key_refused_while_polling_stops_the_run_too(tmp_path: Path) -> 
     assert stopped.value.reason == "auth"
     assert server.posts == 1
     assert sorted(journal_states(out).values()) == ["pending", "pending", "submitted"]
+
+
+# --------------------------------------------------------------------------- odd text
+
+
+def surrogate_api(mode: str) -> tuple[Any, dict[str, int]]:
+    """An API whose answers about songs with 'odd' in their prompt carry a lone-surrogate
+    escape (``\\ud800``, valid JSON) in ``mode``: an extra field, the error message, or the
+    audio URL; ``posts`` counts POSTs per prompt."""
+    posts: dict[str, int] = {}
+    prompts: dict[str, str] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            prompt = json.loads(request.content)["prompt"]
+            posts[prompt] = posts.get(prompt, 0) + 1
+            gid = f"gen-{len(prompts)}"
+            prompts[gid] = prompt
+            return httpx.Response(200, json={"id": gid, "status": "queued"})
+        if request.url.path.startswith("/files/"):
+            return httpx.Response(200, content=b"\x00\x01" * 4000)
+        gid = request.url.params["generation_id"]
+        url = f"http://127.0.0.1/files/{gid}.pcm"
+        done: dict[str, Any] = {"id": gid, "status": "completed", "audio_file": {"url": url}}
+        text = json.dumps(done)
+        if "odd" in prompts[gid]:
+            if mode == "extra":
+                text = text[:-1] + ', "note": "\\ud800"}'
+            elif mode == "message":
+                error = {"name": "GenerationError", "message": "bad XXX input"}
+                text = json.dumps({"id": gid, "status": "error", "error": error})
+                text = text.replace("XXX", "\\ud800")
+            else:
+                text = text.replace(".pcm", "\\ud800.pcm")
+        return httpx.Response(
+            200, content=text.encode(), headers={"Content-Type": "application/json"}
+        )
+
+    return handler, posts
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["extra", "message", "url"])
+async def test_a_lone_surrogate_in_an_answer_fails_its_song_at_most(
+    tmp_path: Path, mode: str
+) -> None:
+    """A lone surrogate in a server answer (extra field, error message, audio URL) never
+    crashes the run: the journal keeps it escaped, the other songs download, reruns work,
+    and nothing is sent twice."""
+    catalog = tmp_path / "songs.jsonl"
+    rows = [{"key": "odd", "prompt": f"{PROMPT} odd", "lyrics": LYRICS, "format": "pcm"}]
+    rows += [
+        {"key": f"fine{i}", "prompt": f"{PROMPT} {i}", "lyrics": LYRICS, "format": "pcm"}
+        for i in range(3)
+    ]
+    catalog.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    handler, posts = surrogate_api(mode)
+    for _ in range(2):  # the rerun reads back what the first run stored
+        async with AsyncMusicClient(
+            "sk-test-key",
+            base_url="http://127.0.0.1",
+            transport=httpx.MockTransport(handler),
+            clock=InstantClock(),
+            # Virtual time jumps with every poll's wait: no download may time out on it.
+            timeout=Timeout(download=1e9),
+        ) as client:
+            await run_catalog(client, catalog, out, tag_mp3=False)
+        states = journal_states(out)
+        assert {k: v for k, v in states.items() if k != "odd"} == dict.fromkeys(
+            ["fine0", "fine1", "fine2"], "downloaded"
+        )
+        assert (
+            states["odd"] == {"extra": "downloaded", "message": "failed", "url": "completed"}[mode]
+        )
+    assert set(posts.values()) == {1}
+    lines = (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    records = {r["key"]: r for r in map(json.loads, lines)}
+    if mode == "message":
+        assert records["odd"]["error"]["message"].endswith("(GenerationError: bad \\ud800 input)")
+    if mode == "extra":
+        with contextlib.closing(sqlite3.connect(out / "aimlmusic-journal.sqlite")) as db:
+            (stored,) = db.execute("SELECT generation_json FROM songs WHERE key = 'odd'").fetchone()
+        assert json.loads(stored)["note"] == "\ud800"  # kept as sent, escaped in ASCII JSON
