@@ -342,6 +342,12 @@ class SharedBudget:
             if int(answer[0]) < 0:  # the log lost this client's requests: put them back
                 await self._put_back(scale, float(answer[4]))
                 answer = await self._call(scale, member, feedback)
+                if int(answer[0]) < 0:
+                    # Lost again at once (Redis evicting as fast as it is filled): nothing
+                    # was taken or applied; the feedback goes with the next call.
+                    self._events = events + ([f"s:{successes}"] if successes else []) + self._events
+                    self._free_at = self._clock.now() + _RECHECK_AT_MOST
+                    return _RECHECK_AT_MOST
         except BaseException:
             # Not applied (or not known to be): sent again with the next call.
             self._events = events + ([f"s:{successes}"] if successes else []) + self._events
@@ -353,7 +359,7 @@ class SharedBudget:
         self._rate = rate
         pause = float(left) * scale
         self._paused_until = now + pause if pause > 0 else -math.inf
-        if granted:
+        if granted > 0:
             self._free_at = -math.inf
             return 0.0
         wait_api = max(wait * scale, 1e-6)  # a wait too short for the clock is still a wait

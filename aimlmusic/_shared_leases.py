@@ -115,11 +115,21 @@ class SharedLeases:
         self._renew = store.script(_RENEW)
         self._keys = [store.key("leases")]
         self._held: set[str] = set()
+        # Renewals put back every lease held; one running as a lease is given back could put
+        # it back after its removal, holding a slot nobody renews. The two take turns (made
+        # at first use, on the loop: the client may be built before any loop runs).
+        self._writing_lock: anyio.Lock | None = None
 
     @property
     def held(self) -> int:
         """How many leases this object holds now."""
         return len(self._held)
+
+    @property
+    def _writing(self) -> anyio.Lock:
+        if self._writing_lock is None:
+            self._writing_lock = anyio.Lock()
+        return self._writing_lock
 
     def _now_and_scale(self) -> tuple[str, float]:
         scale = float(getattr(self._clock, "scale", 1.0))
@@ -154,25 +164,28 @@ class SharedLeases:
         """Give ``lease`` back (a lease already expired or released is fine)."""
         self._held.discard(lease)
         key = self._keys[0]
-        await self.store.run(lambda client: client.zrem(key, lease))
+        async with self._writing:  # after any renewal that could still put it back
+            await self.store.run(lambda client: client.zrem(key, lease))
 
     async def renew(self) -> int:
         """Extend every lease this object holds by a lease length, putting back any that
         Redis no longer had; return how many were still there."""
-        if not self._held:
-            return 0
-        now, scale = self._now_and_scale()
-        args: list[Any] = [now, repr(scale), repr(LEASE_LENGTH), *sorted(self._held)]
-        missing = int(await self.store.run_script(self._renew, self._keys, args))
+        async with self._writing:  # a release waits, so a lease it gives back stays gone
+            held = sorted(self._held)
+            if not held:
+                return 0
+            now, scale = self._now_and_scale()
+            args: list[Any] = [now, repr(scale), repr(LEASE_LENGTH), *held]
+            missing = int(await self.store.run_script(self._renew, self._keys, args))
         if missing:
             logger.warning(
                 "%d of this client's %d shared in-flight leases were missing in Redis (they "
                 "expired while renewals failed, or Redis lost its data): put back, as their "
                 "songs still run",
                 missing,
-                len(self._held),
+                len(held),
             )
-        return len(self._held) - missing
+        return len(held) - missing
 
     async def keep_alive(self) -> None:
         """Renew the leases held every ``RENEW_EVERY`` API seconds, until cancelled."""
@@ -196,7 +209,8 @@ class SharedLeases:
         if held:
             key = self._keys[0]
             with anyio.CancelScope(shield=True):
-                await self.store.run(lambda client: client.zrem(key, *held))
+                async with self._writing:
+                    await self.store.run(lambda client: client.zrem(key, *held))
 
     def __repr__(self) -> str:
         return (

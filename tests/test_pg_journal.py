@@ -397,6 +397,21 @@ def test_a_sync_never_makes_a_song_sent_meanwhile_pending_again(
         assert b.entry("new") is None
 
 
+def test_a_sync_leaves_the_content_of_a_song_another_worker_holds(postgres_url: str) -> None:
+    """A sync never rewrites an unsent song a worker holds under a live lease (it may be
+    sending the old content now): a conflict naming the worker, nothing changed."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a, worker(postgres_url, "B", clock) as b:
+        assert claim(a) == "k0"  # pending, held by A, which will send it as it was
+        changed = [row("k0", prompt=PROMPT + " with strings", line=3)]
+        problems = b.sync_catalog(changed)
+        assert [(p.line, p.key) for p in problems] == [(3, "k0")]
+        assert "'A' holds it" in problems[0].message
+        entry = b.entry("k0")
+        assert entry is not None
+        assert (entry.state, entry.request.prompt) == (SongState.PENDING, PROMPT)
+
+
 def test_tables_live_in_the_connections_schema(postgres_url: str) -> None:
     """The journal's tables are made in the current schema (the first of search_path)."""
     with PgJournal(postgres_url, endpoint=ENDPOINT), psycopg.connect(postgres_url) as db:

@@ -93,6 +93,36 @@ async def test_requests_a_lost_log_forgot_are_put_back_by_their_clients(
     assert sent[10] >= 60.0
 
 
+async def test_a_log_lost_again_as_it_is_put_back_lets_nothing_through(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log Redis loses again right after a client put its requests back (evicting as fast
+    as it is filled) lets no request through uncounted: the client waits and tries again."""
+    clock = VirtualClock()
+    (budget,) = budgets(1, 2, clock, redis_url, redis_prefix)
+    put_back = budget._put_back
+    losses = 0
+
+    async def put_back_then_lose(scale: float, now: float) -> None:
+        nonlocal losses
+        await put_back(scale, now)
+        if losses == 0:
+            losses += 1
+            budget.store.redis.delete(budget._keys[0])
+
+    monkeypatch.setattr(budget, "_put_back", put_back_then_lose)
+    sent: list[float] = []
+    async with clock:
+        for _ in range(2):
+            await budget.acquire("submit")
+            sent.append(clock.now())
+        budget.store.redis.delete(budget._keys[0])  # the first loss
+        await budget.acquire("submit")
+        sent.append(clock.now())
+    assert losses == 1
+    assert max_in_window(sent, 60.0) <= 2
+
+
 async def test_a_429_seen_by_one_pauses_the_other(redis_url: str, redis_prefix: str) -> None:
     """A 429 with Retry-After 30 s reported to one budget holds the other's next request 30 s."""
     clock = VirtualClock()

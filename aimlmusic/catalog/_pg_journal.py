@@ -195,6 +195,10 @@ class _Rewrite:
     values: dict[str, Any]
 
 
+#: States of a song not yet on its way to the API.
+_UNSENT_STATES = frozenset({SongState.PENDING.value, SongState.FAILED.value})
+
+
 def _changed_since_sent(
     line: int, key: str, state: SongState, generation_id: str | None
 ) -> CatalogProblem:
@@ -676,22 +680,34 @@ class PgJournal:
         }
         values["updated_at"] = _now()
         assignments = ", ".join(f"{name} = %({name})s" for name in values)
+        # Nor while a worker holds it under a live lease: it claimed the song's content as it
+        # was, and may be sending it now (the journal would record the new content for a
+        # generation of the old).
         cursor = self._db.execute(
             f"UPDATE aimlmusic_songs SET {assignments} WHERE key = %(key)s"  # noqa: S608
             " AND state = %(read_state)s AND request_hash = %(read_hash)s"
-            " AND generation_id IS NULL",
-            {
+            " AND generation_id IS NULL"
+            " AND (owner IS NULL OR lease_until < aimlmusic_now(%(now)s))",
+            self._params(
                 **values,
-                "key": rewrite.key,
-                "read_state": rewrite.read_state.value,
-                "read_hash": rewrite.read_hash,
-            },
+                key=rewrite.key,
+                read_state=rewrite.read_state.value,
+                read_hash=rewrite.read_hash,
+            ),
         )
         if cursor.rowcount == 1:
             return None
         now = self._db.execute(
-            "SELECT state, generation_id FROM aimlmusic_songs WHERE key = %s", (rewrite.key,)
+            "SELECT state, generation_id, owner FROM aimlmusic_songs WHERE key = %s",
+            (rewrite.key,),
         ).fetchone()
+        if now is not None and now["generation_id"] is None and now["state"] in _UNSENT_STATES:
+            return CatalogProblem(
+                rewrite.line,
+                f"song {rewrite.key!r} changed while worker {now['owner']!r} holds it to send "
+                "(as it was): let that worker finish it, or give the song a new key",
+                key=rewrite.key,
+            )
         state = SongState(now["state"]) if now is not None else rewrite.read_state
         ident = now["generation_id"] if now is not None else None
         return _changed_since_sent(rewrite.line, rewrite.key, state, ident)
