@@ -303,3 +303,25 @@ def test_the_manifest_temporary_file_is_made_in_the_given_directory(
     assert [Path(m).parent for m in made] == [temp_dir]
     assert (tmp_path / "manifest.jsonl").read_text(encoding="utf-8") == '{"key": "a"}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == [PARTIAL_DIR, "manifest.jsonl"]
+
+
+def test_finish_download_never_replaces_a_file_that_is_not_the_song(tmp_path: Path) -> None:
+    """A different file already at the song's name is kept (FileExistsError, the download
+    stays to finish); the same bytes (a run that died before recording them) are replaced."""
+    clear_partial(tmp_path)
+    request = SongRequest(prompt=PROMPT, lyrics=LYRICS, audio_setting=AudioSetting("wav"))
+    final = tmp_path / "song.wav"
+    final.write_bytes(b"my own recording")
+    part = part_path(tmp_path, "song.wav")
+    part.write_bytes(audio("wav"))
+    with pytest.raises(FileExistsError, match=r"song\.wav is already in the output directory"):
+        finish_download(
+            part, final, title="T", request=request, generation=generation("wav"), tag=False
+        )
+    assert final.read_bytes() == b"my own recording"
+    final.write_bytes(audio("wav"))
+    stored = finish_download(
+        part, final, title="T", request=request, generation=generation("wav"), tag=False
+    )
+    assert stored.sha256 == hashlib.sha256(audio("wav")).hexdigest()
+    assert not part.exists()

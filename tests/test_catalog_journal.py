@@ -343,3 +343,23 @@ def test_lone_surrogates_from_the_server_are_stored_escaped(
             "bad \\udfff input",
             "gen-\\ud800",
         )
+
+
+def test_a_file_already_in_the_output_directory_is_a_taken_name(tmp_path: Path) -> None:
+    """A file the user put in the output directory (compared case-folded) takes its name: the
+    song gets the next free one, as for two songs of one title; the file a song was
+    downloaded to stays that song's name on every later run."""
+    (tmp_path / "neon rain.MP3").write_bytes(b"my own recording")
+    with Journal.in_directory(tmp_path, endpoint=ENDPOINT) as j:
+        assert j.sync_catalog([row("neon", "Neon Rain"), row("other", "Other")]) == []
+        names = {e.key: e.file_name for e in j.entries()}
+        assert names == {"neon": "Neon Rain-neon.mp3", "other": "Other.mp3"}
+        j.mark_submitting("other")
+        j.mark_submitted("other", "gen-1")
+        j.mark_completed("other", completed())
+        (tmp_path / "Other.mp3").write_bytes(b"downloaded")
+        j.mark_downloaded("other", sha256="f" * 64, size=10, tagged=False)
+    with Journal.in_directory(tmp_path, endpoint=ENDPOINT) as j:
+        # A re-run: the song's own file is recognised, nothing is renamed.
+        assert j.sync_catalog([row("neon", "Neon Rain"), row("other", "Other")]) == []
+        assert {e.key: e.file_name for e in j.entries()} == names

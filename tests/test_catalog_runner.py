@@ -896,3 +896,49 @@ async def test_a_broken_event_callback_does_not_break_the_run(tmp_path: Path) ->
     async with client_for(make_emulator()) as client:
         summary = await run_catalog(client, catalog, tmp_path / "out", on_event=broken)
     assert summary.all_done
+
+
+async def test_a_file_already_in_the_output_directory_is_never_replaced(
+    tmp_path: Path,
+) -> None:
+    """A file of the user's with a song's name (case aside) stays as it is: the song is stored
+    under the next free name, and a rerun sends nothing and renames nothing."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "track 00.MP3").write_bytes(b"my own recording")
+    for _ in range(2):
+        async with client_for(emulator) as client:
+            summary = await run_catalog(client, catalog, out)
+        assert summary.all_done
+        assert (out / "track 00.MP3").read_bytes() == b"my own recording"
+        assert [r["file"] for r in manifest(out)] == ["Track 00-song-00.mp3", "Track 01.wav"]
+    assert emulator.stats().jobs_submitted == 2
+
+
+async def test_a_file_put_at_a_songs_name_after_it_was_given_is_kept(tmp_path: Path) -> None:
+    """A file that appears at a song's name after the journal gave it out is not replaced:
+    the song stays completed with the reason, and is stored once the file is moved away."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1, formats=["wav"])
+    out = tmp_path / "out"
+    with Journal.in_directory(_mkdir(out), endpoint=_runner._endpoint("http://127.0.0.1")) as j:
+        _runner._load(j, catalog)
+    (out / "Track 00.wav").write_bytes(b"my own recording")
+    async with client_for(emulator) as client:
+        summary = await run_catalog(client, catalog, out)
+    assert summary.unfinished == ("song-00",)
+    assert (out / "Track 00.wav").read_bytes() == b"my own recording"
+    (record,) = manifest(out)
+    assert record["status"] == "completed"
+    assert "is not this song's" in record["error"]["message"]
+    (out / "Track 00.wav").rename(tmp_path / "mine.wav")
+    async with client_for(emulator) as client:
+        assert (await run_catalog(client, catalog, out)).all_done
+    assert emulator.stats().jobs_submitted == 1
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path

@@ -24,6 +24,7 @@ import datetime
 import enum
 import hashlib
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -360,28 +361,49 @@ class Journal:
         stay in the journal but are left out of the run and the manifest.
         """
         problems: list[CatalogProblem] = []
+        on_disk = self._names_on_disk()
         with self._transaction() as db:
             db.execute("UPDATE songs SET position = NULL")
             for position, row in enumerate(rows):
-                problem = self._sync_row(db, position, row)
+                problem = self._sync_row(db, position, row, on_disk)
                 if problem is not None:
                     problems.append(problem)
             if problems:
                 db.execute("ROLLBACK")
         return problems
 
+    def _names_on_disk(self) -> frozenset[str]:
+        """The folded names of the files already in the output directory (the journal's)."""
+        try:
+            with os.scandir(self.path.parent) as listing:
+                return frozenset(fold_name(item.name) for item in listing)
+        except OSError:  # pragma: no cover - the runner made the directory and can list it
+            return frozenset()
+
     @staticmethod
-    def _allocate_name(db: sqlite3.Connection, row: CatalogRow) -> str:
+    def _allocate_name(db: sqlite3.Connection, row: CatalogRow, on_disk: frozenset[str]) -> str:
+        """A name no other song has, and no file in the output directory has either unless
+        it is the file this song was downloaded to: a file the user put there (or another
+        tool wrote) is never replaced, the song gets the next free name instead."""
+
         def taken(folded: str) -> bool:
             found = db.execute(
                 "SELECT 1 FROM songs WHERE file_name_folded = ? AND key != ?", (folded, row.key)
             ).fetchone()
-            return found is not None
+            if found is not None:
+                return True
+            if folded not in on_disk:
+                return False
+            own = db.execute(
+                "SELECT 1 FROM songs WHERE key = ? AND file_name_folded = ? AND state = ?",
+                (row.key, folded, SongState.DOWNLOADED.value),
+            ).fetchone()
+            return own is None
 
         return NameAllocator(taken).allocate(row.key, row.title, row.request.format)
 
     def _sync_row(
-        self, db: sqlite3.Connection, position: int, row: CatalogRow
+        self, db: sqlite3.Connection, position: int, row: CatalogRow, on_disk: frozenset[str]
     ) -> CatalogProblem | None:
         digest = request_hash(row.request)
         existing = db.execute(
@@ -390,7 +412,7 @@ class Journal:
         ).fetchone()
         request_json = json.dumps(request_to_wire(row.request), ensure_ascii=False)
         if existing is None:
-            name = self._allocate_name(db, row)
+            name = self._allocate_name(db, row, on_disk)
             db.execute(
                 "INSERT INTO songs (key, position, title, request_json, request_hash, file_name,"
                 " file_name_folded, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -420,7 +442,7 @@ class Journal:
             name = existing["file_name"]
             extension = "." + row.request.format
             if not name.endswith(extension):
-                name = self._allocate_name(db, row)
+                name = self._allocate_name(db, row, on_disk)
             self._set(
                 db,
                 row.key,

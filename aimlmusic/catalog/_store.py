@@ -128,7 +128,12 @@ def finish_download(
     generation: Generation,
     tag: bool,
 ) -> StoredFile:
-    """Tag ``part`` (when an MP3 and ``tag``), hash it, fsync it and rename it to ``final``."""
+    """Tag ``part`` (when an MP3 and ``tag``), hash it, fsync it and rename it to ``final``.
+
+    A file already at ``final`` is replaced only when it holds the very same bytes (this song,
+    stored by a run that died before the journal recorded it); any other file there (the
+    user's, put there after the name was given out) raises :class:`FileExistsError` and
+    is left untouched: the song stays to download once it is moved away."""
     tagged = False
     tag_problem: str | None = None
     if tag and request.format == "mp3":
@@ -154,6 +159,11 @@ def finish_download(
             digest.update(chunk)
             size += len(chunk)
         os.fsync(handle.fileno())
+    if os.path.lexists(final) and _sha256_of(final) != digest.hexdigest():
+        raise FileExistsError(
+            f"{final.name} is already in the output directory and is not this song's; "
+            "it is never replaced: move it away and run again to store the song"
+        )
     os.replace(part, final)
     fsync_directory(final.parent)
     return StoredFile(
@@ -164,6 +174,17 @@ def finish_download(
         sample_rate=sample_rate,
         tag_problem=tag_problem,
     )
+
+
+def _sha256_of(path: Path) -> str | None:
+    """The SHA-256 of the regular file ``path`` (a link is never followed), or None."""
+    if path.is_symlink() or not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _audio_facts(
