@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from aimlmusic.catalog import read_summary
-from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, serving
+from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, Faults, serving
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +27,8 @@ SONGS = 16
 TIME_SCALE = 200.0
 #: Real seconds any one process may take before the test gives up on it.
 PROCESS_TIMEOUT = 60.0
+#: Real seconds the emulator holds back one POST's answer (well under the read timeout).
+HELD_ANSWER = 2.0
 
 
 def prompt_of(i: int) -> str:
@@ -157,6 +159,28 @@ def assert_every_song_once(out: Path, emulator: Emulator) -> None:
     stats = emulator.stats()
     assert stats.duplicate_submissions == 0
     assert stats.jobs_submitted == SONGS
+
+
+def test_a_signal_while_a_submission_is_on_its_way_lets_it_land(tmp_path: Path) -> None:
+    """SIGTERM while a POST is on its way (its answer held) waits for the answer: the song's
+    generation id reaches the journal (it is not left ambiguous) and nothing is paid twice."""
+    faults = Faults(delay_seconds=HELD_ANSWER * TIME_SCALE)
+    emulator = Emulator(
+        EmulatorConfig(time_scale=TIME_SCALE, audio_seconds=0.3, seed=7, faults=faults)
+    )
+    emulator.inject("delay", route="submit")  # the first POST's answer only
+    catalog = write_catalog(tmp_path / "songs.jsonl")
+    out = tmp_path / "out"
+    with serving(emulator) as base_url:
+        run = CliProcess(*batch_args(catalog, out, base_url))
+        assert run.wait_for("submitting", 1)
+        run.process.send_signal(signal.SIGTERM)
+        status, output, errors = run.finish()
+        assert status == 130, output + errors
+        assert not read_summary(out).ambiguous
+        assert "on their way" in errors
+        finish_everything(catalog, out, base_url, emulator)
+    assert_every_song_once(out, emulator)
 
 
 def test_demo_in_a_real_process(tmp_path: Path) -> None:

@@ -2,11 +2,13 @@
 
 Also the one place that runs a command's coroutine, so Ctrl-C (and SIGTERM) stop every
 command the same way: the work is cancelled, its cleanup runs (the catalog journal is always
-consistent), and :class:`Interrupted` is raised.
+consistent), and :class:`Interrupted` is raised. A submission on its way is let land first
+(cut, it could be paid for with no generation id recorded); a second Ctrl-C cancels at once.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,11 +19,14 @@ import attrs
 
 from .. import AsyncMusicClient, Limits, ScaledClock
 from .._clock import Clock
+from .._transport import SUBMISSION_WATCH
 from ..emulator._config import DEFAULT_SERVED_TIME_SCALE
 
 __all__ = ["DEFAULT_EMULATOR_TIME_SCALE", "Connection", "Interrupted", "open_client", "run_async"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("aimlmusic")
 
 #: API seconds per real second for ``--emulator`` and ``demo``: the same as ``aimlmusic
 #: emulator``'s default, so both run a 55 s song in about half a second.
@@ -102,11 +107,42 @@ async def open_client(connection: Connection) -> AsyncIterator[AsyncMusicClient]
         yield client
 
 
+class _Landing:
+    """The command's :class:`~aimlmusic._transport.SubmissionWatch`: cancels ``scope`` once
+    no POST is on its way. A POST's generation id is recorded as its answer arrives, before
+    the cancellation can land (the catalog journals it in the scheduler's event hook)."""
+
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self._scope = scope
+        self._posts = 0
+        self.cancelling = False
+
+    def on_its_way(self, leaving: bool) -> None:
+        self._posts += 1 if leaving else -1
+        if self.cancelling and not self._posts:
+            self._scope.cancel()
+
+    def submitted(self, generation_id: str) -> None:
+        """Nothing to do: the command records or prints the id itself."""
+
+    def cancel_once_landed(self) -> None:
+        self.cancelling = True
+        if not self._posts:
+            self._scope.cancel()
+            return
+        logger.warning(
+            "waiting for %d submission(s) on their way, so that their generation ids are "
+            "not lost (press Ctrl-C again to stop now)",
+            self._posts,
+        )
+
+
 def run_async(work: Callable[[], Awaitable[T]]) -> T:
     """Run ``work()`` to completion; raise :class:`Interrupted` on Ctrl-C or SIGTERM.
 
-    The first signal cancels the work, which then cleans up; a second Ctrl-C during the
-    cleanup falls back to Python's default (an immediate ``KeyboardInterrupt``).
+    The first signal cancels the work once no submission is on its way, and the work then
+    cleans up; a second one cancels it at once; one more during the cleanup falls back to
+    Python's default (an immediate ``KeyboardInterrupt``).
     """
 
     async def supervised() -> tuple[bool, T | None, Exception | None]:
@@ -114,6 +150,8 @@ def run_async(work: Callable[[], Awaitable[T]]) -> T:
         result: T | None = None
         error: Exception | None = None
         async with anyio.create_task_group() as task_group:
+            landing = _Landing(task_group.cancel_scope)
+            SUBMISSION_WATCH.set(landing)  # seen by every task the work starts from here
 
             async def watch_signals() -> None:
                 nonlocal interrupted
@@ -121,8 +159,10 @@ def run_async(work: Callable[[], Awaitable[T]]) -> T:
                     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                         async for _ in signals:
                             interrupted = True
-                            task_group.cancel_scope.cancel()
-                            return
+                            if landing.cancelling:
+                                task_group.cancel_scope.cancel()
+                                return
+                            landing.cancel_once_landed()
                 except NotImplementedError:  # no signal handlers here (Windows): rely on
                     await anyio.sleep_forever()  # KeyboardInterrupt instead
 
