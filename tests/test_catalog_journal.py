@@ -363,3 +363,23 @@ def test_a_file_already_in_the_output_directory_is_a_taken_name(tmp_path: Path) 
         # A re-run: the song's own file is recognised, nothing is renamed.
         assert j.sync_catalog([row("neon", "Neon Rain"), row("other", "Other")]) == []
         assert {e.key: e.file_name for e in j.entries()} == names
+
+
+def test_adopting_the_id_a_song_already_has_changes_nothing(
+    backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    """Adopting the id a song already carries is a no-op in any state (the same --adopt
+    command can run again); another id for a downloaded song is still refused."""
+    if backend.kind == "postgres":
+        # PgJournal.adopt (_pg_journal.py, not this change's) has no such check yet.
+        request.applymarker(pytest.mark.xfail(raises=JournalError, strict=True))
+    with open_journal(backend) as j:
+        j.mark_submitting("a")
+        j.mark_submitted("a", "gen-a")
+        j.mark_completed("a", completed("gen-a"))
+        j.mark_downloaded("a", sha256="f" * 64, size=10, tagged=False)
+        before = j.entry("a")
+        j.adopt("a", "gen-a")
+        assert j.entry("a") == before
+        with pytest.raises(JournalError, match="cannot go from downloaded to submitted"):
+            j.adopt("a", "gen-other")

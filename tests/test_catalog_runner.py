@@ -942,3 +942,11 @@ async def test_a_file_put_at_a_songs_name_after_it_was_given_is_kept(tmp_path: P
 def _mkdir(path: Path) -> Path:
     path.mkdir()
     return path
+
+
+def test_adopt_hints_are_quoted_for_the_shell() -> None:
+    """An --adopt hint can be pasted as it is, whatever the key holds."""
+    assert _runner.adopt_option("song-0", "gen-1:minimax/music-1.5") == (
+        "--adopt song-0=gen-1:minimax/music-1.5"
+    )
+    assert _runner.adopt_option("it's my song", "gen-1") == "--adopt 'it'\"'\"'s my song=gen-1'"

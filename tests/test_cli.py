@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -293,3 +294,45 @@ def test_plain_display_lines() -> None:
         "throttled: the API asked us to slow down; pausing requests",
         "throttling over: requests resume",
     ]
+
+
+def test_adopt_splits_at_the_last_equals_sign_and_can_be_run_again(
+    tmp_path: Path, served: tuple[Emulator, str]
+) -> None:
+    """`--adopt KEY=ID` takes a key holding '=' (ids never do), and running the very same
+    --adopt command again is no error: the song already carries that id."""
+    emulator, base_url = served
+    emulator.inject("error_after", route="submit", count=1)  # created, then a 5xx: ambiguous
+    catalog = tmp_path / "songs.jsonl"
+    row = {"key": "mix=final", "title": "Mix", "prompt": "Synthwave, warm analog pads",
+           "lyrics": LYRICS, "format": "wav"}  # fmt: skip
+    catalog.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    args = ["batch", str(catalog), "-o", str(tmp_path / "out"), "--base-url", base_url]
+    args += ["--time-scale", "1000"]
+    env = {"AIML_API_KEY": TEST_API_KEY}
+    first = invoke(*args, env=env)
+    assert first.exit_code == 1
+    assert "1 ambiguous" in first.output
+    (orphan,) = emulator.jobs
+    for _ in range(2):
+        result = invoke(*args, "--adopt", f"mix=final={orphan}", env=env)
+        assert result.exit_code == 0, result.output
+        assert "Downloaded 1 of 1 songs" in result.output
+    assert emulator.stats().jobs_submitted == 1
+
+
+def test_command_hints_quote_paths_for_the_shell(
+    tmp_path: Path, served: tuple[Emulator, str]
+) -> None:
+    """The command a message tells to run again is quoted for the shell, so it can be pasted
+    as it is when a path holds spaces or quotes."""
+    _, base_url = served
+    folder = tmp_path / "it's my music"
+    folder.mkdir()
+    catalog = write_catalog(folder / "songs.jsonl", 1)
+    out = folder / "out"
+    args = ["batch", str(catalog), "-o", str(out), "--base-url", base_url]
+    result = invoke(*args, "--api-key", NO_CREDIT_KEY, "--time-scale", "1000")
+    assert result.exit_code == 2
+    hint = f"aimlmusic batch {shlex.quote(str(catalog))} -o {shlex.quote(str(out))}"
+    assert f"then run `{hint}` again" in " ".join(result.output.split())

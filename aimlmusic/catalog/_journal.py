@@ -506,7 +506,13 @@ class Journal:
     def adopt(self, key: str, generation_id: str) -> None:
         """Attach a generation id found elsewhere (for example in the account's dashboard) to
         an ``ambiguous`` or ``failed`` song: the run then waits for it instead of paying again.
+
+        A song that already carries ``generation_id`` is left as it is, whatever its state, so
+        the same ``--adopt`` command can be run again.
         """
+        found = self._db.execute("SELECT generation_id FROM songs WHERE key = ?", (key,)).fetchone()
+        if found is not None and found["generation_id"] == generation_id:
+            return
         self._update(
             key,
             (SongState.AMBIGUOUS, SongState.FAILED, SongState.PENDING),

@@ -36,6 +36,7 @@ import errno
 import json
 import logging
 import os
+import shlex
 import sqlite3
 import tempfile
 import time
@@ -139,6 +140,12 @@ _S = SongState
 #: What a journal raises when its storage fails (its database gone, its disk full): the
 #: SQLite journal lets sqlite3's own errors through, the PostgreSQL one wraps psycopg's.
 _JOURNAL_ERRORS = (JournalError, sqlite3.Error)
+
+
+def adopt_option(key: str, generation_id: str) -> str:
+    """The ``--adopt`` option that records ``generation_id`` for song ``key``, quoted for a
+    POSIX shell (a key may hold spaces, quotes or ``=``), ready to paste."""
+    return f"--adopt {shlex.quote(f'{key}={generation_id}')}"
 
 
 class RunStopped(AimlMusicError):
@@ -1091,17 +1098,16 @@ class _Run:
             # The song is paid for: its id must reach the user, whatever else fails.
             logger.error(  # noqa: TRY400 - one line for the user, not a traceback
                 "could not record generation id %s of song %r in the journal (%s); adopt it "
-                "with --adopt %s=%s",
+                "with %s",
                 generation_id,
                 key,
                 exc,
-                key,
-                generation_id,
+                adopt_option(key, generation_id),
             )
             self.stop(
                 "journal",
                 f"cannot use the journal ({exc}); song {key!r} was submitted as generation "
-                f"{generation_id}: adopt it with --adopt {key}={generation_id}",
+                f"{generation_id}: adopt it with {adopt_option(key, generation_id)}",
                 exc,
             )
         finally:
@@ -1129,11 +1135,10 @@ class _Run:
                 # keeps it from being paid for again.
                 logger.error(
                     "song %r was submitted as generation %s but the journal did not record "
-                    "it; adopt it with --adopt %s=%s",
+                    "it; adopt it with %s",
                     key,
                     generation_id,
-                    key,
-                    generation_id,
+                    adopt_option(key, generation_id),
                 )
             return
         self._store_id(entry, generation_id)
@@ -1157,18 +1162,17 @@ class _Run:
         except LeaseLost as exc:  # another worker holds it now, and may send it again
             logger.error(  # noqa: TRY400 - one line for the user, not a traceback
                 "song %r was submitted as generation %s but the journal did not record it "
-                "(%s); adopt it with --adopt %s=%s",
+                "(%s); adopt it with %s",
                 key,
                 generation_id,
                 exc,
-                key,
-                generation_id,
+                adopt_option(key, generation_id),
             )
             self.stop(
                 "lease",
                 f"{exc}; this worker stalled longer than a lease and stops (song {key!r} was "
                 f"submitted as generation {generation_id}: adopt it with "
-                f"--adopt {key}={generation_id})",
+                f"{adopt_option(key, generation_id)})",
                 exc,
             )
             return
@@ -1184,7 +1188,7 @@ class _Run:
                 "disk",
                 f"cannot write the journal in {self.out} ({exc}); song {key!r} was "
                 f"submitted as generation {generation_id}: adopt it with "
-                f"--adopt {key}={generation_id} once there is room",
+                f"{adopt_option(key, generation_id)} once there is room",
                 exc,
             )
             return
@@ -1225,7 +1229,7 @@ class _Run:
         --adopt hint (the song may be paid for, and the journal may not say so)."""
         adopt = ""
         if generation_id is not None:
-            adopt = f": adopt it with --adopt {key}={generation_id}"
+            adopt = f": adopt it with {adopt_option(key, generation_id)}"
             logger.error(
                 "could not record song %r (generation %s) in the journal (%s)%s",
                 key,

@@ -445,7 +445,8 @@ def check_output_file(target: Path, *, overwrite: bool) -> None:
 def _adopt_pairs(values: Sequence[str]) -> dict[str, str]:
     pairs: dict[str, str] = {}
     for value in values:
-        key, sep, generation_id = value.partition("=")
+        # The last '=': a catalog key may hold one, a generation id never does.
+        key, sep, generation_id = value.rpartition("=")
         if not sep or not key or not generation_id:
             raise click.BadParameter(
                 f"expected KEY=GENERATION_ID, got {value!r}", param_hint="--adopt"
@@ -561,8 +562,8 @@ def batch(
         output,
         connection,
         plain=plain,
-        command_hint=f"aimlmusic batch {catalog} -o {output}"
-        + (f" --journal {shown_url(journal)}" if journal else ""),
+        command_hint=f"aimlmusic batch {shlex.quote(str(catalog))} -o {shlex.quote(str(output))}"
+        + (f" --journal {shlex.quote(shown_url(journal))}" if journal else ""),
         deadline=deadline,
         retry_failed=retry_failed,
         resubmit_ambiguous=resubmit_ambiguous,
@@ -683,7 +684,7 @@ def demo(output: Path, time_scale: float, plain: bool) -> None:
             output,
             Connection(emulator=True, time_scale=time_scale),
             plain=plain,
-            command_hint=f"aimlmusic demo -o {output}",
+            command_hint=f"aimlmusic demo -o {shlex.quote(str(output))}",
         )
     out = _stdout()
     out.print(
