@@ -680,14 +680,14 @@ class PgJournal:
         }
         values["updated_at"] = _now()
         assignments = ", ".join(f"{name} = %({name})s" for name in values)
-        # Nor while a worker holds it under a live lease: it claimed the song's content as it
-        # was, and may be sending it now (the journal would record the new content for a
-        # generation of the old).
+        # Nor while another worker holds it under a live lease: it claimed the song's content
+        # as it was, and may be sending it now (the journal would record the new content for
+        # a generation of the old). This worker syncs before it claims anything.
         cursor = self._db.execute(
             f"UPDATE aimlmusic_songs SET {assignments} WHERE key = %(key)s"  # noqa: S608
             " AND state = %(read_state)s AND request_hash = %(read_hash)s"
             " AND generation_id IS NULL"
-            " AND (owner IS NULL OR lease_until < aimlmusic_now(%(now)s))",
+            " AND (owner IS NULL OR owner = %(me)s OR lease_until < aimlmusic_now(%(now)s))",
             self._params(
                 **values,
                 key=rewrite.key,
