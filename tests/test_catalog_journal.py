@@ -8,6 +8,7 @@ the worker holding a song's live lease submit it, so the tests claim songs first
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -383,3 +384,28 @@ def test_adopting_the_id_a_song_already_has_changes_nothing(
         assert j.entry("a") == before
         with pytest.raises(JournalError, match="cannot go from downloaded to submitted"):
             j.adopt("a", "gen-other")
+
+
+def test_adopt_refuses_an_id_that_could_never_be_sent_and_corrects_a_mistaken_one(
+    tmp_path: Path,
+) -> None:
+    """An id with a control character, a lone surrogate or spaces around it is refused
+    (JournalError naming the problem, the song untouched); a song still waiting for an
+    adopted id takes another one in its place (nothing is sent either way)."""
+    with open_journal(Backend("sqlite", tmp_path, None)) as j:
+        j.mark_submitting("a")
+        j.mark_ambiguous("a", "read timeout")
+        for bad, problem in [
+            ("gen-1\r", "control character (U+000D)"),
+            ("gen-\ud800", "lone surrogate"),
+            (" gen-1", "spaces around it"),
+            ("", "empty"),
+        ]:
+            with pytest.raises(JournalError, match=re.escape(problem)):
+                j.adopt("a", bad)
+            assert j.entry("a").state is SongState.AMBIGUOUS  # type: ignore[union-attr]
+        j.adopt("a", "gen-wrong")
+        j.adopt("a", "gen-right")
+        entry = j.entry("a")
+        assert entry is not None
+        assert (entry.state, entry.generation_id) == (SongState.SUBMITTED, "gen-right")

@@ -950,3 +950,20 @@ def test_adopt_hints_are_quoted_for_the_shell() -> None:
         "--adopt song-0=gen-1:minimax/music-1.5"
     )
     assert _runner.adopt_option("it's my song", "gen-1") == "--adopt 'it'\"'\"'s my song=gen-1'"
+
+
+async def test_adopting_an_id_that_could_never_be_sent_is_refused_up_front(
+    tmp_path: Path, journal_url: str | None
+) -> None:
+    """run_catalog(adopt=...) with an id the client could never poll raises JournalError
+    naming the problem before the output directory is made or anything is sent."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    out = tmp_path / "out"
+    async with client_for(emulator) as client:
+        with pytest.raises(JournalError, match="control character"):
+            await run_catalog(
+                client, catalog, out, journal_url=journal_url, adopt={"song-00": "gen-1\r"}
+            )
+    assert not out.exists()
+    assert sum(emulator.stats().requests.values()) == 0

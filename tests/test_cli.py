@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shlex
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -336,3 +338,51 @@ def test_command_hints_quote_paths_for_the_shell(
     assert result.exit_code == 2
     hint = f"aimlmusic batch {shlex.quote(str(catalog))} -o {shlex.quote(str(out))}"
     assert f"then run `{hint}` again" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("a=gen-1\x1b[2Jx", "control character (U+001B)"),
+        ("a=gen-\udcff", "lone surrogate"),
+        ("a=gen 1\r\nx", "control character (U+000D)"),
+    ],
+)
+def test_adopt_refuses_an_id_the_client_could_never_send(
+    tmp_path: Path, value: str, problem: str
+) -> None:
+    """An --adopt id that could never be sent back to the API is a usage error naming
+    --adopt and the problem (exit 2) before anything is made or sent."""
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    out = tmp_path / "out"
+    result = invoke("batch", str(catalog), "-o", str(out), "--emulator", "--adopt", value)
+    assert result.exit_code == 2
+    assert "--adopt" in result.stderr
+    assert problem in result.stderr
+    assert not out.exists()
+
+
+def test_a_pasted_adopt_id_is_stripped_and_a_mistaken_adoption_corrected(
+    tmp_path: Path, served: tuple[Emulator, str]
+) -> None:
+    """An --adopt id pasted with a CR or spaces around it is taken without them, and a song
+    adopted with the wrong id (still waiting for it) takes the right one: one POST in all."""
+    emulator, base_url = served
+    emulator.inject("error_after", route="submit", count=1)  # created, then a 5xx: ambiguous
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    out = tmp_path / "out"
+    args = ["batch", str(catalog), "-o", str(out), "--base-url", base_url]
+    args += ["--time-scale", "1000"]
+    env = {"AIML_API_KEY": TEST_API_KEY}
+    assert invoke(*args, env=env).exit_code == 1
+    (orphan,) = emulator.jobs
+    # A mistaken adoption, cut off by a short deadline: the song is left waiting for it.
+    wrong = invoke(*args, "--adopt", "song-0=gen-wrong", "--deadline", "0.001", env=env)
+    assert wrong.exit_code == 1, wrong.output
+    with contextlib.closing(sqlite3.connect(out / "aimlmusic-journal.sqlite")) as db:
+        state = db.execute("SELECT state, generation_id FROM songs").fetchone()
+    assert state == ("submitted", "gen-wrong")
+    result = invoke(*args, "--adopt", f"song-0= {orphan}\r\n", env=env)
+    assert result.exit_code == 0, result.output
+    assert "Downloaded 1 of 1 songs" in result.output
+    assert emulator.stats().jobs_submitted == 1

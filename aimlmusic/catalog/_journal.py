@@ -37,6 +37,7 @@ from .._converter import (
     generation_to_wire,
     request_to_wire,
     structure_generation,
+    unsendable_id_problem,
 )
 from .._errors import AimlMusicError
 from .._models import Generation, SongRequest
@@ -132,6 +133,16 @@ def _storable_value(value: Any) -> Any:
     if isinstance(value, SongState):
         return value.value
     return storable(value) if isinstance(value, str) else value
+
+
+def adopted_id_problem(generation_id: str) -> str | None:
+    """Why ``generation_id`` cannot be adopted (the client could never poll it), or None."""
+    if not generation_id:
+        return "it is empty"
+    problem = unsendable_id_problem(generation_id)
+    if problem is None and generation_id != generation_id.strip():
+        problem = "it has spaces around it"
+    return problem
 
 
 def _now() -> str:
@@ -508,14 +519,23 @@ class Journal:
         an ``ambiguous`` or ``failed`` song: the run then waits for it instead of paying again.
 
         A song that already carries ``generation_id`` is left as it is, whatever its state, so
-        the same ``--adopt`` command can be run again.
+        the same ``--adopt`` command can be run again. A ``submitted`` song (one adopted by
+        mistake) takes the new id in place of its old one: nothing is sent either way. An id
+        the client could never send back (a control character, a lone surrogate, spaces
+        around it) is refused with :class:`JournalError`.
         """
+        problem = adopted_id_problem(generation_id)
+        if problem is not None:
+            raise JournalError(
+                f"song {key!r}: cannot adopt the generation id {ascii(generation_id)[:120]}: "
+                f"{problem}"
+            )
         found = self._db.execute("SELECT generation_id FROM songs WHERE key = ?", (key,)).fetchone()
         if found is not None and found["generation_id"] == generation_id:
             return
         self._update(
             key,
-            (SongState.AMBIGUOUS, SongState.FAILED, SongState.PENDING),
+            (SongState.AMBIGUOUS, SongState.FAILED, SongState.PENDING, SongState.SUBMITTED),
             state=SongState.SUBMITTED,
             generation_id=generation_id,
             generation_json=None,

@@ -72,7 +72,14 @@ from .._events import (
 )
 from .._limits import DEFAULT_SONG_DEADLINE
 from .._models import Generation, SongResult
-from ._journal import JOURNAL_NAME, Journal, JournalEntry, JournalError, SongState
+from ._journal import (
+    JOURNAL_NAME,
+    Journal,
+    JournalEntry,
+    JournalError,
+    SongState,
+    adopted_id_problem,
+)
 from ._journal_api import CatalogJournal, SharedJournal
 from ._manifest import MANIFEST_NAME, ManifestWriter
 from ._names import is_inside
@@ -298,6 +305,13 @@ def _prepare(
     problems = [p for p in iter_catalog(catalog_path) if isinstance(p, CatalogProblem)]
     if problems:
         raise CatalogError(catalog_path, problems)
+    for key, generation_id in adopt.items():
+        problem = adopted_id_problem(generation_id)
+        if problem is not None:
+            raise JournalError(
+                f"song {key!r}: cannot adopt the generation id {ascii(generation_id)[:120]}: "
+                f"{problem}"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
         _check_writable(out)
@@ -315,6 +329,19 @@ def _prepare(
         for key in journal.recover_interrupted():
             logger.warning("song %r was interrupted while submitting: now ambiguous", key)
         for key, generation_id in adopt.items():
+            entry = journal.entry(key)
+            if (
+                entry is not None
+                and entry.state is _S.SUBMITTED
+                and entry.generation_id not in (None, generation_id)
+            ):
+                # Kept in the log: the user may have adopted the wrong one by mistake.
+                logger.warning(
+                    "song %r: adopting generation %s in place of %s",
+                    key,
+                    generation_id,
+                    entry.generation_id,
+                )
             journal.adopt(key, generation_id)
     except BaseException:
         journal.close()

@@ -42,6 +42,7 @@ from ..catalog import (
     read_summary,
     run_catalog,
 )
+from ..catalog._journal import adopted_id_problem
 from ..catalog._pg_journal import DEFAULT_LEASE_SECONDS, shown_url
 from ..catalog._tags import TaggingError, mutagen_available, tag_mp3
 from ._backend import DEFAULT_EMULATOR_TIME_SCALE, Connection, Interrupted, open_client, run_async
@@ -447,9 +448,17 @@ def _adopt_pairs(values: Sequence[str]) -> dict[str, str]:
     for value in values:
         # The last '=': a catalog key may hold one, a generation id never does.
         key, sep, generation_id = value.rpartition("=")
+        generation_id = generation_id.strip()  # a pasted id often brings a newline or a CR
         if not sep or not key or not generation_id:
             raise click.BadParameter(
                 f"expected KEY=GENERATION_ID, got {value!r}", param_hint="--adopt"
+            )
+        problem = adopted_id_problem(generation_id)
+        if problem is not None:
+            raise click.BadParameter(
+                f"the generation id {ascii(generation_id)[:120]} for song {key!r} could never "
+                f"be sent to the API: {problem}; nothing was sent",
+                param_hint="--adopt",
             )
         pairs[key] = generation_id
     return pairs
