@@ -336,6 +336,21 @@ def test_lyrics_file_problems(tmp_path: Path) -> None:
     assert all(p.key == rows[i]["key"] for i, p in enumerate(problems))
 
 
+def test_a_lyrics_file_in_a_symlink_loop_is_a_problem_of_its_line(tmp_path: Path) -> None:
+    """A lyrics_file that is a symlink loop is a lyrics_file problem on its line (Python
+    3.11's resolve() raises RuntimeError for it), never a traceback; other rows still load."""
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    rows = [
+        {"key": "a", "prompt": PROMPT, "lyrics_file": "loop1"},
+        {"key": "b", "prompt": PROMPT, "lyrics_file": "loop2/deeper.txt"},
+        {"key": "c", "prompt": PROMPT, "lyrics": LYRICS},
+    ]
+    problems = problems_of(write_jsonl(tmp_path / "c.jsonl", rows))
+    assert [(p.line, p.field) for p in problems] == [(1, "lyrics_file"), (2, "lyrics_file")]
+    assert "cannot resolve 'loop1'" in problems[0].message
+
+
 def test_file_level_problems(tmp_path: Path) -> None:
     """A missing file, an unknown extension and an empty catalog are reported at line 0."""
     (p,) = problems_of(tmp_path / "missing.jsonl")

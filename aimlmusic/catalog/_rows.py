@@ -486,8 +486,14 @@ def _read_lyrics_file(row: _RowChecker, name: str, base_dir: Path) -> str | None
     if relative.is_absolute() or relative.drive or name.startswith(("/", "\\")):
         row.add("lyrics_file", f"must be relative to the catalog's directory; got {name!r}")
         return None
-    root = base_dir.resolve()
-    target = (root / relative).resolve()
+    try:
+        root = base_dir.resolve()
+        target = (root / relative).resolve()
+    except (OSError, RuntimeError) as exc:
+        # Python 3.11 reports a symlink loop as RuntimeError; later versions as OSError.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        row.add("lyrics_file", f"cannot resolve {name!r}: {reason}")
+        return None
     # resolve() follows symlinks, so a link pointing outside is refused too.
     if target != root and root not in target.parents:
         row.add("lyrics_file", f"must stay inside the catalog's directory; got {name!r}")
