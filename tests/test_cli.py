@@ -386,3 +386,29 @@ def test_a_pasted_adopt_id_is_stripped_and_a_mistaken_adoption_corrected(
     assert result.exit_code == 0, result.output
     assert "Downloaded 1 of 1 songs" in result.output
     assert emulator.stats().jobs_submitted == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"[Verse]\nCaf\xe9 au lait, la la la\n", "is not valid UTF-8 (its line 2)"),
+        (b"la " * 30_000, "is larger than 65536 bytes"),
+    ],
+)
+def test_generate_refuses_a_lyrics_file_it_cannot_read(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    """A --lyrics-file that is not UTF-8, or too large, is a usage error naming
+    --lyrics-file (exit 2) before anything is sent or written."""
+    lyrics_file = tmp_path / "lyrics.txt"
+    lyrics_file.write_bytes(content)
+    target = tmp_path / "song.mp3"
+    result = invoke(
+        "generate", "--emulator", "-p", "Synthwave, warm analog pads",
+        "--lyrics-file", str(lyrics_file), "-o", str(target),
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "--lyrics-file" in result.stderr
+    assert problem in result.stderr
+    assert "nothing was sent" in result.stderr
+    assert not target.exists()

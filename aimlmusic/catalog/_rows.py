@@ -499,27 +499,33 @@ def _read_lyrics_file(row: _RowChecker, name: str, base_dir: Path) -> str | None
         row.add("lyrics_file", f"must stay inside the catalog's directory; got {name!r}")
         return None
     try:
+        return read_lyrics_file(target, name)
+    except ValueError as exc:
+        row.add("lyrics_file", str(exc))
+        return None
+
+
+def read_lyrics_file(path: Path, name: str) -> str:
+    """The lyrics in ``path``: a regular file of at most :data:`MAX_LYRICS_FILE_BYTES` bytes
+    of UTF-8 (a BOM and Windows line ends are dropped). Anything else raises
+    :class:`ValueError` saying why, naming the file as ``name``."""
+    try:
         # A FIFO or device would block open() or read() forever: only regular files qualify.
-        if target.exists() and not target.is_file():
-            row.add("lyrics_file", f"must be a regular file; got {name!r}")
-            return None
-        with target.open("rb") as handle:
+        if path.exists() and not path.is_file():
+            raise ValueError(f"must be a regular file; got {name!r}")
+        with path.open("rb") as handle:
             data = handle.read(MAX_LYRICS_FILE_BYTES + 1)
     except FileNotFoundError:
-        row.add("lyrics_file", f"no such file {name!r}")
-        return None
+        raise ValueError(f"no such file {name!r}") from None
     except OSError as exc:
-        row.add("lyrics_file", f"cannot read {name!r}: {exc.strerror or exc}")
-        return None
+        raise ValueError(f"cannot read {name!r}: {exc.strerror or exc}") from None
     if len(data) > MAX_LYRICS_FILE_BYTES:
-        row.add("lyrics_file", f"{name!r} is larger than {MAX_LYRICS_FILE_BYTES} bytes")
-        return None
+        raise ValueError(f"{name!r} is larger than {MAX_LYRICS_FILE_BYTES} bytes")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         lineno = data[: exc.start].count(b"\n") + 1
-        row.add("lyrics_file", f"{name!r} is not valid UTF-8 (its line {lineno})")
-        return None
+        raise ValueError(f"{name!r} is not valid UTF-8 (its line {lineno})") from None
     # The API separates lines with \n; files written on Windows use \r\n.
     return text.removeprefix(_BOM).replace("\r\n", "\n").strip()
 

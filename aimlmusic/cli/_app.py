@@ -44,6 +44,7 @@ from ..catalog import (
 )
 from ..catalog._journal import adopted_id_problem
 from ..catalog._pg_journal import DEFAULT_LEASE_SECONDS, shown_url
+from ..catalog._rows import read_lyrics_file
 from ..catalog._tags import TaggingError, mutagen_available, tag_mp3
 from ._backend import DEFAULT_EMULATOR_TIME_SCALE, Connection, Interrupted, open_client, run_async
 from ._display import LiveDisplay, PlainDisplay, print_summary, terminal_safe
@@ -319,7 +320,13 @@ def generate(
     if (lyrics is None) == (lyrics_file is None):
         raise click.UsageError("give exactly one of --lyrics and --lyrics-file")
     if lyrics_file is not None:
-        lyrics = lyrics_file.read_text(encoding="utf-8-sig").replace("\r\n", "\n").strip()
+        # The catalog's reader: size-capped, regular files only, a clear error for bad UTF-8.
+        try:
+            lyrics = read_lyrics_file(lyrics_file, str(lyrics_file))
+        except ValueError as exc:
+            raise click.BadParameter(
+                f"{exc}; nothing was sent", param_hint="--lyrics-file"
+            ) from None
     assert lyrics is not None
     target = output or Path(f"song.{fmt}")
     try:
