@@ -409,3 +409,43 @@ def test_adopt_refuses_an_id_that_could_never_be_sent_and_corrects_a_mistaken_on
         entry = j.entry("a")
         assert entry is not None
         assert (entry.state, entry.generation_id) == (SongState.SUBMITTED, "gen-right")
+
+
+def test_a_schema_version_that_is_not_a_number_is_a_corrupt_journal(tmp_path: Path) -> None:
+    """A meta table SQLite reads but aimlmusic cannot parse is a JournalError saying the
+    journal may be corrupt, never a ValueError traceback."""
+    Journal.in_directory(tmp_path, endpoint=ENDPOINT).close()
+    Backend("sqlite", tmp_path, None).set_schema_version("1.0")  # type: ignore[arg-type]
+    with pytest.raises(JournalError, match=r"schema_version '1\.0'.*may be corrupt"):
+        Journal.in_directory(tmp_path, endpoint=ENDPOINT)
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("request_json", '{"prompt": 1'),
+        ("request_json", '{"prompt": "p"}'),
+        ("request_json", "[1, 2]"),
+        ("generation_json", '{"id": 5, "status": []}'),
+        ("generation_json", "not json"),
+    ],
+)
+def test_an_entry_that_cannot_be_parsed_is_a_corrupt_journal(
+    tmp_path: Path, column: str, value: str
+) -> None:
+    """A song row SQLite reads but whose content cannot be parsed is a JournalError naming
+    the song's key and saying the journal may be corrupt."""
+    with open_journal(Backend("sqlite", tmp_path, None)) as j:
+        j.mark_submitting("a")
+        j.mark_submitted("a", "gen-1")
+        j.mark_completed("a", completed())
+    db = sqlite3.connect(tmp_path / "aimlmusic-journal.sqlite")
+    db.execute(f"UPDATE songs SET {column} = ? WHERE key = 'a'", (value,))
+    db.commit()
+    db.close()
+    with Journal.in_directory(tmp_path, endpoint=ENDPOINT) as j:
+        with pytest.raises(JournalError, match=r"song 'a' cannot be read.*may be corrupt"):
+            j.entry("a")
+        with pytest.raises(JournalError, match="song 'a' cannot be read"):
+            list(j.entries())
+        assert j.entry("b") is not None

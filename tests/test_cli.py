@@ -412,3 +412,19 @@ def test_generate_refuses_a_lyrics_file_it_cannot_read(
     assert problem in result.stderr
     assert "nothing was sent" in result.stderr
     assert not target.exists()
+
+
+def test_a_journal_whose_content_cannot_be_parsed_exits_2(tmp_path: Path) -> None:
+    """batch on a journal SQLite reads but whose content cannot be parsed says it may be
+    corrupt (exit 2, no traceback)."""
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    out = tmp_path / "out"
+    args = ("batch", str(catalog), "-o", str(out), "--emulator", "--time-scale", "1000")
+    assert invoke(*args).exit_code == 0
+    with contextlib.closing(sqlite3.connect(out / "aimlmusic-journal.sqlite")) as db:
+        db.execute("""UPDATE songs SET request_json = '{"prompt": 1'""")
+        db.commit()
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert "the entry of song 'song-0' cannot be read" in result.stderr
+    assert "may be corrupt" in result.stderr

@@ -230,11 +230,7 @@ class Journal:
         except sqlite3.DatabaseError as exc:
             # Not a database at all, or a corrupt one: say so, never a traceback.
             self._db.close()
-            raise JournalError(
-                f"{self.path} is not a usable journal ({exc}); it may be corrupt. Restore it "
-                "from a backup, or move it away to start over (which forgets which songs "
-                "were already paid for)"
-            ) from exc
+            raise JournalError(_corrupt(self.path, str(exc))) from exc
         except BaseException:
             self._db.close()
             raise
@@ -291,7 +287,12 @@ class Journal:
                 ],
             )
             return
-        version = int(rows.get("schema_version", "0"))
+        try:
+            version = int(rows.get("schema_version", "0"))
+        except (TypeError, ValueError):
+            raise JournalError(
+                _corrupt(self.path, f"schema_version {str(rows['schema_version'])[:40]!r}")
+            ) from None
         if version > SCHEMA_VERSION:
             raise JournalError(
                 f"{self.path} was written by a newer aimlmusic (journal schema {version}); "
@@ -715,7 +716,7 @@ class Journal:
     def entry(self, key: str) -> JournalEntry | None:
         """The song ``key``, or ``None``."""
         row = self._db.execute("SELECT * FROM songs WHERE key = ?", (key,)).fetchone()
-        return _entry(row) if row is not None else None
+        return _entry(row, self.path) if row is not None else None
 
     def entries(
         self, states: Iterable[SongState] | None = None, *, in_catalog: bool = True
@@ -743,7 +744,7 @@ class Journal:
             if not page:
                 return
             for row in page:
-                yield _entry(row)
+                yield _entry(row, self.path)
             last = page[-1]["position" if in_catalog else "row_id"]
 
     def counts(self) -> dict[SongState, int]:
@@ -769,6 +770,15 @@ class Journal:
         return self._db.execute(f"PRAGMA {name}").fetchone()[0]
 
 
+def _corrupt(journal: object, detail: str) -> str:
+    """The message of a journal whose content cannot be used."""
+    return (
+        f"{journal} is not a usable journal ({detail}); it may be corrupt. Restore it from a "
+        "backup, or move it away to start over (which forgets which songs were already paid "
+        "for)"
+    )
+
+
 def _describe(error: BaseException | str) -> str:
     text = error if isinstance(error, str) else (str(error) or type(error).__name__)
     return storable(text)
@@ -778,8 +788,19 @@ def _type_name(error: BaseException | str) -> str | None:
     return None if isinstance(error, str) else type(error).__name__
 
 
-def _entry(row: Any) -> JournalEntry:
-    # ``row`` is a sqlite3.Row or a psycopg dict row: both are read by column name.
+def _entry(row: Any, journal: object = "the journal") -> JournalEntry:
+    """The song of one journal row (a sqlite3.Row or a psycopg dict row: both are read by
+    column name); content that cannot be parsed is a :class:`JournalError` naming its key."""
+    try:
+        return _parse_entry(row)
+    except (ValueError, KeyError, TypeError, AttributeError, AimlMusicError) as exc:
+        # The library's own errors may quote the content (a signed audio URL): name them only.
+        reason = type(exc).__name__ if isinstance(exc, AimlMusicError) else str(exc)[:200]
+        detail = f"the entry of song {row['key']!r} cannot be read: {reason}"
+        raise JournalError(_corrupt(journal, detail)) from None
+
+
+def _parse_entry(row: Any) -> JournalEntry:
     wire = json.loads(row["request_json"])
     setting = wire.get("audio_setting")
     request = SongRequest(
