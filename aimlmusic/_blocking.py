@@ -31,7 +31,7 @@ from anyio.from_thread import BlockingPortal
 
 from ._client import AsyncMusicClient, submitted_note, warn_submitted
 from ._config import Limits, RetryPolicy, SizeLimits, Timeout
-from ._errors import AimlMusicError
+from ._errors import AimlMusicError, SendingRefused
 from ._events import BatchEvents
 from ._models import Generation, SongRequest, SongResult
 from ._transport import SUBMISSION_WATCH
@@ -165,6 +165,8 @@ class _Spawned(Generic[T]):
             self._scope.cancel()
 
     def on_its_way(self, leaving: bool) -> None:
+        if leaving and self._cancel_when_landed:
+            raise SendingRefused("the call is being cancelled")  # no new POST leaves
         self._posts += 1 if leaving else -1
         if self._posts:
             self.landed.clear()

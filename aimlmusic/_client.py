@@ -200,6 +200,7 @@ class AsyncMusicClient:
             transport=transport,
             http_client=http_client,
             size_limits=self._size_limits,
+            before_requests=None if scale_probe is None else scale_probe.learn_scale,
         )
         install_httpx_log_filter(self._transport.redactor)
         self._downloader = Downloader(
@@ -661,14 +662,16 @@ def _resolve_base_url(base_url: str | None, *, allow_insecure_http: bool) -> str
         raise ConfigurationError(
             f"base URL {shown!r} must be an http(s) URL with a host, such as {DEFAULT_BASE_URL!r}"
         )
-    if parts.username or parts.password or parts.query or parts.fragment:
+    # Any '@' counts: a password holding an unencoded '/' puts its end, and the '@', in
+    # what a URL parser reads as the path (the host then reads as the user name).
+    if "@" in url or parts.query or parts.fragment:
         raise ConfigurationError(
             f"base URL {shown!r} must not contain credentials, a query or a fragment"
         )
     if scheme == "http" and not (allow_insecure_http or _is_loopback(host)):
         raise ConfigurationError(
-            f"base URL {url!r} uses plain http to a host that is not this machine, which would "
-            "send the API key in clear text; use https, or pass allow_insecure_http=True"
+            f"base URL {shown!r} uses plain http to a host that is not this machine, which "
+            "would send the API key in clear text; use https, or pass allow_insecure_http=True"
         )
     return url.rstrip("/")
 

@@ -33,7 +33,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, Literal, Protocol
 
@@ -86,7 +86,8 @@ class SubmissionWatch(Protocol):
     submission on its way: cut, it could be paid for and leave no id to find it by)."""
 
     def on_its_way(self, leaving: bool) -> None:
-        """A POST of the task is on its way (True), or no longer (False)."""
+        """A POST of the task is on its way (True), or no longer (False). Raising
+        :class:`SendingRefused` for True keeps that POST from leaving."""
         ...
 
     def submitted(self, generation_id: str) -> None:
@@ -111,9 +112,11 @@ class _PostWatch:
         self._on = False
 
     def set(self, on: bool) -> None:
+        """Tell the watch of a change; a :class:`SendingRefused` from it (the task is
+        stopping) keeps the POST from leaving, and it stays off."""
         if on != self._on:
-            self._on = on
             self._watch.on_its_way(on)
+            self._on = on
 
 
 @contextlib.contextmanager
@@ -266,13 +269,20 @@ class _SendingNotice:
 
     async def trace(self, name: str, info: dict[str, Any]) -> None:
         self.traced = True
-        sending = name in _SENDING_EVENTS
+        # A proxy's CONNECT is traced with the request's own callback: sending it is still
+        # connecting.
+        sending = name in _SENDING_EVENTS and not _is_connect(info.get("request"))
         if self._watch is not None and (sending or not self.fired):
             self._watch.set(sending)  # connecting (or waiting for the pool) is not on its way
         if sending:
             self.fire()
         if self._inner is not None:
             await self._inner(name, info)
+
+
+def _is_connect(request: Any) -> bool:
+    """Whether httpcore's traced ``request`` is a proxy tunnel's CONNECT."""
+    return getattr(request, "method", None) in (b"CONNECT", "CONNECT")
 
 
 def _no_one() -> None:
@@ -312,8 +322,12 @@ class Transport:
         transport: httpx.AsyncBaseTransport | None = None,
         http_client: httpx.AsyncClient | None = None,
         size_limits: SizeLimits | None = None,
+        before_requests: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._key = Secret(api_key)
+        # Awaited before each request leaves its budget (the emulator's time-scale probe,
+        # which asks once): its own request is never taken for a submission on its way.
+        self._before_requests = before_requests
         self.size_limits = size_limits if size_limits is not None else SizeLimits()
         self.redactor = Redactor(self._key)
         self.base_url = base_url.rstrip("/")
@@ -443,6 +457,8 @@ class Transport:
         if self._closed:
             raise RuntimeError("this aimlmusic client is closed; create a new one")
         target, url = self._target(generation_id)  # ``url``: for logs and errors
+        if self._before_requests is not None:
+            await self._before_requests()
         retry_on = _POST_RETRIES if method == "POST" else _GET_RETRIES
         attempts = self.retry.attempts
         started = self.clock.now()

@@ -181,6 +181,8 @@ def test_malformed_base_urls_are_refused(url: str) -> None:
         "https://user:pw/sk-SECRET-part@api.aimlapi.com",  # a '/' in the password
         "ftp://user:sk-SECRET-part@api.aimlapi.com",
         "https://[::1:sk-SECRET-part/v2",  # no valid URL: the parser's text quotes it
+        "https://admin:2024/sk-SECRET-part@api.example.com/v2",  # reads as host and port
+        "http://admin:2024/sk-SECRET-part@api.example.com/v2",  # refused as plain http too
     ],
 )
 def test_a_refused_base_url_is_never_quoted_with_its_secrets(url: str) -> None:

@@ -19,6 +19,7 @@ import attrs
 
 from .. import AsyncMusicClient, Limits, ScaledClock
 from .._clock import Clock
+from .._errors import SendingRefused
 from .._transport import SUBMISSION_WATCH
 from ..emulator._config import DEFAULT_SERVED_TIME_SCALE
 
@@ -118,6 +119,10 @@ class _Landing:
         self.cancelling = False
 
     def on_its_way(self, leaving: bool) -> None:
+        if leaving and self.cancelling:
+            # Stopping: no new POST leaves (a batch frees slots as songs end, and would
+            # otherwise go on sending while the earlier POSTs land).
+            raise SendingRefused("the command is stopping")
         self._posts += 1 if leaving else -1
         if self.cancelling and not self._posts:
             self._scope.cancel()
