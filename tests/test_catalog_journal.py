@@ -310,14 +310,9 @@ def test_the_recorded_server_has_no_credentials() -> None:
     assert _endpoint("https://api.aimlapi.com/") == _endpoint("https://api.aimlapi.com")
 
 
-def test_lone_surrogates_from_the_server_are_stored_escaped(
-    backend: Backend, request: pytest.FixtureRequest
-) -> None:
+def test_lone_surrogates_from_the_server_are_stored_escaped(backend: Backend) -> None:
     """A lone surrogate in an answer (an extra field, an error message, an unusable id) is
     written as an escape instead of failing the write; the JSON keeps it as sent."""
-    if backend.kind == "postgres":
-        # _pg_journal.py (not this change's) still writes raw text and non-ASCII JSON.
-        request.applymarker(pytest.mark.xfail(raises=UnicodeEncodeError, strict=True))
     odd = structure_generation(
         {
             "id": "gen-1",
@@ -366,14 +361,9 @@ def test_a_file_already_in_the_output_directory_is_a_taken_name(tmp_path: Path) 
         assert {e.key: e.file_name for e in j.entries()} == names
 
 
-def test_adopting_the_id_a_song_already_has_changes_nothing(
-    backend: Backend, request: pytest.FixtureRequest
-) -> None:
+def test_adopting_the_id_a_song_already_has_changes_nothing(backend: Backend) -> None:
     """Adopting the id a song already carries is a no-op in any state (the same --adopt
     command can run again); another id for a downloaded song is still refused."""
-    if backend.kind == "postgres":
-        # PgJournal.adopt (_pg_journal.py, not this change's) has no such check yet.
-        request.applymarker(pytest.mark.xfail(raises=JournalError, strict=True))
     with open_journal(backend) as j:
         j.mark_submitting("a")
         j.mark_submitted("a", "gen-a")
@@ -387,12 +377,12 @@ def test_adopting_the_id_a_song_already_has_changes_nothing(
 
 
 def test_adopt_refuses_an_id_that_could_never_be_sent_and_corrects_a_mistaken_one(
-    tmp_path: Path,
+    backend: Backend,
 ) -> None:
     """An id with a control character, a lone surrogate or spaces around it is refused
     (JournalError naming the problem, the song untouched); a song still waiting for an
     adopted id takes another one in its place (nothing is sent either way)."""
-    with open_journal(Backend("sqlite", tmp_path, None)) as j:
+    with open_journal(backend) as j:
         j.mark_submitting("a")
         j.mark_ambiguous("a", "read timeout")
         for bad, problem in [

@@ -45,7 +45,9 @@ from ._journal import (
     _describe,
     _entry,
     _now,
+    _storable_value,
     _type_name,
+    adopted_id_problem,
     request_hash,
 )
 from ._names import NameAllocator, fold_name
@@ -535,7 +537,7 @@ class PgJournal:
         self._db.execute(
             f"UPDATE aimlmusic_songs SET {assignments} WHERE key = %(key)s",  # noqa: S608
             {
-                **{k: (v.value if isinstance(v, SongState) else v) for k, v in values.items()},
+                **{k: _storable_value(v) for k, v in values.items()},
                 "key": key,
             },
         )
@@ -675,9 +677,7 @@ class PgJournal:
         whole sync), so another worker may have sent it since, and a song sent must never be
         made ``pending`` again (the next claim would pay for it twice). Returns the problem
         when it was sent meanwhile."""
-        values = {
-            k: (v.value if isinstance(v, SongState) else v) for k, v in rewrite.values.items()
-        }
+        values = {k: _storable_value(v) for k, v in rewrite.values.items()}
         values["updated_at"] = _now()
         assignments = ", ".join(f"{name} = %({name})s" for name in values)
         # Nor while another worker holds it under a live lease: it claimed the song's content
@@ -754,10 +754,25 @@ class PgJournal:
     @_database_errors
     def adopt(self, key: str, generation_id: str) -> None:
         """Attach a generation id found elsewhere to an ``ambiguous``, ``failed`` or
-        ``pending`` song: it is then waited for instead of paid for again."""
+        ``pending`` song: it is then waited for instead of paid for again.
+
+        As :meth:`Journal.adopt`: the id the song already carries changes nothing, a
+        ``submitted`` song (adopted by mistake) takes the new id unless a worker holds it,
+        and an id the client could never send back is refused."""
+        problem = adopted_id_problem(generation_id)
+        if problem is not None:
+            raise JournalError(
+                f"song {key!r}: cannot adopt the generation id {ascii(generation_id)[:120]}: "
+                f"{problem}"
+            )
+        found = self._db.execute(
+            "SELECT generation_id FROM aimlmusic_songs WHERE key = %s", (key,)
+        ).fetchone()
+        if found is not None and found["generation_id"] == generation_id:
+            return
         self._update(
             key,
-            (_S.AMBIGUOUS, _S.FAILED, _S.PENDING),
+            (_S.AMBIGUOUS, _S.FAILED, _S.PENDING, _S.SUBMITTED),
             claimed=False,  # the user's own act, on a song another worker may have let go
             state=_S.SUBMITTED,
             generation_id=generation_id,
@@ -985,7 +1000,8 @@ class PgJournal:
             (_S.SUBMITTED, _S.SUBMITTING),
             state=_S.COMPLETED,
             generation_id=generation.id,
-            generation_json=json.dumps(generation_to_wire(generation), ensure_ascii=False),
+            # ASCII: a lone surrogate from the server round-trips as its \u escape.
+            generation_json=json.dumps(generation_to_wire(generation), ensure_ascii=True),
             polls=polls,
             credits_used=generation.credits_used,
             duration=info.duration if info is not None else None,
