@@ -401,6 +401,19 @@ def test_adopt_refuses_an_id_that_could_never_be_sent_and_corrects_a_mistaken_on
         assert (entry.state, entry.generation_id) == (SongState.SUBMITTED, "gen-right")
 
 
+def test_adopt_never_replaces_the_id_of_a_song_this_tool_submitted(backend: Backend) -> None:
+    """A song submitted here (its id paid for and followed) keeps its id: adopting another
+    one, a typo say, is refused and changes nothing."""
+    with open_journal(backend) as j:
+        j.mark_submitting("a")
+        j.mark_submitted("a", "gen-real")
+        with pytest.raises(JournalError, match="gen-real"):
+            j.adopt("a", "gen-typo")
+        entry = j.entry("a")
+        assert entry is not None
+        assert (entry.state, entry.generation_id) == (SongState.SUBMITTED, "gen-real")
+
+
 def test_a_schema_version_that_is_not_a_number_is_a_corrupt_journal(tmp_path: Path) -> None:
     """A meta table SQLite reads but aimlmusic cannot parse is a JournalError saying the
     journal may be corrupt, never a ValueError traceback."""

@@ -412,6 +412,20 @@ def test_a_sync_leaves_the_content_of_a_song_another_worker_holds(postgres_url: 
         assert (entry.state, entry.request.prompt) == (SongState.PENDING, PROMPT)
 
 
+def test_adopting_a_song_another_worker_follows_is_refused_plainly(postgres_url: str) -> None:
+    """Adopting an id for a song another worker holds names that worker (no lease of this
+    one's is blamed) and changes nothing."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a, worker(postgres_url, "B", clock) as b:
+        assert claim(a) == "k0"
+        with pytest.raises(JournalError, match="worker 'A'") as caught:
+            b.adopt("k0", "gen-elsewhere")
+        assert not isinstance(caught.value, LeaseLost)
+        entry = b.entry("k0")
+        assert entry is not None
+        assert (entry.state, entry.generation_id) == (SongState.PENDING, None)
+
+
 def test_tables_live_in_the_connections_schema(postgres_url: str) -> None:
     """The journal's tables are made in the current schema (the first of search_path)."""
     with PgJournal(postgres_url, endpoint=ENDPOINT), psycopg.connect(postgres_url) as db:

@@ -145,6 +145,18 @@ def adopted_id_problem(generation_id: str) -> str | None:
     return problem
 
 
+def refuse_replacing_a_paid_id(key: str, row: Any, generation_id: str) -> None:
+    """Raise :class:`JournalError` when adopting ``generation_id`` would replace the id of
+    a song this tool submitted and still waits for (``row``: its state, id and submission
+    time): that id is a paid generation, and a mistyped one in its place would orphan it.
+    Only an id that itself came from an adoption (never submitted here) may be corrected."""
+    if row["state"] == SongState.SUBMITTED.value and row["submitted_at"] is not None:
+        raise JournalError(
+            f"song {key!r} was submitted as generation {row['generation_id']}, which is "
+            f"followed and paid for: its id is not replaced by {ascii(generation_id)[:120]}"
+        )
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -531,9 +543,13 @@ class Journal:
                 f"song {key!r}: cannot adopt the generation id {ascii(generation_id)[:120]}: "
                 f"{problem}"
             )
-        found = self._db.execute("SELECT generation_id FROM songs WHERE key = ?", (key,)).fetchone()
+        found = self._db.execute(
+            "SELECT state, generation_id, submitted_at FROM songs WHERE key = ?", (key,)
+        ).fetchone()
         if found is not None and found["generation_id"] == generation_id:
             return
+        if found is not None:
+            refuse_replacing_a_paid_id(key, found, generation_id)
         self._update(
             key,
             (SongState.AMBIGUOUS, SongState.FAILED, SongState.PENDING, SongState.SUBMITTED),

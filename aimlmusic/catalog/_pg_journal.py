@@ -48,6 +48,7 @@ from ._journal import (
     _storable_value,
     _type_name,
     adopted_id_problem,
+    refuse_replacing_a_paid_id,
     request_hash,
 )
 from ._names import NameAllocator, fold_name
@@ -766,10 +767,18 @@ class PgJournal:
                 f"{problem}"
             )
         found = self._db.execute(
-            "SELECT generation_id FROM aimlmusic_songs WHERE key = %s", (key,)
+            "SELECT state, generation_id, submitted_at, owner FROM aimlmusic_songs WHERE key = %s",
+            (key,),
         ).fetchone()
         if found is not None and found["generation_id"] == generation_id:
             return
+        if found is not None:
+            refuse_replacing_a_paid_id(key, found, generation_id)
+            if found["owner"] not in (None, self._worker_id):
+                raise JournalError(
+                    f"song {key!r} is being followed by worker {found['owner']!r} now: adopt "
+                    "an id for it once that worker's run ends"
+                )
         self._update(
             key,
             (_S.AMBIGUOUS, _S.FAILED, _S.PENDING, _S.SUBMITTED),

@@ -330,19 +330,19 @@ def _prepare(
             logger.warning("song %r was interrupted while submitting: now ambiguous", key)
         for key, generation_id in adopt.items():
             entry = journal.entry(key)
+            journal.adopt(key, generation_id)
             if (
                 entry is not None
                 and entry.state is _S.SUBMITTED
                 and entry.generation_id not in (None, generation_id)
             ):
-                # Kept in the log: the user may have adopted the wrong one by mistake.
+                # Kept in the log: the id replaced was itself adopted, maybe by mistake.
                 logger.warning(
-                    "song %r: adopting generation %s in place of %s",
+                    "song %r: adopted generation %s in place of %s",
                     key,
                     generation_id,
                     entry.generation_id,
                 )
-            journal.adopt(key, generation_id)
     except BaseException:
         journal.close()
         raise
