@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shlex
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -412,6 +414,29 @@ def test_generate_refuses_a_lyrics_file_it_cannot_read(
     assert problem in result.stderr
     assert "nothing was sent" in result.stderr
     assert not target.exists()
+
+
+def test_generate_reads_lyrics_from_a_pipe_and_any_line_ends(tmp_path: Path) -> None:
+    """--lyrics-file may name a pipe (as <(...) does), and old Macs' lone \r line ends
+    become \n as Windows' do: the song is made with the lyrics as written."""
+    fifo = tmp_path / "lyrics.fifo"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with fifo.open("wb") as pipe:
+            pipe.write(b"[Verse]\rNeon lights on the water\r\n[Chorus]\rHold on\r")
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    target = tmp_path / "song.mp3"
+    result = invoke(
+        "generate", "--emulator", "-p", "Synthwave, warm analog pads",
+        "--lyrics-file", str(fifo), "-o", str(target),
+    )  # fmt: skip
+    writer.join(timeout=30)
+    assert result.exit_code == 0, result.output + result.stderr
+    (lyrics,) = ID3(target).getall("USLT")
+    assert lyrics.text == "[Verse]\nNeon lights on the water\n[Chorus]\nHold on"
 
 
 def test_a_journal_whose_content_cannot_be_parsed_exits_2(tmp_path: Path) -> None:

@@ -505,13 +505,16 @@ def _read_lyrics_file(row: _RowChecker, name: str, base_dir: Path) -> str | None
         return None
 
 
-def read_lyrics_file(path: Path, name: str) -> str:
+def read_lyrics_file(path: Path, name: str, *, streams: bool = False) -> str:
     """The lyrics in ``path``: a regular file of at most :data:`MAX_LYRICS_FILE_BYTES` bytes
-    of UTF-8 (a BOM and Windows line ends are dropped). Anything else raises
-    :class:`ValueError` saying why, naming the file as ``name``."""
+    of UTF-8 (a BOM is dropped, and Windows' and old Macs' line ends become ``\n``). With
+    ``streams``, a pipe or a device too (``<(...)``, ``/dev/stdin``: a path the user named
+    on the command line). Anything else raises :class:`ValueError` saying why, naming the
+    file as ``name``."""
     try:
-        # A FIFO or device would block open() or read() forever: only regular files qualify.
-        if path.exists() and not path.is_file():
+        # A catalog's FIFO or device would block open() or read() for ever: there only
+        # regular files qualify. A directory never does.
+        if path.exists() and not path.is_file() and (not streams or path.is_dir()):
             raise ValueError(f"must be a regular file; got {name!r}")
         with path.open("rb") as handle:
             data = handle.read(MAX_LYRICS_FILE_BYTES + 1)
@@ -526,8 +529,8 @@ def read_lyrics_file(path: Path, name: str) -> str:
     except UnicodeDecodeError as exc:
         lineno = data[: exc.start].count(b"\n") + 1
         raise ValueError(f"{name!r} is not valid UTF-8 (its line {lineno})") from None
-    # The API separates lines with \n; files written on Windows use \r\n.
-    return text.removeprefix(_BOM).replace("\r\n", "\n").strip()
+    # The API separates lines with \n; files written on Windows use \r\n, old Macs' \r.
+    return text.removeprefix(_BOM).replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
 def _audio_setting(row: _RowChecker, fields: Mapping[str, Any]) -> AudioSetting | None:

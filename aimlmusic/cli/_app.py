@@ -320,9 +320,10 @@ def generate(
     if (lyrics is None) == (lyrics_file is None):
         raise click.UsageError("give exactly one of --lyrics and --lyrics-file")
     if lyrics_file is not None:
-        # The catalog's reader: size-capped, regular files only, a clear error for bad UTF-8.
+        # The catalog's reader: size-capped, a clear error for bad UTF-8; a pipe the user
+        # named (<(...), /dev/stdin) is read too.
         try:
-            lyrics = read_lyrics_file(lyrics_file, str(lyrics_file))
+            lyrics = read_lyrics_file(lyrics_file, str(lyrics_file), streams=True)
         except ValueError as exc:
             raise click.BadParameter(
                 f"{exc}; nothing was sent", param_hint="--lyrics-file"
