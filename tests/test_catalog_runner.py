@@ -924,7 +924,7 @@ async def test_a_file_put_at_a_songs_name_after_it_was_given_is_kept(tmp_path: P
     catalog = write_catalog(tmp_path / "songs.jsonl", 1, formats=["wav"])
     out = tmp_path / "out"
     with Journal.in_directory(_mkdir(out), endpoint=_runner._endpoint("http://127.0.0.1")) as j:
-        _runner._load(j, catalog)
+        _runner._load(j, catalog, out)
     (out / "Track 00.wav").write_bytes(b"my own recording")
     async with client_for(emulator) as client:
         summary = await run_catalog(client, catalog, out)

@@ -426,6 +426,16 @@ def test_adopting_a_song_another_worker_follows_is_refused_plainly(postgres_url:
         assert (entry.state, entry.generation_id) == (SongState.PENDING, None)
 
 
+def test_a_file_in_the_output_directory_is_never_given_to_a_new_song(postgres_url: str) -> None:
+    """A file already in the worker's output directory (compared case-folded) takes its
+    name: a new song gets the next free one, as for two songs of one title."""
+    with PgJournal(postgres_url, endpoint=ENDPOINT) as journal:
+        assert journal.sync_catalog([row("neon", "Neon Rain")], ["neon rain.MP3"]) == []
+        entry = journal.entry("neon")
+        assert entry is not None
+        assert entry.file_name == "Neon Rain-neon.mp3"
+
+
 def test_tables_live_in_the_connections_schema(postgres_url: str) -> None:
     """The journal's tables are made in the current schema (the first of search_path)."""
     with PgJournal(postgres_url, endpoint=ENDPOINT), psycopg.connect(postgres_url) as db:

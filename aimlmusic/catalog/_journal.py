@@ -375,7 +375,9 @@ class Journal:
 
     # ------------------------------------------------------------------ the catalog
 
-    def sync_catalog(self, rows: Iterable[CatalogRow]) -> list[CatalogProblem]:
+    def sync_catalog(
+        self, rows: Iterable[CatalogRow], files_present: Iterable[str] = ()
+    ) -> list[CatalogProblem]:
         """Record the catalog's songs in one transaction; return the conflicts found.
 
         New keys are added as ``pending`` with a file name allocated for good. A known key
@@ -385,7 +387,7 @@ class Journal:
         stay in the journal but are left out of the run and the manifest.
         """
         problems: list[CatalogProblem] = []
-        on_disk = self._names_on_disk()
+        on_disk = self._names_on_disk() | {fold_name(name) for name in files_present}
         with self._transaction() as db:
             db.execute("UPDATE songs SET position = NULL")
             for position, row in enumerate(rows):

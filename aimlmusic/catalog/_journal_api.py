@@ -41,8 +41,12 @@ class CatalogJournal(Protocol):
     def save_timing_estimate(self, data: str) -> None:
         """Keep ``data`` as the learned timing, replacing the one saved before."""
 
-    def sync_catalog(self, rows: Iterable[CatalogRow]) -> list[CatalogProblem]:
-        """Record the catalog's songs; return the conflicts (then nothing is changed)."""
+    def sync_catalog(
+        self, rows: Iterable[CatalogRow], files_present: Iterable[str] = ()
+    ) -> list[CatalogProblem]:
+        """Record the catalog's songs; return the conflicts (then nothing is changed).
+        ``files_present``: names of the files already in the output directory, which no
+        new song is given."""
 
     def recover_interrupted(self) -> list[str]:
         """Turn songs a crash left ``submitting`` into ``ambiguous``; return their keys."""

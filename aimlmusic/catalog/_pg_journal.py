@@ -546,13 +546,17 @@ class PgJournal:
     # ------------------------------------------------------------------ the catalog
 
     @_database_errors
-    def sync_catalog(self, rows: Iterable[CatalogRow]) -> list[CatalogProblem]:
+    def sync_catalog(
+        self, rows: Iterable[CatalogRow], files_present: Iterable[str] = ()
+    ) -> list[CatalogProblem]:
         """Record the catalog's songs in one transaction; return the conflicts found.
 
         As :meth:`Journal.sync_catalog`. Workers starting together all sync the same
         catalog: the transaction holds an advisory lock, inserts are ``ON CONFLICT DO
         NOTHING``, and file names are allocated against every name already given out, so
-        none collide. On any conflict nothing is changed.
+        none collide, and against ``files_present`` (the files already in this worker's
+        output directory, which a new song must not replace). On any conflict nothing is
+        changed.
         """
         problems: list[CatalogProblem] = []
         with self._db.transaction() as tx:
@@ -565,6 +569,7 @@ class PgJournal:
                 )
             }
             folded = {fold_name(r["file_name"]) for r in known.values()}
+            folded |= {fold_name(name) for name in files_present}  # never given to a new song
             inserts: list[tuple[Any, ...]] = []
             updates: list[dict[str, Any]] = []
             rewrites: list[_Rewrite] = []

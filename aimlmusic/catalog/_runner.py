@@ -323,7 +323,7 @@ def _prepare(
     journal = open_journal(endpoint)
     try:
         _check_manifest(out, journal)
-        _load(journal, catalog_path)
+        _load(journal, catalog_path, out)
         if forget_generations:
             journal.forget_generations()
         for key in journal.recover_interrupted():
@@ -416,7 +416,7 @@ def read_summary(
         return _summary(journal, out, interrupted=False)
 
 
-def _load(journal: CatalogJournal, catalog_path: Path) -> None:
+def _load(journal: CatalogJournal, catalog_path: Path, out: Path) -> None:
     """Record the (already validated) catalog; a problem now means the file changed meanwhile."""
     late: list[CatalogProblem] = []
 
@@ -427,7 +427,9 @@ def _load(journal: CatalogJournal, catalog_path: Path) -> None:
             else:
                 late.append(item)
 
-    conflicts = journal.sync_catalog(rows())
+    with os.scandir(out) as listing:  # a user's file there is never given to a new song
+        present = [item.name for item in listing]
+    conflicts = journal.sync_catalog(rows(), present)
     if late or conflicts:
         raise CatalogError(catalog_path, sorted([*late, *conflicts], key=lambda p: p.line))
 
