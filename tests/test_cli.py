@@ -12,13 +12,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 from mutagen.id3 import ID3
 
 from aimlmusic.catalog import CatalogEvent, RunProgress, SongState
 from aimlmusic.cli import main
-from aimlmusic.cli._app import cli
+from aimlmusic.cli._app import _adopt_pairs, cli
 from aimlmusic.cli._display import LiveDisplay, PlainDisplay
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig, serving
 
@@ -323,6 +324,19 @@ def test_adopt_splits_at_the_last_equals_sign_and_can_be_run_again(
         assert result.exit_code == 0, result.output
         assert "Downloaded 1 of 1 songs" in result.output
     assert emulator.stats().jobs_submitted == 1
+
+
+def test_adopt_finds_the_key_when_the_id_holds_equals_signs_too(tmp_path: Path) -> None:
+    """Ids are the API's and may hold '=' as keys may: the split is the one whose key is in
+    the catalog, and a value two keys could claim is refused, naming them."""
+    catalog = tmp_path / "songs.jsonl"
+    rows = [{"key": key, "prompt": "Synthwave, warm analog pads", "lyrics": LYRICS}
+            for key in ("a", "mix=final", "b", "b=c")]  # fmt: skip
+    catalog.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    pairs = _adopt_pairs(["a=Zm9vYmFy=:minimax/music-1.5", "mix=final=x=y", "a2=dGVzdA=="], catalog)
+    assert pairs == {"a": "Zm9vYmFy=:minimax/music-1.5", "mix=final": "x=y", "a2": "dGVzdA=="}
+    with pytest.raises(click.BadParameter, match="'b', 'b=c'"):
+        _adopt_pairs(["b=c=d"], catalog)
 
 
 def test_command_hints_quote_paths_for_the_shell(

@@ -36,9 +36,11 @@ from .._converter import generation_to_wire
 from .._limits import AUDIO_FORMATS, BITRATES, DEFAULT_SONG_DEADLINE, SAMPLE_RATES
 from ..catalog import (
     CatalogError,
+    CatalogRow,
     JournalError,
     RunStopped,
     RunSummary,
+    iter_catalog,
     read_summary,
     run_catalog,
 )
@@ -451,13 +453,12 @@ def check_output_file(target: Path, *, overwrite: bool) -> None:
 # --------------------------------------------------------------------------- batch
 
 
-def _adopt_pairs(values: Sequence[str]) -> dict[str, str]:
+def _adopt_pairs(values: Sequence[str], catalog: Path) -> dict[str, str]:
     pairs: dict[str, str] = {}
     for value in values:
-        # The last '=': a catalog key may hold one, a generation id never does.
-        key, sep, generation_id = value.rpartition("=")
+        key, generation_id = _split_adoption(value, catalog)
         generation_id = generation_id.strip()  # a pasted id often brings a newline or a CR
-        if not sep or not key or not generation_id:
+        if not key or not generation_id:
             raise click.BadParameter(
                 f"expected KEY=GENERATION_ID, got {value!r}", param_hint="--adopt"
             )
@@ -470,6 +471,27 @@ def _adopt_pairs(values: Sequence[str]) -> dict[str, str]:
             )
         pairs[key] = generation_id
     return pairs
+
+
+def _split_adoption(value: str, catalog: Path) -> tuple[str, str]:
+    """``KEY=GENERATION_ID`` as its key and id. Keys and ids may both hold ``=`` (ids are
+    the API's, opaque), so with several the split is the one whose key is in the catalog;
+    none matching, the first (the run then says no song has that key)."""
+    splits = [(value[:at], value[at + 1 :]) for at, char in enumerate(value) if char == "="]
+    splits = [(key, ident) for key, ident in splits if key and ident.strip()]
+    if len(splits) <= 1:
+        return splits[0] if splits else ("", "")
+    try:
+        keys = {item.key for item in iter_catalog(catalog) if isinstance(item, CatalogRow)}
+    except (OSError, CatalogError):  # the run reports an unreadable catalog itself
+        keys = set()
+    matching = [split for split in splits if split[0] in keys]
+    if len(matching) > 1:
+        raise click.BadParameter(
+            f"{value!r} could be any of the songs {', '.join(repr(k) for k, _ in matching)}",
+            param_hint="--adopt",
+        )
+    return matching[0] if matching else splits[0]
 
 
 @cli.command()
@@ -584,7 +606,7 @@ def batch(
         deadline=deadline,
         retry_failed=retry_failed,
         resubmit_ambiguous=resubmit_ambiguous,
-        adopt=_adopt_pairs(adopt),
+        adopt=_adopt_pairs(adopt, catalog),
         tag_mp3=not no_tag,
         journal_url=journal,
         lease_seconds=lease_seconds,
