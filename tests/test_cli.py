@@ -301,11 +301,11 @@ def test_plain_display_lines() -> None:
     ]
 
 
-def test_adopt_splits_at_the_last_equals_sign_and_can_be_run_again(
+def test_adopt_takes_a_key_holding_equals_and_can_be_run_again(
     tmp_path: Path, served: tuple[Emulator, str]
 ) -> None:
-    """`--adopt KEY=ID` takes a key holding '=' (ids never do), and running the very same
-    --adopt command again is no error: the song already carries that id."""
+    """`--adopt KEY=ID` takes a key holding '=', and running the very same --adopt command
+    again is no error: the song already carries that id."""
     emulator, base_url = served
     emulator.inject("error_after", route="submit", count=1)  # created, then a 5xx: ambiguous
     catalog = tmp_path / "songs.jsonl"
