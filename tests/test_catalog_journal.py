@@ -414,6 +414,23 @@ def test_adopt_never_replaces_the_id_of_a_song_this_tool_submitted(backend: Back
         assert (entry.state, entry.generation_id) == (SongState.SUBMITTED, "gen-real")
 
 
+def test_an_id_adopted_onto_a_song_that_once_failed_here_can_be_corrected(
+    backend: Backend,
+) -> None:
+    """A song whose own submission failed, then adopted with a mistyped id, takes the right
+    one: only the id this tool submitted is kept, not every id of a song once submitted."""
+    with open_journal(backend) as j:
+        j.mark_submitting("a")
+        j.mark_submitted("a", "gen-0")
+        j.mark_failed("a", "the generation ended in error")
+        j.adopt("a", "dash-1O")  # a typo
+        j.adopt("a", "dash-10")
+        entry = j.entry("a")
+        assert entry is not None
+        assert (entry.state, entry.generation_id) == (SongState.SUBMITTED, "dash-10")
+        assert entry.submitted_at is None  # not submitted here: not dated as if it were
+
+
 def test_a_schema_version_that_is_not_a_number_is_a_corrupt_journal(tmp_path: Path) -> None:
     """A meta table SQLite reads but aimlmusic cannot parse is a JournalError saying the
     journal may be corrupt, never a ValueError traceback."""

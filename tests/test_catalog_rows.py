@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -338,7 +339,8 @@ def test_lyrics_file_problems(tmp_path: Path) -> None:
 
 def test_a_lyrics_file_in_a_symlink_loop_is_a_problem_of_its_line(tmp_path: Path) -> None:
     """A lyrics_file that is a symlink loop is a lyrics_file problem on its line (Python
-    3.11's resolve() raises RuntimeError for it), never a traceback; other rows still load."""
+    3.11's resolve() raises RuntimeError for it, 3.13's leaves it to the read), never a
+    traceback; other rows still load."""
     (tmp_path / "loop1").symlink_to("loop2")
     (tmp_path / "loop2").symlink_to("loop1")
     rows = [
@@ -348,7 +350,7 @@ def test_a_lyrics_file_in_a_symlink_loop_is_a_problem_of_its_line(tmp_path: Path
     ]
     problems = problems_of(write_jsonl(tmp_path / "c.jsonl", rows))
     assert [(p.line, p.field) for p in problems] == [(1, "lyrics_file"), (2, "lyrics_file")]
-    assert "cannot resolve 'loop1'" in problems[0].message
+    assert re.search(r"cannot (resolve|read) 'loop1'", problems[0].message)
 
 
 def test_file_level_problems(tmp_path: Path) -> None:

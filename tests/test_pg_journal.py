@@ -436,6 +436,20 @@ def test_a_file_in_the_output_directory_is_never_given_to_a_new_song(postgres_ur
         assert entry.file_name == "Neon Rain-neon.mp3"
 
 
+def test_adopting_a_song_a_dead_worker_held_is_accepted(postgres_url: str) -> None:
+    """A lease left by a worker that died (expired) holds nothing: another worker adopts an
+    id for the song, which nobody holds then."""
+    clock = Clock()
+    with worker(postgres_url, "A", clock) as a, worker(postgres_url, "B", clock) as b:
+        assert claim(a) == "k0"
+        clock.now += 2 * LEASE  # A died: its lease ran out
+        b.adopt("k0", "gen-elsewhere")
+        entry = b.entry("k0")
+        assert entry is not None
+        assert (entry.state, entry.generation_id) == (SongState.SUBMITTED, "gen-elsewhere")
+        assert b.claim(resubmit_ambiguous=False, retry_failed=False) is not None
+
+
 def test_tables_live_in_the_connections_schema(postgres_url: str) -> None:
     """The journal's tables are made in the current schema (the first of search_path)."""
     with PgJournal(postgres_url, endpoint=ENDPOINT), psycopg.connect(postgres_url) as db:

@@ -560,6 +560,9 @@ class Journal:
             generation_json=None,
             error=None,
             error_type=None,
+            # Not submitted here: an earlier submission's time would mark this id as paid
+            # for by this tool (see refuse_replacing_a_paid_id), and date it wrongly.
+            submitted_at=None,
         )
 
     # ------------------------------------------------------------------ transitions

@@ -499,9 +499,10 @@ class PgJournal:
         allowed = tuple(allowed)
         with self._db.transaction():
             row = self._db.execute(
-                "SELECT state, owner, last_claimed_by FROM aimlmusic_songs"
-                " WHERE key = %s FOR UPDATE",
-                (key,),
+                "SELECT state, owner, last_claimed_by,"
+                " lease_until >= aimlmusic_now(%(now)s) AS alive FROM aimlmusic_songs"
+                " WHERE key = %(key)s FOR UPDATE",
+                self._params(key=key),
             ).fetchone()
             if row is None:
                 raise JournalError(f"no song with key {key!r} in the journal")
@@ -528,7 +529,9 @@ class PgJournal:
         since (finished, failed, or given back: then ``owner`` is empty, but the last claim,
         which a claim always records, is not this worker's)."""
         if row["owner"] is not None:
-            return bool(row["owner"] != self._worker_id)
+            # A change not made under a claim (an adoption) minds only a live lease: one a
+            # worker left by dying holds nothing.
+            return bool(row["owner"] != self._worker_id and (claimed or row["alive"]))
         last = row["last_claimed_by"]
         return claimed and last is not None and last != self._worker_id
 
@@ -772,14 +775,16 @@ class PgJournal:
                 f"{problem}"
             )
         found = self._db.execute(
-            "SELECT state, generation_id, submitted_at, owner FROM aimlmusic_songs WHERE key = %s",
-            (key,),
+            "SELECT state, generation_id, submitted_at, owner,"
+            " lease_until >= aimlmusic_now(%(now)s) AS alive FROM aimlmusic_songs"
+            " WHERE key = %(key)s",
+            self._params(key=key),
         ).fetchone()
         if found is not None and found["generation_id"] == generation_id:
             return
         if found is not None:
             refuse_replacing_a_paid_id(key, found, generation_id)
-            if found["owner"] not in (None, self._worker_id):
+            if found["owner"] not in (None, self._worker_id) and found["alive"]:
                 raise JournalError(
                     f"song {key!r} is being followed by worker {found['owner']!r} now: adopt "
                     "an id for it once that worker's run ends"
@@ -795,6 +800,9 @@ class PgJournal:
             error_type=None,
             last_claimed_by=None,
             account=self._account,
+            submitted_at=None,  # not submitted here (see refuse_replacing_a_paid_id)
+            owner=None,  # a lease left by a worker that died no longer holds it
+            lease_until=None,
         )
 
     # ------------------------------------------------------------------ claims

@@ -455,8 +455,19 @@ def check_output_file(target: Path, *, overwrite: bool) -> None:
 
 def _adopt_pairs(values: Sequence[str], catalog: Path) -> dict[str, str]:
     pairs: dict[str, str] = {}
+    keys: list[set[str]] = []  # the catalog's keys, read once if a value needs them
+
+    def catalog_keys() -> set[str]:
+        if not keys:
+            try:
+                rows = iter_catalog(catalog)
+                keys.append({item.key for item in rows if isinstance(item, CatalogRow)})
+            except (OSError, CatalogError):  # the run reports an unreadable catalog itself
+                keys.append(set())
+        return keys[0]
+
     for value in values:
-        key, generation_id = _split_adoption(value, catalog)
+        key, generation_id = _split_adoption(value, catalog_keys)
         generation_id = generation_id.strip()  # a pasted id often brings a newline or a CR
         if not key or not generation_id:
             raise click.BadParameter(
@@ -473,7 +484,7 @@ def _adopt_pairs(values: Sequence[str], catalog: Path) -> dict[str, str]:
     return pairs
 
 
-def _split_adoption(value: str, catalog: Path) -> tuple[str, str]:
+def _split_adoption(value: str, catalog_keys: Callable[[], set[str]]) -> tuple[str, str]:
     """``KEY=GENERATION_ID`` as its key and id. Keys and ids may both hold ``=`` (ids are
     the API's, opaque), so with several the split is the one whose key is in the catalog;
     none matching, the first (the run then says no song has that key)."""
@@ -481,10 +492,7 @@ def _split_adoption(value: str, catalog: Path) -> tuple[str, str]:
     splits = [(key, ident) for key, ident in splits if key and ident.strip()]
     if len(splits) <= 1:
         return splits[0] if splits else ("", "")
-    try:
-        keys = {item.key for item in iter_catalog(catalog) if isinstance(item, CatalogRow)}
-    except (OSError, CatalogError):  # the run reports an unreadable catalog itself
-        keys = set()
+    keys = catalog_keys()
     matching = [split for split in splits if split[0] in keys]
     if len(matching) > 1:
         raise click.BadParameter(
