@@ -145,16 +145,33 @@ def adopted_id_problem(generation_id: str) -> str | None:
     return problem
 
 
-def refuse_replacing_a_paid_id(key: str, row: Any, generation_id: str) -> None:
-    """Raise :class:`JournalError` when adopting ``generation_id`` would replace the id of
-    a song this tool submitted and still waits for (``row``: its state, id and submission
-    time): that id is a paid generation, and a mistyped one in its place would orphan it.
-    Only an id that itself came from an adoption (never submitted here) may be corrected."""
+def check_adoptable(key: str, generation_id: str) -> None:
+    """Raise :class:`JournalError` when ``generation_id`` could never be sent back to the
+    API (see :func:`adopted_id_problem`): adopting it would leave song ``key`` stuck."""
+    problem = adopted_id_problem(generation_id)
+    if problem is not None:
+        raise JournalError(
+            f"song {key!r}: cannot adopt the generation id {ascii(generation_id)[:120]}: {problem}"
+        )
+
+
+def adoption_changes(key: str, row: Any, generation_id: str) -> bool:
+    """Whether adopting ``generation_id`` changes song ``key`` (``row``: its state, id and
+    submission time, None for an unknown key): not when it already carries that id, so the
+    same adoption can be repeated. Raises :class:`JournalError` when it would replace the
+    id of a song this tool submitted and still waits for: that id is a paid generation, and
+    a mistyped one in its place would orphan it. Only an id that itself came from an
+    adoption (never submitted here) may be corrected."""
+    if row is None:
+        return True
+    if row["generation_id"] == generation_id:
+        return False
     if row["state"] == SongState.SUBMITTED.value and row["submitted_at"] is not None:
         raise JournalError(
             f"song {key!r} was submitted as generation {row['generation_id']}, which is "
             f"followed and paid for: its id is not replaced by {ascii(generation_id)[:120]}"
         )
+    return True
 
 
 def _now() -> str:
@@ -539,19 +556,12 @@ class Journal:
         the client could never send back (a control character, a lone surrogate, spaces
         around it) is refused with :class:`JournalError`.
         """
-        problem = adopted_id_problem(generation_id)
-        if problem is not None:
-            raise JournalError(
-                f"song {key!r}: cannot adopt the generation id {ascii(generation_id)[:120]}: "
-                f"{problem}"
-            )
+        check_adoptable(key, generation_id)
         found = self._db.execute(
             "SELECT state, generation_id, submitted_at FROM songs WHERE key = ?", (key,)
         ).fetchone()
-        if found is not None and found["generation_id"] == generation_id:
+        if not adoption_changes(key, found, generation_id):
             return
-        if found is not None:
-            refuse_replacing_a_paid_id(key, found, generation_id)
         self._update(
             key,
             (SongState.AMBIGUOUS, SongState.FAILED, SongState.PENDING, SongState.SUBMITTED),
@@ -561,7 +571,7 @@ class Journal:
             error=None,
             error_type=None,
             # Not submitted here: an earlier submission's time would mark this id as paid
-            # for by this tool (see refuse_replacing_a_paid_id), and date it wrongly.
+            # for by this tool (see adoption_changes), and date it wrongly.
             submitted_at=None,
         )
 

@@ -47,8 +47,8 @@ from ._journal import (
     _now,
     _storable_value,
     _type_name,
-    adopted_id_problem,
-    refuse_replacing_a_paid_id,
+    adoption_changes,
+    check_adoptable,
     request_hash,
 )
 from ._names import NameAllocator, fold_name
@@ -768,27 +768,20 @@ class PgJournal:
         As :meth:`Journal.adopt`: the id the song already carries changes nothing, a
         ``submitted`` song (adopted by mistake) takes the new id unless a worker holds it,
         and an id the client could never send back is refused."""
-        problem = adopted_id_problem(generation_id)
-        if problem is not None:
-            raise JournalError(
-                f"song {key!r}: cannot adopt the generation id {ascii(generation_id)[:120]}: "
-                f"{problem}"
-            )
+        check_adoptable(key, generation_id)
         found = self._db.execute(
             "SELECT state, generation_id, submitted_at, owner,"
             " lease_until >= aimlmusic_now(%(now)s) AS alive FROM aimlmusic_songs"
             " WHERE key = %(key)s",
             self._params(key=key),
         ).fetchone()
-        if found is not None and found["generation_id"] == generation_id:
+        if not adoption_changes(key, found, generation_id):
             return
-        if found is not None:
-            refuse_replacing_a_paid_id(key, found, generation_id)
-            if found["owner"] not in (None, self._worker_id) and found["alive"]:
-                raise JournalError(
-                    f"song {key!r} is being followed by worker {found['owner']!r} now: adopt "
-                    "an id for it once that worker's run ends"
-                )
+        if found is not None and found["owner"] not in (None, self._worker_id) and found["alive"]:
+            raise JournalError(
+                f"song {key!r} is being followed by worker {found['owner']!r} now: adopt "
+                "an id for it once that worker's run ends"
+            )
         self._update(
             key,
             (_S.AMBIGUOUS, _S.FAILED, _S.PENDING, _S.SUBMITTED),
@@ -800,7 +793,7 @@ class PgJournal:
             error_type=None,
             last_claimed_by=None,
             account=self._account,
-            submitted_at=None,  # not submitted here (see refuse_replacing_a_paid_id)
+            submitted_at=None,  # not submitted here (see adoption_changes)
             owner=None,  # a lease left by a worker that died no longer holds it
             lease_until=None,
         )

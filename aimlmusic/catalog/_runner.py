@@ -78,7 +78,7 @@ from ._journal import (
     JournalEntry,
     JournalError,
     SongState,
-    adopted_id_problem,
+    check_adoptable,
 )
 from ._journal_api import CatalogJournal, SharedJournal
 from ._manifest import MANIFEST_NAME, ManifestWriter
@@ -306,12 +306,7 @@ def _prepare(
     if problems:
         raise CatalogError(catalog_path, problems)
     for key, generation_id in adopt.items():
-        problem = adopted_id_problem(generation_id)
-        if problem is not None:
-            raise JournalError(
-                f"song {key!r}: cannot adopt the generation id {ascii(generation_id)[:120]}: "
-                f"{problem}"
-            )
+        check_adoptable(key, generation_id)
     try:
         out.mkdir(parents=True, exist_ok=True)
         _check_writable(out)
