@@ -325,3 +325,46 @@ def test_finish_download_never_replaces_a_file_that_is_not_the_song(tmp_path: Pa
     )
     assert stored.sha256 == hashlib.sha256(audio("wav")).hexdigest()
     assert not part.exists()
+
+
+@pytest.mark.parametrize("retag", ["title", "untagged-then-tagged", "tagged-then-untagged"])
+def test_finish_download_recognises_its_own_mp3_under_other_tags(
+    tmp_path: Path, retag: str
+) -> None:
+    """An MP3 at the song's name holding the song's audio under other tags (a run that died
+    before recording it, rerun with another title or --no-tag) is the song: it is replaced."""
+    clear_partial(tmp_path)
+    request = SongRequest(prompt=PROMPT, lyrics=LYRICS, audio_setting=AudioSetting("mp3"))
+    final = tmp_path / "song.mp3"
+    first_tag, second_tag = {
+        "title": (True, True),
+        "untagged-then-tagged": (False, True),
+        "tagged-then-untagged": (True, False),
+    }[retag]
+    for title, tag in (("Old title", first_tag), ("New title", second_tag)):
+        part = part_path(tmp_path, "song.mp3")
+        part.write_bytes(audio("mp3"))
+        stored = finish_download(
+            part, final, title=title, request=request, generation=generation("mp3"), tag=tag
+        )
+        assert not part.exists()
+    assert stored.sha256 == hashlib.sha256(final.read_bytes()).hexdigest()
+    assert stored.tagged is second_tag
+
+
+def test_finish_download_keeps_an_mp3_whose_audio_is_not_the_songs(tmp_path: Path) -> None:
+    """An MP3 at the song's name carrying this song's tags but other audio is not replaced."""
+    clear_partial(tmp_path)
+    request = SongRequest(prompt=PROMPT, lyrics=LYRICS, audio_setting=AudioSetting("mp3"))
+    final = tmp_path / "song.mp3"
+    other = AudioRenderer(1.0).render("another tune", AudioSpec("mp3", 44100, 128000)).data
+    final.write_bytes(other)
+    tag_mp3(final, title="T", lyrics=LYRICS, prompt=PROMPT, generation_id="gen-1")
+    before = final.read_bytes()
+    part = part_path(tmp_path, "song.mp3")
+    part.write_bytes(audio("mp3"))
+    with pytest.raises(FileExistsError, match="is not this song's"):
+        finish_download(
+            part, final, title="T", request=request, generation=generation("mp3"), tag=True
+        )
+    assert final.read_bytes() == before

@@ -917,6 +917,39 @@ async def test_a_file_already_in_the_output_directory_is_never_replaced(
     assert emulator.stats().jobs_submitted == 2
 
 
+class _Died(BaseException):
+    """Stands for the process dying at the worst moment."""
+
+
+async def test_a_song_stored_by_a_run_that_died_is_its_own_under_a_new_title(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that died between storing an MP3 and recording it leaves the song's own file: a
+    rerun under an edited title re-tags it in place, without paying again (review 55 #2)."""
+    emulator = make_emulator()
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1, formats=["mp3"])
+    out = tmp_path / "out"
+
+    def die(*args: object, **kwargs: object) -> NoReturn:
+        raise _Died
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Journal, "mark_downloaded", die)
+        with pytest.raises(BaseException) as caught:  # the task group wraps it in a group
+            async with client_for(emulator) as client:
+                await run_catalog(client, catalog, out)
+    assert "_Died()" in repr(caught.value)
+    assert [p.name for p in out.glob("*.mp3")] == ["Track 00.mp3"]
+    catalog.write_text(catalog.read_text(encoding="utf-8").replace("Track 00", "Track 00 (edit)"))
+    async with client_for(emulator) as client:
+        summary = await run_catalog(client, catalog, out)
+    assert summary.all_done
+    (record,) = manifest(out)
+    assert record["file"] == "Track 00.mp3"
+    assert record["sha256"] == hashlib.sha256((out / "Track 00.mp3").read_bytes()).hexdigest()
+    assert emulator.stats().jobs_submitted == 1
+
+
 async def test_a_file_put_at_a_songs_name_after_it_was_given_is_kept(tmp_path: Path) -> None:
     """A file that appears at a song's name after the journal gave it out is not replaced:
     the song stays completed with the reason, and is stored once the file is moved away."""

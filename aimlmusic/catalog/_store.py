@@ -19,7 +19,7 @@ import shutil
 import wave
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import attrs
 
@@ -130,10 +130,12 @@ def finish_download(
 ) -> StoredFile:
     """Tag ``part`` (when an MP3 and ``tag``), hash it, fsync it and rename it to ``final``.
 
-    A file already at ``final`` is replaced only when it holds the very same bytes (this song,
-    stored by a run that died before the journal recorded it); any other file there (the
-    user's, put there after the name was given out) raises :class:`FileExistsError` and
-    is left untouched: the song stays to download once it is moved away."""
+    A file already at ``final`` is replaced only when it is this song, stored by a run that
+    died before the journal recorded it: the very same bytes, or (MP3) the same audio under
+    other tags, as when the title was edited or ``--no-tag`` changed since. Any other file
+    there (the user's, put there after the name was given out) raises
+    :class:`FileExistsError` and is left untouched: the song stays to download once it is
+    moved away."""
     tagged = False
     tag_problem: str | None = None
     if tag and request.format == "mp3":
@@ -159,7 +161,7 @@ def finish_download(
             digest.update(chunk)
             size += len(chunk)
         os.fsync(handle.fileno())
-    if os.path.lexists(final) and _sha256_of(final) != digest.hexdigest():
+    if os.path.lexists(final) and not _holds_this_song(final, part, digest.hexdigest(), request):
         raise FileExistsError(
             f"{final.name} is already in the output directory and is not this song's; "
             "it is never replaced: move it away and run again to store the song"
@@ -176,15 +178,59 @@ def finish_download(
     )
 
 
-def _sha256_of(path: Path) -> str | None:
-    """The SHA-256 of the regular file ``path`` (a link is never followed), or None."""
+def _holds_this_song(existing: Path, part: Path, part_sha256: str, request: SongRequest) -> bool:
+    """Whether the file at the song's name is the song itself: the same bytes, or for an MP3
+    the same audio frames (tagging rewrites only the ID3 tags at either end)."""
+    if _sha256_of(existing) == part_sha256:
+        return True
+    if request.format != "mp3":
+        return False
+    theirs = _sha256_of(existing, audio_only=True)
+    return theirs is not None and theirs == _sha256_of(part, audio_only=True)
+
+
+def _sha256_of(path: Path, *, audio_only: bool = False) -> str | None:
+    """The SHA-256 of the regular file ``path`` (a link is never followed), or None; with
+    ``audio_only``, of its bytes without a leading ID3v2 tag and a trailing ID3v1 tag."""
     if path.is_symlink() or not path.is_file():
         return None
     digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
+        start, end = _audio_span(handle) if audio_only else (0, os.fstat(handle.fileno()).st_size)
+        handle.seek(start)
+        left = end - start
+        while left > 0 and (chunk := handle.read(min(_HASH_CHUNK, left))):
             digest.update(chunk)
+            left -= len(chunk)
     return digest.hexdigest()
+
+
+#: An ID3v2 header: "ID3", version (2 bytes), flags, then the tag's size in 4 syncsafe bytes.
+_ID3V2_HEADER = 10
+#: The ID3v2 flag saying a 10-byte footer follows the tag (ID3v2.4 section 3.1).
+_ID3V2_FOOTER_FLAG = 0x10
+#: An ID3v1 tag: the last 128 bytes of the file, starting with "TAG".
+_ID3V1_SIZE = 128
+
+
+def _audio_span(handle: BinaryIO) -> tuple[int, int]:
+    """Where an MP3's audio starts and ends, leaving out the ID3 tags at either end."""
+    size = os.fstat(handle.fileno()).st_size
+    start = 0
+    handle.seek(0)
+    header = handle.read(_ID3V2_HEADER)
+    if len(header) == _ID3V2_HEADER and header[:3] == b"ID3" and all(b < 0x80 for b in header[6:]):
+        body = 0
+        for byte in header[6:]:
+            body = body << 7 | byte
+        footer = _ID3V2_HEADER if header[5] & _ID3V2_FOOTER_FLAG else 0
+        start = min(size, _ID3V2_HEADER + body + footer)
+    end = size
+    if end - start >= _ID3V1_SIZE:
+        handle.seek(end - _ID3V1_SIZE)
+        if handle.read(3) == b"TAG":
+            end -= _ID3V1_SIZE
+    return start, end
 
 
 def _audio_facts(
