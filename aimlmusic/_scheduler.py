@@ -86,6 +86,7 @@ from ._polling import PlansWithinBudget, PollPolicy, PollState, is_waiting
 from ._ratelimit import Budget
 from ._retry import backoff_delay
 from ._shared_leases import give_back
+from ._transport import TRY_AGAIN_STATUSES
 
 __all__ = ["InFlightLeases", "SongSource", "follow", "generate_many", "phases"]
 
@@ -300,7 +301,7 @@ def _is_transient(error: AimlMusicError) -> bool:
         return True
     if isinstance(error, SharedStateError):
         return error.transient
-    return isinstance(error, APIStatusError) and error.status_code in (408, 409, 425)
+    return isinstance(error, APIStatusError) and error.status_code in TRY_AGAIN_STATUSES
 
 
 class _Batch:

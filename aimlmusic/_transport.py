@@ -187,18 +187,22 @@ FailureKind = Literal[
     "throttled",  # 429
     "server_error",  # 5xx
     "rejected",  # a 4xx that refuses the request as sent (_REFUSALS): nothing was created
-    "unclear",  # any other non-2xx (a redirect, a 408, a 409): a POST may have created one
+    "try_again",  # 408, 409, 425: the same request again later; a POST may have created one
+    "unclear",  # any other non-2xx (a redirect, say): a POST may have created one
     "bad_response",  # a 2xx whose body we could not understand
     "unusable",  # retrying cannot help (an unsupported URL scheme...)
     "unusable_answer",  # a readable answer naming a generation we cannot use: never resent
 ]
 _GET_RETRIES: frozenset[FailureKind] = frozenset(
-    {"never_sent", "maybe_sent", "throttled", "server_error"}
+    {"never_sent", "maybe_sent", "throttled", "server_error", "try_again"}
 )
 _POST_RETRIES: frozenset[FailureKind] = frozenset({"never_sent", "throttled"})
 _POST_AMBIGUOUS: frozenset[FailureKind] = frozenset(
-    {"maybe_sent", "server_error", "bad_response", "unclear"}
+    {"maybe_sent", "server_error", "bad_response", "try_again", "unclear"}
 )
+#: Statuses that ask for the same request again later: a timeout waiting for it (408), a
+#: conflict with the resource's state (409), too early (425). A GET so answered is retried.
+TRY_AGAIN_STATUSES = frozenset({408, 409, 425})
 #: Statuses that refuse a request as it was sent: malformed, unauthorised, unpaid, not
 #: found, the wrong method or media type, too large, invalid, a precondition or expectation
 #: unmet; or that send it elsewhere to be repeated as it is (307, 308), or never forwarded
@@ -788,6 +792,9 @@ class Transport:
                 "server_error", ServerError(message, **common), parse_retry_after(response.headers)
             )
         cls = _STATUS_ERRORS.get(status, APIStatusError)
+        if status in TRY_AGAIN_STATUSES:
+            hint = parse_retry_after(response.headers)
+            return _Failure("try_again", cls(message, **common), hint)
         return _Failure("rejected" if status in _REFUSALS else "unclear", cls(message, **common))
 
     def _ambiguous(

@@ -135,7 +135,7 @@ async def test_get_refuses_an_empty_id_before_sending() -> None:
         (401, AuthenticationError),
         (403, PermissionDeniedError),
         (404, NotFoundError),
-        (409, APIStatusError),
+        (410, APIStatusError),
         (422, APIStatusError),
     ],
 )
@@ -318,6 +318,18 @@ async def test_get_retries_5xx_then_succeeds(status: int) -> None:
     assert isinstance(error, ServerError)
     assert error.status_code == status
     assert delay == clock.sleeps[0]
+
+
+@pytest.mark.parametrize("status", [408, 409, 425])
+async def test_get_answered_try_again_later_is_retried(status: int) -> None:
+    """A GET answered 408, 409 or 425 (the same request again later) is retried, as a poll
+    of generate_many always was; a direct get() raised at once."""
+    api = ScriptedAPI(error_body(status), ok())
+    clock = RecordingClock()
+    generation = await make_transport(api, clock).get(GEN_ID)
+    assert generation.id == GEN_ID
+    assert api.methods() == ["GET", "GET"]
+    assert len(clock.sleeps) == 1
 
 
 @pytest.mark.parametrize(
