@@ -28,7 +28,7 @@ from ._errors import (
     GenerationTimeoutError,
     SubmissionTimeoutError,
 )
-from ._events import BatchEvents
+from ._events import BatchEvents, check_events
 from ._models import Generation, GenerationStatus, SongRequest, SongResult
 from ._network import OwnNetwork
 from ._polling import PollPolicy, default_policy
@@ -478,6 +478,7 @@ class AsyncMusicClient:
         everything cleanly.
         """
         self._check_open()
+        check_events(events)
         from . import _scheduler  # imported late: the scheduler is the heaviest layer
 
         songs = self._telemetry.batch(events) if self._telemetry is not None else None

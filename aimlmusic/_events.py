@@ -2,11 +2,13 @@
 
 ``generate_many(..., events=hook)`` calls ``hook.on_<event>(event)`` as things happen, from the
 scheduler's own tasks, synchronously: a hook should be quick (update a progress bar, bump a
-counter, write a journal row) and must not block. A hook that raises is logged on the
-``aimlmusic`` logger and otherwise ignored: observability never breaks a batch.
+counter, write a journal row) and must not block. A hook that raises, or whose lookup raises
+(a ``__getattr__``, a property), is logged on the ``aimlmusic`` logger and otherwise ignored:
+observability never breaks a batch.
 
 Every method is optional. Subclass :class:`BatchEvents` and override the ones you need (the
-others do nothing), or pass any object that has some of them.
+others do nothing), or pass any object that has some of them; one that has none (a function,
+a dict) is refused with :class:`TypeError`.
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ class BatchEvents(Protocol):
 
     Subclass it and override what you need; the default methods do nothing (they return
     ``None`` explicitly, so a subclass need not implement all of them). Any object with some of
-    these methods works too: missing ones are skipped.
+    these methods works too: missing ones are skipped (an object with none is a TypeError).
     """
 
     def on_submitted(self, event: SongSubmitted) -> None:
@@ -172,16 +174,44 @@ class BatchEvents(Protocol):
         return None
 
 
+#: The methods :func:`emit` calls: ``BatchEvents``' own, so the check below follows the protocol.
+HOOK_METHODS: tuple[str, ...] = tuple(name for name in vars(BatchEvents) if name.startswith("on_"))
+
+
+def check_events(events: object | None) -> None:
+    """Raise :class:`TypeError` unless ``events`` is ``None`` or has at least one of the
+    hook methods: a function, a lambda or a dict of callbacks would otherwise be taken and
+    never called."""
+    if events is None or any(_has_hook(events, name) for name in HOOK_METHODS):
+        return
+    raise TypeError(
+        f"events must be an object with at least one of the methods {', '.join(HOOK_METHODS)} "
+        f"(a BatchEvents subclass, say); {type(events).__name__!r} has none"
+    )
+
+
+def _has_hook(events: object, name: str) -> bool:
+    try:
+        return callable(getattr(events, name, None))
+    except Exception:
+        # A lookup that raises (a __getattr__ over a dict raising KeyError) finds nothing,
+        # unless the class itself declares the name (a lazy @property not ready yet): that
+        # object means to be a hook, and emit logs what its lookups raise.
+        return inspect.getattr_static(type(events), name, None) is not None
+
+
 def emit(hook: object | None, method: str, event: object) -> None:
     """Call ``hook.<method>(event)`` if the hook has it; log and swallow what it raises,
     but for an ``on_sending`` hook's :class:`SendingRefused`, which keeps the request from
     leaving (the transport stops it before its first byte)."""
     if hook is None:
         return
-    handler = getattr(hook, method, None)
-    if handler is None:
-        return
     try:
+        # The lookup is guarded too: a ``__getattr__`` over a dict of callbacks raises
+        # KeyError for the ones not given, a lazy ``@property`` may raise anything.
+        handler = getattr(hook, method, None)
+        if handler is None:
+            return
         outcome = handler(event)
     except Exception as exc:
         if method == "on_sending" and isinstance(exc, SendingRefused):
