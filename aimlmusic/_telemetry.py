@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpx
 
 from . import _limits
@@ -40,6 +41,11 @@ __all__ = ["Telemetry", "telemetry_if_configured"]
 SCOPE = "aimlmusic"
 
 logger = logging.getLogger("aimlmusic")
+
+#: ``error.type`` of what cancellation cut short, on every backend (asyncio names the
+#: exception ``CancelledError``, trio ``Cancelled``): one value for one cause, as OTel's
+#: low-cardinality ``error.type`` wants.
+CANCELLED = "cancelled"
 
 
 def _quietly(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -208,7 +214,8 @@ class _TracedTransport(httpx.AsyncBaseTransport):
         try:
             response = await self._inner.handle_async_request(request)
         except BaseException as exc:
-            error = type(exc).__name__
+            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+            error = CANCELLED if cancelled else type(exc).__name__
             span.set_attribute("error.type", error)
             span.set_status(trace.Status(trace.StatusCode.ERROR, error))
             span.end()
@@ -307,7 +314,10 @@ class _SongSpans:
     def _finish(self, result: SongResult, error: str | None) -> None:
         telemetry = self._telemetry
         trace = telemetry._trace
-        span = self._open.pop(result.key, None)
+        # Only a song whose submission was accepted (it has a generation) has a span open
+        # under its key. One that never got that far, like a duplicate key failed at once
+        # while the first song of that key runs, must not end (or uncount) that one's.
+        span = self._open.pop(result.key, None) if result.generation is not None else None
         if span is None:  # failed before any submission was accepted
             span = telemetry.start_span(
                 "aimlmusic.song", attributes={"aimlmusic.song.key": result.key}
@@ -336,8 +346,8 @@ class _SongSpans:
         telemetry = self._telemetry
         trace = telemetry._trace
         for span in self._open.values():
-            span.set_attribute("error.type", "cancelled")
-            span.set_status(trace.Status(trace.StatusCode.ERROR, "cancelled"))
+            span.set_attribute("error.type", CANCELLED)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, CANCELLED))
             span.end(end_time=time.time_ns())
             telemetry.count(telemetry.in_flight, -1)
         self._open.clear()

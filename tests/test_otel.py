@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import attrs
 import httpx
 import pytest
@@ -23,7 +24,7 @@ import aimlmusic
 from aimlmusic import SongRequest
 from aimlmusic._telemetry import telemetry_if_configured
 from aimlmusic.emulator import TEST_API_KEY, Emulator, EmulatorConfig
-from aimlmusic.testing import EMULATED_BASE_URL
+from aimlmusic.testing import EMULATED_BASE_URL, VirtualClock
 
 pytestmark = pytest.mark.anyio
 
@@ -204,6 +205,93 @@ async def test_the_callers_events_still_arrive(recorded: Recorded) -> None:
     ):
         assert [r.ok async for r in rs] == [True]
     assert seen == ["submitted", "completed"]
+
+
+async def test_a_duplicate_key_leaves_the_first_songs_span_alone(recorded: Recorded) -> None:
+    """A key given again while its first song runs (failed at once, never submitted) gets
+    a failed span of its own: the first song's span ends once, when it completes, and the
+    in-flight gauge still counts it. The duplicate used to end that span as an error (a
+    second one opened at its completion) and uncount it."""
+    clock = VirtualClock()
+    emulator = Emulator(EmulatorConfig(seed=1, requests_per_minute=None), clock=clock)
+    client = aimlmusic.AsyncMusicClient(
+        TEST_API_KEY,
+        base_url=EMULATED_BASE_URL,
+        transport=httpx.ASGITransport(app=emulator.app),
+        clock=clock,
+    )
+    first_submitted = anyio.Event()
+    in_flight_at_duplicate: list[list[int]] = []
+
+    async def songs() -> AsyncIterator[tuple[str, SongRequest]]:
+        yield ("a", _song(0))
+        await first_submitted.wait()  # the duplicate comes while the first "a" runs
+        yield ("a", _song(1))
+        yield ("b", _song(2))
+
+    class Hook:
+        def on_submitted(self, event: aimlmusic.SongSubmitted) -> None:
+            if event.key == "a":
+                first_submitted.set()
+
+        def on_failed(self, event: aimlmusic.SongFailed) -> None:
+            gauge = recorded.points("aimlmusic.songs.in_flight")
+            in_flight_at_duplicate.append([p.value for p in gauge])
+
+    async with (
+        clock,
+        client,
+        client.generate_many(songs(), events=Hook(), deadline=None) as results,
+    ):
+        outcomes = [r async for r in results]
+    [duplicate] = [r for r in outcomes if not r.ok]
+    assert isinstance(duplicate.error, aimlmusic.RequestValidationError)
+    [first] = [r for r in outcomes if r.ok and r.key == "a"]
+    assert in_flight_at_duplicate == [[1]]
+    assert [p.value for p in recorded.points("aimlmusic.songs.in_flight")] == [0]
+
+    songs_spans = recorded.spans("aimlmusic.song")
+    assert len(songs_spans) == 3
+    [first_span] = [
+        s for s in songs_spans if s.attributes.get("aimlmusic.generation_id") == first.generation_id
+    ]
+    assert first_span.status.is_ok
+    assert first_span.attributes["aimlmusic.song.polls"] == first.polls >= 1
+    [duplicate_span] = [
+        s for s in songs_spans if s.attributes["aimlmusic.song.key"] == "a" and s is not first_span
+    ]
+    assert "aimlmusic.generation_id" not in duplicate_span.attributes
+    assert duplicate_span.attributes["error.type"] == "RequestValidationError"
+    assert duplicate_span.attributes["aimlmusic.song.polls"] == 0
+
+
+async def test_a_request_cut_by_cancellation_is_counted_as_cancelled(recorded: Recorded) -> None:
+    """A request cancelled on its way is counted and spanned with error.type "cancelled" on
+    every backend. It was the exception's class name: CancelledError on asyncio, Cancelled
+    on trio."""
+    entered = anyio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        entered.set()
+        await anyio.sleep_forever()
+        raise AssertionError("never answered")
+
+    client = aimlmusic.AsyncMusicClient(
+        TEST_API_KEY, base_url="https://api.test", transport=httpx.MockTransport(handler)
+    )
+    async with client, anyio.create_task_group() as task_group:
+        task_group.start_soon(client.get, "g-1")
+        await entered.wait()
+        task_group.cancel_scope.cancel()
+    failed = [
+        (dict(p.attributes), p.value)
+        for p in recorded.points("aimlmusic.requests")
+        if "error.type" in p.attributes
+    ]
+    assert failed == [({"aimlmusic.request.kind": "poll", "error.type": "cancelled"}, 1)]
+    [span] = recorded.spans("GET")
+    assert span.attributes["error.type"] == "cancelled"
+    assert span.status.description == "cancelled"
 
 
 def test_off_without_a_configured_provider() -> None:
