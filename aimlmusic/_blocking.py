@@ -15,6 +15,7 @@ by), and its generation id is logged; a second Ctrl-C stops waiting for it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -563,8 +564,12 @@ class SongResults(Iterator[SongResult]):
             return
         leave = self._leave[0] if self._leave else None
         if leave is None or holder.future is None:
-            # Interrupted before the batch was entered, or while it was handed to the loop.
-            holder.cancel(portal)
+            # Interrupted before the batch was entered, or while it was handed to the loop
+            # (whose batch may be submitting already): cancelled once its POSTs landed.
+            try:
+                holder.cancel_once_landed(portal)
+            finally:
+                holder.cancel(portal)
             return
         # Leaving the batch's block cancels its songs and raises what the source raised.
         _call_on(portal, leave.set)
@@ -578,11 +583,19 @@ class SongResults(Iterator[SongResult]):
         return self
 
     def __del__(self) -> None:
-        # A for loop left with break drops its iterator: cancel the rest of the batch. Only
-        # the request is sent (a finalizer must not wait, and may run on the loop's thread).
+        # A for loop left with break drops its iterator: leave the batch, which lets its
+        # submissions on their way land and names the songs left behind, then cancels the
+        # rest. Only the request is sent (a finalizer must not wait); on the loop's own
+        # thread, where the portal cannot be used, the batch is cancelled outright.
         holder = getattr(self, "_holder", None)
-        if holder is not None and not self._done:
-            holder.cancel_soon()
+        if holder is None or self._done:
+            return
+        leave = self._leave[0] if self._leave else None
+        if leave is not None and threading.current_thread() is not self._loop.thread:
+            with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
+                self._loop.portal.start_task_soon(leave.set)
+                return
+        holder.cancel_soon()
 
     def __exit__(
         self,

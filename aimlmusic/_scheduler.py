@@ -80,13 +80,14 @@ from ._events import (
     SongSubmitted,
     emit,
 )
+from ._landing import Landing
 from ._models import Generation, GenerationStatus, SongRequest, SongResult, SongTimings
 from ._pacing import SubmissionPace
 from ._polling import PlansWithinBudget, PollPolicy, PollState, is_waiting
 from ._ratelimit import Budget
 from ._retry import backoff_delay
 from ._shared_leases import give_back
-from ._transport import TRY_AGAIN_STATUSES
+from ._transport import SUBMISSION_WATCH, TRY_AGAIN_STATUSES
 
 __all__ = ["InFlightLeases", "SongSource", "follow", "generate_many", "phases"]
 
@@ -335,6 +336,8 @@ class _Batch:
         self.retry = retry
         self.phases = phases
         self.source_error: Exception | None = None
+        # Leaving the batch early lets its POSTs on their way land first (see _landing).
+        self.landing = Landing()
         self._slots = anyio.Semaphore(max_in_flight)
         self._heap: list[tuple[float, int, _Song]] = []
         # Songs due for a poll while the budget is busy, oldest first.
@@ -469,6 +472,9 @@ class _Batch:
                 # Pace before taking the song: a source that journals "about to submit" as it
                 # hands a song over (the catalog runner does) then does so as late as possible.
                 await self._pace()
+                if self.landing.leaving:  # the caller left: no new song is taken
+                    self._slots.release()
+                    return
                 # The account's slot (shared with other processes) before the song is taken.
                 try:
                     lease = await self._take_lease()
@@ -612,6 +618,9 @@ class _Batch:
     # ------------------------------------------------------------------ submitting
 
     async def _submit(self, song: _Song) -> None:
+        # This task's own context: its POSTs are counted for the batch, and still told to the
+        # watch of the task running the batch.
+        SUBMISSION_WATCH.set(self.landing.watch(SUBMISSION_WATCH.get()))
         observer = _Observer(self, song, "submit")
         give_up_at = math.inf if self.deadline is None else self.clock.now() + self.deadline
         failures = 0
@@ -1165,6 +1174,18 @@ class _Batch:
             self._slots.release()
             self._maybe_finished()
 
+    def left_behind(self, results: MemoryObjectReceiveStream[SongResult]) -> list[tuple[str, str]]:
+        """The key and generation id of each submitted song whose result the caller did not
+        read: still running, or finished and waiting in ``results`` (drained here)."""
+        left = [(song.key, song.id) for song in self._in_flight.values() if song.id is not None]
+        while True:
+            try:
+                result = results.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return left
+            if result.generation_id is not None:
+                left.append((result.key, result.generation_id))
+
     def _maybe_finished(self) -> None:
         if self._source_done and self._active == 0:
             self._finished.set()
@@ -1293,16 +1314,29 @@ async def generate_many(
     )
     body_error: Exception | None = None
     with receive, send:  # closed here too in case the batch task never got to run
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(batch.run, send)
-            try:
-                yield receive
-            except Exception as exc:
-                # Raised in the caller's block: re-raised below, as itself rather than
-                # wrapped in the task group's ExceptionGroup.
-                body_error = exc
-            finally:
-                task_group.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(batch.run, send)
+                try:
+                    yield receive
+                except Exception as exc:
+                    # Raised in the caller's block: re-raised below, as itself rather than
+                    # wrapped in the task group's ExceptionGroup.
+                    body_error = exc
+                finally:
+                    try:
+                        await batch.landing.leave()
+                    finally:
+                        task_group.cancel_scope.cancel()
+        finally:
+            for key, generation_id in batch.left_behind(receive):
+                logger.warning(
+                    "song %r was submitted as generation %s and may still finish, but its "
+                    "batch was left before its result was read: fetch it later with wait(%r)",
+                    key,
+                    generation_id,
+                    generation_id,
+                )
     if body_error is not None:
         raise body_error
     if batch.source_error is not None:

@@ -628,6 +628,25 @@ def test_ctrl_c_during_a_submission_that_ends_ambiguous_says_so(
     assert any("AmbiguousSubmissionError" in note for note in caught.value.__notes__)
 
 
+@pytest.mark.usefixtures("no_leaked_threads", "sigint_raises")
+def test_ctrl_c_while_a_batch_submits_lets_the_submission_land(
+    emulator: Emulator, backend: str, told: _Told
+) -> None:
+    """Ctrl-C while waiting for a batch's first result, its POST on its way, waits for the
+    answer and names the song it made."""
+    held = _HeldSubmissions(emulator)
+    with _client(emulator, backend, poll=PARKED_POLLS, transport=held) as client:
+        presser = _ctrl_c_when(held.reached.is_set)
+        releaser = _release_once_waiting(held, told)
+        with pytest.raises(KeyboardInterrupt):
+            next(client.generate_many([_song()], deadline=None))
+        presser.join(REACH_TIMEOUT)
+        releaser.join(REACH_TIMEOUT)
+    assert not held.cut.is_set()
+    generation_id = _the_one_job(emulator)
+    assert any(generation_id in message for message in told.messages)
+
+
 class _SilentTLS:
     """A TCP server on 127.0.0.1 that accepts and never answers: a TLS handshake with it
     never ends, so no byte of an HTTP request ever leaves the client."""

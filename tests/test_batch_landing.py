@@ -1,0 +1,155 @@
+"""Leaving ``generate_many`` early lets its submissions on their way land, and names every
+song the caller leaves behind.
+
+The client is the real one (transport, scheduler, budget) over ``httpx.MockTransport``, whose
+handler plays a server that creates a job as each POST arrives and holds some answers; all
+on a virtual clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from aimlmusic import AsyncMusicClient, FixedInterval, SongRequest
+from aimlmusic.testing import VirtualClock
+
+pytestmark = pytest.mark.anyio
+
+#: API seconds a held POST answer takes to come (the test's own choice).
+HELD_FOR = 7.0
+
+
+class _Server:
+    """Creates a job for every POST as it arrives; holds the answer of each POST after the
+    first ``answered_at_once`` for ``HELD_FOR`` s. Polls find the first
+    ``finished_at_once`` jobs completed and the others generating."""
+
+    def __init__(self, clock: VirtualClock, answered_at_once: int, finished_at_once: int) -> None:
+        self.clock = clock
+        self.answered_at_once = answered_at_once
+        self.finished_at_once = finished_at_once
+        self.jobs: list[str] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            job = f"job-{len(self.jobs)}"
+            self.jobs.append(job)  # created, and paid for, whatever happens to the answer
+            if len(self.jobs) > self.answered_at_once:
+                await self.clock.sleep(HELD_FOR)
+            return httpx.Response(200, json={"id": job, "status": "queued"})
+        job = request.url.params["generation_id"]
+        if self.jobs.index(job) < self.finished_at_once:
+            body = {"id": job, "status": "completed", "audio_file": {"url": "https://cdn.test/a"}}
+        else:
+            body = {"id": job, "status": "generating"}
+        return httpx.Response(200, json=body)
+
+
+def _client(server: _Server) -> AsyncMusicClient:
+    return AsyncMusicClient(
+        "sk-test-key",
+        base_url="https://api.test",
+        transport=httpx.MockTransport(server),
+        clock=server.clock,
+        poll=FixedInterval(interval=5.0, first=1.0),
+    )
+
+
+def _songs(count: int) -> list[tuple[str, SongRequest]]:
+    return [(f"k{n}", SongRequest(f"a quiet song number {n}", "la la la la")) for n in range(count)]
+
+
+class _Submitted:
+    """An on_submitted hook that remembers the ids."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def on_submitted(self, event: Any) -> None:
+        self.ids.append(event.generation.id)
+
+
+async def test_leaving_early_lets_the_submissions_on_their_way_land(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Breaking out while POSTs are on their way waits for their answers (no job the server
+    created is left without its id reaching the hook and a WARNING); no new POST leaves."""
+    clock = VirtualClock()
+    server = _Server(clock, answered_at_once=1, finished_at_once=1)
+    hook = _Submitted()
+    caplog.set_level(logging.WARNING, logger="aimlmusic")
+    async with clock, _client(server) as client:
+        async with client.generate_many(_songs(10), max_in_flight=4, events=hook) as results:
+            first = await results.receive()
+            left_at = clock.now()
+            created_before_leaving = len(server.jobs)
+        assert first.key == "k0"
+        assert first.ok
+        assert created_before_leaving >= 2  # at least one POST was on its way
+        # Its answer was waited for, and no other POST was sent meanwhile.
+        assert clock.now() > left_at
+        assert len(server.jobs) == created_before_leaving
+        assert sorted(hook.ids) == server.jobs
+        warned = "\n".join(r.getMessage() for r in caplog.records)
+        for n, job in enumerate(server.jobs[1:], start=1):
+            assert f"song 'k{n}' was submitted as generation {job} " in warned
+        assert "job-0" not in warned  # its result was read
+
+
+async def test_leaving_early_names_finished_songs_whose_results_were_not_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Songs that finished but whose results the caller never read are named too, with
+    their ids: they are paid for like the others."""
+    clock = VirtualClock()
+    server = _Server(clock, answered_at_once=5, finished_at_once=5)
+    caplog.set_level(logging.WARNING, logger="aimlmusic")
+    async with (
+        clock,
+        _client(server) as client,
+        client.generate_many(_songs(5), max_in_flight=5) as results,
+    ):
+        first = await results.receive()
+        # Every song has finished and waits to be read.
+        await clock.sleep(30.0)
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    named = [job for job in server.jobs if f"generation {job} " in warned]
+    assert sorted([first.generation_id, *named]) == server.jobs
+
+
+async def test_a_batch_read_to_its_end_warns_of_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """A batch whose every result was read leaves nothing behind, and says nothing."""
+    clock = VirtualClock()
+    server = _Server(clock, answered_at_once=3, finished_at_once=3)
+    caplog.set_level(logging.WARNING, logger="aimlmusic")
+    async with clock, _client(server) as client, client.generate_many(_songs(3)) as results:
+        keys = sorted([result.key async for result in results])
+    assert keys == ["k0", "k1", "k2"]
+    assert not [r for r in caplog.records if "was submitted as generation" in r.getMessage()]
+
+
+async def test_a_cancelled_caller_is_told_the_songs_it_leaves_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A caller cancelled from outside (a timeout around the batch) is told, in a WARNING,
+    the id of every song submitted and left running."""
+    clock = VirtualClock()
+    server = _Server(clock, answered_at_once=2, finished_at_once=0)
+    caplog.set_level(logging.WARNING, logger="aimlmusic")
+    async with clock, _client(server) as client:
+        with anyio.CancelScope() as scope:
+            async with client.generate_many(_songs(2)) as results:
+                await clock.sleep(20.0)  # both submitted, and polled as generating
+                scope.cancel()
+                async for _ in results:
+                    pass
+        assert scope.cancelled_caught
+    assert server.jobs == ["job-0", "job-1"]
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert "generation job-0 " in warned
+    assert "generation job-1 " in warned
