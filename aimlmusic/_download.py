@@ -165,6 +165,18 @@ class Downloader:
         until: float,
     ) -> Path:
         gid = generation.id
+        if _completed_without_audio(generation):
+            # The API's schema lets a completed generation come without its audio file (it
+            # may be attached a moment later): ask once more rather than fail a paid song.
+            logger.debug("generation %s is completed without an audio URL: fetching it again", gid)
+            try:
+                generation = await refresh(gid)
+            except AimlMusicError as exc:
+                raise DownloadError(
+                    f"generation {gid} is completed but the API gave no audio URL, and asking "
+                    f"again failed: {exc}",
+                    generation_id=gid,
+                ) from exc
         url = audio_url(generation)
         if await anyio.to_thread.run_sync(target.is_dir):
             raise DownloadError(
@@ -447,6 +459,12 @@ class Downloader:
         # status line, however long.
         text = self._redactor.text(_strip_queries(text))
         return bounded(text, SHOWN_URL_CHARS)
+
+
+def _completed_without_audio(generation: Generation) -> bool:
+    return generation.status == GenerationStatus.COMPLETED and (
+        generation.audio_file is None or not generation.audio_file.url
+    )
 
 
 def audio_url(generation: Generation) -> str:

@@ -207,6 +207,41 @@ async def test_refresh_that_finds_no_audio_is_a_download_error(tmp_path: Path) -
             await client.download(completed(), tmp_path / "a.mp3")
 
 
+@pytest.mark.parametrize("audio_file", [None, {"url": ""}, "absent"])
+async def test_a_completed_generation_without_its_audio_url_is_fetched_again(
+    tmp_path: Path, audio_file: object
+) -> None:
+    """A completed generation without an audio URL (the schema allows a null audio_file) is
+    fetched again once and its URL used; it used to fail the paid song for good."""
+    body = generation_json("completed")
+    if audio_file != "absent":
+        body["audio_file"] = audio_file
+    hosts = Hosts()
+    hosts.store = [audio()]
+    async with make_client(hosts) as client:
+        await client.download(structure_generation(body), tmp_path / "a.mp3")
+    (again,) = hosts.api_requests()
+    assert again.url.params["generation_id"] == GEN_ID
+    assert [str(r.url) for r in hosts.storage_requests()] == [FRESH_URL]
+    assert (tmp_path / "a.mp3").read_bytes() == AUDIO
+
+
+async def test_a_generation_still_without_audio_when_fetched_again_is_a_download_error(
+    tmp_path: Path,
+) -> None:
+    """Fetched again and still without an audio URL, the download fails saying so, after
+    one GET and with nothing fetched from storage."""
+    hosts = Hosts()
+    hosts.api = [httpx.Response(200, json=generation_json("completed"))]
+    async with make_client(hosts) as client:
+        with pytest.raises(DownloadError, match="completed but the API gave no audio URL"):
+            await client.download(
+                structure_generation(generation_json("completed")), tmp_path / "a.mp3"
+            )
+    assert len(hosts.api_requests()) == 1
+    assert hosts.storage_requests() == []
+
+
 async def test_a_generation_that_is_not_completed_is_refused_without_a_request(
     tmp_path: Path,
 ) -> None:
