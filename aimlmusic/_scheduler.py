@@ -509,7 +509,16 @@ class _Batch:
         finally:
             self._source_done = True
             self._maybe_finished()
-            await _close_source(iterator)
+            try:
+                await _close_source(iterator)
+            except Exception as exc:
+                # A source whose close raises (its finally fails, a generator two batches
+                # share is still running) is the source's error, raised when the block
+                # exits; it must not end the songs in flight. A first error is kept.
+                if self.source_error is None:
+                    self.source_error = exc
+                else:
+                    logger.warning("closing the song source failed too: %s", type(exc).__name__)
 
     async def _pace(self) -> None:
         """Submit no faster than the budget's sustained rate, nor faster than it can serve
@@ -1229,8 +1238,21 @@ def _unpack(item: object, index: int) -> tuple[str, SongRequest]:
             return key, request
     raise TypeError(
         "generate_many() takes SongRequest items or (key, SongRequest) pairs with a str key; "
-        f"item {index} is {type(item).__name__}"
+        f"item {index} {_what_is_wrong(item)}"
     )
+
+
+def _what_is_wrong(item: object) -> str:
+    """What is wrong with a source item that is no song, said without quoting it whole (a
+    request's text may be long, or private)."""
+    if not isinstance(item, tuple):
+        return f"is a {type(item).__name__}"
+    if len(item) != 2:
+        return f"is a tuple of {len(item)} items, not a (key, SongRequest) pair"
+    key, request = item
+    if not isinstance(key, str | int) or isinstance(key, bool):
+        return f"has a key that is a {type(key).__name__}, not a str"
+    return f"(key {str(key)[:80]!r}) holds a {type(request).__name__}, not a SongRequest"
 
 
 async def _close_source(iterator: Iterator[SongItem] | AsyncIterator[SongItem]) -> None:

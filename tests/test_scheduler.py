@@ -772,7 +772,85 @@ async def test_an_item_that_is_not_a_song_is_a_type_error(api: FakeAPI) -> None:
         async with batch(api, [song("a", 3), {"prompt": "x"}]) as results:
             got.extend([r.key async for r in results])
 
-    with pytest.raises(TypeError, match="item 1 is dict"):
+    with pytest.raises(TypeError, match="item 1 is a dict"):
+        await read_all()
+    assert got == ["0"]
+
+
+@pytest.mark.parametrize(
+    ("item", "said"),
+    [
+        (("k", None), "item 1 (key 'k') holds a NoneType, not a SongRequest"),
+        ((None, "x"), "item 1 has a key that is a NoneType, not a str"),
+        (("k", "x", "y"), "item 1 is a tuple of 3 items"),
+    ],
+)
+async def test_a_pair_that_is_not_a_song_says_what_is_wrong(
+    api: FakeAPI, item: object, said: str
+) -> None:
+    """A malformed (key, request) pair's TypeError names the key and the part that is wrong."""
+
+    async def read_all() -> None:
+        async with batch(api, [song("a", 3), item]) as results:
+            _ = [r async for r in results]
+
+    with pytest.raises(TypeError) as caught:
+        await read_all()
+    assert said in str(caught.value)
+
+
+async def test_a_source_whose_close_raises_ends_no_song_and_keeps_the_first_error(
+    api: FakeAPI,
+) -> None:
+    """A generator source whose finally raises as it is closed neither ends the songs in
+    flight nor hides the error that stopped it: that error is raised at the end."""
+    got: list[str] = []
+
+    def source() -> Iterator[Any]:
+        try:
+            yield song("a", 3)
+            yield "not a song"
+        finally:
+            raise OSError("the catalog's file handle was already closed")
+
+    async def read_all() -> None:
+        async with batch(api, source()) as results:
+            got.extend([r.key async for r in results if r.ok])
+
+    with pytest.raises(TypeError, match="item 1 is a str"):
+        await read_all()
+    assert got == ["0"]
+
+
+class _SourceThatFailsToClose:
+    """An async source of one song whose ``aclose`` raises, as a generator two batches
+    share does ("aclose(): asynchronous generator is already running")."""
+
+    def __init__(self) -> None:
+        self.songs = [song("a", 3)]
+
+    def __aiter__(self) -> _SourceThatFailsToClose:
+        return self
+
+    async def __anext__(self) -> SongRequest:
+        if not self.songs:
+            raise StopAsyncIteration
+        return self.songs.pop()
+
+    async def aclose(self) -> None:
+        raise RuntimeError("aclose(): asynchronous generator is already running")
+
+
+async def test_a_source_whose_close_raises_is_the_sources_error(api: FakeAPI) -> None:
+    """A source that raises as it is closed: its songs are delivered and its error is raised
+    at the end, not an ExceptionGroup that ends the batch."""
+    got: list[str] = []
+
+    async def read_all() -> None:
+        async with batch(api, _SourceThatFailsToClose()) as results:
+            got.extend([r.key async for r in results if r.ok])
+
+    with pytest.raises(RuntimeError, match="already running"):
         await read_all()
     assert got == ["0"]
 
