@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 
 import anyio
@@ -89,30 +90,56 @@ class TimeScaleProbe(httpx.AsyncBaseTransport):
                     self._asked = True
 
     async def _ask(self) -> None:
+        # Whatever goes wrong here (an answer of any shape, a body nested too deep to parse,
+        # a scale too large for a float) only means "not an emulator": the probe runs before
+        # a request, so an exception escaping it would fail that request (a submission as
+        # ambiguous, though nothing was sent) and, never marked as asked, every later one.
+        # Cancellation is not an Exception and still propagates.
+        try:
+            scale = await self._answered_scale()
+        except Exception as exc:
+            # Lazy %r: formatting happens only if logged, and logging contains its failures.
+            logger.debug("no emulator time scale at %s: %r", self._info_url, exc)
+            return
+        if scale is None:
+            logger.debug("%s is not an aimlmusic emulator: real time", self._info_url)
+            return
+        logger.info(
+            "the emulator at %s runs %gx real time; so does this client", self._info_url, scale
+        )
+        self._clock.adopt(scale)
+
+    async def _answered_scale(self) -> float | None:
+        """The scale an aimlmusic emulator's answer gives, or None for any other answer."""
         timeout = dict.fromkeys(("connect", "read", "write", "pool"), PROBE_TIMEOUT)
         question = httpx.Request("GET", self._info_url, extensions={"timeout": timeout})
+        response = await self._inner.handle_async_request(question)
         try:
-            response = await self._inner.handle_async_request(question)
-            try:
-                body = await response.aread()
-            finally:
-                await response.aclose()
-            info = json.loads(body) if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError) as exc:
-            logger.debug("no emulator time scale at %s: %s", self._info_url, exc)
-            return
-        scale = info.get("time_scale") if isinstance(info, dict) else None
-        if info is None or info.get("emulator") != "aimlmusic":
-            logger.debug("%s is not an aimlmusic emulator: real time", self._info_url)
-        elif isinstance(scale, int | float) and not isinstance(scale, bool) and scale > 0:
-            logger.info(
-                "the emulator at %s runs %gx real time; so does this client", self._info_url, scale
-            )
-            self._clock.adopt(scale)
+            body = await response.aread()
+        finally:
+            await response.aclose()
+        if response.status_code != 200:
+            return None
+        info = json.loads(body)
+        if not isinstance(info, dict) or info.get("emulator") != "aimlmusic":
+            return None
+        return _usable_scale(info.get("time_scale"))
 
     async def aclose(self) -> None:
         """Close the wrapped transport."""
         await self._inner.aclose()
+
+
+def _usable_scale(value: object) -> float | None:
+    """``value`` as a time scale: a finite positive number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        scale = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    # json.loads reads Infinity and NaN: an infinite scale would stop the clock's sleeps.
+    return scale if math.isfinite(scale) and scale > 0 else None
 
 
 def follow_emulator_time(base_url: str) -> tuple[EmulatorPacedClock, TimeScaleProbe]:

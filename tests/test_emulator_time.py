@@ -7,6 +7,7 @@ import json
 import anyio
 import httpx
 import pytest
+from _http_fakes import GEN_ID, ScriptedAPI, ok
 
 import aimlmusic
 from aimlmusic import ScaledClock, SongRequest
@@ -81,6 +82,7 @@ EMULATOR_INFO = {"emulator": "aimlmusic", "time_scale": 250, "now": 1.0}
         (httpx.Response(200, json={**EMULATOR_INFO, "time_scale": -3}), 1.0),
         (httpx.Response(200, text="<html>"), 1.0),
         (httpx.ConnectError("refused"), 1.0),
+        (RuntimeError("a proxy's own bug"), 1.0),  # not an httpx error: real time all the same
     ],
 )
 async def test_the_probe_adopts_only_an_emulators_answer(
@@ -96,6 +98,54 @@ async def test_the_probe_adopts_only_an_emulators_answer(
     assert (first.status_code, second.status_code) == (200, 200)
     assert asked == [INFO_PATH, "/v2/generate/audio", "/v2/generate/audio"]  # asked once
     assert clock.scale == scale
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[]",
+        '"ok"',
+        "null",
+        "42",
+        '{"emulator": ["aimlmusic"], "time_scale": "250"}',
+        '{"emulator": "aimlmusic", "time_scale": "fast"}',
+        '{"emulator": "aimlmusic", "time_scale": true}',
+        '{"emulator": "aimlmusic", "time_scale": Infinity}',
+        '{"emulator": "aimlmusic", "time_scale": 1' + "0" * 400 + "}",
+        "[" * 100_000 + "]" * 100_000,
+    ],
+    ids=[
+        "array",
+        "string",
+        "null",
+        "number",
+        "wrong-types",
+        "text-scale",
+        "bool-scale",
+        "infinite-scale",
+        "scale-beyond-float",
+        "too-deep",
+    ],
+)
+async def test_a_probe_answered_with_anything_else_leaves_real_time_and_sends(
+    body: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loopback server answering the probe 200 with a JSON value that is not a usable
+    emulator object is asked once, leaves real time, and the submissions go out and succeed."""
+    api = ScriptedAPI(httpx.Response(200, text=body), ok())
+    monkeypatch.setattr("aimlmusic._emulator_time.OwnNetwork", lambda: api.transport)
+    async with aimlmusic.AsyncMusicClient(TEST_API_KEY, base_url=BASE_URL) as client:
+        first = await client.submit(SONG)
+        second = await client.submit(SONG)
+        assert isinstance(client.clock, EmulatorPacedClock)
+        assert client.clock.scale == 1.0
+    assert (first.id, second.id) == (GEN_ID, GEN_ID)
+    paths = [(r.method, r.url.path) for r in api.requests]
+    assert paths == [
+        ("GET", INFO_PATH),
+        ("POST", "/v2/generate/audio"),
+        ("POST", "/v2/generate/audio"),
+    ]
 
 
 async def test_concurrent_first_requests_ask_once() -> None:
