@@ -1,10 +1,10 @@
 """The one cattrs converter: wire JSON <-> models.
 
 Lenient on the way in (unknown keys are kept in ``extra``, unknown statuses are tolerated,
-``null`` optional objects are ``None``), strict about what the schema requires (``id``,
-``status``, ``audio_file.url``...), and terse on the way out (``None`` is omitted).
-Anything it cannot understand becomes :class:`~aimlmusic.ResponseValidationError` with a
-readable reason.
+documented ones are read in any ASCII letter case, ``null`` optional objects are ``None``),
+strict about what the schema requires (``id``, ``status``, ``audio_file.url``...), and terse
+on the way out (``None`` is omitted). Anything it cannot understand becomes
+:class:`~aimlmusic.ResponseValidationError` with a readable reason.
 """
 
 from __future__ import annotations

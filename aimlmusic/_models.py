@@ -146,13 +146,18 @@ class SongRequest:
 # --------------------------------------------------------------------------- responses
 
 
+#: The characters JSON itself treats as insignificant whitespace, forgiven around a status.
+_JSON_WHITESPACE = " \t\r\n"
+
+
 class GenerationStatus(str, enum.Enum):
     """The status of a generation.
 
-    The documented values are members. Any other string the API sends (the documented
-    example's loop also expects ``"waiting"``) becomes a non-member value that compares equal
-    to its text and counts as *not finished yet*, so an undocumented status never crashes a
-    client.
+    The documented values are members, matched whatever their ASCII letter case and
+    surrounding JSON whitespace (``"COMPLETED"`` is :attr:`COMPLETED`). Any other string the
+    API sends (the documented example's loop also expects ``"waiting"``) becomes a
+    non-member value that compares equal to its text and counts as *not finished yet*, so
+    an undocumented status never crashes a client.
     """
 
     QUEUED = "queued"
@@ -164,6 +169,15 @@ class GenerationStatus(str, enum.Enum):
     def _missing_(cls, value: object) -> GenerationStatus | None:
         if not isinstance(value, str):
             return None
+        # "COMPLETED" or " completed " can only mean the documented status: read as an
+        # unknown one, a finished song would be polled until its deadline. Only ASCII letter
+        # case and JSON's own whitespace are forgiven (Unicode case folding would let other
+        # characters, such as the Kelvin sign, stand in for letters).
+        trimmed = value.strip(_JSON_WHITESPACE)
+        if trimmed.isascii():
+            member = cls._value2member_map_.get(trimmed.lower())
+            if member is not None:
+                return member  # type: ignore[return-value]
         # A pseudo-member: an instance of the enum that is not listed in it.
         pseudo = str.__new__(cls, value)
         pseudo._name_ = value.upper()

@@ -139,6 +139,18 @@ def test_vendored_spec_matches_the_shared_one() -> None:
 # --------------------------------------------------------------------------- leniency
 
 
+@pytest.mark.parametrize("status", ["COMPLETED", "Completed", " completed\n"])
+def test_a_completed_status_in_another_letter_case_is_completed(status: str) -> None:
+    """A poll answer saying ``COMPLETED`` is a completed generation with its audio file,
+    and goes back on the wire in the documented spelling."""
+    generation = structure_generation(
+        {"id": "g", "status": status, "audio_file": {"url": "https://x.test/a.mp3"}}
+    )
+    assert generation.status is GenerationStatus.COMPLETED
+    assert generation.status.is_terminal
+    assert generation_to_wire(generation)["status"] == "completed"
+
+
 def test_waiting_status_is_tolerated() -> None:
     """An undocumented ``waiting`` status parses as a pending, undocumented status."""
     generation = structure_generation({"id": "g", "status": "waiting"})

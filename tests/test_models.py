@@ -273,7 +273,55 @@ def test_waiting_is_an_undocumented_pending_status() -> None:
     assert hash(GenerationStatus("waiting")) == hash(waiting)
 
 
-@given(st.text().filter(lambda s: s not in {"queued", "generating", "completed", "error"}))
+#: The documented statuses' texts.
+DOCUMENTED = {"queued", "generating", "completed", "error"}
+
+
+def _names_a_documented_status(text: str) -> bool:
+    """True for a documented status in any ASCII letter case, padded with JSON whitespace."""
+    trimmed = text.strip(" \t\r\n")
+    return trimmed.isascii() and trimmed.lower() in DOCUMENTED
+
+
+@pytest.mark.parametrize(
+    ("text", "member"),
+    [
+        ("COMPLETED", GenerationStatus.COMPLETED),
+        ("Completed", GenerationStatus.COMPLETED),
+        ("cOmPlEtEd", GenerationStatus.COMPLETED),
+        (" completed ", GenerationStatus.COMPLETED),
+        ("\tCOMPLETED\r\n", GenerationStatus.COMPLETED),
+        ("ERROR", GenerationStatus.ERROR),
+        ("Queued", GenerationStatus.QUEUED),
+        ("GENERATING", GenerationStatus.GENERATING),
+    ],
+)
+def test_a_documented_status_in_another_letter_case_is_that_status(
+    text: str, member: GenerationStatus
+) -> None:
+    """A documented status in any ASCII letter case, with JSON whitespace around it, is the
+    documented member itself: documented, terminal or not as that member is."""
+    status = GenerationStatus(text)
+    assert status is member
+    assert status.is_documented
+    assert status.is_terminal is member.is_terminal
+    assert str(status) == member.value
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["complete", "COMPLETED.", "completed\u00a0", "GENERAT\u0130NG", "comp leted", "WAITING", ""],
+)
+def test_nothing_else_is_taken_for_a_documented_status(text: str) -> None:
+    """Other texts (other words, non-JSON whitespace, a non-ASCII look-alike) stay
+    undocumented, pending and equal to their own text."""
+    status = GenerationStatus(text)
+    assert status == text
+    assert not status.is_documented
+    assert not status.is_terminal
+
+
+@given(st.text().filter(lambda s: not _names_a_documented_status(s)))
 def test_any_unknown_status_text_is_pending(text: str) -> None:
     """Every string outside the documented enum becomes a non-terminal, undocumented status."""
     status = GenerationStatus(text)
