@@ -38,6 +38,7 @@ from contextvars import ContextVar
 from typing import Any, Literal, Protocol
 
 import anyio
+import attrs
 import httpx
 
 from . import _limits
@@ -360,6 +361,9 @@ class Transport:
                 timeout=self._httpx_timeout, follow_redirects=False, limits=_FRESH_CONNECTIONS
             )
         self._closed = False
+        # Whether the server was seen naming a generation in the other spelling (debug,
+        # logged once: every poll of every song would otherwise say it again).
+        self._told_id_spelling = False
 
     # ------------------------------------------------------------------ public
 
@@ -409,7 +413,9 @@ class Transport:
     ) -> Generation:
         """GET one generation by id (sent as an encoded query parameter).
 
-        The answer must be about that id: one naming another generation is refused.
+        The answer must be about that id: one naming another generation is refused (the
+        same id with or without its ``:<model>`` part is that id; see
+        :func:`same_generation`), and the generation returned carries the id as asked.
         ``retry_throttled`` is as for :meth:`submit`.
         """
         if not isinstance(generation_id, str) or not generation_id:
@@ -718,15 +724,27 @@ class Transport:
                 ),
             )
         if expected_id is not None and gid != expected_id:
-            return _Failure(
-                "bad_response",
-                ResponseValidationError(
-                    f"the answer is about generation {ascii(gid)[:120]}, not the "
-                    f"{ascii(expected_id)[:120]} asked for",
-                    method=method,
-                    url=url,
-                ),
-            )
+            if not same_generation(gid, expected_id):
+                return _Failure(
+                    "bad_response",
+                    ResponseValidationError(
+                        f"the answer is about generation {ascii(gid)[:120]}, not the "
+                        f"{ascii(expected_id)[:120]} asked for",
+                        method=method,
+                        url=url,
+                    ),
+                )
+            # The same generation named with or without its model: the caller goes on
+            # seeing its own spelling, so nothing downstream holds two ids for one song.
+            if not self._told_id_spelling:
+                self._told_id_spelling = True
+                logger.debug(
+                    "the server names generation %s as %s (without or with its model); "
+                    "answers are taken as about the id asked for",
+                    ascii(expected_id)[:120],
+                    ascii(gid)[:120],
+                )
+            return attrs.evolve(generation, id=expected_id)
         return generation
 
     def _headers(self) -> dict[str, str]:
@@ -812,6 +830,23 @@ class Transport:
 
 class _URLTooLong(Exception):
     """A URL longer than MAX_URL_CHARS (its length in ``args[0]``)."""
+
+
+def same_generation(answered: str, asked: str) -> bool:
+    """True if the ids ``answered`` and ``asked`` name the same generation.
+
+    The API names a generation ``<uuid>:<model>`` (``…-12e0c9474949:minimax/music-1.5``),
+    and a server may give the same generation back without its model part (or, asked
+    without it, with it). So besides equal ids, a bare id (non-empty, no ``:``) matches
+    that id followed by ``:`` and a model (non-empty, no ``:``), either way round. Nothing
+    else matches: ids with more than one ``:``, whose model part cannot be told apart,
+    must be equal, and two ids with different models (``u:a`` and ``u:b``) never match.
+    """
+    if answered == asked:
+        return True
+    bare, named = (answered, asked) if len(answered) < len(asked) else (asked, answered)
+    prefix, colon, model = named.partition(":")
+    return bool(colon) and bool(model) and ":" not in model and bare == prefix != ""
 
 
 @functools.lru_cache(maxsize=PARSED_URLS_KEPT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
+import logging
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -123,6 +124,55 @@ async def test_get_refuses_an_empty_id_before_sending() -> None:
     with pytest.raises(RequestValidationError, match="generation_id"):
         await make_transport(api).get("")
     assert api.requests == []
+
+
+#: GEN_ID without its model part, as a server may name the same generation.
+BARE_ID = GEN_ID.partition(":")[0]
+
+
+@pytest.mark.parametrize(("asked", "answered"), [(GEN_ID, BARE_ID), (BARE_ID, GEN_ID)])
+async def test_an_answer_naming_the_generation_with_or_without_its_model_is_that_generation(
+    asked: str, answered: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A poll answered with the id asked for minus (or plus) its ':<model>' part is the same
+    generation: it is taken, carries the id as asked, and the spelling is logged once."""
+    api = ScriptedAPI(ok(generation_json("generating", id=answered)))
+    transport = make_transport(api)
+    with caplog.at_level(logging.DEBUG, logger="aimlmusic"):
+        first = await transport.get(asked)
+        second = await transport.get(asked)
+    assert (first.id, second.id) == (asked, asked)
+    assert first.status is GenerationStatus.GENERATING
+    assert len(api.requests) == 2  # neither answer was refused and retried
+    told = [r for r in caplog.records if "names generation" in r.getMessage()]
+    assert [r.levelno for r in told] == [logging.DEBUG]
+
+
+@pytest.mark.parametrize(
+    ("answered", "asked", "same"),
+    [
+        (GEN_ID, GEN_ID, True),
+        (BARE_ID, GEN_ID, True),
+        (GEN_ID, BARE_ID, True),
+        ("a:b:c", "a:b:c", True),  # ids with several ':' still match themselves
+        ("someone-else:x", GEN_ID, False),
+        ("someone-else", GEN_ID, False),
+        (BARE_ID + "0", GEN_ID, False),
+        ("u:model-a", "u:model-b", False),  # the same uuid under two models: not one spelling
+        ("u:a:b", "u:a", False),  # several ':': the model part cannot be told apart
+        ("u", "u:a:b", False),
+        ("u:", "u", False),  # an empty model part is not a model
+        (":m", "", False),
+        ("", ":m", False),
+        ("U", "u:m", False),  # ids are compared exactly, letter case included
+    ],
+)
+def test_same_generation_accepts_only_the_id_with_or_without_its_model(
+    answered: str, asked: str, same: bool
+) -> None:
+    """Ids match when equal, or when one is the other (with no ':') plus ':<model>'."""
+    assert _transport.same_generation(answered, asked) is same
+    assert _transport.same_generation(asked, answered) is same
 
 
 # ------------------------------------------------------------------ status mapping
