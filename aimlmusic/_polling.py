@@ -46,7 +46,9 @@ _WAITING_STATUSES = frozenset({"queued", "waiting"})
 
 def is_waiting(status: GenerationStatus | None) -> bool:
     """True for a status that means the song has not started generating yet."""
-    return status is not None and status.value in _WAITING_STATUSES
+    # "waiting" is no documented member: an undocumented status keeps its own text, in any
+    # letter case a server chose (as the documented ones are read).
+    return status is not None and status.value.strip().lower() in _WAITING_STATUSES
 
 
 @attrs.frozen

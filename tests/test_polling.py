@@ -124,6 +124,12 @@ def test_waiting_statuses_are_the_queued_ones() -> None:
     assert not is_waiting(None)
 
 
+def test_waiting_is_read_in_any_letter_case() -> None:
+    """The undocumented waiting is waiting in any letter case, as documented statuses are."""
+    assert is_waiting(GenerationStatus("WAITING"))
+    assert is_waiting(GenerationStatus(" Waiting "))
+
+
 # --------------------------------------------------------------------------- learned polling
 
 
