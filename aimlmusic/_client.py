@@ -22,6 +22,7 @@ from ._download import Downloader
 from ._emulator_time import TimeScaleProbe, follow_emulator_time
 from ._errors import (
     AimlMusicError,
+    ClientClosedError,
     ConfigurationError,
     DownloadError,
     GenerationFailedError,
@@ -559,7 +560,7 @@ class AsyncMusicClient:
 
     def _check_open(self) -> None:
         if self._transport.closed:
-            raise RuntimeError("this AsyncMusicClient is closed; create a new one")
+            raise ClientClosedError("this AsyncMusicClient is closed; create a new one")
 
     def _song_phases(self) -> Iterator[float]:
         """The client's one sequence of song phases, shared by its batches and waits."""

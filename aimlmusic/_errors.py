@@ -86,6 +86,11 @@ def _rebuild(
     return error
 
 
+class ClientClosedError(RuntimeError):
+    """The client was closed: nothing more can be sent with it (internal: callers see the
+    ``RuntimeError`` it is; a batch whose client is closed under it stops with it)."""
+
+
 class ConfigurationError(AimlMusicError, ValueError):
     """The client was set up in a way that cannot work (no API key, insecure base URL...)."""
 

@@ -58,6 +58,7 @@ from ._errors import (
     AmbiguousSubmissionError,
     APIConnectionError,
     APIStatusError,
+    ClientClosedError,
     ConfigurationError,
     GenerationFailedError,
     GenerationTimeoutError,
@@ -459,6 +460,15 @@ class _Batch:
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
+    def _client_closed(self, error: ClientClosedError) -> None:
+        """The client was closed under the batch (from its loop, say): nothing more can be
+        sent, so the batch stops, and the error is raised when its block exits, once, not as
+        every song's failure (the songs not yet submitted were never sent, none is
+        ambiguous). The songs left running are named as the block exits."""
+        if self.source_error is None:
+            self.source_error = error
+        self._stop()
+
     # ------------------------------------------------------------------ feeding
 
     async def _feed(self) -> None:
@@ -658,6 +668,9 @@ class _Batch:
                 await self.clock.sleep(delay)
             except AimlMusicError as exc:
                 self._finish(song, error=exc)
+                return
+            except ClientClosedError as exc:  # nothing was sent
+                self._client_closed(exc)
                 return
             except Exception as exc:  # one song's failure, whatever it is
                 self._finish(song, error=_unforeseen_submission(song, exc))
@@ -917,6 +930,9 @@ class _Batch:
                 )
             except AimlMusicError as exc:
                 failure = exc
+            except ClientClosedError as exc:
+                self._client_closed(exc)
+                return
             except Exception as exc:  # one song's failure, whatever it is
                 failure = _unforeseen_poll(song, exc)
             finally:

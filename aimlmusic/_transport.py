@@ -60,6 +60,7 @@ from ._errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    ClientClosedError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -465,7 +466,7 @@ class Transport:
         send_by: float | None = None,
     ) -> Generation:
         if self._closed:
-            raise RuntimeError("this aimlmusic client is closed; create a new one")
+            raise ClientClosedError("this aimlmusic client is closed; create a new one")
         target, url = self._target(generation_id)  # ``url``: for logs and errors
         if self._before_requests is not None:
             await self._before_requests()

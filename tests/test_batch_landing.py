@@ -153,3 +153,33 @@ async def test_a_cancelled_caller_is_told_the_songs_it_leaves_behind(
     warned = "\n".join(r.getMessage() for r in caplog.records)
     assert "generation job-0 " in warned
     assert "generation job-1 " in warned
+
+
+async def test_closing_the_client_in_the_loop_stops_the_batch_with_one_error() -> None:
+    """A client closed inside the loop over its batch stops the batch: the source is not
+    drained, no song is reported ambiguous (nothing more was sent), and the block raises
+    the closed client's RuntimeError once."""
+    clock = VirtualClock()
+    server = _Server(clock, answered_at_once=100, finished_at_once=1)
+    pulled = 0
+    seen: list[object] = []
+
+    def source() -> Any:
+        nonlocal pulled
+        for key, request in _songs(40):
+            pulled += 1
+            yield key, request
+
+    client = _client(server)
+
+    async def read_and_close() -> None:
+        async with clock, client, client.generate_many(source(), max_in_flight=4) as results:
+            async for result in results:
+                seen.append(result.error)
+                await client.aclose()
+
+    with pytest.raises(RuntimeError, match="closed"):
+        await read_and_close()
+    assert seen == [None]  # the song read before closing; no other song's failure
+    assert pulled <= 5
+    assert len(server.jobs) <= 4
