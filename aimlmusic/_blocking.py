@@ -221,6 +221,9 @@ class _LoopThread:
                     ready.set_exception(exc)
 
         self.thread = threading.Thread(target=target, name="aimlmusic-client", daemon=True)
+        # The tasks of batches dropped while their iteration ran, leaving (their POSTs on
+        # their way landing): the client closes only once they are done.
+        self.leaving: set[_Spawned[None]] = set()
         self.thread.start()
         self.portal = ready.result(timeout=_THREAD_TIMEOUT)
         self.stopped = False
@@ -294,6 +297,11 @@ def _shut_down(loop: _LoopThread, client: AsyncMusicClient) -> None:
         return
     try:
         if threading.current_thread() is not loop.thread and loop.thread.is_alive():
+            for holder in list(loop.leaving):
+                # Bounded by the transport's timeouts on the POSTs it waits for; a Ctrl-C
+                # here stops waiting (and the loop stops below, cutting them).
+                while not holder.unwound.wait(_SIGNAL_CHECK_INTERVAL):
+                    pass
             loop.call(client.aclose)
     finally:
         loop.stop()
@@ -591,9 +599,16 @@ class SongResults(Iterator[SongResult]):
         if holder is None or self._done:
             return
         leave = self._leave[0] if self._leave else None
-        if leave is not None and threading.current_thread() is not self._loop.thread:
+        loop = self._loop
+        if (
+            leave is not None
+            and holder.future is not None
+            and threading.current_thread() is not loop.thread
+        ):
             with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
-                self._loop.portal.start_task_soon(leave.set)
+                loop.portal.start_task_soon(leave.set)
+                loop.leaving.add(holder)
+                holder.future.add_done_callback(lambda _: loop.leaving.discard(holder))
                 return
         holder.cancel_soon()
 

@@ -1,6 +1,6 @@
 """Letting a batch's submissions on their way land when the batch is left early.
 
-A caller that breaks out of ``generate_many``'s loop, or is cancelled in it, cancels the
+A caller that breaks out of ``generate_many``'s loop, or raises in its block, cancels the
 batch's tasks. A POST cut after its first byte may still create a generation, paid for and
 with no id to find it by. So a batch that is left first refuses every new POST (before its
 first byte: nothing is sent), waits for the answers of those on their way, and only then is
@@ -8,19 +8,24 @@ cancelled; each answered one reaches the batch's ``on_submitted`` hook and the W
 names the songs the caller leaves behind. The transport tells each task's
 :class:`~aimlmusic._transport.SubmissionWatch` when a POST is on its way; a batch gives each
 submission task a watch of its own, which passes everything on to the watch of the task that
-runs the batch (the blocking client's, the CLI's), so those still see every POST.
+runs the batch (the blocking client's, the CLI's), so those still see every POST. A
+cancellation from outside the block (a timeout around it) reaches the submission tasks
+directly, as it does any ``await``: a POST it cuts on its way is logged as such.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from contextvars import ContextVar
+from typing import Protocol
 
 import anyio
 
 from ._errors import SendingRefused
 from ._transport import SubmissionWatch
 
-__all__ = ["Landing"]
+__all__ = ["LEFT_BEHIND_KEPT", "Landing", "SubmissionSettled", "tell_left_behind"]
 
 logger = logging.getLogger("aimlmusic")
 
@@ -41,10 +46,10 @@ class Landing:
         """Whether the batch is being left: no new song is taken, no new POST leaves."""
         return self._leaving
 
-    def watch(self, outer: SubmissionWatch | None) -> SubmissionWatch:
-        """The watch of one submission task, passing everything on to ``outer`` (the watch
-        of the task that runs the batch, if any)."""
-        return _TaskWatch(self, outer)
+    def watch(self, outer: SubmissionWatch | None, key: str) -> SubmissionSettled:
+        """The watch of song ``key``'s submission task, passing everything on to ``outer``
+        (the watch of the task that runs the batch, if any)."""
+        return _TaskWatch(self, outer, key)
 
     async def leave(self) -> None:
         """Refuse new POSTs and wait, shielded from cancellation, for the answers of those
@@ -67,19 +72,45 @@ class Landing:
             self._landed.set()
 
 
+class SubmissionSettled(SubmissionWatch, Protocol):
+    """A submission task's watch, told when the outcome of its POST has been recorded."""
+
+    def settled(self) -> None:
+        """The last POST's outcome is recorded (its id, or its failure as the song's), or
+        the task is ending: a batch being left no longer waits for it."""
+        ...
+
+
 class _TaskWatch:
-    """The watch of one submission task of a batch."""
+    """The watch of one submission task of a batch. A POST counts as on its way from its
+    first byte until the task has recorded its outcome (:meth:`settled`), not just until
+    its answer came: the answer's handling may await (an error body is closed), and a batch
+    left in between would cancel the task before the song's id or ambiguity is recorded."""
 
-    __slots__ = ("_landing", "_outer")
+    __slots__ = ("_counted", "_key", "_landing", "_outer")
 
-    def __init__(self, landing: Landing, outer: SubmissionWatch | None) -> None:
+    def __init__(self, landing: Landing, outer: SubmissionWatch | None, key: str) -> None:
         self._landing = landing
         self._outer = outer
+        self._key = key
+        self._counted = False
+
+    def settled(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._landing._changed(-1)
 
     def on_its_way(self, leaving: bool) -> None:
         if not leaving:
-            # Counted off first: an outer watch that raised here must not hold the batch.
-            self._landing._changed(-1)
+            if anyio.current_effective_deadline() == -math.inf:
+                # Its task is cancelled from outside the batch (a timeout around it, a second
+                # Ctrl-C): the POST was cut on its way, and what it did is unknown.
+                logger.warning(
+                    "the submission of song %r was cut on its way by a cancellation: it may "
+                    "have created a generation, paid for, whose id is lost; look for it before "
+                    "submitting it again",
+                    self._key,
+                )
             if self._outer is not None:
                 self._outer.on_its_way(False)
             return
@@ -87,8 +118,37 @@ class _TaskWatch:
             raise SendingRefused("the batch is being left")
         if self._outer is not None:
             self._outer.on_its_way(True)  # may refuse it too: then it is not on its way
-        self._landing._changed(1)
+        if not self._counted:
+            self._counted = True
+            self._landing._changed(1)
 
     def submitted(self, generation_id: str) -> None:
         if self._outer is not None:
             self._outer.submitted(generation_id)
+
+
+#: Set by a caller that keeps the ids of the songs it leaves behind itself (the catalog
+#: runner's journal, which resumes them): they are then not logged one by one.
+LEFT_BEHIND_KEPT: ContextVar[bool] = ContextVar("aimlmusic_left_behind_kept", default=False)
+
+
+def tell_left_behind(left: list[tuple[str, str | None]]) -> None:
+    """Log a WARNING for each song a batch was left with: its key and generation id, or
+    (``None``) that its submission was ambiguous, so that the caller can find it again."""
+    if LEFT_BEHIND_KEPT.get():
+        return
+    for key, generation_id in left:
+        if generation_id is None:
+            logger.warning(
+                "song %r may have been submitted (its submission was ambiguous), and its batch "
+                "was left before its result was read: look for it before submitting it again",
+                key,
+            )
+        else:
+            logger.warning(
+                "song %r was submitted as generation %s and may still finish, but its batch "
+                "was left before its result was read: fetch it later with wait(%r)",
+                key,
+                generation_id,
+                generation_id,
+            )

@@ -66,6 +66,7 @@ from ._errors import (
     RateLimitError,
     RequestValidationError,
     ResponseValidationError,
+    SendingRefused,
     ServerError,
     SharedStateError,
 )
@@ -81,7 +82,7 @@ from ._events import (
     SongSubmitted,
     emit,
 )
-from ._landing import Landing
+from ._landing import Landing, SubmissionSettled, tell_left_behind
 from ._models import Generation, GenerationStatus, SongRequest, SongResult, SongTimings
 from ._pacing import SubmissionPace
 from ._polling import PlansWithinBudget, PollPolicy, PollState, is_waiting
@@ -367,6 +368,7 @@ class _Batch:
         self._nap_scope: anyio.CancelScope | None = None
         self._nap_until = math.inf
         self._ready: deque[tuple[_Song, SongResult]] = deque()
+        self._delivering: tuple[_Song, SongResult] | None = None
         self._ready_event = anyio.Event()
         # Songs started and not yet delivered, by key (keys are unique among them).
         self._in_flight: dict[str, _Song] = {}
@@ -639,7 +641,14 @@ class _Batch:
     async def _submit(self, song: _Song) -> None:
         # This task's own context: its POSTs are counted for the batch, and still told to the
         # watch of the task running the batch.
-        SUBMISSION_WATCH.set(self.landing.watch(SUBMISSION_WATCH.get()))
+        watch = self.landing.watch(SUBMISSION_WATCH.get(), song.key)
+        SUBMISSION_WATCH.set(watch)
+        try:
+            await self._submit_watched(song, watch)
+        finally:
+            watch.settled()  # its outcome recorded (or it was cut): a batch left waits no more
+
+    async def _submit_watched(self, song: _Song, watch: SubmissionSettled) -> None:
         observer = _Observer(self, song, "submit")
         give_up_at = math.inf if self.deadline is None else self.clock.now() + self.deadline
         failures = 0
@@ -655,6 +664,7 @@ class _Batch:
                 if self.clock.now() >= give_up_at:
                     self._finish(song, error=exc)
                     return
+                watch.settled()  # the retry waits for the budget, not on its way
             except APIConnectionError as exc:
                 # The transport raises this for a POST only when it surely did not arrive
                 # (after its own retries): resending later cannot pay twice.
@@ -665,7 +675,13 @@ class _Batch:
                     return
                 song.retries += 1
                 self.emit_retried(song, "submit", failures, exc, delay)
+                watch.settled()  # the back-off is not on its way
                 await self.clock.sleep(delay)
+            except SendingRefused as exc:  # nothing was sent
+                if not self.landing.leaving:
+                    self._finish(song, error=exc)
+                # else the caller left the batch: no result (none is read) and no hook
+                return
             except AimlMusicError as exc:
                 self._finish(song, error=exc)
                 return
@@ -1188,28 +1204,44 @@ class _Batch:
                 self._ready_event = anyio.Event()
                 await self._ready_event.wait()
             song, result = self._ready.popleft()
+            self._delivering = (song, result)  # neither ready nor read while being sent
             try:
                 await results.send(result)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._stop()  # nobody reads any more: stop submitting and polling
                 return
+            self._delivering = None
             if self._in_flight.get(song.key) is song:
                 del self._in_flight[song.key]
             self._active -= 1
             self._slots.release()
             self._maybe_finished()
 
-    def left_behind(self, results: MemoryObjectReceiveStream[SongResult]) -> list[tuple[str, str]]:
-        """The key and generation id of each submitted song whose result the caller did not
-        read: still running, or finished and waiting in ``results`` (drained here)."""
-        left = [(song.key, song.id) for song in self._in_flight.values() if song.id is not None]
+    def left_behind(
+        self, results: MemoryObjectReceiveStream[SongResult]
+    ) -> list[tuple[str, str | None]]:
+        """The key and generation id of each song submitted whose result the caller did not
+        read (still running, finished and waiting to be delivered, or waiting in ``results``,
+        drained here); ``None`` for a song whose submission was ambiguous."""
+        finished = [*self._ready, *([self._delivering] if self._delivering else [])]
+        done = {id(song) for song, _ in finished}
+        left: list[tuple[str, str | None]] = [
+            (song.key, song.id)
+            for song in self._in_flight.values()
+            if song.id is not None and id(song) not in done
+        ]
+        unread = [result for _, result in finished]
         while True:
             try:
-                result = results.receive_nowait()
+                unread.append(results.receive_nowait())
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                return left
+                break
+        for result in unread:
             if result.generation_id is not None:
                 left.append((result.key, result.generation_id))
+            elif isinstance(result.error, AmbiguousSubmissionError):
+                left.append((result.key, None))
+        return left
 
     def _maybe_finished(self) -> None:
         if self._source_done and self._active == 0:
@@ -1367,14 +1399,7 @@ async def generate_many(
                     finally:
                         task_group.cancel_scope.cancel()
         finally:
-            for key, generation_id in batch.left_behind(receive):
-                logger.warning(
-                    "song %r was submitted as generation %s and may still finish, but its "
-                    "batch was left before its result was read: fetch it later with wait(%r)",
-                    key,
-                    generation_id,
-                    generation_id,
-                )
+            tell_left_behind(batch.left_behind(receive))
     if body_error is not None:
         raise body_error
     if batch.source_error is not None:

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
@@ -29,10 +30,17 @@ class _Server:
     first ``answered_at_once`` for ``HELD_FOR`` s. Polls find the first
     ``finished_at_once`` jobs completed and the others generating."""
 
-    def __init__(self, clock: VirtualClock, answered_at_once: int, finished_at_once: int) -> None:
+    def __init__(
+        self,
+        clock: VirtualClock,
+        answered_at_once: int,
+        finished_at_once: int,
+        held_status: int = 200,
+    ) -> None:
         self.clock = clock
         self.answered_at_once = answered_at_once
         self.finished_at_once = finished_at_once
+        self.held_status = held_status  # what a held POST is answered with at last
         self.jobs: list[str] = []
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -41,6 +49,8 @@ class _Server:
             self.jobs.append(job)  # created, and paid for, whatever happens to the answer
             if len(self.jobs) > self.answered_at_once:
                 await self.clock.sleep(HELD_FOR)
+                if self.held_status != 200:
+                    return httpx.Response(self.held_status, text="bad gateway")
             return httpx.Response(200, json={"id": job, "status": "queued"})
         job = request.url.params["generation_id"]
         if self.jobs.index(job) < self.finished_at_once:
@@ -65,13 +75,17 @@ def _songs(count: int) -> list[tuple[str, SongRequest]]:
 
 
 class _Submitted:
-    """An on_submitted hook that remembers the ids."""
+    """Hooks that remember the ids submitted and the errors of songs that failed."""
 
     def __init__(self) -> None:
         self.ids: list[str] = []
+        self.failed: list[str] = []
 
     def on_submitted(self, event: Any) -> None:
         self.ids.append(event.generation.id)
+
+    def on_failed(self, event: Any) -> None:
+        self.failed.append(type(event.error).__name__)
 
 
 async def test_leaving_early_lets_the_submissions_on_their_way_land(
@@ -99,6 +113,7 @@ async def test_leaving_early_lets_the_submissions_on_their_way_land(
         for n, job in enumerate(server.jobs[1:], start=1):
             assert f"song 'k{n}' was submitted as generation {job} " in warned
         assert "job-0" not in warned  # its result was read
+        assert hook.failed == []  # the songs refused as the batch was left were never sent
 
 
 async def test_leaving_early_names_finished_songs_whose_results_were_not_read(
@@ -183,3 +198,40 @@ async def test_closing_the_client_in_the_loop_stops_the_batch_with_one_error() -
     assert seen == [None]  # the song read before closing; no other song's failure
     assert pulled <= 5
     assert len(server.jobs) <= 4
+
+
+async def test_a_submission_left_ambiguous_as_the_batch_is_left_is_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A POST on its way when the batch is left, answered 502 (it may have created a
+    generation), is named in a WARNING as ambiguous: it was dropped without a word."""
+    clock = VirtualClock()
+    server = _Server(clock, answered_at_once=1, finished_at_once=1, held_status=502)
+    caplog.set_level(logging.WARNING, logger="aimlmusic")
+    async with clock, _client(server) as client:
+        async with client.generate_many(_songs(2), max_in_flight=2) as results:
+            first = await results.receive()
+        assert first.key == "k0"
+    assert server.jobs == ["job-0", "job-1"]
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert "song 'k1' may have been submitted (its submission was ambiguous)" in warned
+
+
+async def test_a_submission_cut_by_a_cancellation_from_outside_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A cancellation from outside the block (a timeout around it) cuts a POST on its way,
+    as any cancelled await: a WARNING says so, naming the song (nothing was said)."""
+    clock = VirtualClock()
+    server = _Server(clock, answered_at_once=1, finished_at_once=1)
+    caplog.set_level(logging.WARNING, logger="aimlmusic")
+    async with clock, _client(server) as client:
+        with anyio.CancelScope() as scope:
+            async with client.generate_many(_songs(2), max_in_flight=2) as results:
+                await results.receive()
+                await clock.sleep(1.0)  # the second POST is on its way, held
+                scope.cancel()
+                await anyio.lowlevel.checkpoint()
+    assert server.jobs == ["job-0", "job-1"]
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert "the submission of song 'k1' was cut on its way by a cancellation" in warned

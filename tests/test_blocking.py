@@ -503,9 +503,13 @@ class _HeldSubmissions(httpx.AsyncBaseTransport):
     """The emulator over ASGI, with each POST's answer held back (its job already created)
     until ``release`` is set, as a slow network holds a submission on its way."""
 
-    def __init__(self, emulator: Emulator, status: int | None = None) -> None:
+    def __init__(
+        self, emulator: Emulator, status: int | None = None, answered_at_once: int = 0
+    ) -> None:
         self.inner = httpx.ASGITransport(app=emulator.app)
         self.status = status  # answer the POST with this status instead of the emulator's
+        self.answered_at_once = answered_at_once  # the first POSTs are not held
+        self.posts = 0
         self.reached = threading.Event()  # a POST's job exists, its answer is held
         self.release = threading.Event()
         self.cut = threading.Event()  # a held answer was cancelled
@@ -513,6 +517,9 @@ class _HeldSubmissions(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self.inner.handle_async_request(request)
         if request.method == "POST":
+            self.posts += 1
+            if self.posts <= self.answered_at_once:
+                return response
             self.reached.set()
             try:
                 deadline = time.monotonic() + REACH_TIMEOUT
@@ -645,6 +652,30 @@ def test_ctrl_c_while_a_batch_submits_lets_the_submission_land(
     assert not held.cut.is_set()
     generation_id = _the_one_job(emulator)
     assert any(generation_id in message for message in told.messages)
+
+
+@pytest.mark.usefixtures("no_leaked_threads")
+def test_closing_the_client_after_a_break_lets_the_batchs_submission_land(
+    backend: str, told: _Told
+) -> None:
+    """A break out of a plain for loop, then closing the client (a with block's end), waits
+    for the batch's POST on its way and names the song it made; the close cut it."""
+    emulator = Emulator(
+        EmulatorConfig(
+            time_scale=TIME_SCALE, requests_per_minute=None, durations=_first_song_fast()
+        )
+    )
+    held = _HeldSubmissions(emulator, answered_at_once=1)
+    with _client(emulator, backend, poll=PARKED_POLLS, transport=held) as client:
+        releaser = _release_once_waiting(held, told)
+        for result in client.generate_many([_song(0), _song(1)], deadline=None):
+            assert result.ok
+            _wait_until(held.reached.is_set)
+            break
+    releaser.join(REACH_TIMEOUT)
+    assert not held.cut.is_set()
+    second = next(job for job in emulator.jobs if job != result.generation_id)
+    assert any(second in message for message in told.messages)
 
 
 class _SilentTLS:

@@ -368,3 +368,29 @@ def test_finish_download_keeps_an_mp3_whose_audio_is_not_the_songs(tmp_path: Pat
             part, final, title="T", request=request, generation=generation("mp3"), tag=True
         )
     assert final.read_bytes() == before
+
+
+def _syncsafe(n: int) -> bytes:
+    return bytes([(n >> 21) & 0x7F, (n >> 14) & 0x7F, (n >> 7) & 0x7F, n & 0x7F])
+
+
+def test_finish_download_recognises_its_own_mp3_delivered_with_an_id3v24_footer(
+    tmp_path: Path,
+) -> None:
+    """An MP3 delivered with an ID3v2.4 tag and footer is its own song once re-tagged: the
+    old footer tagging leaves behind is no audio (it made the song's own file 'not this
+    song's' when --no-tag changed)."""
+    frame = b"TIT2" + _syncsafe(4) + b"\0\0" + b"\x03enc"
+    header = b"ID3" + bytes([4, 0, 0x10]) + _syncsafe(len(frame))
+    footer = b"3DI" + bytes([4, 0, 0x10]) + _syncsafe(len(frame))
+    delivered = header + frame + footer + audio("mp3")
+    clear_partial(tmp_path)
+    request = SongRequest(prompt=PROMPT, lyrics=LYRICS, audio_setting=AudioSetting("mp3"))
+    final = tmp_path / "song.mp3"
+    for tag in (True, False):
+        part = part_path(tmp_path, "song.mp3")
+        part.write_bytes(delivered)
+        finish_download(
+            part, final, title="T", request=request, generation=generation("mp3"), tag=tag
+        )
+    assert final.read_bytes() == delivered

@@ -917,6 +917,31 @@ async def test_a_file_already_in_the_output_directory_is_never_replaced(
     assert emulator.stats().jobs_submitted == 2
 
 
+async def test_a_stopped_run_does_not_name_in_the_log_each_song_its_journal_keeps(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopping a run while its songs generate logs no WARNING per song left behind (the
+    journal keeps their ids, and the next run resumes them); the ids are in the journal."""
+    emulator = make_emulator(durations=lambda rng: 1e9)  # no song ever finishes
+    catalog = write_catalog(tmp_path / "songs.jsonl", 3)
+    caplog.set_level(logging.WARNING, logger="aimlmusic")
+    with anyio.CancelScope() as scope:
+
+        def stop_once_all_submitted(event: CatalogEvent) -> None:
+            if event.progress.counts.get(SongState.SUBMITTED, 0) == 3:
+                scope.cancel()
+
+        async with client_for(emulator) as client:
+            await run_catalog(client, catalog, tmp_path / "out", on_event=stop_once_all_submitted)
+    assert not [r for r in caplog.records if "left before its result" in r.getMessage()]
+    with Journal.in_directory(
+        tmp_path / "out", endpoint=_runner._endpoint("http://127.0.0.1")
+    ) as j:
+        assert sorted(e.generation_id or "" for e in j.entries([SongState.SUBMITTED])) == sorted(
+            emulator.jobs
+        )
+
+
 class _Died(BaseException):
     """Stands for the process dying at the worst moment."""
 

@@ -70,6 +70,7 @@ from .._events import (
     RequestThrottled,
     SongSubmitted,
 )
+from .._landing import LEFT_BEHIND_KEPT
 from .._limits import DEFAULT_SONG_DEADLINE
 from .._models import Generation, SongResult
 from ._journal import (
@@ -1080,6 +1081,9 @@ class _Run:
         yield from self._retryable_failures()
 
     async def _submit_all(self, work: anyio.abc.TaskGroup) -> None:
+        # The journal keeps the id of every song the batch is left with (a stop, a signal),
+        # and the next run resumes them: no WARNING for each.
+        kept = LEFT_BEHIND_KEPT.set(True)
         try:
             await self._submit_all_now(work)
         except SharedStateError as exc:
@@ -1092,6 +1096,8 @@ class _Run:
                 "pending",
                 exc,
             )
+        finally:
+            LEFT_BEHIND_KEPT.reset(kept)
 
     async def _submit_all_now(self, work: anyio.abc.TaskGroup) -> None:
         events = _SchedulerEvents(self)

@@ -207,8 +207,12 @@ def _sha256_of(path: Path, *, audio_only: bool = False) -> str | None:
 
 #: An ID3v2 header: "ID3", version (2 bytes), flags, then the tag's size in 4 syncsafe bytes.
 _ID3V2_HEADER = 10
-#: The ID3v2 flag saying a 10-byte footer follows the tag (ID3v2.4 section 3.1).
+#: The ID3v2.4 flag saying a 10-byte footer follows the tag (ID3v2.4 section 3.1; the bit
+#: means nothing in earlier versions).
 _ID3V2_FOOTER_FLAG = 0x10
+#: Where a tag was rewritten in front of another (mutagen keeps an old v2.4 footer, "3DI"),
+#: several tag pieces lead the audio: at most this many are skipped.
+_MOST_LEADING_TAGS = 8
 #: An ID3v1 tag: the last 128 bytes of the file, starting with "TAG".
 _ID3V1_SIZE = 128
 
@@ -217,14 +221,21 @@ def _audio_span(handle: BinaryIO) -> tuple[int, int]:
     """Where an MP3's audio starts and ends, leaving out the ID3 tags at either end."""
     size = os.fstat(handle.fileno()).st_size
     start = 0
-    handle.seek(0)
-    header = handle.read(_ID3V2_HEADER)
-    if len(header) == _ID3V2_HEADER and header[:3] == b"ID3" and all(b < 0x80 for b in header[6:]):
+    for _ in range(_MOST_LEADING_TAGS):
+        handle.seek(start)
+        header = handle.read(_ID3V2_HEADER)
+        if len(header) < _ID3V2_HEADER or any(b >= 0x80 for b in header[6:]):
+            break
+        if header[:3] == b"3DI":  # a footer whose tag was replaced: 10 bytes of its own
+            start = min(size, start + _ID3V2_HEADER)
+            continue
+        if header[:3] != b"ID3":
+            break
         body = 0
         for byte in header[6:]:
             body = body << 7 | byte
-        footer = _ID3V2_HEADER if header[5] & _ID3V2_FOOTER_FLAG else 0
-        start = min(size, _ID3V2_HEADER + body + footer)
+        footer = _ID3V2_HEADER if header[3] >= 4 and header[5] & _ID3V2_FOOTER_FLAG else 0
+        start = min(size, start + _ID3V2_HEADER + body + footer)
     end = size
     if end - start >= _ID3V1_SIZE:
         handle.seek(end - _ID3V1_SIZE)
