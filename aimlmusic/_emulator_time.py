@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 
 import anyio
@@ -26,9 +25,18 @@ logger = logging.getLogger("aimlmusic")
 
 #: The emulator's route that reports its time scale (no key needed, not counted).
 INFO_PATH = "/_emulator/info"
-#: Real seconds the one-off question may take; a server that does not answer this fast is
-#: taken for one that is not an emulator.
+#: Real seconds the one-off question may take, all of it (a body dripped a byte at a time
+#: too); a server that does not answer this fast is taken for one that is not an emulator.
 PROBE_TIMEOUT = 5.0
+#: The most bytes an emulator's answer takes (it is about a hundred): a longer one is
+#: not an emulator's, and is not read further.
+PROBE_BODY_BYTES = 4096
+#: The time scales followed: an emulator runs at most this many times faster than real
+#: time (a 10-minute deadline then lasts 6 ms) ...
+FASTEST_SCALE = 100_000.0
+#: ... and at most this many times slower; a scale outside means real time (a server's
+#: 1e300 would end every deadline at once, its 1e-300 make every wait endless).
+SLOWEST_SCALE = 0.01
 
 
 class EmulatorPacedClock:
@@ -95,8 +103,10 @@ class TimeScaleProbe(httpx.AsyncBaseTransport):
         # a request, so an exception escaping it would fail that request (a submission as
         # ambiguous, though nothing was sent) and, never marked as asked, every later one.
         # Cancellation is not an Exception and still propagates.
+        scale = None
         try:
-            scale = await self._answered_scale()
+            with anyio.move_on_after(PROBE_TIMEOUT):  # the event loop's clock: real time
+                scale = await self._answered_scale()
         except Exception as exc:
             # Lazy %r: formatting happens only if logged, and logging contains its failures.
             logger.debug("no emulator time scale at %s: %r", self._info_url, exc)
@@ -114,13 +124,26 @@ class TimeScaleProbe(httpx.AsyncBaseTransport):
         timeout = dict.fromkeys(("connect", "read", "write", "pool"), PROBE_TIMEOUT)
         question = httpx.Request("GET", self._info_url, extensions={"timeout": timeout})
         response = await self._inner.handle_async_request(question)
+        body = bytearray()
         try:
-            body = await response.aread()
+            # An emulator answers 200 in plain JSON (a compressed answer could decode to any
+            # size from a few bytes): read raw, and no further than an answer of its size.
+            if response.status_code != 200 or response.headers.get(
+                "content-encoding", "identity"
+            ) not in ("", "identity"):
+                return None
+            if response.is_stream_consumed:  # already in memory (a mock's answer)
+                body += response.content[: PROBE_BODY_BYTES + 1]
+            else:
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > PROBE_BODY_BYTES:
+                        break
+            if len(body) > PROBE_BODY_BYTES:
+                return None
         finally:
             await response.aclose()
-        if response.status_code != 200:
-            return None
-        info = json.loads(body)
+        info = json.loads(bytes(body))
         if not isinstance(info, dict) or info.get("emulator") != "aimlmusic":
             return None
         return _usable_scale(info.get("time_scale"))
@@ -131,15 +154,16 @@ class TimeScaleProbe(httpx.AsyncBaseTransport):
 
 
 def _usable_scale(value: object) -> float | None:
-    """``value`` as a time scale: a finite positive number (not a bool), else None."""
+    """``value`` as a time scale: a number (not a bool) from ``SLOWEST_SCALE`` to
+    ``FASTEST_SCALE``, else None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
         scale = float(value)
     except OverflowError:  # an integer beyond any float
         return None
-    # json.loads reads Infinity and NaN: an infinite scale would stop the clock's sleeps.
-    return scale if math.isfinite(scale) and scale > 0 else None
+    # json.loads reads Infinity and NaN: neither is within the range.
+    return scale if SLOWEST_SCALE <= scale <= FASTEST_SCALE else None
 
 
 def follow_emulator_time(base_url: str) -> tuple[EmulatorPacedClock, TimeScaleProbe]:

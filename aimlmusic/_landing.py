@@ -10,7 +10,8 @@ names the songs the caller leaves behind. The transport tells each task's
 submission task a watch of its own, which passes everything on to the watch of the task that
 runs the batch (the blocking client's, the CLI's), so those still see every POST. A
 cancellation from outside the block (a timeout around it) reaches the submission tasks
-directly, as it does any ``await``: a POST it cuts on its way is logged as such.
+directly, as it does any ``await``: a POST it cuts on its way is logged as such (by the
+batch, which knows the song).
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ from __future__ import annotations
 import logging
 import math
 from contextvars import ContextVar
-from typing import Protocol
 
 import anyio
 
 from ._errors import SendingRefused
 from ._transport import SubmissionWatch
 
-__all__ = ["LEFT_BEHIND_KEPT", "Landing", "SubmissionSettled", "tell_left_behind"]
+__all__ = ["LEFT_BEHIND_KEPT", "Landing", "TaskWatch", "tell_left_behind"]
 
 logger = logging.getLogger("aimlmusic")
 
@@ -46,10 +46,10 @@ class Landing:
         """Whether the batch is being left: no new song is taken, no new POST leaves."""
         return self._leaving
 
-    def watch(self, outer: SubmissionWatch | None, key: str) -> SubmissionSettled:
-        """The watch of song ``key``'s submission task, passing everything on to ``outer``
-        (the watch of the task that runs the batch, if any)."""
-        return _TaskWatch(self, outer, key)
+    def watch(self, outer: SubmissionWatch | None) -> TaskWatch:
+        """The watch of one submission task, passing everything on to ``outer`` (the watch
+        of the task that runs the batch, if any)."""
+        return TaskWatch(self, outer)
 
     async def leave(self) -> None:
         """Refuse new POSTs and wait, shielded from cancellation, for the answers of those
@@ -72,45 +72,23 @@ class Landing:
             self._landed.set()
 
 
-class SubmissionSettled(SubmissionWatch, Protocol):
-    """A submission task's watch, told when the outcome of its POST has been recorded."""
+class TaskWatch:
+    """The watch of one submission task of a batch: counts its POST while on its way, and
+    whether the last one stopped being on its way because its task was cancelled (:attr:`cut`:
+    cut, unless its answer had come as the cancellation did)."""
 
-    def settled(self) -> None:
-        """The last POST's outcome is recorded (its id, or its failure as the song's), or
-        the task is ending: a batch being left no longer waits for it."""
-        ...
+    __slots__ = ("_landing", "_outer", "cut")
 
-
-class _TaskWatch:
-    """The watch of one submission task of a batch. A POST counts as on its way from its
-    first byte until the task has recorded its outcome (:meth:`settled`), not just until
-    its answer came: the answer's handling may await (an error body is closed), and a batch
-    left in between would cancel the task before the song's id or ambiguity is recorded."""
-
-    __slots__ = ("_counted", "_key", "_landing", "_outer")
-
-    def __init__(self, landing: Landing, outer: SubmissionWatch | None, key: str) -> None:
+    def __init__(self, landing: Landing, outer: SubmissionWatch | None) -> None:
         self._landing = landing
         self._outer = outer
-        self._key = key
-        self._counted = False
-
-    def settled(self) -> None:
-        if self._counted:
-            self._counted = False
-            self._landing._changed(-1)
+        self.cut = False
 
     def on_its_way(self, leaving: bool) -> None:
         if not leaving:
-            if anyio.current_effective_deadline() == -math.inf:
-                # Its task is cancelled from outside the batch (a timeout around it, a second
-                # Ctrl-C): the POST was cut on its way, and what it did is unknown.
-                logger.warning(
-                    "the submission of song %r was cut on its way by a cancellation: it may "
-                    "have created a generation, paid for, whose id is lost; look for it before "
-                    "submitting it again",
-                    self._key,
-                )
+            # Counted off first: an outer watch that raised here must not hold the batch.
+            self._landing._changed(-1)
+            self.cut = anyio.current_effective_deadline() == -math.inf
             if self._outer is not None:
                 self._outer.on_its_way(False)
             return
@@ -118,9 +96,8 @@ class _TaskWatch:
             raise SendingRefused("the batch is being left")
         if self._outer is not None:
             self._outer.on_its_way(True)  # may refuse it too: then it is not on its way
-        if not self._counted:
-            self._counted = True
-            self._landing._changed(1)
+        self.cut = False
+        self._landing._changed(1)
 
     def submitted(self, generation_id: str) -> None:
         if self._outer is not None:

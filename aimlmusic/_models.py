@@ -150,6 +150,14 @@ class SongRequest:
 _JSON_WHITESPACE = " \t\r\n"
 
 
+def status_word(text: str) -> str:
+    """``text`` as a status word: lower case without surrounding JSON whitespace when it is
+    ASCII (Unicode case folding would let other characters, such as the Kelvin sign, stand
+    in for letters); any other text as it is."""
+    trimmed = text.strip(_JSON_WHITESPACE)
+    return trimmed.lower() if trimmed.isascii() else text
+
+
 class GenerationStatus(str, enum.Enum):
     """The status of a generation.
 
@@ -173,11 +181,9 @@ class GenerationStatus(str, enum.Enum):
         # unknown one, a finished song would be polled until its deadline. Only ASCII letter
         # case and JSON's own whitespace are forgiven (Unicode case folding would let other
         # characters, such as the Kelvin sign, stand in for letters).
-        trimmed = value.strip(_JSON_WHITESPACE)
-        if trimmed.isascii():
-            member = cls._value2member_map_.get(trimmed.lower())
-            if member is not None:
-                return member  # type: ignore[return-value]
+        member = cls._value2member_map_.get(status_word(value))
+        if member is not None:
+            return member  # type: ignore[return-value]
         # A pseudo-member: an instance of the enum that is not listed in it.
         pseudo = str.__new__(cls, value)
         pseudo._name_ = value.upper()
@@ -186,6 +192,12 @@ class GenerationStatus(str, enum.Enum):
 
     def __str__(self) -> str:
         return str(self.value)
+
+    @property
+    def word(self) -> str:
+        """The status as the word it stands for: lower case, without surrounding JSON
+        whitespace, for a status in ASCII; any other text as it is."""
+        return status_word(self.value)
 
     @property
     def is_terminal(self) -> bool:

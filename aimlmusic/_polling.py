@@ -46,9 +46,9 @@ _WAITING_STATUSES = frozenset({"queued", "waiting"})
 
 def is_waiting(status: GenerationStatus | None) -> bool:
     """True for a status that means the song has not started generating yet."""
-    # "waiting" is no documented member: an undocumented status keeps its own text, in any
-    # letter case a server chose (as the documented ones are read).
-    return status is not None and status.value.strip().lower() in _WAITING_STATUSES
+    # "waiting" is no documented member: an undocumented status keeps its own text, read
+    # as the documented ones are (ASCII letter case and JSON whitespace forgiven).
+    return status is not None and status.word in _WAITING_STATUSES
 
 
 @attrs.frozen

@@ -82,7 +82,7 @@ from ._events import (
     SongSubmitted,
     emit,
 )
-from ._landing import Landing, SubmissionSettled, tell_left_behind
+from ._landing import Landing, tell_left_behind
 from ._models import Generation, GenerationStatus, SongRequest, SongResult, SongTimings
 from ._pacing import SubmissionPace
 from ._polling import PlansWithinBudget, PollPolicy, PollState, is_waiting
@@ -469,6 +469,13 @@ class _Batch:
         ambiguous). The songs left running are named as the block exits."""
         if self.source_error is None:
             self.source_error = error
+        if self._task_group is not None and not self.landing.leaving:
+            # Left as a caller leaves it: the POSTs on their way (sent with an HTTP client
+            # of the caller's own, which closing ours leaves open) land first.
+            self._task_group.start_soon(self._leave_and_stop)
+
+    async def _leave_and_stop(self) -> None:
+        await self.landing.leave()
         self._stop()
 
     # ------------------------------------------------------------------ feeding
@@ -641,14 +648,23 @@ class _Batch:
     async def _submit(self, song: _Song) -> None:
         # This task's own context: its POSTs are counted for the batch, and still told to the
         # watch of the task running the batch.
-        watch = self.landing.watch(SUBMISSION_WATCH.get(), song.key)
+        watch = self.landing.watch(SUBMISSION_WATCH.get())
         SUBMISSION_WATCH.set(watch)
         try:
-            await self._submit_watched(song, watch)
-        finally:
-            watch.settled()  # its outcome recorded (or it was cut): a batch left waits no more
+            await self._submit_watched(song)
+        except anyio.get_cancelled_exc_class():
+            if watch.cut:
+                # Cancelled from outside the batch (a timeout around it, a second Ctrl-C)
+                # while its POST was on its way: what the POST did is unknown.
+                logger.warning(
+                    "the submission of song %r was cut on its way by a cancellation: it may "
+                    "have created a generation, paid for, whose id is lost; look for it before "
+                    "submitting it again",
+                    song.key,
+                )
+            raise
 
-    async def _submit_watched(self, song: _Song, watch: SubmissionSettled) -> None:
+    async def _submit_watched(self, song: _Song) -> None:
         observer = _Observer(self, song, "submit")
         give_up_at = math.inf if self.deadline is None else self.clock.now() + self.deadline
         failures = 0
@@ -664,7 +680,6 @@ class _Batch:
                 if self.clock.now() >= give_up_at:
                     self._finish(song, error=exc)
                     return
-                watch.settled()  # the retry waits for the budget, not on its way
             except APIConnectionError as exc:
                 # The transport raises this for a POST only when it surely did not arrive
                 # (after its own retries): resending later cannot pay twice.
@@ -675,7 +690,6 @@ class _Batch:
                     return
                 song.retries += 1
                 self.emit_retried(song, "submit", failures, exc, delay)
-                watch.settled()  # the back-off is not on its way
                 await self.clock.sleep(delay)
             except SendingRefused as exc:  # nothing was sent
                 if not self.landing.leaving:

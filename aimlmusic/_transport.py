@@ -478,6 +478,8 @@ class Transport:
                 await self.budget.acquire(kind)
             elif not await finished_by(self.clock, send_by, lambda: self.budget.acquire(kind)):
                 raise SubmissionTimeoutError(send_by - started, "the request budget")
+            if self._closed:  # closed while this request waited (the budget, a back-off)
+                raise ClientClosedError("this aimlmusic client is closed; create a new one")
             with _watched(method) as watch:
                 outcome = await self._attempt(
                     method,

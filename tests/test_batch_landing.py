@@ -16,7 +16,7 @@ import anyio.lowlevel
 import httpx
 import pytest
 
-from aimlmusic import AsyncMusicClient, FixedInterval, SongRequest
+from aimlmusic import AsyncMusicClient, FixedInterval, RetryPolicy, SongRequest, SongResult
 from aimlmusic.testing import VirtualClock
 
 pytestmark = pytest.mark.anyio
@@ -235,3 +235,76 @@ async def test_a_submission_cut_by_a_cancellation_from_outside_is_logged(
     assert server.jobs == ["job-0", "job-1"]
     warned = "\n".join(r.getMessage() for r in caplog.records)
     assert "the submission of song 'k1' was cut on its way by a cancellation" in warned
+
+
+async def test_closing_the_client_lets_the_batchs_submission_on_its_way_land(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client closed under its batch while a POST is on its way (sent with the caller's
+    own HTTP client, which closing ours leaves open) lets it land and names its song; the
+    batch was cancelled at once, the POST cut and its paid id lost."""
+    clock = VirtualClock()
+    server = _Server(clock, answered_at_once=1, finished_at_once=1)
+    hook = _Submitted()
+    caplog.set_level(logging.WARNING, logger="aimlmusic")
+    http = httpx.AsyncClient(transport=httpx.MockTransport(server))
+    client = AsyncMusicClient(
+        "sk-test-key",
+        base_url="https://api.test",
+        http_client=http,
+        clock=clock,
+        poll=FixedInterval(interval=5.0, first=1.0),
+    )
+
+    async def read_and_close() -> None:
+        async with clock, http, client.generate_many(_songs(3), events=hook) as results:
+            await results.receive()
+            await clock.sleep(1.0)  # the second POST is on its way, held
+            await client.aclose()
+            async for _ in results:
+                pass
+
+    with pytest.raises(RuntimeError, match="closed"):
+        await read_and_close()
+    assert "job-1" in server.jobs
+    assert sorted(hook.ids) == server.jobs
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert "song 'k1' was submitted as generation job-1 " in warned
+
+
+async def test_a_client_closed_while_a_submission_backs_off_is_no_ambiguous_song() -> None:
+    """A client closed while a batch's submission waits to try again (its POST never
+    connected) stops the batch with the closed client's RuntimeError: nothing was sent, so
+    no song is reported ambiguous (it was), and no second attempt is made."""
+    clock = VirtualClock()
+    attempts = 0
+    results_seen: list[SongResult] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        nonlocal attempts
+        attempts += 1
+        raise httpx.ConnectError("connection refused")
+
+    client = AsyncMusicClient(
+        "sk-test-key",
+        base_url="https://api.test",
+        transport=httpx.MockTransport(refuse),
+        clock=clock,
+        retry=RetryPolicy(attempts=3, base_delay=30.0, max_delay=30.0),
+    )
+
+    async def close_soon() -> None:
+        await clock.sleep(1.0)
+        await client.aclose()
+
+    async def read_all() -> None:
+        async with clock, anyio.create_task_group() as group:
+            group.start_soon(close_soon)
+            async with client.generate_many(_songs(1)) as results:
+                results_seen.extend([result async for result in results])
+
+    with pytest.raises(BaseException) as caught:
+        await read_all()
+    assert "ClientClosedError" in repr(caught.value)
+    assert results_seen == []
+    assert attempts == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import anyio
 import httpx
@@ -64,7 +65,8 @@ def _server(info: httpx.Response | Exception) -> tuple[httpx.MockTransport, list
         if request.url.path == INFO_PATH:
             if isinstance(info, Exception):
                 raise info
-            return info
+            # A fresh answer each time: the probe reads it as a stream, once.
+            return httpx.Response(info.status_code, headers=info.headers, content=info.content)
         return httpx.Response(200, json={"ok": True})
 
     return httpx.MockTransport(handle), asked
@@ -113,6 +115,9 @@ async def test_the_probe_adopts_only_an_emulators_answer(
         '{"emulator": "aimlmusic", "time_scale": Infinity}',
         '{"emulator": "aimlmusic", "time_scale": 1' + "0" * 400 + "}",
         "[" * 100_000 + "]" * 100_000,
+        '{"emulator": "aimlmusic", "time_scale": 1e300}',
+        '{"emulator": "aimlmusic", "time_scale": 1e-300}',
+        '{"emulator": "aimlmusic", "time_scale": 250, "padding": "' + "x" * 10_000 + '"}',
     ],
     ids=[
         "array",
@@ -125,6 +130,9 @@ async def test_the_probe_adopts_only_an_emulators_answer(
         "infinite-scale",
         "scale-beyond-float",
         "too-deep",
+        "scale-far-too-fast",
+        "scale-far-too-slow",
+        "too-long",
     ],
 )
 async def test_a_probe_answered_with_anything_else_leaves_real_time_and_sends(
@@ -146,6 +154,39 @@ async def test_a_probe_answered_with_anything_else_leaves_real_time_and_sends(
         ("POST", "/v2/generate/audio"),
         ("POST", "/v2/generate/audio"),
     ]
+
+
+class _Drip(httpx.AsyncByteStream):
+    """A body of ``size`` bytes sent one a (real) millisecond."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for _ in range(self.size):
+            await anyio.sleep(0.001)
+            yield b" "
+
+
+async def test_a_probe_answer_dripped_slowly_ends_at_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An answer to the probe dripped a byte at a time is given up at the probe's one bound
+    (each byte within any read timeout), leaving real time; it used to hold every request."""
+    monkeypatch.setattr("aimlmusic._emulator_time.PROBE_TIMEOUT", 0.05)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == INFO_PATH:
+            return httpx.Response(200, stream=_Drip(100_000))
+        return ok()
+
+    network = httpx.MockTransport(handle)
+    monkeypatch.setattr("aimlmusic._emulator_time.OwnNetwork", lambda: network)
+    async with aimlmusic.AsyncMusicClient(TEST_API_KEY, base_url=BASE_URL) as client:
+        with anyio.fail_after(10):  # real seconds: the drip alone lasts a hundred
+            generation = await client.submit(SONG)
+        assert client.clock.scale == 1.0
+    assert generation.id == GEN_ID
 
 
 async def test_concurrent_first_requests_ask_once() -> None:

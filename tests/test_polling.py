@@ -130,6 +130,13 @@ def test_waiting_is_read_in_any_letter_case() -> None:
     assert is_waiting(GenerationStatus(" Waiting "))
 
 
+@pytest.mark.parametrize("text", ["queued\xa0", "QUEUED\u2028", "\u3000waiting", "waiting\x1c"])
+def test_waiting_forgives_only_what_the_documented_statuses_do(text: str) -> None:
+    """Only ASCII letter case and JSON whitespace are forgiven: other look-alikes of a
+    waiting status are undocumented statuses, not waiting (Unicode strip() took them)."""
+    assert not is_waiting(GenerationStatus(text))
+
+
 # --------------------------------------------------------------------------- learned polling
 
 
