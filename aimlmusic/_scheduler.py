@@ -58,11 +58,13 @@ from ._errors import (
     AmbiguousSubmissionError,
     APIConnectionError,
     APIStatusError,
+    AuthenticationError,
     ClientClosedError,
     ConfigurationError,
     GenerationFailedError,
     GenerationTimeoutError,
     NotFoundError,
+    PermissionDeniedError,
     RateLimitError,
     RequestValidationError,
     ResponseValidationError,
@@ -340,6 +342,9 @@ class _Batch:
         self.source_error: Exception | None = None
         # Leaving the batch early lets its POSTs on their way land first (see _landing).
         self.landing = Landing()
+        # A submission answered 401 or 403: the key or the account is refused, and every
+        # other submission would be too.
+        self._refusal: AuthenticationError | PermissionDeniedError | None = None
         self._slots = anyio.Semaphore(max_in_flight)
         self._heap: list[tuple[float, int, _Song]] = []
         # Songs due for a poll while the budget is busy, oldest first.
@@ -462,6 +467,17 @@ class _Batch:
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
+    def _refused(self, error: AuthenticationError | PermissionDeniedError) -> None:
+        """A submission was answered 401 (the key is wrong) or 403 (the account may not:
+        no credits left): every other would be too. The batch takes no new song, those not
+        yet sent fail with the same error unsent, those in flight finish, and the error is
+        raised when the block exits (as a failing source's is), rather than a source of a
+        million songs spending days of the budget on refusals."""
+        if self._refusal is None:
+            self._refusal = error
+            if self.source_error is None:
+                self.source_error = error
+
     def _client_closed(self, error: ClientClosedError) -> None:
         """The client was closed under the batch (from its loop, say): nothing more can be
         sent, so the batch stops, and the error is raised when its block exits, once, not as
@@ -491,7 +507,8 @@ class _Batch:
                 # Pace before taking the song: a source that journals "about to submit" as it
                 # hands a song over (the catalog runner does) then does so as late as possible.
                 await self._pace()
-                if self.landing.leaving:  # the caller left: no new song is taken
+                if self.landing.leaving or self._refusal is not None:
+                    # The caller left, or the API refused the key: no new song is taken.
                     self._slots.release()
                     return
                 # The account's slot (shared with other processes) before the song is taken.
@@ -665,6 +682,9 @@ class _Batch:
             raise
 
     async def _submit_watched(self, song: _Song) -> None:
+        if self._refusal is not None:  # taken before the refusal came: not sent in vain
+            self._finish(song, error=self._refusal)
+            return
         observer = _Observer(self, song, "submit")
         give_up_at = math.inf if self.deadline is None else self.clock.now() + self.deadline
         failures = 0
@@ -691,6 +711,10 @@ class _Batch:
                 song.retries += 1
                 self.emit_retried(song, "submit", failures, exc, delay)
                 await self.clock.sleep(delay)
+            except (AuthenticationError, PermissionDeniedError) as exc:
+                self._finish(song, error=exc)
+                self._refused(exc)
+                return
             except SendingRefused as exc:  # nothing was sent
                 if not self.landing.leaving:
                     self._finish(song, error=exc)

@@ -33,6 +33,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from aimlmusic import (
     AmbiguousSubmissionError,
     AsyncMusicClient,
+    AuthenticationError,
     BadRequestError,
     BatchEvents,
     Clock,
@@ -47,6 +48,7 @@ from aimlmusic import (
     LearnedPolling,
     Limits,
     NotFoundError,
+    PermissionDeniedError,
     PollPolicy,
     PollState,
     RateLimitError,
@@ -141,6 +143,10 @@ class FakeAPI:
                 raise UnicodeError("a codec nobody foresaw")
             if "reject" in flags:
                 raise BadRequestError("Body validation error!", status_code=400)
+            if "unauthorized" in flags:
+                raise AuthenticationError("Invalid API key", status_code=401)
+            if "no_credits" in flags:
+                raise PermissionDeniedError("Insufficient credits", status_code=403)
             if "ambiguous" in flags:
                 raise AmbiguousSubmissionError("read timeout after sending", request=request)
             seconds = float(next(f for f in flags if f.startswith("d="))[2:])
@@ -853,6 +859,51 @@ async def test_a_source_whose_close_raises_is_the_sources_error(api: FakeAPI) ->
     with pytest.raises(RuntimeError, match="already running"):
         await read_all()
     assert got == ["0"]
+
+
+async def test_a_refused_key_stops_the_batch_taking_songs(api: FakeAPI) -> None:
+    """A submission answered 401 stops the batch taking songs: the source is not drained,
+    the songs taken fail unsent, and the block raises the 401 (a source of thousands used
+    to send each, a 401 apiece, at the budget's pace)."""
+    pulled = 0
+    failed: list[str] = []
+
+    def source() -> Iterator[SongRequest]:
+        nonlocal pulled
+        for n in range(1000):
+            pulled += 1
+            yield song(str(n), 5, "unauthorized")
+
+    async def read_all() -> None:
+        async with batch(api, source(), max_in_flight=4) as results:
+            failed.extend([type(r.error).__name__ async for r in results])
+
+    with pytest.raises(AuthenticationError):
+        await read_all()
+    assert pulled <= 5
+    assert sum(1 for _, kind, _ in api.log if kind == "submit") <= 4
+    assert set(failed) == {"AuthenticationError"}
+
+
+async def test_songs_in_flight_finish_when_the_account_is_refused(api: FakeAPI) -> None:
+    """A 403 (no credits) after songs were accepted: those songs are still followed to
+    their end and delivered; then the block raises the 403."""
+    got: list[tuple[str, bool]] = []
+
+    async def read_all() -> None:
+        requests = [
+            song("a", 30),
+            song("b", 30),
+            *(song(str(n), 5, "no_credits") for n in range(50)),
+        ]
+        async with batch(api, requests, max_in_flight=3) as results:
+            got.extend([(r.key, r.ok) async for r in results])
+
+    with pytest.raises(PermissionDeniedError):
+        await read_all()
+    assert ("0", True) in got
+    assert ("1", True) in got
+    assert len(got) <= 5
 
 
 @pytest.mark.parametrize(

@@ -1086,6 +1086,10 @@ class _Run:
         kept = LEFT_BEHIND_KEPT.set(True)
         try:
             await self._submit_all_now(work)
+        except (AuthenticationError, PermissionDeniedError) as exc:
+            # The batch stopped taking songs at the refusal, and says so as it ends: the run
+            # stops for it (as it does on reading the refused song's result).
+            self._stop_if_refused(exc)
         except SharedStateError as exc:
             # The Redis sharing the account's budget failed: the scheduler took no new song
             # and let those on their way finish (their ids recorded) before raising it.
