@@ -130,7 +130,7 @@ class TimeScaleProbe(httpx.AsyncBaseTransport):
             # size from a few bytes): read raw, and no further than an answer of its size.
             if response.status_code != 200 or response.headers.get(
                 "content-encoding", "identity"
-            ) not in ("", "identity"):
+            ).strip().lower() not in ("", "identity"):
                 return None
             if response.is_stream_consumed:  # already in memory (a mock's answer)
                 body += response.content[: PROBE_BODY_BYTES + 1]

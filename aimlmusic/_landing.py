@@ -51,18 +51,23 @@ class Landing:
         of the task that runs the batch, if any)."""
         return TaskWatch(self, outer)
 
+    def start_leaving(self) -> None:
+        """Refuse new POSTs from now on (before anyone waits in :meth:`leave`)."""
+        self._leaving = True
+
     async def leave(self) -> None:
         """Refuse new POSTs and wait, shielded from cancellation, for the answers of those
         on their way (each is bounded by the transport's timeouts). Returns at once, without
-        a checkpoint, when none is."""
+        a checkpoint, when none is. Any number of tasks may wait: they wait for one event."""
         self._leaving = True
         if self._on_their_way:
-            logger.warning(
-                "leaving the batch while a submission is on its way: waiting for the answers "
-                "of %d so that no generation id is lost",
-                self._on_their_way,
-            )
-            self._landed = anyio.Event()
+            if self._landed is None:
+                logger.warning(
+                    "leaving the batch while a submission is on its way: waiting for the "
+                    "answers of %d so that no generation id is lost",
+                    self._on_their_way,
+                )
+                self._landed = anyio.Event()
             with anyio.CancelScope(shield=True):
                 await self._landed.wait()
 
@@ -115,6 +120,8 @@ def tell_left_behind(left: list[tuple[str, str | None]]) -> None:
     if LEFT_BEHIND_KEPT.get():
         return
     for key, generation_id in left:
+        if generation_id is not None and not generation_id.isprintable():
+            generation_id = ascii(generation_id)  # a raw id the client refused: no control
         if generation_id is None:
             logger.warning(
                 "song %r may have been submitted (its submission was ambiguous), and its batch "

@@ -84,7 +84,7 @@ from ._events import (
     SongSubmitted,
     emit,
 )
-from ._landing import Landing, tell_left_behind
+from ._landing import Landing, TaskWatch, tell_left_behind
 from ._models import Generation, GenerationStatus, SongRequest, SongResult, SongTimings
 from ._pacing import SubmissionPace
 from ._polling import PlansWithinBudget, PollPolicy, PollState, is_waiting
@@ -264,6 +264,10 @@ class _Observer:
         song = self.song
         at = self.batch.clock.now()
         # First, for the hook may refuse the request (SendingRefused): then it never left.
+        if self.kind == "submit" and self.batch.landing.leaving:
+            # Counted on its way while it waited for a pooled connection, and about to send
+            # its first byte only now: the batch is being left, so it stays home.
+            raise SendingRefused("the batch is being left")
         emit(self.batch.events, "on_sending", RequestSending(self.song.key, self.kind, at))
         song.requests += 1
         if self.kind == "poll" and self.sent_at is None:
@@ -485,10 +489,17 @@ class _Batch:
         ambiguous). The songs left running are named as the block exits."""
         if self.source_error is None:
             self.source_error = error
-        if self._task_group is not None and not self.landing.leaving:
-            # Left as a caller leaves it: the POSTs on their way (sent with an HTTP client
-            # of the caller's own, which closing ours leaves open) land first.
-            self._task_group.start_soon(self._leave_and_stop)
+        # Left as a caller leaves it: the POSTs on their way (sent with an HTTP client of the
+        # caller's own, which closing ours leaves open) land first.
+        self._leave_soon()
+
+    def _leave_soon(self) -> None:
+        """Leave the batch as a caller leaves it, from within: no new song or POST, those
+        on their way land, then everything stops. Once (leaving is decided here, at once)."""
+        if self.landing.leaving or self._task_group is None:
+            return  # being left already: whoever began it stops the batch
+        self.landing.start_leaving()
+        self._task_group.start_soon(self._leave_and_stop)
 
     async def _leave_and_stop(self) -> None:
         await self.landing.leave()
@@ -668,7 +679,7 @@ class _Batch:
         watch = self.landing.watch(SUBMISSION_WATCH.get())
         SUBMISSION_WATCH.set(watch)
         try:
-            await self._submit_watched(song)
+            await self._submit_watched(song, watch)
         except anyio.get_cancelled_exc_class():
             if watch.cut:
                 # Cancelled from outside the batch (a timeout around it, a second Ctrl-C)
@@ -681,7 +692,7 @@ class _Batch:
                 )
             raise
 
-    async def _submit_watched(self, song: _Song) -> None:
+    async def _submit_watched(self, song: _Song, watch: TaskWatch) -> None:
         if self._refusal is not None:  # taken before the refusal came: not sent in vain
             self._finish(song, error=self._refusal)
             return
@@ -700,6 +711,7 @@ class _Batch:
                 if self.clock.now() >= give_up_at:
                     self._finish(song, error=exc)
                     return
+                watch.cut = False  # answered: nothing was created, whatever comes next
             except APIConnectionError as exc:
                 # The transport raises this for a POST only when it surely did not arrive
                 # (after its own retries): resending later cannot pay twice.
@@ -710,6 +722,7 @@ class _Batch:
                     return
                 song.retries += 1
                 self.emit_retried(song, "submit", failures, exc, delay)
+                watch.cut = False  # it surely never arrived
                 await self.clock.sleep(delay)
             except (AuthenticationError, PermissionDeniedError) as exc:
                 self._finish(song, error=exc)
@@ -1246,7 +1259,8 @@ class _Batch:
             try:
                 await results.send(result)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._stop()  # nobody reads any more: stop submitting and polling
+                # Nobody reads any more: stop submitting and polling, as a caller leaving.
+                self._leave_soon()
                 return
             self._delivering = None
             if self._in_flight.get(song.key) is song:
@@ -1275,8 +1289,10 @@ class _Batch:
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
         for result in unread:
-            if result.generation_id is not None:
-                left.append((result.key, result.generation_id))
+            # A paid generation whose id could not be used still has its raw id on the error.
+            generation_id = result.generation_id or getattr(result.error, "generation_id", None)
+            if generation_id is not None:
+                left.append((result.key, generation_id))
             elif isinstance(result.error, AmbiguousSubmissionError):
                 left.append((result.key, None))
         return left

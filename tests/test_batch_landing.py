@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import httpcore
 import httpx
 import pytest
 
@@ -308,3 +309,97 @@ async def test_a_client_closed_while_a_submission_backs_off_is_no_ambiguous_song
     assert "ClientClosedError" in repr(caught.value)
     assert results_seen == []
     assert attempts == 1
+
+
+async def test_a_client_closed_under_its_batch_then_left_does_not_hang(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client closed under its batch while a POST is on its way, then the block left at
+    once: both leavers wait for the same landing and the block exits (the first leaver
+    waited for an event nobody set, for ever)."""
+    clock = VirtualClock()
+    server = _Server(clock, answered_at_once=1, finished_at_once=0)
+    caplog.set_level(logging.WARNING, logger="aimlmusic")
+    http = httpx.AsyncClient(transport=httpx.MockTransport(server))
+    client = AsyncMusicClient(
+        "sk-test-key",
+        base_url="https://api.test",
+        http_client=http,
+        clock=clock,
+        poll=FixedInterval(interval=0.5, first=0.5),
+    )
+
+    async def close_then_leave() -> None:
+        async with clock, http, client.generate_many(_songs(2)):
+            await clock.sleep(1.5)  # k0 answered and polled; k1's POST on its way, held
+            await client.aclose()
+            await clock.sleep(1.0)  # a poll meets the closed client: the batch starts leaving
+            raise LookupError("the caller leaves")
+
+    with anyio.fail_after(30), pytest.raises(LookupError):  # real seconds: a hang
+        await close_then_leave()
+    assert server.jobs == ["job-0", "job-1"]
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert "generation job-1 " in warned
+
+
+class _OneConnection(httpx.AsyncBaseTransport):
+    """``server`` behind a pool of one connection, traced as httpcore traces a request on a
+    kept-alive connection: nothing while it waits for the connection, then "sending"."""
+
+    def __init__(self, server: _Server) -> None:
+        self.server = server
+        self.connection = anyio.Lock()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        trace = request.extensions.get("trace")
+        async with self.connection:
+            if trace is not None:
+                sent = httpcore.Request(request.method.encode(), str(request.url))
+                await trace("http11.send_request_headers.started", {"request": sent})
+            return await self.server(request)
+
+
+async def test_a_submission_waiting_for_a_connection_is_not_sent_once_the_batch_is_left() -> None:
+    """A POST still waiting for a pooled connection when the batch is left stays home when
+    the connection frees: it was sent, and paid for, after the caller had left."""
+    clock = VirtualClock()
+    server = _Server(clock, answered_at_once=0, finished_at_once=0)
+    client = AsyncMusicClient(
+        "sk-test-key",
+        base_url="https://api.test",
+        transport=_OneConnection(server),
+        clock=clock,
+        poll=FixedInterval(interval=5.0, first=1.0),
+    )
+
+    async def leave_while_waiting() -> None:
+        async with clock, client, client.generate_many(_songs(2)):
+            await clock.sleep(3.0)  # k0's POST holds the connection; k1's waits for it
+            raise LookupError("the caller leaves")
+
+    with pytest.raises(LookupError):
+        await leave_while_waiting()
+    assert server.jobs == ["job-0"]
+
+
+async def test_closing_the_results_inside_the_block_lets_the_submissions_land(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Results closed by the caller inside the block stop the batch as leaving it does:
+    the POST on its way lands and its song is named (it was cut when the next result
+    found nobody reading)."""
+    clock = VirtualClock()
+    server = _Server(clock, answered_at_once=2, finished_at_once=3)
+    caplog.set_level(logging.WARNING, logger="aimlmusic")
+    async with (
+        clock,
+        _client(server) as client,
+        client.generate_many(_songs(3), max_in_flight=3) as results,
+    ):
+        await results.receive()
+        await results.aclose()
+        await clock.sleep(30.0)  # the other songs finish, and find nobody reading
+    assert server.jobs == ["job-0", "job-1", "job-2"]
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert "generation job-2 " in warned  # on its way as job-1 found nobody reading
