@@ -71,6 +71,22 @@ def _client(server: _Server) -> AsyncMusicClient:
     )
 
 
+def _client_with_own_http(
+    server: _Server, poll_every: float
+) -> tuple[httpx.AsyncClient, AsyncMusicClient]:
+    """A client of ``server`` over an HTTP client of the caller's own (closing the music
+    client leaves it open), polling every ``poll_every`` s from ``min(1, poll_every)``."""
+    http = httpx.AsyncClient(transport=httpx.MockTransport(server))
+    client = AsyncMusicClient(
+        "sk-test-key",
+        base_url="https://api.test",
+        http_client=http,
+        clock=server.clock,
+        poll=FixedInterval(interval=poll_every, first=min(1.0, poll_every)),
+    )
+    return http, client
+
+
 def _songs(count: int) -> list[tuple[str, SongRequest]]:
     return [(f"k{n}", SongRequest(f"a quiet song number {n}", "la la la la")) for n in range(count)]
 
@@ -248,14 +264,7 @@ async def test_closing_the_client_lets_the_batchs_submission_on_its_way_land(
     server = _Server(clock, answered_at_once=1, finished_at_once=1)
     hook = _Submitted()
     caplog.set_level(logging.WARNING, logger="aimlmusic")
-    http = httpx.AsyncClient(transport=httpx.MockTransport(server))
-    client = AsyncMusicClient(
-        "sk-test-key",
-        base_url="https://api.test",
-        http_client=http,
-        clock=clock,
-        poll=FixedInterval(interval=5.0, first=1.0),
-    )
+    http, client = _client_with_own_http(server, poll_every=5.0)
 
     async def read_and_close() -> None:
         async with clock, http, client.generate_many(_songs(3), events=hook) as results:
@@ -320,14 +329,7 @@ async def test_a_client_closed_under_its_batch_then_left_does_not_hang(
     clock = VirtualClock()
     server = _Server(clock, answered_at_once=1, finished_at_once=0)
     caplog.set_level(logging.WARNING, logger="aimlmusic")
-    http = httpx.AsyncClient(transport=httpx.MockTransport(server))
-    client = AsyncMusicClient(
-        "sk-test-key",
-        base_url="https://api.test",
-        http_client=http,
-        clock=clock,
-        poll=FixedInterval(interval=0.5, first=0.5),
-    )
+    http, client = _client_with_own_http(server, poll_every=0.5)
 
     async def close_then_leave() -> None:
         async with clock, http, client.generate_many(_songs(2)):
