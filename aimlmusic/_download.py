@@ -38,7 +38,7 @@ import anyio.to_thread
 import httpx
 
 from ._bodies import BodyProblem, decoded_chunks
-from ._clock import Clock, api_seconds
+from ._clock import Clock, api_seconds, finished_by
 from ._config import DEFAULT_DOWNLOAD_BYTES, RetryPolicy, Timeout
 from ._errors import AimlMusicError, DownloadError
 from ._filemode import file_mode_from_umask
@@ -170,8 +170,10 @@ class Downloader:
             # may be attached a moment later): ask once more rather than fail a paid song.
             logger.debug("generation %s is completed without an audio URL: fetching it again", gid)
             try:
-                generation = await refresh(gid)
+                generation = await self._refreshed(refresh, gid, until)
             except AimlMusicError as exc:
+                if isinstance(exc, DownloadError):
+                    raise  # out of time
                 raise DownloadError(
                     f"generation {gid} is completed but the API gave no audio URL, and asking "
                     f"again failed: {exc}",
@@ -203,8 +205,10 @@ class Downloader:
             "audio URL of generation %s answered HTTP %d: fetching a fresh one", gid, first_status
         )
         try:
-            fresh = await refresh(gid)
+            fresh = await self._refreshed(refresh, gid, until)
         except AimlMusicError as exc:
+            if isinstance(exc, DownloadError):
+                raise  # out of time
             raise DownloadError(
                 f"the audio URL of generation {gid} was refused (HTTP {first_status}) and "
                 f"getting a fresh one failed: {exc}",
@@ -430,13 +434,30 @@ class Downloader:
         if written == 0:
             raise DownloadError(f"the audio of generation {gid} is empty", generation_id=gid)
 
+    async def _refreshed(
+        self, refresh: Callable[[str], Awaitable[Generation]], gid: str, until: float
+    ) -> Generation:
+        """``refresh(gid)`` within the download's deadline (the GET retries and waits for
+        the budget: its time counts too)."""
+        fresh: list[Generation] = []
+
+        async def ask() -> None:
+            fresh.append(await refresh(gid))
+
+        if not await finished_by(self._clock, until, ask):
+            raise self._out_of_time(gid)
+        return fresh[0]
+
     def _check_deadline(self, until: float, gid: str) -> None:
         if self._clock.now() > until:
-            raise DownloadError(
-                f"the download of the audio of generation {gid} did not finish within "
-                f"{self._deadline:g} s (Timeout.download); nothing was saved",
-                generation_id=gid,
-            )
+            raise self._out_of_time(gid)
+
+    def _out_of_time(self, gid: str) -> DownloadError:
+        return DownloadError(
+            f"the download of the audio of generation {gid} did not finish within "
+            f"{self._deadline:g} s (Timeout.download); nothing was saved",
+            generation_id=gid,
+        )
 
     def _oversized(self, gid: str, cap: int, detail: str) -> DownloadError:
         return DownloadError(

@@ -20,8 +20,10 @@ from aimlmusic import (
     RetryPolicy,
     SongRequest,
     SongResult,
+    Timeout,
 )
 from aimlmusic._converter import structure_generation
+from aimlmusic.testing import VirtualClock
 
 pytestmark = pytest.mark.anyio
 
@@ -486,3 +488,18 @@ async def test_the_address_a_storage_name_reached_is_not_judged(tmp_path: Path, 
     async with make_client(hosts) as client:
         path = await client.download(completed(), tmp_path / "a.mp3")
     assert path.read_bytes() == AUDIO
+
+
+async def test_fetching_a_generation_again_counts_in_the_download_deadline(tmp_path: Path) -> None:
+    """The GET that fetches a completed generation's missing URL again is within
+    Timeout.download: a 408 asking for 2 s more ends the download at its 1 s (it ran 4 s)."""
+    clock = VirtualClock()
+    hosts = Hosts()
+    hosts.api = [httpx.Response(408, headers={"Retry-After": "2"}, text="slow")]
+    async with clock, make_client(hosts, clock=clock, timeout=Timeout(download=1.0)) as client:
+        with pytest.raises(DownloadError, match=r"did not finish within 1 s"):
+            await client.download(
+                structure_generation(generation_json("completed")), tmp_path / "a.mp3"
+            )
+        assert clock.now() <= 1.5
+    assert hosts.storage_requests() == []
