@@ -147,8 +147,9 @@ class Downloader:
     ) -> Path:
         """Write ``generation``'s audio to ``target`` and return ``target``.
 
-        ``refresh(generation_id)`` is called at most once, when the URL turns out expired.
-        The whole of it runs within ``Timeout.download`` seconds of the client's clock.
+        ``refresh(generation_id)`` fetches the generation again: when it is completed but
+        came without an audio URL, and when the URL turns out expired (once each). The whole
+        of it, those included, runs within ``Timeout.download`` seconds of the client's clock.
         """
         # A transfer takes real time: on a compressed clock the deadline spans as many API
         # seconds as the real seconds it stands for (like the HTTP timeouts, which are real),
