@@ -451,7 +451,8 @@ class MusicClient:
         The arguments are those of :meth:`AsyncMusicClient.generate_many`. ``requests`` is
         read lazily and, like ``events``' methods, from the client's background thread.
         Leaving a ``with`` block around the results (or :meth:`SongResults.close`, or
-        closing the client) cancels the songs still running; so does Ctrl-C.
+        closing the client) cancels the songs still running; so does Ctrl-C. Submissions on
+        their way are let land first, and a WARNING names each song left running.
         """
         self._check_open()
         batch = self._client.generate_many(
@@ -511,10 +512,10 @@ class SongResults(Iterator[SongResult]):
     """The results of :meth:`MusicClient.generate_many`, in completion order.
 
     Iterate it (the batch starts at the first item), optionally inside ``with``: leaving
-    the block, or :meth:`close`, cancels the songs still running (and so does dropping the
-    iterator, as ``break`` out of a plain ``for`` loop does, without waiting for them). The
-    iteration ends when every song has a result; an error of the request source is raised
-    at the end.
+    the block, or :meth:`close`, cancels the songs still running, once the submissions on
+    their way have landed (and so does dropping the iterator, as ``break`` out of a plain
+    ``for`` loop does, without waiting: closing the client waits for it). The iteration
+    ends when every song has a result; an error of the request source is raised at the end.
     """
 
     def __init__(
