@@ -34,10 +34,11 @@ class Landing:
     """Counts one batch's POSTs on their way; :meth:`leave` refuses new ones and waits until
     those on their way are answered."""
 
-    __slots__ = ("_landed", "_leaving", "_on_their_way")
+    __slots__ = ("_landed", "_leaving", "_on_their_way", "_refusing")
 
     def __init__(self) -> None:
         self._leaving = False
+        self._refusing: str | None = None  # why new POSTs are refused, the batch not left
         self._on_their_way = 0
         self._landed: anyio.Event | None = None
 
@@ -50,6 +51,10 @@ class Landing:
         """The watch of one submission task, passing everything on to ``outer`` (the watch
         of the task that runs the batch, if any)."""
         return TaskWatch(self, outer)
+
+    def refuse_new(self, reason: str) -> None:
+        """Refuse every new POST from now on, for ``reason``, the batch going on."""
+        self._refusing = reason
 
     def start_leaving(self) -> None:
         """Refuse new POSTs from now on (before anyone waits in :meth:`leave`)."""
@@ -99,6 +104,8 @@ class TaskWatch:
             return
         if self._landing.leaving:
             raise SendingRefused("the batch is being left")
+        if self._landing._refusing is not None:
+            raise SendingRefused(self._landing._refusing)
         if self._outer is not None:
             self._outer.on_its_way(True)  # may refuse it too: then it is not on its way
         self.cut = False

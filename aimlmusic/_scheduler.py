@@ -264,10 +264,11 @@ class _Observer:
         song = self.song
         at = self.batch.clock.now()
         # First, for the hook may refuse the request (SendingRefused): then it never left.
-        if self.kind == "submit" and self.batch.landing.leaving:
+        if self.kind == "submit" and (self.batch.landing.leaving or self.batch.refusal is not None):
             # Counted on its way while it waited for a pooled connection, and about to send
-            # its first byte only now: the batch is being left, so it stays home.
-            raise SendingRefused("the batch is being left")
+            # its first byte only now: the batch is being left, or the API refused the key
+            # meanwhile, so it stays home.
+            raise SendingRefused("the batch is being left or was refused")
         emit(self.batch.events, "on_sending", RequestSending(self.song.key, self.kind, at))
         song.requests += 1
         if self.kind == "poll" and self.sent_at is None:
@@ -471,6 +472,11 @@ class _Batch:
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()
 
+    @property
+    def refusal(self) -> AuthenticationError | PermissionDeniedError | None:
+        """The 401 or 403 a submission of the batch was answered with, if any."""
+        return self._refusal
+
     def _refused(self, error: AuthenticationError | PermissionDeniedError) -> None:
         """A submission was answered 401 (the key is wrong) or 403 (the account may not:
         no credits left): every other would be too. The batch takes no new song, those not
@@ -479,6 +485,8 @@ class _Batch:
         million songs spending days of the budget on refusals."""
         if self._refusal is None:
             self._refusal = error
+            # A song already waiting to send (the budget, a back-off) stays home too.
+            self.landing.refuse_new("the API refused the key")
             if self.source_error is None:
                 self.source_error = error
 
@@ -693,13 +701,13 @@ class _Batch:
             raise
 
     async def _submit_watched(self, song: _Song, watch: TaskWatch) -> None:
-        if self._refusal is not None:  # taken before the refusal came: not sent in vain
-            self._finish(song, error=self._refusal)
-            return
         observer = _Observer(self, song, "submit")
         give_up_at = math.inf if self.deadline is None else self.clock.now() + self.deadline
         failures = 0
         while True:
+            if self._refusal is not None:  # refused while this song waited to try again
+                self._finish(song, error=self._refusal)
+                return
             try:
                 generation = await self.transport.submit(
                     song.request, observer=observer, retry_throttled=False
@@ -729,9 +737,9 @@ class _Batch:
                 self._refused(exc)
                 return
             except SendingRefused as exc:  # nothing was sent
-                if not self.landing.leaving:
-                    self._finish(song, error=exc)
-                # else the caller left the batch: no result (none is read) and no hook
+                if self.landing.leaving:
+                    return  # the caller left the batch: no result (none is read), no hook
+                self._finish(song, error=self._refusal or exc)
                 return
             except AimlMusicError as exc:
                 self._finish(song, error=exc)

@@ -8,6 +8,7 @@ on a virtual clock.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -17,7 +18,14 @@ import httpcore
 import httpx
 import pytest
 
-from aimlmusic import AsyncMusicClient, FixedInterval, RetryPolicy, SongRequest, SongResult
+from aimlmusic import (
+    AsyncMusicClient,
+    AuthenticationError,
+    FixedInterval,
+    RetryPolicy,
+    SongRequest,
+    SongResult,
+)
 from aimlmusic.testing import VirtualClock
 
 pytestmark = pytest.mark.anyio
@@ -405,3 +413,37 @@ async def test_closing_the_results_inside_the_block_lets_the_submissions_land(
     assert server.jobs == ["job-0", "job-1", "job-2"]
     warned = "\n".join(r.getMessage() for r in caplog.records)
     assert "generation job-2 " in warned  # on its way as job-1 found nobody reading
+
+
+async def test_a_song_waiting_out_a_429_is_not_sent_once_the_key_is_refused() -> None:
+    """A song waiting out a 429 when another song's submission is answered 401 is not sent
+    again: it fails with the 401, unsent (it was sent, and could be paid for)."""
+    clock = VirtualClock()
+    posts: list[str] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        prompt = json.loads(request.content)["prompt"]
+        posts.append(prompt)
+        if "number 1" in prompt:
+            if sum("number 1" in p for p in posts) == 1:
+                return httpx.Response(429, headers={"Retry-After": "5"}, json={"message": "slow"})
+            return httpx.Response(200, json={"id": "job-1", "status": "queued"})
+        await clock.sleep(3.0)  # the 401 comes while song 1 waits out its 429
+        return httpx.Response(401, json={"message": "Invalid API key"})
+
+    client = AsyncMusicClient(
+        "sk-test-key",
+        base_url="https://api.test",
+        transport=httpx.MockTransport(answer),
+        clock=clock,
+    )
+    errors: list[str] = []
+
+    async def read_all() -> None:
+        async with clock, client, client.generate_many(_songs(2), max_in_flight=2) as results:
+            errors.extend([type(r.error).__name__ async for r in results])
+
+    with pytest.raises(AuthenticationError):
+        await read_all()
+    assert sum("number 1" in p for p in posts) == 1
+    assert errors == ["AuthenticationError", "AuthenticationError"]

@@ -1025,3 +1025,22 @@ async def test_adopting_an_id_that_could_never_be_sent_is_refused_up_front(
             )
     assert not out.exists()
     assert sum(emulator.stats().requests.values()) == 0
+
+
+async def test_a_song_failed_unsent_by_a_refused_batch_stays_pending(tmp_path: Path) -> None:
+    """A song the batch failed unsent with another song's 401 (the batch refused) stays
+    pending and stops the run for the key (it was marked failed, never to be sent again)."""
+    catalog = write_catalog(tmp_path / "songs.jsonl", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    async with client_for(make_emulator()) as client:
+        with Journal.in_directory(out, endpoint=_runner._endpoint(client.base_url)) as journal:
+            journal.sync_catalog(load_catalog(catalog))
+            run = handed_run(client, journal, out, "song-00")
+            refusal = aimlmusic.AuthenticationError("Invalid API key", status_code=401)
+            request = journal.entry("song-00").request
+            async with anyio.create_task_group() as work:
+                run._result(aimlmusic.SongResult("song-00", request, error=refusal), work)
+            assert journal.entry("song-00").state is SongState.PENDING
+    assert run.stop_reason is not None
+    assert run.stop_reason[0] == "auth"

@@ -1294,6 +1294,11 @@ class _Run:
             if isinstance(error, APIConnectionError):
                 self._count_connect_failure(error)
                 self._stuck(entry, entry.state, error)
+            elif isinstance(error, AuthenticationError | PermissionDeniedError):
+                # Failed unsent by a batch another song's refusal stopped: the key is
+                # wrong, not this song, which stays as it was; the run stops.
+                self._stuck(entry, entry.state, error)
+                self._stop_if_refused(error)
             elif entry.state is _S.PENDING and not self._is_temporary(error):
                 # Refused before sending (a request that cannot be encoded): say so.
                 self.journal.mark_failed(key, error)
