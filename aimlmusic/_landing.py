@@ -11,7 +11,8 @@ submission task a watch of its own, which passes everything on to the watch of t
 runs the batch (the blocking client's, the CLI's), so those still see every POST. A
 cancellation from outside the block (a timeout around it) reaches the submission tasks
 directly, as it does any ``await``: a POST it cuts on its way is logged as such (by the
-batch, which knows the song).
+batch, which knows the song). A batch whose key the API refused goes on with the songs in
+flight but refuses new POSTs the same way (:meth:`Landing.refuse_new`).
 """
 
 from __future__ import annotations
@@ -127,8 +128,6 @@ def tell_left_behind(left: list[tuple[str, str | None]]) -> None:
     if LEFT_BEHIND_KEPT.get():
         return
     for key, generation_id in left:
-        if generation_id is not None and not generation_id.isprintable():
-            generation_id = ascii(generation_id)  # a raw id the client refused: no control
         if generation_id is None:
             logger.warning(
                 "song %r may have been submitted (its submission was ambiguous), and its batch "
@@ -136,10 +135,12 @@ def tell_left_behind(left: list[tuple[str, str | None]]) -> None:
                 key,
             )
         else:
+            # A raw id the client refused (a control character in it) is shown escaped.
+            shown = generation_id if generation_id.isprintable() else ascii(generation_id)
             logger.warning(
                 "song %r was submitted as generation %s and may still finish, but its batch "
                 "was left before its result was read: fetch it later with wait(%r)",
                 key,
-                generation_id,
+                shown,
                 generation_id,
             )
