@@ -170,16 +170,13 @@ class Downloader:
             # The API's schema lets a completed generation come without its audio file (it
             # may be attached a moment later): ask once more rather than fail a paid song.
             logger.debug("generation %s is completed without an audio URL: fetching it again", gid)
-            try:
-                generation = await self._refreshed(refresh, gid, until)
-            except AimlMusicError as exc:
-                if isinstance(exc, DownloadError):
-                    raise  # out of time
-                raise DownloadError(
-                    f"generation {gid} is completed but the API gave no audio URL, and asking "
-                    f"again failed: {exc}",
-                    generation_id=gid,
-                ) from exc
+            generation = await self._refreshed(
+                refresh,
+                gid,
+                until,
+                failed=f"generation {gid} is completed but the API gave no audio URL, and "
+                "asking again failed",
+            )
         url = audio_url(generation)
         if await anyio.to_thread.run_sync(target.is_dir):
             raise DownloadError(
@@ -205,16 +202,13 @@ class Downloader:
         logger.debug(
             "audio URL of generation %s answered HTTP %d: fetching a fresh one", gid, first_status
         )
-        try:
-            fresh = await self._refreshed(refresh, gid, until)
-        except AimlMusicError as exc:
-            if isinstance(exc, DownloadError):
-                raise  # out of time
-            raise DownloadError(
-                f"the audio URL of generation {gid} was refused (HTTP {first_status}) and "
-                f"getting a fresh one failed: {exc}",
-                generation_id=gid,
-            ) from exc
+        fresh = await self._refreshed(
+            refresh,
+            gid,
+            until,
+            failed=f"the audio URL of generation {gid} was refused (HTTP {first_status}) and "
+            "getting a fresh one failed",
+        )
         fresh_url = audio_url(fresh)
         try:
             await self._fetch(fresh_url, target, gid, self._cap_for(fresh), until)
@@ -436,16 +430,26 @@ class Downloader:
             raise DownloadError(f"the audio of generation {gid} is empty", generation_id=gid)
 
     async def _refreshed(
-        self, refresh: Callable[[str], Awaitable[Generation]], gid: str, until: float
+        self,
+        refresh: Callable[[str], Awaitable[Generation]],
+        gid: str,
+        until: float,
+        *,
+        failed: str,
     ) -> Generation:
         """``refresh(gid)`` within the download's deadline (the GET retries and waits for
-        the budget: its time counts too)."""
+        the budget: its time counts too); its failure is a ``DownloadError`` saying
+        ``failed``."""
         fresh: list[Generation] = []
 
         async def ask() -> None:
             fresh.append(await refresh(gid))
 
-        if not await finished_by(self._clock, until, ask):
+        try:
+            finished = await finished_by(self._clock, until, ask)
+        except AimlMusicError as exc:
+            raise DownloadError(f"{failed}: {exc}", generation_id=gid) from exc
+        if not finished:
             raise self._out_of_time(gid)
         return fresh[0]
 
